@@ -1,0 +1,3 @@
+from notify_launcher.cli import main
+
+raise SystemExit(main())

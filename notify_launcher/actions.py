@@ -1,0 +1,200 @@
+"""Run one action: argv only (event fields are never put into a shell string), its own session,
+output into the log line by line, a timeout that ends the whole tree.
+
+The worker is a child subreaper (worker.py), so anything an action leaves behind -- a setsid'd or
+double-forked grandchild included -- is re-parented to the worker and stays among its descendants:
+that is how the timeout finds and ends processes that left the action's parent chain.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+MAX_OUTPUT_LINE = 4096
+Output = Callable[[str, str], None]  # (stream name, line)
+Note = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """How an action ended.  `error` is set when it could not be started at all."""
+
+    exit_code: int | None
+    signal: int | None
+    duration: float
+    timed_out: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"could not start: {self.error}"
+        if self.signal is not None:
+            how = f"killed by {signal.Signals(self.signal).name}"
+        else:
+            how = f"exit {self.exit_code}"
+        return f"timed out, {how}" if self.timed_out else how
+
+
+def _descendants() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def _ident(p: psutil.Process) -> tuple[int, float]:
+    try:
+        return p.pid, p.create_time()
+    except psutil.Error:
+        return p.pid, 0.0
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[:200] or p.name()
+    except psutil.Error:
+        return "?"
+
+
+class _Lines:
+    """Splits a stream's bytes into log lines (long lines are cut at MAX_OUTPUT_LINE)."""
+
+    def __init__(self, name: str, output: Output) -> None:
+        self.name, self.output, self.buf = name, output, b""
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            cut = self.buf.find(b"\n")
+            if cut < 0:
+                if len(self.buf) < MAX_OUTPUT_LINE:
+                    return
+                cut = MAX_OUTPUT_LINE
+            self.output(self.name, self.buf[:cut].decode("utf-8", "backslashreplace").rstrip("\r"))
+            self.buf = self.buf[cut + 1 if self.buf[cut:cut + 1] == b"\n" else cut:]
+
+    def flush(self) -> None:
+        if self.buf:
+            self.output(self.name, self.buf.decode("utf-8", "backslashreplace"))
+            self.buf = b""
+
+
+def kill_tree(proc: subprocess.Popen[bytes], others: list[psutil.Process], grace: float, note: Note) -> None:
+    """SIGTERM the action and `others`; SIGKILL what is left after `grace` s (and what they forked meanwhile).
+
+    The action itself is awaited through its Popen, so its own exit status is not lost to psutil.
+    """
+    for p in others:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    proc.terminate()
+    note("sent SIGTERM to " + ", ".join([str(proc.pid)] + [f"{p.pid} ({_name(p)})" for p in others]))
+    deadline = time.monotonic() + grace
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
+    known = {_ident(p) for p in others}
+    alive += [p for p in _descendants().values() if p.pid != proc.pid and _ident(p) not in known]
+    survivors = [str(p.pid) for p in alive] + ([str(proc.pid)] if proc.poll() is None else [])
+    if survivors:
+        note("still alive after the grace, sent SIGKILL to " + ", ".join(survivors))
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        psutil.wait_procs(alive, timeout=2)
+
+
+def reap_zombies() -> None:
+    """Collect exited orphans the worker inherited as a subreaper."""
+    for p in psutil.Process().children():
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(p.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            pass
+
+
+def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float,
+               output: Output, note: Note, started: Callable[[int, float], None]) -> Result:
+    """Run `argv` to completion or timeout; report output lines and facts through the callbacks."""
+    reap_zombies()
+    before = {_ident(p) for p in _descendants().values()}
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True)
+    except OSError as exc:
+        return Result(None, None, time.monotonic() - t0, error=f"{argv[0]}: {exc.strerror}")
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        started(proc.pid, psutil.Process(proc.pid).create_time())
+    except psutil.Error:
+        started(proc.pid, 0.0)
+    streams = {proc.stdout.fileno(): _Lines("out", output), proc.stderr.fileno(): _Lines("err", output)}
+    pidfd = os.pidfd_open(proc.pid)
+    sel = selectors.DefaultSelector()
+    for fd in streams:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    sel.register(pidfd, selectors.EVENT_READ)
+    deadline = t0 + timeout
+    timed_out = False
+    try:
+        while proc.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                note(f"timeout of {timeout:g}s reached; ending the action's process tree")
+                others = [p for p in _descendants().values() if p.pid != proc.pid and _ident(p) not in before]
+                kill_tree(proc, others, kill_grace, note)
+                break
+            for key, _ in sel.select(remaining):
+                if key.fd != pidfd and not _read(key.fd, streams[key.fd]):
+                    sel.unregister(key.fd)
+        proc.wait()
+        for fd, lines in streams.items():  # what is still buffered; background writers are not awaited
+            _read(fd, lines)
+            lines.flush()
+    finally:
+        sel.close()
+        os.close(pidfd)
+        proc.stdout.close()
+        proc.stderr.close()
+    duration = time.monotonic() - t0
+    leftovers = [p for p in _descendants().values() if _ident(p) not in before]
+    if leftovers and not timed_out:
+        note("left running in the background (not killed): "
+             + ", ".join(f"{p.pid} ({_name(p)})" for p in leftovers))
+    rc = proc.returncode
+    return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out)
+
+
+def _read(fd: int, lines: _Lines) -> bool:
+    """Read what is available; False at end of stream."""
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        lines.feed(data)

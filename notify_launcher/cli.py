@@ -1,0 +1,154 @@
+"""Command line: `notify-launcher [options] FIFO` is what keepalived runs; subcommands are for people.
+
+Exit codes: 0 success; 1 `wait` timed out; 2 usage or configuration error; 3 the FIFO or the state
+directory cannot be used.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+EARLY_TERM: list[float] = []
+
+
+def _early_term(signum: int, frame: object) -> None:
+    """keepalived may stop us while Python is still importing: remember it; the reader honours it."""
+    EARLY_TERM.append(time.monotonic())
+
+
+signal.signal(signal.SIGTERM, _early_term)
+
+import argparse  # noqa: E402  (after the handler, on purpose)
+import os  # noqa: E402
+import sys  # noqa: E402
+import syslog  # noqa: E402
+
+from notify_launcher import __version__  # noqa: E402
+from notify_launcher.config import DEFAULT_STATE_DIR, ConfigError, load  # noqa: E402
+from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir  # noqa: E402
+
+EXIT_USAGE = 2
+EXIT_UNUSABLE = 3
+COMMANDS = ("status", "wait")
+
+READER_EPILOG = """\
+keepalived.conf:
+  global_defs {
+      notify_fifo /run/keepalived/notify.fifo
+      notify_fifo_script "/usr/local/bin/notify-launcher --config /etc/keepalived/notify-launcher.ini"
+  }
+keepalived appends the FIFO path as the last argument.  The handler runs as
+  HANDLER... TYPE NAME STATE PRIORITY        (RS lines add the virtual server as a 5th argument)
+with NL_TYPE, NL_NAME, NL_STATE, NL_PRIORITY, NL_VS and NL_SEQ in its environment.
+Other commands: notify-launcher status|wait --help
+"""
+
+
+def _reader_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="notify-launcher", epilog=READER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read keepalived's notify FIFO and run an action for every event: detached from "
+                    "keepalived, one at a time, strictly in order, logged.")
+    p.add_argument("--version", action="version", version=f"notify-launcher {__version__}")
+    p.add_argument("--config", metavar="FILE", help="INI file (see keepalived.conf.example / README)")
+    p.add_argument("--handler", metavar="CMD", help="command run for every event (shell-like words, no shell)")
+    p.add_argument("--log-file", metavar="PATH", help="worker log (default /var/log/notify-launcher.log)")
+    p.add_argument("--state-dir", metavar="DIR", help=f"journal, progress and locks (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--timeout", metavar="SEC", help="per-action timeout (default 120)")
+    p.add_argument("--stop-grace", metavar="SEC", help="after SIGTERM, wait this long for STOP lines (default 0.5)")
+    p.add_argument("--linger", metavar="SEC", help="an idle worker waits this long for more events (default 600)")
+    p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARN or ERROR (default INFO)")
+    p.add_argument("fifo", metavar="FIFO", help="keepalived's notify_fifo (keepalived appends it)")
+    return p
+
+
+def _fatal(message: str, log_file: str | None) -> None:
+    """Say it everywhere someone may look: keepalived gives the script /dev/null as stderr."""
+    sys.stderr.write(f"notify-launcher: {message}\n")
+    syslog.openlog("notify-launcher", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_ERR, message)
+    if log_file:
+        from notify_launcher.log import Log
+        Log(log_file, "reader").error(None, None, message)
+
+
+def run_reader(argv: list[str]) -> int:
+    args = _reader_parser().parse_args(argv)
+    overrides = {k: getattr(args, k) for k in ("handler", "log_file", "state_dir", "timeout", "stop_grace",
+                                               "linger", "log_level")}
+    try:
+        settings = load(args.config, overrides)
+    except ConfigError as exc:
+        _fatal(str(exc), args.log_file)
+        return EXIT_USAGE
+    from notify_launcher.log import Log
+    from notify_launcher.reader import FifoError, Reader, open_fifo
+
+    log = Log(settings.log_file, "reader", settings.log_level)
+    try:
+        paths = ensure_state_dir(settings.state_dir)
+        fifo_fd = open_fifo(args.fifo)
+    except (StateDirError, FifoError) as exc:
+        _fatal(str(exc), settings.log_file)
+        return EXIT_UNUSABLE
+    _publish_settings(paths, settings.to_json())
+    handler = " ".join(settings.handler) or "(none: events are only logged)"
+    log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}")
+    return Reader(settings, paths, fifo_fd, args.fifo, log, EARLY_TERM[0] if EARLY_TERM else None).run()
+
+
+def _publish_settings(paths: StatePaths, text: str) -> None:
+    """Write settings.json atomically, only when it changed, so a lingering worker follows the config."""
+    try:
+        with open(paths.settings) as fh:
+            if fh.read() == text:
+                return
+    except OSError:
+        pass
+    tmp = f"{paths.settings}.{os.getpid()}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(text)
+    os.replace(tmp, paths.settings)
+
+
+def _state_parser(name: str, description: str, example: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"notify-launcher {name}", description=description,
+                                epilog=f"example: {example}")
+    p.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR,
+                   help=f"the launcher's state directory (default {DEFAULT_STATE_DIR})")
+    return p
+
+
+def run_status(argv: list[str]) -> int:
+    p = _state_parser("status", "Per instance/group: last state and action result; the running action; "
+                      "pending events.", "notify-launcher status --json")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    from notify_launcher.status import as_json, as_text, read_status
+    status = read_status(StatePaths(args.state_dir))
+    print(as_json(status) if args.json else as_text(status))
+    return 0
+
+
+def run_wait(argv: list[str]) -> int:
+    p = _state_parser("wait", "Exit 0 once no event is pending or running; 1 on timeout.",
+                      "notify-launcher wait --timeout 30")
+    p.add_argument("--timeout", metavar="SEC", type=float, default=None, help="give up after SEC (default never)")
+    args = p.parse_args(argv)
+    from notify_launcher.status import read_status
+    paths = StatePaths(args.state_dir)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    while not read_status(paths).idle:
+        if deadline is not None and time.monotonic() >= deadline:
+            print(f"notify-launcher wait: still busy after {args.timeout:g}s", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return {"status": run_status, "wait": run_wait}[argv[0]](argv[1:])
+    return run_reader(argv)

@@ -1,0 +1,204 @@
+"""INI file + command-line overrides -> one frozen Settings object.
+
+    [launcher]                     # every key optional; the command line wins over the file
+    handler = /usr/local/bin/ka-action --verbose
+    timeout = 120
+    [match INSTANCE VI_1 MASTER]   # TYPE NAME STATE, `*` for any; the most specific match wins
+    handler = /usr/local/bin/promote-vi1
+    [match * * MASTER_RX_LOWER_PRI]
+    handler =                      # empty: log the event, run nothing
+
+Errors name the file, section and key, and say what is allowed: an administrator reads them at
+3 a.m. from keepalived's log or the launcher's.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import math
+import shlex
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from notify_launcher.events import Event
+
+DEFAULT_STATE_DIR = "/run/notify-launcher"
+DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
+CRASH_POLICIES = ("rerun", "skip")
+LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
+
+
+class ConfigError(Exception):
+    """A configuration mistake, worded for the administrator who has to fix it."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`[match TYPE NAME STATE]`: which events it covers, and what to run for them."""
+
+    type: str
+    name: str
+    state: str
+    handler: tuple[str, ...] | None = None
+    timeout: float | None = None
+
+    def specificity(self, event: Event) -> int:
+        """-1 if the rule does not cover `event`; else higher = more specific (name > state > type)."""
+        score = 0
+        for pattern, value, weight in ((self.type, event.type, 1), (self.name, event.name, 4),
+                                       (self.state, event.state, 2)):
+            if pattern != "*":
+                if pattern != value:
+                    return -1
+                score += weight
+        return score
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a reader and its workers need; frozen so a worker sees what its reader saw."""
+
+    handler: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    stop_action: tuple[str, ...] = ()
+    state_dir: str = DEFAULT_STATE_DIR
+    log_file: str = DEFAULT_LOG_FILE
+    log_level: str = "INFO"
+    timeout: float = 120.0
+    kill_grace: float = 5.0
+    stop_grace: float = 0.5
+    linger: float = 600.0
+    on_crash: str = "rerun"
+    config_file: str | None = None
+
+    def action_for(self, event: Event) -> tuple[tuple[str, ...], float]:
+        """The command prefix and timeout for `event`: best matching rule, else the defaults."""
+        if event.type == "READER":
+            return (self.stop_action if event.state == "STOP" else ()), self.timeout
+        best: Rule | None = None
+        best_score = -1
+        for rule in self.rules:
+            score = rule.specificity(event)
+            if score > best_score:
+                best, best_score = rule, score
+        if best is None:
+            return self.handler, self.timeout
+        handler = self.handler if best.handler is None else best.handler
+        return handler, self.timeout if best.timeout is None else best.timeout
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        data: dict[str, Any] = json.loads(text)
+        data["rules"] = tuple(Rule(**{**r, "handler": None if r["handler"] is None else tuple(r["handler"])})
+                              for r in data["rules"])
+        for key in ("handler", "stop_action"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+_KEYS = {
+    "handler": "a command line (split like a shell does, run without one)",
+    "stop_action": "a command line run when keepalived stops the reader",
+    "state_dir": "a directory path",
+    "log_file": "a file path",
+    "log_level": "one of " + ", ".join(LOG_LEVELS),
+    "timeout": "seconds, a number > 0",
+    "kill_grace": "seconds, a number >= 0",
+    "stop_grace": "seconds, a number from 0 to 0.9 (keepalived kills the reader at 1 s)",
+    "linger": "seconds, a number >= 0",
+    "on_crash": "one of " + ", ".join(CRASH_POLICIES),
+}
+_RULE_KEYS = ("handler", "timeout")
+
+
+def _where(path: str, section: str, key: str) -> str:
+    return f"{path}: [{section}] {key}"
+
+
+def parse_command(text: str, where: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: cannot split {text!r} into words: {exc}") from None
+
+
+_SECONDS = {"timeout": (0.0, math.inf, True), "kill_grace": (0.0, math.inf, False),
+            "linger": (0.0, math.inf, False), "stop_grace": (0.0, 0.9, False)}
+
+
+def _convert(key: str, text: str, where: str) -> object:
+    """One value from text, checked; the error says what was given and what is allowed."""
+    bad = ConfigError(f"{where}: {text!r} is not allowed; expected {_KEYS.get(key, key)}")
+    if key in ("handler", "stop_action"):
+        return parse_command(text, where)
+    if key in _SECONDS:
+        low, high, strict = _SECONDS[key]
+        try:
+            value = float(text)
+        except ValueError:
+            raise bad from None
+        if math.isnan(value) or value < low or (strict and value == low) or value > high:
+            raise bad
+        return value
+    if key == "log_level":
+        if text.upper() not in LOG_LEVELS:
+            raise bad
+        return text.upper()
+    if key == "on_crash":
+        if text not in CRASH_POLICIES:
+            raise bad
+        return text
+    if not text.startswith("/"):
+        raise ConfigError(f"{where}: {text!r} must be an absolute path")
+    return text
+
+
+def _rule(path: str, section: str, items: dict[str, str]) -> Rule:
+    words = parse_command(section[len("match"):], f"{path}: [{section}]")
+    if len(words) != 3:
+        raise ConfigError(f"{path}: [{section}]: expected [match TYPE NAME STATE] (use * for any), "
+                          f"e.g. [match INSTANCE VI_1 MASTER]")
+    values: dict[str, Any] = {}
+    for key, text in items.items():
+        where = _where(path, section, key)
+        if key not in _RULE_KEYS:
+            raise ConfigError(f"{where}: unknown key; a [match] section allows: {', '.join(_RULE_KEYS)}")
+        values[key] = _convert(key, text, where)
+    return Rule(words[0], words[1], words[2], **values)
+
+
+def load(path: str | None, overrides: dict[str, str | None]) -> Settings:
+    """Read the INI file at `path` (if any), then apply command-line `overrides` (None = not given)."""
+    values: dict[str, Any] = {}
+    rules: list[Rule] = []
+    if path is not None:
+        parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                parser.read_file(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a valid INI file: {exc}") from None
+        for section in parser.sections():
+            items = dict(parser.items(section))
+            if section == "launcher":
+                for key, text in items.items():
+                    where = _where(path, section, key)
+                    if key not in _KEYS:
+                        raise ConfigError(f"{where}: unknown key; [launcher] allows: {', '.join(_KEYS)}")
+                    values[key] = _convert(key, text, where)
+            elif section.split(" ", 1)[0] == "match":
+                rules.append(_rule(path, section, items))
+            else:
+                raise ConfigError(f"{path}: [{section}]: unknown section; allowed: [launcher], "
+                                  f"[match TYPE NAME STATE]")
+    for key, given in overrides.items():
+        if given is not None:
+            values[key] = _convert(key, given, f"command line: --{key.replace('_', '-')}")
+    return replace(Settings(), rules=tuple(rules), config_file=path, **values)

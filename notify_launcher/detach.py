@@ -1,0 +1,78 @@
+"""How a worker leaves keepalived's reach: fork, then python-daemon's DaemonContext.
+
+keepalived ends its notify_fifo_script with SIGTERM and, one second later, SIGKILL to the script's
+process group, and stops its VRRP child (the script's parent) too.  A worker must therefore be in
+another session and process group, owe nothing to the reader's file descriptors, and not depend on
+its parent.  Each step below is one requirement; the reader only pays for the first fork.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+
+def spawn_detached(target: Callable[[], int], keep_fd: int) -> int:
+    """Fork; the child daemonizes (keeping `keep_fd` open) and runs `target`.  Returns the
+    intermediate child's pid at once.
+
+    The reader ignores SIGCHLD, so the kernel reaps that child when it exits (right after the
+    DaemonContext's first fork): the reader never waits.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 70  # EX_SOFTWARE, if anything below raises
+    try:
+        leave_process_group()
+        reset_signals()
+        ensure_standard_fds()
+        daemonize(keep_fd)
+        status = target()
+    finally:
+        # Never return into the reader's code, never run its atexit handlers or flush its buffers.
+        os._exit(status)
+
+
+def leave_process_group() -> None:
+    """First thing: keepalived signals the reader's whole process group (TERM, then KILL at +1 s).
+    Until this call the child is in that group; it still has the reader's Python SIGTERM handler,
+    which only sets a flag, so a TERM arriving before this point is harmless."""
+    os.setsid()
+
+
+def reset_signals() -> None:
+    """Undo the reader's signal setup: SIGCHLD must be default again or subprocess cannot wait for
+    actions (waitpid fails with ECHILD and exit codes are lost); the reader's SIGTERM handler and
+    wakeup fd belong to the reader."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def ensure_standard_fds() -> None:
+    """python-daemon redirects fds 0-2 with dup2 and fails if one of them is closed; an exotic parent
+    may have closed them (keepalived gives /dev/null)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def daemonize(keep_fd: int) -> None:
+    """Double fork + setsid (own session, no controlling terminal, not a session leader), chdir /,
+    every inherited fd closed (the FIFO, the reader's log, the journal) but `keep_fd`, stdio on /dev/null.
+
+    umask: python-daemon's default is 0, which would make world-writable files; 0o077 keeps
+    everything private (files that must be shared are created with explicit modes)."""
+    import daemon  # only workers pay for this import
+
+    context = daemon.DaemonContext(umask=0o077, working_directory="/", detach_process=True,
+                                   prevent_core=False, signal_map={}, files_preserve=[keep_fd])
+    context.open()

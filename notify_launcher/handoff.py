@@ -1,0 +1,115 @@
+"""How a journaled event reaches a worker without the reader ever waiting, and without strandings.
+
+The protocol, both sides in one place:
+
+Reader: append the event to the journal, then ring the doorbell (a datagram socket).  A ring that
+        is delivered (or a full socket buffer) means a running worker will still read the journal.
+        If nobody answers, try to take standby.lock: held means a queued worker that has not read
+        the journal yet; taken means spawn a worker and hand it the locked descriptor (the child
+        inherits the lock; the reader drops its copy of the descriptor without unlocking).
+Worker: (1) hold the inherited standby.lock; (2) take worker.lock (filelock, waiting for a running
+        worker); (3) open the doorbell; (4) release standby.lock; (5) read the journal, run what is
+        pending, wait for a ring, repeat.  Having lingered long enough: close the doorbell, read
+        the journal once more (run what came meanwhile, reopening the doorbell), release.
+
+Why nothing is stranded: a worker reads the journal after opening the doorbell and again after
+closing it, and the reader rings after appending; every ordering of the two leaves either a live
+doorbell or a final re-read after the append.  Why a burst does not fork thousands of processes:
+the reader spawns only while it can take standby.lock, which the new worker keeps until it listens;
+so at most one worker runs and one waits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import socket
+from collections.abc import Callable
+
+from notify_launcher.log import open_mode
+from notify_launcher.statedir import FILE_MODE, StatePaths
+
+
+class Doorbell:
+    """The reader's side: ring after each append; spawn a worker when no one will read the journal."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        self._standby = self._open_standby()
+
+    def _open_standby(self) -> int:
+        return open_mode(self.paths.standby_lock, os.O_RDWR, FILE_MODE)
+
+    def close(self) -> None:
+        self._sock.close()
+        os.close(self._standby)
+
+    def ring(self, spawn: Callable[[int], object]) -> bool:
+        """Make sure a worker will read the journal; call `spawn(locked_standby_fd)` if none will.
+
+        Returns True if a worker was spawned."""
+        try:
+            self._sock.sendto(b"!", self.paths.doorbell)
+            return False
+        except BlockingIOError:
+            return False  # the worker is busy and already has rings queued
+        except OSError:
+            pass
+        try:
+            fcntl.flock(self._standby, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            spawn(self._standby)
+        except BaseException:
+            fcntl.flock(self._standby, fcntl.LOCK_UN)
+            raise
+        os.close(self._standby)  # the child's copy keeps the lock
+        self._standby = self._open_standby()
+        return True
+
+
+def release_standby(fd: int) -> None:
+    """The worker's step (4): it listens now, so the next unanswered ring may spawn again."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+class DoorbellListener:
+    """The worker's side, opened only while holding worker.lock (so one listener at a time)."""
+
+    def __init__(self, paths: StatePaths, wakeup_fd: int) -> None:
+        self.path = paths.doorbell
+        self.wakeup_fd = wakeup_fd
+        self._sock: socket.socket | None = None
+
+    def open(self) -> None:
+        try:
+            os.unlink(self.path)  # left by a worker that died; we hold the lock, so it is stale
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        sock.bind(self.path)
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            os.unlink(self.path)
+            self._sock.close()
+            self._sock = None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a ring (True), or until `timeout` or a signal on the wakeup fd (False)."""
+        assert self._sock is not None
+        ready, _, _ = select.select([self._sock.fileno(), self.wakeup_fd], [], [], timeout)
+        if self.wakeup_fd in ready:
+            return False
+        rang = bool(ready)
+        while rang:
+            try:
+                self._sock.recv(64)
+            except BlockingIOError:
+                break
+        return rang

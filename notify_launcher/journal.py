@@ -1,0 +1,148 @@
+"""The durable ordered queue: one append-only file of events, one line each.
+
+    SEQ <tab> TIME <tab> READER_PID <tab> TYPE <tab> NAME <tab> STATE <tab> PRIORITY <tab> VS
+
+Appending is cheap (no fsync, never waits on a worker: keepalived drops events when its pipe is
+full) and numbers events across processes: two readers live at once during a keepalived reload,
+so the next sequence number is read from the file's tail under a short `flock`, and the line is
+written under the same lock.  A follower therefore never sees #12 before #11.  A torn last line
+(a writer killed mid-write, a full disk) is cut off by the next appender, which holds the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+
+from notify_launcher.events import Event
+from notify_launcher.log import open_mode
+from notify_launcher.statedir import FILE_MODE
+
+_TAIL = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journaled event."""
+
+    seq: int
+    time: float
+    reader_pid: int
+    event: Event
+
+
+def format_entry(entry: Entry) -> bytes:
+    e = entry.event
+    return (f"{entry.seq}\t{entry.time:.6f}\t{entry.reader_pid}\t{e.type}\t{e.name}\t{e.state}\t"
+            f"{e.priority}\t{e.vs}\n").encode("utf-8")
+
+
+def parse_entry(line: bytes) -> Entry | None:
+    """An entry from one line without its newline; None if the line is damaged."""
+    parts = line.decode("utf-8", "replace").split("\t")
+    if len(parts) != 8:
+        return None
+    try:
+        return Entry(int(parts[0]), float(parts[1]), int(parts[2]),
+                     Event(parts[3], parts[4], parts[5], int(parts[6]), parts[7]))
+    except ValueError:
+        return None
+
+
+class JournalWriter:
+    """The readers' side: number and append events."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = open_mode(path, os.O_RDWR | os.O_APPEND, FILE_MODE)
+        self._size = -1
+        self._last = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def append(self, event: Event, now: float, pid: int) -> int:
+        """Append `event`, return its sequence number.  Raises OSError (e.g. ENOSPC) with nothing written."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(self._fd).st_size
+            if size != self._size:
+                size = self._resync(size)
+            seq = self._last + 1
+            data = format_entry(Entry(seq, now, pid, event))
+            try:
+                written = os.write(self._fd, data)
+            except OSError:
+                os.ftruncate(self._fd, size)
+                raise
+            if written != len(data):
+                os.ftruncate(self._fd, size)
+                raise OSError(28, "short write to the journal (disk full?)")
+            self._size, self._last = size + written, seq
+            return seq
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _resync(self, size: int) -> int:
+        """Another process appended (or a write was torn): learn the last seq; return the clean size."""
+        start = max(0, size - _TAIL)
+        tail = os.pread(self._fd, size - start, start)
+        end = tail.rfind(b"\n") + 1
+        if start + end != size:  # torn last line: cut it (we hold the lock, nobody is writing)
+            os.ftruncate(self._fd, start + end)
+            size = start + end
+        self._last = 0
+        for line in reversed(tail[:end].split(b"\n")[:-1]):
+            entry = parse_entry(line)
+            if entry is not None:
+                self._last = entry.seq
+                break
+        self._size = size
+        return size
+
+
+class JournalFollower:
+    """The worker's side: read entries appended since the last call, complete lines only."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.offset = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def read_new(self) -> tuple[list[Entry], list[bytes]]:
+        """(entries, damaged lines) that became complete since the last call."""
+        chunks = []
+        offset = self.offset
+        while True:
+            chunk = os.pread(self._fd, 1 << 16, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        data = b"".join(chunks)
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        entries: list[Entry] = []
+        damaged: list[bytes] = []
+        for line in data[:end].split(b"\n")[:-1]:
+            entry = parse_entry(line)
+            if entry is None:
+                damaged.append(line)
+            else:
+                entries.append(entry)
+        return entries, damaged
+
+
+def read_all(path: str) -> list[Entry]:
+    """Every intact entry (for status and wait)."""
+    try:
+        follower = JournalFollower(path)
+    except FileNotFoundError:
+        return []
+    try:
+        return follower.read_new()[0]
+    finally:
+        follower.close()

@@ -1,0 +1,115 @@
+"""The one log format every process writes: the file an administrator debugs from.
+
+    2026-11-25 14:55:01.123 worker[4242] INFO  #17 INSTANCE "VI_1" MASTER 100 | action started ...
+
+Every line carries time (ms), role and pid, level, the event's sequence number and the event
+(`#- -` when a line concerns no event).  Each line is one `write()` on an O_APPEND descriptor, so
+the reader, the worker and a second reader during a keepalived reload interleave whole lines.
+The file is reopened when logrotate moved it (same check as logging's WatchedFileHandler).  The
+logging module is not used: the reader must start fast and stay small.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+LOG_MODE = 0o640
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
+
+
+def open_mode(path: str, flags: int, mode: int) -> int:
+    """Open (creating if needed) with exactly `mode`: keepalived runs us under umask 0177."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
+    st = os.fstat(fd)
+    if st.st_mode & 0o7777 != mode and st.st_uid == os.geteuid():
+        os.fchmod(fd, mode)
+    return fd
+
+
+class Log:
+    """Appends formatted lines to one file; falls back to stderr when the file cannot be written."""
+
+    def __init__(self, path: str | None, role: str, level: str = "INFO") -> None:
+        self.path = path
+        self.role = role
+        self.threshold = _LEVELS[level]
+        self._fd = -1
+        self._ident: tuple[int, int] | None = None
+        self._failed: str | None = None
+        self._open()
+
+    def _open(self) -> None:
+        if self.path is None:
+            return
+        try:
+            fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, LOG_MODE)
+        except OSError as exc:
+            self._report_failure(f"cannot open log file {self.path}: {exc.strerror}")
+            return
+        st = os.fstat(fd)
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+        if self._failed is not None:
+            self._failed = None
+            self.info(None, None, f"log file {self.path} writable again")
+
+    def _report_failure(self, why: str) -> None:
+        """Say once (on stderr, which may be /dev/null under keepalived) that the log is lost."""
+        if self._failed != why:
+            self._failed = why
+            sys.stderr.write(f"notify-launcher: {why}; actions still run\n")
+
+    def _reopen_if_rotated(self) -> None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._ident:
+                return
+        except OSError:
+            pass
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._open()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def line(self, level: str, seq: int | None, event: object, message: str) -> None:
+        """Write one line; `event` is anything whose str() names it (an Event, or None)."""
+        if _LEVELS[level] < self.threshold:
+            return
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        ms = int(now * 1000) % 1000
+        text = (f"{stamp}.{ms:03d} {self.role}[{os.getpid()}] {level:<5} "
+                f"#{'-' if seq is None else seq} {event if event is not None else '-'} | {message}\n")
+        if self.path is None:
+            sys.stderr.write(text)
+            return
+        self._reopen_if_rotated()
+        if self._fd < 0:
+            sys.stderr.write(text)
+            return
+        try:
+            os.write(self._fd, text.encode("utf-8", "backslashreplace"))
+        except OSError as exc:
+            self._report_failure(f"cannot write log file {self.path}: {exc.strerror}")
+
+    def debug(self, seq: int | None, event: object, message: str) -> None:
+        self.line("DEBUG", seq, event, message)
+
+    def info(self, seq: int | None, event: object, message: str) -> None:
+        self.line("INFO", seq, event, message)
+
+    def warn(self, seq: int | None, event: object, message: str) -> None:
+        self.line("WARN", seq, event, message)
+
+    def error(self, seq: int | None, event: object, message: str) -> None:
+        self.line("ERROR", seq, event, message)

@@ -1,0 +1,70 @@
+"""What the workers did with each event: an append-only file of JSON records, one per line.
+
+    {"op": "start", "seq": 7, ...}   an action process was started (its pid and create time, the worker's)
+    {"op": "end",   "seq": 7, ...}   the event is finished: action result, or why nothing ran
+
+Events run strictly in order, so "done" is a high-water mark: the largest seq with an `end`.  A
+`start` with no `end` after it is an event whose worker died; the next worker recovers it.
+Replaying this file is how `status`, `wait` and a new worker learn the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from notify_launcher.log import open_mode
+from notify_launcher.statedir import FILE_MODE
+
+Record = dict[str, Any]
+
+
+class ProgressLog:
+    """The worker's writer."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = open_mode(path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def record(self, op: str, seq: int, **fields: Any) -> None:
+        os.write(self._fd, (json.dumps({"op": op, "seq": seq, **fields}) + "\n").encode())
+
+
+@dataclass
+class Snapshot:
+    """The state a replay of the progress file arrives at."""
+
+    done_seq: int = 0
+    running: Record | None = None
+    last: dict[str, Record] = field(default_factory=dict)
+    ends: list[Record] = field(default_factory=list)
+
+
+def replay(path: str, keep_ends: int = 0) -> Snapshot:
+    """Fold the progress file into a Snapshot; keep the last `keep_ends` end records for history."""
+    snap = Snapshot()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return snap
+    for line in data.split(b"\n"):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn last line or damage: the journal still has the event
+        if rec.get("op") == "start":
+            snap.running = rec
+        elif rec.get("op") == "end":
+            snap.done_seq = max(snap.done_seq, rec["seq"])
+            if snap.running is not None and snap.running["seq"] == rec["seq"]:
+                snap.running = None
+            snap.last[rec["key"]] = rec
+            if keep_ends:
+                snap.ends.append(rec)
+                del snap.ends[:-keep_ends]
+    return snap

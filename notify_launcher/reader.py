@@ -1,0 +1,221 @@
+"""The resident notify_fifo_script: FIFO line -> parsed event -> journal -> doorbell.
+
+It must never stall (keepalived drops events when the pipe is full), survive any byte sequence,
+and leave well inside keepalived's one-second SIGTERM->SIGKILL window -- but only after catching
+the STOP lines keepalived writes *after* its SIGTERM.  Heavy imports (python-daemon, filelock,
+psutil) belong to the worker; the reader only forks.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import stat
+import time
+from collections import deque
+
+from notify_launcher.config import Settings
+from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line
+from notify_launcher.handoff import Doorbell
+from notify_launcher.journal import JournalWriter
+from notify_launcher.log import Log
+from notify_launcher.statedir import StatePaths
+
+FINAL_STATES = frozenset({"STOP", "DELETED"})
+BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
+RETRY_INTERVAL = 1.0
+
+
+class FifoError(Exception):
+    """The FIFO keepalived gave us cannot be read; the message says why."""
+
+
+def open_fifo(path: str) -> int:
+    """Open keepalived's FIFO for reading without waiting for a writer (so SIGTERM is never missed)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise FifoError(f"FIFO {path}: {exc.strerror} (keepalived creates it from notify_fifo; "
+                        f"the FIFO must be the last argument)") from None
+    if not stat.S_ISFIFO(st.st_mode):
+        raise FifoError(f"{path} is not a FIFO (keepalived passes its notify_fifo path as the last argument)")
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FifoError(f"FIFO {path}: cannot open for reading: {exc.strerror} "
+                        f"(keepalived makes it 0600, owned by the script user)") from None
+
+
+class Reader:
+    """One reader per keepalived process (two for a moment during a reload)."""
+
+    def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
+                 term_at: float | None = None) -> None:
+        self.settings, self.paths, self.fifo, self.fifo_path, self.log = settings, paths, fifo_fd, fifo_path, log
+        self.journal = JournalWriter(paths.journal)
+        self.doorbell = Doorbell(paths)
+        self.backlog: deque[tuple[Event, float]] = deque()
+        self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
+        self.lines = 0
+        self.term_at = term_at  # a SIGTERM that came while we were starting
+        self._term_logged = False
+        self._buf = b""
+        self._discarding = False
+        self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps spawn_detached's children
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        if self.term_at is None:
+            self.term_at = time.monotonic()
+
+    def run(self) -> int:
+        poller = select.poll()
+        poller.register(self.fifo, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        eof = False
+        while not eof:
+            if self.term_at is not None and self._stop_complete():
+                break
+            timeout = self._poll_timeout()
+            for fd, _ in poller.poll(timeout):
+                if fd == self._wake_r:
+                    _drain(self._wake_r)
+                else:
+                    eof = not self._read()
+            if self.backlog:
+                self._flush_backlog()
+            if self.term_at is not None and not self._term_logged:
+                self._term_logged = True
+                self.log.info(None, None, f"SIGTERM: catching STOP lines for up to {self.settings.stop_grace:g}s")
+        self._finish(eof)
+        return 0
+
+    def _poll_timeout(self) -> int | None:
+        """Milliseconds poll() may sleep: forever when idle (no polling loops), else the nearest deadline."""
+        waits = []
+        if self.term_at is not None:
+            waits.append(self.term_at + self.settings.stop_grace - time.monotonic())
+        if self.backlog:
+            waits.append(RETRY_INTERVAL)
+        if not waits:
+            return None
+        return max(0, int(min(waits) * 1000) + 1)
+
+    def _stop_complete(self) -> bool:
+        """After SIGTERM: every known instance/group reported STOP, or the grace is over."""
+        assert self.term_at is not None
+        if time.monotonic() >= self.term_at + self.settings.stop_grace:
+            return True
+        return bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
+
+    def _read(self) -> bool:
+        """Read what the FIFO holds; False at EOF (keepalived closed it: reload or exit)."""
+        while True:
+            try:
+                data = os.read(self.fifo, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Split into lines; a line longer than MAX_LINE is reported once and skipped to its newline."""
+        buf, start = self._buf + data, 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            if self._discarding:
+                self._discarding = False
+            else:
+                self._line(buf[start:nl])
+            start = nl + 1
+        rest = buf[start:]
+        if len(rest) > MAX_LINE:
+            if not self._discarding:
+                self._line(rest)
+                self._discarding = True
+            rest = b""
+        self._buf = rest
+
+    def _line(self, raw: bytes) -> None:
+        self.lines += 1
+        parsed = parse_line(raw)
+        if isinstance(parsed, Rejected):
+            self.log.warn(None, None, f"line {self.lines} rejected ({parsed.reason}): {parsed.shown()}")
+            return
+        if parsed.type in ("INSTANCE", "GROUP"):
+            self.states[parsed.key] = parsed.state
+        self._submit(parsed)
+
+    def _submit(self, event: Event) -> None:
+        if self.backlog:
+            self._hold(event)
+            self._flush_backlog()
+            return
+        now = time.time()
+        try:
+            seq = self.journal.append(event, now, os.getpid())
+        except OSError as exc:
+            self.log.error(None, event, f"cannot write the journal ({exc.strerror}); holding the event "
+                                        f"in memory and retrying every {RETRY_INTERVAL:g}s")
+            self._hold(event, now)
+            return
+        self.log.info(seq, event, "received")
+        self._ring()
+
+    def _hold(self, event: Event, now: float | None = None) -> None:
+        if len(self.backlog) >= BACKLOG_MAX:
+            lost, _ = self.backlog.popleft()
+            self.log.error(None, lost, f"DROPPED: more than {BACKLOG_MAX} events wait for the journal")
+        self.backlog.append((event, time.time() if now is None else now))
+
+    def _flush_backlog(self) -> None:
+        while self.backlog:
+            event, received = self.backlog[0]
+            try:
+                seq = self.journal.append(event, received, os.getpid())
+            except OSError:
+                return
+            self.backlog.popleft()
+            self.log.info(seq, event, f"received (journaled late, after {time.time() - received:.1f}s)")
+        self._ring()
+
+    def _ring(self) -> None:
+        if self.doorbell.ring(self._spawn):
+            self.log.debug(None, None, "no worker listening or queued: spawned one")
+
+    def _spawn(self, standby_fd: int) -> None:
+        from notify_launcher.detach import spawn_detached
+        settings = self.settings
+
+        def work() -> int:
+            from notify_launcher.worker import worker_main
+            return worker_main(settings, standby_fd)
+
+        spawn_detached(work, standby_fd)
+
+    def _finish(self, eof: bool) -> None:
+        """Journal the reader's own end, so the stop action runs after the STOP lines, then say when."""
+        if self.term_at is None:
+            state, why = "EOF", "keepalived closed the FIFO"
+        elif eof:
+            state, why = "RELOAD", "SIGTERM then EOF: keepalived is reloading"
+        else:
+            state, why = "STOP", "SIGTERM: keepalived is stopping"
+        self._submit(Event(READER_TYPE, "reader", state))
+        if self.backlog:
+            self.log.error(None, None, f"LOST: {len(self.backlog)} events could not be journaled before exit")
+        since = "" if self.term_at is None else f", {(time.monotonic() - self.term_at) * 1000:.0f} ms after SIGTERM"
+        self.log.info(None, None, f"reader exiting ({why}; {self.lines} lines read{since})")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

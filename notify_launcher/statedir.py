@@ -1,0 +1,78 @@
+"""The state directory: where the journal, the worker's progress, the locks and the doorbell live.
+
+It is created 0700 and refused when it is a symlink or belongs to another user: everything in it
+decides which commands root runs.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+FILE_MODE = 0o600
+
+
+class StateDirError(Exception):
+    """The state directory cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Names of everything in one state directory."""
+
+    root: str
+
+    @property
+    def journal(self) -> str:
+        """Events in sequence order, appended by the readers (journal.py)."""
+        return os.path.join(self.root, "journal")
+
+    @property
+    def progress(self) -> str:
+        """What the workers did with each event (progress.py)."""
+        return os.path.join(self.root, "progress")
+
+    @property
+    def worker_lock(self) -> str:
+        """Held by the one worker that runs actions."""
+        return os.path.join(self.root, "worker.lock")
+
+    @property
+    def standby_lock(self) -> str:
+        """Held by the one worker waiting for worker.lock, so a burst queues one process, not thousands."""
+        return os.path.join(self.root, "standby.lock")
+
+    @property
+    def doorbell(self) -> str:
+        """Datagram socket the running worker listens on for "new event" rings."""
+        return os.path.join(self.root, "doorbell.sock")
+
+    @property
+    def settings(self) -> str:
+        """The newest reader's settings, so a lingering worker follows a changed config."""
+        return os.path.join(self.root, "settings.json")
+
+    @property
+    def worker_pid(self) -> str:
+        """`PID CREATE_TIME` of the worker holding worker.lock."""
+        return os.path.join(self.root, "worker.pid")
+
+
+def ensure_state_dir(root: str) -> StatePaths:
+    """Create `root` 0700 if missing; refuse a symlink or another owner's directory."""
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        st = os.lstat(root)
+    except OSError as exc:
+        raise StateDirError(f"state directory {root}: {exc.strerror}; create it or set state_dir") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StateDirError(f"state directory {root} is a symlink; refusing it (point state_dir at the real path)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"state directory {root} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StateDirError(f"state directory {root} belongs to uid {st.st_uid}, not to us (uid {os.geteuid()}); "
+                            f"refusing it")
+    if st.st_mode & 0o077:
+        os.chmod(root, 0o700)
+    return StatePaths(root)

@@ -1,0 +1,82 @@
+"""What the state directory says: per instance/group state, pending events, the running action.
+
+Read-only: `status` and `wait` never take a lock, so they can be run at any time, even while a
+worker hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from notify_launcher.journal import Entry, read_all
+from notify_launcher.progress import Snapshot, replay
+from notify_launcher.statedir import StatePaths
+
+
+@dataclass
+class Status:
+    snapshot: Snapshot
+    pending: list[Entry]
+    last_seq: int
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and self.snapshot.running is None
+
+
+def read_status(paths: StatePaths) -> Status:
+    snap = replay(paths.progress)
+    entries = read_all(paths.journal)
+    running_seq = snap.running["seq"] if snap.running else None
+    pending = [e for e in entries if e.seq > snap.done_seq and e.seq != running_seq]
+    return Status(snap, pending, entries[-1].seq if entries else 0)
+
+
+def _worker_alive(running: dict[str, Any]) -> bool:
+    import psutil
+
+    try:
+        ctime: float = psutil.Process(running["worker"]).create_time()
+        return abs(ctime - float(running["worker_ctime"])) < 0.01
+    except psutil.Error:
+        return False
+
+
+def as_json(status: Status) -> str:
+    running = status.snapshot.running
+    return json.dumps({
+        "last_seq": status.last_seq,
+        "done_seq": status.snapshot.done_seq,
+        "instances": status.snapshot.last,
+        "running": None if running is None else {**running, "elapsed": time.time() - running["t"],
+                                                 "worker_alive": _worker_alive(running)},
+        "pending": [{"seq": e.seq, "event": str(e.event), "time": e.time} for e in status.pending],
+    }, indent=2, sort_keys=True)
+
+
+def as_text(status: Status) -> str:
+    snap = status.snapshot
+    out = [f"events: {status.last_seq} journaled, {snap.done_seq} finished, {len(status.pending)} pending"]
+    if snap.running is not None:
+        r = snap.running
+        alive = "" if _worker_alive(r) else "  (its worker is gone: the next worker recovers it)"
+        out.append(f"running: #{r['seq']} {r['event']}  action pid {r['pid']}, "
+                   f"{time.time() - r['t']:.1f}s so far{alive}")
+    else:
+        out.append("running: nothing")
+    if snap.last:
+        out.append("")
+        out.append(f"{'INSTANCE/GROUP':<28} {'STATE':<20} {'SINCE':<20} {'SEQ':>6}  LAST ACTION")
+        for key, rec in sorted(snap.last.items()):
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["t"]))
+            out.append(f"{key:<28} {rec['state']:<20} {since:<20} {rec['seq']:>6}  {rec['result']}")
+    if status.pending:
+        out.append("")
+        out.append("pending:")
+        out += [f"  #{e.seq} {e.event}" for e in status.pending[:20]]
+        if len(status.pending) > 20:
+            out.append(f"  ... and {len(status.pending) - 20} more")
+    return "\n".join(out)

@@ -1,0 +1,193 @@
+"""End to end through the keepalived stand-in: real FIFO, real signals, real detached workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import psutil
+
+from conftest import LAUNCHER, Launcher, check_order
+
+VI = 'INSTANCE "VI_1" {} 100'
+
+
+def test_events_run_in_order_with_their_fields(launcher: Launcher) -> None:
+    k = launcher.keepalived()
+    k.start()
+    for line in ('GROUP "G1" BACKUP 0', VI.format("BACKUP"), VI.format("MASTER"),
+                 "RS [192.168.1.11]:tcp:0 FWM 7 DOWN"):
+        assert k.write(line)
+    launcher.settle(4)
+    k.stop([])
+    recs = [r for r in launcher.records() if r[0] == "start"]
+    assert [r[1:-1] for r in recs] == [
+        ["1", "GROUP", "G1", "BACKUP", "0"],
+        ["2", "INSTANCE", "VI_1", "BACKUP", "100"],
+        ["3", "INSTANCE", "VI_1", "MASTER", "100"],
+        ["4", "RS", "[192.168.1.11]:tcp:0", "DOWN", "0", "FWM", "7"],
+    ]
+    log = launcher.log_text()
+    assert re.search(r'worker\[\d+\] INFO  #3 INSTANCE "VI_1" MASTER 100 \| action ended: exit 0', log)
+
+
+def test_slow_action_survives_keepalived_stop_and_stop_lines_run(launcher: Launcher) -> None:
+    """A 3 s action started before the stop completes; STOP lines written after SIGTERM run."""
+    k = launcher.keepalived()
+    k.start()
+    launcher.sleep_on("MASTER", 3)
+    k.write(VI.format("MASTER"))
+    deadline = time.monotonic() + 10
+    while not launcher.records() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    report = k.stop([VI.format("STOP"), 'GROUP "G1" STOP 0'])
+    assert not report.killed, "keepalived had to SIGKILL the reader"
+    assert report.exit_after < 0.7
+    launcher.settle(4)
+    recs = launcher.records()
+    started, problems = check_order(recs)
+    assert started == [1, 2, 3] and problems == 0
+    assert recs[0][:5] == ["start", "1", "INSTANCE", "VI_1", "MASTER"]
+    assert recs[1][:2] == ["end", "1"] and float(recs[1][2]) - float(recs[0][-1]) >= 3.0
+    assert [r[3:5] for r in recs if r[0] == "start"][1:] == [["VI_1", "STOP"], ["G1", "STOP"]]
+    log = launcher.log_text()
+    assert "SIGTERM: catching STOP lines" in log
+    assert re.search(r"reader exiting \(SIGTERM: keepalived is stopping; \d+ lines read, \d+ ms after SIGTERM\)", log)
+
+
+def test_reader_waits_full_grace_when_stop_lines_are_missing(launcher: Launcher) -> None:
+    k = launcher.keepalived("--stop-grace", "0.3")
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    report = k.stop([])  # VI_1 never reports STOP: the reader waits its grace, then leaves
+    assert not report.killed
+    assert 0.3 <= report.exit_after < 0.7
+
+
+def test_burst_of_2000_events_nothing_lost_in_order_no_overlap(launcher: Launcher) -> None:
+    k = launcher.keepalived()
+    k.start()
+    peak = 0
+    lines = []
+    for i in range(2000):
+        state = "MASTER" if (i // 10) % 2 else "BACKUP"
+        lines.append(f'INSTANCE "VI_{i % 10}" {state} {100 + i % 10}')
+    for n, line in enumerate(lines):
+        k.write(line)
+        if n % 200 == 0:
+            peak = max(peak, len([p for p in launcher.processes() if "handler.sh" not in " ".join(p.cmdline())]))
+    assert k.dropped == 0
+    launcher.settle(2000, timeout=300)
+    report = k.stop([])
+    assert not report.killed
+    started, problems = check_order(launcher.records())
+    assert problems == 0
+    assert started == list(range(1, 2001))
+    got = [" ".join(r[2:6]) for r in launcher.records() if r[0] == "start"]
+    assert got == [line.replace('"', "") for line in lines]
+    assert peak <= 3, f"{peak} launcher processes at the burst's peak"
+
+
+def test_bad_line_is_logged_and_skipped_and_the_next_runs(launcher: Launcher) -> None:
+    k = launcher.keepalived()
+    k.start()
+    k.write_raw(b'INSTANCE "VI_1" SLEEPY 100\n\xff\xfe garbage\n\0\0\n' + b"x" * 100_000 + b"\n")
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.stop([])
+    assert [r[1:5] for r in launcher.records() if r[0] == "start"] == [["1", "INSTANCE", "VI_1", "MASTER"]]
+    log = launcher.log_text()
+    assert "line 1 rejected (unknown state 'SLEEPY')" in log
+    assert "line 2 rejected (not UTF-8 (byte 0))" in log
+    assert "line 3 rejected (empty line)" in log
+    assert "line 4 rejected (line longer than 4096 bytes)" in log
+
+
+def test_timeout_ends_the_whole_tree_and_the_next_event_runs(launcher: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    hang = tmp_path / "hang.sh"
+    pids = tmp_path / "pids"
+    hang.write_text(f"""#!/bin/sh
+case "$3" in MASTER) ;; *) echo "ran $NL_SEQ" >> {launcher.rec}; exit 0;; esac
+sleep 300 & echo $! >> {pids}
+setsid sh -c 'sleep 301 & echo $! >> {pids}; sleep 302' &
+sh -c 'sleep 303 & echo $! >> {pids}' &
+sleep 304
+""")
+    hang.chmod(0o755)
+    launcher.handler = hang
+    k = launcher.keepalived("--timeout", "1")
+    k.start()
+    k.write(VI.format("MASTER"))
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    k.stop([])
+    assert launcher.rec.read_text().split() == ["ran", "2"]
+    spawned = [int(p) for p in pids.read_text().split()]
+    assert len(spawned) == 3
+    time.sleep(0.2)
+    alive = [p for p in spawned if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    log = launcher.log_text()
+    assert "timeout of 1s reached; ending the action's process tree" in log
+    assert '#1 INSTANCE "VI_1" MASTER 100 | action ended: timed out, killed by SIGTERM' in log
+
+
+def test_action_exit_codes_and_signals_are_logged(launcher: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    act = tmp_path / "act.sh"
+    act.write_text('#!/bin/sh\necho "to stderr" >&2\ncase "$3" in MASTER) exit 3;; BACKUP) kill -9 $$;; esac\n')
+    act.chmod(0o755)
+    launcher.handler = act
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    k.write(VI.format("BACKUP"))
+    k.write(VI.format("FAULT"))
+    launcher.settle(3)
+    k.stop([])
+    log = launcher.log_text()
+    assert '#1 INSTANCE "VI_1" MASTER 100 | err: to stderr' in log
+    assert "#1 INSTANCE \"VI_1\" MASTER 100 | action ended: exit 3" in log
+    assert "#2 INSTANCE \"VI_1\" BACKUP 100 | action ended: killed by SIGKILL" in log
+    assert "#3 INSTANCE \"VI_1\" FAULT 100 | action ended: exit 0" in log
+    status = subprocess.run([LAUNCHER, "status", "--state-dir", str(launcher.state)], capture_output=True, text=True)
+    assert status.returncode == 0
+    assert re.search(r"INSTANCE VI_1\s+FAULT\s+\S+ \S+\s+3  exit 0", status.stdout), status.stdout
+    assert "4 journaled, 4 finished, 0 pending" in status.stdout
+
+
+def test_reload_two_readers_keep_numbering_and_order(launcher: Launcher) -> None:
+    k = launcher.keepalived()
+    k.start()
+    launcher.sleep_on("MASTER", 2)
+    k.write(VI.format("MASTER"))
+    time.sleep(0.3)
+    old = k.proc
+    killer = k.reload()
+    k.write(VI.format("BACKUP"))
+    killer.join()
+    assert old is not None and old.returncode == 0, "the old reader was killed instead of leaving on EOF"
+    launcher.settle(3)
+    k.stop([VI.format("STOP")])
+    launcher.settle(5)
+    started, problems = check_order(launcher.records())
+    assert problems == 0
+    states = [r[4] for r in launcher.records() if r[0] == "start"]
+    assert states == ["MASTER", "BACKUP", "STOP"]
+    recs = launcher.records()
+    assert recs[1][:2] == ["end", "1"]  # the long action was not killed by the reload
+    assert "SIGTERM then EOF: keepalived is reloading" in launcher.log_text()
+
+
+def test_fifo_missing_or_not_a_fifo_is_a_clear_error(launcher: Launcher) -> None:
+    res = subprocess.run(launcher.argv(str(launcher.dir / "nope.fifo")), capture_output=True, text=True)
+    assert res.returncode == 3
+    assert "nope.fifo: No such file or directory" in res.stderr
+    plain = launcher.dir / "plain"
+    plain.write_text("")
+    res = subprocess.run(launcher.argv(str(plain)), capture_output=True, text=True)
+    assert res.returncode == 3
+    assert "is not a FIFO" in res.stderr
+    assert "is not a FIFO" in launcher.log_text()
