@@ -93,13 +93,14 @@ def kill_tree(proc: subprocess.Popen[bytes], others: list[psutil.Process], grace
 
     The action itself is awaited through its Popen, so its own exit status is not lost to psutil.
     """
+    names = ", ".join([str(proc.pid)] + [f"{p.pid} ({_name(p)})" for p in others])
     for p in others:
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
     proc.terminate()
-    note("sent SIGTERM to " + ", ".join([str(proc.pid)] + [f"{p.pid} ({_name(p)})" for p in others]))
+    note(f"sent SIGTERM to {names}")
     deadline = time.monotonic() + grace
     try:
         proc.wait(timeout=grace)
