@@ -3,7 +3,7 @@
     [launcher]                     # every key optional; the command line wins over the file
     handler = /usr/local/bin/ka-action --verbose
     timeout = 120
-    [match INSTANCE VI_1 MASTER]   # TYPE NAME STATE, `*` for any; the most specific match wins
+    [match INSTANCE VI_1 MASTER]   # TYPE NAME STATE, `*` for any; per key, the most specific match wins
     handler = /usr/local/bin/promote-vi1
     [match * * MASTER_RX_LOWER_PRI]
     handler =                      # empty: log the event, run nothing
@@ -73,19 +73,17 @@ class Settings:
     config_file: str | None = None
 
     def action_for(self, event: Event) -> tuple[tuple[str, ...], float]:
-        """The command prefix and timeout for `event`: best matching rule, else the defaults."""
+        """The command prefix and timeout for `event`: each from the most specific matching rule that
+        sets it (ties: the later section), else the [launcher] default."""
         if event.type == "READER":
             return (self.stop_action if event.state == "STOP" else ()), self.timeout
-        best: Rule | None = None
-        best_score = -1
-        for rule in self.rules:
-            score = rule.specificity(event)
-            if score > best_score:
-                best, best_score = rule, score
-        if best is None:
-            return self.handler, self.timeout
-        handler = self.handler if best.handler is None else best.handler
-        return handler, self.timeout if best.timeout is None else best.timeout
+        handler, timeout = self.handler, self.timeout
+        matching = sorted((r.specificity(event), n, r) for n, r in enumerate(self.rules)
+                          if r.specificity(event) >= 0)
+        for _, _, rule in matching:  # least specific first; later ones override
+            handler = handler if rule.handler is None else rule.handler
+            timeout = timeout if rule.timeout is None else rule.timeout
+        return handler, timeout
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

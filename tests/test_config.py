@@ -1,0 +1,93 @@
+"""Config: precedence of [match] rules and the command line, and errors that name file, section, key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from notify_launcher.config import ConfigError, Settings, load
+from notify_launcher.events import Event
+
+INI = """
+[launcher]
+handler = /usr/local/bin/act --flag "two words"
+timeout = 30
+
+[match * * MASTER]
+handler = /bin/master
+
+[match INSTANCE VI_1 *]
+timeout = 99
+
+[match INSTANCE VI_1 MASTER]
+handler = /bin/vi1-master
+
+[match VS "FWM 7" UP]
+handler = /bin/fwm-up
+
+[match * * MASTER_RX_LOWER_PRI]
+handler =
+"""
+
+
+def _load(tmp_path: Path, text: str, **overrides: str) -> Settings:
+    ini = tmp_path / "x.ini"
+    ini.write_text(text)
+    return load(str(ini), dict(overrides))
+
+
+def test_most_specific_rule_wins(tmp_path: Path) -> None:
+    s = _load(tmp_path, INI)
+    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER", 100)) == (("/bin/vi1-master",), 99)
+    assert s.action_for(Event("INSTANCE", "VI_2", "MASTER", 100)) == (("/bin/master",), 30)
+    assert s.action_for(Event("INSTANCE", "VI_1", "BACKUP", 100)) == (
+        ("/usr/local/bin/act", "--flag", "two words"), 99)
+    assert s.action_for(Event("GROUP", "G1", "FAULT", 0)) == (("/usr/local/bin/act", "--flag", "two words"), 30)
+    assert s.action_for(Event("VS", "FWM 7", "UP")) == (("/bin/fwm-up",), 30)
+    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER_RX_LOWER_PRI", 100)) == ((), 99)
+
+
+def test_command_line_wins_over_file(tmp_path: Path) -> None:
+    s = _load(tmp_path, INI, handler="/bin/other 'a b'", timeout="5")
+    assert s.handler == ("/bin/other", "a b") and s.timeout == 5.0
+
+
+def test_stop_action_only_for_reader_stop(tmp_path: Path) -> None:
+    s = _load(tmp_path, "[launcher]\nhandler = /bin/h\nstop_action = /bin/stopped\n")
+    assert s.action_for(Event("READER", "reader", "STOP")) == (("/bin/stopped",), 120)
+    assert s.action_for(Event("READER", "reader", "RELOAD")) == ((), 120)
+
+
+def test_settings_survive_json_round_trip(tmp_path: Path) -> None:
+    s = _load(tmp_path, INI)
+    assert Settings.from_json(s.to_json()) == s
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[launcher]\ntimeout = soon\n", "x.ini: [launcher] timeout: 'soon' is not allowed; expected seconds, a number > 0"),
+    ("[launcher]\ntimeout = 0\n", "[launcher] timeout: '0' is not allowed"),
+    ("[launcher]\nstop_grace = 1.5\n", "stop_grace: '1.5' is not allowed; expected seconds, a number from 0 to 0.9"),
+    ("[launcher]\nhandlr = /bin/x\n", "x.ini: [launcher] handlr: unknown key; [launcher] allows: handler,"),
+    ("[launcher]\non_crash = retry\n", "on_crash: 'retry' is not allowed; expected one of rerun, skip"),
+    ("[launcher]\nlog_file = relative.log\n", "log_file: 'relative.log' must be an absolute path"),
+    ("[launcher]\nhandler = /bin/x 'unclosed\n", "handler: cannot split"),
+    ("[match INSTANCE VI_1]\nhandler = /bin/x\n", "[match INSTANCE VI_1]: expected [match TYPE NAME STATE]"),
+    ("[match * * MASTER]\nlinger = 3\n", "[match * * MASTER] linger: unknown key; a [match] section allows: handler, timeout"),
+    ("[extra]\n", "[extra]: unknown section"),
+    ("no section\n", "not a valid INI file"),
+])
+def test_errors_name_file_section_key_and_what_is_allowed(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    assert message in str(exc.value)
+
+
+def test_bad_command_line_value_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="command line: --timeout: '-1' is not allowed"):
+        load(None, {"timeout": "-1"})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.ini: cannot read config file: No such file or directory"):
+        load(str(tmp_path / "nope.ini"), {})
