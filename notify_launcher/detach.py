@@ -13,8 +13,8 @@ import signal
 from collections.abc import Callable
 
 
-def spawn_detached(target: Callable[[], int], keep_fd: int) -> int:
-    """Fork; the child daemonizes (keeping `keep_fd` open) and runs `target`.  Returns the
+def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:
+    """Fork; the child daemonizes (keeping `keep_fds` open) and runs `target`.  Returns the
     intermediate child's pid at once.
 
     The reader ignores SIGCHLD, so the kernel reaps that child when it exits (right after the
@@ -28,7 +28,7 @@ def spawn_detached(target: Callable[[], int], keep_fd: int) -> int:
         leave_process_group()
         reset_signals()
         ensure_standard_fds()
-        daemonize(keep_fd)
+        daemonize(keep_fds)
         status = target()
     finally:
         # Never return into the reader's code, never run its atexit handlers or flush its buffers.
@@ -45,10 +45,12 @@ def leave_process_group() -> None:
 def reset_signals() -> None:
     """Undo the reader's signal setup: SIGCHLD must be default again or subprocess cannot wait for
     actions (waitpid fails with ECHILD and exit codes are lost); the reader's SIGTERM handler and
-    wakeup fd belong to the reader."""
+    wakeup fd belong to the reader.  SIGPIPE stays ignored: the hello to a reader that was killed
+    meanwhile must fail with EPIPE, not kill the worker."""
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Python's default: a reader gone must be EPIPE, not death
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
@@ -65,14 +67,14 @@ def ensure_standard_fds() -> None:
                 os.close(null)
 
 
-def daemonize(keep_fd: int) -> None:
+def daemonize(keep_fds: list[int]) -> None:
     """Double fork + setsid (own session, no controlling terminal, not a session leader), chdir /,
-    every inherited fd closed (the FIFO, the reader's log, the journal) but `keep_fd`, stdio on /dev/null.
+    every inherited fd closed (the FIFO, the reader's log, the journal) but `keep_fds`, stdio on /dev/null.
 
     umask: python-daemon's default is 0, which would make world-writable files; 0o077 keeps
     everything private (files that must be shared are created with explicit modes)."""
     import daemon  # only workers pay for this import
 
     context = daemon.DaemonContext(umask=0o077, working_directory="/", detach_process=True,
-                                   prevent_core=False, signal_map={}, files_preserve=[keep_fd])
+                                   prevent_core=False, signal_map={}, files_preserve=keep_fds)
     context.open()

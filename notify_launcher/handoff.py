@@ -12,6 +12,10 @@ Worker: (1) hold the inherited standby.lock; (2) take worker.lock (filelock, wai
         pending, wait for a ring, repeat.  Having lingered long enough: close the doorbell, read
         the journal once more (run what came meanwhile, reopening the doorbell), release.
 
+A worker that dies (SIGKILL, OOM) may have taken rings with it, so the reader watches it
+(WorkerWatch) and, when it crashes, rings again: the ring finds nobody and spawns a worker, which
+recovers the interrupted event.
+
 Why nothing is stranded: a worker reads the journal after opening the doorbell and again after
 closing it, and the reader rings after appending; every ordering of the two leaves either a live
 doorbell or a final re-read after the append.  Why a burst does not fork thousands of processes:
@@ -74,6 +78,88 @@ class Doorbell:
 def release_standby(fd: int) -> None:
     """The worker's step (4): it listens now, so the next unanswered ring may spawn again."""
     fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+class WorkerWatch:
+    """The reader's eye on the worker: a crashed worker took rings with it, so ring again.
+
+    A spawned worker writes its pid into a "hello" pipe once it holds worker.lock (EOF without a
+    pid: it died before); the reader then holds a pidfd on it.  A worker that ends normally
+    removes worker.pid first, so "the pidfd fired and worker.pid still names it" means a crash.
+    Workers the reader did not spawn are found through worker.pid after a delivered ring.
+    """
+
+    def __init__(self, paths: StatePaths, poller: select.poll) -> None:
+        self.paths, self.poller = paths, poller
+        self.pidfd = -1
+        self.pid = 0
+        self.hellos: set[int] = set()
+
+    def _named_pid(self) -> int:
+        try:
+            with open(self.paths.worker_pid) as fh:
+                return int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _follow(self, pid: int) -> str | None:
+        if self.pidfd >= 0:
+            self.poller.unregister(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.pid = pid
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return self._crash_or_none()
+        self.poller.register(self.pidfd, select.POLLIN)
+        return None
+
+    def _crash_or_none(self) -> str | None:
+        return f"worker pid {self.pid} died without finishing" if self._named_pid() == self.pid else None
+
+    def follow_named(self) -> str | None:
+        """Watch the worker named in worker.pid unless one is watched already; a crash report if it is dead."""
+        if self.pidfd >= 0 or self.hellos:
+            return None
+        pid = self._named_pid()
+        return self._follow(pid) if pid else None
+
+    def new_child(self) -> int:
+        """A hello pipe for a worker about to be spawned: returns the write end to hand over."""
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.hellos.add(r)
+        self.poller.register(r, select.POLLIN)
+        return w
+
+    def owns(self, fd: int) -> bool:
+        return fd == self.pidfd or fd in self.hellos
+
+    def ready(self, fd: int) -> str | None:
+        """`fd` polled readable: a crash report if a worker died leaving work behind, else None."""
+        self.poller.unregister(fd)
+        if fd in self.hellos:
+            self.hellos.discard(fd)
+            try:
+                data = os.read(fd, 32)
+            except BlockingIOError:
+                data = b""
+            os.close(fd)
+            if not data.strip():
+                return "a spawned worker exited before taking over"
+            return self._follow(int(data))
+        os.close(fd)
+        self.pidfd = -1
+        return self._crash_or_none()
+
+
+def say_hello(fd: int) -> None:
+    """The worker's side of the hello pipe: it holds worker.lock and listens now."""
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except BrokenPipeError:
+        pass  # the reader is gone; the next one finds us through worker.pid
     os.close(fd)
 
 

@@ -17,7 +17,7 @@ from collections import deque
 
 from notify_launcher.config import Settings
 from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line
-from notify_launcher.handoff import Doorbell
+from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log
 from notify_launcher.statedir import StatePaths
@@ -25,6 +25,7 @@ from notify_launcher.statedir import StatePaths
 FINAL_STATES = frozenset({"STOP", "DELETED"})
 BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
 RETRY_INTERVAL = 1.0
+KICK_MIN, KICK_MAX = 0.1, 60.0
 
 
 class FifoError(Exception):
@@ -55,6 +56,10 @@ class Reader:
         self.settings, self.paths, self.fifo, self.fifo_path, self.log = settings, paths, fifo_fd, fifo_path, log
         self.journal = JournalWriter(paths.journal)
         self.doorbell = Doorbell(paths)
+        self.poller = select.poll()
+        self.watch = WorkerWatch(paths, self.poller)
+        self._kick_at: float | None = None  # when to ring again for a crashed worker
+        self._kick_delay = KICK_MIN
         self.backlog: deque[tuple[Event, float]] = deque()
         self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
         self.lines = 0
@@ -74,19 +79,23 @@ class Reader:
             self.term_at = time.monotonic()
 
     def run(self) -> int:
-        poller = select.poll()
-        poller.register(self.fifo, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        self.poller.register(self.fifo, select.POLLIN)
+        self.poller.register(self._wake_r, select.POLLIN)
+        self._follow_named()  # a worker that crashed while no reader ran is noticed now
         eof = False
         while not eof:
             if self.term_at is not None and self._stop_complete():
                 break
             timeout = self._poll_timeout()
-            for fd, _ in poller.poll(timeout):
+            for fd, _ in self.poller.poll(timeout):
                 if fd == self._wake_r:
                     _drain(self._wake_r)
-                else:
+                elif fd == self.fifo:
                     eof = not self._read()
+                elif self.watch.owns(fd):
+                    self._worker_news(self.watch.ready(fd))
+            if self._kick_at is not None and time.monotonic() >= self._kick_at:
+                self._kick()
             if self.backlog:
                 self._flush_backlog()
             if self.term_at is not None and not self._term_logged:
@@ -102,6 +111,8 @@ class Reader:
             waits.append(self.term_at + self.settings.stop_grace - time.monotonic())
         if self.backlog:
             waits.append(RETRY_INTERVAL)
+        if self._kick_at is not None:
+            waits.append(self._kick_at - time.monotonic())
         if not waits:
             return None
         return max(0, int(min(waits) * 1000) + 1)
@@ -165,6 +176,7 @@ class Reader:
             self._hold(event, now)
             return
         self.log.info(seq, event, "received")
+        self._kick_delay = KICK_MIN  # new work: a worker that crashed before may be retried promptly
         self._ring()
 
     def _hold(self, event: Event, now: float | None = None) -> None:
@@ -187,16 +199,38 @@ class Reader:
     def _ring(self) -> None:
         if self.doorbell.ring(self._spawn):
             self.log.debug(None, None, "no worker listening or queued: spawned one")
+        else:
+            self._follow_named()
+
+    def _follow_named(self) -> None:
+        self._worker_news(self.watch.follow_named())
+
+    def _worker_news(self, crash: str | None) -> None:
+        """Ring again after a worker crash, with a growing delay so a crash loop is no fork loop."""
+        if crash is None:
+            return
+        self.log.warn(None, None, f"{crash}; starting another in {self._kick_delay:g}s to recover")
+        if self._kick_at is None:
+            self._kick_at = time.monotonic() + self._kick_delay
+            self._kick_delay = min(KICK_MAX, self._kick_delay * 2)
+
+    def _kick(self) -> None:
+        self._kick_at = None
+        self._ring()
 
     def _spawn(self, standby_fd: int) -> None:
         from notify_launcher.detach import spawn_detached
         settings = self.settings
+        hello = self.watch.new_child()
 
         def work() -> int:
             from notify_launcher.worker import worker_main
-            return worker_main(settings, standby_fd)
+            return worker_main(settings, standby_fd, hello)
 
-        spawn_detached(work, standby_fd)
+        try:
+            spawn_detached(work, [standby_fd, hello])
+        finally:
+            os.close(hello)
 
     def _finish(self, eof: bool) -> None:
         """Journal the reader's own end, so the stop action runs after the STOP lines, then say when."""

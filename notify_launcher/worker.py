@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 
 from notify_launcher import actions
 from notify_launcher.config import Settings
-from notify_launcher.handoff import DoorbellListener, release_standby
+from notify_launcher.handoff import DoorbellListener, release_standby, say_hello
 from notify_launcher.journal import Entry, JournalFollower
 from notify_launcher.log import Log
 from notify_launcher.progress import ProgressLog, Record, replay
@@ -26,8 +26,9 @@ from notify_launcher.statedir import FILE_MODE, StatePaths
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def worker_main(settings: Settings, standby_fd: int) -> int:
-    """Entry point inside the daemonized process; `standby_fd` holds standby.lock (see handoff.py)."""
+def worker_main(settings: Settings, standby_fd: int, hello_fd: int) -> int:
+    """Entry point inside the daemonized process; `standby_fd` holds standby.lock, `hello_fd` tells
+    the reader our pid once we hold the lock (see handoff.py)."""
     log = Log(settings.log_file, "worker", settings.log_level)
     paths = StatePaths(settings.state_dir)
     lock = FileLock(paths.worker_lock, mode=FILE_MODE, preserve_lock_file=True)
@@ -38,6 +39,7 @@ def worker_main(settings: Settings, standby_fd: int) -> int:
         lock.acquire()
     try:
         worker = Worker(settings, paths, log)
+        say_hello(hello_fd)
         release_standby(standby_fd)
         return worker.run()
     except Exception as exc:  # the log is the only place anyone will see this

@@ -47,6 +47,13 @@ class Launcher:
     def keepalived(self, *more: str) -> Keepalived:
         return Keepalived(self.argv(*more), str(self.fifo))
 
+    def wait_started(self, timeout: float = 30) -> None:
+        """Wait until the reader has logged that it reads the FIFO."""
+        deadline = time.monotonic() + timeout
+        while "reader started" not in self.log_text():
+            assert time.monotonic() < deadline, "the reader did not start"
+            time.sleep(0.01)
+
     def settle(self, events: int, timeout: float = 60) -> None:
         """Wait until `events` events are journaled (the reader may still be starting), then until idle."""
         deadline = time.monotonic() + timeout
