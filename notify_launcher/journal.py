@@ -7,6 +7,10 @@ full) and numbers events across processes: two readers live at once during a kee
 so the next sequence number is read from the file's tail under a short `flock`, and the line is
 written under the same lock.  A follower therefore never sees #12 before #11.  A torn last line
 (a writer killed mid-write, a full disk) is cut off by the next appender, which holds the lock.
+
+The worker compacts the journal when everything in it is done: under the same lock it replaces
+the file with one holding only the last entry (so numbering goes on); writers notice the new
+inode after taking the lock and move to it.
 """
 
 from __future__ import annotations
@@ -62,9 +66,20 @@ class JournalWriter:
     def close(self) -> None:
         os.close(self._fd)
 
+    def _lock(self) -> None:
+        """Take the journal lock on the current file, following a compaction that replaced it."""
+        while True:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = open_mode(self.path, os.O_RDWR | os.O_APPEND, FILE_MODE)
+            self._size = -1
+
     def append(self, event: Event, now: float, pid: int) -> int:
         """Append `event`, return its sequence number.  Raises OSError (e.g. ENOSPC) with nothing written."""
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._lock()
         try:
             size = os.fstat(self._fd).st_size
             if size != self._size:
@@ -106,8 +121,38 @@ class JournalFollower:
     """The worker's side: read entries appended since the last call, complete lines only."""
 
     def __init__(self, path: str) -> None:
+        self.path = path
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.offset = 0
+
+    def pending(self) -> bool:
+        """Bytes appended since the last read (cheap: one fstat)."""
+        return os.fstat(self._fd).st_size > self.offset
+
+    def compact(self) -> bool:
+        """If everything was read, replace the journal by its last entry (a new file); False if
+        a writer appended meanwhile.  Only the worker holding worker.lock calls this."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino != os.fstat(self._fd).st_ino or os.fstat(fd).st_size != self.offset:
+                return False
+            start = max(0, self.offset - _TAIL)
+            tail = os.pread(fd, self.offset - start, start)
+            last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
+            tmp = f"{self.path}.new"
+            new = open_mode(tmp, os.O_WRONLY | os.O_TRUNC, FILE_MODE)
+            try:
+                os.write(new, last)
+            finally:
+                os.close(new)
+            os.replace(tmp, self.path)
+        finally:
+            os.close(fd)  # releases the lock: writers now see the new inode
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self.offset = 0
+        return True
 
     def close(self) -> None:
         os.close(self._fd)

@@ -25,6 +25,7 @@ class ProgressLog:
     """The worker's writer."""
 
     def __init__(self, path: str) -> None:
+        self.path = path
         self._fd = open_mode(path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
 
     def close(self) -> None:
@@ -32,6 +33,24 @@ class ProgressLog:
 
     def record(self, op: str, seq: int, **fields: Any) -> None:
         os.write(self._fd, (json.dumps({"op": op, "seq": seq, **fields}) + "\n").encode())
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def compact(self, keep_ends: int) -> None:
+        """Rewrite the file with the last `keep_ends` end records and each instance's last one (all a
+        replay needs when nothing runs).  Only the worker holding worker.lock writes this file."""
+        snap = replay(self.path, keep_ends)
+        records = {r["seq"]: r for r in [*snap.last.values(), *snap.ends]}
+        tmp = f"{self.path}.new"
+        fd = open_mode(tmp, os.O_WRONLY | os.O_TRUNC, FILE_MODE)
+        try:
+            os.write(fd, b"".join((json.dumps(records[seq]) + "\n").encode() for seq in sorted(records)))
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
 
 
 @dataclass

@@ -73,6 +73,6 @@ def ensure_state_dir(root: str) -> StatePaths:
     if st.st_uid != os.geteuid():
         raise StateDirError(f"state directory {root} belongs to uid {st.st_uid}, not to us (uid {os.geteuid()}); "
                             f"refusing it")
-    if st.st_mode & 0o077:
+    if st.st_mode & 0o777 != 0o700:  # keepalived's umask 0177 would even leave out our own x bit
         os.chmod(root, 0o700)
     return StatePaths(root)

@@ -24,6 +24,9 @@ from notify_launcher.progress import ProgressLog, Record, replay
 from notify_launcher.statedir import FILE_MODE, StatePaths
 
 PR_SET_CHILD_SUBREAPER = 36
+JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
+PROGRESS_MAX = 512 * 1024
+KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
 
 
 def worker_main(settings: Settings, standby_fd: int, hello_fd: int) -> int:
@@ -90,6 +93,7 @@ class Worker:
         """Drain, linger on the doorbell, drain again; leave only after a final re-read finds nothing."""
         while True:
             self._drain()
+            self._compact()
             if self._stopping:
                 self.log.info(None, None, "SIGTERM: queue drained, exiting")
                 break
@@ -98,7 +102,7 @@ class Worker:
             if self._stopping:
                 continue
             self.doorbell.close()
-            if self._pending():
+            if self.journal.pending():
                 self.doorbell.open()
                 continue
             self.log.debug(None, None, f"idle for {self.settings.linger:g}s; exiting")
@@ -107,8 +111,13 @@ class Worker:
         os.unlink(self.paths.worker_pid)
         return 0
 
-    def _pending(self) -> bool:
-        return os.stat(self.paths.journal).st_size > self.journal.offset
+    def _compact(self) -> None:
+        """Keep the state directory small: it usually lives in /run, which is RAM."""
+        if os.stat(self.paths.journal).st_size > JOURNAL_MAX and self.journal.compact():
+            self.log.info(None, None, f"journal compacted (everything up to #{self.done_seq} is done)")
+        if self.progress.size() > PROGRESS_MAX:
+            self.progress.compact(KEEP_HISTORY)
+            self.log.info(None, None, f"progress compacted to the last {KEEP_HISTORY} results")
 
     def _drain(self) -> None:
         while True:

@@ -56,3 +56,22 @@ def test_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "journal").stat().st_mode & 0o777 == 0o600
+
+
+def test_compaction_keeps_numbering_and_moves_writers_to_the_new_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "journal")
+    writer = JournalWriter(path)
+    for n in range(5):
+        writer.append(Event("INSTANCE", "VI_1", "MASTER", n), 0.0, 1)
+    follower = JournalFollower(path)
+    assert len(follower.read_new()[0]) == 5
+    writer.append(Event("INSTANCE", "VI_1", "BACKUP", 0), 0.0, 1)
+    assert not follower.compact()  # #6 is not read yet: no compaction
+    assert [e.seq for e in follower.read_new()[0]] == [6]
+    old_inode = os.stat(path).st_ino
+    assert follower.compact()
+    assert os.stat(path).st_ino != old_inode
+    assert os.path.getsize(path) < 100 and os.stat(path).st_mode & 0o777 == 0o600
+    assert writer.append(Event("INSTANCE", "VI_1", "FAULT", 0), 0.0, 1) == 7  # the old writer follows
+    assert [e.seq for e in follower.read_new()[0]] == [6, 7]  # 6 is the kept last entry
+    assert [e.seq for e in JournalFollower(path).read_new()[0]] == [6, 7]

@@ -89,6 +89,11 @@ def test_burst_of_2000_events_nothing_lost_in_order_no_overlap(launcher: Launche
     got = [" ".join(r[2:6]) for r in launcher.records() if r[0] == "start"]
     assert got == [line.replace('"', "") for line in lines]
     assert peak <= 3, f"{peak} launcher processes at the burst's peak"
+    log = launcher.log_text()
+    assert "journal compacted" in log and "progress compacted" in log  # /run is RAM: it must not grow
+    status = subprocess.run([LAUNCHER, "status", "--state-dir", str(launcher.state)], capture_output=True, text=True)
+    assert "2001 journaled, 2001 finished, 0 pending" in status.stdout, status.stdout
+    assert (launcher.state).stat().st_mode & 0o777 == 0o700
 
 
 def test_bad_line_is_logged_and_skipped_and_the_next_runs(launcher: Launcher) -> None:
