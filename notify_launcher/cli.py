@@ -84,6 +84,12 @@ def run_reader(argv: list[str]) -> int:
         return EXIT_USAGE
     from notify_launcher.log import Log
     from notify_launcher.reader import FifoError, Reader, open_fifo
+    from notify_launcher.security import check
+
+    problems = check(settings)
+    if problems:
+        _fatal("; ".join(problems) + " (fix the owner/mode, or move it)", settings.log_file)
+        return EXIT_USAGE
 
     log = Log(settings.log_file, "reader", settings.log_level)
     try:
