@@ -30,7 +30,7 @@ from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir
 
 EXIT_USAGE = 2
 EXIT_UNUSABLE = 3
-COMMANDS = ("status", "wait")
+COMMANDS = ("status", "wait", "_worker")
 
 READER_EPILOG = """\
 keepalived.conf:
@@ -59,6 +59,8 @@ def _reader_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-grace", metavar="SEC", help="after SIGTERM, wait this long for STOP lines (default 0.5)")
     p.add_argument("--linger", metavar="SEC", help="an idle worker waits this long for more events (default 600)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARN or ERROR (default INFO)")
+    p.add_argument("--detach", metavar="MODE", help="auto, daemon (double fork) or systemd (transient unit); "
+                                                    "default auto: systemd when we run in a systemd service")
     p.add_argument("fifo", metavar="FIFO", help="keepalived's notify_fifo (keepalived appends it)")
     return p
 
@@ -76,7 +78,7 @@ def _fatal(message: str, log_file: str | None) -> None:
 def run_reader(argv: list[str]) -> int:
     args = _reader_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("handler", "log_file", "state_dir", "timeout", "stop_grace",
-                                               "linger", "log_level")}
+                                               "linger", "log_level", "detach")}
     try:
         settings = load(args.config, overrides)
     except ConfigError as exc:
@@ -99,9 +101,12 @@ def run_reader(argv: list[str]) -> int:
         _fatal(str(exc), settings.log_file)
         return EXIT_UNUSABLE
     _publish_settings(paths, settings.to_json())
+    from notify_launcher.detach import choose
+    detach, why = choose(settings)
     handler = " ".join(settings.handler) or "(none: events are only logged)"
-    log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}")
-    return Reader(settings, paths, fifo_fd, args.fifo, log, EARLY_TERM[0] if EARLY_TERM else None).run()
+    log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}; "
+                         f"workers: {detach} ({why})")
+    return Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM[0] if EARLY_TERM else None).run()
 
 
 def _publish_settings(paths: StatePaths, text: str) -> None:
@@ -153,8 +158,18 @@ def run_wait(argv: list[str]) -> int:
     return 0
 
 
+def run_unit_worker(argv: list[str]) -> int:
+    """Internal: the worker inside a transient systemd unit (see systemd_unit.py)."""
+    p = argparse.ArgumentParser(prog="notify-launcher _worker")
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--unit", required=True)
+    args = p.parse_args(argv)
+    from notify_launcher.worker import run_unit_worker as run
+    return run(args.state_dir, args.unit)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        return {"status": run_status, "wait": run_wait}[argv[0]](argv[1:])
+        return {"status": run_status, "wait": run_wait, "_worker": run_unit_worker}[argv[0]](argv[1:])
     return run_reader(argv)

@@ -26,6 +26,7 @@ from notify_launcher.events import Event
 DEFAULT_STATE_DIR = "/run/notify-launcher"
 DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
 CRASH_POLICIES = ("rerun", "skip")
+DETACH_MODES = ("auto", "daemon", "systemd")
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 
 
@@ -70,6 +71,7 @@ class Settings:
     stop_grace: float = 0.5
     linger: float = 600.0
     on_crash: str = "rerun"
+    detach: str = "auto"
     config_file: str | None = None
 
     def action_for(self, event: Event) -> tuple[tuple[str, ...], float]:
@@ -109,6 +111,7 @@ _KEYS = {
     "stop_grace": "seconds, a number from 0 to 0.9 (keepalived kills the reader at 1 s)",
     "linger": "seconds, a number >= 0",
     "on_crash": "one of " + ", ".join(CRASH_POLICIES),
+    "detach": "one of " + ", ".join(DETACH_MODES),
 }
 _RULE_KEYS = ("handler", "timeout")
 
@@ -146,8 +149,8 @@ def _convert(key: str, text: str, where: str) -> object:
         if text.upper() not in LOG_LEVELS:
             raise bad
         return text.upper()
-    if key == "on_crash":
-        if text not in CRASH_POLICIES:
+    if key in ("on_crash", "detach"):
+        if text not in (CRASH_POLICIES if key == "on_crash" else DETACH_MODES):
             raise bad
         return text
     if not text.startswith("/"):

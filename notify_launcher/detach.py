@@ -1,4 +1,5 @@
-"""How a worker leaves keepalived's reach: fork, then python-daemon's DaemonContext.
+"""How a worker leaves keepalived's reach: fork, then python-daemon's DaemonContext -- or, where
+systemd would kill keepalived's whole cgroup on stop, a transient systemd unit (systemd_unit.py).
 
 keepalived ends its notify_fifo_script with SIGTERM and, one second later, SIGKILL to the script's
 process group, and stops its VRRP child (the script's parent) too.  A worker must therefore be in
@@ -11,6 +12,49 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+
+from notify_launcher.config import Settings
+
+
+def choose(settings: Settings) -> tuple[str, str]:
+    """("daemon" | "systemd", why) for this reader's workers."""
+    booted = os.path.isdir("/run/systemd/system")
+    if settings.detach == "systemd" and not booted:
+        return "daemon", "detach = systemd, but systemd is not running here: falling back to the double fork"
+    if settings.detach != "auto":
+        return settings.detach, "forced by the detach setting"
+    if not booted:
+        return "daemon", "systemd is not running"
+    cgroup = _own_cgroup()
+    if cgroup.endswith(".service"):
+        return "systemd", (f"we run in {cgroup.rsplit('/', 1)[-1]}, whose stop kills its whole cgroup "
+                           f"unless KillMode=process")
+    return "daemon", f"our cgroup {cgroup or '?'} is not a service"
+
+
+def _own_cgroup() -> str:
+    try:
+        with open("/proc/self/cgroup") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return ""
+    paths = [line.split(":", 2)[2] for line in lines if line.count(":") >= 2]
+    unified = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    return (unified or [p for p in paths if p.endswith(".service")] or paths or [""])[0]
+
+
+def spawn_worker(mode: str, settings: Settings, standby_fd: int, hello_fd: int) -> None:
+    """Start a worker that will drain the journal; returns at once.  See handoff.py for the fds."""
+    if mode == "systemd":
+        from notify_launcher.systemd_unit import spawn_unit
+        spawn_unit(settings, standby_fd, hello_fd)
+        return
+
+    def work() -> int:
+        from notify_launcher.worker import run_forked_worker
+        return run_forked_worker(settings, standby_fd, hello_fd)
+
+    spawn_detached(work, [standby_fd, hello_fd])
 
 
 def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:

@@ -50,8 +50,9 @@ class Doorbell:
         self._sock.close()
         os.close(self._standby)
 
-    def ring(self, spawn: Callable[[int], object]) -> bool:
+    def ring(self, spawn: Callable[[int], object], spawning: bool) -> bool:
         """Make sure a worker will read the journal; call `spawn(locked_standby_fd)` if none will.
+        `spawning`: a spawned worker has not said hello yet (it will read the journal).
 
         Returns True if a worker was spawned."""
         try:
@@ -61,6 +62,8 @@ class Doorbell:
             return False  # the worker is busy and already has rings queued
         except OSError:
             pass
+        if spawning:
+            return False
         try:
             fcntl.flock(self._standby, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -148,6 +151,8 @@ class WorkerWatch:
             os.close(fd)
             if not data.strip():
                 return "a spawned worker exited before taking over"
+            if data.startswith(b"unit "):
+                return None  # a systemd unit took over; found through worker.pid after the next ring
             return self._follow(int(data))
         os.close(fd)
         self.pidfd = -1

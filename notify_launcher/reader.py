@@ -52,8 +52,9 @@ class Reader:
     """One reader per keepalived process (two for a moment during a reload)."""
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
-                 term_at: float | None = None) -> None:
+                 detach: str, term_at: float | None = None) -> None:
         self.settings, self.paths, self.fifo, self.fifo_path, self.log = settings, paths, fifo_fd, fifo_path, log
+        self.detach = detach
         self.journal = JournalWriter(paths.journal)
         self.doorbell = Doorbell(paths)
         self.poller = select.poll()
@@ -197,7 +198,7 @@ class Reader:
         self._ring()
 
     def _ring(self) -> None:
-        if self.doorbell.ring(self._spawn):
+        if self.doorbell.ring(self._spawn, spawning=bool(self.watch.hellos)):
             self.log.debug(None, None, "no worker listening or queued: spawned one")
         else:
             self._follow_named()
@@ -219,16 +220,10 @@ class Reader:
         self._ring()
 
     def _spawn(self, standby_fd: int) -> None:
-        from notify_launcher.detach import spawn_detached
-        settings = self.settings
+        from notify_launcher.detach import spawn_worker
         hello = self.watch.new_child()
-
-        def work() -> int:
-            from notify_launcher.worker import worker_main
-            return worker_main(settings, standby_fd, hello)
-
         try:
-            spawn_detached(work, [standby_fd, hello])
+            spawn_worker(self.detach, self.settings, standby_fd, hello)
         finally:
             os.close(hello)
 

@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import psutil
 from filelock import FileLock, Timeout
@@ -22,6 +23,7 @@ from notify_launcher.journal import Entry, JournalFollower
 from notify_launcher.log import Log
 from notify_launcher.progress import ProgressLog, Record, replay
 from notify_launcher.statedir import FILE_MODE, StatePaths
+from notify_launcher.systemd_unit import TAKEOVER_WAIT
 
 PR_SET_CHILD_SUBREAPER = 36
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
@@ -29,9 +31,34 @@ PROGRESS_MAX = 512 * 1024
 KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
 
 
-def worker_main(settings: Settings, standby_fd: int, hello_fd: int) -> int:
-    """Entry point inside the daemonized process; `standby_fd` holds standby.lock, `hello_fd` tells
-    the reader our pid once we hold the lock (see handoff.py)."""
+def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int) -> int:
+    """Inside the daemonized child: `standby_fd` holds standby.lock, `hello_fd` tells the reader our
+    pid once we hold worker.lock (see handoff.py)."""
+
+    def handed_over() -> None:
+        say_hello(hello_fd)
+        release_standby(standby_fd)
+
+    return _serve(settings, f"detached: own session {os.getsid(0)}, double fork", handed_over)
+
+
+def run_unit_worker(state_dir: str, unit: str) -> int:
+    """Inside a transient systemd unit (systemd_unit.py): queue on standby.lock ourselves."""
+    paths = StatePaths(state_dir)
+    with open(paths.settings) as fh:
+        settings = Settings.from_json(fh.read())
+    standby = FileLock(paths.standby_lock, mode=FILE_MODE, preserve_lock_file=True)
+    try:
+        standby.acquire(timeout=TAKEOVER_WAIT)
+    except Timeout:
+        Log(settings.log_file, "worker", settings.log_level).debug(
+            None, None, f"unit {unit}: another worker is queued already; exiting")
+        return 0
+    return _serve(settings, f"detached: systemd unit {unit}.service, out of keepalived's cgroup", standby.release)
+
+
+def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int:
+    """Take worker.lock, listen, tell whoever spawned us (`handed_over`), run until idle."""
     log = Log(settings.log_file, "worker", settings.log_level)
     paths = StatePaths(settings.state_dir)
     lock = FileLock(paths.worker_lock, mode=FILE_MODE, preserve_lock_file=True)
@@ -41,9 +68,8 @@ def worker_main(settings: Settings, standby_fd: int, hello_fd: int) -> int:
         log.info(None, None, f"waiting for the worker lock (held by {_holder(paths)})")
         lock.acquire()
     try:
-        worker = Worker(settings, paths, log)
-        say_hello(hello_fd)
-        release_standby(standby_fd)
+        worker = Worker(settings, paths, log, how)
+        handed_over()
         return worker.run()
     except Exception as exc:  # the log is the only place anyone will see this
         log.error(None, None, f"worker failed: {type(exc).__name__}: {exc}")
@@ -63,7 +89,7 @@ def _holder(paths: StatePaths) -> str:
 class Worker:
     """Holds worker.lock for its whole life."""
 
-    def __init__(self, settings: Settings, paths: StatePaths, log: Log) -> None:
+    def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str) -> None:
         self.settings, self.paths, self.log = settings, paths, log
         self.me = psutil.Process()
         self._stopping = False
@@ -81,8 +107,7 @@ class Worker:
         snap = replay(paths.progress)
         self.done_seq = snap.done_seq
         self._settings_id = _file_id(paths.settings)
-        log.info(None, None, f"worker started (detached: own session {os.getsid(0)}, lock taken); "
-                             f"last finished event #{self.done_seq}")
+        log.info(None, None, f"worker started ({how}; lock taken); last finished event #{self.done_seq}")
         if snap.running is not None:
             self._recover(snap.running)
 

@@ -1,0 +1,96 @@
+"""Workers as transient systemd units, for keepalived under systemd.
+
+Debian's keepalived.service sets no KillMode, so `systemctl stop keepalived` kills every process in
+keepalived's cgroup -- a double-forked, setsid'd worker too.  Only another cgroup escapes that:
+`systemd-run` asks systemd to start the worker as a unit of its own.  File descriptors cannot be
+handed through systemd, so the handover of standby.lock (handoff.py) goes the long way: a short-lived
+helper keeps the lock while `systemd-run` starts the unit, releases it, and waits (bounded) until the
+unit's worker holds it or answers the doorbell; only then does it say hello to the reader.  No
+runtime limit is put on the unit: it would kill a healthy worker that drains a long queue, and
+every action has its own timeout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+
+from notify_launcher.config import Settings
+from notify_launcher.detach import leave_process_group, reset_signals
+from notify_launcher.statedir import StatePaths
+
+TAKEOVER_WAIT = 10.0  # seconds the helper waits for the unit's worker to take standby.lock
+
+
+def unit_name() -> str:
+    """Unique, and telling in `systemctl list-units`."""
+    return f"notify-launcher-worker-{os.getpid()}-{time.time_ns()}"
+
+
+def spawn_unit(settings: Settings, standby_fd: int, hello_fd: int) -> None:
+    """Fork the helper (it runs systemd-run and waits for the takeover); returns at once."""
+    if os.fork():
+        return
+    status = 70
+    try:
+        leave_process_group()
+        reset_signals()
+        status = _helper(settings, standby_fd, hello_fd)
+    finally:
+        os._exit(status)
+
+
+def _helper(settings: Settings, standby_fd: int, hello_fd: int) -> int:
+    import subprocess
+
+    paths = StatePaths(settings.state_dir)
+    name = unit_name()
+    env = [f"--setenv=PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ else []
+    argv = ["systemd-run", f"--unit={name}", "--collect", "--quiet", "--property=UMask=0077", *env,
+            sys.executable, "-m", "notify_launcher", "_worker", "--state-dir", settings.state_dir, "--unit", name]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=TAKEOVER_WAIT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _log(settings, f"systemd-run failed: {exc}")
+        return 1
+    if done.returncode != 0:
+        _log(settings, f"systemd-run failed (exit {done.returncode}): {done.stderr.decode(errors='replace').strip()}")
+        return 1
+    fcntl.flock(standby_fd, fcntl.LOCK_UN)
+    os.close(standby_fd)
+    deadline = time.monotonic() + TAKEOVER_WAIT
+    probe = os.open(paths.standby_lock, os.O_RDWR | os.O_CLOEXEC)
+    while time.monotonic() < deadline:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(probe, fcntl.LOCK_UN)
+        except BlockingIOError:
+            os.write(hello_fd, f"unit {name}\n".encode())  # the unit's worker holds it now
+            return 0
+        if _worker_listens(paths):
+            os.write(hello_fd, f"unit {name}\n".encode())
+            return 0
+        time.sleep(0.01)
+    _log(settings, f"unit {name} did not take over within {TAKEOVER_WAIT:g}s (see journalctl -u {name})")
+    return 1
+
+
+def _worker_listens(paths: StatePaths) -> bool:
+    """The unit may have passed standby.lock already: then the doorbell answers."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sock:
+        try:
+            sock.sendto(b"!", paths.doorbell)
+            return True
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+
+def _log(settings: Settings, message: str) -> None:
+    from notify_launcher.log import Log
+    Log(settings.log_file, "spawn", settings.log_level).error(None, None, message)
