@@ -30,7 +30,7 @@ from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir
 
 EXIT_USAGE = 2
 EXIT_UNUSABLE = 3
-COMMANDS = ("status", "wait", "_worker")
+COMMANDS = ("serve", "status", "wait", "_worker")
 
 READER_EPILOG = """\
 keepalived.conf:
@@ -41,13 +41,23 @@ keepalived.conf:
 keepalived appends the FIFO path as the last argument.  The handler runs as
   HANDLER... TYPE NAME STATE PRIORITY        (RS lines add the virtual server as a 5th argument)
 with NL_TYPE, NL_NAME, NL_STATE, NL_PRIORITY, NL_VS and NL_SEQ in its environment.
-Other commands: notify-launcher status|wait --help
+Other commands: notify-launcher serve|status|wait --help
 """
 
 
-def _reader_parser() -> argparse.ArgumentParser:
+SERVE_EPILOG = """\
+Service mode: run as a systemd service of its own (contrib/notify-launcher.service) reading
+keepalived's notify_fifo, with no notify_fifo_script in keepalived.conf.  It follows the FIFO across
+keepalived restarts and reloads.  Choose it when keepalived is restarted often, or when you want
+the reader itself out of keepalived's hands.
+example: notify-launcher serve --fifo /run/keepalived/notify.fifo --config /etc/keepalived/notify-launcher.ini
+"""
+
+
+def _reader_parser(serve: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="notify-launcher", epilog=READER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="notify-launcher serve" if serve else "notify-launcher",
+        epilog=SERVE_EPILOG if serve else READER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Read keepalived's notify FIFO and run an action for every event: detached from "
                     "keepalived, one at a time, strictly in order, logged.")
     p.add_argument("--version", action="version", version=f"notify-launcher {__version__}")
@@ -61,7 +71,10 @@ def _reader_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARN or ERROR (default INFO)")
     p.add_argument("--detach", metavar="MODE", help="auto, daemon (double fork) or systemd (transient unit); "
                                                     "default auto: systemd when we run in a systemd service")
-    p.add_argument("fifo", metavar="FIFO", help="keepalived's notify_fifo (keepalived appends it)")
+    if serve:
+        p.add_argument("--fifo", required=True, metavar="PATH", help="keepalived's notify_fifo path")
+    else:
+        p.add_argument("fifo", metavar="FIFO", help="keepalived's notify_fifo (keepalived appends it)")
     return p
 
 
@@ -75,8 +88,8 @@ def _fatal(message: str, log_file: str | None) -> None:
         Log(log_file, "reader").error(None, None, message)
 
 
-def run_reader(argv: list[str]) -> int:
-    args = _reader_parser().parse_args(argv)
+def run_reader(argv: list[str], serve: bool = False) -> int:
+    args = _reader_parser(serve).parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("handler", "log_file", "state_dir", "timeout", "stop_grace",
                                                "linger", "log_level", "detach")}
     try:
@@ -96,7 +109,7 @@ def run_reader(argv: list[str]) -> int:
     log = Log(settings.log_file, "reader", settings.log_level)
     try:
         paths = ensure_state_dir(settings.state_dir)
-        fifo_fd = open_fifo(args.fifo)
+        fifo_fd = -1 if serve else open_fifo(args.fifo)  # service mode opens (and reopens) it as it comes
     except (StateDirError, FifoError) as exc:
         _fatal(str(exc), settings.log_file)
         return EXIT_UNUSABLE
@@ -106,7 +119,8 @@ def run_reader(argv: list[str]) -> int:
     handler = " ".join(settings.handler) or "(none: events are only logged)"
     log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}; "
                          f"workers: {detach} ({why})")
-    return Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM[0] if EARLY_TERM else None).run()
+    return Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM[0] if EARLY_TERM else None,
+                  serve).run()
 
 
 def _publish_settings(paths: StatePaths, text: str) -> None:
@@ -158,6 +172,10 @@ def run_wait(argv: list[str]) -> int:
     return 0
 
 
+def run_serve(argv: list[str]) -> int:
+    return run_reader(argv, serve=True)
+
+
 def run_unit_worker(argv: list[str]) -> int:
     """Internal: the worker inside a transient systemd unit (see systemd_unit.py)."""
     p = argparse.ArgumentParser(prog="notify-launcher _worker")
@@ -171,5 +189,6 @@ def run_unit_worker(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        return {"status": run_status, "wait": run_wait, "_worker": run_unit_worker}[argv[0]](argv[1:])
+        return {"serve": run_serve, "status": run_status, "wait": run_wait,
+                "_worker": run_unit_worker}[argv[0]](argv[1:])
     return run_reader(argv)

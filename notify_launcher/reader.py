@@ -1,5 +1,8 @@
 """The resident notify_fifo_script: FIFO line -> parsed event -> journal -> doorbell.
 
+(`notify-launcher serve` runs the same reader as a service of its own: it follows the FIFO across
+keepalived restarts and reloads instead of exiting.)
+
 It must never stall (keepalived drops events when the pipe is full), survive any byte sequence,
 and leave well inside keepalived's one-second SIGTERM->SIGKILL window -- but only after catching
 the STOP lines keepalived writes *after* its SIGTERM.  Heavy imports (python-daemon, filelock,
@@ -26,6 +29,7 @@ FINAL_STATES = frozenset({"STOP", "DELETED"})
 BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
 RETRY_INTERVAL = 1.0
 KICK_MIN, KICK_MAX = 0.1, 60.0
+FIFO_RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
 
 
 class FifoError(Exception):
@@ -52,9 +56,11 @@ class Reader:
     """One reader per keepalived process (two for a moment during a reload)."""
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
-                 detach: str, term_at: float | None = None) -> None:
+                 detach: str, term_at: float | None = None, serve: bool = False) -> None:
         self.settings, self.paths, self.fifo, self.fifo_path, self.log = settings, paths, fifo_fd, fifo_path, log
         self.detach = detach
+        self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
+        self._recheck_at: float | None = time.monotonic() if serve else None
         self.journal = JournalWriter(paths.journal)
         self.doorbell = Doorbell(paths)
         self.poller = select.poll()
@@ -80,26 +86,32 @@ class Reader:
             self.term_at = time.monotonic()
 
     def run(self) -> int:
-        self.poller.register(self.fifo, select.POLLIN)
+        if self.fifo >= 0:
+            self.poller.register(self.fifo, select.POLLIN)
         self.poller.register(self._wake_r, select.POLLIN)
         self._follow_named()  # a worker that crashed while no reader ran is noticed now
         eof = False
         while not eof:
-            if self.term_at is not None and self._stop_complete():
+            if self.term_at is not None and (self.serve or self._stop_complete()):
                 break
             timeout = self._poll_timeout()
             for fd, _ in self.poller.poll(timeout):
                 if fd == self._wake_r:
                     _drain(self._wake_r)
                 elif fd == self.fifo:
-                    eof = not self._read()
+                    if not self._read():
+                        eof = not self.serve
+                        if self.serve:
+                            self._writer_gone()
                 elif self.watch.owns(fd):
                     self._worker_news(self.watch.ready(fd))
             if self._kick_at is not None and time.monotonic() >= self._kick_at:
                 self._kick()
+            if self._recheck_at is not None and time.monotonic() >= self._recheck_at:
+                self._recheck_fifo()
             if self.backlog:
                 self._flush_backlog()
-            if self.term_at is not None and not self._term_logged:
+            if self.term_at is not None and not self._term_logged and not self.serve:
                 self._term_logged = True
                 self.log.info(None, None, f"SIGTERM: catching STOP lines for up to {self.settings.stop_grace:g}s")
         self._finish(eof)
@@ -114,6 +126,8 @@ class Reader:
             waits.append(RETRY_INTERVAL)
         if self._kick_at is not None:
             waits.append(self._kick_at - time.monotonic())
+        if self._recheck_at is not None:
+            waits.append(self._recheck_at - time.monotonic())
         if not waits:
             return None
         return max(0, int(min(waits) * 1000) + 1)
@@ -134,7 +148,40 @@ class Reader:
                 return True
             if not data:
                 return False
+            self._recheck_at = None  # keepalived writes to this FIFO: it is the right one
             self._feed(data)
+
+    def _writer_gone(self) -> None:
+        """Service mode: keepalived closed the FIFO (restart, reload, exit); follow it to the new one."""
+        self.log.info(None, None, f"keepalived closed {self.fifo_path}; following it (restart or reload)")
+        self._close_fifo()
+        self._recheck_at = time.monotonic()
+
+    def _close_fifo(self) -> None:
+        if self.fifo >= 0:
+            self.poller.unregister(self.fifo)
+            os.close(self.fifo)
+            self.fifo = -1
+
+    def _recheck_fifo(self) -> None:
+        """Service mode, until keepalived writes again: (re)open the FIFO at its path when it is missing
+        or was replaced (keepalived makes a new one, a new inode, on reload and restart)."""
+        self._recheck_at = time.monotonic() + FIFO_RECHECK
+        try:
+            current = os.stat(self.fifo_path).st_ino
+        except OSError:
+            self._close_fifo()
+            return
+        if self.fifo >= 0 and os.fstat(self.fifo).st_ino == current:
+            return
+        self._close_fifo()
+        try:
+            self.fifo = open_fifo(self.fifo_path)
+        except FifoError as exc:
+            self.log.warn(None, None, str(exc))
+            return
+        self.poller.register(self.fifo, select.POLLIN)
+        self.log.info(None, None, f"reading {self.fifo_path} (inode {current})")
 
     def _feed(self, data: bytes) -> None:
         """Split into lines; a line longer than MAX_LINE is reported once and skipped to its newline."""
@@ -229,6 +276,9 @@ class Reader:
 
     def _finish(self, eof: bool) -> None:
         """Journal the reader's own end, so the stop action runs after the STOP lines, then say when."""
+        if self.serve:
+            self.log.info(None, None, f"service mode: SIGTERM, exiting ({self.lines} lines read)")
+            return
         if self.term_at is None:
             state, why = "EOF", "keepalived closed the FIFO"
         elif eof:

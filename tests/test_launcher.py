@@ -197,3 +197,30 @@ def test_fifo_missing_or_not_a_fifo_is_a_clear_error(launcher: Launcher) -> None
     assert res.returncode == 3
     assert "is not a FIFO" in res.stderr
     assert "is not a FIFO" in launcher.log_text()
+
+
+def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Launcher) -> None:
+    """`serve --fifo`: started before keepalived, survives its restart (a new FIFO inode), in order."""
+    argv = launcher.argv()
+    proc = subprocess.Popen([argv[0], "serve", *argv[1:], "--fifo", str(launcher.fifo)])
+    try:
+        for round_ in range(2):  # keepalived starts, writes, exits (closing and removing its FIFO)
+            time.sleep(0.3)
+            os.mkfifo(launcher.fifo, 0o600)
+            fd = os.open(launcher.fifo, os.O_RDWR | os.O_NONBLOCK)
+            os.write(fd, f'INSTANCE "VI_1" BACKUP 100\nINSTANCE "VI_1" MASTER {100 + round_}\n'.encode())
+            launcher.settle(2 + 2 * round_)
+            os.close(fd)
+            os.unlink(launcher.fifo)
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    started, problems = check_order(launcher.records())
+    assert started == [1, 2, 3, 4] and problems == 0
+    assert [r[5] for r in launcher.records() if r[0] == "start"] == ["100", "100", "100", "101"]
+    log = launcher.log_text()
+    assert log.count("following it (restart or reload)") == 2
+    assert "service mode: SIGTERM, exiting (4 lines read)" in log
