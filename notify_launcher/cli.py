@@ -30,7 +30,7 @@ from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir
 
 EXIT_USAGE = 2
 EXIT_UNUSABLE = 3
-COMMANDS = ("serve", "status", "wait", "_worker")
+COMMANDS = ("serve", "send", "status", "history", "wait", "_worker")
 
 READER_EPILOG = """\
 keepalived.conf:
@@ -156,6 +156,37 @@ def run_status(argv: list[str]) -> int:
     return 0
 
 
+def run_history(argv: list[str]) -> int:
+    p = _state_parser("history", "The last N finished events: sequence, time, event, action result, "
+                      "duration.", "notify-launcher history -n 50")
+    p.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    from notify_launcher.status import history_json, history_text
+    paths = StatePaths(args.state_dir)
+    print(history_json(paths, args.n) if args.json else history_text(paths, args.n))
+    return 0
+
+
+def run_send(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="notify-launcher send", description="Inject an event as keepalived would, to test actions "
+        "without a failover: into keepalived's FIFO (--fifo), or straight into the journal (--state-dir).",
+        epilog="example: notify-launcher send --state-dir /run/notify-launcher 'INSTANCE \"VI_1\" MASTER 100'")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fifo", metavar="PATH", help="write the line to this FIFO (a reader must have it open)")
+    where.add_argument("--state-dir", metavar="DIR", help="journal the event in this state directory")
+    p.add_argument("line", metavar="LINE", help="a line as keepalived writes it")
+    args = p.parse_args(argv)
+    from notify_launcher.send import SendError, send_fifo, send_state
+    try:
+        print(send_fifo(args.fifo, args.line) if args.fifo else send_state(args.state_dir, args.line))
+    except SendError as exc:
+        print(f"notify-launcher send: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    return 0
+
+
 def run_wait(argv: list[str]) -> int:
     p = _state_parser("wait", "Exit 0 once no event is pending or running; 1 on timeout.",
                       "notify-launcher wait --timeout 30")
@@ -189,6 +220,6 @@ def run_unit_worker(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        return {"serve": run_serve, "status": run_status, "wait": run_wait,
-                "_worker": run_unit_worker}[argv[0]](argv[1:])
+        return {"serve": run_serve, "send": run_send, "status": run_status, "history": run_history,
+                "wait": run_wait, "_worker": run_unit_worker}[argv[0]](argv[1:])
     return run_reader(argv)

@@ -27,6 +27,10 @@ DEFAULT_STATE_DIR = "/run/notify-launcher"
 DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
 CRASH_POLICIES = ("rerun", "skip")
 DETACH_MODES = ("auto", "daemon", "systemd")
+#: Frequent states that run nothing unless a [match] rule names them (MASTER_RX_LOWER_PRI comes with
+#: every lower-priority advert a master hears).
+QUIET_STATES = ("MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY")
+_BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 
 
@@ -72,6 +76,8 @@ class Settings:
     linger: float = 600.0
     on_crash: str = "rerun"
     detach: str = "auto"
+    coalesce: bool = False
+    quiet_states: tuple[str, ...] = QUIET_STATES
     config_file: str | None = None
 
     def action_for(self, event: Event) -> tuple[tuple[str, ...], float]:
@@ -82,6 +88,9 @@ class Settings:
         handler, timeout = self.handler, self.timeout
         matching = sorted((r.specificity(event), n, r) for n, r in enumerate(self.rules)
                           if r.specificity(event) >= 0)
+        if event.state in self.quiet_states:
+            handler = ()
+            matching = [m for m in matching if m[2].state == event.state or m[2].handler is None]
         for _, _, rule in matching:  # least specific first; later ones override
             handler = handler if rule.handler is None else rule.handler
             timeout = timeout if rule.timeout is None else rule.timeout
@@ -95,7 +104,7 @@ class Settings:
         data: dict[str, Any] = json.loads(text)
         data["rules"] = tuple(Rule(**{**r, "handler": None if r["handler"] is None else tuple(r["handler"])})
                               for r in data["rules"])
-        for key in ("handler", "stop_action"):
+        for key in ("handler", "stop_action", "quiet_states"):
             data[key] = tuple(data[key])
         return cls(**data)
 
@@ -112,6 +121,8 @@ _KEYS = {
     "linger": "seconds, a number >= 0",
     "on_crash": "one of " + ", ".join(CRASH_POLICIES),
     "detach": "one of " + ", ".join(DETACH_MODES),
+    "coalesce": "yes or no",
+    "quiet_states": "state names separated by spaces (may be empty)",
 }
 _RULE_KEYS = ("handler", "timeout")
 
@@ -149,6 +160,12 @@ def _convert(key: str, text: str, where: str) -> object:
         if text.upper() not in LOG_LEVELS:
             raise bad
         return text.upper()
+    if key == "coalesce":
+        if text.lower() not in _BOOLS:
+            raise bad
+        return _BOOLS[text.lower()]
+    if key == "quiet_states":
+        return tuple(text.split())
     if key in ("on_crash", "detach"):
         if text not in (CRASH_POLICIES if key == "on_crash" else DETACH_MODES):
             raise bad

@@ -80,3 +80,20 @@ def as_text(status: Status) -> str:
         if len(status.pending) > 20:
             out.append(f"  ... and {len(status.pending) - 20} more")
     return "\n".join(out)
+
+
+def _history(paths: StatePaths, n: int) -> list[dict[str, Any]]:
+    return replay(paths.progress, keep_ends=n).ends
+
+
+def history_json(paths: StatePaths, n: int) -> str:
+    return json.dumps(_history(paths, n), indent=2, sort_keys=True)
+
+
+def history_text(paths: StatePaths, n: int) -> str:
+    out = [f"{'SEQ':>6}  {'FINISHED':<19}  {'EVENT':<40} {'RESULT':<24} DURATION"]
+    for rec in _history(paths, n):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["t"]))
+        duration = f"{rec['duration']:.3f}s" if "duration" in rec else "-"
+        out.append(f"{rec['seq']:>6}  {when:<19}  {rec['event']:<40} {rec['result']:<24} {duration}")
+    return "\n".join(out)

@@ -152,13 +152,18 @@ class Worker:
             if not entries:
                 return
             self._reload_settings()
+            entries = [e for e in entries if e.seq > self.done_seq]
+            newest = {e.event.key: e.seq for e in entries} if self.settings.coalesce else {}
             for entry in entries:
-                if entry.seq <= self.done_seq:
-                    continue
                 if entry.seq != self.done_seq + 1 and self.done_seq:
                     self.log.error(entry.seq, entry.event,
                                    f"events #{self.done_seq + 1}..#{entry.seq - 1} are missing from the journal")
-                self._run(entry)
+                later = newest.get(entry.event.key, entry.seq)
+                if later != entry.seq and entry.event.type != "READER":
+                    self.log.info(entry.seq, entry.event, f"skipped: superseded by #{later} (coalesce = yes)")
+                    self._end(entry, f"superseded by #{later}", ok=True)
+                else:
+                    self._run(entry)
                 self.done_seq = entry.seq
 
     def _reload_settings(self) -> None:
@@ -178,7 +183,9 @@ class Worker:
         delay = time.time() - entry.time
         prefix, timeout = self.settings.action_for(event)
         if not prefix:
-            self.log.info(seq, event, "no action configured for this event")
+            quiet = " (a quiet state: name it in a [match] rule to run something)" \
+                if event.state in self.settings.quiet_states else ""
+            self.log.info(seq, event, f"no action configured for this event{quiet}")
             self._end(entry, "no action", ok=True)
             return
         argv = list(prefix) + event.fields()

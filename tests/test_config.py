@@ -91,3 +91,14 @@ def test_bad_command_line_value_is_named(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.ini: cannot read config file: No such file or directory"):
         load(str(tmp_path / "nope.ini"), {})
+
+
+def test_quiet_states_run_nothing_unless_a_rule_names_them(tmp_path: Path) -> None:
+    s = _load(tmp_path, "[launcher]\nhandler = /bin/h\n[match INSTANCE VI_1 *]\ntimeout = 7\n"
+                        "[match * * BACKUP_PRIORITY]\nhandler = /bin/prio\n")
+    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER_RX_LOWER_PRI", 100)) == ((), 7)
+    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER_PRIORITY", 100)) == ((), 7)
+    assert s.action_for(Event("INSTANCE", "VI_1", "BACKUP_PRIORITY", 100)) == (("/bin/prio",), 7)
+    loud = _load(tmp_path, "[launcher]\nhandler = /bin/h\nquiet_states =\ncoalesce = yes\n")
+    assert loud.action_for(Event("INSTANCE", "VI_1", "MASTER_PRIORITY", 100)) == (("/bin/h",), 120)
+    assert loud.coalesce is True
