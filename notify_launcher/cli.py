@@ -30,7 +30,7 @@ from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir
 
 EXIT_USAGE = 2
 EXIT_UNUSABLE = 3
-COMMANDS = ("serve", "send", "status", "history", "wait", "_worker")
+COMMANDS = ("serve", "check-config", "send", "status", "history", "wait", "_worker")
 
 READER_EPILOG = """\
 keepalived.conf:
@@ -41,7 +41,7 @@ keepalived.conf:
 keepalived appends the FIFO path as the last argument.  The handler runs as
   HANDLER... TYPE NAME STATE PRIORITY        (RS lines add the virtual server as a 5th argument)
 with NL_TYPE, NL_NAME, NL_STATE, NL_PRIORITY, NL_VS and NL_SEQ in its environment.
-Other commands: notify-launcher serve|status|wait --help
+Other commands (each has --help): serve, check-config, send, status, history, wait
 """
 
 
@@ -156,6 +156,32 @@ def run_status(argv: list[str]) -> int:
     return 0
 
 
+def run_check_config(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="notify-launcher check-config", description="Check the INI file, every action it names (exists, "
+        "executable, #! line, safe for root), the state and log paths, and optionally keepalived.conf's "
+        "notify_fifo lines (nested quotes, FIFO owner vs script user, the script itself). Exit 0 only when "
+        "all is well, 2 otherwise.",
+        epilog="example: notify-launcher check-config --config /etc/keepalived/notify-launcher.ini "
+               "--keepalived-conf /etc/keepalived/keepalived.conf")
+    p.add_argument("--config", metavar="FILE", help="the INI file")
+    p.add_argument("--keepalived-conf", metavar="FILE", help="also check this keepalived.conf")
+    p.add_argument("--handler", metavar="CMD", help="as the reader's option")
+    p.add_argument("--state-dir", metavar="DIR", help="as the reader's option")
+    p.add_argument("--log-file", metavar="PATH", help="as the reader's option")
+    args = p.parse_args(argv)
+    from notify_launcher.checkconfig import run
+    problems = run(args.config, args.keepalived_conf,
+                   {"handler": args.handler, "state_dir": args.state_dir, "log_file": args.log_file})
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        return EXIT_USAGE
+    print("OK: " + ", ".join(filter(None, [args.config, args.keepalived_conf])) if args.config or
+          args.keepalived_conf else "OK: defaults")
+    return 0
+
+
 def run_history(argv: list[str]) -> int:
     p = _state_parser("history", "The last N finished events: sequence, time, event, action result, "
                       "duration.", "notify-launcher history -n 50")
@@ -220,6 +246,6 @@ def run_unit_worker(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
-        return {"serve": run_serve, "send": run_send, "status": run_status, "history": run_history,
+        return {"serve": run_serve, "check-config": run_check_config, "send": run_send, "status": run_status, "history": run_history,
                 "wait": run_wait, "_worker": run_unit_worker}[argv[0]](argv[1:])
     return run_reader(argv)

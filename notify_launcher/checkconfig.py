@@ -1,0 +1,153 @@
+"""`notify-launcher check-config`: find at the console what would otherwise show up at 3 a.m.
+
+Checks the INI file and every command it names, the state and log paths, and optionally the
+notify_fifo lines of keepalived.conf for the mistakes keepalived makes easy (KEEPALIVED.md).
+Each problem names the file (and line or section/key) and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shlex
+import shutil
+import stat
+
+from notify_launcher.config import ConfigError, Settings, load
+from notify_launcher.security import check as security_check
+from notify_launcher.security import commands
+
+_FIFO_KEYS = ("notify_fifo", "vrrp_notify_fifo", "lvs_notify_fifo")
+
+
+def executable_problem(exe: str) -> str | None:
+    """Why `exe` cannot be run by execve (as keepalived and the worker run it), or None."""
+    path = shutil.which(exe) if "/" not in exe else exe
+    if path is None or not os.path.exists(path):
+        return f"{exe}: not found"
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return f"{path}: not a regular file"
+    if not os.access(path, os.X_OK):
+        return f"{path}: not executable (chmod +x)"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        return f"{path}: cannot read: {exc.strerror}"
+    if not (head.startswith(b"#!") or head == b"\x7fELF"):
+        return f"{path}: no #! line (execve cannot run it; add e.g. #!/bin/sh)"
+    return None
+
+
+def _writable_dir_problem(what: str, path: str) -> str | None:
+    """Really try (root passes os.access everywhere): create and remove a file in the nearest existing
+    directory on the way to `path`."""
+    import tempfile
+
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "/"
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".notify-launcher-check-"):
+            pass
+    except OSError as exc:
+        return f"{what} {path}: cannot create files in {probe} as uid {os.geteuid()}: {exc.strerror}"
+    return None
+
+
+def check_settings(settings: Settings) -> list[str]:
+    where = settings.config_file or "command line"
+    problems = [f"{where}: {p}" for p in security_check(settings)]
+    if not settings.handler:
+        problems.append(f"{where}: [launcher] handler: not set; events will only be logged")
+    for key, exe in commands(settings):
+        why = executable_problem(exe)
+        if why:
+            problems.append(f"{where}: {key}: {why}")
+    for what, path in (("state_dir", settings.state_dir), ("log_file", os.path.dirname(settings.log_file))):
+        why = _writable_dir_problem(what, path)
+        if why:
+            problems.append(f"{where}: [launcher] {why}")
+    return problems
+
+
+def _script_user(words: list[str]) -> tuple[str, int | None]:
+    """(name, uid) keepalived runs the script as: the given user, else keepalived_script, else root."""
+    name = words[0] if words else None
+    if name is None:
+        try:
+            return "keepalived_script", pwd.getpwnam("keepalived_script").pw_uid
+        except KeyError:
+            return "root", 0
+    try:
+        return name, pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return name, None
+
+
+def check_keepalived_conf(path: str) -> list[str]:
+    """The notify_fifo / notify_fifo_script lines of keepalived.conf (no `include` following)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror}"]
+    problems: list[str] = []
+    fifos: dict[str, tuple[int, str]] = {}
+    scripts: list[tuple[int, str, str]] = []
+    for n, raw in enumerate(lines, 1):
+        line = re.split(r"[#!]", raw, maxsplit=1)[0].strip()
+        key, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if key in _FIFO_KEYS:
+            fifos[key] = (n, rest.split()[0] if rest else "")
+        elif key in tuple(f"{k}_script" for k in _FIFO_KEYS):
+            scripts.append((n, key[: -len("_script")], rest))
+    for n, fifo_key, rest in scripts:
+        where = f"{path}:{n}"
+        if rest.count('"') > 2:
+            problems.append(f"{where}: nested double quotes in the script command: keepalived ends the command "
+                            f"at the second quote and reads the rest as the user name; use single quotes inside")
+            continue
+        if rest.startswith('"'):
+            command, _, tail = rest[1:].partition('"')
+        else:
+            command, _, tail = rest.partition(" ")
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            problems.append(f"{where}: cannot split the script command: {exc}")
+            continue
+        if not words:
+            problems.append(f"{where}: empty script command")
+            continue
+        why = executable_problem(words[0])
+        if why:
+            problems.append(f"{where}: {why}")
+        if fifo_key not in fifos:
+            problems.append(f"{where}: {fifo_key}_script without {fifo_key}: keepalived writes no events")
+            continue
+        user, uid = _script_user(tail.split())
+        if uid is None:
+            problems.append(f"{where}: script user {user!r} does not exist")
+            continue
+        fifo = fifos[fifo_key][1]
+        if os.path.exists(fifo) and os.stat(fifo).st_uid != uid:
+            problems.append(f"{path}:{fifos[fifo_key][0]}: FIFO {fifo} belongs to uid {os.stat(fifo).st_uid}, "
+                            f"but the script runs as {user} (uid {uid}): it cannot open it; remove the FIFO and "
+                            f"restart keepalived, or set the script user")
+    if not scripts:
+        problems.append(f"{path}: no notify_fifo_script line (fine for `notify-launcher serve`)")
+    return problems
+
+
+def run(config: str | None, keepalived_conf: str | None, overrides: dict[str, str | None]) -> list[str]:
+    try:
+        settings = load(config, overrides)
+    except ConfigError as exc:
+        return [str(exc)]
+    problems = check_settings(settings)
+    if keepalived_conf:
+        problems += check_keepalived_conf(keepalived_conf)
+    return problems

@@ -1,0 +1,124 @@
+"""`check-config`: every message, and exit 0 only when all is well."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import LAUNCHER
+
+
+def _check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LAUNCHER, "check-config", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    act = tmp_path / "act.sh"
+    act.write_text("#!/bin/sh\nexit 0\n")
+    act.chmod(0o755)
+    ini = tmp_path / "nl.ini"
+    ini.write_text(f"[launcher]\nhandler = {act}\nstate_dir = {tmp_path}/state\nlog_file = {tmp_path}/nl.log\n")
+    return ini
+
+
+def test_all_well_exits_0(good: Path) -> None:
+    res = _check("--config", str(good))
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.strip() == f"OK: {good}"
+
+
+@pytest.mark.parametrize("act_text,mode,message", [
+    (None, None, "act.sh: not found"),
+    ("#!/bin/sh\n", 0o644, "act.sh: not executable (chmod +x)"),
+    ("echo no shebang\n", 0o755, "act.sh: no #! line (execve cannot run it; add e.g. #!/bin/sh)"),
+])
+def test_action_problems(good: Path, act_text: str | None, mode: int | None, message: str) -> None:
+    act = good.parent / "act.sh"
+    if act_text is None:
+        act.unlink()
+    else:
+        act.write_text(act_text)
+        assert mode is not None
+        act.chmod(mode)
+    res = _check("--config", str(good))
+    assert res.returncode == 2
+    assert f"problem: {good}: handler: " in res.stdout and message in res.stdout
+
+
+def test_config_error_and_unset_handler(tmp_path: Path) -> None:
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[launcher]\ntimeout = never\n")
+    res = _check("--config", str(ini))
+    assert res.returncode == 2
+    assert res.stdout.strip() == (f"problem: {ini}: [launcher] timeout: 'never' is not allowed; "
+                                  "expected seconds, a number > 0")
+    ini.write_text(f"[launcher]\nstate_dir = {tmp_path}/s\nlog_file = {tmp_path}/l.log\n")
+    res = _check("--config", str(ini))
+    assert f"problem: {ini}: [launcher] handler: not set; events will only be logged" in res.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root bypasses permission bits; the insecure-file check is root's")
+def test_insecure_file_is_a_problem_for_root(good: Path) -> None:
+    (good.parent / "act.sh").chmod(0o777)
+    res = _check("--config", str(good))
+    assert res.returncode == 2
+    assert "is not safe to run as root" in res.stdout and "writable by group and others" in res.stdout
+
+
+def test_unwritable_state_and_log_paths(good: Path, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        res = _check("--config", str(good), "--state-dir", "/proc/nl-state", "--log-file", "/proc/nl/x.log")
+    else:
+        res = _check("--config", str(good), "--state-dir", "/nl-state", "--log-file", "/nl/x.log")
+    assert res.returncode == 2
+    assert "[launcher] state_dir /" in res.stdout and "cannot create files in /" in res.stdout
+    assert "[launcher] log_file /" in res.stdout
+
+
+KA = """global_defs {{
+    notify_fifo {fifo}
+    notify_fifo_script {script}
+}}
+"""
+
+
+@pytest.mark.parametrize("script,message", [
+    ('"{act} --flag \\"x\\""', "nested double quotes in the script command"),
+    ('"{dir}/missing --config x"', "missing: not found"),
+    ('"{act}" nosuchuser', "script user 'nosuchuser' does not exist"),
+])
+def test_keepalived_conf_mistakes(good: Path, script: str, message: str) -> None:
+    act = good.parent / "act.sh"
+    conf = good.parent / "keepalived.conf"
+    conf.write_text(KA.format(fifo=good.parent / "n.fifo", script=script.format(act=act, dir=good.parent)))
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert f"problem: {conf}:3: " in res.stdout and message in res.stdout
+
+
+def test_keepalived_conf_fifo_owner_must_be_the_script_user(good: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the FIFO another owner")
+    fifo = good.parent / "n.fifo"
+    os.mkfifo(fifo)
+    os.chown(fifo, 1234, 1234)
+    conf = good.parent / "keepalived.conf"
+    conf.write_text(KA.format(fifo=fifo, script=f'"{good.parent}/act.sh" root'))
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert (f"problem: {conf}:2: FIFO {fifo} belongs to uid 1234, but the script runs as root (uid 0)"
+            in res.stdout)
+    conf.write_text(f"global_defs {{\n    notify_fifo_script \"{good.parent}/act.sh\"\n}}\n")
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert "notify_fifo_script without notify_fifo: keepalived writes no events" in res.stdout
+
+
+def test_good_keepalived_conf_passes(good: Path) -> None:
+    conf = good.parent / "keepalived.conf"
+    conf.write_text(KA.format(fifo=good.parent / "n.fifo", script=f'"{good.parent}/act.sh --x \'a b\'" root'))
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 0, res.stdout
