@@ -15,6 +15,7 @@ inode after taking the lock and move to it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ class JournalWriter:
                 raise
             if written != len(data):
                 os.ftruncate(self._fd, size)
-                raise OSError(28, "short write to the journal (disk full?)")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             self._size, self._last = size + written, seq
             return seq
         finally:

@@ -50,15 +50,19 @@ class Log:
             return
         st = os.fstat(fd)
         self._fd, self._ident = fd, (st.st_dev, st.st_ino)
-        if self._failed is not None:
-            self._failed = None
-            self.info(None, None, f"log file {self.path} writable again")
 
     def _report_failure(self, why: str) -> None:
-        """Say once (on stderr, which may be /dev/null under keepalived) that the log is lost."""
+        """Say once that the log is lost: on stderr (which is /dev/null under keepalived) and syslog;
+        until the file works again, lines go to syslog."""
         if self._failed != why:
             self._failed = why
             sys.stderr.write(f"notify-launcher: {why}; actions still run\n")
+            _syslog(f"{why}; actions still run; log lines go to syslog until it works again")
+
+    def _fallback(self, text: str) -> None:
+        sys.stderr.write(text)
+        if self._failed is not None:
+            _syslog(text.rstrip("\n"))
 
     def _reopen_if_rotated(self) -> None:
         assert self.path is not None
@@ -95,12 +99,17 @@ class Log:
             return
         self._reopen_if_rotated()
         if self._fd < 0:
-            sys.stderr.write(text)
+            self._fallback(text)
             return
         try:
             os.write(self._fd, text.encode("utf-8", "backslashreplace"))
         except OSError as exc:
             self._report_failure(f"cannot write log file {self.path}: {exc.strerror}")
+            self._fallback(text)
+            return
+        if self._failed is not None:
+            self._failed = None
+            self.info(None, None, f"log file {self.path} writable again")
 
     def debug(self, seq: int | None, event: object, message: str) -> None:
         self.line("DEBUG", seq, event, message)
@@ -113,3 +122,10 @@ class Log:
 
     def error(self, seq: int | None, event: object, message: str) -> None:
         self.line("ERROR", seq, event, message)
+
+
+def _syslog(message: str) -> None:
+    import syslog
+
+    syslog.openlog("notify-launcher", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_ERR, message)

@@ -10,6 +10,7 @@ Replaying this file is how `status`, `wait` and a new worker learn the state.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,8 +32,18 @@ class ProgressLog:
     def close(self) -> None:
         os.close(self._fd)
 
-    def record(self, op: str, seq: int, **fields: Any) -> None:
-        os.write(self._fd, (json.dumps({"op": op, "seq": seq, **fields}) + "\n").encode())
+    def record(self, op: str, seq: int, **fields: Any) -> str | None:
+        """Append one record; the error text if it could not be written (a full disk: the action ran
+        all the same, and the worker logs it)."""
+        data = (json.dumps({"op": op, "seq": seq, **fields}) + "\n").encode()
+        try:
+            written = os.write(self._fd, data)
+        except OSError as exc:
+            return exc.strerror
+        if written != len(data):
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            return os.strerror(errno.ENOSPC)
+        return None
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size

@@ -138,11 +138,14 @@ class Worker:
 
     def _compact(self) -> None:
         """Keep the state directory small: it usually lives in /run, which is RAM."""
-        if os.stat(self.paths.journal).st_size > JOURNAL_MAX and self.journal.compact():
-            self.log.info(None, None, f"journal compacted (everything up to #{self.done_seq} is done)")
-        if self.progress.size() > PROGRESS_MAX:
-            self.progress.compact(KEEP_HISTORY)
-            self.log.info(None, None, f"progress compacted to the last {KEEP_HISTORY} results")
+        try:
+            if os.stat(self.paths.journal).st_size > JOURNAL_MAX and self.journal.compact():
+                self.log.info(None, None, f"journal compacted (everything up to #{self.done_seq} is done)")
+            if self.progress.size() > PROGRESS_MAX:
+                self.progress.compact(KEEP_HISTORY)
+                self.log.info(None, None, f"progress compacted to the last {KEEP_HISTORY} results")
+        except OSError as exc:
+            self.log.warn(None, None, f"cannot compact the state directory ({exc.strerror}); will try again")
 
     def _drain(self) -> None:
         while True:
@@ -195,7 +198,7 @@ class Worker:
                                   f"queued {delay * 1000:.1f} ms)")
 
         def started(pid: int, ctime: float) -> None:
-            self.progress.record("start", seq, t=time.time(), key=event.key, event=str(event),
+            self._record("start", seq, event, t=time.time(), key=event.key, event=str(event),
                                  state=event.state, pid=pid,
                                  pid_ctime=ctime, worker=self.me.pid, worker_ctime=self.me.create_time())
             self.log.debug(seq, event, f"action pid {pid}")
@@ -212,8 +215,14 @@ class Worker:
 
     def _end(self, entry: Entry, result: str, ok: bool, **extra: object) -> None:
         e = entry.event
-        self.progress.record("end", entry.seq, t=time.time(), key=e.key, event=str(e), state=e.state,
+        self._record("end", entry.seq, e, t=time.time(), key=e.key, event=str(e), state=e.state,
                              result=result, ok=ok, **extra)
+
+    def _record(self, op: str, seq: int, subject: object, **fields: object) -> None:
+        failed = self.progress.record(op, seq, **fields)
+        if failed:
+            self.log.error(seq, subject, f"cannot record {op!r} in {self.paths.progress} ({failed}); "
+                                       f"status may lag, and a crash now would repeat this event")
 
     def _recover(self, running: Record) -> None:
         """A worker died during an action: end what it left running, then re-run or skip the event."""
@@ -229,7 +238,7 @@ class Worker:
         except (psutil.Error, ProcessLookupError):
             pass
         if self.settings.on_crash == "skip":
-            self.progress.record("end", seq, t=time.time(), key=running["key"], event=running["event"],
+            self._record("end", seq, running["event"], t=time.time(), key=running["key"], event=running["event"],
                                  state=running["state"], result="skipped after worker crash", ok=False)
             self.done_seq = seq
         else:

@@ -8,6 +8,7 @@ import time
 
 import psutil
 import pytest
+from pathlib import Path
 
 from conftest import Launcher, check_order
 
@@ -87,3 +88,98 @@ def test_worker_killed_with_no_further_event_is_noticed_by_the_reader(launcher: 
     log = launcher.log_text()
     assert f"worker pid {dead} died without finishing; starting another" in log
     assert f"worker pid {dead} died while this event's action" in log
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
+                                reason="needs root (mounts a tiny tmpfs)")
+
+
+@needs_root
+def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("CI=true: this test must run as root")
+    import subprocess
+    launcher.state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k,mode=0700", "tmpfs", str(launcher.state)], check=True)
+    try:
+        k = launcher.keepalived()
+        k.start()
+        k.write(VI.format("BACKUP"))
+        launcher.settle(1)
+        filler = launcher.state / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 512):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        for n in range(150):  # tmpfs fills by pages: the journal's last page still takes a few lines
+            k.write(f'INSTANCE "VI_1" {"MASTER" if n % 2 else "BACKUP"} {n}')
+        _wait_for(lambda: "cannot write the journal (No space left on device)" in launcher.log_text())
+        time.sleep(0.5)
+        assert k.proc is not None and k.proc.poll() is None  # the reader lives
+        filler.unlink()
+        launcher.settle(151)
+        k.stop([])
+        launcher.settle(152)
+        started, problems = check_order(launcher.records())
+        assert problems == 0 and started == list(range(1, 152))
+        assert [int(r[5]) for r in launcher.records() if r[0] == "start"][1:] == list(range(150))
+        assert "received (journaled late, after" in launcher.log_text()
+    finally:
+        for p in launcher.processes():
+            p.kill()
+        time.sleep(0.2)
+        subprocess.run(["umount", "-l", str(launcher.state)], check=False)
+
+
+def test_unwritable_log_file_does_not_stop_actions(launcher: Launcher) -> None:
+    launcher.log = Path("/proc/notify-launcher-test/launcher.log")  # cannot be created, even by root
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    k.write(VI.format("BACKUP"))
+    _wait_for(lambda: len(launcher.records()) == 4)
+    report = k.stop([])
+    assert not report.killed
+    assert [r[:2] for r in launcher.records()] == [["start", "1"], ["end", "1"], ["start", "2"], ["end", "2"]]
+
+
+def test_ten_thousand_garbage_lines_then_valid_events(launcher: Launcher) -> None:
+    import random
+    rng = random.Random(7)
+    garbage = []
+    for i in range(10_000):
+        kind = i % 6
+        if kind == 0:
+            garbage.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))).replace(b"\n", b""))
+        elif kind == 1:
+            garbage.append(b"\0" * rng.randrange(1, 5) + b"INSTANCE \xff\xfe")
+        elif kind == 2:
+            garbage.append(b'INSTANCE "VI_1" NAPPING 100')
+        elif kind == 3:
+            garbage.append(b"INSTANCE")
+        elif kind == 4:
+            garbage.append(b'WHAT "VI_1" MASTER 100')
+        else:
+            garbage.append(b"RS [1.2.3.4]:tcp:80 UP")
+    k = launcher.keepalived()
+    k.start()
+    launcher.wait_started()
+    assert k.proc is not None
+    reader = psutil.Process(k.proc.pid)
+    rss_before = reader.memory_info().rss
+    k.write_raw(b"x" * (1 << 20) + b"\n")  # a 1 MiB line
+    k.write_raw(b"\n".join(garbage) + b"\n")
+    for state in ("BACKUP", "MASTER", "FAULT"):
+        k.write(VI.format(state))
+    launcher.settle(3)
+    rss_after = reader.memory_info().rss
+    k.stop([])
+    assert [r[4] for r in launcher.records() if r[0] == "start"] == ["BACKUP", "MASTER", "FAULT"]
+    log = launcher.log_text()
+    assert log.count(" rejected (") >= 10_000
+    assert "line 1 rejected (line longer than 4096 bytes)" in log
+    assert rss_after - rss_before < 8 * 1024 * 1024, f"reader grew by {(rss_after - rss_before) >> 20} MiB"
