@@ -1,0 +1,49 @@
+"""The README's logrotate snippet, run by the real logrotate while an action writes: nothing lost."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import Launcher
+
+pytestmark = pytest.mark.skipif(shutil.which("logrotate") is None and os.environ.get("CI") != "true",
+                                reason="logrotate is not installed (scripts/setup installs it)")
+
+
+def test_rotation_while_an_action_writes(launcher: Launcher) -> None:
+    if shutil.which("logrotate") is None:
+        pytest.fail("CI=true: logrotate must be installed (scripts/setup)")
+    chatty = launcher.dir / "chatty.sh"
+    chatty.write_text("#!/bin/sh\nfor i in $(seq 1 300); do echo \"line $i\"; sleep 0.005; done\n")
+    chatty.chmod(0o755)
+    launcher.handler = chatty
+    conf = launcher.dir / "logrotate.conf"
+    conf.write_text(f"""{launcher.log} {{
+    rotate 8
+    missingok
+    notifempty
+    create 0640 root root
+}}
+""")
+    k = launcher.keepalived()
+    k.start()
+    k.write('INSTANCE "VI_1" MASTER 100')
+    deadline = time.monotonic() + 30
+    while "out: line 50" not in launcher.log_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    subprocess.run(["logrotate", "-f", "-s", str(launcher.dir / "lr.state"), str(conf)], check=True)
+    launcher.settle(1)
+    k.stop([])
+    rotated = (launcher.dir / "launcher.log.1").read_text()
+    current = launcher.log.read_text()
+    lines = [int(n) for n in re.findall(r"out: line (\d+)", rotated + current)]
+    assert lines == list(range(1, 301)), "lines lost or repeated across the rotation"
+    assert "out: line 300" in current and "action ended: exit 0" in current  # the worker reopened the new file
+    assert oct(os.stat(launcher.log).st_mode & 0o777) == "0o640"
