@@ -47,15 +47,26 @@ class Result:
         return f"timed out, {how}" if self.timed_out else how
 
 
-def _descendants() -> dict[int, psutil.Process]:
-    return {p.pid: p for p in psutil.Process().children(recursive=True)}
-
-
-def _ident(p: psutil.Process) -> tuple[int, float]:
+def _children() -> set[int]:
+    """Our direct children, from the kernel's list (cheap; a psutil scan reads all of /proc)."""
     try:
-        return p.pid, p.create_time()
-    except psutil.Error:
-        return p.pid, 0.0
+        with open(f"/proc/self/task/{os.getpid()}/children") as fh:
+            return {int(pid) for pid in fh.read().split()}
+    except OSError:
+        return {p.pid for p in psutil.Process().children()}
+
+
+def _action_tree(root: int, before: set[int]) -> list[psutil.Process]:
+    """Everything the action started: its descendants, plus orphans re-parented to us (children that
+    were not there before it started) and their descendants.  The action itself is not included."""
+    tree: list[psutil.Process] = []
+    for pid in [root, *(_children() - before - {root})]:
+        try:
+            p = psutil.Process(pid)
+            tree += ([] if pid == root else [p]) + p.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    return tree
 
 
 def _name(p: psutil.Process) -> str:
@@ -63,6 +74,13 @@ def _name(p: psutil.Process) -> str:
         return " ".join(p.cmdline())[:200] or p.name()
     except psutil.Error:
         return "?"
+
+
+def _describe(pid: int) -> str:
+    try:
+        return f"{pid} ({_name(psutil.Process(pid))})"
+    except psutil.Error:
+        return f"{pid} (gone)"
 
 
 class _Lines:
@@ -88,7 +106,8 @@ class _Lines:
             self.buf = b""
 
 
-def kill_tree(proc: subprocess.Popen[bytes], others: list[psutil.Process], grace: float, note: Note) -> None:
+def kill_tree(proc: subprocess.Popen[bytes], others: list[psutil.Process], before: set[int], grace: float,
+              note: Note) -> None:
     """SIGTERM the action and `others`; SIGKILL what is left after `grace` s (and what they forked meanwhile).
 
     The action itself is awaited through its Popen, so its own exit status is not lost to psutil.
@@ -107,8 +126,8 @@ def kill_tree(proc: subprocess.Popen[bytes], others: list[psutil.Process], grace
     except subprocess.TimeoutExpired:
         pass
     _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
-    known = {_ident(p) for p in others}
-    alive += [p for p in _descendants().values() if p.pid != proc.pid and _ident(p) not in known]
+    known = {p.pid for p in others}
+    alive += [p for p in _action_tree(proc.pid, before) if p.pid not in known]  # forked meanwhile
     survivors = [str(p.pid) for p in alive] + ([str(proc.pid)] if proc.poll() is None else [])
     if survivors:
         note("still alive after the grace, sent SIGKILL to " + ", ".join(survivors))
@@ -123,20 +142,22 @@ def kill_tree(proc: subprocess.Popen[bytes], others: list[psutil.Process], grace
 
 
 def reap_zombies() -> None:
-    """Collect exited orphans the worker inherited as a subreaper."""
-    for p in psutil.Process().children():
+    """Collect exited orphans the worker inherited as a subreaper.  Called before an action starts,
+    when no child of ours is awaited by anyone else (subprocess), so any exited child may go."""
+    while True:
         try:
-            if p.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(p.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError):
-            pass
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float,
                output: Output, note: Note, started: Callable[[int, float], None]) -> Result:
     """Run `argv` to completion or timeout; report output lines and facts through the callbacks."""
     reap_zombies()
-    before = {_ident(p) for p in _descendants().values()}
+    before = _children()  # background processes earlier actions left: not this action's
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -163,8 +184,7 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
             if remaining <= 0:
                 timed_out = True
                 note(f"timeout of {timeout:g}s reached; ending the action's process tree")
-                others = [p for p in _descendants().values() if p.pid != proc.pid and _ident(p) not in before]
-                kill_tree(proc, others, kill_grace, note)
+                kill_tree(proc, _action_tree(proc.pid, before), before, kill_grace, note)
                 break
             for key, _ in sel.select(remaining):
                 if key.fd != pidfd and not _read(key.fd, streams[key.fd]):
@@ -179,10 +199,9 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         proc.stdout.close()
         proc.stderr.close()
     duration = time.monotonic() - t0
-    leftovers = [p for p in _descendants().values() if _ident(p) not in before]
+    leftovers = _children() - before - {proc.pid}
     if leftovers and not timed_out:
-        note("left running in the background (not killed): "
-             + ", ".join(f"{p.pid} ({_name(p)})" for p in leftovers))
+        note("left running in the background (not killed): " + ", ".join(_describe(pid) for pid in sorted(leftovers)))
     rc = proc.returncode
     return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out)
 

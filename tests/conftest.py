@@ -80,6 +80,17 @@ class Launcher:
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
+    def launcher_processes(self) -> list[psutil.Process]:
+        """This setup's reader and workers, not their actions."""
+        out = []
+        for p in self.processes():
+            try:
+                if "notify_launcher" in p.cmdline():
+                    out.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
     def processes(self) -> list[psutil.Process]:
         """Every launcher process of this setup (reader and workers: their cmdline names our dir)."""
         mine = []

@@ -78,7 +78,7 @@ def test_burst_of_2000_events_nothing_lost_in_order_no_overlap(launcher: Launche
     for n, line in enumerate(lines):
         k.write(line)
         if n % 200 == 0:
-            peak = max(peak, len([p for p in launcher.processes() if "handler.sh" not in " ".join(p.cmdline())]))
+            peak = max(peak, len(launcher.launcher_processes()))
     assert k.dropped == 0
     launcher.settle(2000, timeout=300)
     report = k.stop([])
@@ -88,7 +88,7 @@ def test_burst_of_2000_events_nothing_lost_in_order_no_overlap(launcher: Launche
     assert started == list(range(1, 2001))
     got = [" ".join(r[2:6]) for r in launcher.records() if r[0] == "start"]
     assert got == [line.replace('"', "") for line in lines]
-    assert peak <= 3, f"{peak} launcher processes at the burst's peak"
+    assert 2 <= peak <= 3, f"{peak} launcher processes at the burst's peak"
     log = launcher.log_text()
     assert "journal compacted" in log and "progress compacted" in log  # /run is RAM: it must not grow
     status = subprocess.run([LAUNCHER, "status", "--state-dir", str(launcher.state)], capture_output=True, text=True)
@@ -224,3 +224,23 @@ def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Laun
     log = launcher.log_text()
     assert log.count("following it (restart or reload)") == 2
     assert "service mode: SIGTERM, exiting (4 lines read)" in log
+
+
+def test_background_process_left_by_a_finished_action_is_reported_not_killed(launcher: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    act = tmp_path / "bg.sh"
+    pidfile = tmp_path / "bg.pid"
+    act.write_text(f"#!/bin/sh\nsetsid sleep 30 >/dev/null 2>&1 &\necho $! > {pidfile}\nexit 0\n")
+    act.chmod(0o755)
+    launcher.handler = act
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.stop([])
+    bg = int(pidfile.read_text())
+    try:
+        assert psutil.pid_exists(bg) and psutil.Process(bg).status() != psutil.STATUS_ZOMBIE
+        assert f"left running in the background (not killed): {bg} (" in launcher.log_text()  # name: fork or exec
+        assert "action ended: exit 0" in launcher.log_text()
+    finally:
+        os.kill(bg, 9)
