@@ -76,3 +76,30 @@ def test_reader_refuses_to_start_with_an_insecure_handler_or_config(launcher: La
     assert res.returncode == 2
     assert f"config file {ini} is not safe for root: {ini} is writable by group and others" in res.stderr
     assert "is not safe" in launcher.log_text()
+
+
+def test_state_dir_symlink_or_foreign_owner_is_refused(launcher: Launcher) -> None:
+    real = launcher.dir / "real-state"
+    real.mkdir()
+    launcher.state.symlink_to(real)
+    os.mkfifo(launcher.fifo)
+    res = subprocess.run(launcher.argv(str(launcher.fifo)), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 3 and f"state directory {launcher.state} is a symlink; refusing it" in res.stderr
+    launcher.state.unlink()
+    launcher.state.mkdir()
+    os.chown(launcher.state, 1234, 1234)
+    res = subprocess.run(launcher.argv(str(launcher.fifo)), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 3 and f"state directory {launcher.state} belongs to uid 1234" in res.stderr
+
+
+def test_file_modes_under_keepalived_umask(launcher: Launcher) -> None:
+    k = launcher.keepalived()  # the stand-in starts the reader with umask 0177, as keepalived does
+    k.start()
+    k.write('INSTANCE "VI_1" MASTER 100')
+    launcher.settle(1)
+    k.stop([])
+    launcher.settle(2)
+    assert launcher.state.stat().st_mode & 0o777 == 0o700
+    for name in ("journal", "progress", "worker.lock", "standby.lock", "settings.json"):
+        assert (launcher.state / name).stat().st_mode & 0o777 == 0o600, name
+    assert launcher.log.stat().st_mode & 0o777 == 0o640
