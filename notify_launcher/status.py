@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from notify_launcher.events import READER_TYPE
 from notify_launcher.journal import Entry, read_all
 from notify_launcher.progress import Snapshot, replay
 from notify_launcher.statedir import StatePaths
@@ -57,6 +58,10 @@ def as_json(status: Status) -> str:
     }, indent=2, sort_keys=True)
 
 
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
 def as_text(status: Status) -> str:
     snap = status.snapshot
     out = [f"events: {status.last_seq} journaled, {snap.done_seq} finished, {len(status.pending)} pending"]
@@ -67,12 +72,15 @@ def as_text(status: Status) -> str:
                    f"{time.time() - r['t']:.1f}s so far{alive}")
     else:
         out.append("running: nothing")
-    if snap.last:
+    reader = snap.last.get(f"{READER_TYPE} reader")
+    if reader is not None:
+        out.append(f"last reader exit: {reader['state']} at {_when(reader['t'])} (#{reader['seq']}, {reader['result']})")
+    table = {key: rec for key, rec in snap.last.items() if not key.startswith(READER_TYPE)}
+    if table:
         out.append("")
         out.append(f"{'INSTANCE/GROUP':<28} {'STATE':<20} {'SINCE':<20} {'SEQ':>6}  LAST ACTION")
-        for key, rec in sorted(snap.last.items()):
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["t"]))
-            out.append(f"{key:<28} {rec['state']:<20} {since:<20} {rec['seq']:>6}  {rec['result']}")
+        for key, rec in sorted(table.items()):
+            out.append(f"{key:<28} {rec['state']:<20} {_when(rec['t']):<20} {rec['seq']:>6}  {rec['result']}")
     if status.pending:
         out.append("")
         out.append("pending:")
@@ -93,7 +101,7 @@ def history_json(paths: StatePaths, n: int) -> str:
 def history_text(paths: StatePaths, n: int) -> str:
     out = [f"{'SEQ':>6}  {'FINISHED':<19}  {'EVENT':<40} {'RESULT':<24} DURATION"]
     for rec in _history(paths, n):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["t"]))
+        when = _when(rec["t"])
         duration = f"{rec['duration']:.3f}s" if "duration" in rec else "-"
         out.append(f"{rec['seq']:>6}  {when:<19}  {rec['event']:<40} {rec['result']:<24} {duration}")
     return "\n".join(out)
