@@ -58,11 +58,13 @@ def spawn_worker(mode: str, settings: Settings, standby_fd: int, hello_fd: int) 
 
 
 def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:
-    """Fork; the child daemonizes (keeping `keep_fds` open) and runs `target`.  Returns the
-    intermediate child's pid at once.
+    """The classic double fork, the reader's own fork being the first: fork; the child leaves the
+    process group (setsid) and forks again, exiting at once; the grandchild finishes daemonizing with
+    python-daemon (keeping `keep_fds` open) and runs `target`.  Returns the child's pid at once.
 
-    The reader ignores SIGCHLD, so the kernel reaps that child when it exits (right after the
-    DaemonContext's first fork): the reader never waits.
+    Only three processes exist at any moment (reader, exiting child, worker), where DaemonContext's own
+    double fork after ours would make four.  The reader ignores SIGCHLD, so the kernel reaps the
+    child: the reader never waits.
     """
     pid = os.fork()
     if pid:
@@ -70,6 +72,8 @@ def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:
     status = 70  # EX_SOFTWARE, if anything below raises
     try:
         leave_process_group()
+        if os.fork():
+            os._exit(0)  # the worker is not a session leader: it can never gain a controlling terminal
         reset_signals()
         ensure_standard_fds()
         daemonize(keep_fds)
@@ -112,13 +116,14 @@ def ensure_standard_fds() -> None:
 
 
 def daemonize(keep_fds: list[int]) -> None:
-    """Double fork + setsid (own session, no controlling terminal, not a session leader), chdir /,
-    every inherited fd closed (the FIFO, the reader's log, the journal) but `keep_fds`, stdio on /dev/null.
+    """python-daemon does the rest of what a daemon owes Unix (the forks and setsid are done): chdir /
+    (no mount kept busy), every inherited fd closed (the FIFO, the reader's log, the journal) but
+    `keep_fds`, stdio on /dev/null, a sane umask.
 
     umask: python-daemon's default is 0, which would make world-writable files; 0o077 keeps
     everything private (files that must be shared are created with explicit modes)."""
     import daemon  # only workers pay for this import
 
-    context = daemon.DaemonContext(umask=0o077, working_directory="/", detach_process=True,
+    context = daemon.DaemonContext(umask=0o077, working_directory="/", detach_process=False,
                                    prevent_core=False, signal_map={}, files_preserve=keep_fds)
     context.open()

@@ -115,24 +115,22 @@ class Worker:
         self._stopping = True
 
     def run(self) -> int:
-        """Drain, linger on the doorbell, drain again; leave only after a final re-read finds nothing."""
+        """Drain, linger on the doorbell, drain again; leave only after a final re-read, done once the
+        doorbell is closed, finds nothing (handoff.py: a ring may have come just before the close)."""
         while True:
             self._drain()
             self._compact()
-            if self._stopping:
-                self.log.info(None, None, "SIGTERM: queue drained, exiting")
-                break
-            if self.doorbell.wait(self.settings.linger):
-                continue
-            if self._stopping:
+            if not self._stopping and self.doorbell.wait(self.settings.linger):
                 continue
             self.doorbell.close()
             if self.journal.pending():
                 self.doorbell.open()
                 continue
-            self.log.debug(None, None, f"idle for {self.settings.linger:g}s; exiting")
             break
-        self.doorbell.close()
+        if self._stopping:
+            self.log.info(None, None, "SIGTERM: queue drained, exiting")
+        else:
+            self.log.debug(None, None, f"idle for {self.settings.linger:g}s; exiting")
         os.unlink(self.paths.worker_pid)
         return 0
 

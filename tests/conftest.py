@@ -81,14 +81,15 @@ class Launcher:
         return self.log.read_text() if self.log.exists() else ""
 
     def launcher_processes(self) -> list[psutil.Process]:
-        """This setup's reader and workers, not their actions."""
+        """This setup's reader and workers: not their actions, not `wait`/`status` run by the test."""
         out = []
         for p in self.processes():
             try:
-                if "notify_launcher" in p.cmdline():
-                    out.append(p)
+                cmd = p.cmdline()
             except psutil.NoSuchProcess:
-                pass
+                continue
+            if "notify_launcher" in cmd and cmd[cmd.index("notify_launcher") + 1:][:1] not in (["wait"], ["status"]):
+                out.append(p)
         return out
 
     def processes(self) -> list[psutil.Process]:
