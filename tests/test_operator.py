@@ -73,3 +73,37 @@ def test_coalescing_runs_only_the_newest_pending_event_per_instance(launcher: La
     assert status["instances"]["INSTANCE VI_1"]["state"] == "BACKUP"
     assert status["instances"]["INSTANCE VI_2"]["result"] == "exit 0"
     assert status["pending"] == [] and status["running"] is None
+
+
+def test_every_command_has_help_with_an_example_and_version() -> None:
+    for command in ([], ["serve"], ["check-config"], ["send"], ["status"], ["history"], ["wait"]):
+        res = _run(*command, "--help")
+        assert res.returncode == 0, command
+        assert "example" in res.stdout.lower() or "keepalived.conf:" in res.stdout, command
+        assert "default" in res.stdout or command in (["send"], ["check-config"]), command
+    res = _run("--version")
+    assert res.returncode == 0 and res.stdout.startswith("notify-launcher ")
+
+
+def test_usage_error_exit_code_is_2() -> None:
+    assert _run("--timeout", "soon", "/nonexistent.fifo").returncode == 2
+    assert _run("wait", "--timeout", "x").returncode == 2
+
+
+def test_wait_times_out_with_exit_1_while_an_action_runs(launcher: Launcher) -> None:
+    launcher.sleep_on("MASTER", 5)
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.wait_started()
+    import time
+    deadline = time.monotonic() + 10
+    while not launcher.records():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    res = _run("wait", "--state-dir", str(launcher.state), "--timeout", "0.5")
+    assert res.returncode == 1 and "still busy after 0.5s" in res.stderr
+    status = _run("status", "--state-dir", str(launcher.state))
+    assert 'running: #1 INSTANCE "VI_1" MASTER 100  action pid' in status.stdout
+    launcher.settle(1)
+    k.stop([])
