@@ -96,12 +96,18 @@ def check_keepalived_conf(path: str) -> list[str]:
     problems: list[str] = []
     fifos: dict[str, tuple[int, str]] = {}
     scripts: list[tuple[int, str, str]] = []
+    userless: list[tuple[int, str]] = []
+    security = script_user = False
     for n, raw in enumerate(lines, 1):
         line = re.split(r"[#!]", raw, maxsplit=1)[0].strip()
         key, _, rest = line.partition(" ")
         rest = rest.strip()
+        security |= key == "enable_script_security"
+        script_user |= key == "script_user"
         if key in _FIFO_KEYS:
             fifos[key] = (n, rest.split()[0] if rest else "")
+            if len(rest.split()) == 1:
+                userless.append((n, key))
         elif key in tuple(f"{k}_script" for k in _FIFO_KEYS):
             scripts.append((n, key[: -len("_script")], rest))
     for n, fifo_key, rest in scripts:
@@ -137,6 +143,11 @@ def check_keepalived_conf(path: str) -> list[str]:
             problems.append(f"{path}:{fifos[fifo_key][0]}: FIFO {fifo} belongs to uid {os.stat(fifo).st_uid}, "
                             f"but the script runs as {user} (uid {uid}): it cannot open it; remove the FIFO and "
                             f"restart keepalived, or set the script user")
+    if security and not script_user and _script_user([])[0] != "keepalived_script":
+        for n, key in userless:
+            problems.append(f"{path}:{n}: {key} without a user: with enable_script_security, keepalived 2.2.7 "
+                            f"looks up the user keepalived_script again at every reload, fails (it does not "
+                            f"exist) and drops the FIFO; write `{key} PATH root`")
     if not scripts:
         problems.append(f"{path}: no notify_fifo_script line (fine for `notify-launcher serve`)")
     return problems

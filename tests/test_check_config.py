@@ -122,3 +122,20 @@ def test_good_keepalived_conf_passes(good: Path) -> None:
     conf.write_text(KA.format(fifo=good.parent / "n.fifo", script=f'"{good.parent}/act.sh --x \'a b\'" root'))
     res = _check("--config", str(good), "--keepalived-conf", str(conf))
     assert res.returncode == 0, res.stdout
+
+
+def test_userless_notify_fifo_under_script_security_is_a_problem(good: Path) -> None:
+    import pwd
+    try:
+        pwd.getpwnam("keepalived_script")
+        pytest.skip("this machine has a keepalived_script user: the lookup would succeed")
+    except KeyError:
+        pass
+    conf = good.parent / "keepalived.conf"
+    conf.write_text(f"global_defs {{\n    enable_script_security\n    notify_fifo {good.parent}/n.fifo\n"
+                    f"    notify_fifo_script \"{good.parent}/act.sh\" root\n}}\n")
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert f"problem: {conf}:3: notify_fifo without a user: with enable_script_security" in res.stdout
+    conf.write_text(conf.read_text().replace("n.fifo\n", "n.fifo root\n"))
+    assert _check("--config", str(good), "--keepalived-conf", str(conf)).returncode == 0

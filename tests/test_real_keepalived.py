@@ -1,0 +1,241 @@
+"""The launcher under REAL keepalived 2.2.7: two VRRP nodes in network namespaces (tests/realka.py).
+
+Root with keepalived and iproute2 installed; elsewhere these tests skip, but under CI=true a missing
+prerequisite fails them.  Timings are printed as `TIMING ...` lines (visible without -s).
+
+keepalived's LVS checker needs IPVS, which these kernels lack (CONFIG_IP_VS is not set), so VS/RS
+lines cannot come from a real keepalived here: the stand-in tests cover them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from realka import (KILL_AFTER, LAUNCHER, ROOT, Cluster, IFACE, Node, exit_time, ip_binary,
+                    keepalived_binary, real_cluster)
+
+__all__ = ["real_cluster"]  # the fixture, imported for pytest
+
+READER_EXIT = (r"reader\[{pid}\] INFO  #- - \| reader exiting \({why}; (\d+) lines read, (\d+) ms after SIGTERM\)")
+
+
+def timing(capsys: pytest.CaptureFixture[str], scenario: str, **seconds: float | None) -> None:
+    """Print the scenario's timings to the terminal, captured or not."""
+    parts = [f"{k.replace('_', ' ')} {'-' if v is None else f'{v * 1000:.0f} ms'}" for k, v in seconds.items()]
+    with capsys.disabled():
+        print(f"\nTIMING {scenario}: " + ", ".join(parts))
+
+
+def ran_in_journal_order(node: Node) -> None:
+    """Every journaled keepalived event ran exactly once, in sequence order, one at a time, exit 0."""
+    problems = node.order_problems()
+    assert not problems, f"{node.name}: " + "; ".join(problems) + "\n" + node.diagnostics()
+
+
+def keepalived_instance_states(node: Node) -> list[str]:
+    """VI_1's transitions as keepalived's own console log tells them (a FAULT is logged twice)."""
+    states: list[str] = []
+    for m in re.finditer(r"\(VI_1\):? [Ee]ntering (MASTER|BACKUP|FAULT) (?:STATE|state)", node.ka_text()):
+        if not states or states[-1] != m.group(1):
+            states.append(m.group(1))
+    return states
+
+
+def worker_of(node: Node, seq: int) -> int:
+    m = re.search(rf"worker\[(\d+)\] INFO  #{seq} .* \| action starting", node.log_text())
+    assert m, f"{node.name}: no worker started #{seq}\n{node.diagnostics()}"
+    return int(m.group(1))
+
+
+def test_startup_node1_master_node2_backup_actions_in_keepalived_order(
+        real_cluster: Callable[..., Cluster], capsys: pytest.CaptureFixture[str]) -> None:
+    c = real_cluster()
+    n1, n2 = c.nodes
+    t0 = time.time()
+    c.start()
+    c.wait_settled()
+    assert n1.has_vip() and not n2.has_vip(), c.diagnostics()
+    assert n1.instance_states()[-1] == "MASTER" and n2.instance_states()[-1] == "BACKUP", c.diagnostics()
+    for n in c.nodes:
+        assert len(n.reader_pids()) == 1, n.diagnostics()
+        ran_in_journal_order(n)  # journal order = FIFO order = keepalived's order
+        # ... and the instance's actions follow the transitions keepalived itself logged
+        assert n.instance_states() == keepalived_instance_states(n), n.diagnostics()
+        # a sync group's line accompanies each of its instance's transitions
+        groups = [a.state for a in n.actions() if a.type == "GROUP"]
+        assert groups == n.instance_states(), n.diagnostics()
+    master = next(a for a in n1.actions() if a.type == "INSTANCE" and a.state == "MASTER")
+    timing(capsys, "startup", node1_keepalived_start_to_MASTER_action_start=master.start - n1.started_at,
+           both_settled=time.time() - t0)
+
+
+@pytest.mark.parametrize("linger", [600, 0], ids=["worker-lingering", "worker-spawned-at-stop"])
+def test_failover_sigterm_stop_action_outlives_keepalived(
+        real_cluster: Callable[..., Cluster], capsys: pytest.CaptureFixture[str], linger: float) -> None:
+    """SIGTERM to node1's keepalived: its reader catches the STOP lines and leaves well before the
+    +1 s SIGKILL; the 3 s STOP action runs to its end, after keepalived is gone; node2 takes over."""
+    c = real_cluster(linger=linger)
+    n1, n2 = c.nodes
+    n1.sleep_on("INSTANCE", "STOP", 3)
+    c.start()
+    c.wait_settled()
+    before = len(n1.actions())
+    last_startup_seq = n1.actions()[-1].seq
+
+    stop = n1.term()
+
+    # keepalived's hard deadline: a reader still there at +1 s is SIGKILLed (and loses the STOP lines)
+    assert stop.reader_gone_after is not None and stop.reader_gone_after < KILL_AFTER, \
+        f"node1's reader still ran {stop.reader_gone_after}s after SIGTERM\n{n1.diagnostics()}"
+    m = re.search(READER_EXIT.format(pid=stop.reader_pid, why="SIGTERM: keepalived is stopping"), n1.log_text())
+    assert m, f"node1's reader did not log its own exit (killed?)\n{n1.diagnostics()}"
+    reader_ms = int(m.group(2))
+    assert reader_ms < KILL_AFTER * 1000
+    assert stop.keepalived_exit_after is not None and stop.keepalived_returncode == 0, n1.diagnostics()
+
+    n2.wait_for("node2's MASTER action", lambda: any(a.state == "MASTER" and a.start > stop.term_at
+                                                     for a in n2.actions() if a.type == "INSTANCE"))
+    n1.wait_for("node1's STOP actions to end", lambda: len(n1.actions()) >= before + 2
+                and all(a.end is not None for a in n1.actions()), timeout=20)
+    n1.wait_idle()
+    n2.wait_idle()
+
+    after = n1.actions()[before:]
+    assert [(a.type, a.state) for a in after] == [("INSTANCE", "STOP"), ("GROUP", "STOP")], n1.diagnostics()
+    stop_action = after[0]
+    assert stop_action.end is not None and stop_action.end - stop_action.start >= 3.0, n1.diagnostics()
+    assert re.search(rf'#{stop_action.seq} INSTANCE "VI_1" STOP 150 \| action ended: exit 0 after 3\.\d+s',
+                     n1.log_text()), n1.diagnostics()
+    # it ran past keepalived's SIGKILL time, and past keepalived's own exit
+    assert stop_action.end > stop.term_at + KILL_AFTER
+    assert stop_action.end > stop.term_at + stop.keepalived_exit_after
+    worker = worker_of(n1, stop_action.seq)
+    if linger:
+        assert worker == worker_of(n1, last_startup_seq), "the lingering worker should have run the STOP action"
+    else:
+        assert worker != worker_of(n1, last_startup_seq), "linger 0: a new worker should run the STOP action"
+    assert n2.has_vip(), n2.diagnostics()
+    for n in c.nodes:
+        ran_in_journal_order(n)
+
+    master = next(a for a in n2.actions() if a.type == "INSTANCE" and a.state == "MASTER")
+    timing(capsys, f"failover ({'worker lingering' if linger else 'worker spawned at stop'})",
+           TERM_to_reader_exit_logged=reader_ms / 1000, TERM_to_reader_process_gone=stop.reader_gone_after,
+           TERM_to_keepalived_exit=stop.keepalived_exit_after, TERM_to_STOP_action_start=stop_action.start - stop.term_at,
+           TERM_to_STOP_action_end=stop_action.end - stop.term_at,
+           failover_TERM_to_node2_MASTER_action_start=master.start - stop.term_at)
+
+
+def test_reload_during_long_action_new_reader_takes_over_numbering_intact(
+        real_cluster: Callable[..., Cluster], capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGHUP to node1's keepalived while its 4 s MASTER action runs: the action is not killed; the
+    old reader leaves on EOF; a new reader on a new FIFO takes over; one numbering across both."""
+    c = real_cluster()
+    n1, _ = c.nodes
+    n1.sleep_on("INSTANCE", "MASTER", 4)
+    c.start()
+
+    def running_master() -> list[object]:
+        return [a for a in n1.actions() if (a.type, a.state) == ("INSTANCE", "MASTER") and a.end is None]
+
+    n1.wait_for("node1's MASTER action to run", running_master)
+    old_inode = n1.fifo_inode()
+    old_reader = n1.current_reader()
+    t_hup = time.monotonic()
+    hup_at = n1.hup()
+    old_gone = exit_time(old_reader, t_hup)
+    assert old_gone is not None and old_gone < KILL_AFTER, f"the old reader still ran {old_gone}s after SIGHUP"
+    n1.wait_for("a second reader", lambda: len(n1.reader_pids()) == 2)
+    old_pid, new_pid = n1.reader_pids()
+    assert old_pid == old_reader.pid
+    assert n1.current_reader().pid == new_pid
+    assert n1.fifo_inode() not in (None, old_inode), "keepalived should have made a new FIFO"
+    assert re.search(READER_EXIT.format(pid=old_pid, why="SIGTERM then EOF: keepalived is reloading"),
+                     n1.log_text()), n1.diagnostics()
+    # fifo_write_vrrp_states_on_reload: keepalived 2.2.7 re-sends the sync group's state (not a
+    # MASTER instance's) to the new reader
+    n1.wait_for("the new reader's first event", lambda: any(e[2] == str(new_pid) for e in n1.journal()))
+    new_started = re.search(rf"(\S+ \S+) reader\[{new_pid}\] INFO  #- - \| reader started", n1.log_text())
+    assert new_started
+    master = next(a for a in n1.actions() if (a.type, a.state) == ("INSTANCE", "MASTER"))
+    assert master.end is None or master.end > hup_at, "the reload should have come while the action ran"
+
+    stop = n1.term()
+    assert stop.reader_pid == new_pid
+    assert stop.reader_gone_after is not None and stop.reader_gone_after < KILL_AFTER
+    n1.wait_for("all actions to end", lambda: all(a.end is not None for a in n1.actions())
+                and n1.actions()[-1].state == "STOP", timeout=20)
+    n1.wait_idle()
+
+    # the long action was not killed by the reload: it ran its 4 s and exited 0
+    master = next(a for a in n1.actions() if a.seq == master.seq)
+    assert master.end is not None and master.end - master.start >= 4.0, n1.diagnostics()
+    # one numbering across the two readers: the old reader's entries, its RELOAD, then the new one's
+    journal = n1.journal()
+    pids = [int(e[2]) for e in journal]
+    split = pids.index(new_pid)
+    assert set(pids[:split]) == {old_pid} and set(pids[split:]) == {new_pid}, journal
+    assert journal[split - 1][3:6] == ["READER", "reader", "RELOAD"]
+    assert journal[-1][3:6] == ["READER", "reader", "STOP"]
+    assert [e[3:6] for e in journal[split:-1]] == [["GROUP", "G1", "MASTER"], ["INSTANCE", "VI_1", "STOP"],
+                                                   ["GROUP", "G1", "STOP"]], journal
+    ran_in_journal_order(n1)
+    seqs = [a.seq for a in n1.actions()]
+    assert len(seqs) == len(set(seqs))
+    timing(capsys, "reload", HUP_to_old_reader_gone=old_gone,
+           HUP_to_new_reader_started=_wall(new_started.group(1)) - hup_at,
+           HUP_to_long_action_end=master.end - hup_at, TERM_to_reader_gone=stop.reader_gone_after)
+
+
+def _wall(stamp: str) -> float:
+    """The launcher log's local time with milliseconds -> epoch seconds."""
+    base, ms = stamp.rsplit(".", 1)
+    return time.mktime(time.strptime(base, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+
+
+# --- keepalived.conf.example -------------------------------------------------------------------
+
+
+def adapted_example(node: Node) -> str:
+    """keepalived.conf.example with only the interface name and the paths changed for `node`."""
+    text = (ROOT / "keepalived.conf.example").read_text()
+    for pattern, value in ((r"^(\s*interface\s+)\S+", IFACE), (r"^(\s*notify_fifo\s+)\S+", str(node.fifo)),
+                           (r'^(\s*notify_fifo_script\s+")[^\s"]+', str(LAUNCHER)),
+                           (r'^(\s*notify_fifo_script\s+"[^"]*--config\s+)[^\s"]+', str(node.ini))):
+        text, count = re.subn(pattern, lambda m: m.group(1) + value, text, flags=re.M)
+        assert count >= 1, f"keepalived.conf.example has no line matching {pattern!r} to adapt"
+    return text
+
+
+def test_example_config_passes_keepalived_config_test(real_cluster: Callable[..., Cluster]) -> None:
+    n1 = real_cluster().nodes[0]
+    conf = n1.dir / "example.conf"
+    conf.write_text(adapted_example(n1))
+    res = subprocess.run([ip_binary() or "ip", "netns", "exec", n1.ns, keepalived_binary() or "keepalived",
+                          "-t", "-f", str(conf)], capture_output=True, text=True, timeout=30)
+    said = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    # keepalived -t exits 5 on any warning (a one-member vrrp_sync_group is one): the example has none
+    assert res.returncode == 0, f"keepalived -t -f {conf} exited {res.returncode}:\n" + "\n".join(said)
+
+
+def test_example_config_keeps_a_reader_across_reload(real_cluster: Callable[..., Cluster]) -> None:
+    """The example as a user copies it, run for real: after a reload a new reader must take over."""
+    c = real_cluster()
+    n1 = c.nodes[0]
+    n1.conf.write_text(adapted_example(n1))
+    c.start([n1])
+    n1.wait_for("node1's MASTER action", lambda: n1.instance_states()[-1:] == ["MASTER"])
+    n1.hup()
+    # keepalived 2.2.7 drops notify_fifo at a reload when the example gives it no user (it looks up
+    # `keepalived_script` again, under enable_script_security): the example says `root`.
+    n1.wait_for("a new reader after the reload", lambda: len(n1.reader_pids()) == 2, timeout=5)
+    stop = n1.term()
+    assert stop.reader_gone_after is not None and stop.reader_gone_after < KILL_AFTER
+    n1.wait_for("node1's STOP action", lambda: n1.instance_states()[-1:] == ["STOP"])
+    n1.wait_idle()
+    ran_in_journal_order(n1)
