@@ -35,12 +35,17 @@ from notify_launcher.log import open_mode
 from notify_launcher.statedir import FILE_MODE, StatePaths
 
 
+def _datagram_socket() -> socket.socket:
+    return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+
+
 class Doorbell:
     """The reader's side: ring after each append; spawn a worker when no one will read the journal."""
 
     def __init__(self, paths: StatePaths) -> None:
         self.paths = paths
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        self._sock = _datagram_socket()
+        self._connected = False
         self._standby = self._open_standby()
 
     def _open_standby(self) -> int:
@@ -50,18 +55,35 @@ class Doorbell:
         self._sock.close()
         os.close(self._standby)
 
+    def _send(self) -> bool:
+        """One datagram to the worker; True if a worker will see it (or has rings queued already).
+
+        The socket stays connected (no path lookup per event); a new worker binds a new socket at
+        the same path, so a refused send reconnects once."""
+        for attempt in (0, 1):
+            try:
+                if not self._connected:
+                    self._sock.connect(self.paths.doorbell)
+                    self._connected = True
+                self._sock.send(b"!")
+                return True
+            except BlockingIOError:
+                return True  # the worker is busy and already has rings queued
+            except OSError:
+                if not self._connected:
+                    return False
+                self._sock.close()
+                self._sock = _datagram_socket()
+                self._connected = False
+        return False
+
     def ring(self, spawn: Callable[[int], object], spawning: bool) -> bool:
         """Make sure a worker will read the journal; call `spawn(locked_standby_fd)` if none will.
         `spawning`: a spawned worker has not said hello yet (it will read the journal).
 
         Returns True if a worker was spawned."""
-        try:
-            self._sock.sendto(b"!", self.paths.doorbell)
+        if self._send():
             return False
-        except BlockingIOError:
-            return False  # the worker is busy and already has rings queued
-        except OSError:
-            pass
         if spawning:
             return False
         try:
@@ -181,7 +203,7 @@ class DoorbellListener:
             os.unlink(self.path)  # left by a worker that died; we hold the lock, so it is stale
         except FileNotFoundError:
             pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        sock = _datagram_socket()
         sock.bind(self.path)
         self._sock = sock
 

@@ -5,7 +5,9 @@
 Every line carries time (ms), role and pid, level, the event's sequence number and the event
 (`#- -` when a line concerns no event).  Each line is one `write()` on an O_APPEND descriptor, so
 the reader, the worker and a second reader during a keepalived reload interleave whole lines.
-The file is reopened when logrotate moved it (same check as logging's WatchedFileHandler).  The
+The file is reopened when logrotate moved it (the check of logging's WatchedFileHandler, done at
+most every ROTATE_CHECK seconds: lines written just after a rotation land at the end of the
+rotated file, none is lost).  The
 logging module is not used: the reader must start fast and stay small.
 """
 
@@ -16,6 +18,7 @@ import sys
 import time
 
 LOG_MODE = 0o640
+ROTATE_CHECK = 0.1  # seconds between checks whether logrotate moved the file (a stat each)
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
 
 
@@ -38,6 +41,8 @@ class Log:
         self._fd = -1
         self._ident: tuple[int, int] | None = None
         self._failed: str | None = None
+        self._second, self._stamp = -1, ""
+        self._next_check = 0.0
         self._open()
 
     def _open(self) -> None:
@@ -90,14 +95,19 @@ class Log:
         if _LEVELS[level] < self.threshold:
             return
         now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        stamp = self._stamp
         ms = int(now * 1000) % 1000
         text = (f"{stamp}.{ms:03d} {self.role}[{os.getpid()}] {level:<5} "
                 f"#{'-' if seq is None else seq} {event if event is not None else '-'} | {message}\n")
         if self.path is None:
             sys.stderr.write(text)
             return
-        self._reopen_if_rotated()
+        if self._fd < 0 or now >= self._next_check:
+            self._next_check = now + ROTATE_CHECK
+            self._reopen_if_rotated()
         if self._fd < 0:
             self._fallback(text)
             return

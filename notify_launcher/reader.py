@@ -223,9 +223,9 @@ class Reader:
                                         f"in memory and retrying every {RETRY_INTERVAL:g}s")
             self._hold(event, now)
             return
-        self.log.info(seq, event, "received")
         self._kick_delay = KICK_MIN  # new work: a worker that crashed before may be retried promptly
-        self._ring()
+        self._ring()  # before logging: the worker can start while we write the log line
+        self.log.info(seq, event, "received")
 
     def _hold(self, event: Event, now: float | None = None) -> None:
         if len(self.backlog) >= BACKLOG_MAX:
