@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import psutil
 
 MAX_OUTPUT_LINE = 4096
-START_RECORD_DELAY = 0.005  # seconds after the spawn when the action's start is recorded (see record_start)
 Output = Callable[[str, str], None]  # (stream name, line)
 Note = Callable[[str], None]
 
@@ -154,9 +153,10 @@ def reap_zombies() -> None:
             return
 
 
-def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float,
-               output: Output, note: Note, started: Callable[[int, float], None]) -> Result:
-    """Run `argv` to completion or timeout; report output lines and facts through the callbacks."""
+def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float, output: Output,
+               note: Note, started: Callable[[int], None]) -> Result:
+    """Run `argv` to completion or timeout; report output lines and facts through the callbacks
+    (`started(pid)` right after the spawn)."""
     reap_zombies()
     before = _children()  # background processes earlier actions left: not this action's
     t0 = time.monotonic()
@@ -167,14 +167,7 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         return Result(None, None, time.monotonic() - t0, error=f"{argv[0]}: {exc.strerror}")
     assert proc.stdout is not None and proc.stderr is not None
 
-    def record_start() -> None:
-        """Reading a child's create time while it is still in exec() waits on it (~1.5 ms): so this is
-        done a moment later, or as soon as it exited (not yet reaped, so still readable)."""
-        try:
-            started(proc.pid, psutil.Process(proc.pid).create_time())
-        except psutil.Error:
-            started(proc.pid, 0.0)
-
+    started(proc.pid)
     streams = {proc.stdout.fileno(): _Lines("out", output), proc.stderr.fileno(): _Lines("err", output)}
     pidfd = os.pidfd_open(proc.pid)
     sel = selectors.DefaultSelector()
@@ -185,21 +178,15 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
     deadline = t0 + timeout
     timed_out = False
     try:
-        unrecorded, exited = True, False
-        while True:
-            if unrecorded and (exited or time.monotonic() - t0 >= START_RECORD_DELAY):
-                record_start()
-                unrecorded = False
-            if exited:
-                break
+        exited = False
+        while not exited:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
                 note(f"timeout of {timeout:g}s reached; ending the action's process tree")
                 kill_tree(proc, _action_tree(proc.pid, before), before, kill_grace, note)
                 break
-            wait = min(remaining, START_RECORD_DELAY) if unrecorded else remaining
-            for key, _ in sel.select(wait):
+            for key, _ in sel.select(remaining):
                 if key.fd == pidfd:
                     exited = True
                 elif not _read(key.fd, streams[key.fd]):

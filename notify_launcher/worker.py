@@ -28,6 +28,7 @@ from notify_launcher.systemd_unit import TAKEOVER_WAIT
 PR_SET_CHILD_SUBREAPER = 36
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
 PROGRESS_MAX = 512 * 1024
+PID_REUSE_GUARD = 2.0  # s: an orphan's create time must be this close to the recorded spawn time
 KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
 
 
@@ -192,14 +193,15 @@ class Worker:
         argv = list(prefix) + event.fields()
         env = dict(os.environ, NL_TYPE=event.type, NL_NAME=event.name, NL_STATE=event.state,
                    NL_PRIORITY=str(event.priority), NL_SEQ=str(seq), NL_VS=event.vs)
-        self.log.info(seq, event, f"action starting: {' '.join(argv)} (timeout {timeout:g}s, "
-                                  f"queued {delay * 1000:.1f} ms)")
 
-        def started(pid: int, ctime: float) -> None:
+        def started(pid: int) -> None:
+            """Recorded and logged after the spawn, so nothing of ours delays the action.  The spawn
+            time stands for the action's create time (reading that from /proc while the child is in
+            exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
             self._record("start", seq, event, t=time.time(), key=event.key, event=str(event),
-                                 state=event.state, pid=pid,
-                                 pid_ctime=ctime, worker=self.me.pid, worker_ctime=self.me.create_time())
-            self.log.debug(seq, event, f"action pid {pid}")
+                         state=event.state, pid=pid, worker=self.me.pid, worker_ctime=self.me.create_time())
+            self.log.info(seq, event, f"action started: {' '.join(argv)} (pid {pid}, timeout {timeout:g}s, "
+                                      f"queued {delay * 1000:.1f} ms)")
 
         result = actions.run_action(
             argv, env, timeout, self.settings.kill_grace,
@@ -230,7 +232,7 @@ class Worker:
                        f"ran; policy on_crash={self.settings.on_crash}")
         try:
             orphan = psutil.Process(running["pid"])
-            if abs(orphan.create_time() - running["pid_ctime"]) < 0.01:
+            if abs(orphan.create_time() - running["t"]) < PID_REUSE_GUARD:
                 self.log.warn(seq, running["event"], f"ending the dead worker's action pid {orphan.pid}")
                 os.killpg(orphan.pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError):

@@ -183,3 +183,34 @@ def test_ten_thousand_garbage_lines_then_valid_events(launcher: Launcher) -> Non
     assert log.count(" rejected (") >= 10_000
     assert "line 1 rejected (line longer than 4096 bytes)" in log
     assert rss_after - rss_before < 8 * 1024 * 1024, f"reader grew by {(rss_after - rss_before) >> 20} MiB"
+
+
+@needs_root
+def test_unreadable_fifo_is_a_clear_error() -> None:
+    """keepalived makes the FIFO 0600 for the script user: a reader running as another user says so."""
+    if os.geteuid() != 0:
+        pytest.fail("CI=true: this test must run as root (it runs the reader as nobody)")
+    import subprocess
+    import tempfile
+    from conftest import LAUNCHER
+    nobody = 65534
+
+    def as_nobody() -> None:
+        os.setgid(nobody)
+        os.setuid(nobody)
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # pytest's tmp dirs are closed to nobody
+        os.chmod(top, 0o755)
+        shared = Path(top) / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        fifo = Path(top) / "notify.fifo"
+        os.mkfifo(fifo, 0o600)
+        res = subprocess.run([LAUNCHER, "--handler", "/bin/true", "--state-dir", str(shared / "state"),
+                              "--log-file", str(shared / "launcher.log"), str(fifo)],
+                             capture_output=True, text=True, timeout=30, preexec_fn=as_nobody)
+    if "Permission denied" in res.stderr and "FIFO" not in res.stderr:
+        pytest.skip(f"this checkout is not readable by other users, so nobody cannot run it: {res.stderr}")
+    assert res.returncode == 3, res.stderr
+    assert (f"FIFO {fifo}: cannot open for reading: Permission denied (keepalived makes it 0600, owned by "
+            f"the script user)") in res.stderr

@@ -47,7 +47,7 @@ def keepalived_instance_states(node: Node) -> list[str]:
 
 
 def worker_of(node: Node, seq: int) -> int:
-    m = re.search(rf"worker\[(\d+)\] INFO  #{seq} .* \| action starting", node.log_text())
+    m = re.search(rf"worker\[(\d+)\] INFO  #{seq} .* \| action started", node.log_text())
     assert m, f"{node.name}: no worker started #{seq}\n{node.diagnostics()}"
     return int(m.group(1))
 
