@@ -51,10 +51,6 @@ class Doorbell:
     def _open_standby(self) -> int:
         return open_mode(self.paths.standby_lock, os.O_RDWR, FILE_MODE)
 
-    def close(self) -> None:
-        self._sock.close()
-        os.close(self._standby)
-
     def _send(self) -> bool:
         """One datagram to the worker; True if a worker will see it (or has rings queued already).
 

@@ -82,14 +82,6 @@ class Log:
             self._fd = -1
         self._open()
 
-    def fileno(self) -> int:
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
     def line(self, level: str, seq: int | None, event: object, message: str) -> None:
         """Write one line; `event` is anything whose str() names it (an Event, or None)."""
         if _LEVELS[level] < self.threshold:

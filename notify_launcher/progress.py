@@ -29,9 +29,6 @@ class ProgressLog:
         self.path = path
         self._fd = open_mode(path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
 
-    def close(self) -> None:
-        os.close(self._fd)
-
     def record(self, op: str, seq: int, **fields: Any) -> str | None:
         """Append one record; the error text if it could not be written (a full disk: the action ran
         all the same, and the worker logs it)."""
