@@ -32,7 +32,7 @@ import socket
 from collections.abc import Callable
 
 from notify_launcher.log import open_mode
-from notify_launcher.statedir import FILE_MODE, StatePaths
+from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid
 
 
 def _datagram_socket() -> socket.socket:
@@ -117,13 +117,6 @@ class WorkerWatch:
         self.pid = 0
         self.hellos: set[int] = set()
 
-    def _named_pid(self) -> int:
-        try:
-            with open(self.paths.worker_pid) as fh:
-                return int(fh.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
-
     def _follow(self, pid: int) -> str | None:
         if self.pidfd >= 0:
             self.poller.unregister(self.pidfd)
@@ -138,13 +131,13 @@ class WorkerWatch:
         return None
 
     def _crash_or_none(self) -> str | None:
-        return f"worker pid {self.pid} died without finishing" if self._named_pid() == self.pid else None
+        return f"worker pid {self.pid} died without finishing" if named_worker_pid(self.paths) == self.pid else None
 
     def follow_named(self) -> str | None:
         """Watch the worker named in worker.pid unless one is watched already; a crash report if it is dead."""
         if self.pidfd >= 0 or self.hellos:
             return None
-        pid = self._named_pid()
+        pid = named_worker_pid(self.paths)
         return self._follow(pid) if pid else None
 
     def new_child(self) -> int:

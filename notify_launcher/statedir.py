@@ -59,6 +59,15 @@ class StatePaths:
         return os.path.join(self.root, "worker.pid")
 
 
+def named_worker_pid(paths: StatePaths) -> int:
+    """The pid in worker.pid (0: none): the worker holding worker.lock, or one that crashed holding it."""
+    try:
+        with open(paths.worker_pid) as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def ensure_state_dir(root: str) -> StatePaths:
     """Create `root` 0700 if missing; refuse a symlink or another owner's directory."""
     try:

@@ -22,7 +22,7 @@ from notify_launcher.handoff import DoorbellListener, release_standby, say_hello
 from notify_launcher.journal import Entry, JournalFollower
 from notify_launcher.log import Log
 from notify_launcher.progress import ProgressLog, Record, replay
-from notify_launcher.statedir import FILE_MODE, StatePaths
+from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid
 from notify_launcher.systemd_unit import TAKEOVER_WAIT
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -66,7 +66,8 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info(None, None, f"waiting for the worker lock (held by {_holder(paths)})")
+        holder = named_worker_pid(paths)
+        log.info(None, None, f"waiting for the worker lock (held by {f'pid {holder}' if holder else 'another worker'})")
         lock.acquire()
     try:
         worker = Worker(settings, paths, log, how)
@@ -77,14 +78,6 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int
         raise
     finally:
         lock.release()
-
-
-def _holder(paths: StatePaths) -> str:
-    try:
-        with open(paths.worker_pid) as fh:
-            return f"pid {fh.read().split()[0]}"
-    except (OSError, IndexError):
-        return "an unknown process"
 
 
 class Worker:
