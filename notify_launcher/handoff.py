@@ -51,12 +51,12 @@ class Doorbell:
     def _open_standby(self) -> int:
         return open_mode(self.paths.standby_lock, os.O_RDWR, FILE_MODE)
 
-    def _send(self) -> bool:
+    def answered(self) -> bool:
         """One datagram to the worker; True if a worker will see it (or has rings queued already).
 
         The socket stays connected (no path lookup per event); a new worker binds a new socket at
         the same path, so a refused send reconnects once."""
-        for attempt in (0, 1):
+        for _ in (0, 1):
             try:
                 if not self._connected:
                     self._sock.connect(self.paths.doorbell)
@@ -78,7 +78,7 @@ class Doorbell:
         `spawning`: a spawned worker has not said hello yet (it will read the journal).
 
         Returns True if a worker was spawned."""
-        if self._send():
+        if self.answered():
             return False
         if spawning:
             return False

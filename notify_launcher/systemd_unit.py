@@ -19,6 +19,7 @@ import time
 
 from notify_launcher.config import Settings
 from notify_launcher.detach import leave_process_group, reset_signals
+from notify_launcher.handoff import Doorbell
 from notify_launcher.statedir import StatePaths
 
 TAKEOVER_WAIT = 10.0  # seconds the helper waits for the unit's worker to take standby.lock
@@ -62,6 +63,7 @@ def _helper(settings: Settings, standby_fd: int, hello_fd: int) -> int:
     os.close(standby_fd)
     deadline = time.monotonic() + TAKEOVER_WAIT
     probe = os.open(paths.standby_lock, os.O_RDWR | os.O_CLOEXEC)
+    doorbell = Doorbell(paths)
     while time.monotonic() < deadline:
         try:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,26 +71,12 @@ def _helper(settings: Settings, standby_fd: int, hello_fd: int) -> int:
         except BlockingIOError:
             os.write(hello_fd, f"unit {name}\n".encode())  # the unit's worker holds it now
             return 0
-        if _worker_listens(paths):
+        if doorbell.answered():  # the unit may have passed standby.lock already
             os.write(hello_fd, f"unit {name}\n".encode())
             return 0
         time.sleep(0.01)
     _log(settings, f"unit {name} did not take over within {TAKEOVER_WAIT:g}s (see journalctl -u {name})")
     return 1
-
-
-def _worker_listens(paths: StatePaths) -> bool:
-    """The unit may have passed standby.lock already: then the doorbell answers."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sock:
-        try:
-            sock.sendto(b"!", paths.doorbell)
-            return True
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
 
 
 def _log(settings: Settings, message: str) -> None:

@@ -130,7 +130,7 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
                      rec, handler)
     yield setup
     deadline = time.monotonic() + 5
-    while (procs := setup.processes()) and time.monotonic() < deadline:
+    while setup.processes() and time.monotonic() < deadline:
         time.sleep(0.1)  # workers linger 1 s, then leave by themselves
     for p in setup.processes():
         try:
