@@ -41,10 +41,21 @@ class Result:
         if self.error is not None:
             return f"could not start: {self.error}"
         if self.signal is not None:
-            how = f"killed by {signal.Signals(self.signal).name}"
+            how = f"killed by {signal_name(self.signal)}"
         else:
             how = f"exit {self.exit_code}"
         return f"timed out, {how}" if self.timed_out else how
+
+
+def signal_name(signum: int) -> str:
+    """SIGTERM, SIGRTMIN+6, or "signal 99": any number a wait status can carry has a name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        pass
+    if signal.SIGRTMIN <= signum <= signal.SIGRTMAX:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+    return f"signal {signum}"
 
 
 def _children() -> set[int]:
@@ -167,19 +178,42 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         return Result(None, None, time.monotonic() - t0, error=f"{argv[0]}: {exc.strerror}")
     assert proc.stdout is not None and proc.stderr is not None
 
+    try:
+        timed_out = _supervise(proc, before, t0, timeout, kill_grace, output, note, started)
+    except BaseException:
+        # Whatever failed on our side (a callback, the log, a full disk), the action must not run
+        # on unsupervised: end its tree before the error becomes this event's failure.
+        if proc.poll() is None:
+            kill_tree(proc, _action_tree(proc.pid, before), before, kill_grace, note)
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    duration = time.monotonic() - t0
+    leftovers = _children() - before - {proc.pid}
+    if leftovers and not timed_out:
+        note("left running in the background (not killed): " + ", ".join(_describe(pid) for pid in sorted(leftovers)))
+    rc = proc.returncode
+    return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out)
+
+
+def _supervise(proc: subprocess.Popen[bytes], before: set[int], t0: float, timeout: float, kill_grace: float,
+               output: Output, note: Note, started: Callable[[int], None]) -> bool:
+    """Report the start, relay the output, enforce the timeout; True if it timed out."""
+    assert proc.stdout is not None and proc.stderr is not None
     started(proc.pid)
     streams = {proc.stdout.fileno(): _Lines("out", output), proc.stderr.fileno(): _Lines("err", output)}
     pidfd = os.pidfd_open(proc.pid)
     sel = selectors.DefaultSelector()
-    for fd in streams:
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    sel.register(pidfd, selectors.EVENT_READ)
-    deadline = t0 + timeout
-    timed_out = False
     try:
-        exited = False
-        while not exited:
+        for fd in streams:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        sel.register(pidfd, selectors.EVENT_READ)
+        deadline = t0 + timeout
+        timed_out = exited = False
+        while not (exited or timed_out):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timed_out = True
@@ -195,17 +229,10 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         for fd, lines in streams.items():  # what is still buffered; background writers are not awaited
             _read(fd, lines)
             lines.flush()
+        return timed_out
     finally:
         sel.close()
         os.close(pidfd)
-        proc.stdout.close()
-        proc.stderr.close()
-    duration = time.monotonic() - t0
-    leftovers = _children() - before - {proc.pid}
-    if leftovers and not timed_out:
-        note("left running in the background (not killed): " + ", ".join(_describe(pid) for pid in sorted(leftovers)))
-    rc = proc.returncode
-    return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out)
 
 
 def _read(fd: int, lines: _Lines) -> bool:

@@ -30,6 +30,7 @@ import os
 import select
 import socket
 from collections.abc import Callable
+from typing import Literal
 
 from notify_launcher.log import open_mode
 from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid
@@ -179,6 +180,9 @@ def say_hello(fd: int) -> None:
     os.close(fd)
 
 
+Woke = Literal["ring", "signal", "timeout"]
+
+
 class DoorbellListener:
     """The worker's side, opened only while holding worker.lock (so one listener at a time)."""
 
@@ -186,6 +190,7 @@ class DoorbellListener:
         self.path = paths.doorbell
         self.wakeup_fd = wakeup_fd
         self._sock: socket.socket | None = None
+        self._ino = 0
 
     def open(self) -> None:
         try:
@@ -195,23 +200,31 @@ class DoorbellListener:
         sock = _datagram_socket()
         sock.bind(self.path)
         self._sock = sock
+        self._ino = os.stat(self.path).st_ino
 
     def close(self) -> None:
-        if self._sock is not None:
-            os.unlink(self.path)
-            self._sock.close()
-            self._sock = None
+        """Stop listening; remove the socket file only if it is still ours (after a removed state
+        directory, the path may belong to the next worker)."""
+        if self._sock is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == self._ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._sock.close()
+        self._sock = None
 
-    def wait(self, timeout: float) -> bool:
-        """Block until a ring (True), or until `timeout` or a signal on the wakeup fd (False)."""
+    def wait(self, timeout: float) -> Woke:
+        """Block until a ring, a signal on the wakeup fd, or `timeout`; say which."""
         assert self._sock is not None
         ready, _, _ = select.select([self._sock.fileno(), self.wakeup_fd], [], [], timeout)
         if self.wakeup_fd in ready:
-            return False
-        rang = bool(ready)
-        while rang:
+            return "signal"
+        if not ready:
+            return "timeout"
+        while True:
             try:
                 self._sock.recv(64)
             except BlockingIOError:
-                break
-        return rang
+                return "ring"

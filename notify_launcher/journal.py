@@ -9,8 +9,9 @@ written under the same lock.  A follower therefore never sees #12 before #11.  A
 (a writer killed mid-write, a full disk) is cut off by the next appender, which holds the lock.
 
 The worker compacts the journal when everything in it is done: under the same lock it replaces
-the file with one holding only the last entry (so numbering goes on); writers notice the new
-inode after taking the lock and move to it.
+the file (atomically) with one holding only the last entry (so numbering goes on); writers notice
+the new inode after taking the lock and move to it.  A journal someone removed is created again by
+the next append, numbered above everything seen before (JournalWriter), and the worker follows it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from notify_launcher.events import Event
 from notify_launcher.log import open_mode
-from notify_launcher.statedir import FILE_MODE
+from notify_launcher.statedir import FILE_MODE, write_atomic
 
 _TAIL = 8192
 
@@ -56,30 +58,53 @@ def parse_entry(line: bytes) -> Entry | None:
 
 
 class JournalWriter:
-    """The readers' side: number and append events."""
+    """The readers' side: number and append events.
 
-    def __init__(self, path: str) -> None:
+    Sequence numbers never go backwards, whatever was deleted: the next number is one above the
+    largest of the journal's last entry, the last number this writer gave, and `floor()` (the
+    progress file's last record, consulted only when the journal holds no entry -- it was removed
+    or is new).  A removed journal is created again on the next append; `created` then says so,
+    so the reader knows the worker it rang before may be following a file that no longer exists.
+    """
+
+    def __init__(self, path: str, floor: Callable[[], int] = lambda: 0) -> None:
         self.path = path
-        self._fd = open_mode(path, os.O_RDWR | os.O_APPEND, FILE_MODE)
+        self.floor = floor
+        self._fd = -1  # opened by the first append: a full disk at start-up must not stop the reader
         self._size = -1
         self._last = 0
+        self.created = False
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _open(self) -> None:
+        self.close()
+        existed = os.path.exists(self.path)
+        self._fd = open_mode(self.path, os.O_RDWR | os.O_APPEND, FILE_MODE)
+        self._size = -1
+        self.created = self.created or not existed
 
     def _lock(self) -> None:
-        """Take the journal lock on the current file, following a compaction that replaced it."""
+        """Take the journal lock on the current file, following a compaction (or a removal) that
+        replaced it."""
+        if self._fd < 0:
+            self._open()
         while True:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
-                return
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                    return
+            except FileNotFoundError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = open_mode(self.path, os.O_RDWR | os.O_APPEND, FILE_MODE)
-            self._size = -1
+            self._open()
 
     def append(self, event: Event, now: float, pid: int) -> int:
-        """Append `event`, return its sequence number.  Raises OSError (e.g. ENOSPC) with nothing written."""
+        """Append `event`, return its sequence number.  Raises OSError (e.g. ENOSPC, a removed state
+        directory) with nothing written."""
         self._lock()
         try:
             size = os.fstat(self._fd).st_size
@@ -101,19 +126,21 @@ class JournalWriter:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _resync(self, size: int) -> int:
-        """Another process appended (or a write was torn): learn the last seq; return the clean size."""
+        """Another process appended (or a write was torn, or the file is new): learn the last seq;
+        return the clean size."""
         start = max(0, size - _TAIL)
         tail = os.pread(self._fd, size - start, start)
         end = tail.rfind(b"\n") + 1
         if start + end != size:  # torn last line: cut it (we hold the lock, nobody is writing)
             os.ftruncate(self._fd, start + end)
             size = start + end
-        self._last = 0
+        last = 0
         for line in reversed(tail[:end].split(b"\n")[:-1]):
             entry = parse_entry(line)
             if entry is not None:
-                self._last = entry.seq
+                last = entry.seq
                 break
+        self._last = max(self._last, last if last else self.floor())
         self._size = size
         return size
 
@@ -125,10 +152,18 @@ class JournalFollower:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.offset = 0
+        #: Set by read_new when the journal was removed and created anew (not by our compaction).
+        self.replaced = False
 
     def pending(self) -> bool:
-        """Bytes appended since the last read (cheap: one fstat)."""
-        return os.fstat(self._fd).st_size > self.offset
+        """Bytes appended since the last read, or a new journal at the path (a stat and an fstat)."""
+        return os.fstat(self._fd).st_size > self.offset or self._path_replaced()
+
+    def _path_replaced(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            return False  # removed: the next append creates it, and we follow then
 
     def compact(self) -> bool:
         """If everything was read, replace the journal by its last entry (a new file); False if
@@ -140,26 +175,31 @@ class JournalFollower:
                 return False
             start = max(0, self.offset - _TAIL)
             tail = os.pread(fd, self.offset - start, start)
-            last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
-            tmp = f"{self.path}.new"
-            new = open_mode(tmp, os.O_WRONLY | os.O_TRUNC, FILE_MODE)
-            try:
-                os.write(new, last)
-            finally:
-                os.close(new)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:])
         finally:
             os.close(fd)  # releases the lock: writers now see the new inode
+        self._reopen()
+        return True
+
+    def _reopen(self) -> None:
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.offset = 0
-        return True
 
     def close(self) -> None:
         os.close(self._fd)
 
     def read_new(self) -> tuple[list[Entry], list[bytes]]:
-        """(entries, damaged lines) that became complete since the last call."""
+        """(entries, damaged lines) that became complete since the last call.  Once the old file is
+        read to its end, a journal created anew at the path is followed from its start."""
+        entries, damaged = self._read()
+        if not entries and self._path_replaced():
+            self._reopen()
+            self.replaced = True
+            entries, damaged = self._read()
+        return entries, damaged
+
+    def _read(self) -> tuple[list[Entry], list[bytes]]:
         chunks = []
         offset = self.offset
         while True:

@@ -125,6 +125,21 @@ class Log:
     def error(self, seq: int | None, event: object, message: str) -> None:
         self.line("ERROR", seq, event, message)
 
+    def exception(self, seq: int | None, event: object, message: str, exc: BaseException) -> None:
+        """`message` and the traceback, one ERROR line each, so grep on `#SEQ` finds all of it."""
+        import traceback  # only on the failure path
+
+        self.error(seq, event, f"{message}: {type(exc).__name__}: {exc}")
+        for block in traceback.format_exception(type(exc), exc, exc.__traceback__):
+            for text in block.rstrip("\n").splitlines():
+                self.error(seq, event, f"  {text}")
+
+    def close(self) -> None:
+        """Let go of the file (a worker whose settings name another log file or level)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
 
 def _syslog(message: str) -> None:
     import syslog

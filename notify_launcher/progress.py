@@ -1,10 +1,13 @@
 """What the workers did with each event: an append-only file of JSON records, one per line.
 
+    {"op": "try",   "seq": 7, ...}   a worker took up the event (before anything that could fail)
     {"op": "start", "seq": 7, ...}   an action process was started (its pid and create time, the worker's)
     {"op": "end",   "seq": 7, ...}   the event is finished: action result, or why nothing ran
 
 Events run strictly in order, so "done" is a high-water mark: the largest seq with an `end`.  A
-`start` with no `end` after it is an event whose worker died; the next worker recovers it.
+`try` with no `end` after it is an event whose worker died; the next worker recovers it.  The
+`try` records are what bound a crash loop: every worker that takes up the event writes one first,
+so the number of workers that died on it is on disk, whatever killed them (segfault, OOM, SIGKILL).
 Replaying this file is how `status`, `wait` and a new worker learn the state.
 """
 
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from notify_launcher.log import open_mode
-from notify_launcher.statedir import FILE_MODE
+from notify_launcher.statedir import FILE_MODE, write_atomic
 
 Record = dict[str, Any]
 
@@ -28,6 +31,18 @@ class ProgressLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = open_mode(path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+
+    def follow(self) -> bool:
+        """Write to the file at the path again if someone removed or replaced it (records written
+        into a removed file are seen by nobody); True if it had to."""
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                return False
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+        return True
 
     def record(self, op: str, seq: int, **fields: Any) -> str | None:
         """Append one record; the error text if it could not be written (a full disk: the action ran
@@ -50,13 +65,7 @@ class ProgressLog:
         replay needs when nothing runs).  Only the worker holding worker.lock writes this file."""
         snap = replay(self.path, keep_ends)
         records = {r["seq"]: r for r in [*snap.last.values(), *snap.ends]}
-        tmp = f"{self.path}.new"
-        fd = open_mode(tmp, os.O_WRONLY | os.O_TRUNC, FILE_MODE)
-        try:
-            os.write(fd, b"".join((json.dumps(records[seq]) + "\n").encode() for seq in sorted(records)))
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, b"".join((json.dumps(records[seq]) + "\n").encode() for seq in sorted(records)))
         os.close(self._fd)
         self._fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
 
@@ -67,6 +76,9 @@ class Snapshot:
 
     done_seq: int = 0
     running: Record | None = None
+    #: The unfinished event workers took up (0: none), and how many workers took it up.
+    trying: int = 0
+    tries: int = 0
     last: dict[str, Record] = field(default_factory=dict)
     ends: list[Record] = field(default_factory=list)
 
@@ -84,14 +96,40 @@ def replay(path: str, keep_ends: int = 0) -> Snapshot:
             rec = json.loads(line)
         except ValueError:
             continue  # a torn last line or damage: the journal still has the event
-        if rec.get("op") == "start":
+        if rec.get("op") == "try":
+            snap.tries = snap.tries + 1 if snap.trying == rec["seq"] else 1
+            snap.trying = rec["seq"]
+        elif rec.get("op") == "start":
             snap.running = rec
         elif rec.get("op") == "end":
             snap.done_seq = max(snap.done_seq, rec["seq"])
             if snap.running is not None and snap.running["seq"] == rec["seq"]:
                 snap.running = None
+            if snap.trying == rec["seq"]:
+                snap.trying = snap.tries = 0
             snap.last[rec["key"]] = rec
             if keep_ends:
                 snap.ends.append(rec)
                 del snap.ends[:-keep_ends]
     return snap
+
+
+def last_seq(path: str) -> int:
+    """The largest sequence number in the file's last records (0: none): the floor below which
+    numbering must never restart when the journal was removed.  Reads only the tail."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            tail = fh.read()
+    except OSError:
+        return 0
+    best = 0
+    for line in tail.split(b"\n"):
+        try:
+            seq = json.loads(line)["seq"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(seq, int):
+            best = max(best, seq)
+    return best

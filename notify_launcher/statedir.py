@@ -6,6 +6,7 @@ decides which commands root runs.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -85,3 +86,31 @@ def ensure_state_dir(root: str) -> StatePaths:
     if st.st_mode & 0o777 != 0o700:  # keepalived's umask 0177 would even leave out our own x bit
         os.chmod(root, 0o700)
     return StatePaths(root)
+
+
+def write_atomic(path: str, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace `path` with `data`, all or nothing: a temporary file beside it, every write checked
+    (a short write is a full disk, not success), fsync, then rename.  Whatever fails, the old file
+    stays as it was -- a compaction cut short must never lose or repeat a finished event."""
+    tmp = f"{path}.{os.getpid()}.new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+            view = view[written:]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -19,10 +19,11 @@ from filelock import FileLock, Timeout
 from notify_launcher import actions
 from notify_launcher.config import Settings
 from notify_launcher.handoff import DoorbellListener, release_standby, say_hello
-from notify_launcher.journal import Entry, JournalFollower
+from notify_launcher.events import READER_TYPE
+from notify_launcher.journal import Entry, JournalFollower, read_all
 from notify_launcher.log import Log
-from notify_launcher.progress import ProgressLog, Record, replay
-from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid
+from notify_launcher.progress import ProgressLog, Record, Snapshot, replay
+from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid, write_atomic
 from notify_launcher.systemd_unit import TAKEOVER_WAIT
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -30,6 +31,7 @@ JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir
 PROGRESS_MAX = 512 * 1024
 PID_REUSE_GUARD = 2.0  # s: an orphan's create time must be this close to the recorded spawn time
 KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
+MAX_TRIES = 3  # workers that may die on one event before it is recorded as skipped
 
 
 def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int) -> int:
@@ -59,7 +61,7 @@ def run_unit_worker(state_dir: str, unit: str) -> int:
 
 
 def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int:
-    """Take worker.lock, listen, tell whoever spawned us (`handed_over`), run until idle."""
+    """Take worker.lock, start, tell whoever spawned us (`handed_over`), run until idle."""
     log = Log(settings.log_file, "worker", settings.log_level)
     paths = StatePaths(settings.state_dir)
     lock = FileLock(paths.worker_lock, mode=FILE_MODE, preserve_lock_file=True)
@@ -69,41 +71,64 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int
         holder = named_worker_pid(paths)
         log.info(None, None, f"waiting for the worker lock (held by {f'pid {holder}' if holder else 'another worker'})")
         lock.acquire()
+    worker = Worker(settings, paths, log, how)
     try:
-        worker = Worker(settings, paths, log, how)
+        worker.start()
         handed_over()
         return worker.run()
     except Exception as exc:  # the log is the only place anyone will see this
-        log.error(None, None, f"worker failed: {type(exc).__name__}: {exc}")
+        worker.log.exception(None, None, "worker failed", exc)
         raise
     finally:
         lock.release()
 
 
 class Worker:
-    """Holds worker.lock for its whole life."""
+    """Holds worker.lock for its whole life.  Building one only stores state; `start()` does what a
+    worker owes the state directory before its first event, `run()` serves events until idle.
+
+    One event can never stop the queue: whatever goes wrong while preparing, running or recording
+    it is that event's failure (logged with its traceback, recorded, and the next event runs), and
+    a worker that dies on it outright is counted by the `try` record it wrote first, so after
+    MAX_TRIES workers the event is recorded as skipped and the queue goes on (progress.py)."""
 
     def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str) -> None:
-        self.settings, self.paths, self.log = settings, paths, log
-        self.me = psutil.Process()
+        self.settings, self.paths, self.log, self.how = settings, paths, log, how
+        self.pid = os.getpid()
+        self.done_seq = 0
         self._stopping = False
+        self._wakeup = -1
+        self._lock_id: tuple[int, int] | None = None
+        self._settings_id: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        """The steps, in the order handoff.py needs them: signals, doorbell (before the first journal
+        read), subreaper, pid file, state files, then recovery of an event a dead worker left."""
+        self.init_signals()
+        self.doorbell = DoorbellListener(self.paths, self._wakeup)
+        self.doorbell.open()
+        _become_subreaper()
+        self._lock_id = _file_id(self.paths.worker_lock)
+        self.ctime = psutil.Process().create_time()
+        write_atomic(self.paths.worker_pid, f"{self.pid} {self.ctime}\n".encode())
+        self.journal = JournalFollower(self.paths.journal)
+        self.progress = ProgressLog(self.paths.progress)
+        self._settings_id = _file_id(self.paths.settings)
+        snap = replay(self.paths.progress)
+        self.done_seq = snap.done_seq
+        self.log.info(None, None, f"worker started ({self.how}; lock taken); last finished event #{self.done_seq}")
+        if snap.trying or snap.running is not None:
+            self._recover(snap)
+
+    def init_signals(self) -> None:
+        """SIGTERM: finish the queue, then leave.  SIGCHLD: wake the lingering wait, so orphans an
+        action left (re-parented to us, the subreaper) are reaped at once, not at the next event."""
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup = rfd
         signal.set_wakeup_fd(wfd)
         signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGCHLD, _ignore)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self.doorbell = DoorbellListener(paths, rfd)
-        self.doorbell.open()  # before the first journal read: see handoff.py
-        _become_subreaper()
-        with open(paths.worker_pid, "w") as fh:
-            fh.write(f"{self.me.pid} {self.me.create_time()}\n")
-        self.journal = JournalFollower(paths.journal)
-        self.progress = ProgressLog(paths.progress)
-        snap = replay(paths.progress)
-        self.done_seq = snap.done_seq
-        self._settings_id = _file_id(paths.settings)
-        log.info(None, None, f"worker started ({how}; lock taken); last finished event #{self.done_seq}")
-        if snap.running is not None:
-            self._recover(snap.running)
 
     def _on_term(self, signum: int, frame: object) -> None:
         self._stopping = True
@@ -111,10 +136,9 @@ class Worker:
     def run(self) -> int:
         """Drain, linger on the doorbell, drain again; leave only after a final re-read, done once the
         doorbell is closed, finds nothing (handoff.py: a ring may have come just before the close)."""
-        while True:
-            self._drain()
+        while self._drain():
             self._compact()
-            if not self._stopping and self.doorbell.wait(self.settings.linger):
+            if self._linger():
                 continue
             self.doorbell.close()
             if self.journal.pending():
@@ -125,8 +149,32 @@ class Worker:
             self.log.info(None, None, "SIGTERM: queue drained, exiting")
         else:
             self.log.debug(None, None, f"idle for {self.settings.linger:g}s; exiting")
-        os.unlink(self.paths.worker_pid)
+        self.doorbell.close()
+        if named_worker_pid(self.paths) == self.pid:
+            os.unlink(self.paths.worker_pid)
         return 0
+
+    def _linger(self) -> bool:
+        """Wait up to `linger` s for a ring (True); reap orphans on SIGCHLD meanwhile."""
+        deadline = time.monotonic() + self.settings.linger
+        while not self._stopping:
+            woke = self.doorbell.wait(max(0.0, deadline - time.monotonic()))
+            if woke == "ring":
+                return True
+            if woke == "timeout":
+                return False
+            _drain_fd(self._wakeup)
+            actions.reap_zombies()
+        return False
+
+    def _owner(self) -> bool:
+        """False once worker.lock at its path is not the file we locked: someone removed the state
+        directory, a new worker owns the new one, and two workers must never run actions at once."""
+        if _file_id(self.paths.worker_lock) == self._lock_id:
+            return True
+        self.log.warn(None, None, f"{self.paths.worker_lock} was removed or replaced; leaving the new "
+                                  f"state directory to the worker that owns it")
+        return False
 
     def _compact(self) -> None:
         """Keep the state directory small: it usually lives in /run, which is RAM."""
@@ -139,39 +187,72 @@ class Worker:
         except OSError as exc:
             self.log.warn(None, None, f"cannot compact the state directory ({exc.strerror}); will try again")
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Run everything journaled; False if we must leave (the state directory was replaced)."""
         while True:
+            if not self._owner():
+                return False
             entries, damaged = self.journal.read_new()
             for line in damaged:
                 self.log.error(None, None, f"damaged journal line skipped: {line[:200]!r}")
             if not entries:
-                return
-            self._reload_settings()
+                return True
+            self._follow_state_files(entries[0])
             entries = [e for e in entries if e.seq > self.done_seq]
             newest = {e.event.key: e.seq for e in entries} if self.settings.coalesce else {}
             for entry in entries:
                 if entry.seq != self.done_seq + 1 and self.done_seq:
                     self.log.error(entry.seq, entry.event,
                                    f"events #{self.done_seq + 1}..#{entry.seq - 1} are missing from the journal")
-                later = newest.get(entry.event.key, entry.seq)
-                if later != entry.seq and entry.event.type != "READER":
-                    self.log.info(entry.seq, entry.event, f"skipped: superseded by #{later} (coalesce = yes)")
-                    self._end(entry, f"superseded by #{later}", ok=True)
-                else:
-                    self._run(entry)
+                self._take_up(entry, newest.get(entry.event.key, entry.seq))
                 self.done_seq = entry.seq
 
+    def _follow_state_files(self, first: Entry) -> None:
+        """Before a batch: the newest settings, and state files someone removed (journal, progress)."""
+        self._reload_settings()
+        if self.progress.follow():
+            self.log.warn(None, None, f"{self.paths.progress} was removed; recording into a new one")
+        if self.journal.replaced:
+            self.journal.replaced = False
+            self.log.warn(first.seq, first.event, f"{self.paths.journal} was removed and created anew; following it")
+            if first.seq <= self.done_seq:
+                self.log.error(first.seq, first.event, f"numbering restarted at #{first.seq}, below the last "
+                                                       f"finished #{self.done_seq} (journal and progress removed); "
+                                                       f"running the new events")
+                self.done_seq = first.seq - 1
+
+    def _take_up(self, entry: Entry, newest: int) -> None:
+        """One event, whatever happens: `try` first (so a death here is counted), then its action;
+        an exception is this event's failure, never the queue's."""
+        self._record("try", entry.seq, entry.event, worker=self.pid)
+        try:
+            if newest != entry.seq and entry.event.type != READER_TYPE:
+                self.log.info(entry.seq, entry.event, f"skipped: superseded by #{newest} (coalesce = yes)")
+                self._end(entry, f"superseded by #{newest}", ok=True)
+            else:
+                self._run(entry)
+        except Exception as exc:
+            self.log.exception(entry.seq, entry.event, "FAILED inside the launcher (the next event runs)", exc)
+            self._end(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False)
+
     def _reload_settings(self) -> None:
-        """Follow the newest reader's settings (the administrator may have changed the config)."""
+        """Follow the newest reader's settings (the administrator may have changed the config),
+        the log file and level included."""
         ident = _file_id(self.paths.settings)
         if ident == self._settings_id or ident is None:
             return
+        self._settings_id = ident
         try:
             with open(self.paths.settings) as fh:
-                self.settings = Settings.from_json(fh.read())
+                new = Settings.from_json(fh.read())
         except (OSError, ValueError, TypeError, KeyError) as exc:
             self.log.error(None, None, f"cannot read {self.paths.settings}: {exc}; keeping the old settings")
-        self._settings_id = ident
+            return
+        if (new.log_file, new.log_level) != (self.settings.log_file, self.settings.log_level):
+            self.log.info(None, None, f"settings changed: logging to {new.log_file} at {new.log_level} from now on")
+            self.log.close()
+            self.log = Log(new.log_file, "worker", new.log_level)
+        self.settings = new
 
     def _run(self, entry: Entry) -> None:
         seq, event = entry.seq, entry.event
@@ -192,7 +273,7 @@ class Worker:
             time stands for the action's create time (reading that from /proc while the child is in
             exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
             self._record("start", seq, event, t=time.time(), key=event.key, event=str(event),
-                         state=event.state, pid=pid, worker=self.me.pid, worker_ctime=self.me.create_time())
+                         state=event.state, pid=pid, worker=self.pid, worker_ctime=self.ctime)
             self.log.info(seq, event, f"action started: {' '.join(argv)} (pid {pid}, timeout {timeout:g}s, "
                                       f"queued {delay * 1000:.1f} ms)")
 
@@ -208,8 +289,12 @@ class Worker:
 
     def _end(self, entry: Entry, result: str, ok: bool, **extra: object) -> None:
         e = entry.event
-        self._record("end", entry.seq, e, t=time.time(), key=e.key, event=str(e), state=e.state,
-                             result=result, ok=ok, **extra)
+        self._end_record(entry.seq, e, e.key, str(e), e.state, result, ok, **extra)
+
+    def _end_record(self, seq: int, subject: object, key: str, event: str, state: str, result: str, ok: bool,
+                    **extra: object) -> None:
+        self._record("end", seq, subject, t=time.time(), key=key, event=event, state=state,
+                     result=result, ok=ok, **extra)
 
     def _record(self, op: str, seq: int, subject: object, **fields: object) -> None:
         failed = self.progress.record(op, seq, **fields)
@@ -217,25 +302,60 @@ class Worker:
             self.log.error(seq, subject, f"cannot record {op!r} in {self.paths.progress} ({failed}); "
                                        f"status may lag, and a crash now would repeat this event")
 
-    def _recover(self, running: Record) -> None:
-        """A worker died during an action: end what it left running, then re-run or skip the event."""
-        seq = running["seq"]
-        self.log.error(seq, running["event"],
-                       f"worker pid {running['worker']} died while this event's action (pid {running['pid']}) "
-                       f"ran; policy on_crash={self.settings.on_crash}")
-        try:
-            orphan = psutil.Process(running["pid"])
-            if abs(orphan.create_time() - running["t"]) < PID_REUSE_GUARD:
-                self.log.warn(seq, running["event"], f"ending the dead worker's action pid {orphan.pid}")
-                os.killpg(orphan.pid, signal.SIGKILL)
-        except (psutil.Error, ProcessLookupError):
-            pass
-        if self.settings.on_crash == "skip":
-            self._record("end", seq, running["event"], t=time.time(), key=running["key"], event=running["event"],
-                                 state=running["state"], result="skipped after worker crash", ok=False)
-            self.done_seq = seq
+    def _recover(self, snap: Snapshot) -> None:
+        """Workers died on an event: end what the last one left running, then re-run the event, or
+        skip it -- by policy after an action was killed, and always once MAX_TRIES workers died on it."""
+        running = snap.running
+        seq = snap.trying or (running["seq"] if running else 0)
+        tries = snap.tries or 1
+        entry = self._journaled(seq)
+        subject: object = entry.event if entry else (running["event"] if running else None)
+        if running is not None and running["seq"] == seq:
+            self.log.error(seq, subject, f"worker pid {running['worker']} died while this event's action "
+                                         f"(pid {running['pid']}) ran; policy on_crash={self.settings.on_crash}")
+            _end_orphan(running, lambda text: self.log.warn(seq, subject, text))
+        else:
+            running = None
+            self.log.error(seq, subject, f"a worker died while preparing this event (attempt {tries} of {MAX_TRIES})")
+        if tries >= MAX_TRIES:
+            why = f"skipped: {tries} workers died on this event"
+        elif running is not None and self.settings.on_crash == "skip":
+            why = "skipped after worker crash"
         else:
             self.done_seq = seq - 1
+            return
+        self.log.error(seq, subject, f"{why}; the queue goes on")
+        key = entry.event.key if entry else (running["key"] if running else "?")
+        state = entry.event.state if entry else (running["state"] if running else "?")
+        self._end_record(seq, subject, key, str(subject), state, why, ok=False)
+        self.done_seq = seq
+
+    def _journaled(self, seq: int) -> Entry | None:
+        """The journal entry of `seq`, if the journal still has it."""
+        return next((e for e in read_all(self.paths.journal) if e.seq == seq), None)
+
+
+def _end_orphan(running: Record, note: Callable[[str], None]) -> None:
+    """Kill the process group of an action whose worker died, unless its pid now names another process."""
+    try:
+        orphan = psutil.Process(running["pid"])
+        if abs(orphan.create_time() - running["t"]) < PID_REUSE_GUARD:
+            note(f"ending the dead worker's action pid {orphan.pid}")
+            os.killpg(orphan.pid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        pass
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A Python-level handler, so the signal reaches the wakeup fd (SIG_IGN would not)."""
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -52,7 +52,9 @@ def test_torn_last_line_is_cut_by_the_next_append(tmp_path: Path) -> None:
 def test_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        JournalWriter(str(tmp_path / "journal")).close()
+        writer = JournalWriter(str(tmp_path / "journal"))
+        writer.append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, 1)
+        writer.close()
     finally:
         os.umask(old)
     assert (tmp_path / "journal").stat().st_mode & 0o777 == 0o600
