@@ -1,12 +1,16 @@
-"""The parser: every format keepalived writes (KEEPALIVED.md, fifo-lines.txt), and junk as values."""
+"""The parser: every format keepalived writes (KEEPALIVED.md, fifo-lines.txt), junk as values, and the
+input policy (README "What the reader accepts") checked against arbitrary bytes."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, event as note, given, settings
 from hypothesis import strategies as st
 
-from notify_launcher.events import MAX_LINE, VRRP_STATES, Event, Rejected, parse_line
+from notify_launcher.events import MAX_LINE, VRRP_STATES, Event, Rejected, parse_line, unforeseen
+from notify_launcher.journal import Entry, format_entry, parse_entry
 
 # Lines seen from a real keepalived 2.2.7, and the VS/RS shapes from its source (shared/fifo-lines.txt).
 SEEN = [
@@ -52,8 +56,17 @@ def test_handler_arguments_follow_keepalived_notify_convention() -> None:
 @pytest.mark.parametrize("raw,reason", [
     (b"", "empty line"),
     (b"\0\0", "empty line"),
-    (b'INSTANCE "VI_1" SLEEPY 100', "unknown state 'SLEEPY'"),
-    (b'INSTANCE "VI_1" MASTER 300', "priority 300 outside 0..255"),
+    (b'INSTANCE "VI_0\0" MASTER 100', "control character 0x00 at character 14"),
+    (b'INSTANCE "VI_0" MASTER 100\0\0x', "control character 0x00"),
+    (b"VS [10.0.0.1\t]:tcp:80 UP", "control character 0x09"),
+    (b"RS [192.168.1.11]:tcp:80 [10.0.0.1]:tcp:80\rUP", "control character 0x0d"),
+    (b'INSTANCE "VI_1\x1b[31m" MASTER 100', "control character 0x1b"),
+    (b'INSTANCE "VI_1\x7f" MASTER 100', "control character 0x7f"),
+    ('INSTANCE "VI_1\x85" MASTER 100'.encode(), "control character 0x85"),
+    (b'INSTANCE "VI_1" Sleepy 100', "malformed VRRP line"),
+    (b'INSTANCE "VI_1" MASTER 1.5', "malformed VRRP line"),
+    ('INSTANCE "VI_1" MASTER \u0661\u0660\u0660'.encode(), "malformed VRRP line"),
+    (b"VS FWM 7 up", "malformed VS line"),
     (b'INSTANCE VI_1 MASTER 100', "malformed VRRP line"),
     (b'INSTANCE "VI 1" MASTER 100', "malformed VRRP line"),
     (b'INSTANCE "VI_1" MASTER', "malformed VRRP line"),
@@ -84,3 +97,74 @@ def test_any_bytes_give_a_value_never_an_exception(raw: bytes) -> None:
 def test_vrrp_round_trip(kind: str, name: str, state: str, prio: int) -> None:
     event = Event(kind, name, state, prio)
     assert parse_line(str(event).encode()) == event
+
+
+@pytest.mark.parametrize("line,event,news", [
+    (b'INSTANCE "VI_1" MASTER 100\0', Event("INSTANCE", "VI_1", "MASTER", 100), None),
+    (b'INSTANCE "VI_1" SLEEPY 100', Event("INSTANCE", "VI_1", "SLEEPY", 100), "unknown state 'SLEEPY'"),
+    (b'GROUP "G1" MASTER 300', Event("GROUP", "G1", "MASTER", 300), "priority 300 outside 0..255"),
+    (b'INSTANCE "VI_1" MASTER -1', Event("INSTANCE", "VI_1", "MASTER", -1), "priority -1 outside 0..255"),
+    (b"VS FWM 7 WARMING_UP", Event("VS", "FWM 7", "WARMING_UP"), "unknown state 'WARMING_UP' (VS line)"),
+    (b"RS [192.168.1.11]:tcp:80 [10.0.0.1]:tcp:80 DRAIN",
+     Event("RS", "[192.168.1.11]:tcp:80", "DRAIN", vs="[10.0.0.1]:tcp:80"), "unknown state 'DRAIN' (RS line)"),
+    ('INSTANCE "VI_é" BACKUP 0'.encode(), Event("INSTANCE", "VI_é", "BACKUP", 0), None),
+])
+def test_unforeseen_values_run_like_any_event(line: bytes, event: Event, news: str | None) -> None:
+    """A future keepalived's state word or an odd priority is an event (its action runs), and
+    `unforeseen` names the new word for the reader's one warning."""
+    assert parse_line(line) == event
+    said = unforeseen(event)
+    assert said == news if news is None else said is not None and said.startswith(news)
+
+
+def test_both_unforeseen_values_are_named_and_the_readers_own_events_are_not() -> None:
+    assert unforeseen(Event("INSTANCE", "VI_1", "SLEEPY", 300)) == (
+        "unknown state 'SLEEPY' (INSTANCE line); priority 300 outside 0..255")
+    assert unforeseen(Event("READER", "reader", "STOP")) is None
+
+
+# Lines of keepalived's shapes with arbitrary bytes in their fields (so that many are accepted and the
+# policy is tried on names, addresses, states and priorities nobody wrote down), and plain junk.
+_ANY = st.one_of(st.binary(min_size=1, max_size=16), st.text(min_size=1, max_size=16).map(str.encode),
+                 st.text(st.characters(max_codepoint=0xff, exclude_characters=' "]'), min_size=1,
+                         max_size=16).map(str.encode),  # Latin-1 and C0/C1 controls: often a field
+                 st.from_regex(rb"[A-Za-z0-9_.:-]{1,16}", fullmatch=True))
+_STATE = st.one_of(st.sampled_from([b"MASTER", b"UP", b"DOWN"]), st.from_regex(rb"[A-Z_]{1,12}", fullmatch=True),
+                   _ANY)
+_PRIO = st.one_of(st.integers(-10**12, 10**12).map(lambda n: str(n).encode()), st.just(b"007"), _ANY)
+_ADDR = st.builds(lambda a, p: b"[%s]:tcp:%s" % (a, p), _ANY, st.sampled_from([b"80", b"0"]))
+_VS = st.one_of(_ADDR, st.just(b"FWM 7"), st.builds(lambda a: b"[%s]:80" % a, _ANY))
+_LINES = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda k, n, s, p: b'%s "%s" %s %s' % (k, n, s, p),
+              st.sampled_from([b"INSTANCE", b"GROUP"]), _ANY, _STATE, _PRIO),
+    st.builds(lambda v, s: b"VS %s %s" % (v, s), _VS, _STATE),
+    st.builds(lambda r, v, s: b"RS %s %s %s" % (r, v, s), _ADDR, _VS, _STATE),
+)
+_FRAMED = st.builds(lambda pre, line, post: b"\0" * pre + line + b"\0" * post,
+                    st.integers(0, 2), _LINES, st.integers(0, 2))
+
+
+def _is_control(c: str) -> bool:
+    return ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(_FRAMED)
+def test_accepted_events_survive_the_journal_and_the_spawn(raw: bytes) -> None:
+    """Whatever bytes arrive: an accepted event comes back from the journal exactly as it went in, has
+    no control character in any field, re-parses from its log form, and can be a process's argv and
+    environment (an embedded NUL made every worker die at spawn)."""
+    event = parse_line(raw)
+    note("accepted" if isinstance(event, Event) else "rejected")
+    if isinstance(event, Rejected):
+        return
+    entry = Entry(12, 1764000000.25, 4242, event)
+    line = format_entry(entry)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.count(b"\t") == 7
+    assert parse_entry(line[:-1]) == entry
+    assert not any(_is_control(c) for field in event.fields() for c in field), event.fields()
+    assert parse_line(str(event).encode()) == event
+    env = {"NL_TYPE": event.type, "NL_NAME": event.name, "NL_STATE": event.state,
+           "NL_PRIORITY": str(event.priority), "NL_VS": event.vs}
+    assert subprocess.run(["/bin/true", *event.fields()], env=env, check=False).returncode == 0
