@@ -1,7 +1,9 @@
 """Command line: `notify-launcher [options] FIFO` is what keepalived runs; subcommands are for people.
 
 Exit codes: 0 success; 1 `wait` timed out; 2 usage or configuration error; 3 the FIFO or the state
-directory cannot be used.
+directory cannot be used (or `send` could not deliver); 70 an operator command met an error nobody
+foresaw (a bug: one line names it); 130 interrupted.  Operator commands never print a traceback:
+one line on stderr says what is wrong and what to do.
 """
 
 from __future__ import annotations
@@ -9,27 +11,35 @@ from __future__ import annotations
 import signal
 import time
 
-EARLY_TERM: list[float] = []
+EARLY_TERM: list[tuple[float, float]] = []  # (monotonic, wall clock)
 
 
 def _early_term(signum: int, frame: object) -> None:
     """keepalived may stop us while Python is still importing: remember it; the reader honours it."""
-    EARLY_TERM.append(time.monotonic())
+    EARLY_TERM.append((time.monotonic(), time.time()))
 
 
 signal.signal(signal.SIGTERM, _early_term)
 
 import argparse  # noqa: E402  (after the handler, on purpose)
+import errno  # noqa: E402
 import os  # noqa: E402
+import stat  # noqa: E402
 import sys  # noqa: E402
 import syslog  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import TypeVar  # noqa: E402
 
 from notify_launcher import __version__  # noqa: E402
 from notify_launcher.config import DEFAULT_STATE_DIR, ConfigError, load  # noqa: E402
 from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir  # noqa: E402
 
+EXIT_TIMEOUT = 1
 EXIT_USAGE = 2
 EXIT_UNUSABLE = 3
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an operator command met an exception nobody foresaw
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT (Ctrl-C during `wait`)
+T = TypeVar("T")
 COMMANDS = ("serve", "check-config", "send", "status", "history", "wait", "_worker")
 
 READER_EPILOG = """\
@@ -98,7 +108,7 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
         _fatal(str(exc), args.log_file)
         return EXIT_USAGE
     from notify_launcher.log import Log
-    from notify_launcher.reader import FifoError, Reader, open_fifo
+    from notify_launcher.reader import FifoError, Reader, made_after, open_fifo
     from notify_launcher.security import check
 
     problems = check(settings)
@@ -107,34 +117,36 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
         return EXIT_USAGE
 
     log = Log(settings.log_file, "reader", settings.log_level)
+    paths = StatePaths(settings.state_dir)
     try:
-        paths = ensure_state_dir(settings.state_dir)
+        _refuse_foreign_state_dir(paths)
         fifo_fd = -1 if serve else open_fifo(args.fifo)  # service mode opens (and reopens) it as it comes
     except (StateDirError, FifoError) as exc:
         _fatal(str(exc), settings.log_file)
         return EXIT_UNUSABLE
-    _publish_settings(paths, settings.to_json())
     from notify_launcher.detach import choose
     detach, why = choose(settings)
     handler = " ".join(settings.handler) or "(none: events are only logged)"
     log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}; "
                          f"workers: {detach} ({why})")
-    return Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM[0] if EARLY_TERM else None,
-                  serve).run()
+    term = EARLY_TERM[0] if EARLY_TERM else None
+    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, term[0] if term else None, serve)
+    if term is not None and not serve and made_after(fifo_fd, term[1]):
+        reader.finish_with("RELOAD", f"SIGTERM before we opened {args.fifo}, which keepalived made after that "
+                                     f"SIGTERM: it is the next reader's FIFO (a reload); not reading it")
+        return 0
+    return reader.run()
 
 
-def _publish_settings(paths: StatePaths, text: str) -> None:
-    """Write settings.json atomically, only when it changed, so a lingering worker follows the config."""
+def _refuse_foreign_state_dir(paths: StatePaths) -> None:
+    """A state directory we may not use (a symlink, another user's) is a configuration error; one we
+    cannot create now (a full or read-only disk) is not: the reader retries, events wait in memory."""
     try:
-        with open(paths.settings) as fh:
-            if fh.read() == text:
-                return
+        os.makedirs(paths.root, mode=0o700, exist_ok=True)
     except OSError:
-        pass
-    tmp = f"{paths.settings}.{os.getpid()}"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-        fh.write(text)
-    os.replace(tmp, paths.settings)
+        if not os.path.lexists(paths.root):
+            return
+    ensure_state_dir(paths.root)
 
 
 def _state_parser(name: str, description: str, example: str) -> argparse.ArgumentParser:
@@ -145,14 +157,50 @@ def _state_parser(name: str, description: str, example: str) -> argparse.Argumen
     return p
 
 
+class CommandError(Exception):
+    """What an operator command reports instead of a traceback: `main` prints the message as one
+    line ("what is wrong; what to do") and exits with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_UNUSABLE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _os_problem(exc: OSError) -> CommandError:
+    """An OSError met on the state directory, a FIFO or a settings file, as what is wrong and what
+    to do (the advice depends on the errno: a permission problem is not a missing directory)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = "run it as the user the reader runs as (usually root: sudo)"
+    elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        todo = (f"check --state-dir: it must be the reader's state_dir (default {DEFAULT_STATE_DIR}), "
+                f"which the reader creates when keepalived starts it")
+    elif exc.errno == errno.ENOSPC:
+        todo = "free space on the state directory's filesystem"
+    else:
+        todo = "check the state directory and its files"
+    return CommandError(f"{where}{exc.strerror or exc}; {todo}")
+
+
+def _read_state(state_dir: str, read: Callable[[StatePaths], T]) -> T:
+    """`read(paths)` on an existing state directory (a missing one is an error, not "no events");
+    whatever the system refuses becomes a CommandError that says what to do."""
+    try:
+        if not stat.S_ISDIR(os.stat(state_dir).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), state_dir)
+        return read(StatePaths(state_dir))
+    except OSError as exc:
+        raise _os_problem(exc) from None
+
+
 def run_status(argv: list[str]) -> int:
     p = _state_parser("status", "Per instance/group: last state and action result; the running action; "
                       "pending events.", "notify-launcher status --json")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     from notify_launcher.status import as_json, as_text, read_status
-    status = read_status(StatePaths(args.state_dir))
-    print(as_json(status) if args.json else as_text(status))
+    show = as_json if args.json else as_text
+    print(_read_state(args.state_dir, lambda paths: show(read_status(paths))))
     return 0
 
 
@@ -171,8 +219,12 @@ def run_check_config(argv: list[str]) -> int:
     p.add_argument("--log-file", metavar="PATH", help="as the reader's option")
     args = p.parse_args(argv)
     from notify_launcher.checkconfig import run
-    problems = run(args.config, args.keepalived_conf,
-                   {"handler": args.handler, "state_dir": args.state_dir, "log_file": args.log_file})
+    try:
+        problems = run(args.config, args.keepalived_conf,
+                       {"handler": args.handler, "state_dir": args.state_dir, "log_file": args.log_file})
+    except OSError as exc:  # a path the checks could not look at is a problem like the others
+        problems = [f"{exc.filename or ''}: cannot check: {exc.strerror or exc} (run it as the user "
+                    f"keepalived runs the script as, usually root)"]
     for problem in problems:
         print(f"problem: {problem}")
     if problems:
@@ -188,9 +240,11 @@ def run_history(argv: list[str]) -> int:
     p.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("-n: expected a number >= 1")
     from notify_launcher.status import history_json, history_text
-    paths = StatePaths(args.state_dir)
-    print(history_json(paths, args.n) if args.json else history_text(paths, args.n))
+    show = history_json if args.json else history_text
+    print(_read_state(args.state_dir, lambda paths: show(paths, args.n)))
     return 0
 
 
@@ -204,12 +258,16 @@ def run_send(argv: list[str]) -> int:
     where.add_argument("--state-dir", metavar="DIR", help="journal the event in this state directory")
     p.add_argument("line", metavar="LINE", help="a line as keepalived writes it")
     args = p.parse_args(argv)
-    from notify_launcher.send import SendError, send_fifo, send_state
+    from notify_launcher.send import NotAnEvent, SendError, send_fifo, send_state
     try:
-        print(send_fifo(args.fifo, args.line) if args.fifo else send_state(args.state_dir, args.line))
+        said = send_fifo(args.fifo, args.line) if args.fifo else send_state(args.state_dir, args.line)
+    except NotAnEvent as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
     except SendError as exc:
-        print(f"notify-launcher send: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise _os_problem(exc) from None
+    print(said)
     return 0
 
 
@@ -219,12 +277,11 @@ def run_wait(argv: list[str]) -> int:
     p.add_argument("--timeout", metavar="SEC", type=float, default=None, help="give up after SEC (default never)")
     args = p.parse_args(argv)
     from notify_launcher.status import read_status
-    paths = StatePaths(args.state_dir)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    while not read_status(paths).idle:
+    while not _read_state(args.state_dir, lambda paths: read_status(paths).idle):
         if deadline is not None and time.monotonic() >= deadline:
-            print(f"notify-launcher wait: still busy after {args.timeout:g}s", file=sys.stderr)
-            return 1
+            raise CommandError(f"still busy after {args.timeout:g}s; `notify-launcher status` shows what runs "
+                               f"and what is pending", EXIT_TIMEOUT)
         time.sleep(0.05)
     return 0
 
@@ -243,9 +300,42 @@ def run_unit_worker(argv: list[str]) -> int:
     return run(args.state_dir, args.unit)
 
 
+OPERATOR_COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "check-config": run_check_config, "send": run_send, "status": run_status, "history": run_history,
+    "wait": run_wait}
+
+
+def _say(command: str, message: str) -> None:
+    """One line on stderr, whatever the message holds (a path may contain a newline)."""
+    one_line = " ".join(message.split("\n"))
+    sys.stderr.write(f"notify-launcher {command}: {one_line}\n")
+
+
+def run_operator(command: str, argv: list[str]) -> int:
+    """An operator command, with no traceback ever: a foreseen problem is its CommandError, anything
+    else is named in one line as a bug to report (EX_SOFTWARE).  Not for the reader and the worker:
+    they log their own errors where keepalived's /dev/null stderr cannot swallow them."""
+    try:
+        return OPERATOR_COMMANDS[command](argv)
+    except CommandError as exc:
+        _say(command, str(exc))
+        return exc.code
+    except BrokenPipeError:  # `history | head`: the reader of our output has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    except KeyboardInterrupt:
+        _say(command, "interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        _say(command, f"unexpected error: {type(exc).__name__}: {exc}; this is a bug: please report it "
+                      f"with the command line and this message")
+        return EXIT_SOFTWARE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in OPERATOR_COMMANDS:
+        return run_operator(argv[0], argv[1:])
     if argv and argv[0] in COMMANDS:
-        return {"serve": run_serve, "check-config": run_check_config, "send": run_send, "status": run_status, "history": run_history,
-                "wait": run_wait, "_worker": run_unit_worker}[argv[0]](argv[1:])
+        return {"serve": run_serve, "_worker": run_unit_worker}[argv[0]](argv[1:])
     return run_reader(argv)

@@ -47,10 +47,18 @@ class Doorbell:
         self.paths = paths
         self._sock = _datagram_socket()
         self._connected = False
-        self._standby = self._open_standby()
+        self._standby = -1  # opened when first needed: a full disk at start-up must not stop the reader
 
-    def _open_standby(self) -> int:
-        return open_mode(self.paths.standby_lock, os.O_RDWR, FILE_MODE)
+    def reset(self) -> None:
+        """Forget the connected worker and the standby.lock file: the state directory was made anew,
+        so both are found again by path (a worker still bound to the old socket follows a removed
+        journal and leaves)."""
+        self._sock.close()
+        self._sock = _datagram_socket()
+        self._connected = False
+        if self._standby >= 0:
+            os.close(self._standby)
+            self._standby = -1
 
     def answered(self) -> bool:
         """One datagram to the worker; True if a worker will see it (or has rings queued already).
@@ -83,6 +91,8 @@ class Doorbell:
             return False
         if spawning:
             return False
+        if self._standby < 0:
+            self._standby = open_mode(self.paths.standby_lock, os.O_RDWR, FILE_MODE)
         try:
             fcntl.flock(self._standby, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -93,7 +103,7 @@ class Doorbell:
             fcntl.flock(self._standby, fcntl.LOCK_UN)
             raise
         os.close(self._standby)  # the child's copy keeps the lock
-        self._standby = self._open_standby()
+        self._standby = -1
         return True
 
 

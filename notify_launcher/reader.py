@@ -5,25 +5,34 @@ keepalived restarts and reloads instead of exiting.)
 
 It must never stall (keepalived drops events when the pipe is full), survive any byte sequence,
 and leave well inside keepalived's one-second SIGTERM->SIGKILL window -- but only after catching
-the STOP lines keepalived writes *after* its SIGTERM.  Heavy imports (python-daemon, filelock,
-psutil) belong to the worker; the reader only forks.
+the STOP lines keepalived writes *after* its SIGTERM.  It dies only by keepalived's hand: every
+error it meets after start-up (a full or read-only disk, a removed state directory or journal, a
+fork refused at the pid limit, an exception nobody foresaw) is logged once, retried with back-off,
+and repaired (the state directory and settings.json are made again with their modes), while
+events wait in memory in order.  Heavy imports (python-daemon, filelock, psutil) belong to the
+worker; the reader only forks.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
 import stat
 import time
 from collections import deque
+from collections.abc import Callable
 
+from notify_launcher import settingsfile
 from notify_launcher.config import Settings
-from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line
+from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line, unforeseen
 from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
+from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
-from notify_launcher.statedir import StatePaths
+from notify_launcher.progress import last_seq
+from notify_launcher.statedir import StateDirError, StatePaths, ensure_state_dir
 
 FINAL_STATES = frozenset({"STOP", "DELETED"})
 BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
@@ -52,8 +61,19 @@ def open_fifo(path: str) -> int:
                         f"(keepalived makes it 0600, owned by the script user)") from None
 
 
+def made_after(fd: int, wall: float) -> bool:
+    """True if the FIFO behind `fd` was made (or changed owner or mode) after the wall-clock time
+    `wall` of a SIGTERM that reached us before we opened it.  keepalived makes, and chowns, our FIFO
+    before it starts us, and a reload's new FIFO about 20 ms after it sent that SIGTERM: so a newer
+    FIFO is the next reader's (docs/keepalived.md, "Reload")."""
+    return os.fstat(fd).st_ctime > wall
+
+
 class Reader:
-    """One reader per keepalived process (two for a moment during a reload)."""
+    """One reader per keepalived process (two for a moment during a reload).
+
+    Building one only stores state; `run()` installs the signal handlers and serves until
+    keepalived stops it, so the line handling, back-off and recovery can be driven in a test."""
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
                  detach: str, term_at: float | None = None, serve: bool = False) -> None:
@@ -61,19 +81,28 @@ class Reader:
         self.detach = detach
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
         self._recheck_at: float | None = time.monotonic() if serve else None
-        self.journal = JournalWriter(paths.journal)
+        self.journal = JournalWriter(paths.journal, floor=lambda: last_seq(paths.progress))
         self.doorbell = Doorbell(paths)
         self.poller = select.poll()
         self.watch = WorkerWatch(paths, self.poller)
-        self._kick_at: float | None = None  # when to ring again for a crashed worker
+        self._kick_at: float | None = None  # when to ring again for a crashed or unstartable worker
         self._kick_delay = KICK_MIN
         self.backlog: deque[tuple[Event, float]] = deque()
         self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
         self.lines = 0
+        self.splitter = LineSplitter(MAX_LINE)
+        self.warned: set[str] = set()  # unforeseen words (events.unforeseen) already logged once
+        self.troubles: dict[str, str] = {}  # area -> the problem last logged for it
+        self.published = False  # settings.json written for this reader's settings
         self.term_at = term_at  # a SIGTERM that came while we were starting
         self._term_logged = False
-        self._buf = b""
-        self._discarding = False
+        self._wake_r = -1
+        self._pause = 0.0  # after an unforeseen exception: a growing pause, so it cannot spin
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def init_signals(self) -> None:
+        """SIGTERM only notes the time (the loop acts on it); the wakeup pipe ends poll() at once."""
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -86,36 +115,51 @@ class Reader:
             self.term_at = time.monotonic()
 
     def run(self) -> int:
+        self.init_signals()
         if self.fifo >= 0:
             self.poller.register(self.fifo, select.POLLIN)
         self.poller.register(self._wake_r, select.POLLIN)
-        self._follow_named()  # a worker that crashed while no reader ran is noticed now
+        self._repair()
+        self._guarded("worker watch", self._follow_named)  # a worker that crashed while no reader ran
         eof = False
         while not eof:
             if self.term_at is not None and (self.serve or self._stop_complete()):
                 break
-            timeout = self._poll_timeout()
-            for fd, _ in self.poller.poll(timeout):
-                if fd == self._wake_r:
-                    _drain(self._wake_r)
-                elif fd == self.fifo:
-                    if not self._read():
-                        eof = not self.serve
-                        if self.serve:
-                            self._writer_gone()
-                elif self.watch.owns(fd):
-                    self._worker_news(self.watch.ready(fd))
-            if self._kick_at is not None and time.monotonic() >= self._kick_at:
-                self._kick()
-            if self._recheck_at is not None and time.monotonic() >= self._recheck_at:
-                self._recheck_fifo()
-            if self.backlog:
-                self._flush_backlog()
-            if self.term_at is not None and not self._term_logged and not self.serve:
-                self._term_logged = True
-                self.log.info(None, None, f"SIGTERM: catching STOP lines for up to {self.settings.stop_grace:g}s")
+            try:
+                eof = self._step()
+                self._pause = 0.0
+            except Exception as exc:  # never die of our own bug: keepalived would not restart us
+                self._unforeseen("reader loop", exc)
+                self._pause = min(1.0, max(0.05, self._pause * 2))
+                time.sleep(self._pause)
         self._finish(eof)
         return 0
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """One poll and what it brought; True at the FIFO's EOF (not in service mode)."""
+        eof = False
+        for fd, _ in self.poller.poll(self._poll_timeout()):
+            if fd == self._wake_r:
+                _drain(self._wake_r)
+            elif fd == self.fifo:
+                if not self._read():
+                    eof = not self.serve
+                    if self.serve:
+                        self._writer_gone()
+            elif self.watch.owns(fd):
+                self._worker_news(self.watch.ready(fd))
+        if self._kick_at is not None and time.monotonic() >= self._kick_at:
+            self._kick()
+        if self._recheck_at is not None and time.monotonic() >= self._recheck_at:
+            self._recheck_fifo()
+        if self.backlog:
+            self._flush_backlog()
+        if self.term_at is not None and not self._term_logged and not self.serve:
+            self._term_logged = True
+            self.log.info(None, None, f"SIGTERM: catching STOP lines for up to {self.settings.stop_grace:g}s")
+        return eof
 
     def _poll_timeout(self) -> int | None:
         """Milliseconds poll() may sleep: forever when idle (no polling loops), else the nearest deadline."""
@@ -139,6 +183,54 @@ class Reader:
             return True
         return bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
 
+    # -- trouble: logged once, retried, repaired -----------------------------------------------
+
+    def _report(self, area: str, message: str) -> None:
+        """Log a problem once, and again only when it changes (a retry loop must not flood the log)."""
+        if self.troubles.get(area) != message:
+            self.troubles[area] = message
+            self.log.error(None, None, message)
+
+    def _recovered(self, area: str) -> None:
+        if self.troubles.pop(area, None) is not None:
+            self.log.info(None, None, f"{area}: working again")
+
+    def _unforeseen(self, area: str, exc: Exception) -> None:
+        """An exception nobody planned for: its traceback once, then carry on."""
+        message = f"{area}: unexpected {type(exc).__name__}: {exc}"
+        if self.troubles.get(area) != message:
+            self.troubles[area] = message
+            self.log.exception(None, None, f"{area}: unexpected error (the reader carries on)", exc)
+
+    def _guarded(self, area: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            self._unforeseen(area, exc)
+
+    def _repair(self) -> bool:
+        """Make again what someone removed or never could be made: the state directory (0700) and
+        settings.json.  True when both are in place."""
+        try:
+            existed = os.path.isdir(self.paths.root)
+            os.makedirs(self.paths.root, mode=0o700, exist_ok=True)
+            ensure_state_dir(self.paths.root)
+            if not existed:
+                self.doorbell.reset()
+                self.published = False
+            if not self.published:
+                settingsfile.publish(self.paths, self.settings)
+                self.published = True
+        except (OSError, StateDirError) as exc:
+            self._report("state directory", f"cannot prepare the state directory {self.paths.root}: "
+                                            f"{getattr(exc, 'strerror', None) or exc}; events wait in memory, "
+                                            f"retrying every {RETRY_INTERVAL:g}s")
+            return False
+        self._recovered("state directory")
+        return True
+
+    # -- FIFO -----------------------------------------------------------------------------------
+
     def _read(self) -> bool:
         """Read what the FIFO holds; False at EOF (keepalived closed it: reload or exit)."""
         while True:
@@ -149,7 +241,11 @@ class Reader:
             if not data:
                 return False
             self._recheck_at = None  # keepalived writes to this FIFO: it is the right one
-            self._feed(data)
+            for raw in self.splitter.feed(data):
+                try:
+                    self._line(raw)
+                except Exception as exc:
+                    self._unforeseen("line handling", exc)
 
     def _writer_gone(self) -> None:
         """Service mode: keepalived closed the FIFO (restart, reload, exit); follow it to the new one."""
@@ -183,22 +279,7 @@ class Reader:
         self.poller.register(self.fifo, select.POLLIN)
         self.log.info(None, None, f"reading {self.fifo_path} (inode {current})")
 
-    def _feed(self, data: bytes) -> None:
-        """Split into lines; a line longer than MAX_LINE is reported once and skipped to its newline."""
-        buf, start = self._buf + data, 0
-        while (nl := buf.find(b"\n", start)) >= 0:
-            if self._discarding:
-                self._discarding = False
-            else:
-                self._line(buf[start:nl])
-            start = nl + 1
-        rest = buf[start:]
-        if len(rest) > MAX_LINE:
-            if not self._discarding:
-                self._line(rest)
-                self._discarding = True
-            rest = b""
-        self._buf = rest
+    # -- events ---------------------------------------------------------------------------------
 
     def _line(self, raw: bytes) -> None:
         self.lines += 1
@@ -206,46 +287,67 @@ class Reader:
         if isinstance(parsed, Rejected):
             self.log.warn(None, None, f"line {self.lines} rejected ({parsed.reason}): {parsed.shown()}")
             return
+        news = unforeseen(parsed)
+        if news is not None and news not in self.warned:
+            self.warned.add(news)
+            self.log.warn(None, parsed, f"{news}: not seen before (a newer keepalived?); its action runs as usual")
         if parsed.type in ("INSTANCE", "GROUP"):
             self.states[parsed.key] = parsed.state
         self._submit(parsed)
 
     def _submit(self, event: Event) -> None:
-        if self.backlog:
-            self._hold(event)
-            self._flush_backlog()
-            return
-        now = time.time()
-        try:
-            seq = self.journal.append(event, now, os.getpid())
-        except OSError as exc:
-            self.log.error(None, event, f"cannot write the journal ({exc.strerror}); holding the event "
-                                        f"in memory and retrying every {RETRY_INTERVAL:g}s")
-            self._hold(event, now)
-            return
-        self._kick_delay = KICK_MIN  # new work: a worker that crashed before may be retried promptly
-        self._ring()  # before logging: the worker can start while we write the log line
-        self.log.info(seq, event, "received")
+        self._hold(event)
+        self._flush_backlog()
 
-    def _hold(self, event: Event, now: float | None = None) -> None:
+    def _hold(self, event: Event) -> None:
         if len(self.backlog) >= BACKLOG_MAX:
             lost, _ = self.backlog.popleft()
             self.log.error(None, lost, f"DROPPED: more than {BACKLOG_MAX} events wait for the journal")
-        self.backlog.append((event, time.time() if now is None else now))
+        self.backlog.append((event, time.time()))
 
     def _flush_backlog(self) -> None:
+        """Journal what waits, oldest first, ringing after each."""
         while self.backlog:
             event, received = self.backlog[0]
             try:
                 seq = self.journal.append(event, received, os.getpid())
-            except OSError:
-                return
+            except OSError as exc:
+                self._journal_failed(event, exc)
+                break
             self.backlog.popleft()
-            self.log.info(seq, event, f"received (journaled late, after {time.time() - received:.1f}s)")
-        self._ring()
+            if self.journal.created:  # the journal was made anew: find the worker again by path
+                self.journal.created = False
+                self.doorbell.reset()
+            self._kick_delay = KICK_MIN  # new work: a worker that crashed before may be retried promptly
+            self._ring()  # before logging: the worker can start while we write the log line
+            late = time.time() - received
+            if late > RETRY_INTERVAL / 2:
+                self._recovered("journal")
+                self.log.info(seq, event, f"received (journaled late, after {late:.1f}s)")
+            else:
+                self.log.info(seq, event, "received")
+
+    def _journal_failed(self, event: Event, exc: OSError) -> None:
+        self._report("journal", f"cannot write the journal {self.journal.path} ({exc.strerror}); "
+                                f"{len(self.backlog)} event(s) wait in memory, in order; retrying every "
+                                f"{RETRY_INTERVAL:g}s")
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            self._repair()
+
+    # -- workers --------------------------------------------------------------------------------
 
     def _ring(self) -> None:
-        if self.doorbell.ring(self._spawn, spawning=bool(self.watch.hellos)):
+        try:
+            if not self.published:
+                self._repair()  # a systemd unit worker reads its settings from the state directory
+            spawned = self.doorbell.ring(self._spawn, spawning=bool(self.watch.hellos))
+        except OSError as exc:  # fork refused (pid limit, memory), standby.lock not creatable
+            self._report("worker start", f"cannot start a worker: {exc}; events are journaled and "
+                                         f"wait; retrying with back-off")
+            self._retry_later()
+            return
+        self._recovered("worker start")
+        if spawned:
             self.log.debug(None, None, "no worker listening or queued: spawned one")
         else:
             self._follow_named()
@@ -258,6 +360,9 @@ class Reader:
         if crash is None:
             return
         self.log.warn(None, None, f"{crash}; starting another in {self._kick_delay:g}s to recover")
+        self._retry_later()
+
+    def _retry_later(self) -> None:
         if self._kick_at is None:
             self._kick_at = time.monotonic() + self._kick_delay
             self._kick_delay = min(KICK_MAX, self._kick_delay * 2)
@@ -274,6 +379,8 @@ class Reader:
         finally:
             os.close(hello)
 
+    # -- the end --------------------------------------------------------------------------------
+
     def _finish(self, eof: bool) -> None:
         """Journal the reader's own end, so the stop action runs after the STOP lines, then say when."""
         if self.serve:
@@ -283,13 +390,26 @@ class Reader:
             state, why = "EOF", "keepalived closed the FIFO"
         elif eof:
             state, why = "RELOAD", "SIGTERM then EOF: keepalived is reloading"
+        elif self._fifo_replaced():
+            state, why = "RELOAD", f"SIGTERM, and {self.fifo_path} is a new FIFO: keepalived is reloading"
         else:
             state, why = "STOP", "SIGTERM: keepalived is stopping"
+        self.finish_with(state, why)
+
+    def finish_with(self, state: str, why: str) -> None:
+        """Journal `READER reader STATE` (held in memory until the journal takes it) and log the exit."""
         self._submit(Event(READER_TYPE, "reader", state))
         if self.backlog:
             self.log.error(None, None, f"LOST: {len(self.backlog)} events could not be journaled before exit")
         since = "" if self.term_at is None else f", {(time.monotonic() - self.term_at) * 1000:.0f} ms after SIGTERM"
         self.log.info(None, None, f"reader exiting ({why}; {self.lines} lines read{since})")
+
+    def _fifo_replaced(self) -> bool:
+        """The FIFO's path names another inode than ours: keepalived made a new one (a reload)."""
+        try:
+            return os.stat(self.fifo_path).st_ino != os.fstat(self.fifo).st_ino
+        except OSError:
+            return False  # removed: a stopping keepalived may clean up its FIFO
 
 
 def _drain(fd: int) -> None:

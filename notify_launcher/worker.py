@@ -16,7 +16,7 @@ from collections.abc import Callable
 import psutil
 from filelock import FileLock, Timeout
 
-from notify_launcher import actions
+from notify_launcher import actions, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.handoff import DoorbellListener, release_standby, say_hello
 from notify_launcher.events import READER_TYPE
@@ -48,8 +48,7 @@ def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int) -> int
 def run_unit_worker(state_dir: str, unit: str) -> int:
     """Inside a transient systemd unit (systemd_unit.py): queue on standby.lock ourselves."""
     paths = StatePaths(state_dir)
-    with open(paths.settings) as fh:
-        settings = Settings.from_json(fh.read())
+    settings = settingsfile.read(paths)
     standby = FileLock(paths.standby_lock, mode=FILE_MODE, preserve_lock_file=True)
     try:
         standby.acquire(timeout=TAKEOVER_WAIT)
@@ -243,10 +242,9 @@ class Worker:
             return
         self._settings_id = ident
         try:
-            with open(self.paths.settings) as fh:
-                new = Settings.from_json(fh.read())
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            self.log.error(None, None, f"cannot read {self.paths.settings}: {exc}; keeping the old settings")
+            new = settingsfile.read(self.paths)
+        except settingsfile.SettingsFileError as exc:
+            self.log.error(None, None, f"cannot follow the settings: {exc}; keeping the old ones")
             return
         if (new.log_file, new.log_level) != (self.settings.log_file, self.settings.log_level):
             self.log.info(None, None, f"settings changed: logging to {new.log_file} at {new.log_level} from now on")

@@ -1,0 +1,34 @@
+"""Bytes as they come out of the FIFO -> complete lines, in bounded memory.
+
+keepalived writes whole lines, but a read() may end mid-line, and a hostile or broken writer may
+send a "line" that never ends: a line longer than the limit is handed on once, cut at the limit
+(so the parser rejects it and the log says so), and the rest of it, up to its newline, is dropped.
+"""
+
+from __future__ import annotations
+
+
+class LineSplitter:
+    """Pure state machine: `feed(bytes)` returns the lines completed by those bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = b""
+        self._discarding = False  # inside an over-long line, already handed on
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf, start, out = self._buf + data, 0, []
+        while (nl := buf.find(b"\n", start)) >= 0:
+            if self._discarding:
+                self._discarding = False
+            else:
+                out.append(buf[start:nl])
+            start = nl + 1
+        rest = buf[start:]
+        if len(rest) > self.limit:
+            if not self._discarding:
+                out.append(rest)
+                self._discarding = True
+            rest = b""
+        self._buf = rest
+        return out
