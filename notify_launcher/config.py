@@ -17,6 +17,7 @@ from __future__ import annotations
 import configparser
 import json
 import math
+import os
 import shlex
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -172,7 +173,26 @@ def _convert(key: str, text: str, where: str) -> object:
         return text
     if not text.startswith("/"):
         raise ConfigError(f"{where}: {text!r} must be an absolute path")
+    if key == "state_dir":
+        _check_socket_path(text, where)
     return text
+
+
+#: A Unix socket path (sun_path) holds 108 bytes, the terminating NUL included.
+SOCKET_PATH_MAX = 107
+
+
+def _check_socket_path(state_dir: str, where: str) -> None:
+    """The worker's doorbell socket lives in the state directory: a path too long to bind would
+    kill every worker at start while events pile up, so it is a configuration error, found at load
+    (and by check-config) instead of at the first event."""
+    from notify_launcher.statedir import StatePaths  # not at import time: statedir may import this module
+
+    sock = StatePaths(state_dir).doorbell
+    size = len(os.fsencode(sock))
+    if size > SOCKET_PATH_MAX:
+        raise ConfigError(f"{where}: {state_dir!r} is too long: the doorbell socket {sock} would be {size} bytes, "
+                          f"and a Unix socket path allows at most {SOCKET_PATH_MAX}; choose a shorter state_dir")
 
 
 def _rule(path: str, section: str, items: dict[str, str]) -> Rule:

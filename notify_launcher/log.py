@@ -14,8 +14,11 @@ logging module is not used: the reader must start fast and stay small.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
+
+from notify_launcher.security import insecure_reason
 
 LOG_MODE = 0o640
 ROTATE_CHECK = 0.1  # seconds between checks whether logrotate moved the file (a stat each)
@@ -23,10 +26,12 @@ _LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
 
 
 def open_mode(path: str, flags: int, mode: int) -> int:
-    """Open (creating if needed) with exactly `mode`: keepalived runs us under umask 0177."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
+    """Open (creating if needed) with exactly `mode`: keepalived runs us under umask 0177.  Never
+    through a symlink (O_NOFOLLOW: a planted link would make root write, and chmod, what the link's
+    maker chose), and the mode is set only on a regular file of ours (not on /dev/null)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     st = os.fstat(fd)
-    if st.st_mode & 0o7777 != mode and st.st_uid == os.geteuid():
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
         os.fchmod(fd, mode)
     return fd
 
@@ -46,7 +51,13 @@ class Log:
         self._open()
 
     def _open(self) -> None:
+        """Open (or reopen after a rotation) the file; as root, only where no one else could have put
+        something in its place (security.py), so a worker reopening after a rotation is covered too."""
         if self.path is None:
+            return
+        why = insecure_reason(self.path, created=True) if os.geteuid() == 0 else None
+        if why:
+            self._report_failure(f"log file {self.path} is not safe for root: {why}")
             return
         try:
             fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, LOG_MODE)

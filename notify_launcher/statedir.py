@@ -11,6 +11,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from notify_launcher.security import insecure_reason
+
 FILE_MODE = 0o600
 
 
@@ -70,7 +72,10 @@ def named_worker_pid(paths: StatePaths) -> int:
 
 
 def ensure_state_dir(root: str) -> StatePaths:
-    """Create `root` 0700 if missing; refuse a symlink or another owner's directory."""
+    """Create `root` 0700 if missing; refuse a symlink or another owner's directory, and, as root, a
+    directory someone else could swap (security.py's check of it and every directory above it).
+    That check runs again here, after creating: a directory planted on the way since the reader's
+    first check is caught too."""
     try:
         os.makedirs(root, mode=0o700, exist_ok=True)
         st = os.lstat(root)
@@ -85,6 +90,9 @@ def ensure_state_dir(root: str) -> StatePaths:
                             f"refusing it")
     if st.st_mode & 0o777 != 0o700:  # keepalived's umask 0177 would even leave out our own x bit
         os.chmod(root, 0o700)
+    why = insecure_reason(root, created=True) if os.geteuid() == 0 else None
+    if why:
+        raise StateDirError(f"state directory {root} is not safe for root: {why}")
     return StatePaths(root)
 
 

@@ -61,12 +61,60 @@ def test_config_error_and_unset_handler(tmp_path: Path) -> None:
     assert f"problem: {ini}: [launcher] handler: not set; events will only be logged" in res.stdout
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="root bypasses permission bits; the insecure-file check is root's")
+needs_root = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
+                                reason="needs root: the check of what root trusts runs only as root (and "
+                                       "giving files to another user needs root)")
+
+
+def _must_be_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("CI=true: this test must run as root")
+
+
+@needs_root
 def test_insecure_file_is_a_problem_for_root(good: Path) -> None:
-    (good.parent / "act.sh").chmod(0o777)
+    _must_be_root()
+    act = good.parent / "act.sh"
+    act.chmod(0o777)
     res = _check("--config", str(good))
     assert res.returncode == 2
-    assert "is not safe to run as root" in res.stdout and "writable by group and others" in res.stdout
+    assert (f"problem: {good}: handler {act} is not safe for root: {act} is writable by others (mode 0777)"
+            in res.stdout)
+
+
+@needs_root
+def test_state_dir_and_log_paths_others_control_are_problems_for_root(good: Path) -> None:
+    """What the reader refuses, check-config reports: a state dir below another user's directory, a
+    log path whose directory another user owns (they can plant a symlink), a state dir in /tmp."""
+    _must_be_root()
+    shared = good.parent / "shared"
+    shared.mkdir()
+    os.chown(shared, 65534, 65534)
+    sticky = good.parent / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    res = _check("--config", str(good), "--state-dir", str(shared / "state"), "--log-file", str(shared / "nl.log"))
+    assert res.returncode == 2
+    for what, path in (("state_dir", shared / "state"), ("log_file", shared / "nl.log")):
+        assert (f"problem: {good}: {what} {path} is not safe for root: {shared} belongs to uid 65534 (nobody), "
+                f"not root; chown it to root, or choose a path only root can change") in res.stdout
+    res = _check("--config", str(good), "--state-dir", str(sticky / "state"))
+    assert res.returncode == 2
+    assert (f"problem: {good}: state_dir {sticky / 'state'} is not safe for root: {sticky} is writable by others "
+            f"(mode 1777): any of them can create {sticky / 'state'} there before root does") in res.stdout
+
+
+def test_state_dir_too_long_for_the_doorbell_socket(good: Path) -> None:
+    """Every worker died on it while check-config said OK."""
+    long_dir = "/run/" + "s" * 100
+    res = _check("--config", str(good), "--state-dir", long_dir)
+    assert res.returncode == 2
+    assert res.stdout.strip() == (f"problem: command line: --state-dir: '{long_dir}' is too long: the doorbell "
+                                  f"socket {long_dir}/doorbell.sock would be 119 bytes, and a Unix socket path "
+                                  f"allows at most 107; choose a shorter state_dir")
+    good.write_text(good.read_text().replace("state_dir = ", f"state_dir = {long_dir}\n# "))
+    res = _check("--config", str(good))
+    assert res.returncode == 2 and f"problem: {good}: [launcher] state_dir: '{long_dir}' is too long" in res.stdout
 
 
 def test_unwritable_state_and_log_paths(good: Path, tmp_path: Path) -> None:
@@ -100,9 +148,9 @@ def test_keepalived_conf_mistakes(good: Path, script: str, message: str) -> None
     assert f"problem: {conf}:3: " in res.stdout and message in res.stdout
 
 
+@needs_root
 def test_keepalived_conf_fifo_owner_must_be_the_script_user(good: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the FIFO another owner")
+    _must_be_root()
     fifo = good.parent / "n.fifo"
     os.mkfifo(fifo)
     os.chown(fifo, 1234, 1234)

@@ -88,6 +88,19 @@ def test_bad_command_line_value_is_named(tmp_path: Path) -> None:
         load(None, {"timeout": "-1"})
 
 
+def test_state_dir_too_long_for_the_doorbell_socket_is_a_config_error(tmp_path: Path) -> None:
+    """Every worker died binding `<state_dir>/doorbell.sock` while the config loaded fine."""
+    fits = "/run/" + "s" * (107 - len("/run/") - len("/doorbell.sock"))  # the socket path: 107 bytes
+    assert load(None, {"state_dir": fits}).state_dir == fits
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, f"[launcher]\nstate_dir = {fits}x\n")
+    assert str(exc.value) == (f"{tmp_path / 'x.ini'}: [launcher] state_dir: '{fits}x' is too long: the doorbell "
+                              f"socket {fits}x/doorbell.sock would be 108 bytes, and a Unix socket path allows at "
+                              f"most 107; choose a shorter state_dir")
+    with pytest.raises(ConfigError, match="command line: --state-dir: .* would be 108 bytes"):
+        load(None, {"state_dir": fits + "x"})
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.ini: cannot read config file: No such file or directory"):
         load(str(tmp_path / "nope.ini"), {})

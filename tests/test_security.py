@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -9,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import Launcher
+from notify_launcher.log import Log, open_mode
 from notify_launcher.security import insecure_reason
+from notify_launcher.statedir import StateDirError, ensure_state_dir
+
+NOBODY = 65534  # the user (and group) that plays the local attacker
+OWNER_REMEDY = "chown it to root, or choose a path only root can change"
+MODE_REMEDY = "chmod go-w it, or choose a path only root can change"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
                                 reason="needs root (ownership and root-only rules)")
@@ -33,16 +40,18 @@ def test_world_writable_file_group_writable_dir_foreign_owner_are_refused(tmp_pa
     f = tmp_path / "act.sh"
     f.write_text("#!/bin/sh\n")
     f.chmod(0o777)
-    assert insecure_reason(str(f)) == f"{f} is writable by group and others"
+    assert insecure_reason(str(f)) == f"{f} is writable by others (mode 0777); {MODE_REMEDY}"
     f.chmod(0o755)
     d = tmp_path / "dir"
     d.mkdir()
     d.chmod(0o775)
     (d / "x").write_text("")
-    assert insecure_reason(str(d / "x")) == f"{d} is writable by its group"
+    assert insecure_reason(str(d / "x")) is None  # group root is root, as in keepalived
+    os.chown(d, 0, NOBODY)
+    assert insecure_reason(str(d / "x")) == f"{d} is writable by gid {NOBODY} (nogroup) (mode 0775); {MODE_REMEDY}"
     d.chmod(0o755)
-    os.chown(d / "x", 1000, 1000)
-    assert insecure_reason(str(d / "x")) == f"{d / 'x'} belongs to uid 1000, not root"
+    os.chown(d / "x", NOBODY, NOBODY)
+    assert insecure_reason(str(d / "x")) == f"{d / 'x'} belongs to uid {NOBODY} (nobody), not root; {OWNER_REMEDY}"
 
 
 def test_sticky_directory_on_the_way_is_fine_but_a_symlink_target_is_checked(tmp_path: Path) -> None:
@@ -58,7 +67,7 @@ def test_sticky_directory_on_the_way_is_fine_but_a_symlink_target_is_checked(tmp
     bad.chmod(0o666)
     link = tmp_path / "link.sh"
     link.symlink_to(bad)
-    assert insecure_reason(str(link)) == f"{bad} is writable by group and others"
+    assert insecure_reason(str(link)) == f"{bad} is writable by others (mode 0666); {MODE_REMEDY}"
 
 
 def test_reader_refuses_to_start_with_an_insecure_handler_or_config(launcher: Launcher) -> None:
@@ -66,7 +75,7 @@ def test_reader_refuses_to_start_with_an_insecure_handler_or_config(launcher: La
     os.mkfifo(launcher.fifo)
     res = subprocess.run(launcher.argv(str(launcher.fifo)), capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
-    assert f"handler {launcher.handler} is not safe to run as root: {launcher.handler} is writable by group and others" in res.stderr
+    assert f"handler {launcher.handler} is not safe for root: {launcher.handler} is writable by others (mode 0777)" in res.stderr
     launcher.handler.chmod(0o755)
     ini = launcher.dir / "x.ini"
     ini.write_text("[launcher]\n")
@@ -74,22 +83,131 @@ def test_reader_refuses_to_start_with_an_insecure_handler_or_config(launcher: La
     res = subprocess.run(launcher.argv("--config", str(ini), str(launcher.fifo)), capture_output=True, text=True,
                          timeout=30)
     assert res.returncode == 2
-    assert f"config file {ini} is not safe for root: {ini} is writable by group and others" in res.stderr
+    assert f"config file {ini} is not safe for root: {ini} is writable by others (mode 0646)" in res.stderr
     assert "is not safe" in launcher.log_text()
+
+
+def _reader(launcher: Launcher, *args: str) -> subprocess.CompletedProcess[str]:
+    """Start the reader (FIFO last, as keepalived does); it must refuse, not start reading."""
+    if not launcher.fifo.exists():
+        os.mkfifo(launcher.fifo)
+    try:
+        return subprocess.run(launcher.argv(*args, str(launcher.fifo)), capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the reader started (with {args}) instead of refusing:\n{launcher.log_text()[-2000:]}")
 
 
 def test_state_dir_symlink_or_foreign_owner_is_refused(launcher: Launcher) -> None:
     real = launcher.dir / "real-state"
     real.mkdir()
     launcher.state.symlink_to(real)
-    os.mkfifo(launcher.fifo)
-    res = subprocess.run(launcher.argv(str(launcher.fifo)), capture_output=True, text=True, timeout=30)
-    assert res.returncode == 3 and f"state directory {launcher.state} is a symlink; refusing it" in res.stderr
+    res = _reader(launcher)
+    assert res.returncode == 2, res.stderr
+    assert f"state_dir {launcher.state} is not safe for root: {launcher.state} is a symlink; root creates" in res.stderr
     launcher.state.unlink()
     launcher.state.mkdir()
     os.chown(launcher.state, 1234, 1234)
-    res = subprocess.run(launcher.argv(str(launcher.fifo)), capture_output=True, text=True, timeout=30)
-    assert res.returncode == 3 and f"state directory {launcher.state} belongs to uid 1234" in res.stderr
+    res = _reader(launcher)
+    assert res.returncode == 2 and f"state_dir {launcher.state} is not safe for root: {launcher.state} belongs " \
+                                   f"to uid 1234, not root" in res.stderr
+    with pytest.raises(StateDirError, match=f"state directory {launcher.state} belongs to uid 1234, not to us"):
+        ensure_state_dir(str(launcher.state))
+    with pytest.raises(StateDirError, match=f"state directory {real.parent / 'link'} is a symlink; refusing it"):
+        (real.parent / "link").symlink_to(real)
+        ensure_state_dir(str(real.parent / "link"))
+
+
+def test_state_dir_below_a_directory_another_user_owns_is_refused(launcher: Launcher) -> None:
+    """Hole: that user renames the state dir away and puts their own in its place, whose settings.json
+    makes the next worker run their script as root."""
+    shared = launcher.dir / "shared"
+    shared.mkdir()
+    os.chown(shared, NOBODY, NOBODY)
+    state = shared / "state"
+    res = _reader(launcher, "--state-dir", str(state))
+    assert res.returncode == 2, res.stderr
+    assert (f"state_dir {state} is not safe for root: {shared} belongs to uid {NOBODY} (nobody), not root; "
+            f"{OWNER_REMEDY}") in res.stderr
+    assert not state.exists()
+    # the same check after creating it: a directory planted on the way since the reader's check is caught
+    with pytest.raises(StateDirError, match=f"state directory {state} is not safe for root: {shared} belongs to "
+                                            f"uid {NOBODY}"):
+        ensure_state_dir(str(state))
+
+
+def test_log_symlink_planted_by_another_user_is_refused(launcher: Launcher) -> None:
+    """Hole: a user who can write the log's directory links the log name to a root file; root appended
+    to it and chmodded it 0640."""
+    victim = launcher.dir / "victim"
+    victim.write_text("root's secret\n")
+    victim.chmod(0o600)
+    logs = launcher.dir / "logs"
+    logs.mkdir()
+    os.chown(logs, NOBODY, NOBODY)
+    log = logs / "nl.log"
+    log.symlink_to(victim)
+    os.lchown(log, NOBODY, NOBODY)
+    res = _reader(launcher, "--log-file", str(log))
+    assert res.returncode == 2, res.stderr
+    assert (f"log_file {log} is not safe for root: {logs} belongs to uid {NOBODY} (nobody), not root"
+            in res.stderr)
+    assert victim.read_text() == "root's secret\n" and victim.stat().st_mode & 0o7777 == 0o600
+
+
+def test_log_and_state_files_are_never_opened_through_a_symlink(tmp_path: Path) -> None:
+    """Even a root-owned link in a root-only directory: root creates these files, it does not follow."""
+    victim = tmp_path / "victim"
+    victim.write_text("root's secret\n")
+    victim.chmod(0o600)
+    log = tmp_path / "nl.log"
+    log.symlink_to(victim)
+    Log(str(log), "reader").info(None, None, "hello")
+    assert victim.read_text() == "root's secret\n" and victim.stat().st_mode & 0o7777 == 0o600
+    with pytest.raises(OSError) as exc:
+        open_mode(str(log), os.O_WRONLY | os.O_APPEND, 0o640)
+    assert exc.value.errno == errno.ELOOP
+    assert victim.read_text() == "root's secret\n" and victim.stat().st_mode & 0o7777 == 0o600
+
+
+def test_symlink_on_the_way_must_be_roots_and_its_target_is_checked(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    act = real / "act.sh"
+    act.write_text("#!/bin/sh\n")
+    act.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to("real")
+    assert insecure_reason(str(link / "act.sh")) is None  # root's link in root's directory: followed
+    assert insecure_reason(str(link / ".." / "link" / "act.sh")) is None
+    os.lchown(link, NOBODY, NOBODY)  # its owner cannot change a link's target, but keepalived's rule is root
+    assert insecure_reason(str(link / "act.sh")) == (f"{link} belongs to uid {NOBODY} (nobody), not root; "
+                                                      f"{OWNER_REMEDY}")
+    os.lchown(link, 0, 0)
+    real.chmod(0o777)  # the target's chain is checked too
+    assert insecure_reason(str(link / "act.sh")) == f"{real} is writable by others (mode 0777); {MODE_REMEDY}"
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    assert insecure_reason(str(loop)) == f"{loop}: more than 40 symlinks on the way"
+
+
+def test_state_dir_or_log_directly_in_a_sticky_directory_is_refused(tmp_path: Path) -> None:
+    """/tmp is fine on the way to a file root reads (nobody can replace root's file there), but not
+    for one root creates: any user can create the name first (their file, a hard link, a FIFO)."""
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    for name in ("state", "nl.log"):
+        assert insecure_reason(str(sticky / name), created=True) == (
+            f"{sticky} is writable by others (mode 1777): any of them can create {sticky / name} there before "
+            f"root does; choose a directory only root can write to")
+    (sticky / "nl.log").write_text("planted\n")
+    os.chown(sticky / "nl.log", NOBODY, NOBODY)
+    Log(str(sticky / "nl.log"), "worker").info(None, None, "hello")
+    assert (sticky / "nl.log").read_text() == "planted\n"
+    inside = sticky / "root-dir"  # a root-only directory inside /tmp is fine to create things in
+    inside.mkdir(mode=0o755)
+    assert insecure_reason(str(inside / "state"), created=True) is None
+    assert ensure_state_dir(str(inside / "state")).root == str(inside / "state")
 
 
 def test_file_modes_under_keepalived_umask(launcher: Launcher) -> None:
