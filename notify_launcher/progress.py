@@ -83,8 +83,39 @@ class Snapshot:
     ends: list[Record] = field(default_factory=list)
 
 
+_NUMBER = (int, float)
+#: What each record must hold, with its type, for anyone reading a Snapshot (status, history, the
+#: recovering worker) to use it without a KeyError or a TypeError; optional keys are typed when present.
+_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "try": {"seq": int},
+    "start": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "pid": int, "worker": int,
+              "worker_ctime": _NUMBER},
+    "end": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "result": str},
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER}
+
+
+def _no_constant(name: str) -> float:
+    """NaN and Infinity are not JSON (json.dumps writes them, json.loads takes them): a record holding
+    one is damage, and `status --json` must stay JSON."""
+    raise ValueError(f"{name} in a progress record")
+
+
+def _well_formed(rec: object) -> bool:
+    """A record as a worker writes it: valid JSON is not enough (damage, a hand edit, another
+    version), and one bad record must not stop `status` or a worker's replay."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("op"), str):
+        return False
+    required = _REQUIRED.get(rec["op"])
+    if required is None:
+        return False
+    checks = [*required.items(), *((k, t) for k, t in _OPTIONAL.items() if k in rec)]
+    return all(k in rec and isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in checks)
+
+
 def replay(path: str, keep_ends: int = 0) -> Snapshot:
-    """Fold the progress file into a Snapshot; keep the last `keep_ends` end records for history."""
+    """Fold the progress file into a Snapshot; keep the last `keep_ends` end records for history.
+    Lines that are not well-formed records are skipped (the journal still has their events)."""
     snap = Snapshot()
     try:
         with open(path, "rb") as fh:
@@ -93,8 +124,10 @@ def replay(path: str, keep_ends: int = 0) -> Snapshot:
         return snap
     for line in data.split(b"\n"):
         try:
-            rec = json.loads(line)
-        except ValueError:
+            rec = json.loads(line, parse_constant=_no_constant)
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+            continue
+        if not _well_formed(rec):
             continue  # a torn last line or damage: the journal still has the event
         if rec.get("op") == "try":
             snap.tries = snap.tries + 1 if snap.trying == rec["seq"] else 1

@@ -3,51 +3,80 @@
 Through the FIFO (`--fifo`): one non-blocking write, exactly as keepalived writes; it fails when no
 reader has the FIFO open.  Into the state directory (`--state-dir`): journaled and handed to a
 worker directly, with the settings of the newest reader -- works while keepalived is down.
+
+Errors: NotAnEvent (the operator's line, a usage error), SendError (not delivered, with why and what
+to do); an OSError on the state directory propagates for the command line to explain.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from notify_launcher.config import Settings
 from notify_launcher.events import Rejected, parse_line
 from notify_launcher.handoff import Doorbell
 from notify_launcher.journal import JournalWriter
+from notify_launcher.progress import last_seq
 from notify_launcher.statedir import StatePaths
 
 
 class SendError(Exception):
-    """The event could not be delivered; the message says why."""
+    """The event could not be delivered; the message says why and what to do."""
+
+
+class NotAnEvent(SendError):
+    """The line given is not one keepalived writes (nothing was tried)."""
 
 
 def send_fifo(path: str, line: str) -> str:
+    """Write `line` (the argument's bytes as given, see os.fsencode) and a newline into the FIFO."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        hint = " (no reader has it open: is keepalived with notify_fifo_script running?)" if exc.errno == 6 else ""
-        raise SendError(f"cannot open FIFO {path}: {exc.strerror}{hint}") from None
+        hint = "no reader has it open: is keepalived with notify_fifo_script running?" \
+            if exc.errno == errno.ENXIO else "give keepalived's notify_fifo path"
+        raise SendError(f"cannot open FIFO {path}: {exc.strerror}; {hint}") from None
     try:
-        os.write(fd, line.encode() + b"\n")
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):  # never append a line to a regular file by mistake
+            raise SendError(f"{path} is not a FIFO; give keepalived's notify_fifo path")
+        os.write(fd, os.fsencode(line) + b"\n")
     except BlockingIOError:
-        raise SendError(f"FIFO {path} is full: the line was dropped, as keepalived would drop it") from None
+        raise SendError(f"FIFO {path} is full: the line was dropped, as keepalived would drop it; "
+                        f"try again when the reader has caught up") from None
+    except OSError as exc:  # EPIPE: the reader closed it since we opened it
+        raise SendError(f"cannot write to FIFO {path}: {exc.strerror}; is the reader still running?") from None
     finally:
         os.close(fd)
     return f"written to {path}"
 
 
-def send_state(state_dir: str, line: str) -> str:
-    parsed = parse_line(line.encode())
-    if isinstance(parsed, Rejected):
-        raise SendError(f"not an event keepalived writes: {parsed.reason}")
-    paths = StatePaths(state_dir)
+def _settings(paths: StatePaths) -> Settings:
+    """The newest reader's settings (an OSError propagates: the command line explains it)."""
+    with open(paths.settings) as fh:
+        text = fh.read()
     try:
-        with open(paths.settings) as fh:
-            settings = Settings.from_json(fh.read())
-    except OSError as exc:
-        raise SendError(f"{paths.settings}: {exc.strerror} (has a reader ever run with this state dir?)") from None
+        return Settings.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise SendError(f"{paths.settings} is damaged ({type(exc).__name__}: {exc}); restart or reload "
+                        f"keepalived so that a reader writes it again") from None
+
+
+def send_state(state_dir: str, line: str) -> str:
+    parsed = parse_line(os.fsencode(line))
+    if isinstance(parsed, Rejected):
+        raise NotAnEvent(f"not an event keepalived writes: {parsed.reason}; write the line as keepalived "
+                         f"does, e.g. 'INSTANCE \"VI_1\" MASTER 100'")
+    paths = StatePaths(state_dir)
+    settings = _settings(paths)
     import time
 
-    seq = JournalWriter(paths.journal).append(parsed, time.time(), os.getpid())
+    journal = JournalWriter(paths.journal, floor=lambda: last_seq(paths.progress))  # as the reader numbers
+    try:
+        seq = journal.append(parsed, time.time(), os.getpid())
+    finally:
+        journal.close()
     doorbell = Doorbell(paths)
 
     def spawn(standby_fd: int) -> None:
@@ -59,5 +88,9 @@ def send_state(state_dir: str, line: str) -> str:
         finally:
             os.close(w)
 
-    doorbell.ring(spawn, spawning=False)
+    try:
+        doorbell.ring(spawn, spawning=False)
+    except OSError as exc:  # e.g. fork failing at the pid limit: the event is safe in the journal
+        raise SendError(f"journaled as #{seq}, but no worker could be started ({exc.strerror}); the next "
+                        f"event or `send` starts one, and it runs #{seq} first") from None
     return f"journaled as #{seq}"

@@ -42,7 +42,7 @@ def _worker_alive(running: dict[str, Any]) -> bool:
     try:
         ctime: float = psutil.Process(running["worker"]).create_time()
         return abs(ctime - float(running["worker_ctime"])) < 0.01
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):  # gone, or a damaged record's pid (-1, 2**70)
         return False
 
 
@@ -59,7 +59,11 @@ def as_json(status: Status) -> str:
 
 
 def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    """Local time of a record's `t`; a damaged one (nan, 1e300) shows as "?" instead of failing."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (ValueError, OverflowError, OSError):
+        return "?"
 
 
 def as_text(status: Status) -> str:

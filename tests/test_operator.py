@@ -1,11 +1,24 @@
-"""The operator's commands: send, history, status --json, coalescing; real processes throughout."""
+"""The operator's commands: send, history, status --json, coalescing; their errors (one line, the
+README's exit codes, never a traceback); the reader's input policy.  Real processes throughout."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from conftest import LAUNCHER, Launcher, check_order
+import pytest
+
+from conftest import LAUNCHER, ROOT, Launcher, check_order
+from notify_launcher.events import Event
+from notify_launcher.journal import Entry, format_entry
 
 VI = 'INSTANCE "VI_1" {} 100'
 
@@ -46,8 +59,8 @@ def test_send_errors_are_clear(launcher: Launcher) -> None:
     res = _run("send", "--fifo", str(launcher.fifo), VI.format("MASTER"))
     assert res.returncode == 3
     assert "no reader has it open" in res.stderr
-    res = _run("send", "--state-dir", str(launcher.state), 'INSTANCE "VI_1" SLEEPY 1')
-    assert res.returncode == 3 and "not an event keepalived writes: unknown state 'SLEEPY'" in res.stderr
+    res = _run("send", "--state-dir", str(launcher.state), 'INSTANCE "VI\t1" MASTER 1')
+    assert res.returncode == 2 and "not an event keepalived writes: control character 0x09" in res.stderr
 
 
 def test_coalescing_runs_only_the_newest_pending_event_per_instance(launcher: Launcher) -> None:
@@ -107,3 +120,159 @@ def test_wait_times_out_with_exit_1_while_an_action_runs(launcher: Launcher) -> 
     assert 'running: #1 INSTANCE "VI_1" MASTER 100  action pid' in status.stdout
     launcher.settle(1)
     k.stop([])
+
+
+def test_reader_rejects_control_bytes_and_runs_unforeseen_words_warning_once(launcher: Launcher) -> None:
+    """A NUL inside a name used to be journaled and kill every worker at spawn; an unknown state word
+    or an odd priority used to be dropped.  Now: the first two are rejected before the journal, the
+    rest run in order, with one warning per new word."""
+    k = launcher.keepalived()
+    k.start()
+    launcher.wait_started()
+    k.write_raw(b'INSTANCE "VI_0\0" MASTER 100\n' b"VS [10.0.0.1\t]:tcp:80 UP\n"
+                b'INSTANCE "VI_1" SLEEPY 100\n' b'INSTANCE "VI_1" SLEEPY 100\0\n' b'GROUP "G1" MASTER 300\n')
+    launcher.settle(3)
+    k.stop([])
+    starts = [r[1:6] for r in launcher.records() if r[0] == "start"]
+    assert starts[:3] == [["1", "INSTANCE", "VI_1", "SLEEPY", "100"], ["2", "INSTANCE", "VI_1", "SLEEPY", "100"],
+                          ["3", "GROUP", "G1", "MASTER", "300"]]
+    log = launcher.log_text()
+    assert "line 1 rejected (control character 0x00 at character 14" in log
+    assert "line 2 rejected (control character 0x09 at character 12" in log
+    assert log.count("unknown state 'SLEEPY' (INSTANCE line): not seen before") == 1
+    assert "priority 300 outside 0..255: not seen before" in log
+
+
+# --- errors: one line on stderr, a documented exit code, never a traceback -------------------------
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+END = {"op": "end", "seq": 1, "t": 1764000000.0, "key": "INSTANCE VI_1", "event": 'INSTANCE "VI_1" MASTER 100',
+       "state": "MASTER", "result": "exit 0", "ok": True, "duration": 0.01}
+
+
+def _says(res: subprocess.CompletedProcess[str], code: int, command: str, *needles: str) -> None:
+    """Exit `code`, and stderr is one line `notify-launcher COMMAND: ...` holding every needle."""
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"notify-launcher {command}: "), res.stderr
+    for needle in needles:
+        assert needle in res.stderr, res.stderr
+
+
+@pytest.fixture
+def state() -> Iterator[Path]:
+    """A state directory as the reader leaves it (0700, a journal, progress, settings), in a directory
+    other users may enter, so that an unprivileged run meets the state directory's own mode."""
+    base = Path(tempfile.mkdtemp(prefix="nl-operator-"))
+    base.chmod(0o755)
+    root = base / "state"
+    root.mkdir(mode=0o700)
+    entry = Entry(1, 1764000000.0, 1, Event("INSTANCE", "VI_1", "MASTER", 100))
+    (root / "journal").write_bytes(format_entry(entry))
+    (root / "progress").write_text(json.dumps(END) + "\n")
+    (root / "settings.json").write_text("{}")
+    yield root
+    shutil.rmtree(base)
+
+
+STATE_COMMANDS = [("status",), ("status", "--json"), ("history",), ("history", "--json"), ("wait", "--timeout", "5")]
+
+
+@pytest.mark.parametrize("command", STATE_COMMANDS)
+def test_a_missing_state_dir_is_an_error_not_an_empty_state(state: Path, command: tuple[str, ...]) -> None:
+    res = _run(*command, "--state-dir", str(state / "nope"))
+    _says(res, 3, command[0], f"{state / 'nope'}: No such file or directory", "check --state-dir")
+    res = _run(*command, "--state-dir", str(state / "journal"))
+    _says(res, 3, command[0], "Not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.parametrize("command", [*STATE_COMMANDS, ("send", 'INSTANCE "VI_1" MASTER 100')])
+def test_a_permission_problem_says_so_and_is_not_a_timeout(state: Path, command: tuple[str, ...]) -> None:
+    res = subprocess.run([*NOBODY, LAUNCHER, *command, "--state-dir", str(state)], capture_output=True, text=True,
+                         timeout=60)
+    _says(res, 3, command[0], "Permission denied", "run it as the user the reader runs as")
+
+
+DAMAGE = [
+    b"garbage\n",
+    b'{"op": "end", "seq": 7, "t": 1\n',  # truncated
+    b'{"op": "end"}\n{"op": "start", "seq": 2}\n{"op": "try"}\n',  # keys missing
+    b'{"op": "end", "seq": "7", "t": 1, "key": [], "event": 1, "state": null, "result": 2}\n',  # wrong types
+    b'{"op": ["end"], "seq": 7}\n[1, 2]\n"end"\n42\nnull\n',  # not records
+    b'{"op": "end", "seq": 9, "t": NaN, "key": "k", "event": "e", "state": "s", "result": "r"}\n',
+    b'{"op": "end", "seq": 9, "t": 1e300, "key": "k", "event": "e", "state": "s", "result": "r", "duration": "x"}\n',
+    b'{"op": "start", "seq": 9, "t": 1e300, "key": "k", "event": "e", "state": "s", "pid": -1, "worker": -1, '
+    b'"worker_ctime": 0}\n',
+    b"[" * 100000 + b"\n",
+    b"\xff\xfe\0\n",
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=range(len(DAMAGE)))
+def test_a_damaged_progress_file_or_journal_never_stops_status_or_history(state: Path, damage: bytes) -> None:
+    """Records replayed from the progress file may be JSON and still not records a worker wrote."""
+    with open(state / "progress", "ab") as fh:
+        fh.write(damage)
+    with open(state / "journal", "ab") as fh:
+        fh.write(damage)
+    for command in STATE_COMMANDS:
+        res = _run(*command, "--state-dir", str(state))
+        assert "Traceback" not in res.stderr and res.returncode in (0, 1), (command, res.stderr)
+    history = json.loads(_run("history", "--json", "--state-dir", str(state)).stdout)
+    assert history[0] == END  # the well-formed record is still there
+    json.loads(_run("status", "--json", "--state-dir", str(state)).stdout)  # still JSON (no NaN)
+
+
+@pytest.mark.parametrize("settings,needle", [(None, "settings.json: No such file or directory"),
+                                             ('{"handler":', "settings.json is damaged"),
+                                             ("[]", "settings.json is damaged")])
+def test_send_without_usable_settings(state: Path, settings: str | None, needle: str) -> None:
+    if settings is None:
+        (state / "settings.json").unlink()
+    else:
+        (state / "settings.json").write_text(settings)
+    _says(_run("send", "--state-dir", str(state), 'INSTANCE "VI_1" MASTER 100'), 3, "send", needle)
+
+
+def test_send_refuses_a_bad_line_and_a_file_that_is_not_a_fifo(state: Path) -> None:
+    _says(_run("send", "--state-dir", str(state), 'INSTANCE "VI_1" MASTER'), 2, "send",
+          "not an event keepalived writes: malformed VRRP line", "e.g. 'INSTANCE \"VI_1\" MASTER 100'")
+    before = (state / "journal").read_bytes()
+    _says(_run("send", "--fifo", str(state / "journal"), 'INSTANCE "VI_1" MASTER 100'), 3, "send",
+          "is not a FIFO")
+    assert (state / "journal").read_bytes() == before
+    _says(_run("send", "--fifo", str(state / "nope"), 'INSTANCE "VI_1" MASTER 100'), 3, "send",
+          "No such file or directory")
+
+
+def test_an_unforeseen_exception_is_one_line_and_exit_70(state: Path) -> None:
+    """The catch-all: whatever nobody foresaw is named in one line, as a bug to report."""
+    code = ("import sys, notify_launcher.status as s\n"
+            "def boom(paths): raise ZeroDivisionError('injected')\n"
+            "s.read_status = boom\n"
+            "from notify_launcher.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    res = subprocess.run([sys.executable, "-c", code, "status", "--state-dir", str(state)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _says(res, 70, "status", "unexpected error: ZeroDivisionError: injected", "this is a bug: please report it")
+
+
+def test_ctrl_c_during_wait_is_one_line_and_exit_130(state: Path) -> None:
+    (state / "progress").write_text("")  # event #1 pending for ever: nothing runs it
+    proc = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(state)], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # past the imports: `wait` is polling
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    _says(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130, "wait", "interrupted")
+
+
+def test_history_into_a_closed_pipe_is_quiet(state: Path) -> None:
+    """`notify-launcher history -n 5000 | head -1`: no "Exception ignored ... BrokenPipeError"."""
+    (state / "progress").write_text("".join(json.dumps({**END, "seq": n}) + "\n" for n in range(1, 5001)))
+    proc = subprocess.Popen([LAUNCHER, "history", "-n", "5000", "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b""
