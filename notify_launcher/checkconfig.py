@@ -1,8 +1,11 @@
 """`notify-launcher check-config`: find at the console what would otherwise show up at 3 a.m.
 
-Checks the INI file and every command it names, the state and log paths, and optionally the
-notify_fifo lines of keepalived.conf for the mistakes keepalived makes easy (KEEPALIVED.md).
-Each problem names the file (and line or section/key) and says what to do.
+Checks the INI file (config.py: also that the state dir leaves room for the doorbell socket's path)
+and every command it names, the state and log paths -- as root, with the very check the reader
+refuses to start on (security.py: everything root reads, runs or writes, and every directory and
+symlink above it) -- and optionally the notify_fifo lines of keepalived.conf for the mistakes
+keepalived makes easy (KEEPALIVED.md).  Each problem names the file (and line or section/key) and
+says what to do.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def _writable_dir_problem(what: str, path: str) -> str | None:
 
 
 def check_settings(settings: Settings) -> list[str]:
+    """Every problem with loaded settings, the reader's own refusals first (same function, same words)."""
     where = settings.config_file or "command line"
     problems = [f"{where}: {p}" for p in security_check(settings)]
     if not settings.handler:
