@@ -90,7 +90,9 @@ def insecure_reason(path: str, created: bool = False) -> str | None:
     the log file); it may be missing (root creates what is missing, so only the directory it is
     created in matters), must not be a symlink, and must not be in a directory others can write to.
     A missing path that is not `created` is a problem: there is nothing to trust."""
-    pending = list(reversed(os.path.join(os.getcwd(), path).split("/")))
+    # not os.path.abspath: its lexical `..` would skip the directory a symlink before it points to
+    absolute = path if path.startswith("/") else os.path.join(os.getcwd(), path)
+    pending = list(reversed(absolute.split("/")))
     current = "/"
     why = _mode_problem("/", os.lstat("/"), sticky_ok=True)
     hops = 0

@@ -179,6 +179,9 @@ def test_symlink_on_the_way_must_be_roots_and_its_target_is_checked(tmp_path: Pa
     link.symlink_to("real")
     assert insecure_reason(str(link / "act.sh")) is None  # root's link in root's directory: followed
     assert insecure_reason(str(link / ".." / "link" / "act.sh")) is None
+    (real / "sub").mkdir()
+    (tmp_path / "to-sub").symlink_to(real / "sub")
+    assert insecure_reason(str(tmp_path / "to-sub" / ".." / "act.sh")) is None  # `..` of real/sub, as open() sees it
     os.lchown(link, NOBODY, NOBODY)  # its owner cannot change a link's target, but keepalived's rule is root
     assert insecure_reason(str(link / "act.sh")) == (f"{link} belongs to uid {NOBODY} (nobody), not root; "
                                                       f"{OWNER_REMEDY}")
