@@ -35,7 +35,8 @@ CHECKER_STATES = frozenset({"UP", "DOWN"})
 KNOWN_STATES = {"INSTANCE": VRRP_STATES, "GROUP": VRRP_STATES, "VS": CHECKER_STATES, "RS": CHECKER_STATES}
 #: Synthetic events the reader journals about itself (never written by keepalived).
 READER_TYPE = "READER"
-#: Longest line accepted; keepalived's lines are well under PIPE_BUF (4096).
+#: Longest line accepted; keepalived's lines are well under PIPE_BUF (4096).  It also keeps a
+#: priority's digits under int()'s 4300-digit limit, so parsing one never raises.
 MAX_LINE = 4096
 
 #: C0 controls, DEL and C1 controls: never in keepalived's C strings; tab, CR, NUL break the journal
