@@ -107,6 +107,20 @@ class Doorbell:
         return True
 
 
+def _stale_doorbell(paths: StatePaths) -> bool:
+    """The doorbell's socket file exists but nobody listens on it: its worker died."""
+    probe = _datagram_socket()
+    try:
+        probe.connect(paths.doorbell)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
 def release_standby(fd: int) -> None:
     """The worker's step (4): it listens now, so the next unanswered ring may spawn again."""
     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -142,7 +156,11 @@ class WorkerWatch:
         return None
 
     def _crash_or_none(self) -> str | None:
-        return f"worker pid {self.pid} died without finishing" if named_worker_pid(self.paths) == self.pid else None
+        """A worker that ends normally removes worker.pid and its doorbell first: either one left
+        behind (the pid file may be missing: a full disk) means it died with work in hand."""
+        if named_worker_pid(self.paths) == self.pid or _stale_doorbell(self.paths):
+            return f"worker pid {self.pid} died without finishing"
+        return None
 
     def follow_named(self) -> str | None:
         """Watch the worker named in worker.pid unless one is watched already; a crash report if it is dead."""

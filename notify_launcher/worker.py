@@ -32,6 +32,7 @@ PROGRESS_MAX = 512 * 1024
 PID_REUSE_GUARD = 2.0  # s: an orphan's create time must be this close to the recorded spawn time
 KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
 MAX_TRIES = 3  # workers that may die on one event before it is recorded as skipped
+RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
 
 
 def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int) -> int:
@@ -99,6 +100,7 @@ class Worker:
         self._wakeup = -1
         self._lock_id: tuple[int, int] | None = None
         self._settings_id: tuple[int, int] | None = None
+        self._unrecorded: tuple[int, str] | None = None  # the record whose failure was logged last
 
     def start(self) -> None:
         """The steps, in the order handoff.py needs them: signals, doorbell (before the first journal
@@ -109,7 +111,10 @@ class Worker:
         _become_subreaper()
         self._lock_id = _file_id(self.paths.worker_lock)
         self.ctime = psutil.Process().create_time()
-        write_atomic(self.paths.worker_pid, f"{self.pid} {self.ctime}\n".encode())
+        try:
+            write_atomic(self.paths.worker_pid, f"{self.pid} {self.ctime}\n".encode())
+        except OSError as exc:  # a full disk: the pid file only helps the reader find us, not the queue
+            self.log.warn(None, None, f"cannot write {self.paths.worker_pid} ({exc.strerror}); going on without it")
         self.journal = JournalFollower(self.paths.journal)
         self.progress = ProgressLog(self.paths.progress)
         self._settings_id = _file_id(self.paths.settings)
@@ -291,14 +296,28 @@ class Worker:
 
     def _end_record(self, seq: int, subject: object, key: str, event: str, state: str, result: str, ok: bool,
                     **extra: object) -> None:
-        self._record("end", seq, subject, t=time.time(), key=key, event=event, state=state,
-                     result=result, ok=ok, **extra)
+        """The end of an event is what makes it never run again: until it is on disk (a full state
+        file system), the queue waits, so a crash re-runs at most the one event it interrupted."""
+        pause = RECORD_RETRY_MIN
+        while not self._record("end", seq, subject, t=time.time(), key=key, event=event, state=state,
+                               result=result, ok=ok, **extra):
+            time.sleep(pause)
+            pause = min(RECORD_RETRY_MAX, pause * 2)
+            self.progress.follow()
+        if pause > RECORD_RETRY_MIN:
+            self.log.info(seq, subject, f"recorded the end in {self.paths.progress} at last; the queue goes on")
 
-    def _record(self, op: str, seq: int, subject: object, **fields: object) -> None:
+    def _record(self, op: str, seq: int, subject: object, **fields: object) -> bool:
+        """Append one record; on failure log it (once per event and op) and return False."""
         failed = self.progress.record(op, seq, **fields)
-        if failed:
+        if failed is None:
+            return True
+        if self._unrecorded != (seq, op):
+            self._unrecorded = (seq, op)
             self.log.error(seq, subject, f"cannot record {op!r} in {self.paths.progress} ({failed}); "
-                                       f"status may lag, and a crash now would repeat this event")
+                                         + ("the queue waits until it can (retrying)" if op == "end" else
+                                            "going on without it"))
+        return False
 
     def _recover(self, snap: Snapshot) -> None:
         """Workers died on an event: end what the last one left running, then re-run the event, or

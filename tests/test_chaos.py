@@ -1,0 +1,220 @@
+"""Chaos: SIGKILL the worker and the reader at random moments of a 2,000-event burst, and fill and
+free the state file system meanwhile.  Every journaled event must run, in order, never two at once,
+and be re-run at most once per worker kill (on_crash = rerun).
+
+The reader is started by the test itself (keepalived never restarts its script, but a supervisor
+or the next keepalived start would), and the test holds the FIFO's write end, so lines a killed
+reader had not read yet wait in the pipe for the next one.  Lines a killed reader had read but not
+journaled are gone with it, as anything in a SIGKILLed process's memory: the promise is about
+journaled events, and numbering shows them all (sequence numbers have no gaps).
+
+The seed is printed; NL_CHAOS_SEED=N replays a run.  Root (a tmpfs to fill); elsewhere it skips,
+and under CI=true it fails without root.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import LAUNCHER
+
+EVENTS = 2000
+KILLS = 12  # of the worker, and of the reader, each
+FILLS = 3
+
+
+def _status(state: Path) -> dict[str, object]:
+    out = subprocess.run([LAUNCHER, "status", "--json", "--state-dir", str(state)],
+                         capture_output=True, text=True, check=True).stdout
+    data: dict[str, object] = json.loads(out)
+    return data
+
+
+class Chaos:
+    """One launcher setup on a small tmpfs, its reader restarted after every kill."""
+
+    def __init__(self, tmp: Path, rng: random.Random) -> None:
+        self.tmp, self.rng = tmp, rng
+        self.state = tmp / "state"
+        self.fifo = tmp / "notify.fifo"
+        self.rec = tmp / "records"
+        self.log = tmp / "launcher.log"
+        self.handler = tmp / "handler.sh"
+        self.handler.write_text(f'#!/bin/sh\necho "start $NL_SEQ $2" >> {self.rec}\nsleep 0.002\necho "end $NL_SEQ" >> {self.rec}\n')
+        self.handler.chmod(0o755)
+        self.filler = self.state / "filler"
+        self.reader: subprocess.Popen[bytes] | None = None
+        self.readers: list[subprocess.Popen[bytes]] = []
+        self.kills = {"worker": 0, "reader": 0, "fill": 0}
+
+    def start_reader(self) -> None:
+        self.reader = subprocess.Popen(
+            [LAUNCHER, "--handler", str(self.handler), "--state-dir", str(self.state), "--log-file",
+             str(self.log), "--linger", "1", str(self.fifo)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0)
+        self.readers.append(self.reader)
+
+    def kill_reader(self) -> None:
+        assert self.reader is not None
+        self.reader.kill()
+        self.reader.wait()
+        self.kills["reader"] += 1
+        time.sleep(self.rng.uniform(0, 0.05))
+        self.start_reader()
+
+    def kill_worker(self) -> bool:
+        """SIGKILL the worker named in worker.pid; False if there is none right now."""
+        try:
+            pid = int((self.state / "worker.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            return False
+        self.kills["worker"] += 1
+        return True
+
+    def fill(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        self.kills["fill"] += 1
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def worker_pids(self) -> set[int]:
+        """Launcher processes whose command line names this setup (reader, workers)."""
+        out = set()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.state).encode() in cmd and int(pid) != os.getpid():
+                out.add(int(pid))
+        return out
+
+
+def _check(records: list[list[str]], last_seq: int, reader_seqs: set[int], worker_kills: int) -> tuple[int, int]:
+    """(events run, re-runs); asserts order, no overlap beyond a killed action, nothing missing."""
+    seen: list[int] = []
+    reruns = 0
+    running: int | None = None
+    for rec in records:
+        seq = int(rec[1])
+        if rec[0] == "start":
+            if seen and seq == seen[-1]:
+                reruns += 1  # the interrupted event, run again before anything later
+            else:
+                assert not seen or seq > seen[-1], f"#{seq} started after #{seen[-1]}"
+                seen.append(seq)
+            running = seq
+        else:
+            assert running == seq, f"end of #{seq} while #{running} ran"
+    expected = [s for s in range(1, last_seq + 1) if s not in reader_seqs]
+    missing = sorted(set(expected) - set(seen))
+    assert not missing, f"journaled but never run: {missing[:20]} ({len(missing)})"
+    assert reruns <= worker_kills, f"{reruns} re-runs for {worker_kills} worker kills"
+    return len(seen), reruns
+
+
+def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: the chaos test needs root (it mounts a small tmpfs)")
+        pytest.skip("needs root (mounts a small tmpfs for the state directory)")
+    seed = int(os.environ.get("NL_CHAOS_SEED", str(time.time_ns() % 1_000_000)))
+    rng = random.Random(seed)
+    print(f"\nchaos seed {seed} (NL_CHAOS_SEED={seed} replays it)")
+    chaos = Chaos(tmp_path, rng)
+    chaos.state.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(chaos.state)], check=True)
+    os.mkfifo(chaos.fifo, 0o600)
+    wfd = os.open(chaos.fifo, os.O_RDWR | os.O_CLOEXEC)  # blocking writes: wait while no reader reads
+    try:
+        chaos.start_reader()
+        plan = (["worker"] * KILLS + ["reader"] * KILLS + ["fill"] * FILLS)
+        rng.shuffle(plan)
+        at = sorted(rng.sample(range(50, EVENTS - 100), len(plan)))
+        schedule = dict(zip(at, plan))
+        filled_until = -1
+        for i in range(EVENTS):
+            os.write(wfd, f'INSTANCE "VI_{i}" {"MASTER" if i % 2 else "BACKUP"} 100\n'.encode())
+            what = schedule.pop(i, None)
+            if what == "worker":
+                time.sleep(rng.uniform(0, 0.02))
+                if not chaos.kill_worker():
+                    schedule.setdefault(min(EVENTS - 1, i + 7), "worker")  # none right now: a bit later
+            elif what == "reader":
+                chaos.kill_reader()
+            elif what == "fill":
+                chaos.fill()
+                filled_until = i + rng.randint(20, 120)
+            if i == filled_until:
+                chaos.free()
+            if i % 50 == 0:
+                time.sleep(0.01)  # a burst, but one that lets the kills land mid-action too
+        chaos.free()
+        # Every line is in the pipe or read; wait until the queue drains (a kill may still be
+        # recovering: the watch re-rings with back-off), then close the FIFO: EOF ends the reader.
+        deadline = time.monotonic() + 300
+        while True:
+            st = _status(chaos.state)
+            if not st["pending"] and st["running"] is None and st["last_seq"] == st["done_seq"]:
+                break
+            assert time.monotonic() < deadline, f"queue did not drain: {json.dumps(st)[:2000]}"
+            time.sleep(0.2)
+        os.close(wfd)
+        wfd = -1
+        assert chaos.reader is not None
+        chaos.reader.wait(timeout=30)
+        st = _status(chaos.state)
+        deadline = time.monotonic() + 60
+        while not (not st["pending"] and st["running"] is None and st["last_seq"] == st["done_seq"]):
+            assert time.monotonic() < deadline, "the reader's EOF event did not finish"
+            time.sleep(0.1)
+            st = _status(chaos.state)
+        last_seq = int(str(st["last_seq"]))
+        log = chaos.log.read_text()
+        reader_seqs = {int(line.split("#", 1)[1].split()[0]) for line in log.splitlines() if "READER reader" in line
+                       and "#" in line and line.split("#", 1)[1][:1].isdigit()}
+        records = [line.split() for line in chaos.rec.read_text().splitlines()]
+        ran, reruns = _check(records, last_seq, reader_seqs, chaos.kills["worker"])
+        lost_lines = EVENTS - ran
+        print(f"chaos: {EVENTS} lines written, {last_seq} journaled ({len(reader_seqs)} reader events), "
+              f"{ran} run in order, {reruns} re-runs; kills: worker {chaos.kills['worker']}, reader "
+              f"{chaos.kills['reader']}; disk filled {chaos.kills['fill']} times; lines read by a killed reader "
+              f"before journaling: {lost_lines}; journaled but lost: 0")
+        assert chaos.kills["worker"] >= 10 and chaos.kills["reader"] >= 10
+        assert "Traceback" not in log or "FAILED inside the launcher" not in log
+    finally:
+        if wfd >= 0:
+            os.close(wfd)
+        for proc in chaos.readers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        deadline = time.monotonic() + 10
+        while chaos.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)  # workers linger 1 s, then leave
+        for pid in chaos.worker_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["umount", "-l", str(chaos.state)], check=False)
