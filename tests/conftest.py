@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from standin import Keepalived  # noqa: E402
+
+from notify_launcher.journal import parse_entry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = str(ROOT / "bin" / "notify-launcher")
@@ -26,6 +29,39 @@ echo "start $NL_SEQ $* $(date +%s.%N)" >> "{rec}"
 if [ -f "{sleep}" ]; then read -r s d < "{sleep}"; [ "$3" = "$s" ] && sleep "$d"; fi
 echo "end $NL_SEQ $(date +%s.%N)" >> "{rec}"
 """
+
+
+def _tail(path: Path, size: int = 65536) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def journaled_seq(journal: Path) -> int:
+    """The sequence number of the journal's last intact entry (0: no journal, or no entry).  Reads
+    only the tail; a torn last line (a writer killed mid-write) is skipped."""
+    for line in reversed(_tail(journal).split(b"\n")[:-1]):  # [:-1]: what follows the last newline is torn
+        entry = parse_entry(line)
+        if entry is not None:
+            return entry.seq
+    return 0
+
+
+def recorded_seq(progress: Path) -> int:
+    """The largest sequence number in the progress file's last records (JSON lines with "seq")."""
+    best = 0
+    for line in _tail(progress).split(b"\n"):
+        try:
+            seq = json.loads(line)["seq"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(seq, int):
+            best = max(best, seq)
+    return best
 
 
 @dataclass
@@ -47,23 +83,38 @@ class Launcher:
     def keepalived(self, *more: str) -> Keepalived:
         return Keepalived(self.argv(*more), str(self.fifo))
 
-    def wait_started(self, timeout: float = 30) -> None:
+    def wait_started(self, timeout: float = 60) -> None:
         """Wait until the reader has logged that it reads the FIFO."""
         deadline = time.monotonic() + timeout
         while "reader started" not in self.log_text():
             assert time.monotonic() < deadline, "the reader did not start"
             time.sleep(0.01)
 
-    def settle(self, events: int, timeout: float = 60) -> None:
-        """Wait until `events` events are journaled (the reader may still be starting), then until idle."""
+    def settle(self, events: int, timeout: float = 120) -> None:
+        """Wait until event #`events` is journaled (the reader may still be starting), then until idle.
+
+        Waits on sequence numbers, never on the journal's line count: the worker compacts the journal
+        (keeps only its last entry) whenever it keeps up, and numbering never goes backwards."""
         deadline = time.monotonic() + timeout
-        journal = self.state / "journal"
-        while not (journal.exists() and journal.read_bytes().count(b"\n") >= events):
-            assert time.monotonic() < deadline, f"fewer than {events} events journaled:\n{self.log_text()[-3000:]}"
+        while (seen := self.last_seq()) < events:
+            assert time.monotonic() < deadline, \
+                f"event #{events} not journaled after {timeout}s (highest #{seen}):\n{self.log_text()[-3000:]}"
             time.sleep(0.01)
         self.wait_idle(timeout)
 
-    def wait_idle(self, timeout: float = 60) -> None:
+    def last_seq(self) -> int:
+        """The highest sequence number journaled so far (0: none): the journal's last intact entry
+        (a compaction keeps it), or the progress file's last record when the journal was removed."""
+        return max(journaled_seq(self.state / "journal"), recorded_seq(self.state / "progress"))
+
+    def wait_for(self, what: str, predicate: Callable[[], object], timeout: float = 60) -> None:
+        """Poll `predicate` until it holds; fail naming `what` (a timeout only turns a hang into a failure)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}:\n{self.log_text()[-3000:]}"
+            time.sleep(0.01)
+
+    def wait_idle(self, timeout: float = 120) -> None:
         res = subprocess.run([LAUNCHER, "wait", "--state-dir", str(self.state), "--timeout", str(timeout)],
                              capture_output=True, text=True)
         assert res.returncode == 0, f"launcher not idle after {timeout}s:\n{self.log_text()[-3000:]}"
