@@ -55,11 +55,17 @@ NS_PREFIX = "nlka"
 KILL_AFTER = 1.0  # keepalived SIGKILLs its notify_fifo_script's group this long after SIGTERM
 
 RECORDER = """#!/bin/sh
-# notify-launcher handler for tests: record start and end of every action, sleep as asked.
+# notify-launcher handler for tests: record start and end of every action, sleep as asked, then
+# (when a gate file is named) wait until the test creates that file -- at most 120 s.
 echo "start $NL_SEQ $(date +%s.%N) $*" >> "{dir}/records"
 if [ -f "{dir}/sleep" ]; then
-    while read -r type state seconds; do
-        if [ "$type" = "$1" ] && [ "$state" = "$3" ]; then sleep "$seconds"; break; fi
+    while read -r type state seconds gate; do
+        if [ "$type" = "$1" ] && [ "$state" = "$3" ]; then
+            sleep "$seconds"
+            n=0
+            while [ -n "$gate" ] && [ ! -e "$gate" ] && [ $n -lt 2400 ]; do sleep 0.05; n=$((n + 1)); done
+            break
+        fi
     done < "{dir}/sleep"
 fi
 echo "end $NL_SEQ $(date +%s.%N)" >> "{dir}/records"
@@ -296,10 +302,12 @@ class Node:
             name=self.name, fifo=self.fifo, launcher=LAUNCHER, ini=self.ini, iface=IFACE,
             priority=self.priority, vip=VIP))
 
-    def sleep_on(self, type_: str, state: str, seconds: float) -> None:
-        """Make the recorder's action for TYPE STATE take `seconds` (adds to earlier choices)."""
+    def sleep_on(self, type_: str, state: str, seconds: float, until: Path | None = None) -> None:
+        """Make the recorder's action for TYPE STATE take `seconds`, and then, if `until` is given,
+        wait until that file exists (the test opens the gate when what it waits for happened:
+        state, not a guess at how long it takes).  Adds to earlier choices."""
         with open(self.dir / "sleep", "a") as fh:
-            fh.write(f"{type_} {state} {seconds}\n")
+            fh.write(f"{type_} {state} {seconds}{f' {until}' if until else ''}\n")
 
     # -- keepalived ----------------------------------------------------------------------------
     def keepalived_argv(self) -> list[str]:
@@ -480,12 +488,13 @@ class Node:
                 pass
         return list(found.values())
 
-    def wait_idle(self, timeout: float = 20) -> None:
+    def wait_idle(self, timeout: float = 60) -> None:
         res = subprocess.run([str(LAUNCHER), "wait", "--state-dir", str(self.state), "--timeout", str(timeout)],
                              capture_output=True, text=True)
         assert res.returncode == 0, f"{self.name}: launcher not idle after {timeout}s\n{self.diagnostics()}"
 
-    def wait_for(self, what: str, cond: Callable[[], object], timeout: float = 15) -> None:
+    def wait_for(self, what: str, cond: Callable[[], object], timeout: float = 60) -> None:
+        """Poll `cond` until it holds (the timeout only turns a hang into a failure)."""
         deadline = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > deadline:
@@ -515,8 +524,10 @@ def _running(p: psutil.Process) -> bool:
         return False
 
 
-def _last_instance_state_is(node: Node, state: str) -> bool:
-    return node.instance_states()[-1:] == [state]
+def _last_states_are(node: Node, state: str) -> bool:
+    """The last INSTANCE action and the last GROUP action both ran for `state`."""
+    actions = node.actions()
+    return all([a.state for a in actions if a.type == type_][-1:] == [state] for type_ in ("INSTANCE", "GROUP"))
 
 
 def _kill(p: psutil.Process) -> None:
@@ -596,13 +607,15 @@ class Cluster:
         for n in nodes or self.nodes:
             n.start()
 
-    def wait_settled(self, timeout: float = 15) -> None:
-        """node1 MASTER (its VIP up), the others BACKUP, as their actions say; launchers idle."""
+    def wait_settled(self, timeout: float = 60) -> None:
+        """node1 MASTER (its VIP up), the others BACKUP, as their actions say -- the instance's and
+        its sync group's (keepalived writes the two lines one after the other: waiting for one
+        action only could leave the other's event still in the FIFO); launchers idle."""
         first, *rest = self.nodes
-        first.wait_for("node1's MASTER action and VIP",
-                       lambda: first.instance_states()[-1:] == ["MASTER"] and first.has_vip(), timeout)
+        first.wait_for("node1's MASTER actions and VIP",
+                       lambda: _last_states_are(first, "MASTER") and first.has_vip(), timeout)
         for n in rest:
-            n.wait_for(f"{n.name}'s BACKUP action", partial(_last_instance_state_is, n, "BACKUP"), timeout)
+            n.wait_for(f"{n.name}'s BACKUP actions", partial(_last_states_are, n, "BACKUP"), timeout)
         for n in self.nodes:
             n.wait_idle(timeout)
 

@@ -1,7 +1,9 @@
 """The launcher under REAL keepalived 2.2.7: two VRRP nodes in network namespaces (tests/realka.py).
 
 Root with keepalived and iproute2 installed; elsewhere these tests skip, but under CI=true a missing
-prerequisite fails them.  Timings are printed as `TIMING ...` lines (visible without -s).
+prerequisite fails them.  Timings are printed as `TIMING ...` lines (visible without -s), never
+asserted: that a reader left before keepalived's SIGKILL is read from what it did (it logged its
+own exit and journaled its STOP: a reader SIGKILLed at +1 s could do neither), not from a clock.
 
 keepalived's LVS checker needs IPVS, which these kernels lack (CONFIG_IP_VS is not set), so VS/RS
 lines cannot come from a real keepalived here: the stand-in tests cover them.
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from realka import (KILL_AFTER, LAUNCHER, ROOT, Cluster, IFACE, Node, exit_time, ip_binary,
+from realka import (KILL_AFTER, LAUNCHER, ROOT, Cluster, IFACE, Node, StopTiming, exit_time, ip_binary,
                     keepalived_binary, real_cluster)
 
 __all__ = ["real_cluster"]  # the fixture, imported for pytest
@@ -44,6 +46,19 @@ def keepalived_instance_states(node: Node) -> list[str]:
         if not states or states[-1] != m.group(1):
             states.append(m.group(1))
     return states
+
+
+def left_in_order(node: Node, stop: StopTiming, why: str) -> int:
+    """The reader keepalived signalled left by itself (not by keepalived's SIGKILL at +1 s): it is
+    gone, it logged its own exit, and (when stopping) journaled its STOP last.  Returns the
+    milliseconds from SIGTERM to its exit, as the reader itself logged them."""
+    assert stop.reader_gone_after is not None, f"{node.name}'s reader still ran 10 s after SIGTERM\n{node.diagnostics()}"
+    m = re.search(READER_EXIT.format(pid=stop.reader_pid, why=re.escape(why)), node.log_text())
+    assert m, f"{node.name}'s reader did not log its own exit (killed?)\n{node.diagnostics()}"
+    last = node.journal()[-1]
+    assert last[2] == str(stop.reader_pid) and last[3:6] == ["READER", "reader", "STOP"], \
+        f"{node.name}'s reader did not journal its STOP last: {last}\n{node.diagnostics()}"
+    return int(m.group(2))
 
 
 def worker_of(node: Node, seq: int) -> int:
@@ -81,7 +96,8 @@ def test_failover_sigterm_stop_action_outlives_keepalived(
     +1 s SIGKILL; the 3 s STOP action runs to its end, after keepalived is gone; node2 takes over."""
     c = real_cluster(linger=linger)
     n1, n2 = c.nodes
-    n1.sleep_on("INSTANCE", "STOP", 3)
+    keepalived_gone = n1.dir / "keepalived-gone"  # the STOP action ends only after keepalived is gone
+    n1.sleep_on("INSTANCE", "STOP", 3, until=keepalived_gone)
     c.start()
     c.wait_settled()
     before = len(n1.actions())
@@ -90,18 +106,14 @@ def test_failover_sigterm_stop_action_outlives_keepalived(
     stop = n1.term()
 
     # keepalived's hard deadline: a reader still there at +1 s is SIGKILLed (and loses the STOP lines)
-    assert stop.reader_gone_after is not None and stop.reader_gone_after < KILL_AFTER, \
-        f"node1's reader still ran {stop.reader_gone_after}s after SIGTERM\n{n1.diagnostics()}"
-    m = re.search(READER_EXIT.format(pid=stop.reader_pid, why="SIGTERM: keepalived is stopping"), n1.log_text())
-    assert m, f"node1's reader did not log its own exit (killed?)\n{n1.diagnostics()}"
-    reader_ms = int(m.group(2))
-    assert reader_ms < KILL_AFTER * 1000
+    reader_ms = left_in_order(n1, stop, "SIGTERM: keepalived is stopping")
     assert stop.keepalived_exit_after is not None and stop.keepalived_returncode == 0, n1.diagnostics()
+    keepalived_gone.touch()
 
     n2.wait_for("node2's MASTER action", lambda: any(a.state == "MASTER" and a.start > stop.term_at
                                                      for a in n2.actions() if a.type == "INSTANCE"))
     n1.wait_for("node1's STOP actions to end", lambda: len(n1.actions()) >= before + 2
-                and all(a.end is not None for a in n1.actions()), timeout=20)
+                and all(a.end is not None for a in n1.actions()))
     n1.wait_idle()
     n2.wait_idle()
 
@@ -109,9 +121,9 @@ def test_failover_sigterm_stop_action_outlives_keepalived(
     assert [(a.type, a.state) for a in after] == [("INSTANCE", "STOP"), ("GROUP", "STOP")], n1.diagnostics()
     stop_action = after[0]
     assert stop_action.end is not None and stop_action.end - stop_action.start >= 3.0, n1.diagnostics()
-    assert re.search(rf'#{stop_action.seq} INSTANCE "VI_1" STOP 150 \| action ended: exit 0 after 3\.\d+s',
+    assert re.search(rf'#{stop_action.seq} INSTANCE "VI_1" STOP 150 \| action ended: exit 0 after \d+\.\d+s',
                      n1.log_text()), n1.diagnostics()
-    # it ran past keepalived's SIGKILL time, and past keepalived's own exit
+    # it ran past keepalived's SIGKILL time, and past keepalived's own exit (it waited for it)
     assert stop_action.end > stop.term_at + KILL_AFTER
     assert stop_action.end > stop.term_at + stop.keepalived_exit_after
     worker = worker_of(n1, stop_action.seq)
@@ -148,8 +160,8 @@ def test_reload_during_long_action_new_reader_takes_over_numbering_intact(
     old_reader = n1.current_reader()
     t_hup = time.monotonic()
     hup_at = n1.hup()
-    old_gone = exit_time(old_reader, t_hup)
-    assert old_gone is not None and old_gone < KILL_AFTER, f"the old reader still ran {old_gone}s after SIGHUP"
+    old_gone = exit_time(old_reader, t_hup, wait=30)
+    assert old_gone is not None, f"the old reader still ran 30 s after SIGHUP\n{n1.diagnostics()}"
     n1.wait_for("a second reader", lambda: len(n1.reader_pids()) == 2)
     old_pid, new_pid = n1.reader_pids()
     assert old_pid == old_reader.pid
@@ -167,9 +179,9 @@ def test_reload_during_long_action_new_reader_takes_over_numbering_intact(
 
     stop = n1.term()
     assert stop.reader_pid == new_pid
-    assert stop.reader_gone_after is not None and stop.reader_gone_after < KILL_AFTER
+    left_in_order(n1, stop, "SIGTERM: keepalived is stopping")
     n1.wait_for("all actions to end", lambda: all(a.end is not None for a in n1.actions())
-                and n1.actions()[-1].state == "STOP", timeout=20)
+                and n1.actions()[-1].state == "STOP")
     n1.wait_idle()
 
     # the long action was not killed by the reload: it ran its 4 s and exited 0
@@ -233,9 +245,9 @@ def test_example_config_keeps_a_reader_across_reload(real_cluster: Callable[...,
     n1.hup()
     # keepalived 2.2.7 drops notify_fifo at a reload when the example gives it no user (it looks up
     # `keepalived_script` again, under enable_script_security): the example says `root`.
-    n1.wait_for("a new reader after the reload", lambda: len(n1.reader_pids()) == 2, timeout=5)
+    n1.wait_for("a new reader after the reload", lambda: len(n1.reader_pids()) == 2)
     stop = n1.term()
-    assert stop.reader_gone_after is not None and stop.reader_gone_after < KILL_AFTER
+    left_in_order(n1, stop, "SIGTERM: keepalived is stopping")
     n1.wait_for("node1's STOP action", lambda: n1.instance_states()[-1:] == ["STOP"])
     n1.wait_idle()
     ran_in_journal_order(n1)
