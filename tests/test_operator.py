@@ -70,9 +70,7 @@ def test_coalescing_runs_only_the_newest_pending_event_per_instance(launcher: La
     k = launcher.keepalived("--config", str(ini))
     k.start()
     k.write(VI.format("FAULT"))  # runs 1 s; meanwhile three more VI_1 events and one VI_2 queue up
-    launcher.wait_started()
-    import time
-    time.sleep(0.3)
+    launcher.wait_for("the FAULT action to start", launcher.records)  # #1 is no longer pending
     for line in (VI.format("BACKUP"), 'INSTANCE "VI_2" BACKUP 50', VI.format("MASTER"), VI.format("BACKUP")):
         k.write(line)
     launcher.settle(5)
@@ -258,10 +256,25 @@ def test_an_unforeseen_exception_is_one_line_and_exit_70(state: Path) -> None:
     _says(res, 70, "status", "unexpected error: ZeroDivisionError: injected", "this is a bug: please report it")
 
 
+def _in_sleep(pid: int) -> bool:
+    """The process sleeps in clock_nanosleep (Python's time.sleep): its kernel wait channel says so,
+    or (a kernel that hides it) its current system call does."""
+    try:
+        if "nanosleep" in Path(f"/proc/{pid}/wchan").read_text():
+            return True
+        number = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return number == {"x86_64": "230", "aarch64": "115"}.get(os.uname().machine)
+
+
 def test_ctrl_c_during_wait_is_one_line_and_exit_130(state: Path) -> None:
     (state / "progress").write_text("")  # event #1 pending for ever: nothing runs it
     proc = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(state)], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # past the imports: `wait` is polling
+    deadline = time.monotonic() + 60
+    while not _in_sleep(proc.pid):  # past the imports: `wait` is polling (time.sleep between reads)
+        assert proc.poll() is None and time.monotonic() < deadline, "`wait` never got to its polling loop"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     _says(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130, "wait", "interrupted")
