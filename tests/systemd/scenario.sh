@@ -38,6 +38,17 @@ wait_started() {
         sleep 0.05
     done
 }
+# wait (polling) until the command "$2..." succeeds, at most $1 seconds
+wait_until() {
+    local timeout=$1 deadline
+    shift
+    deadline=$(add "$(now)" "$timeout")
+    until "$@"; do
+        before "$(now)" "$deadline" || return 1
+        sleep 0.05
+    done
+}
+launcher_logged() { grep -q -F "$1" /var/log/notify-launcher.log 2>/dev/null; }
 # processes that could still finish an action: handlers and launcher processes
 survivors() { pgrep -f -a "$T/handler.sh|notify_launcher|notify-launcher" | grep -v -e pgrep -e scenario.sh; }
 
@@ -92,16 +103,16 @@ setup() {
 }
 
 # (a) and (b): keepalived runs the launcher as notify_fifo_script; `systemctl stop keepalived`
-# while the MASTER action (10 s) runs.  Then wait until MASTER and STOP actions ended, or until
+# while the MASTER action (10 s) runs (the STOP action takes 3 s).  Then wait until MASTER and STOP actions ended, or until
 # nothing is left that could end them (and the MASTER action is well past its 10 s).
 scenario_stop() {
     setup script
-    printf 'MASTER 10\nSTOP 10\n' > /etc/nl-test/sleeps
+    printf 'MASTER 10\nSTOP 3\n' > /etc/nl-test/sleeps  # only the MASTER action must outlast the stop
     mark keepalived_start
     systemctl start keepalived.service || say "systemctl start keepalived failed"
     local master mseq mtime stop_seq deadline alive
-    if ! master=$(wait_started MASTER 1 30); then
-        say "no MASTER action within 30 s"
+    if ! master=$(wait_started MASTER 1 60); then
+        say "no MASTER action within 60 s"
         return 1
     fi
     read -r mseq mtime <<< "$master"
@@ -139,13 +150,14 @@ scenario_serve() {
     systemctl daemon-reload
     mark serve_start
     systemctl start notify-launcher-serve.service
-    sleep 1
+    # the service reads the FIFO's path (it follows keepalived's FIFO as it comes): wait for its log
+    wait_until 60 launcher_logged "reader started" || say "the service did not log its start within 60 s"
     fact serve_pid_before "$(systemctl show -P MainPID notify-launcher-serve.service)"
     mark keepalived_start
     systemctl start keepalived.service || say "systemctl start keepalived failed"
     fact keepalived_pid_before "$(systemctl show -P MainPID keepalived.service)"
-    if ! wait_started MASTER 1 30 > /dev/null; then
-        say "no MASTER action within 30 s"
+    if ! wait_started MASTER 1 60 > /dev/null; then
+        say "no MASTER action within 60 s"
         return 1
     fi
     sleep 0.5
@@ -154,10 +166,12 @@ scenario_serve() {
     systemctl restart keepalived.service
     mark restart_end
     fact keepalived_pid_after "$(systemctl show -P MainPID keepalived.service)"
-    if ! wait_started MASTER 2 40 > /dev/null; then
-        say "no second MASTER action within 40 s"
+    if ! wait_started MASTER 2 60 > /dev/null; then
+        say "no second MASTER action within 60 s"
     fi
-    "$NL" wait --timeout 30 || say "launcher not idle after 30 s"
+    "$NL" wait --timeout 60 || say "launcher not idle after 60 s"
+    # `settled`: the actions the test checks have all run.  keepalived still runs: the poweroff
+    # after this script stops it, and the service then rightly runs that STOP too (after `settled`).
     mark settled
     fact serve_pid_after "$(systemctl show -P MainPID notify-launcher-serve.service)"
     fact serve_active "$(systemctl is-active notify-launcher-serve.service)"
