@@ -222,6 +222,22 @@ class JournalFollower:
         return entries, damaged
 
 
+def last_seq(path: str) -> int:
+    """The sequence number of the journal's last intact entry (0: none); reads only the tail."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - _TAIL))
+            tail = fh.read()
+    except OSError:
+        return 0
+    for line in reversed(tail.split(b"\n")):
+        entry = parse_entry(line)
+        if entry is not None:
+            return entry.seq
+    return 0
+
+
 def read_all(path: str) -> list[Entry]:
     """Every intact entry (for status and wait)."""
     try:

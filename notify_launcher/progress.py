@@ -147,9 +147,10 @@ def replay(path: str, keep_ends: int = 0) -> Snapshot:
     return snap
 
 
-def last_seq(path: str) -> int:
-    """The largest sequence number in the file's last records (0: none): the floor below which
-    numbering must never restart when the journal was removed.  Reads only the tail."""
+def last_seq(path: str, op: str | None = None) -> int:
+    """The largest sequence number in the file's last records (0: none), of `op` records only if
+    given: the floor below which numbering must never restart when the journal was removed, and
+    (with "end") how far the workers got.  Reads only the tail."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -160,8 +161,9 @@ def last_seq(path: str) -> int:
     best = 0
     for line in tail.split(b"\n"):
         try:
-            seq = json.loads(line)["seq"]
-        except (ValueError, KeyError, TypeError):
+            rec = json.loads(line)
+            seq = rec["seq"] if op is None or rec["op"] == op else 0
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
         if isinstance(seq, int):
             best = max(best, seq)

@@ -29,9 +29,10 @@ from notify_launcher.config import Settings
 from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line, unforeseen
 from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
+from notify_launcher.journal import last_seq as last_journaled
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
-from notify_launcher.progress import last_seq
+from notify_launcher.progress import last_seq as last_recorded
 from notify_launcher.statedir import StateDirError, StatePaths, ensure_state_dir
 
 FINAL_STATES = frozenset({"STOP", "DELETED"})
@@ -81,7 +82,7 @@ class Reader:
         self.detach = detach
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
         self._recheck_at: float | None = time.monotonic() if serve else None
-        self.journal = JournalWriter(paths.journal, floor=lambda: last_seq(paths.progress))
+        self.journal = JournalWriter(paths.journal, floor=lambda: last_recorded(paths.progress))
         self.doorbell = Doorbell(paths)
         self.poller = select.poll()
         self.watch = WorkerWatch(paths, self.poller)
@@ -121,6 +122,8 @@ class Reader:
         self.poller.register(self._wake_r, select.POLLIN)
         self._repair()
         self._guarded("worker watch", self._follow_named)  # a worker that crashed while no reader ran
+        if last_journaled(self.paths.journal) > last_recorded(self.paths.progress, op="end"):
+            self._guarded("worker start", self._ring)  # work left behind: make sure a worker does it
         eof = False
         while not eof:
             if self.term_at is not None and (self.serve or self._stop_complete()):
@@ -149,7 +152,11 @@ class Reader:
                     if self.serve:
                         self._writer_gone()
             elif self.watch.owns(fd):
-                self._worker_news(self.watch.ready(fd))
+                hello = fd in self.watch.hellos
+                news = self.watch.ready(fd)
+                if hello and news is None:
+                    self._kick_delay = KICK_MIN  # a worker took over: back-off is for crash loops only
+                self._worker_news(news)
         if self._kick_at is not None and time.monotonic() >= self._kick_at:
             self._kick()
         if self._recheck_at is not None and time.monotonic() >= self._recheck_at:

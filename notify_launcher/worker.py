@@ -115,6 +115,10 @@ class Worker:
             write_atomic(self.paths.worker_pid, f"{self.pid} {self.ctime}\n".encode())
         except OSError as exc:  # a full disk: the pid file only helps the reader find us, not the queue
             self.log.warn(None, None, f"cannot write {self.paths.worker_pid} ({exc.strerror}); going on without it")
+            try:
+                os.unlink(self.paths.worker_pid)  # it must never name a dead worker, whose pid may come back
+            except FileNotFoundError:
+                pass
         self.journal = JournalFollower(self.paths.journal)
         self.progress = ProgressLog(self.paths.progress)
         self._settings_id = _file_id(self.paths.settings)

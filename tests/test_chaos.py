@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +29,9 @@ import pytest
 from conftest import LAUNCHER
 
 EVENTS = 2000
-KILLS = 12  # of the worker, and of the reader, each
+KILLS = 13  # planned, of the worker and of the reader each (at least 10 must land)
 FILLS = 3
+SPREAD = 7.0  # seconds over which the kills and fills are spread
 
 
 def _status(state: Path) -> dict[str, object]:
@@ -49,7 +51,7 @@ class Chaos:
         self.rec = tmp / "records"
         self.log = tmp / "launcher.log"
         self.handler = tmp / "handler.sh"
-        self.handler.write_text(f'#!/bin/sh\necho "start $NL_SEQ $2" >> {self.rec}\nsleep 0.002\necho "end $NL_SEQ" >> {self.rec}\n')
+        self.handler.write_text(f'#!/bin/sh\necho "start $NL_SEQ $2" >> {self.rec}\nsleep 0.004\necho "end $NL_SEQ" >> {self.rec}\n')
         self.handler.chmod(0o755)
         self.filler = self.state / "filler"
         self.reader: subprocess.Popen[bytes] | None = None
@@ -72,12 +74,18 @@ class Chaos:
         self.start_reader()
 
     def kill_worker(self) -> bool:
-        """SIGKILL the worker named in worker.pid; False if there is none right now."""
-        try:
-            pid = int((self.state / "worker.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
+        """SIGKILL the running worker; False if there is none right now.  Found in /proc, not through
+        worker.pid: on a full disk a worker runs without one, and a stale one may name a zombie."""
+        readers = {p.pid for p in self.readers}
+        workers = [pid for pid in self.launcher_pids() if pid not in readers and _ppid(pid) not in readers
+                   and _holds_worker_lock(pid, self.state / "worker.lock")]
+        if not workers:
             return False
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.kills["worker"] += 1
         return True
 
@@ -95,19 +103,48 @@ class Chaos:
     def free(self) -> None:
         self.filler.unlink(missing_ok=True)
 
-    def worker_pids(self) -> set[int]:
-        """Launcher processes whose command line names this setup (reader, workers)."""
+    def launcher_pids(self) -> set[int]:
+        """Live launcher processes whose command line names this setup (readers, workers)."""
         out = set()
         for pid in os.listdir("/proc"):
-            if not pid.isdigit():
+            if not pid.isdigit() or int(pid) == os.getpid():
                 continue
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
+                zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            except (OSError, IndexError):
                 continue
-            if str(self.state).encode() in cmd and int(pid) != os.getpid():
+            if str(self.state).encode() in cmd and not zombie:
                 out.add(int(pid))
         return out
+
+
+def _holds_worker_lock(pid: int, lock: Path) -> bool:
+    """The process holds worker.lock (has taken over), from /proc/locks: a worker still importing,
+    or queued for the lock, is not the one whose kill tests recovery."""
+    try:
+        inode = lock.stat().st_ino
+        table = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return False
+    for row in table:
+        fields = row.split()
+        if "->" not in fields and len(fields) >= 6 and fields[4] == str(pid) and fields[5].endswith(f":{inode}"):
+            return True
+    return False
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _write_lines(fd: int) -> None:
+    """All the burst's lines, with blocking writes (they wait while no reader reads)."""
+    for i in range(EVENTS):
+        os.write(fd, f'INSTANCE "VI_{i}" {"MASTER" if i % 2 else "BACKUP"} 100\n'.encode())
 
 
 def _check(records: list[list[str]], last_seq: int, reader_seqs: set[int], worker_kills: int) -> tuple[int, int]:
@@ -148,27 +185,26 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
     wfd = os.open(chaos.fifo, os.O_RDWR | os.O_CLOEXEC)  # blocking writes: wait while no reader reads
     try:
         chaos.start_reader()
-        plan = (["worker"] * KILLS + ["reader"] * KILLS + ["fill"] * FILLS)
+        writer = threading.Thread(target=_write_lines, args=(wfd,), daemon=True)
+        writer.start()
+        plan = ["worker"] * KILLS + ["reader"] * KILLS + ["fill"] * FILLS
         rng.shuffle(plan)
-        at = sorted(rng.sample(range(50, EVENTS - 100), len(plan)))
-        schedule = dict(zip(at, plan))
-        filled_until = -1
-        for i in range(EVENTS):
-            os.write(wfd, f'INSTANCE "VI_{i}" {"MASTER" if i % 2 else "BACKUP"} 100\n'.encode())
-            what = schedule.pop(i, None)
+        t0 = time.monotonic()
+        # Spread over the drain (~5 ms an event), so kills land mid-action, between actions, mid-spawn.
+        for at, what in zip(sorted(rng.uniform(0.2, SPREAD) for _ in plan), plan):
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
             if what == "worker":
-                time.sleep(rng.uniform(0, 0.02))
-                if not chaos.kill_worker():
-                    schedule.setdefault(min(EVENTS - 1, i + 7), "worker")  # none right now: a bit later
+                deadline = time.monotonic() + 2
+                while not chaos.kill_worker() and time.monotonic() < deadline:
+                    time.sleep(0.005)  # none has taken over yet (spawning, importing): soon
             elif what == "reader":
                 chaos.kill_reader()
-            elif what == "fill":
+            else:
                 chaos.fill()
-                filled_until = i + rng.randint(20, 120)
-            if i == filled_until:
+                time.sleep(rng.uniform(0.1, 0.5))
                 chaos.free()
-            if i % 50 == 0:
-                time.sleep(0.01)  # a burst, but one that lets the kills land mid-action too
+        writer.join(timeout=120)
+        assert not writer.is_alive(), "the readers stopped reading the FIFO"
         chaos.free()
         # Every line is in the pipe or read; wait until the queue drains (a kill may still be
         # recovering: the watch re-rings with back-off), then close the FIFO: EOF ends the reader.
@@ -210,9 +246,9 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
                 proc.kill()
                 proc.wait()
         deadline = time.monotonic() + 10
-        while chaos.worker_pids() and time.monotonic() < deadline:
+        while chaos.launcher_pids() and time.monotonic() < deadline:
             time.sleep(0.1)  # workers linger 1 s, then leave
-        for pid in chaos.worker_pids():
+        for pid in chaos.launcher_pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -158,7 +158,7 @@ def test_ten_thousand_garbage_lines_then_valid_events(launcher: Launcher) -> Non
         elif kind == 1:
             garbage.append(b"\0" * rng.randrange(1, 5) + b"INSTANCE \xff\xfe")
         elif kind == 2:
-            garbage.append(b'INSTANCE "VI_1" NAPPING 100')
+            garbage.append(b'INSTANCE "VI_1\x01" NAPPING 100')
         elif kind == 3:
             garbage.append(b"INSTANCE")
         elif kind == 4:

@@ -112,13 +112,13 @@ def test_burst_of_2000_events_nothing_lost_in_order_no_overlap(launcher: Launche
 def test_bad_line_is_logged_and_skipped_and_the_next_runs(launcher: Launcher) -> None:
     k = launcher.keepalived()
     k.start()
-    k.write_raw(b'INSTANCE "VI_1" SLEEPY 100\n\xff\xfe garbage\n\0\0\n' + b"x" * 100_000 + b"\n")
+    k.write_raw(b'INSTANCE "VI_1\0" MASTER 100\n\xff\xfe garbage\n\0\0\n' + b"x" * 100_000 + b"\n")
     k.write(VI.format("MASTER"))
     launcher.settle(1)
     k.stop([])
     assert [r[1:5] for r in launcher.records() if r[0] == "start"] == [["1", "INSTANCE", "VI_1", "MASTER"]]
     log = launcher.log_text()
-    assert "line 1 rejected (unknown state 'SLEEPY')" in log
+    assert "line 1 rejected (control character 0x00 at character 14" in log
     assert "line 2 rejected (not UTF-8 (byte 0))" in log
     assert "line 3 rejected (empty line)" in log
     assert "line 4 rejected (line longer than 4096 bytes)" in log
