@@ -187,3 +187,22 @@ def test_userless_notify_fifo_under_script_security_is_a_problem(good: Path) -> 
     assert f"problem: {conf}:3: notify_fifo without a user: with enable_script_security" in res.stdout
     conf.write_text(conf.read_text().replace("n.fifo\n", "n.fifo root\n"))
     assert _check("--config", str(good), "--keepalived-conf", str(conf)).returncode == 0
+
+
+def test_every_keepalived_conf_snippet_names_the_fifo_user() -> None:
+    """The README's, `--help`'s and the example's global_defs agree, user included: a snippet
+    copied without `root` loses every event after a reload (Debian, enable_script_security)."""
+    import re
+    import subprocess
+
+    from conftest import LAUNCHER, ROOT
+
+    def fifo_lines(text: str) -> list[str]:
+        return [" ".join(line.split()) for line in text.splitlines()
+                if re.match(r"\s*notify_fifo(_script)?\s", line)]
+
+    example = fifo_lines((ROOT / "keepalived.conf.example").read_text())
+    assert example and all(line.endswith(" root") for line in example), example
+    readme = fifo_lines((ROOT / "README.md").read_text())
+    helptext = fifo_lines(subprocess.run([LAUNCHER, "--help"], capture_output=True, text=True, check=True).stdout)
+    assert readme == example and helptext == example, (readme, helptext, example)

@@ -1,0 +1,304 @@
+"""Nothing can stall, repeat or silently drop the queue: one test per way it used to (issue 10).
+
+Real readers, workers, FIFOs and signals; faults injected for real (a poisoned journal entry, an
+action that kills its worker, a removed state directory, a pid limit on fork).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import LAUNCHER, Launcher, check_order
+from notify_launcher.events import Event
+from notify_launcher.journal import JournalWriter
+from notify_launcher.reader import made_after
+
+VI = 'INSTANCE "VI_1" {} 100'
+
+
+def _wait_for(predicate: Callable[[], object], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.01)
+
+
+def _history(launcher: Launcher) -> dict[int, dict[str, object]]:
+    out = subprocess.run([LAUNCHER, "history", "--json", "-n", "1000", "--state-dir", str(launcher.state)],
+                         capture_output=True, text=True, check=True).stdout
+    return {rec["seq"]: rec for rec in json.loads(out)}
+
+
+def _handler(launcher: Launcher, body: str) -> None:
+    """Replace the recorder by a script that records, then does `body` (sh)."""
+    script = launcher.dir / "handler2.sh"
+    script.write_text(f'#!/bin/sh\necho "start $NL_SEQ $* $(date +%s.%N)" >> "{launcher.rec}"\n{body}\n'
+                      f'echo "end $NL_SEQ $(date +%s.%N)" >> "{launcher.rec}"\n')
+    script.chmod(0o755)
+    launcher.handler = script
+
+
+def test_an_event_that_cannot_be_spawned_fails_alone(launcher: Launcher) -> None:
+    """A journal entry the worker cannot even spawn (a NUL inside the name: written by an older
+    version, or by hand) used to kill every worker at spawn; now it is that event's failure."""
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    JournalWriter(str(launcher.state / "journal")).append(Event("INSTANCE", "VI_\0bad", "MASTER", 100),
+                                                          time.time(), os.getpid())
+    k.write(VI.format("MASTER"))
+    launcher.settle(3)
+    k.stop([])
+    hist = _history(launcher)
+    assert hist[2]["ok"] is False and "ValueError" in str(hist[2]["result"]), hist[2]
+    assert hist[3]["ok"] is True and hist[3]["event"] == VI.format("MASTER")
+    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "3"]
+    log = launcher.log_text()
+    assert "#2 " in log and "FAILED inside the launcher (the next event runs)" in log
+    assert "Traceback (most recent call last)" in log  # the traceback is in the log, line by line
+
+
+def test_action_killed_by_a_realtime_signal_is_described_and_the_queue_goes_on(launcher: Launcher) -> None:
+    _handler(launcher, '[ "$3" = MASTER ] && kill -40 $$')
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    k.stop([])
+    hist = _history(launcher)
+    rtmin = signal.SIGRTMIN
+    assert hist[1]["result"] == f"killed by SIGRTMIN+{40 - rtmin}" and hist[1]["ok"] is False, hist[1]
+    assert hist[2]["result"] == "exit 0"
+    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "2"]
+
+
+def test_a_worker_that_keeps_dying_on_one_event_is_bounded_then_skipped(launcher: Launcher) -> None:
+    """The action SIGKILLs its own worker (as an OOM kill or a segfault would end it), every time:
+    with on_crash = rerun that used to loop forever.  Three workers die, then the event is skipped
+    with the reason and the next event runs."""
+    _handler(launcher, '[ "$3" = MASTER ] && kill -9 $PPID && sleep 5')
+    ini = launcher.dir / "rerun.ini"
+    ini.write_text("[launcher]\non_crash = rerun\n")
+    k = launcher.keepalived("--config", str(ini))
+    k.start()
+    k.write(VI.format("MASTER"))
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2, timeout=120)
+    k.stop([])
+    hist = _history(launcher)
+    assert hist[1]["ok"] is False and hist[1]["result"] == "skipped: 3 workers died on this event", hist[1]
+    assert hist[2]["result"] == "exit 0"
+    starts = [r[1] for r in launcher.records() if r[0] == "start"]
+    assert starts == ["1", "1", "1", "2"], starts
+    assert "the queue goes on" in launcher.log_text()
+
+
+def test_numbering_continues_above_the_progress_when_the_journal_was_removed(launcher: Launcher) -> None:
+    k = launcher.keepalived()
+    k.start()
+    for state in ("BACKUP", "MASTER", "BACKUP"):
+        k.write(VI.format(state))
+    launcher.settle(3)
+    k.stop([])
+    launcher.settle(4)  # + the reader's STOP
+    (launcher.state / "journal").unlink()
+    res = subprocess.run([LAUNCHER, "send", "--state-dir", str(launcher.state), VI.format("MASTER")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "journaled as #5", res
+    launcher.settle(5)
+    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "2", "3", "5"]
+
+
+def test_state_directory_removed_while_the_reader_runs(launcher: Launcher) -> None:
+    """rm -rf of the state directory under a running reader (and a lingering worker): the reader
+    makes it again (0700), journals above what it numbered before, and the event runs."""
+    k = launcher.keepalived("--linger", "30")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    shutil.rmtree(launcher.state)
+    k.write(VI.format("MASTER"))
+    launcher.settle(2)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(3)
+    assert launcher.state.stat().st_mode & 0o777 == 0o700
+    k.stop([])
+    started, problems = check_order(launcher.records())
+    assert started == [1, 2, 3] and problems == 0
+
+
+def test_journal_removed_while_the_reader_runs(launcher: Launcher) -> None:
+    k = launcher.keepalived("--linger", "30")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    (launcher.state / "journal").unlink()
+    k.write(VI.format("MASTER"))
+    launcher.settle(2)
+    k.stop([])
+    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "2"]
+
+
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launcher) -> None:
+    """fork() failing (EAGAIN: a pids cgroup at its limit) used to end the reader with a traceback
+    on /dev/null, losing every later event.  Now it is logged, retried with back-off, and once
+    the limit allows, the worker starts and the event runs."""
+    if os.geteuid() != 0 or not (PIDS_CGROUP / "cgroup.procs").exists():
+        why = "needs root and the cgroup v1 pids controller at /sys/fs/cgroup/pids"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {why}")
+        pytest.skip(why)
+    group = PIDS_CGROUP / f"nl-test-{os.getpid()}-{time.time_ns()}"
+    group.mkdir()
+    k = launcher.keepalived()
+    try:
+        k.start()
+        launcher.wait_started()
+        assert k.proc is not None
+        (group / "pids.max").write_text("1\n")
+        (group / "cgroup.procs").write_text(f"{k.proc.pid}\n")
+        k.write(VI.format("MASTER"))
+        _wait_for(lambda: "cannot start a worker" in launcher.log_text(), "the fork failure in the log")
+        assert k.proc.poll() is None, "the reader died"
+        (group / "pids.max").write_text("max\n")
+        launcher.settle(1)
+        assert "worker start: working again" in launcher.log_text()
+        k.stop([])
+        assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1"]
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), "the test cgroup to empty")
+        group.rmdir()
+
+
+def test_a_reload_s_new_fifo_is_told_from_ours(tmp_path: Path) -> None:
+    """What a reader stopped before it opened its FIFO checks: the FIFO at the path was made after
+    that SIGTERM (keepalived's next reload), so it belongs to the next reader."""
+    ours = tmp_path / "ours.fifo"
+    os.mkfifo(ours)
+    fd = os.open(ours, os.O_RDONLY | os.O_NONBLOCK)
+    term = time.time()
+    assert not made_after(fd, term)
+    os.close(fd)
+    time.sleep(0.05)  # keepalived makes the next FIFO ~20 ms after the SIGTERM
+    os.unlink(ours)
+    os.mkfifo(ours)
+    fd = os.open(ours, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert made_after(fd, term)
+    finally:
+        os.close(fd)
+
+
+def test_a_lingering_worker_follows_a_changed_log_file(launcher: Launcher) -> None:
+    k = launcher.keepalived("--linger", "30")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    k.stop([])
+    launcher.settle(2)
+    worker = (launcher.state / "worker.pid").read_text().split()[0]
+    first_log = launcher.log
+    launcher.log = launcher.dir / "second.log"
+    k = launcher.keepalived("--linger", "30", "--log-level", "DEBUG")
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(3)
+    k.stop([])
+    assert (launcher.state / "worker.pid").read_text().split()[0] == worker, "the worker did not linger"
+    second = launcher.log_text()
+    assert f"worker[{worker}] INFO  #3 INSTANCE \"VI_1\" MASTER 100 | action started" in second, second
+    assert f"worker[{worker}] DEBUG" in second or "worker[" in second
+    assert "logging to" in first_log.read_text()
+
+
+def test_a_lingering_worker_reaps_what_an_action_left_behind(launcher: Launcher) -> None:
+    """An action's background child, re-parented to the worker (a subreaper), exits while the
+    worker lingers: it must not stay a zombie until the next event."""
+    done = launcher.dir / "bg-done"
+    _handler(launcher, f'setsid sh -c "sleep 0.3; touch {done}" &')
+    k = launcher.keepalived("--linger", "30")
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    worker = int((launcher.state / "worker.pid").read_text().split()[0])
+    _wait_for(done.exists, "the background child to finish")
+
+    def zombies() -> list[str]:
+        try:
+            kids = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
+        except FileNotFoundError:
+            return []
+        out = []
+        for kid in kids:
+            try:
+                if Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    out.append(kid)
+            except FileNotFoundError:
+                pass
+        return out
+
+    _wait_for(lambda: not zombies(), "the worker to reap its orphan", timeout=10)
+    assert Path(f"/proc/{worker}").exists(), "the worker left; it should linger"
+    k.stop([])
+
+
+def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Launcher) -> None:
+    """A full state file system when the reader starts used to end it without a log line: every
+    event was lost.  Now it reads the FIFO, holds the events in order and journals them when space
+    comes back."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: this test needs root (it mounts a tiny tmpfs)")
+        pytest.skip("needs root (mounts a tiny tmpfs)")
+    launcher.state.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(launcher.state)], check=True)
+    filler = launcher.state / "filler"
+    try:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        for name in ("a", "b", "c"):  # and no inode left for a small file either
+            try:
+                (launcher.state / name).write_bytes(b"x" * 512)
+            except OSError:
+                break
+        k = launcher.keepalived()
+        k.start()
+        for state in ("BACKUP", "MASTER"):
+            k.write(VI.format(state))
+        _wait_for(lambda: "cannot" in launcher.log_text() and "No space left on device" in launcher.log_text(),
+                  "the full disk in the log")
+        assert k.proc is not None and k.proc.poll() is None, "the reader died"
+        filler.unlink()
+        launcher.settle(2)
+        k.stop([])
+        assert [r[4] for r in launcher.records() if r[0] == "start"] == ["BACKUP", "MASTER"]
+    finally:
+        for p in launcher.processes():
+            p.kill()
+        time.sleep(0.2)
+        subprocess.run(["umount", "-l", str(launcher.state)], check=False)
