@@ -1,0 +1,77 @@
+"""Arbitrary byte streams into a running reader (hypothesis): the reader lives, every line the input
+policy accepts runs its action once, in order, and the queue drains.
+
+The oracle is the policy itself, applied to the same bytes (LineSplitter + parse_line, pure
+functions); what is under test is everything after it: FIFO reads at any boundary, the journal,
+the handoff, the worker and the action.  Few examples, each a real reader and worker.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import Launcher
+from notify_launcher.config import QUIET_STATES
+from notify_launcher.events import MAX_LINE, Event, parse_line
+from notify_launcher.lines import LineSplitter
+
+_names = st.text(alphabet="abcXYZ019_.-", min_size=1, max_size=12)
+_states = st.sampled_from(["MASTER", "BACKUP", "FAULT", "STOP", "SLEEPY", "MASTER_RX_LOWER_PRI"])
+_vrrp = st.builds(lambda kind, name, state, prio: f'{kind} "{name}" {state} {prio}'.encode(),
+                  st.sampled_from(["INSTANCE", "GROUP"]), _names, _states, st.integers(-5, 100_000))
+_chunk = st.one_of(_vrrp, _vrrp, st.binary(max_size=300), st.just(b"\0"), st.just(b"x" * (MAX_LINE + 10)))
+
+
+# printf, not echo: dash's echo would interpret a backslash in a name.
+HANDLER = """#!/bin/sh
+{ printf 'start %s' "$NL_SEQ"; printf ' %s' "$@"; printf '\\n'; } >> "{rec}"
+"""
+
+
+def _accepted(stream: bytes) -> list[Event]:
+    """The events the input policy accepts from these bytes, in order."""
+    parsed = [parse_line(raw) for raw in LineSplitter(MAX_LINE).feed(stream + b"\n")]
+    return [p for p in parsed if isinstance(p, Event)]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(chunks=st.lists(_chunk, min_size=1, max_size=40), splits=st.lists(st.integers(1, 5000), max_size=6))
+def test_any_byte_stream_runs_exactly_the_accepted_events_in_order(chunks: list[bytes], splits: list[int]) -> None:
+    stream = b"\n".join(chunks)
+    tmp = Path(tempfile.mkdtemp(prefix="nl-stream-"))
+    try:
+        rec, handler = tmp / "records", tmp / "handler.sh"
+        handler.write_text(HANDLER.replace("{rec}", str(rec)))
+        handler.chmod(0o755)
+        launcher = Launcher(tmp, tmp / "state", tmp / "launcher.log", tmp / "notify.fifo", rec, handler)
+        k = launcher.keepalived()
+        k.start()
+        try:
+            launcher.wait_started()
+            at = 0
+            for size in splits:  # FIFO reads end at arbitrary points, mid-line too
+                k.write_raw(stream[at:at + size])
+                at += size
+            k.write_raw(stream[at:] + b"\n")
+            accepted = _accepted(stream)
+            launcher.settle(len(accepted))  # quiet states are journaled too, and run nothing
+            assert k.proc is not None and k.proc.poll() is None, "the reader died"
+            got = [r[2:] for r in launcher.records() if r[0] == "start"]
+            expected = [e.fields() for e in accepted if e.state not in QUIET_STATES]
+            assert got == expected, "accepted events not run exactly once, in order"
+            seqs = [int(r[1]) for r in launcher.records() if r[0] == "start"]
+            assert seqs == sorted(set(seqs))
+        finally:
+            k.stop([])
+    finally:
+        for p in Launcher(tmp, tmp / "state", tmp / "l", tmp / "f", tmp / "r", tmp / "h").processes():
+            try:
+                p.kill()
+            except Exception:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
