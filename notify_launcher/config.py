@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from notify_launcher.events import Event
+from notify_launcher.statedir import StatePaths
 
 DEFAULT_STATE_DIR = "/run/notify-launcher"
 DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
@@ -186,8 +187,6 @@ def _check_socket_path(state_dir: str, where: str) -> None:
     """The worker's doorbell socket lives in the state directory: a path too long to bind would
     kill every worker at start while events pile up, so it is a configuration error, found at load
     (and by check-config) instead of at the first event."""
-    from notify_launcher.statedir import StatePaths  # not at import time: statedir may import this module
-
     sock = StatePaths(state_dir).doorbell
     size = len(os.fsencode(sock))
     if size > SOCKET_PATH_MAX:

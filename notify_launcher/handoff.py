@@ -32,8 +32,10 @@ import socket
 from collections.abc import Callable
 from typing import Literal
 
-from notify_launcher.log import open_mode
-from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid
+from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid, open_mode
+
+
+TAKEOVER_WAIT = 10.0  # s a systemd unit's worker and its helper wait for each other on standby.lock
 
 
 def _datagram_socket() -> socket.socket:

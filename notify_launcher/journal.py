@@ -23,8 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from notify_launcher.events import Event
-from notify_launcher.log import open_mode
-from notify_launcher.statedir import FILE_MODE, write_atomic
+from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 
 _TAIL = 8192
 

@@ -19,21 +19,11 @@ import sys
 import time
 
 from notify_launcher.security import insecure_reason
+from notify_launcher.statedir import open_mode
 
 LOG_MODE = 0o640
 ROTATE_CHECK = 0.1  # seconds between checks whether logrotate moved the file (a stat each)
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
-
-
-def open_mode(path: str, flags: int, mode: int) -> int:
-    """Open (creating if needed) with exactly `mode`: keepalived runs us under umask 0177.  Never
-    through a symlink (O_NOFOLLOW: a planted link would make root write, and chmod, what the link's
-    maker chose), and the mode is set only on a regular file of ours (not on /dev/null)."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
-        os.fchmod(fd, mode)
-    return fd
 
 
 class Log:

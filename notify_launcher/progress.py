@@ -19,8 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from notify_launcher.log import open_mode
-from notify_launcher.statedir import FILE_MODE, write_atomic
+from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 
 Record = dict[str, Any]
 

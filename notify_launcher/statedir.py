@@ -96,6 +96,17 @@ def ensure_state_dir(root: str) -> StatePaths:
     return StatePaths(root)
 
 
+def open_mode(path: str, flags: int, mode: int) -> int:
+    """Open (creating if needed) with exactly `mode`: keepalived runs us under umask 0177.  Never
+    through a symlink (O_NOFOLLOW: a planted link would make root write, and chmod, what the link's
+    maker chose), and the mode is set only on a regular file of ours (not on /dev/null)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+    return fd
+
+
 def write_atomic(path: str, data: bytes, mode: int = FILE_MODE) -> None:
     """Replace `path` with `data`, all or nothing: a temporary file beside it, every write checked
     (a short write is a full disk, not success), fsync, then rename.  Whatever fails, the old file

@@ -18,11 +18,10 @@ import sys
 import time
 
 from notify_launcher.config import Settings
-from notify_launcher.detach import leave_process_group, reset_signals
-from notify_launcher.handoff import Doorbell
+from notify_launcher.process import leave_process_group, reset_signals
+from notify_launcher.handoff import TAKEOVER_WAIT, Doorbell
 from notify_launcher.statedir import StatePaths
 
-TAKEOVER_WAIT = 10.0  # seconds the helper waits for the unit's worker to take standby.lock
 
 
 def unit_name() -> str:

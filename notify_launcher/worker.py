@@ -18,13 +18,12 @@ from filelock import FileLock, Timeout
 
 from notify_launcher import actions, settingsfile
 from notify_launcher.config import Settings
-from notify_launcher.handoff import DoorbellListener, release_standby, say_hello
+from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
 from notify_launcher.events import READER_TYPE
 from notify_launcher.journal import Entry, JournalFollower, read_all
 from notify_launcher.log import Log
 from notify_launcher.progress import ProgressLog, Record, Snapshot, replay
 from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid, write_atomic
-from notify_launcher.systemd_unit import TAKEOVER_WAIT
 
 PR_SET_CHILD_SUBREAPER = 36
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)

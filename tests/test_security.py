@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Launcher
-from notify_launcher.log import Log, open_mode
+from notify_launcher.log import Log
+from notify_launcher.statedir import open_mode
 from notify_launcher.security import insecure_reason
 from notify_launcher.statedir import StateDirError, ensure_state_dir
 

@@ -1,0 +1,86 @@
+"""The Unix steps that make a process a daemon out of keepalived's reach, one function each.
+
+keepalived ends its notify_fifo_script with SIGTERM and, one second later, SIGKILL to the script's
+process group, and stops its VRRP child (the script's parent) too.  A worker must therefore be in
+another session and process group, owe nothing to the reader's file descriptors, and not depend on
+its parent.  Each function below is one of those requirements; the reader only pays for the
+first fork.  (The systemd path, systemd_unit.py, uses the first two steps for its helper.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+
+def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:
+    """The classic double fork, the reader's own fork being the first: fork; the child leaves the
+    process group (setsid) and forks again, exiting at once; the grandchild finishes daemonizing with
+    python-daemon (keeping `keep_fds` open) and runs `target`.  Returns the child's pid at once.
+
+    Only three processes exist at any moment (reader, exiting child, worker), where DaemonContext's own
+    double fork after ours would make four.  The reader ignores SIGCHLD, so the kernel reaps the
+    child: the reader never waits.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 70  # EX_SOFTWARE, if anything below raises
+    try:
+        leave_process_group()
+        if os.fork():
+            os._exit(0)  # the worker is not a session leader: it can never gain a controlling terminal
+        reset_signals()
+        ensure_standard_fds()
+        daemonize(keep_fds)
+        status = target()
+    finally:
+        # Never return into the reader's code, never run its atexit handlers or flush its buffers.
+        os._exit(status)
+
+
+def leave_process_group() -> None:
+    """First thing: keepalived signals the reader's whole process group (TERM, then KILL at +1 s).
+    Until this call the child is in that group; it still has the reader's Python SIGTERM handler,
+    which only sets a flag, so a TERM arriving before this point is harmless."""
+    os.setsid()
+
+
+def reset_signals() -> None:
+    """Undo the reader's signal setup: SIGCHLD must be default again or subprocess cannot wait for
+    actions (waitpid fails with ECHILD and exit codes are lost); the reader's SIGTERM handler and
+    wakeup fd belong to the reader.  SIGPIPE stays ignored: the hello to a reader that was killed
+    meanwhile must fail with EPIPE, not kill the worker."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Python's default: a reader gone must be EPIPE, not death
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def ensure_standard_fds() -> None:
+    """python-daemon redirects fds 0-2 with dup2 and fails if one of them is closed; an exotic parent
+    may have closed them (keepalived gives /dev/null)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def daemonize(keep_fds: list[int]) -> None:
+    """python-daemon does the rest of what a daemon owes Unix (the forks and setsid are done): chdir /
+    (no mount kept busy), every inherited fd closed (the FIFO, the reader's log, the journal) but
+    `keep_fds`, stdio on /dev/null, a sane umask.
+
+    umask: python-daemon's default is 0, which would make world-writable files; 0o077 keeps
+    everything private (files that must be shared are created with explicit modes)."""
+    import daemon  # only workers pay for this import
+
+    context = daemon.DaemonContext(umask=0o077, working_directory="/", detach_process=False,
+                                   prevent_core=False, signal_map={}, files_preserve=keep_fds)
+    context.open()
