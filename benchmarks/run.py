@@ -391,7 +391,7 @@ def phase_direct(root: Path, label: str, n: int, spacing: float, nap: float) -> 
         walls.append((time.perf_counter() - t0) * 1000)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / 100 * 1000
-    own = [e[1] - s[1] for s, e in zip(setup.records()[2 * n::2], setup.records()[2 * n + 1::2])]
+    own = [e[1] - s[1] for s, e in zip(setup.records()[2 * n::2], setup.records()[2 * n + 1::2], strict=False)]
     return {"latency_ms_median": statistics.median(lat), "latency_ms_p99": percentile(lat, 99),
             "run_wall_ms_median": statistics.median(walls), "run_cpu_ms_mean": cpu,
             "run_own_ms_median": statistics.median(own) * 1000 if own else None}

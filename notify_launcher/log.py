@@ -14,7 +14,6 @@ logging module is not used: the reader must start fast and stay small.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 import time
 

@@ -430,7 +430,7 @@ class Node:
         actions = self.actions()
         if [(a.seq, a.fields) for a in actions] != expected:
             problems.append(f"actions {[str(a) for a in actions]} are not the journal's events {expected}")
-        for prev, nxt in zip(actions, actions[1:]):
+        for prev, nxt in zip(actions, actions[1:], strict=False):
             if prev.end is None or prev.end > nxt.start:
                 problems.append(f"{nxt} started before {prev} ended")
         log = self.log_text()

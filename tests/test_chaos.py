@@ -191,7 +191,7 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
         rng.shuffle(plan)
         t0 = time.monotonic()
         # Spread over the drain (~5 ms an event), so kills land mid-action, between actions, mid-spawn.
-        for at, what in zip(sorted(rng.uniform(0.2, SPREAD) for _ in plan), plan):
+        for at, what in zip(sorted(rng.uniform(0.2, SPREAD) for _ in plan), plan, strict=True):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             if what == "worker":
                 deadline = time.monotonic() + 2

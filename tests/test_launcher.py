@@ -236,7 +236,7 @@ def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Laun
             os.close(fd)
             os.unlink(launcher.fifo)
             launcher.wait_for(f"the service to see keepalived's run {round_ + 1} end",
-                              lambda: launcher.log_text().count("following it (restart or reload)") > round_)
+                              lambda round_=round_: launcher.log_text().count("following it (restart or reload)") > round_)
         proc.terminate()
         assert proc.wait(timeout=60) == 0
     finally:

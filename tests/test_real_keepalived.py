@@ -219,7 +219,7 @@ def adapted_example(node: Node) -> str:
     for pattern, value in ((r"^(\s*interface\s+)\S+", IFACE), (r"^(\s*notify_fifo\s+)\S+", str(node.fifo)),
                            (r'^(\s*notify_fifo_script\s+")[^\s"]+', str(LAUNCHER)),
                            (r'^(\s*notify_fifo_script\s+"[^"]*--config\s+)[^\s"]+', str(node.ini))):
-        text, count = re.subn(pattern, lambda m: m.group(1) + value, text, flags=re.M)
+        text, count = re.subn(pattern, lambda m, value=value: m.group(1) + value, text, flags=re.M)
         assert count >= 1, f"keepalived.conf.example has no line matching {pattern!r} to adapt"
     return text
 

@@ -189,7 +189,7 @@ def test_serve_survives_keepalived_restart(systemd_base: Path, capsys: pytest.Ca
     assert first_master.start < marks["restart_begin"], f"the restart did not come mid-action\n{res.report()}"
     for a in actions:
         assert a.end is not None and a.signal is None, f"{a} did not run to its end\n{res.diagnostics()}"
-    for prev, nxt in zip(actions, actions[1:]):
+    for prev, nxt in zip(actions, actions[1:], strict=False):
         assert prev.end is not None and prev.end <= nxt.start, f"{nxt} started before {prev} ended\n{res.report()}"
     log = res.text("launcher.log")
     for a in actions:
