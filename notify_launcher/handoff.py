@@ -32,7 +32,8 @@ import socket
 from collections.abc import Callable
 from typing import Literal
 
-from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid, open_mode
+from notify_launcher import pidfile
+from notify_launcher.statedir import FILE_MODE, StatePaths, open_mode
 
 
 TAKEOVER_WAIT = 10.0  # s a systemd unit's worker and its helper wait for each other on standby.lock
@@ -144,23 +145,30 @@ class WorkerWatch:
         self.pid = 0
         self.hellos: set[int] = set()
 
-    def _follow(self, pid: int) -> str | None:
+    def _follow(self, pid: int, named: pidfile.Named | None = None) -> str | None:
+        """Hold a pidfd on worker `pid`; when it came from worker.pid (`named`), check after opening
+        the pidfd (which pins the process) that it is that worker and not a later process with the
+        same pid."""
         if self.pidfd >= 0:
             self.poller.unregister(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = -1
         self.pid = pid
         try:
-            self.pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             return self._crash_or_none()
+        if named is not None and not pidfile.is_running(named):
+            os.close(pidfd)
+            return self._crash_or_none()
+        self.pidfd = pidfd
         self.poller.register(self.pidfd, select.POLLIN)
         return None
 
     def _crash_or_none(self) -> str | None:
         """A worker that ends normally removes worker.pid and its doorbell first: either one left
         behind (the pid file may be missing: a full disk) means it died with work in hand."""
-        if named_worker_pid(self.paths) == self.pid or _stale_doorbell(self.paths):
+        if pidfile.names(self.paths, self.pid) or _stale_doorbell(self.paths):
             return f"worker pid {self.pid} died without finishing"
         return None
 
@@ -168,8 +176,8 @@ class WorkerWatch:
         """Watch the worker named in worker.pid unless one is watched already; a crash report if it is dead."""
         if self.pidfd >= 0 or self.hellos:
             return None
-        pid = named_worker_pid(self.paths)
-        return self._follow(pid) if pid else None
+        named = pidfile.read(self.paths)
+        return self._follow(named.pid, named) if named else None
 
     def new_child(self) -> int:
         """A hello pipe for a worker about to be spawned: returns the write end to hand over."""

@@ -58,17 +58,8 @@ class StatePaths:
 
     @property
     def worker_pid(self) -> str:
-        """`PID CREATE_TIME` of the worker holding worker.lock."""
+        """`PID START` of the worker holding worker.lock (pidfile.py)."""
         return os.path.join(self.root, "worker.pid")
-
-
-def named_worker_pid(paths: StatePaths) -> int:
-    """The pid in worker.pid (0: none): the worker holding worker.lock, or one that crashed holding it."""
-    try:
-        with open(paths.worker_pid) as fh:
-            return int(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def ensure_state_dir(root: str) -> StatePaths:

@@ -16,14 +16,14 @@ from collections.abc import Callable
 import psutil
 from filelock import FileLock, Timeout
 
-from notify_launcher import actions, settingsfile
+from notify_launcher import actions, pidfile, settingsfile
 from notify_launcher.config import Settings
-from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
 from notify_launcher.events import READER_TYPE
+from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
 from notify_launcher.journal import Entry, JournalFollower, read_all
 from notify_launcher.log import Log
 from notify_launcher.progress import ProgressLog, Record, Snapshot, replay
-from notify_launcher.statedir import FILE_MODE, StatePaths, named_worker_pid, write_atomic
+from notify_launcher.statedir import FILE_MODE, StatePaths
 
 PR_SET_CHILD_SUBREAPER = 36
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
@@ -67,8 +67,8 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        holder = named_worker_pid(paths)
-        log.info(None, None, f"waiting for the worker lock (held by {f'pid {holder}' if holder else 'another worker'})")
+        holder = pidfile.read(paths)
+        log.info(None, None, f"waiting for the worker lock (held by {f'pid {holder.pid}' if holder else 'another worker'})")
         lock.acquire()
     worker = Worker(settings, paths, log, how)
     try:
@@ -111,7 +111,7 @@ class Worker:
         self._lock_id = _file_id(self.paths.worker_lock)
         self.ctime = psutil.Process().create_time()
         try:
-            write_atomic(self.paths.worker_pid, f"{self.pid} {self.ctime}\n".encode())
+            pidfile.write(self.paths)
         except OSError as exc:  # a full disk: the pid file only helps the reader find us, not the queue
             self.log.warn(None, None, f"cannot write {self.paths.worker_pid} ({exc.strerror}); going on without it")
             try:
@@ -157,8 +157,7 @@ class Worker:
         else:
             self.log.debug(None, None, f"idle for {self.settings.linger:g}s; exiting")
         self.doorbell.close()
-        if named_worker_pid(self.paths) == self.pid:
-            os.unlink(self.paths.worker_pid)
+        pidfile.remove(self.paths, self.pid)
         return 0
 
     def _linger(self) -> bool:
