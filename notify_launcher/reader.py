@@ -152,11 +152,7 @@ class Reader:
                     if self.serve:
                         self._writer_gone()
             elif self.watch.owns(fd):
-                hello = fd in self.watch.hellos
-                news = self.watch.ready(fd)
-                if hello and news is None:
-                    self._kick_delay = KICK_MIN  # a worker took over: back-off is for crash loops only
-                self._worker_news(news)
+                self._watched(fd)
         if self._kick_at is not None and time.monotonic() >= self._kick_at:
             self._kick()
         if self._recheck_at is not None and time.monotonic() >= self._recheck_at:
@@ -327,17 +323,17 @@ class Reader:
                 self.doorbell.reset()
             self._kick_delay = KICK_MIN  # new work: a worker that crashed before may be retried promptly
             self._ring()  # before logging: the worker can start while we write the log line
+            if self.troubles:
+                self._recovered("journal")
             late = time.time() - received
             if late > RETRY_INTERVAL / 2:
-                self._recovered("journal")
                 self.log.info(seq, event, f"received (journaled late, after {late:.1f}s)")
             else:
                 self.log.info(seq, event, "received")
 
     def _journal_failed(self, event: Event, exc: OSError) -> None:
         self._report("journal", f"cannot write the journal {self.journal.path} ({exc.strerror}); "
-                                f"{len(self.backlog)} event(s) wait in memory, in order; retrying every "
-                                f"{RETRY_INTERVAL:g}s")
+                                f"events wait in memory, in order; retrying every {RETRY_INTERVAL:g}s")
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             self._repair()
 
@@ -361,6 +357,14 @@ class Reader:
 
     def _follow_named(self) -> None:
         self._worker_news(self.watch.follow_named())
+
+    def _watched(self, fd: int) -> None:
+        """A hello pipe or the worker's pidfd became readable."""
+        hello = fd in self.watch.hellos
+        news = self.watch.ready(fd)
+        if hello and news is None:
+            self._kick_delay = KICK_MIN  # a worker took over: back-off is for crash loops only
+        self._worker_news(news)
 
     def _worker_news(self, crash: str | None) -> None:
         """Ring again after a worker crash, with a growing delay so a crash loop is no fork loop."""

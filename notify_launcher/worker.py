@@ -102,12 +102,17 @@ class Worker:
         self._unrecorded: tuple[int, str] | None = None  # the record whose failure was logged last
 
     def start(self) -> None:
-        """The steps, in the order handoff.py needs them: signals, doorbell (before the first journal
-        read), subreaper, pid file, state files, then recovery of an event a dead worker left."""
+        """The steps, in the order handoff.py needs them: signals, the doorbell (before the first
+        journal read), subreaper, the pid file, then the state files and recovery."""
         self.init_signals()
         self.doorbell = DoorbellListener(self.paths, self._wakeup)
         self.doorbell.open()
         _become_subreaper()
+        self.name_self()
+        self.open_state()
+
+    def name_self(self) -> None:
+        """worker.pid, and what tells our lock and our process from later ones."""
         self._lock_id = _file_id(self.paths.worker_lock)
         self.ctime = psutil.Process().create_time()
         try:
@@ -118,6 +123,10 @@ class Worker:
                 os.unlink(self.paths.worker_pid)  # it must never name a dead worker, whose pid may come back
             except FileNotFoundError:
                 pass
+
+    def open_state(self) -> None:
+        """The journal and the progress file; replaying the latter says where the queue stands and
+        whether a dead worker left an event half-done."""
         self.journal = JournalFollower(self.paths.journal)
         self.progress = ProgressLog(self.paths.progress)
         self._settings_id = _file_id(self.paths.settings)

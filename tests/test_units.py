@@ -1,0 +1,196 @@
+"""The reader's and the worker's logic, in-process: built without side effects, driven step by step.
+
+Real files, sockets and pipes in a temp dir; no fork (the process tests do that).  A bound
+DoorbellListener plays the running worker, so a ring is answered and nothing is spawned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import time
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from notify_launcher import pidfile
+from notify_launcher.config import Settings
+from notify_launcher.events import Event
+from notify_launcher.handoff import DoorbellListener, WorkerWatch
+from notify_launcher.journal import JournalWriter, read_all
+from notify_launcher.lines import LineSplitter
+from notify_launcher.log import Log
+from notify_launcher.progress import replay
+from notify_launcher.reader import KICK_MIN, Reader
+from notify_launcher.statedir import StatePaths, ensure_state_dir
+from notify_launcher.worker import MAX_TRIES, Worker
+
+VI = Event("INSTANCE", "VI_1", "MASTER", 100)
+
+
+# -- line splitting -----------------------------------------------------------------------------
+
+@given(st.lists(st.binary(max_size=60), max_size=30), st.lists(st.integers(0, 400), max_size=10))
+def test_lines_do_not_depend_on_where_reads_end(lines: list[bytes], cuts: list[int]) -> None:
+    stream = b"\n".join(lines) + b"\n"
+    whole = LineSplitter(50).feed(stream)
+    pieces, at, splitter = [], 0, LineSplitter(50)
+    for cut in sorted(cuts):
+        pieces += splitter.feed(stream[at:cut])
+        at = max(at, cut)
+    pieces += splitter.feed(stream[at:])
+    assert pieces == whole
+    assert all(len(line) <= 50 or b"\n" not in line for line in whole)
+
+
+def test_an_overlong_line_is_handed_on_once_then_skipped_to_its_newline() -> None:
+    splitter = LineSplitter(10)
+    assert splitter.feed(b"a" * 25) == [b"a" * 25]
+    assert splitter.feed(b"b" * 25) == []
+    assert splitter.feed(b"c\nok\n") == [b"ok"]
+
+
+# -- the reader ---------------------------------------------------------------------------------
+
+def _reader(tmp: Path, **settings: object) -> tuple[Reader, DoorbellListener]:
+    paths = ensure_state_dir(str(tmp / "state"))
+    s = Settings(state_dir=paths.root, log_file=str(tmp / "log"), **settings)  # type: ignore[arg-type]
+    reader = Reader(s, paths, -1, str(tmp / "fifo"), Log(s.log_file, "reader"), "daemon")
+    worker_side = DoorbellListener(paths, os.pipe()[0])
+    worker_side.open()
+    return reader, worker_side
+
+
+def test_events_wait_in_memory_in_order_while_the_journal_cannot_be_written(tmp_path: Path) -> None:
+    reader, _ = _reader(tmp_path)
+    journal = Path(reader.paths.journal)
+    journal.mkdir()  # not a file: every append fails (EISDIR), as on a broken disk
+    for state in ("BACKUP", "MASTER", "FAULT"):
+        reader._submit(Event("INSTANCE", "VI_1", state, 100))
+    assert [e.state for e, _ in reader.backlog] == ["BACKUP", "MASTER", "FAULT"]
+    log = Path(reader.settings.log_file).read_text()
+    assert log.count("cannot write the journal") == 1, "logged once, not once per event"
+    journal.rmdir()
+    reader._flush_backlog()
+    assert not reader.backlog
+    assert [(e.seq, e.event.state) for e in read_all(str(journal))] == [(1, "BACKUP"), (2, "MASTER"), (3, "FAULT")]
+    assert "journal: working again" in Path(reader.settings.log_file).read_text()
+
+
+def test_a_removed_state_directory_is_made_again(tmp_path: Path) -> None:
+    reader, _ = _reader(tmp_path)
+    reader._submit(VI)
+    for name in os.listdir(reader.paths.root):
+        os.unlink(os.path.join(reader.paths.root, name))
+    os.rmdir(reader.paths.root)
+    reader._submit(VI)  # fails (no directory), repairs, holds
+    reader._flush_backlog()
+    assert not reader.backlog
+    assert os.stat(reader.paths.root).st_mode & 0o777 == 0o700
+    assert os.path.exists(reader.paths.settings), "settings.json published again"
+    assert [e.seq for e in read_all(reader.paths.journal)] == [2], "numbering went on above #1"
+
+
+def test_stop_grace_ends_early_once_every_instance_reported_stop(tmp_path: Path) -> None:
+    reader, _ = _reader(tmp_path, stop_grace=0.5)
+    reader.term_at = time.monotonic()
+    assert not reader._stop_complete()  # nothing known yet: wait for the STOP lines
+    reader._line(b'INSTANCE "VI_1" MASTER 100')
+    reader._line(b'GROUP "G1" MASTER 0')
+    reader._line(b'INSTANCE "VI_1" STOP 100')
+    assert not reader._stop_complete()
+    reader._line(b'GROUP "G1" STOP 0')
+    assert reader._stop_complete()
+    reader.states.clear()
+    reader.term_at = time.monotonic() - 0.6
+    assert reader._stop_complete(), "the grace is over"
+
+
+def test_crash_back_off_grows_and_a_worker_taking_over_resets_it(tmp_path: Path) -> None:
+    reader, _ = _reader(tmp_path)
+    delays = []
+    for _ in range(4):
+        reader._worker_news("worker pid 1 died without finishing")
+        assert reader._kick_at is not None
+        delays.append(round(reader._kick_at - time.monotonic(), 1))
+        reader._kick_at = None
+    assert delays == [KICK_MIN, 2 * KICK_MIN, 4 * KICK_MIN, 8 * KICK_MIN]
+    hello_w = reader.watch.new_child()
+    os.write(hello_w, f"{os.getpid()}\n".encode())
+    os.close(hello_w)
+    for fd, _ in reader.poller.poll(1000):
+        reader._watched(fd)
+    assert reader._kick_delay == KICK_MIN and reader.watch.pid == os.getpid()
+
+
+def test_an_unforeseen_state_word_is_warned_about_once(tmp_path: Path) -> None:
+    reader, _ = _reader(tmp_path)
+    for _ in range(3):
+        reader._line(b'INSTANCE "VI_1" SLEEPY 100')
+    log = Path(reader.settings.log_file).read_text()
+    assert log.count("unknown state 'SLEEPY'") == 1
+    assert [e.event.state for e in read_all(reader.paths.journal)] == ["SLEEPY"] * 3
+
+
+# -- worker.pid ---------------------------------------------------------------------------------
+
+def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path) -> None:
+    paths = ensure_state_dir(str(tmp_path / "state"))
+    pidfile.write(paths)
+    named = pidfile.read(paths)
+    assert named is not None and named.pid == os.getpid() and pidfile.is_running(named)
+    Path(paths.worker_pid).write_text(f"{os.getpid()} {named.start + 1}\n")  # same pid, another process
+    watch = WorkerWatch(paths, select.poll())
+    assert watch.follow_named() == f"worker pid {os.getpid()} died without finishing"
+    assert watch.pidfd < 0, "must not watch a process that only shares the pid"
+    pidfile.remove(paths, os.getpid() + 1)
+    assert os.path.exists(paths.worker_pid), "a file naming another pid is not ours to remove"
+
+
+# -- the worker's recovery ----------------------------------------------------------------------
+
+def _progress(paths: StatePaths, *records: dict[str, object]) -> None:
+    with open(paths.progress, "a") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def _worker(tmp: Path, on_crash: str = "rerun") -> tuple[Worker, StatePaths]:
+    paths = ensure_state_dir(str(tmp / "state"))
+    writer = JournalWriter(paths.journal)
+    for state in ("BACKUP", "MASTER"):
+        writer.append(Event("INSTANCE", "VI_1", state, 100), time.time(), 1)
+    s = Settings(state_dir=paths.root, log_file=str(tmp / "log"), on_crash=on_crash)
+    return Worker(s, paths, Log(s.log_file, "worker"), "test"), paths
+
+
+def test_recovery_reruns_an_event_a_worker_died_on(tmp_path: Path) -> None:
+    worker, paths = _worker(tmp_path)
+    _progress(paths, {"op": "try", "seq": 1}, {"op": "end", "seq": 1, "key": "INSTANCE VI_1", "t": 1.0,
+                                                "event": 'INSTANCE "VI_1" BACKUP 100', "state": "BACKUP",
+                                                "result": "exit 0"},
+              {"op": "try", "seq": 2})
+    worker.open_state()
+    assert worker.done_seq == 1, "#2 runs again"
+
+
+def test_recovery_skips_an_event_after_max_tries_and_the_queue_goes_on(tmp_path: Path) -> None:
+    worker, paths = _worker(tmp_path)
+    _progress(paths, *[{"op": "try", "seq": 1}] * MAX_TRIES)
+    worker.open_state()
+    assert worker.done_seq == 1
+    end = replay(paths.progress, keep_ends=5).ends[-1]
+    assert end["seq"] == 1 and end["ok"] is False and end["result"] == f"skipped: {MAX_TRIES} workers died on this event"
+    assert end["event"] == 'INSTANCE "VI_1" BACKUP 100', "named from the journal"
+
+
+def test_recovery_by_policy_skip_after_an_action_was_killed(tmp_path: Path) -> None:
+    worker, paths = _worker(tmp_path, on_crash="skip")
+    _progress(paths, {"op": "try", "seq": 1}, {"op": "start", "seq": 1, "pid": 2 ** 22 + 7, "t": 0.0,
+                                                "worker": 99, "worker_ctime": 0.0, "key": "INSTANCE VI_1", "state": "BACKUP",
+                                                "event": 'INSTANCE "VI_1" BACKUP 100'})
+    worker.open_state()
+    assert worker.done_seq == 1
+    assert replay(paths.progress, keep_ends=1).ends[-1]["result"] == "skipped after worker crash"
