@@ -20,20 +20,23 @@ import math
 import os
 import shlex
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from notify_launcher.events import Event
 from notify_launcher.statedir import StatePaths
 
 DEFAULT_STATE_DIR = "/run/notify-launcher"
 DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
-CRASH_POLICIES = ("rerun", "skip")
-DETACH_MODES = ("auto", "daemon", "systemd")
+CrashPolicy = Literal["rerun", "skip"]
+DetachMode = Literal["auto", "daemon", "systemd"]
+LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
+CRASH_POLICIES: Final[tuple[CrashPolicy, ...]] = get_args(CrashPolicy)
+DETACH_MODES: Final[tuple[DetachMode, ...]] = get_args(DetachMode)
+LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
 #: Frequent states that run nothing unless a [match] rule names them (MASTER_RX_LOWER_PRI comes with
 #: every lower-priority advert a master hears).
 QUIET_STATES = ("MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY")
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
-LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 
 
 class ConfigError(Exception):
@@ -71,13 +74,13 @@ class Settings:
     stop_action: tuple[str, ...] = ()
     state_dir: str = DEFAULT_STATE_DIR
     log_file: str = DEFAULT_LOG_FILE
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     timeout: float = 120.0
     kill_grace: float = 5.0
     stop_grace: float = 0.5
     linger: float = 600.0
-    on_crash: str = "rerun"
-    detach: str = "auto"
+    on_crash: CrashPolicy = "rerun"
+    detach: DetachMode = "auto"
     coalesce: bool = False
     quiet_states: tuple[str, ...] = QUIET_STATES
     config_file: str | None = None
@@ -108,6 +111,9 @@ class Settings:
                               for r in data["rules"])
         for key in ("handler", "stop_action", "quiet_states"):
             data[key] = tuple(data[key])
+        for key, allowed in (("on_crash", CRASH_POLICIES), ("detach", DETACH_MODES), ("log_level", LOG_LEVELS)):
+            if data[key] not in allowed:  # the Literal types hold only if the file does
+                raise ValueError(f"{key}: {data[key]!r} is not one of {', '.join(allowed)}")
         return cls(**data)
 
 

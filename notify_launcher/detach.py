@@ -11,12 +11,16 @@ which way a worker goes.
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from notify_launcher.config import Settings
 from notify_launcher.process import spawn_detached
 
 
-def choose(settings: Settings) -> tuple[str, str]:
+Way = Literal["daemon", "systemd"]
+
+
+def choose(settings: Settings) -> tuple[Way, str]:
     """("daemon" | "systemd", why) for this reader's workers."""
     booted = os.path.isdir("/run/systemd/system")
     if settings.detach == "systemd" and not booted:
@@ -43,7 +47,7 @@ def _own_cgroup() -> str:
     return (unified or [p for p in paths if p.endswith(".service")] or paths or [""])[0]
 
 
-def spawn_worker(mode: str, settings: Settings, standby_fd: int, hello_fd: int) -> None:
+def spawn_worker(mode: Way, settings: Settings, standby_fd: int, hello_fd: int) -> None:
     """Start a worker that will drain the journal; returns at once.  See handoff.py for the fds."""
     if mode == "systemd":
         from notify_launcher.systemd_unit import spawn_unit  # subprocess: only this path needs it

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from notify_launcher import settingsfile
 from notify_launcher.config import Settings
+from notify_launcher.detach import Way
 from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line, unforeseen
 from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
@@ -77,7 +78,7 @@ class Reader:
     keepalived stops it, so the line handling, back-off and recovery can be driven in a test."""
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
-                 detach: str, term_at: float | None = None, serve: bool = False) -> None:
+                 detach: Way, term_at: float | None = None, serve: bool = False) -> None:
         self.settings, self.paths, self.fifo, self.fifo_path, self.log = settings, paths, fifo_fd, fifo_path, log
         self.detach = detach
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
