@@ -4,7 +4,7 @@ Checks the INI file (config.py: also that the state dir leaves room for the door
 and every command it names, the state and log paths -- as root, with the very check the reader
 refuses to start on (security.py: everything root reads, runs or writes, and every directory and
 symlink above it) -- and optionally the notify_fifo lines of keepalived.conf for the mistakes
-keepalived makes easy (KEEPALIVED.md).  Each problem names the file (and line or section/key) and
+keepalived makes easy (docs/keepalived.md).  Each problem names the file (and line or section/key) and
 says what to do.
 """
 

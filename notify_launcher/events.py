@@ -1,7 +1,7 @@
 """One FIFO line -> an Event, or a Rejected line with its reason.
 
 Pure functions, no I/O: the reader must survive any byte sequence, so a bad line is a value the
-reader logs, never an exception.  Formats are those keepalived writes (see KEEPALIVED.md):
+reader logs, never an exception.  Formats are those keepalived writes (see docs/keepalived.md):
 
     INSTANCE "VI_1" MASTER 100          GROUP "VG_1" BACKUP 0
     VS [10.0.0.1]:tcp:80 UP             VS FWM 7 DOWN          VS [web_group]:80 UP

@@ -1,4 +1,4 @@
-"""A keepalived stand-in: does to a notify_fifo_script what keepalived 2.2.7 does (KEEPALIVED.md).
+"""A keepalived stand-in: does to a notify_fifo_script what keepalived 2.2.7 does (docs/keepalived.md).
 
 - creates the FIFO (mode 0600) and starts the script with the FIFO as the LAST argument, in its
   own process group, stdio on /dev/null, umask 0177, parent-death signal SIGTERM;

@@ -1,4 +1,4 @@
-"""The parser: every format keepalived writes (KEEPALIVED.md, fifo-lines.txt), junk as values, and the
+"""The parser: every format keepalived writes (docs/keepalived.md), junk as values, and the
 input policy (README "What the reader accepts") checked against arbitrary bytes."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from notify_launcher.events import MAX_LINE, VRRP_STATES, Event, Rejected, parse_line, unforeseen
 from notify_launcher.journal import Entry, format_entry, parse_entry
 
-# Lines seen from a real keepalived 2.2.7, and the VS/RS shapes from its source (shared/fifo-lines.txt).
+# Lines seen from a real keepalived 2.2.7, and the VS/RS shapes from its source (docs/keepalived.md).
 SEEN = [
     ('GROUP "G1" BACKUP 0', Event("GROUP", "G1", "BACKUP", 0)),
     ('INSTANCE "VI_1" BACKUP 100', Event("INSTANCE", "VI_1", "BACKUP", 100)),

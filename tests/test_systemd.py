@@ -1,6 +1,6 @@
 """The launcher under a REAL systemd: Debian bookworm booted in systemd-nspawn (tests/systemd/).
 
-Issue 5: Debian's keepalived.service sets no KillMode, so `systemctl stop keepalived` kills every
+Debian's keepalived.service sets no KillMode (docs/keepalived.md), so `systemctl stop keepalived` kills every
 process in keepalived's cgroup -- a double-forked worker and its action too.  Each test boots a
 fresh container (overlay on a cached root file system), runs one scenario of
 tests/systemd/scenario.sh with Debian's unchanged keepalived 2.2.7 and systemd 252, and checks what
