@@ -17,11 +17,51 @@ import errno
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal, NotRequired, TypedDict
 
 from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 
-Record = dict[str, Any]
+
+class TryRecord(TypedDict):
+    """A worker took up event `seq` (written before anything that could fail)."""
+
+    op: Literal["try"]
+    seq: int
+    worker: int
+
+
+class StartRecord(TypedDict):
+    """The event's action was spawned: `pid` (started at `t`) by `worker` (created at `worker_ctime`)."""
+
+    op: Literal["start"]
+    seq: int
+    t: float
+    key: str
+    event: str
+    state: str
+    pid: int
+    worker: int
+    worker_ctime: float
+
+
+class EndRecord(TypedDict):
+    """The event is finished: `result` says how (an action's exit, or why nothing ran)."""
+
+    op: Literal["end"]
+    seq: int
+    t: float
+    key: str
+    event: str
+    state: str
+    result: str
+    ok: bool
+    duration: NotRequired[float]
+    exit: NotRequired[int | None]
+    signal: NotRequired[int | None]
+    timed_out: NotRequired[bool]
+
+
+Record = TryRecord | StartRecord | EndRecord
 
 
 class ProgressLog:
@@ -43,10 +83,10 @@ class ProgressLog:
         self._fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
         return True
 
-    def record(self, op: str, seq: int, **fields: Any) -> str | None:
+    def record(self, rec: Record) -> str | None:
         """Append one record; the error text if it could not be written (a full disk: the action ran
         all the same, and the worker logs it)."""
-        data = (json.dumps({"op": op, "seq": seq, **fields}) + "\n").encode()
+        data = (json.dumps(rec) + "\n").encode()
         try:
             written = os.write(self._fd, data)
         except OSError as exc:
@@ -74,19 +114,19 @@ class Snapshot:
     """The state a replay of the progress file arrives at."""
 
     done_seq: int = 0
-    running: Record | None = None
+    running: StartRecord | None = None
     #: The unfinished event workers took up (0: none), and how many workers took it up.
     trying: int = 0
     tries: int = 0
-    last: dict[str, Record] = field(default_factory=dict)
-    ends: list[Record] = field(default_factory=list)
+    last: dict[str, EndRecord] = field(default_factory=dict)
+    ends: list[EndRecord] = field(default_factory=list)
 
 
 _NUMBER = (int, float)
 #: What each record must hold, with its type, for anyone reading a Snapshot (status, history, the
 #: recovering worker) to use it without a KeyError or a TypeError; optional keys are typed when present.
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "try": {"seq": int},
+    "try": {"seq": int, "worker": int},
     "start": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "pid": int, "worker": int,
               "worker_ctime": _NUMBER},
     "end": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "result": str},

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from notify_launcher.events import READER_TYPE
 from notify_launcher.journal import Entry, read_all
-from notify_launcher.progress import Snapshot, replay
+from notify_launcher.progress import EndRecord, Snapshot, StartRecord, replay
 from notify_launcher.statedir import StatePaths
 
 
@@ -36,7 +35,7 @@ def read_status(paths: StatePaths) -> Status:
     return Status(snap, pending, entries[-1].seq if entries else 0)
 
 
-def _worker_alive(running: dict[str, Any]) -> bool:
+def _worker_alive(running: StartRecord) -> bool:
     import psutil
 
     try:
@@ -94,7 +93,7 @@ def as_text(status: Status) -> str:
     return "\n".join(out)
 
 
-def _history(paths: StatePaths, n: int) -> list[dict[str, Any]]:
+def _history(paths: StatePaths, n: int) -> list[EndRecord]:
     return replay(paths.progress, keep_ends=n).ends
 
 

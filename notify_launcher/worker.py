@@ -22,7 +22,7 @@ from notify_launcher.events import READER_TYPE
 from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
 from notify_launcher.journal import Entry, JournalFollower, read_all
 from notify_launcher.log import Log
-from notify_launcher.progress import ProgressLog, Record, Snapshot, replay
+from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, StartRecord, TryRecord, replay
 from notify_launcher.statedir import FILE_MODE, StatePaths
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -239,16 +239,16 @@ class Worker:
     def _take_up(self, entry: Entry, newest: int) -> None:
         """One event, whatever happens: `try` first (so a death here is counted), then its action;
         an exception is this event's failure, never the queue's."""
-        self._record("try", entry.seq, entry.event, worker=self.pid)
+        self._record(TryRecord(op="try", seq=entry.seq, worker=self.pid), entry.event)
         try:
             if newest != entry.seq and entry.event.type != READER_TYPE:
                 self.log.info(entry.seq, entry.event, f"skipped: superseded by #{newest} (coalesce = yes)")
-                self._end(entry, f"superseded by #{newest}", ok=True)
+                self._finish(self._end(entry, f"superseded by #{newest}", ok=True), entry.event)
             else:
                 self._run(entry)
         except Exception as exc:
             self.log.exception(entry.seq, entry.event, "FAILED inside the launcher (the next event runs)", exc)
-            self._end(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False)
+            self._finish(self._end(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False), entry.event)
 
     def _reload_settings(self) -> None:
         """Follow the newest reader's settings (the administrator may have changed the config),
@@ -276,7 +276,7 @@ class Worker:
             quiet = " (a quiet state: name it in a [match] rule to run something)" \
                 if event.state in self.settings.quiet_states else ""
             self.log.info(seq, event, f"no action configured for this event{quiet}")
-            self._end(entry, "no action", ok=True)
+            self._finish(self._end(entry, "no action", ok=True), event)
             return
         argv = list(prefix) + event.fields()
         env = dict(os.environ, NL_TYPE=event.type, NL_NAME=event.name, NL_STATE=event.state,
@@ -286,8 +286,8 @@ class Worker:
             """Recorded and logged after the spawn, so nothing of ours delays the action.  The spawn
             time stands for the action's create time (reading that from /proc while the child is in
             exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
-            self._record("start", seq, event, t=time.time(), key=event.key, event=str(event),
-                         state=event.state, pid=pid, worker=self.pid, worker_ctime=self.ctime)
+            self._record(StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
+                                     state=event.state, pid=pid, worker=self.pid, worker_ctime=self.ctime), event)
             self.log.info(seq, event, f"action started: {' '.join(argv)} (pid {pid}, timeout {timeout:g}s, "
                                       f"queued {delay * 1000:.1f} ms)")
 
@@ -298,31 +298,33 @@ class Worker:
             started=started)
         level = "INFO" if result.ok else "ERROR"
         self.log.line(level, seq, event, f"action ended: {result.describe()} after {result.duration:.3f}s")
-        self._end(entry, result.describe(), ok=result.ok, duration=round(result.duration, 6),
-                  exit=result.exit_code, signal=result.signal, timed_out=result.timed_out)
+        end = self._end(entry, result.describe(), ok=result.ok)
+        end["duration"], end["exit"], end["signal"] = round(result.duration, 6), result.exit_code, result.signal
+        end["timed_out"] = result.timed_out
+        self._finish(end, event)
 
-    def _end(self, entry: Entry, result: str, ok: bool, **extra: object) -> None:
+    def _end(self, entry: Entry, result: str, ok: bool) -> EndRecord:
         e = entry.event
-        self._end_record(entry.seq, e, e.key, str(e), e.state, result, ok, **extra)
+        return EndRecord(op="end", seq=entry.seq, t=time.time(), key=e.key, event=str(e), state=e.state,
+                         result=result, ok=ok)
 
-    def _end_record(self, seq: int, subject: object, key: str, event: str, state: str, result: str, ok: bool,
-                    **extra: object) -> None:
-        """The end of an event is what makes it never run again: until it is on disk (a full state
-        file system), the queue waits, so a crash re-runs at most the one event it interrupted."""
+    def _finish(self, end: EndRecord, subject: object) -> None:
+        """Record the end.  It is what makes an event never run again: until it is on disk (a full
+        state file system), the queue waits, so a crash re-runs at most the one event it interrupted."""
         pause = RECORD_RETRY_MIN
-        while not self._record("end", seq, subject, t=time.time(), key=key, event=event, state=state,
-                               result=result, ok=ok, **extra):
+        while not self._record(end, subject):
             time.sleep(pause)
             pause = min(RECORD_RETRY_MAX, pause * 2)
             self.progress.follow()
         if pause > RECORD_RETRY_MIN:
-            self.log.info(seq, subject, f"recorded the end in {self.paths.progress} at last; the queue goes on")
+            self.log.info(end["seq"], subject, f"recorded the end in {self.paths.progress} at last; the queue goes on")
 
-    def _record(self, op: str, seq: int, subject: object, **fields: object) -> bool:
+    def _record(self, rec: Record, subject: object) -> bool:
         """Append one record; on failure log it (once per event and op) and return False."""
-        failed = self.progress.record(op, seq, **fields)
+        failed = self.progress.record(rec)
         if failed is None:
             return True
+        seq, op = rec["seq"], rec["op"]
         if self._unrecorded != (seq, op):
             self._unrecorded = (seq, op)
             self.log.error(seq, subject, f"cannot record {op!r} in {self.paths.progress} ({failed}); "
@@ -353,9 +355,12 @@ class Worker:
             self.done_seq = seq - 1
             return
         self.log.error(seq, subject, f"{why}; the queue goes on")
-        key = entry.event.key if entry else (running["key"] if running else "?")
-        state = entry.event.state if entry else (running["state"] if running else "?")
-        self._end_record(seq, subject, key, str(subject), state, why, ok=False)
+        if entry is not None:
+            end = self._end(entry, why, ok=False)
+        else:  # the journal lost it (removed): name it as the start record did, if any
+            end = EndRecord(op="end", seq=seq, t=time.time(), key=running["key"] if running else "?",
+                            event=str(subject), state=running["state"] if running else "?", result=why, ok=False)
+        self._finish(end, subject)
         self.done_seq = seq
 
     def _journaled(self, seq: int) -> Entry | None:
@@ -363,7 +368,7 @@ class Worker:
         return next((e for e in read_all(self.paths.journal) if e.seq == seq), None)
 
 
-def _end_orphan(running: Record, note: Callable[[str], None]) -> None:
+def _end_orphan(running: StartRecord, note: Callable[[str], None]) -> None:
     """Kill the process group of an action whose worker died, unless its pid now names another process."""
     try:
         orphan = psutil.Process(running["pid"])

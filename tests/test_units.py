@@ -168,17 +168,17 @@ def _worker(tmp: Path, on_crash: str = "rerun") -> tuple[Worker, StatePaths]:
 
 def test_recovery_reruns_an_event_a_worker_died_on(tmp_path: Path) -> None:
     worker, paths = _worker(tmp_path)
-    _progress(paths, {"op": "try", "seq": 1}, {"op": "end", "seq": 1, "key": "INSTANCE VI_1", "t": 1.0,
+    _progress(paths, {"op": "try", "seq": 1, "worker": 99}, {"op": "end", "seq": 1, "key": "INSTANCE VI_1", "t": 1.0,
                                                 "event": 'INSTANCE "VI_1" BACKUP 100', "state": "BACKUP",
                                                 "result": "exit 0"},
-              {"op": "try", "seq": 2})
+              {"op": "try", "seq": 2, "worker": 99})
     worker.open_state()
     assert worker.done_seq == 1, "#2 runs again"
 
 
 def test_recovery_skips_an_event_after_max_tries_and_the_queue_goes_on(tmp_path: Path) -> None:
     worker, paths = _worker(tmp_path)
-    _progress(paths, *[{"op": "try", "seq": 1}] * MAX_TRIES)
+    _progress(paths, *[{"op": "try", "seq": 1, "worker": 99}] * MAX_TRIES)
     worker.open_state()
     assert worker.done_seq == 1
     end = replay(paths.progress, keep_ends=5).ends[-1]
@@ -188,9 +188,18 @@ def test_recovery_skips_an_event_after_max_tries_and_the_queue_goes_on(tmp_path:
 
 def test_recovery_by_policy_skip_after_an_action_was_killed(tmp_path: Path) -> None:
     worker, paths = _worker(tmp_path, on_crash="skip")
-    _progress(paths, {"op": "try", "seq": 1}, {"op": "start", "seq": 1, "pid": 2 ** 22 + 7, "t": 0.0,
+    _progress(paths, {"op": "try", "seq": 1, "worker": 99}, {"op": "start", "seq": 1, "pid": 2 ** 22 + 7, "t": 0.0,
                                                 "worker": 99, "worker_ctime": 0.0, "key": "INSTANCE VI_1", "state": "BACKUP",
                                                 "event": 'INSTANCE "VI_1" BACKUP 100'})
     worker.open_state()
     assert worker.done_seq == 1
     assert replay(paths.progress, keep_ends=1).ends[-1]["result"] == "skipped after worker crash"
+
+
+def test_replay_checks_only_keys_the_record_types_have() -> None:
+    """The replay's table of required keys (what makes a JSON line a usable record) names fields of
+    the TypedDicts the worker writes: a renamed field cannot leave the check behind."""
+    from notify_launcher import progress
+
+    for op, kind in (("try", progress.TryRecord), ("start", progress.StartRecord), ("end", progress.EndRecord)):
+        assert set(progress._REQUIRED[op]) <= set(kind.__annotations__) - {"op"}, op
