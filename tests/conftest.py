@@ -152,6 +152,13 @@ class Launcher:
         return mine
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 def check_order(records: list[list[str]]) -> tuple[list[int], int]:
     """(sequence numbers started, in order; count of overlaps/inversions) from recorder lines."""
     started: list[int] = []
@@ -180,11 +187,22 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
     setup = Launcher(tmp_path, tmp_path / "state", tmp_path / "launcher.log", tmp_path / "notify.fifo",
                      rec, handler)
     yield setup
-    deadline = time.monotonic() + 5
-    while setup.processes() and time.monotonic() < deadline:
-        time.sleep(0.1)  # workers linger 1 s, then leave by themselves
-    for p in setup.processes():
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    # The test is over: its reader, lingering workers and their actions (with their children) go
+    # now, by PID.  Waiting for workers to leave by themselves proved nothing and cost a second or
+    # more per test.  Repeated while a process spawned meanwhile (a worker, an action) shows up.
+    deadline = time.monotonic() + 30
+    while (procs := setup.processes()) and time.monotonic() < deadline:
+        family = {p.pid: p for p in procs}
+        for p in procs:
+            try:
+                family.update((c.pid, c) for c in p.children(recursive=True))
+            except psutil.Error:
+                pass
+        for p in family.values():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        gone_by = time.monotonic() + 5
+        while any(_alive(p) for p in family.values()) and time.monotonic() < gone_by:
+            time.sleep(0.01)  # a zombie counts as gone: init reaps these orphans when it likes
