@@ -11,12 +11,12 @@ from __future__ import annotations
 import signal
 import time
 
-EARLY_TERM: list[tuple[float, float]] = []  # (monotonic, wall clock)
+EARLY_TERM: list[float] = []
 
 
 def _early_term(signum: int, frame: object) -> None:
     """keepalived may stop us while Python is still importing: remember it; the reader honours it."""
-    EARLY_TERM.append((time.monotonic(), time.time()))
+    EARLY_TERM.append(time.monotonic())
 
 
 signal.signal(signal.SIGTERM, _early_term)
@@ -108,7 +108,7 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
         _fatal(str(exc), args.log_file)
         return EXIT_USAGE
     from notify_launcher.log import Log
-    from notify_launcher.reader import FifoError, Reader, made_after, open_fifo
+    from notify_launcher.reader import SIBLING_WAIT, FifoError, Reader, later_sibling, open_fifo
     from notify_launcher.security import check
 
     problems = check(settings)
@@ -130,11 +130,16 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
     log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}; "
                          f"workers: {detach} ({why})")
     term = EARLY_TERM[0] if EARLY_TERM else None
-    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, term[0] if term else None, serve)
-    if term is not None and not serve and made_after(fifo_fd, term[1]):
-        reader.finish_with("RELOAD", f"SIGTERM before we opened {args.fifo}, which keepalived made after that "
-                                     f"SIGTERM: it is the next reader's FIFO (a reload); not reading it")
-        return 0
+    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, term, serve)
+    if term is not None and not serve:
+        # Stopped before we read a line: a stop (read its STOP lines) or a reload (the next reader,
+        # started 17-34 ms after the SIGTERM, may share our FIFO: never read beside it).
+        time.sleep(max(0.0, term + SIBLING_WAIT - time.monotonic()))
+        sibling = later_sibling(os.getpid())
+        if sibling is not None:
+            reader.finish_with("RELOAD", f"SIGTERM while starting, and keepalived started the next reader "
+                                         f"(pid {sibling}): a reload; leaving {args.fifo} to it unread")
+            return 0
     return reader.run()
 
 

@@ -41,6 +41,9 @@ BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be writt
 RETRY_INTERVAL = 1.0
 KICK_MIN, KICK_MAX = 0.1, 60.0
 FIFO_RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
+#: After a SIGTERM that came while we started: how long keepalived may take to start the next reader
+#: if it is reloading (17-34 ms seen, docs/keepalived.md "Reload"); its STOP lines wait in the pipe.
+SIBLING_WAIT = 0.1
 
 
 class FifoError(Exception):
@@ -63,12 +66,43 @@ def open_fifo(path: str) -> int:
                         f"(keepalived makes it 0600, owned by the script user)") from None
 
 
-def made_after(fd: int, wall: float) -> bool:
-    """True if the FIFO behind `fd` was made (or changed owner or mode) after the wall-clock time
-    `wall` of a SIGTERM that reached us before we opened it.  keepalived makes, and chowns, our FIFO
-    before it starts us, and a reload's new FIFO about 20 ms after it sent that SIGTERM: so a newer
-    FIFO is the next reader's (docs/keepalived.md, "Reload")."""
-    return os.fstat(fd).st_ctime > wall
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of `pid`, from /proc; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def later_sibling(pid: int) -> int | None:
+    """A process started after `pid` by the same parent with the same command line, if any: the
+    script keepalived starts again when it reloads (docs/keepalived.md, "Reload").
+
+    This, not the FIFO, tells a reload from a stop after a SIGTERM without EOF: keepalived may
+    reuse the very same FIFO on reload, and a FIFO's timestamps move with every write."""
+    me = _stat(pid)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except OSError:
+        return None
+    if me is None:
+        return None
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == pid:
+            continue
+        other = _stat(int(name))
+        if other is None or other[0] != me[0] or (other[1], int(name) > pid) < (me[1], True):
+            continue  # another parent, or started before us (a clock tick is 10 ms: pids break ties)
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                if fh.read() == cmdline:
+                    return int(name)
+        except OSError:
+            continue
+    return None
 
 
 class Reader:
@@ -402,6 +436,8 @@ class Reader:
             state, why = "EOF", "keepalived closed the FIFO"
         elif eof:
             state, why = "RELOAD", "SIGTERM then EOF: keepalived is reloading"
+        elif (sibling := later_sibling(os.getpid())) is not None:
+            state, why = "RELOAD", f"SIGTERM, and keepalived started the next reader (pid {sibling}): a reload"
         elif self._fifo_replaced():
             state, why = "RELOAD", f"SIGTERM, and {self.fifo_path} is a new FIFO: keepalived is reloading"
         else:

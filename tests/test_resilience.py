@@ -20,7 +20,7 @@ import pytest
 from conftest import LAUNCHER, Launcher, check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
-from notify_launcher.reader import made_after
+from notify_launcher.reader import later_sibling
 
 VI = 'INSTANCE "VI_1" {} 100'
 
@@ -189,23 +189,59 @@ def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launche
         group.rmdir()
 
 
-def test_a_reload_s_new_fifo_is_told_from_ours(tmp_path: Path) -> None:
-    """What a reader stopped before it opened its FIFO checks: the FIFO at the path was made after
-    that SIGTERM (keepalived's next reload), so it belongs to the next reader."""
-    ours = tmp_path / "ours.fifo"
-    os.mkfifo(ours)
-    fd = os.open(ours, os.O_RDONLY | os.O_NONBLOCK)
-    term = time.time()
-    assert not made_after(fd, term)
-    os.close(fd)
-    time.sleep(0.05)  # keepalived makes the next FIFO ~20 ms after the SIGTERM
-    os.unlink(ours)
-    os.mkfifo(ours)
-    fd = os.open(ours, os.O_RDONLY | os.O_NONBLOCK)
+def test_later_sibling_finds_the_next_reader_keepalived_started() -> None:
+    """How a reader tells a reload from a stop: keepalived starts the same command again, from the
+    same parent (the FIFO may be the very same one, so it cannot tell)."""
+    first = subprocess.Popen(["sleep", "30"])
+    second = subprocess.Popen(["sleep", "30"])
+    other = subprocess.Popen(["sleep", "31"])
     try:
-        assert made_after(fd, term)
+        assert later_sibling(first.pid) == second.pid
+        assert later_sibling(second.pid) is None
+        assert later_sibling(other.pid) is None
     finally:
-        os.close(fd)
+        for p in (first, second, other):
+            p.kill()
+            p.wait()
+
+
+def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reload(launcher: Launcher) -> None:
+    """Two reloads close together: the first reload's reader gets SIGTERM but no EOF (the FIFO is
+    shared, or its EOF came before it opened it).  It used to journal READER STOP, and stop_action
+    ran while keepalived went on.  The next reader, started by the same parent, says: a reload."""
+    marker = launcher.dir / "stopped"
+    _handler(launcher, "")
+    stop_action = launcher.dir / "stop.sh"
+    stop_action.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    stop_action.chmod(0o755)
+    ini = launcher.dir / "stop.ini"
+    ini.write_text(f"[launcher]\nstop_action = {stop_action}\n")
+    k = launcher.keepalived("--config", str(ini))
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    assert k.proc is not None
+    first = k.proc
+    nxt = subprocess.Popen(k.script + [k.fifo], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, process_group=0)  # what keepalived's reload starts
+    try:
+        _wait_for(lambda: launcher.log_text().count("reader started") == 2, "the next reader")
+        os.kill(first.pid, signal.SIGTERM)  # no EOF: keepalived still holds the FIFO open
+        first.wait(timeout=30)
+        _wait_for(lambda: "READER reader" in launcher.log_text(), "the first reader's exit event")
+        launcher.wait_idle()
+        log = launcher.log_text()
+        assert "READER reader RELOAD" in log and "READER reader STOP" not in log, log[-2000:]
+        assert "keepalived started the next reader" in log
+        assert not marker.exists(), "stop_action ran while keepalived keeps running"
+    finally:
+        nxt.kill()
+        nxt.wait()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        os.close(k.fd)
+        os.unlink(k.fifo)
 
 
 def test_a_lingering_worker_follows_a_changed_log_file(launcher: Launcher) -> None:
