@@ -46,8 +46,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _STATE = r"([A-Z_]+)"
 _VRRP = re.compile(rf'(INSTANCE|GROUP) "([^"\s]+)" {_STATE} (-?[0-9]+)')
 # A virtual server: "[addr]:proto:port", "[group]:port" or "FWM n" (the one with a space).
-_VS = r"(?:FWM [0-9]+|\[[^\]\s]+\](?::[a-z]+)?:[0-9]+)"
-_RS = r"\[[^\]\s]+\]:[a-z]+:[0-9]+"
+# The protocol is tcp, udp, sctp, none, or `?` for anything else (docs/keepalived.md, "Line formats").
+_VS = r"(?:FWM [0-9]+|\[[^\]\s]+\](?::(?:[a-z]+|\?))?:[0-9]+)"
+_RS = r"\[[^\]\s]+\]:(?:[a-z]+|\?):[0-9]+"
 _VS_LINE = re.compile(rf"VS ({_VS}) {_STATE}")
 _RS_LINE = re.compile(rf"RS ({_RS}) ({_VS}) {_STATE}")
 

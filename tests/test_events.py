@@ -168,3 +168,11 @@ def test_accepted_events_survive_the_journal_and_the_spawn(raw: bytes) -> None:
     env = {"NL_TYPE": event.type, "NL_NAME": event.name, "NL_STATE": event.state,
            "NL_PRIORITY": str(event.priority), "NL_VS": event.vs}
     assert subprocess.run(["/bin/true", *event.fields()], env=env, check=False).returncode == 0
+
+
+def test_a_protocol_keepalived_prints_as_question_mark_is_accepted() -> None:
+    """keepalived writes `?` for a protocol it has no name for (docs/keepalived.md)."""
+    rs = parse_line(b"RS [192.168.1.11]:?:80 [10.0.0.1]:?:80 DOWN")
+    assert isinstance(rs, Event) and rs.name == "[192.168.1.11]:?:80" and rs.vs == "[10.0.0.1]:?:80"
+    vs = parse_line(b"VS [10.0.0.1]:?:80 UP")
+    assert isinstance(vs, Event) and vs.name == "[10.0.0.1]:?:80"
