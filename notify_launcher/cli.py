@@ -108,7 +108,8 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
         _fatal(str(exc), args.log_file)
         return EXIT_USAGE
     from notify_launcher.log import Log
-    from notify_launcher.reader import SIBLING_WAIT, FifoError, Reader, later_sibling, open_fifo
+    from notify_launcher.fifo import FifoError, open_fifo
+    from notify_launcher.reader import SIBLING_WAIT, Reader, later_sibling
     from notify_launcher.security import check
 
     problems = check(settings)

@@ -19,7 +19,6 @@ import errno
 import os
 import select
 import signal
-import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from notify_launcher import settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.detach import Way
 from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line, unforeseen
+from notify_launcher.fifo import Fifo
 from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
 from notify_launcher.journal import last_seq as last_journaled
@@ -40,30 +40,9 @@ FINAL_STATES = frozenset({"STOP", "DELETED"})
 BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
 RETRY_INTERVAL = 1.0
 KICK_MIN, KICK_MAX = 0.1, 60.0
-FIFO_RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
 #: After a SIGTERM that came while we started: how long keepalived may take to start the next reader
 #: if it is reloading (17-34 ms seen, docs/keepalived.md "Reload"); its STOP lines wait in the pipe.
 SIBLING_WAIT = 0.1
-
-
-class FifoError(Exception):
-    """The FIFO keepalived gave us cannot be read; the message says why."""
-
-
-def open_fifo(path: str) -> int:
-    """Open keepalived's FIFO for reading without waiting for a writer (so SIGTERM is never missed)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise FifoError(f"FIFO {path}: {exc.strerror} (keepalived creates it from notify_fifo; "
-                        f"the FIFO must be the last argument)") from None
-    if not stat.S_ISFIFO(st.st_mode):
-        raise FifoError(f"{path} is not a FIFO (keepalived passes its notify_fifo path as the last argument)")
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise FifoError(f"FIFO {path}: cannot open for reading: {exc.strerror} "
-                        f"(keepalived makes it 0600, owned by the script user)") from None
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -113,13 +92,13 @@ class Reader:
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
                  detach: Way, term_at: float | None = None, serve: bool = False) -> None:
-        self.settings, self.paths, self.fifo, self.fifo_path, self.log = settings, paths, fifo_fd, fifo_path, log
+        self.settings, self.paths, self.log = settings, paths, log
         self.detach = detach
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
-        self._recheck_at: float | None = time.monotonic() if serve else None
+        self.poller = select.poll()
+        self.fifo = Fifo(fifo_path, fifo_fd, serve, self.poller, log)
         self.journal = JournalWriter(paths.journal, floor=lambda: last_recorded(paths.progress))
         self.doorbell = Doorbell(paths)
-        self.poller = select.poll()
         self.watch = WorkerWatch(paths, self.poller)
         self._kick_at: float | None = None  # when to ring again for a crashed or unstartable worker
         self._kick_delay = KICK_MIN
@@ -152,8 +131,7 @@ class Reader:
 
     def run(self) -> int:
         self.init_signals()
-        if self.fifo >= 0:
-            self.poller.register(self.fifo, select.POLLIN)
+        self.fifo.watch()
         self.poller.register(self._wake_r, select.POLLIN)
         self._repair()
         self._guarded("worker watch", self._follow_named)  # a worker that crashed while no reader ran
@@ -181,17 +159,17 @@ class Reader:
         for fd, _ in self.poller.poll(self._poll_timeout()):
             if fd == self._wake_r:
                 _drain(self._wake_r)
-            elif fd == self.fifo:
+            elif fd == self.fifo.fd:
                 if not self._read():
                     eof = not self.serve
                     if self.serve:
-                        self._writer_gone()
+                        self.fifo.writer_gone()
             elif self.watch.owns(fd):
                 self._watched(fd)
         if self._kick_at is not None and time.monotonic() >= self._kick_at:
             self._kick()
-        if self._recheck_at is not None and time.monotonic() >= self._recheck_at:
-            self._recheck_fifo()
+        if self.fifo.recheck_at is not None and time.monotonic() >= self.fifo.recheck_at:
+            self.fifo.recheck()
         if self.backlog:
             self._flush_backlog()
         if self.term_at is not None and not self._term_logged and not self.serve:
@@ -208,8 +186,8 @@ class Reader:
             waits.append(RETRY_INTERVAL)
         if self._kick_at is not None:
             waits.append(self._kick_at - time.monotonic())
-        if self._recheck_at is not None:
-            waits.append(self._recheck_at - time.monotonic())
+        if self.fifo.recheck_at is not None:
+            waits.append(self.fifo.recheck_at - time.monotonic())
         if not waits:
             return None
         return max(0, int(min(waits) * 1000) + 1)
@@ -270,52 +248,15 @@ class Reader:
     # -- FIFO -----------------------------------------------------------------------------------
 
     def _read(self) -> bool:
-        """Read what the FIFO holds; False at EOF (keepalived closed it: reload or exit)."""
-        while True:
+        """Read what the FIFO holds, line by line; False at EOF (keepalived closed it)."""
+        return self.fifo.read(self._feed)
+
+    def _feed(self, data: bytes) -> None:
+        for raw in self.splitter.feed(data):
             try:
-                data = os.read(self.fifo, 1 << 16)
-            except BlockingIOError:
-                return True
-            if not data:
-                return False
-            self._recheck_at = None  # keepalived writes to this FIFO: it is the right one
-            for raw in self.splitter.feed(data):
-                try:
-                    self._line(raw)
-                except Exception as exc:
-                    self._unforeseen("line handling", exc)
-
-    def _writer_gone(self) -> None:
-        """Service mode: keepalived closed the FIFO (restart, reload, exit); follow it to the new one."""
-        self.log.info(None, None, f"keepalived closed {self.fifo_path}; following it (restart or reload)")
-        self._close_fifo()
-        self._recheck_at = time.monotonic()
-
-    def _close_fifo(self) -> None:
-        if self.fifo >= 0:
-            self.poller.unregister(self.fifo)
-            os.close(self.fifo)
-            self.fifo = -1
-
-    def _recheck_fifo(self) -> None:
-        """Service mode, until keepalived writes again: (re)open the FIFO at its path when it is missing
-        or was replaced (keepalived makes a new one, a new inode, on reload and restart)."""
-        self._recheck_at = time.monotonic() + FIFO_RECHECK
-        try:
-            current = os.stat(self.fifo_path).st_ino
-        except OSError:
-            self._close_fifo()
-            return
-        if self.fifo >= 0 and os.fstat(self.fifo).st_ino == current:
-            return
-        self._close_fifo()
-        try:
-            self.fifo = open_fifo(self.fifo_path)
-        except FifoError as exc:
-            self.log.warn(None, None, str(exc))
-            return
-        self.poller.register(self.fifo, select.POLLIN)
-        self.log.info(None, None, f"reading {self.fifo_path} (inode {current})")
+                self._line(raw)
+            except Exception as exc:
+                self._unforeseen("line handling", exc)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -438,8 +379,8 @@ class Reader:
             state, why = "RELOAD", "SIGTERM then EOF: keepalived is reloading"
         elif (sibling := later_sibling(os.getpid())) is not None:
             state, why = "RELOAD", f"SIGTERM, and keepalived started the next reader (pid {sibling}): a reload"
-        elif self._fifo_replaced():
-            state, why = "RELOAD", f"SIGTERM, and {self.fifo_path} is a new FIFO: keepalived is reloading"
+        elif self.fifo.replaced():
+            state, why = "RELOAD", f"SIGTERM, and {self.fifo.path} is a new FIFO: keepalived is reloading"
         else:
             state, why = "STOP", "SIGTERM: keepalived is stopping"
         self.finish_with(state, why)
@@ -452,12 +393,6 @@ class Reader:
         since = "" if self.term_at is None else f", {(time.monotonic() - self.term_at) * 1000:.0f} ms after SIGTERM"
         self.log.info(None, None, f"reader exiting ({why}; {self.lines} lines read{since})")
 
-    def _fifo_replaced(self) -> bool:
-        """The FIFO's path names another inode than ours: keepalived made a new one (a reload)."""
-        try:
-            return os.stat(self.fifo_path).st_ino != os.fstat(self.fifo).st_ino
-        except OSError:
-            return False  # removed: a stopping keepalived may clean up its FIFO
 
 
 def _drain(fd: int) -> None:

@@ -1,0 +1,103 @@
+"""keepalived's FIFO as the reader sees it: opened once (the notify_fifo_script keepalived starts
+with the FIFO as its last argument), or followed across keepalived's restarts and reloads (service
+mode, `notify-launcher serve`: keepalived makes a new FIFO, a new inode, each time).
+
+Opened non-blocking, so opening never waits for a writer and a SIGTERM is never missed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import time
+from collections.abc import Callable
+
+from notify_launcher.log import Log
+
+RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
+
+
+class FifoError(Exception):
+    """The FIFO keepalived gave us cannot be read; the message says why."""
+
+
+def open_fifo(path: str) -> int:
+    """Open keepalived's FIFO for reading without waiting for a writer (so SIGTERM is never missed)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise FifoError(f"FIFO {path}: {exc.strerror} (keepalived creates it from notify_fifo; "
+                        f"the FIFO must be the last argument)") from None
+    if not stat.S_ISFIFO(st.st_mode):
+        raise FifoError(f"{path} is not a FIFO (keepalived passes its notify_fifo path as the last argument)")
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FifoError(f"FIFO {path}: cannot open for reading: {exc.strerror} "
+                        f"(keepalived makes it 0600, owned by the script user)") from None
+
+
+class Fifo:
+    """The FIFO the reader polls.  `fd` is -1 while there is none (service mode, between two
+    keepalived runs); `recheck_at` is when to look at the path again (None: not following)."""
+
+    def __init__(self, path: str, fd: int, follow: bool, poller: select.poll, log: Log) -> None:
+        self.path, self.fd, self.follow, self.poller, self.log = path, fd, follow, poller, log
+        self.recheck_at: float | None = time.monotonic() if follow else None
+
+    def watch(self) -> None:
+        """Have the reader's poll() wake when the FIFO has data."""
+        if self.fd >= 0:
+            self.poller.register(self.fd, select.POLLIN)
+
+    def read(self, feed: Callable[[bytes], None]) -> bool:
+        """Hand `feed` what the FIFO holds, as it comes; False at EOF (keepalived closed it)."""
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            self.recheck_at = None  # keepalived writes to this FIFO: it is the right one
+            feed(data)
+
+    def writer_gone(self) -> None:
+        """Service mode: keepalived closed the FIFO (restart, reload, exit); follow it to the new one."""
+        self.log.info(None, None, f"keepalived closed {self.path}; following it (restart or reload)")
+        self.close()
+        self.recheck_at = time.monotonic()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.poller.unregister(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+    def recheck(self) -> None:
+        """Service mode, until keepalived writes again: (re)open the FIFO at its path when it is missing
+        or was replaced (keepalived makes a new one, a new inode, on reload and restart)."""
+        self.recheck_at = time.monotonic() + RECHECK
+        try:
+            current = os.stat(self.path).st_ino
+        except OSError:
+            self.close()
+            return
+        if self.fd >= 0 and os.fstat(self.fd).st_ino == current:
+            return
+        self.close()
+        try:
+            self.fd = open_fifo(self.path)
+        except FifoError as exc:
+            self.log.warn(None, None, str(exc))
+            return
+        self.watch()
+        self.log.info(None, None, f"reading {self.path} (inode {current})")
+
+    def replaced(self) -> bool:
+        """The path names another inode than ours: keepalived made a new FIFO (a reload)."""
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self.fd).st_ino
+        except OSError:
+            return False  # removed: a stopping keepalived may clean up its FIFO
