@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 
+from notify_launcher import settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.events import Rejected, parse_line
 from notify_launcher.handoff import Doorbell
@@ -54,13 +55,10 @@ def send_fifo(path: str, line: str) -> str:
 
 def _settings(paths: StatePaths) -> Settings:
     """The newest reader's settings (an OSError propagates: the command line explains it)."""
-    with open(paths.settings) as fh:
-        text = fh.read()
     try:
-        return Settings.from_json(text)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SendError(f"{paths.settings} is damaged ({type(exc).__name__}: {exc}); restart or reload "
-                        f"keepalived so that a reader writes it again") from None
+        return settingsfile.read(paths)
+    except settingsfile.SettingsFileError as exc:
+        raise SendError(f"{exc}; restart or reload keepalived so that a reader writes it again") from None
 
 
 def send_state(state_dir: str, line: str) -> str:

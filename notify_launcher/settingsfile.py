@@ -7,6 +7,8 @@ it, one error: whoever reads decides what a missing or damaged file means for it
 
 from __future__ import annotations
 
+import os
+
 from notify_launcher.config import Settings
 from notify_launcher.statedir import StatePaths, write_atomic
 
@@ -30,11 +32,11 @@ def publish(paths: StatePaths, settings: Settings) -> bool:
 
 
 def read(paths: StatePaths) -> Settings:
-    """The published settings."""
-    try:
-        with open(paths.settings, encoding="utf-8") as fh:
+    """The published settings.  OSError (missing, unreadable) is left to the caller, which knows
+    what it means there; content that is not settings is a SettingsFileError."""
+    fd = os.open(paths.settings, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, encoding="utf-8", errors="strict") as fh:
+        try:
             return Settings.from_json(fh.read())
-    except OSError as exc:
-        raise SettingsFileError(f"{paths.settings}: {exc.strerror}") from None
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SettingsFileError(f"{paths.settings}: damaged ({type(exc).__name__}: {exc})") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise SettingsFileError(f"{paths.settings} is damaged ({type(exc).__name__}: {exc})") from None

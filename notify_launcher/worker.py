@@ -259,8 +259,8 @@ class Worker:
         self._settings_id = ident
         try:
             new = settingsfile.read(self.paths)
-        except settingsfile.SettingsFileError as exc:
-            self.log.error(None, None, f"cannot follow the settings: {exc}; keeping the old ones")
+        except (OSError, settingsfile.SettingsFileError) as exc:
+            self.log.error(None, None, f"cannot follow the settings ({exc}); keeping the old ones")
             return
         if (new.log_file, new.log_level) != (self.settings.log_file, self.settings.log_level):
             self.log.info(None, None, f"settings changed: logging to {new.log_file} at {new.log_level} from now on")
