@@ -22,7 +22,7 @@ import shlex
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final, Literal, get_args
 
-from notify_launcher.events import Event
+from notify_launcher.events import READER_TYPE, Event
 from notify_launcher.statedir import StatePaths
 
 DEFAULT_STATE_DIR = "/run/notify-launcher"
@@ -88,7 +88,7 @@ class Settings:
     def action_for(self, event: Event) -> tuple[tuple[str, ...], float]:
         """The command prefix and timeout for `event`: each from the most specific matching rule that
         sets it (ties: the later section), else the [launcher] default."""
-        if event.type == "READER":
+        if event.type == READER_TYPE:
             return (self.stop_action if event.state == "STOP" else ()), self.timeout
         handler, timeout = self.handler, self.timeout
         matching = sorted((r.specificity(event), n, r) for n, r in enumerate(self.rules)
