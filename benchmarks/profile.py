@@ -2,7 +2,8 @@
 """Where the launcher's time goes: py-spy on the reader and on the lingering worker.
 
     .venv/bin/pip install py-spy          # once; a dev tool, not a dependency of the launcher
-    .venv/bin/python benchmarks/profile.py [--idle-events 300] [--burst 2000] [--rate 1000] [--keep]
+    PYTHONPATH=tests .venv/bin/python benchmarks/profile.py [--idle-events 300] [--burst 2000] \
+        [--rate 1000] [--keep]                                             # from the checkout
 
 Same setup as benchmarks/run.py (stand-in, the bash recorder handler, a warm worker).  Two phases,
 each recorded separately for the reader and for the worker (py-spy --nonblocking, idle stacks
@@ -27,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402
-from run import Setup, burst_lines, ident_of_line, kill_matching, log, wait_started  # noqa: E402
+import run  # benchmarks/run.py: this script's directory is on the path
+from run import Setup, burst_lines, ident_of_line, log, wait_started
+from support import processes
 
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 
@@ -143,7 +144,7 @@ def main() -> int:
         for name in ("idle-reader", "idle-worker", "burst-reader", "burst-worker"):
             texts.append(report(root / f"{name}.txt", name, args.top))
     finally:
-        kill_matching(str(root))
+        processes.end_all(str(root), term_grace=3.0)
         if args.keep:
             log(f"kept {root}")
         else:

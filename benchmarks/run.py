@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """notify-launcher vs the hand-written bash reader, both driven by the keepalived stand-in, in one run.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--json]
+    PYTHONPATH=tests .venv/bin/python benchmarks/run.py [--quick] [--json]    # from the checkout
 
 Sides (each rep starts fresh setups in a temp dir; the side that goes first alternates per rep):
   launcher  bin/notify-launcher --handler H --state-dir D/state --log-file D/launcher.log FIFO
             (default settings otherwise: linger 600 s, stop_grace 0.5 s)
   baseline  benchmarks/baseline-reader.sh D/lock H FIFO
             = while read line; do setsid flock LOCK H $line & done < FIFO   (+ keepalived's sample TERM trap)
-Both run the same action H: a bash script (no Python, no fork for its clock: $EPOCHREALTIME) that
-appends "start TIME ARGS" and "end TIME ARGS" around a 1 ms nap (`read -t` on an unwritten FIFO).
+Both run the same action H: the tests' recorder (tests/support/recorder.py: bash, no fork for its
+clock, $EPOCHREALTIME) that appends "start SEQ TIME ARGS" and "end SEQ TIME ARGS" around a 1 ms nap
+(`read -t` on an unwritten FIFO; SEQ is "-" on the baseline's side, which sets no NL_SEQ).
+PYTHONPATH=tests puts that package, `support`, on the path (as pytest's configuration does).
 
 Measured (medians over the reps; bounds that must hold every time are judged on the max):
   idle      event -> action start latency with events 200 ms apart (steady state: the launcher's
@@ -49,22 +51,17 @@ from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from standin import Keepalived, StopReport  # noqa: E402
+from support import LAUNCHER, ROOT, processes, recorder
+from support.standin import Keepalived, StopReport
 
-LAUNCHER = str(ROOT / "bin" / "notify-launcher")
 LAUNCHER_CMD = [LAUNCHER]  # --launcher replaces it (A/B runs against another checkout)
 BASELINE = str(ROOT / "benchmarks" / "baseline-reader.sh")
 SIDES = ("launcher", "baseline")
 
-# The one action both sides run.  ${0%/*}: the directory of the script, so each setup records into
-# its own file with byte-identical handler text.
-HANDLER = """#!/bin/bash
-echo "start $EPOCHREALTIME $*" >> "${{0%/*}}/records"
-read -t {nap} <> "${{0%/*}}/nap"
-echo "end $EPOCHREALTIME $*" >> "${{0%/*}}/records"
-"""
+# The nap of the one action both sides run (the recorder's `then`): a read that times out, no fork.
+# The records and the nap FIFO are beside the script (${0%/*}), so each setup records into its own
+# file with byte-identical handler text.
+NAP = 'read -t {nap} <> "${{0%/*}}/nap"'
 
 Ident = tuple[str, str, str, str]  # TYPE NAME STATE PRIORITY, quotes stripped
 ANOMALIES: list[str] = []  # anything unexpected: reported, and the temp dir is kept for a look
@@ -119,11 +116,9 @@ class Setup:
     def __post_init__(self) -> None:
         self.dir = self.root / f"{self.side}-{self.label}"
         self.dir.mkdir(parents=True)
-        self.handler = self.dir / "handler.sh"
-        self.handler.write_text(HANDLER.format(nap=f"{self.nap:.4f}"))
-        self.handler.chmod(0o755)
+        self.handler = recorder.install(self.dir / "handler.sh", then=NAP.format(nap=f"{self.nap:.4f}"))
         os.mkfifo(self.dir / "nap", 0o600)
-        self.records_path = self.dir / "records"
+        self.records_path = self.dir / recorder.RECORDS
         self.fifo = self.dir / "notify.fifo"
         self.state = self.dir / "state"
         self.logfile = self.dir / "launcher.log"
@@ -147,17 +142,10 @@ class Setup:
         return self.k.proc.pid
 
     def records(self) -> list[tuple[str, float, Ident]]:
-        try:
-            data = self.records_path.read_text()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in data.splitlines():
-            parts = line.split()
-            if len(parts) != 6:
-                continue
-            out.append((parts[0], float(parts[1]), (parts[2], parts[3].strip('"'), parts[4], parts[5])))
-        return out
+        """(start|end, time, ident) in file order; NAME without the quotes the baseline leaves on it."""
+        return [(r.kind, r.time, (r.type, r.name.strip('"'), r.state, r.priority))
+                for r in recorder.read(self.records_path)
+                if r.kind in ("start", "end") and r.time is not None and len(r.args) == 4]
 
     def count_ends(self) -> int:
         try:
@@ -167,60 +155,11 @@ class Setup:
 
     def processes(self) -> list[tuple[int, list[str]]]:
         """Launcher-side processes: cmdline names this setup's dir, not the handler itself."""
-        return [(pid, args) for pid, args in scan_procs(str(self.dir))
+        return [(pid, args) for pid, args in processes.scan(str(self.dir))
                 if not (args[:1] == [str(self.handler)] or args[1:2] == [str(self.handler)])]
 
     def cleanup(self) -> None:
-        kill_matching(str(self.dir))
-
-
-def scan_procs(needle: str) -> list[tuple[int, list[str]]]:
-    """(pid, argv) of every process but us whose cmdline contains `needle` (a /proc scan)."""
-    me, nb, out = os.getpid(), needle.encode(), []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        if nb in raw and int(name) != me:
-            out.append((int(name), [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]))
-    return out
-
-
-def ppid_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def kill_matching(needle: str, grace: float = 3.0) -> None:
-    """SIGTERM, by PID, every process we started under `needle`; SIGKILL what is left after `grace`."""
-    procs = []
-    for pid, _ in scan_procs(needle):
-        try:
-            p = psutil.Process(pid)
-            p.terminate()
-            procs.append(p)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=2)
-    # processes that appeared meanwhile (a worker being spawned): one more pass, straight to SIGKILL
-    for pid, _ in scan_procs(needle):
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
+        processes.end_all(str(self.dir), term_grace=3.0)
 
 
 def wait_fifo_open(pid: int, fifo: str, timeout: float = 15) -> None:
@@ -278,7 +217,7 @@ class Sampler(threading.Thread):
                 pass
         if len(procs) <= 10:  # who is whose child, for the peak's description (not for 2,000 flock jobs)
             for pid, _ in procs:
-                self.ppids.setdefault(pid, ppid_of(pid))
+                self.ppids.setdefault(pid, processes.ppid(pid))
         try:
             self.peak_rss = max(self.peak_rss, self.reader.memory_info().rss)
         except psutil.Error:
@@ -907,7 +846,7 @@ def main() -> int:
         cpu = phase_idle_cpu(root, cfg["idle_cpu_s"], args.nap)
         load_end = os.getloadavg()
     finally:
-        kill_matching(str(root))
+        processes.end_all(str(root), term_grace=3.0)
         if args.keep or ANOMALIES:
             log(f"kept {root}" + (" (anomalies: see below)" if ANOMALIES else ""))
         else:

@@ -1,18 +1,21 @@
 """notify-launcher demo: a slow action survives keepalived's stop, and actions run one at a time, in order.
 
 As root with keepalived installed: two REAL keepalived 2.2.7 nodes, each in its own network
-namespace (tests/realka.py), fail over: node1 (priority 150) is MASTER, node2 (100) BACKUP; then
+namespace (tests/support/realka.py), fail over: node1 (priority 150) is MASTER, node2 (100) BACKUP; then
 node1's keepalived gets SIGTERM (what `systemctl stop keepalived` does).  keepalived kills its
 notify_fifo_script at +1 s; the launcher's reader leaves long before, and node1's 3 s STOP action
 runs to its end in the detached worker, after keepalived itself has exited.  node2 takes over.
 
 Otherwise (not root, no keepalived, no network namespaces): the keepalived stand-in
-(tests/standin.py) drives one launcher the way keepalived 2.2.7 would, with the same slow actions.
+(tests/support/standin.py) drives one launcher the way keepalived 2.2.7 would, with the same slow actions.
 
 Prints a timeline of every action (node, event, start, end, relative to the demo's start), checks
 what it claims, then prints each node's launcher log.  Exit status 0 only if every check held.
 
-    .venv/bin/python demo/demo.py [--standin]
+    sh scripts/demo [--standin]                                  # from the checkout: sets up, then runs
+    PYTHONPATH=tests .venv/bin/python demo/demo.py [--standin]  # the same, set up already
+
+PYTHONPATH=tests: the test support package `support` (tests/support/), as pytest has it.
 """
 
 from __future__ import annotations
@@ -26,14 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import realka  # noqa: E402
-from realka import KILL_AFTER, LAUNCHER, Cluster, Node  # noqa: E402
-from standin import Keepalived  # noqa: E402
+from support import LAUNCHER, processes, realka
+from support.realka import KILL_AFTER, Cluster, Node
+from support.standin import Keepalived
 
 MASTER_SECONDS = 2
 STOP_SECONDS = 3
@@ -52,7 +50,7 @@ class Report:
 
     def actions(self, node: Node, who: str) -> None:
         for a in node.actions():
-            event = f"#{a.seq} {' '.join(a.fields)}"
+            event = f"#{a.seq} {' '.join(a.args)}"
             self.at(a.start, who, f"{event:<28} action started")
             if a.end is not None:
                 self.at(a.end, who, f"{event:<28} action ended after {a.end - a.start:.3f} s")
@@ -159,7 +157,7 @@ def fmt_ms(seconds: float | None) -> str:
 
 
 def standin_demo() -> bool:
-    print("The keepalived stand-in (tests/standin.py) plays keepalived 2.2.7: it writes the lines,\n"
+    print("The keepalived stand-in (tests/support/standin.py) plays keepalived 2.2.7: it writes the lines,\n"
           "stops the script with SIGTERM, writes the STOP lines after it and SIGKILLs at +1 s.\n"
           f"MASTER actions take {MASTER_SECONDS} s, STOP actions {STOP_SECONDS} s; the stop comes while "
           "the MASTER action runs.\n")
@@ -171,7 +169,7 @@ def standin_demo() -> bool:
         node.sleep_on("INSTANCE", "MASTER", MASTER_SECONDS)
         node.sleep_on("INSTANCE", "STOP", STOP_SECONDS)
         rep = Report(time.time())
-        k = Keepalived([str(LAUNCHER), "--config", str(node.ini)], str(node.fifo))
+        k = Keepalived([LAUNCHER, "--config", str(node.ini)], str(node.fifo))
         k.start()
         rep.at(time.time(), "stand-in", "stand-in started notify-launcher")
         lines = ['GROUP "G1" BACKUP 0', 'INSTANCE "VI_1" BACKUP 150', 'INSTANCE "VI_1" MASTER 150', 'GROUP "G1" MASTER 0']
@@ -212,12 +210,7 @@ def standin_demo() -> bool:
     finally:
         if k is not None and k.proc is not None and k.proc.poll() is None:
             k.stop([])
-        procs = node.processes()
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        processes.end_all(str(tmp))
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -24,9 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from conftest import LAUNCHER
+from support import LAUNCHER, processes, recorder
+from support.marks import needs
 
 EVENTS = 2000
 KILLS = 13  # planned, of the worker and of the reader each
@@ -51,9 +50,8 @@ class Chaos:
         self.fifo = tmp / "notify.fifo"
         self.rec = tmp / "records"
         self.log = tmp / "launcher.log"
-        self.handler = tmp / "handler.sh"
-        self.handler.write_text(f'#!/bin/sh\necho "start $NL_SEQ $2" >> {self.rec}\nsleep 0.004\necho "end $NL_SEQ" >> {self.rec}\n')
-        self.handler.chmod(0o755)
+        self.handler = recorder.install(tmp / "handler.sh", records=self.rec, sleeps=tmp / recorder.SLEEPS)
+        (tmp / recorder.SLEEPS).write_text(recorder.sleep_line("*", "*", 0.004))  # every action takes 4 ms
         self.filler = self.state / "filler"
         self.reader: subprocess.Popen[bytes] | None = None
         self.readers: list[subprocess.Popen[bytes]] = []
@@ -78,8 +76,10 @@ class Chaos:
         """SIGKILL the running worker; False if there is none right now.  Found in /proc, not through
         worker.pid: on a full disk a worker runs without one, and a stale one may name a zombie."""
         readers = {p.pid for p in self.readers}
-        workers = [pid for pid in self.launcher_pids() if pid not in readers and _ppid(pid) not in readers
-                   and _holds_worker_lock(pid, self.state / "worker.lock")]
+        # worker.lock held: a worker still importing, or queued for the lock, is not the one whose
+        # kill tests recovery
+        workers = [pid for pid in self.launcher_pids() if pid not in readers and processes.ppid(pid) not in readers
+                   and processes.holds_lock(pid, self.state / "worker.lock")]
         if not workers:
             return False
         for pid in workers:
@@ -106,40 +106,7 @@ class Chaos:
 
     def launcher_pids(self) -> set[int]:
         """Live launcher processes whose command line names this setup (readers, workers)."""
-        out = set()
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-            except (OSError, IndexError):
-                continue
-            if str(self.state).encode() in cmd and not zombie:
-                out.add(int(pid))
-        return out
-
-
-def _holds_worker_lock(pid: int, lock: Path) -> bool:
-    """The process holds worker.lock (has taken over), from /proc/locks: a worker still importing,
-    or queued for the lock, is not the one whose kill tests recovery."""
-    try:
-        inode = lock.stat().st_ino
-        table = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return False
-    for row in table:
-        fields = row.split()
-        if "->" not in fields and len(fields) >= 6 and fields[4] == str(pid) and fields[5].endswith(f":{inode}"):
-            return True
-    return False
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+        return {pid for pid, _ in processes.scan(str(self.state))}
 
 
 def _write_lines(fd: int, first: int, count: int) -> None:
@@ -148,14 +115,16 @@ def _write_lines(fd: int, first: int, count: int) -> None:
         os.write(fd, f'INSTANCE "VI_{i}" {"MASTER" if i % 2 else "BACKUP"} 100\n'.encode())
 
 
-def _check(records: list[list[str]], last_seq: int, reader_seqs: set[int], worker_kills: int) -> tuple[int, int]:
+def _check(records: list[recorder.Record], last_seq: int, reader_seqs: set[int],
+           worker_kills: int) -> tuple[int, int]:
     """(events run, re-runs); asserts order, no overlap beyond a killed action, nothing missing."""
     seen: list[int] = []
     reruns = 0
     running: int | None = None
     for rec in records:
-        seq = int(rec[1])
-        if rec[0] == "start":
+        seq = rec.seq
+        assert seq is not None
+        if rec.kind == "start":
             if seen and seq == seen[-1]:
                 reruns += 1  # the interrupted event, run again before anything later
             else:
@@ -171,11 +140,8 @@ def _check(records: list[list[str]], last_seq: int, reader_seqs: set[int], worke
     return len(seen), reruns
 
 
+@needs("root (it mounts a small tmpfs for the state directory)", os.geteuid() == 0)
 def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true: the chaos test needs root (it mounts a small tmpfs)")
-        pytest.skip("needs root (mounts a small tmpfs for the state directory)")
     seed = int(os.environ.get("NL_CHAOS_SEED", str(time.time_ns() % 1_000_000)))
     rng = random.Random(seed)
     print(f"\nchaos seed {seed} (NL_CHAOS_SEED={seed} replays it)")
@@ -237,7 +203,7 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
         log = chaos.log.read_text()
         reader_seqs = {int(line.split("#", 1)[1].split()[0]) for line in log.splitlines() if "READER reader" in line
                        and "#" in line and line.split("#", 1)[1][:1].isdigit()}
-        records = [line.split() for line in chaos.rec.read_text().splitlines()]
+        records = recorder.read(chaos.rec)
         ran, reruns = _check(records, last_seq, reader_seqs, chaos.kills["worker"])
         lost_lines = written - ran
         print(f"chaos: {written} lines written, {last_seq} journaled ({len(reader_seqs)} reader events), "
@@ -253,12 +219,5 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        deadline = time.monotonic() + 10
-        while chaos.launcher_pids() and time.monotonic() < deadline:
-            time.sleep(0.1)  # workers linger 1 s, then leave
-        for pid in chaos.launcher_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        processes.end_all(str(chaos.state))
         subprocess.run(["umount", "-l", str(chaos.state)], check=False)

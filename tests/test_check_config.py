@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAUNCHER
+from support import LAUNCHER, ROOT
+from support.marks import needs
 
 
 def _check(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,19 +62,12 @@ def test_config_error_and_unset_handler(tmp_path: Path) -> None:
     assert f"problem: {ini}: [launcher] handler: not set; events will only be logged" in res.stdout
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
-                                reason="needs root: the check of what root trusts runs only as root (and "
-                                       "giving files to another user needs root)")
-
-
-def _must_be_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("CI=true: this test must run as root")
+needs_root = needs("root (the check of what root trusts runs only as root, and giving files to another "
+                   "user needs root)", os.geteuid() == 0)
 
 
 @needs_root
 def test_insecure_file_is_a_problem_for_root(good: Path) -> None:
-    _must_be_root()
     act = good.parent / "act.sh"
     act.chmod(0o777)
     res = _check("--config", str(good))
@@ -86,7 +80,6 @@ def test_insecure_file_is_a_problem_for_root(good: Path) -> None:
 def test_state_dir_and_log_paths_others_control_are_problems_for_root(good: Path) -> None:
     """What the reader refuses, check-config reports: a state dir below another user's directory, a
     log path whose directory another user owns (they can plant a symlink), a state dir in /tmp."""
-    _must_be_root()
     shared = good.parent / "shared"
     shared.mkdir()
     os.chown(shared, 65534, 65534)
@@ -150,7 +143,6 @@ def test_keepalived_conf_mistakes(good: Path, script: str, message: str) -> None
 
 @needs_root
 def test_keepalived_conf_fifo_owner_must_be_the_script_user(good: Path) -> None:
-    _must_be_root()
     fifo = good.parent / "n.fifo"
     os.mkfifo(fifo)
     os.chown(fifo, 1234, 1234)
@@ -194,8 +186,6 @@ def test_every_keepalived_conf_snippet_names_the_fifo_user() -> None:
     copied without `root` loses every event after a reload (Debian, enable_script_security)."""
     import re
     import subprocess
-
-    from conftest import LAUNCHER, ROOT
 
     def fifo_lines(text: str) -> list[str]:
         return [" ".join(line.split()) for line in text.splitlines()

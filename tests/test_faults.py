@@ -11,7 +11,10 @@ import psutil
 import pytest
 from pathlib import Path
 
-from conftest import Launcher, check_order
+from support import LAUNCHER
+from support.launcher import Launcher
+from support.marks import needs
+from support.recorder import check_order
 
 VI = 'INSTANCE "VI_1" {} 100'
 
@@ -44,11 +47,11 @@ def test_worker_killed_mid_action_is_recovered_by_policy(launcher: Launcher, pol
     launcher.settle(2)
     k.stop([])
     assert not psutil.pid_exists(action_pid) or psutil.Process(action_pid).status() == psutil.STATUS_ZOMBIE
-    states = [(r[0], r[1]) for r in launcher.records()]
+    states = [(r.kind, r.seq) for r in launcher.records()]
     if policy == "rerun":
-        assert states == [("start", "1"), ("start", "1"), ("end", "1"), ("start", "2"), ("end", "2")]
+        assert states == [("start", 1), ("start", 1), ("end", 1), ("start", 2), ("end", 2)]
     else:
-        assert states == [("start", "1"), ("start", "2"), ("end", "2")]
+        assert states == [("start", 1), ("start", 2), ("end", 2)]
     log = launcher.log_text()
     assert f"worker pid {dead} died while this event's action (pid {action_pid}) ran; policy on_crash={policy}" in log
     assert f"ending the dead worker's action pid {action_pid}" in log
@@ -84,20 +87,14 @@ def test_worker_killed_with_no_further_event_is_noticed_by_the_reader(launcher: 
     _wait_for(lambda: len(launcher.records()) == 3)  # start 1 (killed), start 1 (rerun), end 1
     launcher.settle(1)
     k.stop([])
-    assert [r[:2] for r in launcher.records()] == [["start", "1"], ["start", "1"], ["end", "1"]]
+    assert [(r.kind, r.seq) for r in launcher.records()] == [("start", 1), ("start", 1), ("end", 1)]
     log = launcher.log_text()
     assert f"worker pid {dead} died without finishing; starting another" in log
     assert f"worker pid {dead} died while this event's action" in log
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
-                                reason="needs root (mounts a tiny tmpfs)")
-
-
-@needs_root
+@needs("root (it mounts a tiny tmpfs)", os.geteuid() == 0)
 def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> None:
-    if os.geteuid() != 0:
-        pytest.fail("CI=true: this test must run as root")
     import subprocess
     launcher.state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k,mode=0700", "tmpfs", str(launcher.state)], check=True)
@@ -126,7 +123,7 @@ def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> No
         launcher.settle(152)
         started, problems = check_order(launcher.records())
         assert problems == 0 and started == list(range(1, 152))
-        assert [int(r[5]) for r in launcher.records() if r[0] == "start"][1:] == list(range(150))
+        assert [int(r.priority) for r in launcher.starts()][1:] == list(range(150))
         assert "received (journaled late, after" in launcher.log_text()
     finally:
         for p in launcher.processes():
@@ -144,7 +141,7 @@ def test_unwritable_log_file_does_not_stop_actions(launcher: Launcher) -> None:
     _wait_for(lambda: len(launcher.records()) == 4)
     report = k.stop([])
     assert not report.killed
-    assert [r[:2] for r in launcher.records()] == [["start", "1"], ["end", "1"], ["start", "2"], ["end", "2"]]
+    assert [(r.kind, r.seq) for r in launcher.records()] == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
 
 
 def test_ten_thousand_garbage_lines_then_valid_events(launcher: Launcher) -> None:
@@ -178,21 +175,18 @@ def test_ten_thousand_garbage_lines_then_valid_events(launcher: Launcher) -> Non
     launcher.settle(3)
     rss_after = reader.memory_info().rss
     k.stop([])
-    assert [r[4] for r in launcher.records() if r[0] == "start"] == ["BACKUP", "MASTER", "FAULT"]
+    assert [r.state for r in launcher.starts()] == ["BACKUP", "MASTER", "FAULT"]
     log = launcher.log_text()
     assert log.count(" rejected (") >= 10_000
     assert "line 1 rejected (line longer than 4096 bytes)" in log
     assert rss_after - rss_before < 8 * 1024 * 1024, f"reader grew by {(rss_after - rss_before) >> 20} MiB"
 
 
-@needs_root
+@needs("root (it runs the reader as nobody)", os.geteuid() == 0)
 def test_unreadable_fifo_is_a_clear_error() -> None:
     """keepalived makes the FIFO 0600 for the script user: a reader running as another user says so."""
-    if os.geteuid() != 0:
-        pytest.fail("CI=true: this test must run as root (it runs the reader as nobody)")
     import subprocess
     import tempfile
-    from conftest import LAUNCHER
     nobody = 65534
 
     def as_nobody() -> None:

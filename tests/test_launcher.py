@@ -8,9 +8,9 @@ import subprocess
 import threading
 import time
 
-import psutil
-
-from conftest import LAUNCHER, Launcher, check_order
+from support import LAUNCHER, processes, recorder
+from support.launcher import Launcher
+from support.recorder import check_order
 
 VI = 'INSTANCE "VI_1" {} 100'
 
@@ -23,12 +23,11 @@ def test_events_run_in_order_with_their_fields(launcher: Launcher) -> None:
         assert k.write(line)
     launcher.settle(4)
     k.stop([])
-    recs = [r for r in launcher.records() if r[0] == "start"]
-    assert [r[1:-1] for r in recs] == [
-        ["1", "GROUP", "G1", "BACKUP", "0"],
-        ["2", "INSTANCE", "VI_1", "BACKUP", "100"],
-        ["3", "INSTANCE", "VI_1", "MASTER", "100"],
-        ["4", "RS", "[192.168.1.11]:tcp:0", "DOWN", "0", "FWM", "7"],
+    assert [[r.seq, *r.args] for r in launcher.starts()] == [
+        [1, "GROUP", "G1", "BACKUP", "0"],
+        [2, "INSTANCE", "VI_1", "BACKUP", "100"],
+        [3, "INSTANCE", "VI_1", "MASTER", "100"],
+        [4, "RS", "[192.168.1.11]:tcp:0", "DOWN", "0", "FWM", "7"],
     ]
     log = launcher.log_text()
     assert re.search(r'worker\[\d+\] INFO  #3 INSTANCE "VI_1" MASTER 100 \| action ended: exit 0', log)
@@ -47,9 +46,9 @@ def test_slow_action_survives_keepalived_stop_and_stop_lines_run(launcher: Launc
     recs = launcher.records()
     started, problems = check_order(recs)
     assert started == [1, 2, 3] and problems == 0
-    assert recs[0][:5] == ["start", "1", "INSTANCE", "VI_1", "MASTER"]
-    assert recs[1][:2] == ["end", "1"] and float(recs[1][2]) - float(recs[0][-1]) >= 3.0
-    assert [r[3:5] for r in recs if r[0] == "start"][1:] == [["VI_1", "STOP"], ["G1", "STOP"]]
+    assert (recs[0].kind, recs[0].seq, recs[0].args[:3]) == ("start", 1, ["INSTANCE", "VI_1", "MASTER"])
+    assert (recs[1].kind, recs[1].seq) == ("end", 1) and recs[1].time - recs[0].time >= 3.0
+    assert [r.args[1:3] for r in recs if r.kind == "start"][1:] == [["VI_1", "STOP"], ["G1", "STOP"]]
     log = launcher.log_text()
     assert "SIGTERM: catching STOP lines" in log
     assert re.search(r"reader exiting \(SIGTERM: keepalived is stopping; \d+ lines read, \d+ ms after SIGTERM\)", log)
@@ -99,7 +98,7 @@ def test_burst_of_2000_events_nothing_lost_in_order_no_overlap(launcher: Launche
     started, problems = check_order(launcher.records())
     assert problems == 0
     assert started == list(range(1, 2001))
-    got = [" ".join(r[2:6]) for r in launcher.records() if r[0] == "start"]
+    got = [" ".join(r.args[:4]) for r in launcher.starts()]
     assert got == [line.replace('"', "") for line in lines]
     assert 2 <= max(counts) <= 3, f"{max(counts)} launcher processes at the burst's peak"
     log = launcher.log_text()
@@ -116,7 +115,7 @@ def test_bad_line_is_logged_and_skipped_and_the_next_runs(launcher: Launcher) ->
     k.write(VI.format("MASTER"))
     launcher.settle(1)
     k.stop([])
-    assert [r[1:5] for r in launcher.records() if r[0] == "start"] == [["1", "INSTANCE", "VI_1", "MASTER"]]
+    assert [(r.seq, r.args[:3]) for r in launcher.starts()] == [(1, ["INSTANCE", "VI_1", "MASTER"])]
     log = launcher.log_text()
     assert "line 1 rejected (control character 0x00 at character 14" in log
     assert "line 2 rejected (not UTF-8 (byte 0))" in log
@@ -125,36 +124,27 @@ def test_bad_line_is_logged_and_skipped_and_the_next_runs(launcher: Launcher) ->
 
 
 def test_timeout_ends_the_whole_tree_and_the_next_event_runs(launcher: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    hang = tmp_path / "hang.sh"
     pids = tmp_path / "pids"
-    hang.write_text(f"""#!/bin/sh
-case "$3" in MASTER) ;; *) echo "ran $NL_SEQ" >> {launcher.rec}; exit 0;; esac
-sleep 300 & echo $! >> {pids}
-setsid sh -c 'sleep 301 & echo $! >> {pids}; sleep 302' &
-sh -c 'sleep 303 & echo $! >> {pids}' &
-sleep 304
-""")
-    hang.chmod(0o755)
-    launcher.handler = hang
+    launcher.handler = recorder.install(tmp_path / "hang.sh", records=launcher.rec, then=f"""
+if [ "$3" = MASTER ]; then
+    sleep 300 & echo $! >> {pids}
+    setsid sh -c 'sleep 301 & echo $! >> {pids}; sleep 302' &
+    sh -c 'sleep 303 & echo $! >> {pids}' &
+    sleep 304
+fi""")
     k = launcher.keepalived("--timeout", "1")
     k.start()
     k.write(VI.format("MASTER"))
     k.write(VI.format("BACKUP"))
     launcher.settle(2)
     k.stop([])
-    assert launcher.rec.read_text().split() == ["ran", "2"]
+    # MASTER (#1) hung until the timeout ended it; BACKUP (#2) ran to its end
+    assert [(r.kind, r.seq) for r in launcher.records()] == [("start", 1), ("start", 2), ("end", 2)]
     spawned = [int(p) for p in pids.read_text().split()]
     assert len(spawned) == 3
 
     def alive() -> list[int]:
-        out = []
-        for p in spawned:
-            try:
-                if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-            except psutil.NoSuchProcess:
-                pass
-        return out
+        return [p for p in spawned if processes.running(p)]
 
     launcher.wait_for("the timed-out action's whole tree to be gone", lambda: not alive())
     log = launcher.log_text()
@@ -203,10 +193,10 @@ def test_reload_two_readers_keep_numbering_and_order(launcher: Launcher) -> None
     launcher.settle(5)
     started, problems = check_order(launcher.records())
     assert problems == 0
-    states = [r[4] for r in launcher.records() if r[0] == "start"]
+    states = [r.state for r in launcher.starts()]
     assert states == ["MASTER", "BACKUP", "STOP"]
     recs = launcher.records()
-    assert recs[1][:2] == ["end", "1"]  # the long action was not killed by the reload
+    assert (recs[1].kind, recs[1].seq) == ("end", 1)  # the long action was not killed by the reload
     assert "SIGTERM then EOF: keepalived is reloading" in launcher.log_text()
 
 
@@ -245,7 +235,7 @@ def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Laun
             proc.wait()
     started, problems = check_order(launcher.records())
     assert started == [1, 2, 3, 4] and problems == 0
-    assert [r[5] for r in launcher.records() if r[0] == "start"] == ["100", "100", "100", "101"]
+    assert [r.priority for r in launcher.starts()] == ["100", "100", "100", "101"]
     log = launcher.log_text()
     assert log.count("following it (restart or reload)") == 2
     assert "service mode: SIGTERM, exiting (4 lines read)" in log
@@ -264,7 +254,7 @@ def test_background_process_left_by_a_finished_action_is_reported_not_killed(lau
     k.stop([])
     bg = int(pidfile.read_text())
     try:
-        assert psutil.pid_exists(bg) and psutil.Process(bg).status() != psutil.STATUS_ZOMBIE
+        assert processes.running(bg)
         assert f"left running in the background (not killed): {bg} (" in launcher.log_text()  # name: fork or exec
         assert "action ended: exit 0" in launcher.log_text()
     finally:

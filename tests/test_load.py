@@ -16,7 +16,7 @@ import time
 
 import psutil
 
-from conftest import Launcher
+from support.launcher import Launcher
 
 DURATION = float(os.environ.get("NL_LOAD_SECONDS", "5"))
 INSTANCES = 100
@@ -33,10 +33,6 @@ def _rss(p: psutil.Process) -> int:
 
 
 def test_100_instances_flapping(launcher: Launcher) -> None:
-    fast = launcher.dir / "fast.sh"
-    fast.write_text(f'#!/bin/sh\necho "$NL_SEQ $NL_NAME $NL_STATE" >> {launcher.rec}\n')
-    fast.chmod(0o755)
-    launcher.handler = fast
     k = launcher.keepalived()
     k.start()
     launcher.wait_started()
@@ -60,9 +56,9 @@ def test_100_instances_flapping(launcher: Launcher) -> None:
     launcher.settle(len(written), timeout=120 + 20 * DURATION)  # a hang fails; never a speed figure
     drain = time.monotonic() - t_written
     k.stop([])  # the reader's own STOP event that follows runs no action: the records are complete
-    got = [line.split() for line in launcher.rec.read_text().splitlines()]
-    assert [int(g[0]) for g in got] == list(range(1, len(written) + 1)), "lost, repeated or reordered events"
-    assert [f'INSTANCE "{g[1]}" {g[2]} 100' for g in got] == written
+    got = launcher.starts()
+    assert [g.seq for g in got] == list(range(1, len(written) + 1)), "lost, repeated or reordered events"
+    assert [f'INSTANCE "{g.name}" {g.state} 100' for g in got] == written
     print(f"\nload: {len(written)} events written in {DURATION:g}s ({len(written) / DURATION:.0f}/s), "
           f"{k.dropped} dropped by a full pipe, all run in order; drain after the last write {drain:.1f}s; "
           f"reader RSS {rss[0][0] >> 10}..{max(r for r, _ in rss) >> 10} KiB, "

@@ -8,17 +8,13 @@ import shutil
 import subprocess
 import time
 
-import pytest
+from support.launcher import Launcher
+from support.marks import needs
 
-from conftest import Launcher
-
-pytestmark = pytest.mark.skipif(shutil.which("logrotate") is None and os.environ.get("CI") != "true",
-                                reason="logrotate is not installed (scripts/setup installs it)")
+pytestmark = needs("logrotate (scripts/setup installs it)", shutil.which("logrotate") is not None)
 
 
 def test_rotation_while_an_action_writes(launcher: Launcher) -> None:
-    if shutil.which("logrotate") is None:
-        pytest.fail("CI=true: logrotate must be installed (scripts/setup)")
     chatty = launcher.dir / "chatty.sh"
     chatty.write_text("#!/bin/sh\nfor i in $(seq 1 300); do echo \"line $i\"; sleep 0.005; done\n")
     chatty.chmod(0o755)

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAUNCHER, ROOT, Launcher, check_order
+from support import LAUNCHER, ROOT
+from support.launcher import Launcher
+from support.marks import needs
+from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import Entry, format_entry
 
@@ -40,8 +43,8 @@ def test_send_through_fifo_and_state_dir_then_history(launcher: Launcher) -> Non
     res = _run("send", "--state-dir", str(launcher.state), VI.format("BACKUP"))
     assert res.returncode == 0 and res.stdout.strip() == "journaled as #3"
     launcher.settle(3)
-    assert [r[1:5] for r in launcher.records() if r[0] == "start"] == [
-        ["1", "INSTANCE", "VI_1", "MASTER"], ["3", "INSTANCE", "VI_1", "BACKUP"]]
+    assert [[r.seq, *r.args[:3]] for r in launcher.starts()] == [
+        [1, "INSTANCE", "VI_1", "MASTER"], [3, "INSTANCE", "VI_1", "BACKUP"]]
     hist = _run("history", "--state-dir", str(launcher.state), "-n", "2")
     assert hist.returncode == 0
     lines = hist.stdout.splitlines()
@@ -131,9 +134,9 @@ def test_reader_rejects_control_bytes_and_runs_unforeseen_words_warning_once(lau
                 b'INSTANCE "VI_1" SLEEPY 100\n' b'INSTANCE "VI_1" SLEEPY 100\0\n' b'GROUP "G1" MASTER 300\n')
     launcher.settle(3)
     k.stop([])
-    starts = [r[1:6] for r in launcher.records() if r[0] == "start"]
-    assert starts[:3] == [["1", "INSTANCE", "VI_1", "SLEEPY", "100"], ["2", "INSTANCE", "VI_1", "SLEEPY", "100"],
-                          ["3", "GROUP", "G1", "MASTER", "300"]]
+    starts = [[r.seq, *r.args[:4]] for r in launcher.starts()]
+    assert starts[:3] == [[1, "INSTANCE", "VI_1", "SLEEPY", "100"], [2, "INSTANCE", "VI_1", "SLEEPY", "100"],
+                          [3, "GROUP", "G1", "MASTER", "300"]]
     log = launcher.log_text()
     assert "line 1 rejected (control character 0x00 at character 14" in log
     assert "line 2 rejected (control character 0x09 at character 12" in log
@@ -184,7 +187,7 @@ def test_a_missing_state_dir_is_an_error_not_an_empty_state(state: Path, command
     _says(res, 3, command[0], "Not a directory")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@needs("root and setpriv (util-linux)", os.geteuid() == 0 and shutil.which("setpriv") is not None)
 @pytest.mark.parametrize("command", [*STATE_COMMANDS, ("send", 'INSTANCE "VI_1" MASTER 100')])
 def test_a_permission_problem_says_so_and_is_not_a_timeout(state: Path, command: tuple[str, ...]) -> None:
     res = subprocess.run([*NOBODY, LAUNCHER, *command, "--state-dir", str(state)], capture_output=True, text=True,

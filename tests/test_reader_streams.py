@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Launcher
+from support.launcher import Launcher
 from notify_launcher.config import QUIET_STATES
 from notify_launcher.events import MAX_LINE, Event, parse_line
 from notify_launcher.lines import LineSplitter
@@ -25,12 +25,6 @@ _states = st.sampled_from(["MASTER", "BACKUP", "FAULT", "STOP", "SLEEPY", "MASTE
 _vrrp = st.builds(lambda kind, name, state, prio: f'{kind} "{name}" {state} {prio}'.encode(),
                   st.sampled_from(["INSTANCE", "GROUP"]), _names, _states, st.integers(-5, 100_000))
 _chunk = st.one_of(_vrrp, _vrrp, st.binary(max_size=300), st.just(b"\0"), st.just(b"x" * (MAX_LINE + 10)))
-
-
-# printf, not echo: dash's echo would interpret a backslash in a name.
-HANDLER = """#!/bin/sh
-{ printf 'start %s' "$NL_SEQ"; printf ' %s' "$@"; printf '\\n'; } >> "{rec}"
-"""
 
 
 def _accepted(stream: bytes) -> list[Event]:
@@ -44,11 +38,8 @@ def _accepted(stream: bytes) -> list[Event]:
 def test_any_byte_stream_runs_exactly_the_accepted_events_in_order(chunks: list[bytes], splits: list[int]) -> None:
     stream = b"\n".join(chunks)
     tmp = Path(tempfile.mkdtemp(prefix="nl-stream-"))
+    launcher = Launcher.in_dir(tmp)
     try:
-        rec, handler = tmp / "records", tmp / "handler.sh"
-        handler.write_text(HANDLER.replace("{rec}", str(rec)))
-        handler.chmod(0o755)
-        launcher = Launcher(tmp, tmp / "state", tmp / "launcher.log", tmp / "notify.fifo", rec, handler)
         k = launcher.keepalived()
         k.start()
         try:
@@ -61,17 +52,13 @@ def test_any_byte_stream_runs_exactly_the_accepted_events_in_order(chunks: list[
             accepted = _accepted(stream)
             launcher.settle(len(accepted))  # quiet states are journaled too, and run nothing
             assert k.proc is not None and k.proc.poll() is None, "the reader died"
-            got = [r[2:] for r in launcher.records() if r[0] == "start"]
+            got = [r.args for r in launcher.starts()]
             expected = [e.fields() for e in accepted if e.state not in QUIET_STATES]
             assert got == expected, "accepted events not run exactly once, in order"
-            seqs = [int(r[1]) for r in launcher.records() if r[0] == "start"]
+            seqs = [r.seq for r in launcher.starts()]
             assert seqs == sorted(set(seqs))
         finally:
             k.stop([])
     finally:
-        for p in Launcher(tmp, tmp / "state", tmp / "l", tmp / "f", tmp / "r", tmp / "h").processes():
-            try:
-                p.kill()
-            except Exception:
-                pass
+        launcher.end_processes()
         shutil.rmtree(tmp, ignore_errors=True)

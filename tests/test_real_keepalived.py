@@ -1,4 +1,4 @@
-"""The launcher under REAL keepalived 2.2.7: two VRRP nodes in network namespaces (tests/realka.py).
+"""The launcher under REAL keepalived 2.2.7: two VRRP nodes in network namespaces (tests/support/realka.py).
 
 Root with keepalived and iproute2 installed; elsewhere these tests skip, but under CI=true a missing
 prerequisite fails them.  Timings are printed as `TIMING ...` lines (visible without -s), never
@@ -18,10 +18,9 @@ from collections.abc import Callable
 
 import pytest
 
-from realka import (KILL_AFTER, LAUNCHER, ROOT, Cluster, IFACE, Node, StopTiming, exit_time, ip_binary,
-                    keepalived_binary, real_cluster)
-
-__all__ = ["real_cluster"]  # the fixture, imported for pytest
+from support import LAUNCHER, ROOT
+from support.realka import (IFACE, KILL_AFTER, Cluster, Node, StopTiming, exit_time, ip_binary,
+                            keepalived_binary)
 
 READER_EXIT = (r"reader\[{pid}\] INFO  #- - \| reader exiting \({why}; (\d+) lines read, (\d+) ms after SIGTERM\)")
 

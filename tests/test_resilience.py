@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from conftest import LAUNCHER, Launcher, check_order
+from support import LAUNCHER, recorder
+from support.launcher import Launcher
+from support.marks import needs
+from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
 from notify_launcher.reader import later_sibling
@@ -38,13 +39,9 @@ def _history(launcher: Launcher) -> dict[int, dict[str, object]]:
     return {rec["seq"]: rec for rec in json.loads(out)}
 
 
-def _handler(launcher: Launcher, body: str) -> None:
-    """Replace the recorder by a script that records, then does `body` (sh)."""
-    script = launcher.dir / "handler2.sh"
-    script.write_text(f'#!/bin/sh\necho "start $NL_SEQ $* $(date +%s.%N)" >> "{launcher.rec}"\n{body}\n'
-                      f'echo "end $NL_SEQ $(date +%s.%N)" >> "{launcher.rec}"\n')
-    script.chmod(0o755)
-    launcher.handler = script
+def _handler(launcher: Launcher, then: str) -> None:
+    """Replace the recorder by one that, after its start line, does `then` (shell code)."""
+    launcher.handler = recorder.install(launcher.dir / "handler2.sh", records=launcher.rec, then=then)
 
 
 def test_an_event_that_cannot_be_spawned_fails_alone(launcher: Launcher) -> None:
@@ -62,7 +59,7 @@ def test_an_event_that_cannot_be_spawned_fails_alone(launcher: Launcher) -> None
     hist = _history(launcher)
     assert hist[2]["ok"] is False and "ValueError" in str(hist[2]["result"]), hist[2]
     assert hist[3]["ok"] is True and hist[3]["event"] == VI.format("MASTER")
-    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "3"]
+    assert [r.seq for r in launcher.starts()] == [1, 3]
     log = launcher.log_text()
     assert "#2 " in log and "FAILED inside the launcher (the next event runs)" in log
     assert "Traceback (most recent call last)" in log  # the traceback is in the log, line by line
@@ -80,7 +77,7 @@ def test_action_killed_by_a_realtime_signal_is_described_and_the_queue_goes_on(l
     rtmin = signal.SIGRTMIN
     assert hist[1]["result"] == f"killed by SIGRTMIN+{40 - rtmin}" and hist[1]["ok"] is False, hist[1]
     assert hist[2]["result"] == "exit 0"
-    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "2"]
+    assert [r.seq for r in launcher.starts()] == [1, 2]
 
 
 def test_a_worker_that_keeps_dying_on_one_event_is_bounded_then_skipped(launcher: Launcher) -> None:
@@ -99,8 +96,8 @@ def test_a_worker_that_keeps_dying_on_one_event_is_bounded_then_skipped(launcher
     hist = _history(launcher)
     assert hist[1]["ok"] is False and hist[1]["result"] == "skipped: 3 workers died on this event", hist[1]
     assert hist[2]["result"] == "exit 0"
-    starts = [r[1] for r in launcher.records() if r[0] == "start"]
-    assert starts == ["1", "1", "1", "2"], starts
+    starts = [r.seq for r in launcher.starts()]
+    assert starts == [1, 1, 1, 2], starts
     assert "the queue goes on" in launcher.log_text()
 
 
@@ -117,7 +114,7 @@ def test_numbering_continues_above_the_progress_when_the_journal_was_removed(lau
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "journaled as #5", res
     launcher.settle(5)
-    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "2", "3", "5"]
+    assert [r.seq for r in launcher.starts()] == [1, 2, 3, 5]
 
 
 def test_state_directory_removed_while_the_reader_runs(launcher: Launcher) -> None:
@@ -147,21 +144,18 @@ def test_journal_removed_while_the_reader_runs(launcher: Launcher) -> None:
     k.write(VI.format("MASTER"))
     launcher.settle(2)
     k.stop([])
-    assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1", "2"]
+    assert [r.seq for r in launcher.starts()] == [1, 2]
 
 
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 
 
+@needs("root and the cgroup v1 pids controller at /sys/fs/cgroup/pids",
+       os.geteuid() == 0 and (PIDS_CGROUP / "cgroup.procs").exists())
 def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launcher) -> None:
     """fork() failing (EAGAIN: a pids cgroup at its limit) used to end the reader with a traceback
     on /dev/null, losing every later event.  Now it is logged, retried with back-off, and once
     the limit allows, the worker starts and the event runs."""
-    if os.geteuid() != 0 or not (PIDS_CGROUP / "cgroup.procs").exists():
-        why = "needs root and the cgroup v1 pids controller at /sys/fs/cgroup/pids"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
     group = PIDS_CGROUP / f"nl-test-{os.getpid()}-{time.time_ns()}"
     group.mkdir()
     k = launcher.keepalived()
@@ -178,7 +172,7 @@ def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launche
         launcher.settle(1)
         assert "worker start: working again" in launcher.log_text()
         k.stop([])
-        assert [r[1] for r in launcher.records() if r[0] == "start"] == ["1"]
+        assert [r.seq for r in launcher.starts()] == [1]
     finally:
         for pid in (group / "cgroup.procs").read_text().split():
             try:
@@ -297,14 +291,11 @@ def test_a_lingering_worker_reaps_what_an_action_left_behind(launcher: Launcher)
     k.stop([])
 
 
+@needs("root (it mounts a tiny tmpfs)", os.geteuid() == 0)
 def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Launcher) -> None:
     """A full state file system when the reader starts used to end it without a log line: every
     event was lost.  Now it reads the FIFO, holds the events in order and journals them when space
     comes back."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true: this test needs root (it mounts a tiny tmpfs)")
-        pytest.skip("needs root (mounts a tiny tmpfs)")
     launcher.state.mkdir(mode=0o700)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(launcher.state)], check=True)
     filler = launcher.state / "filler"
@@ -332,7 +323,7 @@ def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Laun
         filler.unlink()
         launcher.settle(2)
         k.stop([])
-        assert [r[4] for r in launcher.records() if r[0] == "start"] == ["BACKUP", "MASTER"]
+        assert [r.state for r in launcher.starts()] == ["BACKUP", "MASTER"]
     finally:
         for p in launcher.processes():
             p.kill()

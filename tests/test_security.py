@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Launcher
+from support.launcher import Launcher
+from support.marks import needs
 from notify_launcher.log import Log
 from notify_launcher.statedir import open_mode
 from notify_launcher.security import insecure_reason
@@ -19,14 +20,7 @@ NOBODY = 65534  # the user (and group) that plays the local attacker
 OWNER_REMEDY = "chown it to root, or choose a path only root can change"
 MODE_REMEDY = "chmod go-w it, or choose a path only root can change"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
-                                reason="needs root (ownership and root-only rules)")
-
-
-@pytest.fixture(autouse=True)
-def _must_be_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("CI=true: these tests must run as root")
+pytestmark = needs("root (ownership and root-only rules)", os.geteuid() == 0)
 
 
 def test_safe_paths_pass(tmp_path: Path) -> None:

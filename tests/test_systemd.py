@@ -1,9 +1,9 @@
-"""The launcher under a REAL systemd: Debian bookworm booted in systemd-nspawn (tests/systemd/).
+"""The launcher under a REAL systemd: Debian bookworm booted in systemd-nspawn (tests/support/systemd/).
 
 Debian's keepalived.service sets no KillMode (docs/keepalived.md), so `systemctl stop keepalived` kills every
 process in keepalived's cgroup -- a double-forked worker and its action too.  Each test boots a
 fresh container (overlay on a cached root file system), runs one scenario of
-tests/systemd/scenario.sh with Debian's unchanged keepalived 2.2.7 and systemd 252, and checks what
+tests/support/systemd/scenario.sh with Debian's unchanged keepalived 2.2.7 and systemd 252, and checks what
 the handler itself recorded:
 
   (a) stop-auto      default settings: the actions outlive `systemctl stop keepalived`, and the
@@ -16,36 +16,28 @@ Root with debootstrap and systemd-nspawn (apt-get install debootstrap systemd-co
 run builds the cached root (/var/cache/notify-launcher-test, about a minute, needs the Debian
 mirror and PyPI).  Elsewhere these tests skip; under CI=true a missing prerequisite fails them.
 Timelines are printed as `TIMING` blocks (visible without -s).  Run one scenario by hand, with its
-full diagnostics: `python3 tests/systemd/harness.py -v stop-daemon`.
+full diagnostics: `PYTHONPATH=tests .venv/bin/python -m support.systemd.harness -v stop-daemon`.
 
 NL_SYSTEMD_SOURCE=DIR installs another checkout (an older commit, say) instead of this one; see
-tests/systemd/harness.py.
+tests/support/systemd/harness.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "systemd"))
-import harness  # noqa: E402
-from harness import Action, Result  # noqa: E402
+from support.marks import unavailable
+from support.recorder import Action
+from support.systemd import harness
+from support.systemd.harness import Result
 
 SOURCE = harness.default_source()  # the checkout installed into the container
 KEEPALIVED_UNIT = "/system.slice/keepalived.service"
 SLOW = 10.0  # seconds the MASTER action takes in the stop scenarios (scenario.sh; the STOP action: 3 s)
-
-
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but the systemd harness cannot run: {reason}", pytrace=False)
-    pytest.skip(f"systemd harness: {reason}")
 
 
 def timing(capsys: pytest.CaptureFixture[str], text: str) -> None:
@@ -58,7 +50,7 @@ def systemd_base(request: pytest.FixtureRequest) -> Path:
     """The cached Debian root file system (built on the first run) and the dependency wheels."""
     problem = harness.missing_prerequisites()
     if problem:
-        unavailable(problem)
+        unavailable(f"systemd harness: {problem}")
     capture = request.config.pluginmanager.getplugin("capturemanager")
 
     def say(msg: str) -> None:
@@ -70,7 +62,7 @@ def systemd_base(request: pytest.FixtureRequest) -> Path:
         root = harness.ensure_base(say)
         harness.ensure_wheels(SOURCE, say)
     except harness.Unavailable as exc:
-        unavailable(str(exc))
+        unavailable(f"systemd harness: {exc}")
     say(f"base root file system ready after {time.monotonic() - t0:.1f} s ({root.parent.name}); "
         f"installing {SOURCE}")
     return root
@@ -80,7 +72,7 @@ def run(scenario: str, capsys: pytest.CaptureFixture[str]) -> Result:
     try:
         res = harness.run_scenario(scenario, SOURCE)
     except harness.Unavailable as exc:
-        unavailable(str(exc))
+        unavailable(f"systemd harness: {exc}")
     timing(capsys, res.report())
     assert res.done, f"the scenario did not finish\n{res.diagnostics()}"
     return res

@@ -4,7 +4,7 @@
 #     SCENARIO  stop-auto | stop-daemon | serve-restart
 #     DETACH    the `[launcher] detach` value to write ("" = write no detach key)
 # It writes everything the host checks into /results (a directory bound from the host):
-#     records       the handler's own record (handler.sh)
+#     records       the handler's own record (support.recorder: start SEQ TIME TYPE NAME STATE PRIORITY, ...)
 #     timeline      "NAME EPOCH" marks: keepalived_start, stop_begin, stop_end, settled, ...
 #     facts         "key=value": unit properties, pids, what is left running
 #     launcher.log  /var/log/notify-launcher.log;  journal.txt  the container's journal
@@ -22,7 +22,7 @@ mark() { echo "$1 $(now)" >> "$R/timeline"; say "mark $1"; }
 fact() { echo "$1=$2" >> "$R/facts"; say "fact $1=$2"; }
 records() { cat "$R/records" 2>/dev/null; }
 # first start record of STATE (nth: $2, default 1): "SEQ TIME"
-started() { records | awk -v s="$1" -v n="${2:-1}" '$1 == "start" && $7 == s && ++k == n { print $2, $3 }'; }
+started() { records | awk -v s="$1" -v n="${2:-1}" '$1 == "start" && $6 == s && ++k == n { print $2, $3 }'; }
 ended() { records | awk -v q="$1" '$1 == "end" && $2 == q { found = 1 } END { exit !found }'; }
 # arithmetic on epoch times (awk's default output format would round them to 6 digits)
 add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f\n", a + b }'; }
@@ -107,7 +107,7 @@ setup() {
 # nothing is left that could end them (and the MASTER action is well past its 10 s).
 scenario_stop() {
     setup script
-    printf 'MASTER 10\nSTOP 3\n' > /etc/nl-test/sleeps  # only the MASTER action must outlast the stop
+    printf '* MASTER 10\n* STOP 3\n' > /etc/nl-test/sleeps  # only the MASTER action must outlast the stop
     mark keepalived_start
     systemctl start keepalived.service || say "systemctl start keepalived failed"
     local master mseq mtime stop_seq deadline alive
@@ -145,7 +145,7 @@ scenario_stop() {
 # action runs; events of both keepalived runs must be handled, in order, by the same service.
 scenario_serve() {
     setup serve
-    printf 'MASTER 3\nSTOP 3\n' > /etc/nl-test/sleeps
+    printf '* MASTER 3\n* STOP 3\n' > /etc/nl-test/sleeps
     cp "$T/notify-launcher-serve.service" /etc/systemd/system/
     systemctl daemon-reload
     mark serve_start

@@ -1,7 +1,9 @@
 """notify-launcher under a REAL systemd: Debian bookworm booted in a systemd-nspawn container.
 
-    python3 tests/systemd/harness.py stop-auto stop-daemon serve-restart   # as root; prints results
-    python3 tests/systemd/harness.py --source /tmp/other-checkout --keep stop-daemon
+    PYTHONPATH=tests .venv/bin/python -m support.systemd.harness stop-auto stop-daemon serve-restart
+    PYTHONPATH=tests .venv/bin/python -m support.systemd.harness --source /tmp/old-checkout --keep stop-daemon
+
+(as root, from the checkout; prints results).
 
 PID 1 of these machines is not systemd, so the harness boots one: a Debian bookworm root file system
 (debootstrap: systemd, dbus, keepalived, python3, ...) cached under /var/cache/notify-launcher-test
@@ -15,7 +17,8 @@ took 50-130 s here -- later runs reuse it), and per scenario:
    ask for a scope: --register=no --keep-unit), so we know every process it starts;
 3. boot.sh, under `unshare --mount`: an overlay (lower = the cached root, never modified; upper =
    the run directory) so each scenario starts from a clean system; `pip install` of the project into
-   /opt/notify-launcher/venv inside it (chroot, offline); the scenario files; then systemd-nspawn
+   /opt/notify-launcher/venv inside it (chroot, offline); the scenario files (beside this one) and
+   the handler (support.recorder's, written into the run directory); then systemd-nspawn
    --boot --private-network.  nl-scenario.service runs scenario.sh, which writes its results into
    /results (the run directory's results/) and powers the container off;
 4. cleanup whatever happened: nspawn gets SIGTERM (an orderly poweroff) if the run overstays, then
@@ -31,7 +34,7 @@ Environment:
   NL_DEBIAN_MIRROR=URL      the Debian mirror (default: the one apt's sources use)
   NL_SYSTEMD_CACHE=DIR      the cache directory (default /var/cache/notify-launcher-test)
 
-Scenarios (tests/systemd/scenario.sh):
+Scenarios (scenario.sh, beside this file):
   stop-auto      keepalived runs the launcher as notify_fifo_script with default settings;
                  `systemctl stop keepalived` while the MASTER action (10 s) runs
   stop-daemon    the same with `detach = daemon` (the double fork; a launcher without the `detach`
@@ -66,8 +69,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+from support import ROOT, recorder
+from support.recorder import Action
+
+HERE = Path(__file__).resolve().parent  # boot.sh, scenario.sh, the unit files and keepalived.conf files
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "keepalived", "iproute2", "procps", "python3", "python3-venv")
 BUILD_TOOLS = ("setuptools>=70.1", "wheel")  # bookworm's venv has setuptools 66: too old for pyproject builds
@@ -363,27 +368,16 @@ def copy_project(source: Path, dest: Path) -> None:
             shutil.copytree(entry, dest / entry.name, ignore=ignore)
 
 
+def write_handler(path: Path) -> None:
+    """The action of the scenarios (boot.sh installs it as /opt/nl-test/handler.sh): the recorder,
+    recording into /results/records (the host's view of the run) with the cgroup each action runs in
+    and the SIGTERM it may get; it sleeps as /etc/nl-test/sleeps (written by scenario.sh) says."""
+    recorder.install(path, records=Path("/results/records"), sleeps=Path("/etc/nl-test/sleeps"), cgroup=True,
+                     trap_term=True, then='echo "handler: $* done"')
+
+
 # ---------------------------------------------------------------------------------------------
 # results
-
-
-@dataclass
-class Action:
-    """One run of the handler, from its own record (handler.sh)."""
-
-    seq: int
-    start: float
-    pid: int
-    type: str
-    name: str
-    state: str
-    priority: str
-    cgroup: str = ""
-    end: float | None = None
-    signal: float | None = None
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.type} {self.name} {self.state}"
 
 
 @dataclass
@@ -415,20 +409,8 @@ class Result:
 
     @property
     def actions(self) -> list[Action]:
-        acts: dict[int, Action] = {}
-        for line in self.text("records").splitlines():
-            f = line.split(" ")
-            if f[0] == "start" and len(f) >= 8:
-                acts[int(f[1])] = Action(int(f[1]), float(f[2]), int(f[3]), f[4], f[5], f[6], f[7])
-            elif f[0] in ("cgroup", "end", "signal") and len(f) >= 2 and int(f[1]) in acts:
-                a = acts[int(f[1])]
-                if f[0] == "cgroup":
-                    a.cgroup = " ".join(f[2:])
-                elif f[0] == "end":
-                    a.end = float(f[2])
-                else:
-                    a.signal = float(f[2])
-        return sorted(acts.values(), key=lambda a: a.start)
+        """The handler's actions, from its own record (support.recorder, options cgroup and trap_term)."""
+        return recorder.actions(recorder.parse(self.text("records")))
 
     def worker_lines(self) -> list[str]:
         return [line for line in self.text("launcher.log").splitlines() if "worker started" in line]
@@ -541,6 +523,7 @@ def run_scenario(scenario: str, source: Path | None = None, keep: bool | None = 
     run_dir = Path(tempfile.mkdtemp(prefix=f"nl-systemd-{scenario}-", dir="/var/tmp"))
     try:
         copy_project(source, run_dir / "src")
+        write_handler(run_dir / "handler.sh")
         shutil.copytree(wheels, run_dir / "wheels", ignore=shutil.ignore_patterns("ready"))
         t0 = time.monotonic()
         exit_code = _boot(base, run_dir, f"nl-{scenario}-{os.getpid()}", scenario, detach, log, timeout)

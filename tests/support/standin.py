@@ -8,7 +8,8 @@
 - reload: SIGTERM + EOF (FIFO closed and unlinked), a new FIFO (new inode) and a new script ~20 ms
   later, SIGKILL to the old group at +1 s.
 
-Used by the tests, the demo and the benchmarks (`python tests/standin.py --help`).
+Used by the tests, the demo and the benchmarks (support.standin); a command line too:
+`python tests/support/standin.py --help`.
 """
 
 from __future__ import annotations

@@ -19,14 +19,14 @@ default script user `keepalived_script` up again at every reload; with `enable_s
 by the previous load and no such user (Debian creates none), the lookup fails and keepalived drops
 the FIFO and its script until restarted: every later event is lost.)
 
-Teardown (context manager, or the pytest fixture `real_cluster`, a factory) works whatever the test
-did: keepalived gets SIGTERM, then SIGKILL by PID; every process whose command line names the node's
-directory (readers, workers, handlers) and their descendants get SIGKILL by PID; the namespaces and
-the temp directory go.  Set NL_KEEP_REALKA=1 to keep the directory for a post-mortem.
+Teardown (context manager, or the pytest fixture `real_cluster` of tests/conftest.py, a factory)
+works whatever the test did: keepalived gets SIGTERM, then SIGKILL by PID; every process whose
+command line names the cluster's directory (readers, workers, handlers) and their descendants get
+SIGKILL by PID (support.processes); the namespaces and the temp directory go.  Set
+NL_KEEP_REALKA=1 to keep the directory for a post-mortem.
 
-The handler is a recorder: each action appends `start SEQ TIME TYPE NAME STATE PRIORITY` and
-`end SEQ TIME` (TIME from `date +%s.%N`, the clock of time.time()) to the node's `records`, after an
-optional sleep chosen per TYPE and STATE (`Node.sleep_on`).
+The handler is the recorder (support.recorder): each action appends its start and end lines to
+the node's `records`, after an optional sleep chosen per TYPE and STATE (`Node.sleep_on`).
 """
 
 from __future__ import annotations
@@ -39,46 +39,30 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-LAUNCHER = ROOT / "bin" / "notify-launcher"
+from support import LAUNCHER, processes, recorder
+from support.recorder import Action
+
 SUBNET = "192.168.77"
 VIP = f"{SUBNET}.100"
 IFACE = "vrrp0"
 NS_PREFIX = "nlka"
 KILL_AFTER = 1.0  # keepalived SIGKILLs its notify_fifo_script's group this long after SIGTERM
 
-RECORDER = """#!/bin/sh
-# notify-launcher handler for tests: record start and end of every action, sleep as asked, then
-# (when a gate file is named) wait until the test creates that file -- at most 120 s.
-echo "start $NL_SEQ $(date +%s.%N) $*" >> "{dir}/records"
-if [ -f "{dir}/sleep" ]; then
-    while read -r type state seconds gate; do
-        if [ "$type" = "$1" ] && [ "$state" = "$3" ]; then
-            sleep "$seconds"
-            n=0
-            while [ -n "$gate" ] && [ ! -e "$gate" ] && [ $n -lt 2400 ]; do sleep 0.05; n=$((n + 1)); done
-            break
-        fi
-    done < "{dir}/sleep"
-fi
-echo "end $NL_SEQ $(date +%s.%N)" >> "{dir}/records"
-"""
-
 KEEPALIVED_CONF = """\
-# keepalived.conf of {name}, written by tests/realka.py
+# keepalived.conf of {name}, written by tests/support/realka.py
 # 2.2.7's main process sometimes misses its child's exit and then waits 5 s; only at top level.
 child_wait_time 2
 
 global_defs {{
     router_id {name}
-    # The user is named on notify_fifo too: see tests/realka.py (a reload would drop the FIFO).
+    # The user is named on notify_fifo too: see tests/support/realka.py (a reload would drop the FIFO).
     notify_fifo {fifo} root
     notify_fifo_script "{launcher} --config {ini}" root
     enable_script_security
@@ -108,7 +92,7 @@ vrrp_instance VI_1 {{
 """
 
 LAUNCHER_INI = """\
-# notify-launcher.ini of {name}, written by tests/realka.py
+# notify-launcher.ini of {name}, written by tests/support/realka.py
 [launcher]
 handler = {handler}
 state_dir = {state}
@@ -120,10 +104,6 @@ timeout = {timeout:g}
 
 # ---------------------------------------------------------------------------------------------
 # prerequisites
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI") == "true"
 
 
 def keepalived_binary() -> str | None:
@@ -151,18 +131,6 @@ def missing_prerequisite() -> str | None:
     if problem:
         return f"keepalived's enable_script_security would refuse {LAUNCHER}: {problem}"
     return None
-
-
-def require_real_keepalived() -> None:
-    """pytest: skip when a prerequisite is missing -- but fail under CI=true, never skip there."""
-    import pytest
-
-    reason = missing_prerequisite()
-    if reason is None:
-        return
-    if in_ci():
-        pytest.fail(f"CI=true and a prerequisite of the real keepalived tests is missing: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def insecure_path(path: str) -> str | None:
@@ -203,31 +171,6 @@ def remove_stale_namespaces() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # one node
-
-
-@dataclass
-class Action:
-    """One action as the recorder saw it: `end` is None while it runs."""
-
-    seq: int
-    start: float
-    fields: list[str]
-    end: float | None = None
-
-    @property
-    def type(self) -> str:
-        return self.fields[0]
-
-    @property
-    def name(self) -> str:
-        return self.fields[1]
-
-    @property
-    def state(self) -> str:
-        return self.fields[2]
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {' '.join(self.fields)}"
 
 
 @dataclass
@@ -294,8 +237,7 @@ class Node:
 
     def write_files(self, linger: float, timeout: float) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.handler.write_text(RECORDER.format(dir=self.dir))
-        self.handler.chmod(0o755)
+        recorder.install(self.handler, records=self.rec, sleeps=self.dir / recorder.SLEEPS)
         self.ini.write_text(LAUNCHER_INI.format(name=self.name, handler=self.handler, state=self.state,
                                                 log=self.log, linger=linger, timeout=timeout))
         self.conf.write_text(KEEPALIVED_CONF.format(
@@ -306,8 +248,8 @@ class Node:
         """Make the recorder's action for TYPE STATE take `seconds`, and then, if `until` is given,
         wait until that file exists (the test opens the gate when what it waits for happened:
         state, not a guess at how long it takes).  Adds to earlier choices."""
-        with open(self.dir / "sleep", "a") as fh:
-            fh.write(f"{type_} {state} {seconds}{f' {until}' if until else ''}\n")
+        with open(self.dir / recorder.SLEEPS, "a") as fh:
+            fh.write(recorder.sleep_line(type_, state, seconds, until))
 
     # -- keepalived ----------------------------------------------------------------------------
     def keepalived_argv(self) -> list[str]:
@@ -344,7 +286,7 @@ class Node:
         gone: float | None = None
         exited: float | None = None
         while time.monotonic() - t0m < wait and (gone is None or exited is None):
-            if gone is None and not _running(reader):
+            if gone is None and not processes.running(reader):
                 gone = time.monotonic() - t0m
             if exited is None and self.proc.poll() is not None:
                 exited = time.monotonic() - t0m
@@ -362,7 +304,7 @@ class Node:
                 continue
             for p in children:
                 try:  # an old reader may be a zombie now: its cmdline raises
-                    if "notify_launcher" in " ".join(p.cmdline()) and _running(p):
+                    if "notify_launcher" in " ".join(p.cmdline()) and processes.running(p):
                         readers.append(p)
                 except psutil.Error:
                     continue
@@ -380,8 +322,7 @@ class Node:
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            for p in kids:
-                _kill(p)
+            processes.kill(kids)
             self.proc.kill()
             self.proc.wait(5)
 
@@ -400,21 +341,7 @@ class Node:
     # -- what happened ----------------------------------------------------------------------------
     def actions(self) -> list[Action]:
         """The recorder's actions in start order."""
-        out: list[Action] = []
-        by_seq: dict[int, Action] = {}
-        if not self.rec.exists():
-            return out
-        for line in self.rec.read_text().splitlines():
-            w = line.split()
-            if len(w) < 3:
-                continue
-            if w[0] == "start":
-                a = Action(int(w[1]), float(w[2]), w[3:])
-                out.append(a)
-                by_seq[a.seq] = a
-            elif w[0] == "end" and int(w[1]) in by_seq:
-                by_seq[int(w[1])].end = float(w[2])
-        return out
+        return recorder.actions(recorder.read(self.rec))
 
     def order_problems(self) -> list[str]:
         """What breaks "every journaled keepalived event ran exactly once, in sequence order, one at
@@ -428,7 +355,7 @@ class Node:
             problems.append(f"journal numbered {seqs}")
         expected = [(int(e[0]), e[3:7]) for e in journal if e[3] != "READER"]
         actions = self.actions()
-        if [(a.seq, a.fields) for a in actions] != expected:
+        if [(a.seq, a.args) for a in actions] != expected:
             problems.append(f"actions {[str(a) for a in actions]} are not the journal's events {expected}")
         for prev, nxt in zip(actions, actions[1:], strict=False):
             if prev.end is None or prev.end > nxt.start:
@@ -475,21 +402,10 @@ class Node:
     def processes(self) -> list[psutil.Process]:
         """Every launcher process of this node (readers and workers: their command line names our
         directory; handlers too), plus their descendants (a handler's sleep)."""
-        found: dict[int, psutil.Process] = {}
-        me = os.getpid()
-        for p in psutil.process_iter(["cmdline"]):
-            if p.pid != me and any(str(self.dir) in a for a in (p.info["cmdline"] or [])):
-                found[p.pid] = p
-        for p in list(found.values()):
-            try:
-                for c in p.children(recursive=True):
-                    found.setdefault(c.pid, c)
-            except psutil.Error:
-                pass
-        return list(found.values())
+        return processes.family(processes.find(str(self.dir)))
 
     def wait_idle(self, timeout: float = 60) -> None:
-        res = subprocess.run([str(LAUNCHER), "wait", "--state-dir", str(self.state), "--timeout", str(timeout)],
+        res = subprocess.run([LAUNCHER, "wait", "--state-dir", str(self.state), "--timeout", str(timeout)],
                              capture_output=True, text=True)
         assert res.returncode == 0, f"{self.name}: launcher not idle after {timeout}s\n{self.diagnostics()}"
 
@@ -510,31 +426,17 @@ class Node:
 def exit_time(proc: psutil.Process, since: float, wait: float = 5.0) -> float | None:
     """Seconds from `since` (time.monotonic()) until `proc` exited, polled every millisecond;
     None if it still runs after `wait`."""
-    while _running(proc):
+    while processes.running(proc):
         if time.monotonic() - since > wait:
             return None
         time.sleep(0.001)
     return time.monotonic() - since
 
 
-def _running(p: psutil.Process) -> bool:
-    try:
-        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
 def _last_states_are(node: Node, state: str) -> bool:
     """The last INSTANCE action and the last GROUP action both ran for `state`."""
     actions = node.actions()
     return all([a.state for a in actions if a.type == type_][-1:] == [state] for type_ in ("INSTANCE", "GROUP"))
-
-
-def _kill(p: psutil.Process) -> None:
-    try:
-        p.kill()
-    except psutil.Error:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,12 +534,7 @@ class Cluster:
                 n.stop_keepalived()
             except Exception as exc:  # keep tearing down
                 errors.append(f"{n.name}: {exc}")
-        procs = [p for n in self.nodes for p in n.processes()]
-        for p in procs:
-            _kill(p)
-        deadline = time.monotonic() + 5
-        while any(_running(p) for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.01)  # a zombie counts as gone: init reaps these orphans when it likes
+        processes.end_all(str(self.dir))  # readers, workers, handlers: their command lines name it
         for ns in reversed(self._namespaces):
             _ip("netns", "del", ns, check=False)
         self._namespaces.clear()
@@ -645,31 +542,3 @@ class Cluster:
             shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise RuntimeError("teardown: " + "; ".join(errors))
-
-
-def cluster_factory() -> Iterator[Callable[..., Cluster]]:
-    """pytest fixture `real_cluster`: `real_cluster(count=2, **Cluster options)` checks the
-    prerequisites in the test itself (so a missing one is a SKIP, or under CI=true a FAILED test,
-    not a setup error), sets a cluster up, and tears every one down after the test."""
-    made: list[Cluster] = []
-
-    def make(count: int = 2, **options: object) -> Cluster:
-        require_real_keepalived()
-        cluster = Cluster(count, **options)  # type: ignore[arg-type]
-        made.append(cluster)
-        cluster.setup()
-        return cluster
-
-    try:
-        yield make
-    finally:
-        for cluster in made:
-            cluster.close()
-
-
-try:
-    import pytest as _pytest
-
-    real_cluster = _pytest.fixture(cluster_factory, name="real_cluster")
-except ImportError:  # the demo does not need pytest
-    pass

@@ -6,10 +6,11 @@
 #
 # BASE_ROOT  the cached Debian root file system (read-only lower layer: never modified)
 # WORK       this run's directory: src/ (the project to install), wheels/ (its dependencies),
-#            upper/ + ovl/ (the overlay's writable layer), root/ (mount point), results/ (-> /results)
+#            handler.sh (the action: support.recorder's), upper/ + ovl/ (the overlay's writable
+#            layer), root/ (mount point), results/ (-> /results)
 # The project is installed as a user would: pip, into the venv /opt/notify-launcher/venv, offline
 # (the container has no network: --private-network).  Then systemd boots in the container and
-# nl-scenario.service runs tests/systemd/scenario.sh, which powers the container off at its end.
+# nl-scenario.service runs scenario.sh (beside this file), which powers the container off at its end.
 set -eu
 base=$1 work=$2 machine=$3 scenario=$4 detach=$5
 here=$(dirname "$(readlink -f "$0")")
@@ -25,7 +26,7 @@ env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
     > "$work/results/pip.log" 2>&1 || { echo "boot.sh: pip install failed:"; tail -20 "$work/results/pip.log"; exit 1; }
 
 install -d -m 0755 "$root/opt/nl-test" "$root/etc/nl-test"
-install -m 0755 "$here/scenario.sh" "$here/handler.sh" "$root/opt/nl-test/"
+install -m 0755 "$here/scenario.sh" "$work/handler.sh" "$root/opt/nl-test/"
 install -m 0644 "$here/keepalived-script.conf" "$here/keepalived-serve.conf" \
     "$here/notify-launcher-serve.service" "$root/opt/nl-test/"
 install -m 0644 "$here/nl-scenario.service" "$root/etc/systemd/system/"

@@ -1,0 +1,21 @@
+"""Test support: what the tests, the demo and the benchmarks drive the launcher with.
+
+    standin      a keepalived stand-in: does to a notify_fifo_script what keepalived 2.2.7 does
+    launcher     one launcher setup in a temp dir, driven through the stand-in (the `launcher` fixture)
+    realka       real keepalived nodes in network namespaces (the `real_cluster` fixture, the demo)
+    systemd/     a real systemd: Debian booted in systemd-nspawn (harness.py and the container's files)
+    recorder     the one recording handler (script and parser): start and end of every action
+    processes    the one process scanner: a setup's processes by command line, and their teardown
+    marks        `needs(what, available)`: skip outside CI, fail under CI=true
+
+On the path as the top-level package `support`: pytest puts tests/ there (setup.cfg,
+`[tool:pytest] pythonpath = tests`); the demo and the benchmarks are run with PYTHONPATH=tests
+(scripts/demo, the benchmark command in README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent  # the checkout
+LAUNCHER = str(ROOT / "bin" / "notify-launcher")  # the launcher as keepalived.conf.example runs it

@@ -1,0 +1,154 @@
+"""One launcher setup in a directory, driven through the keepalived stand-in (the `launcher` fixture).
+
+The handler is the recorder (support.recorder) beside its records and sleeps files; the launcher
+runs from this checkout (bin/notify-launcher) with --linger 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from notify_launcher.journal import parse_entry
+from support import LAUNCHER, processes, recorder
+from support.standin import Keepalived
+
+
+def _tail(path: Path, size: int = 65536) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def journaled_seq(journal: Path) -> int:
+    """The sequence number of the journal's last intact entry (0: no journal, or no entry).  Reads
+    only the tail; a torn last line (a writer killed mid-write) is skipped."""
+    for line in reversed(_tail(journal).split(b"\n")[:-1]):  # [:-1]: what follows the last newline is torn
+        entry = parse_entry(line)
+        if entry is not None:
+            return entry.seq
+    return 0
+
+
+def recorded_seq(progress: Path) -> int:
+    """The largest sequence number in the progress file's last records (JSON lines with "seq")."""
+    best = 0
+    for line in _tail(progress).split(b"\n"):
+        try:
+            seq = json.loads(line)["seq"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(seq, int):
+            best = max(best, seq)
+    return best
+
+
+@dataclass
+class Launcher:
+    """Paths of one launcher setup and helpers to drive and inspect it."""
+
+    dir: Path
+    state: Path
+    log: Path
+    fifo: Path
+    rec: Path
+    handler: Path
+    extra_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def in_dir(cls, path: Path) -> Launcher:
+        """A setup in `path` (which exists), its handler the recorder."""
+        handler = recorder.install(path / "handler.sh", records=path / recorder.RECORDS,
+                                   sleeps=path / recorder.SLEEPS)
+        return cls(path, path / "state", path / "launcher.log", path / "notify.fifo", path / recorder.RECORDS,
+                   handler)
+
+    def argv(self, *more: str) -> list[str]:
+        return [LAUNCHER, "--handler", str(self.handler), "--state-dir", str(self.state),
+                "--log-file", str(self.log), "--linger", "1", *self.extra_args, *more]
+
+    def keepalived(self, *more: str) -> Keepalived:
+        return Keepalived(self.argv(*more), str(self.fifo))
+
+    def wait_started(self, timeout: float = 60) -> None:
+        """Wait until the reader has logged that it reads the FIFO."""
+        deadline = time.monotonic() + timeout
+        while "reader started" not in self.log_text():
+            assert time.monotonic() < deadline, "the reader did not start"
+            time.sleep(0.01)
+
+    def settle(self, events: int, timeout: float = 120) -> None:
+        """Wait until event #`events` is journaled (the reader may still be starting), then until idle.
+
+        Waits on sequence numbers, never on the journal's line count: the worker compacts the journal
+        (keeps only its last entry) whenever it keeps up, and numbering never goes backwards."""
+        deadline = time.monotonic() + timeout
+        while (seen := self.last_seq()) < events:
+            assert time.monotonic() < deadline, \
+                f"event #{events} not journaled after {timeout}s (highest #{seen}):\n{self.log_text()[-3000:]}"
+            time.sleep(0.01)
+        self.wait_idle(timeout)
+
+    def last_seq(self) -> int:
+        """The highest sequence number journaled so far (0: none): the journal's last intact entry
+        (a compaction keeps it), or the progress file's last record when the journal was removed."""
+        return max(journaled_seq(self.state / "journal"), recorded_seq(self.state / "progress"))
+
+    def wait_for(self, what: str, predicate: Callable[[], object], timeout: float = 60) -> None:
+        """Poll `predicate` until it holds; fail naming `what` (a timeout only turns a hang into a failure)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}:\n{self.log_text()[-3000:]}"
+            time.sleep(0.01)
+
+    def wait_idle(self, timeout: float = 120) -> None:
+        res = subprocess.run([LAUNCHER, "wait", "--state-dir", str(self.state), "--timeout", str(timeout)],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, f"launcher not idle after {timeout}s:\n{self.log_text()[-3000:]}"
+
+    def sleep_on(self, state: str, seconds: float) -> None:
+        """Make the recorder's action for `state` (any type) take `seconds`, and no other (replaces
+        an earlier choice)."""
+        (self.dir / recorder.SLEEPS).write_text(recorder.sleep_line("*", state, seconds))
+
+    def records(self) -> list[recorder.Record]:
+        return recorder.read(self.rec)
+
+    def starts(self) -> list[recorder.Record]:
+        """The recorder's start records: one per action run."""
+        return [r for r in self.records() if r.kind == "start"]
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def launcher_processes(self) -> list[psutil.Process]:
+        """This setup's reader and workers: not their actions, not `wait`/`status` run by the test."""
+        out = []
+        for pid, cmd in processes.scan(str(self.dir)):
+            if "notify_launcher" in cmd and cmd[cmd.index("notify_launcher") + 1:][:1] not in (["wait"], ["status"]):
+                try:
+                    out.append(psutil.Process(pid))
+                except psutil.Error:
+                    pass
+        return out
+
+    def processes(self) -> list[psutil.Process]:
+        """Every launcher process of this setup (reader and workers: their cmdline names our dir)."""
+        return processes.find(str(self.dir))
+
+    def end_processes(self) -> None:
+        """The test is over: its reader, lingering workers and their actions (with their children)
+        go now, by PID.  Waiting for workers to leave by themselves proved nothing and cost a
+        second or more per test."""
+        processes.end_all(str(self.dir))

@@ -1,0 +1,118 @@
+"""The one process scanner: a setup's processes are those whose command line names its directory
+(readers and workers get the setup's paths as arguments), and their descendants (actions' children).
+
+`scan` reads /proc directly (cheap enough for the benchmarks' sampler to call it every few ms);
+`find` and `family` give psutil objects; `end_all` is every setup's teardown: by PID, never by name.
+A zombie counts as gone everywhere: its command line is empty, and init reaps orphans when it likes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+
+def scan(needle: str) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every live process but this one whose command line contains `needle`."""
+    me, raw_needle, out = os.getpid(), needle.encode(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        if raw_needle in raw:  # a zombie's (or an exiting process's) command line is empty
+            out.append((int(name), [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]))
+    return out
+
+
+def find(needle: str) -> list[psutil.Process]:
+    """`scan`, as psutil processes (those that have not gone meanwhile)."""
+    out = []
+    for pid, _ in scan(needle):
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    return out
+
+
+def family(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """`procs` and all their descendants (each once)."""
+    found = {p.pid: p for p in procs}
+    for p in list(found.values()):
+        try:
+            for c in p.children(recursive=True):
+                found.setdefault(c.pid, c)
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
+def ppid(pid: int) -> int:
+    """The parent of `pid` (0: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def running(p: psutil.Process | int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        proc = p if isinstance(p, psutil.Process) else psutil.Process(p)
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def holds_lock(pid: int, path: Path) -> bool:
+    """`pid` holds a lock on the file `path` (from /proc/locks; a process queued for it does not)."""
+    try:
+        inode = path.stat().st_ino
+        table = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return False
+    for row in table:
+        fields = row.split()
+        if "->" not in fields and len(fields) >= 6 and fields[4] == str(pid) and fields[5].endswith(f":{inode}"):
+            return True
+    return False
+
+
+def kill(procs: Iterable[psutil.Process], sig: int = signal.SIGKILL) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait (at most `timeout`) until none of `procs` runs; a zombie counts as gone."""
+    deadline = time.monotonic() + timeout
+    while any(running(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def end_all(needle: str, term_grace: float = 0.0, timeout: float = 30.0) -> None:
+    """End every process `scan(needle)` finds, and their descendants, by PID: SIGTERM first when
+    `term_grace` is given (and that long to leave), then SIGKILL.  Repeated while processes started
+    meanwhile (a worker, an action) show up, for at most `timeout`."""
+    deadline = time.monotonic() + timeout
+    term = term_grace > 0
+    while (procs := family(find(needle))) and time.monotonic() < deadline:
+        if term:
+            kill(procs, signal.SIGTERM)
+            wait_gone(procs, term_grace)
+            term = False
+        kill(procs)
+        wait_gone(procs, 5)
