@@ -60,3 +60,18 @@ def test_the_reader_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()
     assert out == "", f"the reader's import closure pulls in: {out}"
+
+
+def test_no_sys_path_surgery() -> None:
+    """What is importable comes from configuration (the package, setup.cfg's `pythonpath = tests`
+    for the test support, PYTHONPATH=tests for the demo and the benchmarks), never from code that
+    edits sys.path."""
+    root = PACKAGE.parent
+    found = []
+    for top in ("notify_launcher", "tests", "benchmarks", "demo"):
+        for path in sorted((root / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                        and node.value.id == "sys"):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found, f"sys.path used in: {', '.join(found)}"
