@@ -173,10 +173,11 @@ class WorkerWatch:
         return None
 
     def follow_named(self) -> str | None:
-        """Watch the worker named in worker.pid unless one is watched already; a crash report if it is dead."""
+        """Watch the worker named in worker.pid (or, without one, the holder of worker.lock) unless
+        one is watched already; a crash report if it is dead."""
         if self.pidfd >= 0 or self.hellos:
             return None
-        named = pidfile.read(self.paths)
+        named = pidfile.read(self.paths) or pidfile.lock_holder(self.paths.worker_lock)
         return self._follow(named.pid, named) if named else None
 
     def new_child(self) -> int:

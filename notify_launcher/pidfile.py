@@ -58,6 +58,24 @@ def is_running(named: Named) -> bool:
     return start_ticks(named.pid) == named.start
 
 
+def lock_holder(path: str) -> Named | None:
+    """The process holding the flock on `path`, from /proc/locks: the worker that took worker.lock,
+    found even when it could not write worker.pid (a full disk).  Waiters ("->") are not holders."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as fh:
+            rows = fh.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for row in rows:
+        fields = row.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+            start = start_ticks(int(fields[4]))
+            return None if start is None else Named(int(fields[4]), start)
+    return None
+
+
 def remove(paths: StatePaths, pid: int) -> None:
     """Remove worker.pid if it names `pid` (after a removed state directory it may name another)."""
     if names(paths, pid):

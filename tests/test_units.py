@@ -203,3 +203,21 @@ def test_replay_checks_only_keys_the_record_types_have() -> None:
 
     for op, kind in (("try", progress.TryRecord), ("start", progress.StartRecord), ("end", progress.EndRecord)):
         assert set(progress._REQUIRED[op]) <= set(kind.__annotations__) - {"op"}, op
+
+
+def test_the_worker_is_found_by_its_lock_when_it_has_no_pid_file(tmp_path: Path) -> None:
+    """A worker that started on a full disk has no worker.pid; the reader still finds (and so
+    watches) it as the holder of worker.lock, and a waiter on the lock is not taken for it."""
+    import fcntl
+
+    paths = ensure_state_dir(str(tmp_path / "state"))
+    fd = os.open(paths.worker_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert pidfile.lock_holder(paths.worker_lock) is None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        holder = pidfile.lock_holder(paths.worker_lock)
+        assert holder is not None and holder.pid == os.getpid() and pidfile.is_running(holder)
+        watch = WorkerWatch(paths, select.poll())
+        assert watch.follow_named() is None and watch.pid == os.getpid() and watch.pidfd >= 0
+    finally:
+        os.close(fd)
