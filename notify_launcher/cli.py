@@ -4,6 +4,10 @@ Exit codes: 0 success; 1 `wait` timed out; 2 usage or configuration error; 3 the
 directory cannot be used (or `send` could not deliver); 70 an operator command met an error nobody
 foresaw (a bug: one line names it); 130 interrupted.  Operator commands never print a traceback:
 one line on stderr says what is wrong and what to do.
+
+Each command imports its modules when it runs: keepalived starts the reader (and kills it) on
+every start and reload, so it loads nothing the operator commands need, and they load nothing
+of the reader's.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from notify_launcher import settingsfile
 from notify_launcher.config import Settings
-from notify_launcher.detach import Way
+from notify_launcher.detach import Way, spawn_worker
 from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line, unforeseen
 from notify_launcher.fifo import Fifo
 from notify_launcher.handoff import Doorbell, WorkerWatch
@@ -359,7 +359,6 @@ class Reader:
         self._ring()
 
     def _spawn(self, standby_fd: int) -> None:
-        from notify_launcher.detach import spawn_worker
         hello = self.watch.new_child()
         try:
             spawn_worker(self.detach, self.settings, standby_fd, hello)

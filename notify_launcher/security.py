@@ -34,7 +34,7 @@ _REMEDY_MODE = "chmod go-w it, or choose a path only root can change"
 
 def _named(kind: str, number: int) -> str:
     """`uid 65534 (nobody)`: the number an administrator greps for, and the name they recognise."""
-    import grp
+    import grp  # only when a refusal is worded: the reader's start-up stays lean
     import pwd
 
     try:

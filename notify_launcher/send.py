@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 from notify_launcher import settingsfile
 from notify_launcher.config import Settings
@@ -68,8 +69,6 @@ def send_state(state_dir: str, line: str) -> str:
                          f"does, e.g. 'INSTANCE \"VI_1\" MASTER 100'")
     paths = StatePaths(state_dir)
     settings = _settings(paths)
-    import time
-
     journal = JournalWriter(paths.journal, floor=lambda: last_seq(paths.progress))  # as the reader numbers
     try:
         seq = journal.append(parsed, time.time(), os.getpid())

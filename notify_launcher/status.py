@@ -36,7 +36,7 @@ def read_status(paths: StatePaths) -> Status:
 
 
 def _worker_alive(running: StartRecord) -> bool:
-    import psutil
+    import psutil  # only when an action runs: `wait` polls status and must stay light
 
     try:
         ctime: float = psutil.Process(running["worker"]).create_time()

@@ -18,8 +18,9 @@ import sys
 import time
 
 from notify_launcher.config import Settings
-from notify_launcher.process import leave_process_group, reset_signals
 from notify_launcher.handoff import TAKEOVER_WAIT, Doorbell
+from notify_launcher.log import Log
+from notify_launcher.process import leave_process_group, reset_signals
 from notify_launcher.statedir import StatePaths
 
 
@@ -79,5 +80,4 @@ def _helper(settings: Settings, standby_fd: int, hello_fd: int) -> int:
 
 
 def _log(settings: Settings, message: str) -> None:
-    from notify_launcher.log import Log
     Log(settings.log_file, "spawn", settings.log_level).error(None, None, message)

@@ -273,7 +273,10 @@ def _in_sleep(pid: int) -> bool:
 
 def test_ctrl_c_during_wait_is_one_line_and_exit_130(state: Path) -> None:
     (state / "progress").write_text("")  # event #1 pending for ever: nothing runs it
-    proc = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(state)], stderr=subprocess.PIPE, text=True)
+    # As from a terminal: SIGINT at its default.  A background job of a non-interactive shell (how a
+    # CI runner may start us) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    proc = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(state)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not _in_sleep(proc.pid):  # past the imports: `wait` is polling (time.sleep between reads)
         assert proc.poll() is None and time.monotonic() < deadline, "`wait` never got to its polling loop"
