@@ -124,12 +124,12 @@ def kill_tree(proc: subprocess.Popen[bytes], others: list[psutil.Process], befor
     The action itself is awaited through its Popen, so its own exit status is not lost to psutil.
     """
     names = ", ".join([str(proc.pid)] + [f"{p.pid} ({_name(p)})" for p in others])
+    proc.terminate()  # the action first: a script whose child died first would run on (its next line)
     for p in others:
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    proc.terminate()
     note(f"sent SIGTERM to {names}")
     deadline = time.monotonic() + grace
     try:

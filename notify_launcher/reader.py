@@ -43,6 +43,9 @@ KICK_MIN, KICK_MAX = 0.1, 60.0
 #: After a SIGTERM that came while we started: how long keepalived may take to start the next reader
 #: if it is reloading (17-34 ms seen, docs/keepalived.md "Reload"); its STOP lines wait in the pipe.
 SIBLING_WAIT = 0.1
+#: After SIGTERM, once every instance/group we know has reported STOP: how long the FIFO must stay
+#: quiet before we leave, so a STOP line of one we never saw, written in the same burst, is caught.
+STOP_QUIET = 0.03
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -105,6 +108,7 @@ class Reader:
         self.backlog: deque[tuple[Event, float]] = deque()
         self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
         self.lines = 0
+        self._last_line_at = 0.0
         self.splitter = LineSplitter(MAX_LINE)
         self.warned: set[str] = set()  # unforeseen words (events.unforeseen) already logged once
         self.troubles: dict[str, str] = {}  # area -> the problem last logged for it
@@ -182,6 +186,7 @@ class Reader:
         waits = []
         if self.term_at is not None:
             waits.append(self.term_at + self.settings.stop_grace - time.monotonic())
+            waits.append(self._last_line_at + STOP_QUIET - time.monotonic())
         if self.backlog:
             waits.append(RETRY_INTERVAL)
         if self._kick_at is not None:
@@ -195,9 +200,13 @@ class Reader:
     def _stop_complete(self) -> bool:
         """After SIGTERM: every known instance/group reported STOP, or the grace is over."""
         assert self.term_at is not None
-        if time.monotonic() >= self.term_at + self.settings.stop_grace:
+        now = time.monotonic()
+        if now >= self.term_at + self.settings.stop_grace:
             return True
-        return bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
+        # keepalived writes its STOP lines in one burst; a line of an instance or group we have not
+        # seen yet may follow the last one we know by a moment: leave once the burst is over.
+        return (bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
+                and now >= self._last_line_at + STOP_QUIET)
 
     # -- trouble: logged once, retried, repaired -----------------------------------------------
 
@@ -262,6 +271,7 @@ class Reader:
 
     def _line(self, raw: bytes) -> None:
         self.lines += 1
+        self._last_line_at = time.monotonic()
         parsed = parse_line(raw)
         if isinstance(parsed, Rejected):
             self.log.warn(None, None, f"line {self.lines} rejected ({parsed.reason}): {parsed.shown()}")

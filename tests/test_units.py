@@ -23,7 +23,7 @@ from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
 from notify_launcher.progress import replay
-from notify_launcher.reader import KICK_MIN, Reader
+from notify_launcher.reader import KICK_MIN, STOP_QUIET, Reader
 from notify_launcher.statedir import StatePaths, ensure_state_dir
 from notify_launcher.worker import MAX_TRIES, Worker
 
@@ -102,6 +102,8 @@ def test_stop_grace_ends_early_once_every_instance_reported_stop(tmp_path: Path)
     reader._line(b'INSTANCE "VI_1" STOP 100')
     assert not reader._stop_complete()
     reader._line(b'GROUP "G1" STOP 0')
+    assert not reader._stop_complete(), "a STOP line of one we never saw may follow in the same burst"
+    reader._last_line_at -= STOP_QUIET
     assert reader._stop_complete()
     reader.states.clear()
     reader.term_at = time.monotonic() - 0.6
