@@ -40,6 +40,15 @@ def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:
         os._exit(status)
 
 
+def drain(fd: int) -> None:
+    """Empty a non-blocking pipe (a signal wakeup fd): what it held only had to wake poll()."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def leave_process_group() -> None:
     """First thing: keepalived signals the reader's whole process group (TERM, then KILL at +1 s).
     Until this call the child is in that group; it still has the reader's Python SIGTERM handler,

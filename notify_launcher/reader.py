@@ -33,6 +33,7 @@ from notify_launcher.journal import JournalWriter
 from notify_launcher.journal import last_seq as last_journaled
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
+from notify_launcher.process import drain
 from notify_launcher.progress import last_seq as last_recorded
 from notify_launcher.statedir import StateDirError, StatePaths, ensure_state_dir
 
@@ -162,7 +163,7 @@ class Reader:
         eof = False
         for fd, _ in self.poller.poll(self._poll_timeout()):
             if fd == self._wake_r:
-                _drain(self._wake_r)
+                drain(self._wake_r)
             elif fd == self.fifo.fd:
                 if not self._read():
                     eof = not self.serve
@@ -401,12 +402,3 @@ class Reader:
             self.log.error(None, None, f"LOST: {len(self.backlog)} events could not be journaled before exit")
         since = "" if self.term_at is None else f", {(time.monotonic() - self.term_at) * 1000:.0f} ms after SIGTERM"
         self.log.info(None, None, f"reader exiting ({why}; {self.lines} lines read{since})")
-
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass

@@ -23,6 +23,7 @@ from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_sta
 from notify_launcher.journal import Entry, JournalFollower, read_all
 from notify_launcher.log import Log
 from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, StartRecord, TryRecord, replay
+from notify_launcher.process import drain
 from notify_launcher.statedir import FILE_MODE, StatePaths
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -178,7 +179,7 @@ class Worker:
                 return True
             if woke == "timeout":
                 return False
-            _drain_fd(self._wakeup)
+            drain(self._wakeup)
             actions.reap_zombies()
         return False
 
@@ -381,14 +382,6 @@ def _end_orphan(running: StartRecord, note: Callable[[str], None]) -> None:
 
 def _ignore(signum: int, frame: object) -> None:
     """A Python-level handler, so the signal reaches the wakeup fd (SIG_IGN would not)."""
-
-
-def _drain_fd(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -12,7 +12,7 @@ import pytest
 from pathlib import Path
 
 from support import LAUNCHER
-from support.launcher import Launcher
+from support.launcher import Launcher, fill_file_system
 from support.marks import needs
 from support.recorder import check_order
 
@@ -106,14 +106,7 @@ def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> No
         k.write(VI.format("BACKUP"))
         launcher.settle(1)
         filler = launcher.state / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 512):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill_file_system(filler)
         for n in range(150):  # tmpfs fills by pages: the journal's last page still takes a few lines
             k.write(f'INSTANCE "VI_1" {"MASTER" if n % 2 else "BACKUP"} {n}')
         _wait_for(lambda: re.search(r"cannot write the journal \S+ \(No space left on device\)", launcher.log_text()))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from support import LAUNCHER, recorder
-from support.launcher import Launcher
+from support.launcher import Launcher, fill_file_system
 from support.marks import needs
 from support.recorder import check_order
 from notify_launcher.events import Event
@@ -300,14 +300,7 @@ def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Laun
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(launcher.state)], check=True)
     filler = launcher.state / "filler"
     try:
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fill_file_system(filler)
         for name in ("a", "b", "c"):  # and no inode left for a small file either
             try:
                 (launcher.state / name).write_bytes(b"x" * 512)

@@ -21,6 +21,19 @@ from support import LAUNCHER, processes, recorder
 from support.standin import Keepalived
 
 
+def fill_file_system(filler: Path) -> None:
+    """Write zeros into `filler` until its file system is full (ENOSPC), in small pieces so that
+    little room is left."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while os.write(fd, b"\0" * 512):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _tail(path: Path, size: int = 65536) -> bytes:
     try:
         with open(path, "rb") as fh:

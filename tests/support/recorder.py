@@ -98,14 +98,10 @@ def sleep_line(type_: str, state: str, seconds: float, until: Path | None = None
 # reading
 
 
-@dataclass
-class Record:
-    """One line of the records file."""
+class _EventArgs:
+    """The handler's arguments by name: TYPE NAME STATE PRIORITY [VS]."""
 
-    kind: str  # start, end, cgroup, signal
-    seq: int | None  # None: no NL_SEQ ("-")
-    time: float | None  # start, end, signal: $EPOCHREALTIME
-    args: list[str]  # start, end: the handler's arguments; cgroup: the path; signal: the signal's name
+    args: list[str]
 
     @property
     def type(self) -> str:
@@ -122,6 +118,17 @@ class Record:
     @property
     def priority(self) -> str:
         return self.args[3]
+
+
+@dataclass
+class Record(_EventArgs):
+    """One line of the records file."""
+
+    kind: str  # start, end, cgroup, signal
+    seq: int | None  # None: no NL_SEQ ("-")
+    time: float | None  # start, end, signal: $EPOCHREALTIME
+    args: list[str]  # start, end: the handler's arguments; cgroup: the path; signal: the signal's name
+
 
 
 _TIMED = ("start", "end", "signal")
@@ -156,7 +163,7 @@ def read(path: Path) -> list[Record]:
 
 
 @dataclass
-class Action:
+class Action(_EventArgs):
     """One run of the handler: its start record with what the later records said about it."""
 
     seq: int | None
@@ -166,21 +173,6 @@ class Action:
     cgroup: str = ""
     signal: float | None = None  # when it got SIGTERM
 
-    @property
-    def type(self) -> str:
-        return self.args[0]
-
-    @property
-    def name(self) -> str:
-        return self.args[1]
-
-    @property
-    def state(self) -> str:
-        return self.args[2]
-
-    @property
-    def priority(self) -> str:
-        return self.args[3]
 
     def __str__(self) -> str:
         return f"#{'-' if self.seq is None else self.seq} {' '.join(self.args)}"
