@@ -11,16 +11,20 @@ lines cannot come from a real keepalived here: the stand-in tests cover them.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import pytest
 
 from support import LAUNCHER, ROOT
+from support.marks import unavailable
 from support.realka import (IFACE, KILL_AFTER, Cluster, Node, StopTiming, exit_time, ip_binary,
-                            keepalived_binary)
+                            keepalived_binary, missing_prerequisite)
 
 READER_EXIT = (r"reader\[{pid}\] INFO  #- - \| reader exiting \({why}; (\d+) lines read, (\d+) ms after SIGTERM\)")
 
@@ -36,15 +40,6 @@ def ran_in_journal_order(node: Node) -> None:
     """Every journaled keepalived event ran exactly once, in sequence order, one at a time, exit 0."""
     problems = node.order_problems()
     assert not problems, f"{node.name}: " + "; ".join(problems) + "\n" + node.diagnostics()
-
-
-def keepalived_instance_states(node: Node) -> list[str]:
-    """VI_1's transitions as keepalived's own console log tells them (a FAULT is logged twice)."""
-    states: list[str] = []
-    for m in re.finditer(r"\(VI_1\):? [Ee]ntering (MASTER|BACKUP|FAULT) (?:STATE|state)", node.ka_text()):
-        if not states or states[-1] != m.group(1):
-            states.append(m.group(1))
-    return states
 
 
 def left_in_order(node: Node, stop: StopTiming, why: str) -> int:
@@ -79,7 +74,7 @@ def test_startup_node1_master_node2_backup_actions_in_keepalived_order(
         assert len(n.reader_pids()) == 1, n.diagnostics()
         ran_in_journal_order(n)  # journal order = FIFO order = keepalived's order
         # ... and the instance's actions follow the transitions keepalived itself logged
-        assert n.instance_states() == keepalived_instance_states(n), n.diagnostics()
+        assert n.instance_states() == n.keepalived_states(), n.diagnostics()
         # a sync group's line accompanies each of its instance's transitions
         groups = [a.state for a in n.actions() if a.type == "GROUP"]
         assert groups == n.instance_states(), n.diagnostics()
@@ -250,3 +245,23 @@ def test_example_config_keeps_a_reader_across_reload(real_cluster: Callable[...,
     n1.wait_for("node1's STOP action", lambda: n1.instance_states()[-1:] == ["STOP"])
     n1.wait_idle()
     ran_in_journal_order(n1)
+
+
+# --- benchmarks/failover.py -----------------------------------------------------------------------
+
+
+def test_failover_benchmark_loses_no_event_with_either_reader() -> None:
+    """One rep of the failover benchmark (launcher with a worker alive, launcher idle past linger,
+    the shell reader): every event keepalived logged ran once on both nodes, and node2's MASTER
+    action started after keepalived wrote its line (the FIFO tap saw that write, not another)."""
+    reason = missing_prerequisite()
+    if reason is not None:
+        unavailable(reason)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "failover.py"), "--reps", "1", "--json"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+    assert res.returncode == 0, f"failover.py exited {res.returncode}:\n{res.stderr[-6000:]}"
+    rep = json.loads(res.stdout)["reps"][0]
+    for case in ("alive", "idle", "shell"):
+        r = rep[case]
+        assert (r["lost"], r["extra"]) == (0, 0), f"{case}: {r}\n{res.stderr[-6000:]}"
+        assert r["keepalived_ms"] > 0 and r["reader_ms"] > 0, f"{case}: the action started before the write: {r}"

@@ -14,7 +14,8 @@ VRRP traffic never leaves them.  keepalived runs in the foreground (`-n`), so it
 
 keepalived.conf points at the checkout exactly as keepalived.conf.example tells a user to:
 `notify_fifo PATH root` + `notify_fifo_script "<repo>/bin/notify-launcher --config <ini>" root` with
-`enable_script_security`.  (The user on notify_fifo matters: without it keepalived 2.2.7 looks the
+`enable_script_security`.  `Cluster(script=...)` runs another notify_fifo_script instead (the
+benchmarks' shell reader, benchmarks/failover.py): a function of the node that returns its argv.  (The user on notify_fifo matters: without it keepalived 2.2.7 looks the
 default script user `keepalived_script` up again at every reload; with `enable_script_security` set
 by the previous load and no such user (Debian creates none), the lookup fails and keepalived drops
 the FIFO and its script until restarted: every later event is lost.)
@@ -64,7 +65,7 @@ global_defs {{
     router_id {name}
     # The user is named on notify_fifo too: see tests/support/realka.py (a reload would drop the FIFO).
     notify_fifo {fifo} root
-    notify_fifo_script "{launcher} --config {ini}" root
+    notify_fifo_script "{script}" root
     enable_script_security
     fifo_write_vrrp_states_on_reload
     vrrp_version 3
@@ -184,12 +185,16 @@ class StopTiming:
     keepalived_returncode: int | None
 
 
+Script = Callable[["Node"], list[str]]  # a node's notify_fifo_script argv (keepalived appends the FIFO)
+
+
 @dataclass
 class Node:
     index: int  # 1-based
     priority: int
     ns: str
     dir: Path
+    script: Script | None = None  # None: the launcher, as keepalived.conf.example runs it
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     _stop_kids: list[psutil.Process] | None = field(default=None, repr=False)
@@ -241,8 +246,12 @@ class Node:
         self.ini.write_text(LAUNCHER_INI.format(name=self.name, handler=self.handler, state=self.state,
                                                 log=self.log, linger=linger, timeout=timeout))
         self.conf.write_text(KEEPALIVED_CONF.format(
-            name=self.name, fifo=self.fifo, launcher=LAUNCHER, ini=self.ini, iface=IFACE,
+            name=self.name, fifo=self.fifo, script=" ".join(self.script_argv()), iface=IFACE,
             priority=self.priority, vip=VIP))
+
+    def script_argv(self) -> list[str]:
+        """The notify_fifo_script's command line, before the FIFO keepalived appends."""
+        return [LAUNCHER, "--config", str(self.ini)] if self.script is None else self.script(self)
 
     def sleep_on(self, type_: str, state: str, seconds: float, until: Path | None = None) -> None:
         """Make the recorder's action for TYPE STATE take `seconds`, and then, if `until` is given,
@@ -269,9 +278,14 @@ class Node:
 
     def hup(self) -> float:
         """keepalived's reload; returns the wall-clock time of the signal."""
+        return self.send_signal(signal.SIGHUP)
+
+    def send_signal(self, sig: signal.Signals) -> float:
+        """`sig` to keepalived, nothing else (no watching, unlike `term`: the benchmarks keep the
+        CPUs to what they measure); returns the wall-clock time of the signal."""
         assert self.proc is not None
         t = time.time()
-        self.proc.send_signal(signal.SIGHUP)
+        self.proc.send_signal(sig)
         return t
 
     def term(self, wait: float = 10.0) -> StopTiming:
@@ -294,7 +308,8 @@ class Node:
         return StopTiming(t0, reader.pid, gone, exited, self.proc.returncode)
 
     def current_reader(self) -> psutil.Process:
-        """The live notify_fifo_script: a child of keepalived's VRRP process (the newest, in a reload)."""
+        """The live notify_fifo_script: a child of keepalived's VRRP process with our FIFO as its
+        last argument, as keepalived appends it (the newest, in a reload)."""
         assert self.proc is not None
         readers = []
         for vrrp in psutil.Process(self.proc.pid).children():
@@ -304,7 +319,7 @@ class Node:
                 continue
             for p in children:
                 try:  # an old reader may be a zombie now: its cmdline raises
-                    if "notify_launcher" in " ".join(p.cmdline()) and processes.running(p):
+                    if p.cmdline()[-1:] == [str(self.fifo)] and processes.running(p):
                         readers.append(p)
                 except psutil.Error:
                     continue
@@ -371,6 +386,14 @@ class Node:
     def instance_states(self) -> list[str]:
         return [a.state for a in self.actions() if a.type == "INSTANCE"]
 
+    def keepalived_states(self) -> list[str]:
+        """VI_1's transitions as keepalived's own console log tells them (a FAULT is logged twice)."""
+        states: list[str] = []
+        for m in re.finditer(r"\(VI_1\):? [Ee]ntering (MASTER|BACKUP|FAULT) (?:STATE|state)", self.ka_text()):
+            if not states or states[-1] != m.group(1):
+                states.append(m.group(1))
+        return states
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -405,6 +428,11 @@ class Node:
         return processes.family(processes.find(str(self.dir)))
 
     def wait_idle(self, timeout: float = 60) -> None:
+        """The launcher is idle (`notify-launcher wait`).  Another script has no such state: there,
+        every action that started has ended (an event not yet started is not seen)."""
+        if self.script is not None:
+            self.wait_for("every action to end", lambda: all(a.end is not None for a in self.actions()), timeout)
+            return
         res = subprocess.run([LAUNCHER, "wait", "--state-dir", str(self.state), "--timeout", str(timeout)],
                              capture_output=True, text=True)
         assert res.returncode == 0, f"{self.name}: launcher not idle after {timeout}s\n{self.diagnostics()}"
@@ -449,7 +477,7 @@ class Cluster:
     """N keepalived nodes in namespaces; node K has address .K and priority 150, 100, 50, ..."""
 
     def __init__(self, count: int = 2, priorities: list[int] | None = None, linger: float = 600,
-                 timeout: float = 60, keep: bool | None = None) -> None:
+                 timeout: float = 60, keep: bool | None = None, script: Script | None = None) -> None:
         global _counter
         _counter += 1
         if not 2 <= count <= 9:
@@ -460,7 +488,7 @@ class Cluster:
         tag = f"{NS_PREFIX}{os.getpid()}c{_counter}"
         self.hub = f"{tag}hub" if count > 2 else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
-        self.nodes = [Node(i + 1, self.priorities[i], f"{tag}n{i + 1}", self.dir / f"node{i + 1}")
+        self.nodes = [Node(i + 1, self.priorities[i], f"{tag}n{i + 1}", self.dir / f"node{i + 1}", script)
                       for i in range(count)]
         self._namespaces: list[str] = []
 
@@ -503,10 +531,11 @@ class Cluster:
             n.wait_for(f"carrier on {IFACE}", n.link_up, timeout=10)
 
     def start(self, nodes: list[Node] | None = None) -> None:
-        problem = insecure_path(str(LAUNCHER))
-        if problem:
-            raise RuntimeError(f"keepalived (enable_script_security) would refuse {LAUNCHER}: {problem}")
         for n in nodes or self.nodes:
+            script = n.script_argv()[0]
+            problem = insecure_path(script)
+            if problem:
+                raise RuntimeError(f"keepalived (enable_script_security) would refuse {script}: {problem}")
             n.start()
 
     def wait_settled(self, timeout: float = 60) -> None:
