@@ -22,6 +22,8 @@ Measured per case (medians over the reps):
               so its stamp comes within microseconds of the write
   reader      total - keepalived: the notify_fifo_script's share, the exec of the action included
   net         reader - the start latency of the same handler spawned directly by this process
+  (JSON only) journaled_ms: the launcher's part up to its journal entry of the line (the rest is
+              the handoff to the worker, and the worker's start when none was there)
   lost/extra  events keepalived logged (each VI_1 transition, as an INSTANCE and a GROUP line, and
               node1's STOP lines) whose action did not run to its end / that ran more than once
 """
@@ -163,8 +165,10 @@ def failover(case: Case, keep: bool | None) -> dict[str, Any]:
         lost, extra = lost_and_extra([(n1, True), (n2, False)])
         if lost or extra:
             log(f"{case.key}: {lost} events lost, {extra} run twice\n{c.diagnostics()}")
+        journaled = next((float(e[1]) for e in n2.journal() if e[3] == "INSTANCE" and e[5] == "MASTER"), None)
         return {"total_ms": (start - term_at) * 1000, "keepalived_ms": (written_at - term_at) * 1000,
                 "reader_ms": (start - written_at) * 1000, "idle_before_term_s": idle, "resident": resident,
+                "journaled_ms": None if journaled is None else (journaled - written_at) * 1000,
                 "lost": lost, "extra": extra}
 
 
