@@ -269,7 +269,7 @@ def main() -> int:
     elapsed = time.monotonic() - t0
     head = (f"failover under real keepalived (2 nodes, network namespaces): {reps_n} reps, medians; "
             f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; "
-            f"{elapsed:.0f} s; load average {load_start[0]:.2f} at start\n"
+            f"{elapsed:.0f} s; load average {load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at the end\n"
             f"code: {cfg['git']}; ratio = launcher / shell reader")
     text = head + "\n" + table(summary, all_cases)
     if args.json:
