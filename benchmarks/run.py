@@ -55,6 +55,7 @@ from support import LAUNCHER, ROOT, processes, recorder
 from support.standin import Keepalived, StopReport
 
 LAUNCHER_CMD = [LAUNCHER]  # --launcher replaces it (A/B runs against another checkout)
+METRICS = [False]  # --metrics: the launcher writes a metrics file (what that costs per event)
 BASELINE = str(ROOT / "benchmarks" / "baseline-reader.sh")
 SIDES = ("launcher", "baseline")
 
@@ -126,8 +127,9 @@ class Setup:
 
     def argv(self) -> list[str]:
         if self.side == "launcher":
+            metrics = ["--metrics-file", str(self.dir / "metrics.prom")] if METRICS[0] else []
             return [LAUNCHER_CMD[0], "--handler", str(self.handler), "--state-dir", str(self.state),
-                    "--log-file", str(self.logfile)]
+                    "--log-file", str(self.logfile), *metrics]
         return [BASELINE, str(self.lock), str(self.handler)]
 
     def start(self) -> BenchKeepalived:
@@ -806,8 +808,10 @@ def main() -> int:
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SEC",
                    help="before each rep, wait up to SEC for the machine to be < 10%% busy (default 0: don't)")
     p.add_argument("--launcher", default=LAUNCHER, help="notify-launcher executable (default: this checkout's)")
+    p.add_argument("--metrics", action="store_true", help="the launcher writes a metrics file (--metrics-file)")
     args = p.parse_args()
     LAUNCHER_CMD[0] = os.path.abspath(args.launcher)
+    METRICS[0] = args.metrics
     # keepalived's cwd is /; ours must not leak in either: `python -m notify_launcher` puts the cwd
     # first on sys.path, so starting from a checkout would run that checkout's code, not --launcher's
     os.chdir("/")
@@ -815,7 +819,8 @@ def main() -> int:
            "idle_events": args.idle_events or (20 if args.quick else 50),
            "spacing_s": args.spacing, "burst": args.burst, "instances": args.instances,
            "idle_cpu_s": args.idle_cpu if args.idle_cpu is not None else (10.0 if args.quick else 60.0),
-           "nap_s": args.nap, "quick": args.quick, "launcher": LAUNCHER_CMD[0], "git": git_state()}
+           "nap_s": args.nap, "quick": args.quick, "launcher": LAUNCHER_CMD[0], "git": git_state(),
+           "metrics_file": args.metrics}
     root = Path(tempfile.mkdtemp(prefix="nl-bench-"))
     t_start = time.monotonic()
     reps: list[dict[str, Any]] = []

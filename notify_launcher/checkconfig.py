@@ -69,7 +69,10 @@ def check_settings(settings: Settings) -> list[str]:
         why = executable_problem(exe)
         if why:
             problems.append(f"{where}: {key}: {why}")
-    for what, path in (("state_dir", settings.state_dir), ("log_file", os.path.dirname(settings.log_file))):
+    created = [("state_dir", settings.state_dir), ("log_file", os.path.dirname(settings.log_file))]
+    if settings.metrics_file:
+        created.append(("metrics_file", os.path.dirname(settings.metrics_file)))
+    for what, path in created:
         why = _writable_dir_problem(what, path)
         if why:
             problems.append(f"{where}: [launcher] {why}")

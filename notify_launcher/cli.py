@@ -1,7 +1,8 @@
 """Command line: `notify-launcher [options] FIFO` is what keepalived runs; subcommands are for people.
 
-Exit codes: 0 success; 1 `wait` timed out; 2 usage or configuration error; 3 the FIFO or the state
-directory cannot be used (or `send` could not deliver); 70 an operator command met an error nobody
+Exit codes: 0 success; 1 `wait` timed out, or `log` found no line; 2 usage or configuration error;
+3 the FIFO or the state directory cannot be used (or `send` could not deliver, or `log` could not
+read a log file); 70 an operator command met an error nobody
 foresaw (a bug: one line names it); 130 interrupted.  Operator commands never print a traceback:
 one line on stderr says what is wrong and what to do.
 
@@ -39,12 +40,13 @@ from notify_launcher.config import DEFAULT_STATE_DIR, ConfigError, load  # noqa:
 from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir  # noqa: E402
 
 EXIT_TIMEOUT = 1
+EXIT_NOTHING = 1  # `log` found no line (as grep)
 EXIT_USAGE = 2
 EXIT_UNUSABLE = 3
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an operator command met an exception nobody foresaw
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT (Ctrl-C during `wait`)
 T = TypeVar("T")
-COMMANDS = ("serve", "check-config", "send", "status", "history", "wait", "_worker")
+COMMANDS = ("serve", "check-config", "send", "status", "history", "wait", "log", "_worker")
 
 READER_EPILOG = """\
 keepalived.conf:
@@ -55,7 +57,9 @@ keepalived.conf:
 keepalived appends the FIFO path as the last argument.  The handler runs as
   HANDLER... TYPE NAME STATE PRIORITY        (RS lines add the virtual server as a 5th argument)
 with NL_TYPE, NL_NAME, NL_STATE, NL_PRIORITY, NL_VS and NL_SEQ in its environment.
-Other commands (each has --help): serve, check-config, send, status, history, wait
+on_failure runs the same way after a failed, timed-out or skipped action, with NL_RESULT, NL_EXIT,
+NL_DETAIL and NL_OUTPUT (the action's last output lines) added.
+Other commands (each has --help): serve, check-config, send, status, history, wait, log
 """
 
 
@@ -77,12 +81,16 @@ def _reader_parser(serve: bool) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"notify-launcher {__version__}")
     p.add_argument("--config", metavar="FILE", help="INI file (see keepalived.conf.example / README)")
     p.add_argument("--handler", metavar="CMD", help="command run for every event (shell-like words, no shell)")
+    p.add_argument("--on-failure", metavar="CMD", help="command run after an action failed, timed out or was "
+                                                        "skipped (shell-like words, no shell; default: none)")
     p.add_argument("--log-file", metavar="PATH", help="worker log (default /var/log/notify-launcher.log)")
     p.add_argument("--state-dir", metavar="DIR", help=f"journal, progress and locks (default {DEFAULT_STATE_DIR})")
     p.add_argument("--timeout", metavar="SEC", help="per-action timeout (default 120)")
     p.add_argument("--stop-grace", metavar="SEC", help="after SIGTERM, wait this long for STOP lines (default 0.5)")
     p.add_argument("--linger", metavar="SEC", help="an idle worker waits this long for more events (default 600)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARN or ERROR (default INFO)")
+    p.add_argument("--metrics-file", metavar="PATH", help="Prometheus text file for node_exporter's textfile "
+                                                          "collector, rewritten after events (default: none)")
     p.add_argument("--detach", metavar="MODE", help="auto, daemon (double fork) or systemd (transient unit); "
                                                     "default auto: systemd when we run in a systemd service")
     if serve:
@@ -105,7 +113,7 @@ def _fatal(message: str, log_file: str | None) -> None:
 def run_reader(argv: list[str], serve: bool = False) -> int:
     args = _reader_parser(serve).parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("handler", "log_file", "state_dir", "timeout", "stop_grace",
-                                               "linger", "log_level", "detach")}
+                                               "linger", "log_level", "detach", "metrics_file", "on_failure")}
     try:
         settings = load(args.config, overrides)
     except ConfigError as exc:
@@ -296,6 +304,55 @@ def run_wait(argv: list[str]) -> int:
     return 0
 
 
+def run_log(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="notify-launcher log", description="The log lines of one event or a range of events (found by the "
+        "#SEQ in every line), of a period, or of the failed events: from the log file and its rotated (and "
+        "gzip-compressed) copies, oldest first.  Exit 1 when no line matches.",
+        epilog="examples: notify-launcher log 1234;  notify-launcher log 12-20;  "
+               "notify-launcher log --failed --since 1h", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("seqs", nargs="?", metavar="SEQ[-SEQ]", help="an event's number (as `history` shows it), or a range")
+    p.add_argument("--since", metavar="WHEN", help="only lines since then: 90s, 30m, 1h, 2d ago, or "
+                                                   "'YYYY-MM-DD HH:MM' (default: all)")
+    p.add_argument("--failed", action="store_true", help="only events with an ERROR line (an action failed, "
+                                                         "timed out, or was skipped after a crash)")
+    p.add_argument("--config", metavar="FILE", help="take log_file from this INI file")
+    p.add_argument("--log-file", metavar="PATH", help="the log file (default: the config's log_file, else "
+                                                      "/var/log/notify-launcher.log)")
+    args = p.parse_args(argv)
+    from notify_launcher.logview import LogViewError, Query, parse_seqs, parse_since, select
+    if args.seqs is None and args.since is None and not args.failed:
+        p.error("say which lines: SEQ, SEQ-SEQ, --since or --failed")
+    try:
+        first, last = parse_seqs(args.seqs) if args.seqs is not None else (None, None)
+        since = parse_since(args.since, time.time()) if args.since is not None else None
+        log_file = load(args.config, {"log_file": args.log_file}).log_file
+    except (ValueError, ConfigError) as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    try:
+        lines, span = select(log_file, Query(first, last, since, args.failed))
+        shown = 0
+        for line in lines:
+            sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+            shown += 1
+        sys.stdout.flush()
+    except LogViewError as exc:
+        raise CommandError(str(exc)) from None
+    for error in span.errors:
+        _say("log", error)
+    if span.errors:
+        return EXIT_UNUSABLE
+    if not shown:
+        what = " ".join(filter(None, [
+            "failed events" if args.failed else "",
+            (f"#{first}" if first == last else f"#{first}..#{last}") if first is not None else "",
+            f"since {since}" if since else ""]))
+        held = f"events #{span.low}..#{span.high}" if span.low is not None else "no event lines"
+        raise CommandError(f"no log line for {what} in {', '.join(span.files)} (they hold {held}); "
+                           f"older lines may be in rotations logrotate has removed", EXIT_NOTHING)
+    return 0
+
+
 def run_serve(argv: list[str]) -> int:
     return run_reader(argv, serve=True)
 
@@ -312,7 +369,7 @@ def run_unit_worker(argv: list[str]) -> int:
 
 OPERATOR_COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "check-config": run_check_config, "send": run_send, "status": run_status, "history": run_history,
-    "wait": run_wait}
+    "wait": run_wait, "log": run_log}
 
 
 def _say(command: str, message: str) -> None:

@@ -52,6 +52,7 @@ class Rule:
     state: str
     handler: tuple[str, ...] | None = None
     timeout: float | None = None
+    on_failure: tuple[str, ...] | None = None
 
     def specificity(self, event: Event) -> int:
         """-1 if the rule does not cover `event`; else higher = more specific (name > state > type)."""
@@ -83,23 +84,40 @@ class Settings:
     detach: DetachMode = "auto"
     coalesce: bool = False
     quiet_states: tuple[str, ...] = QUIET_STATES
+    on_failure: tuple[str, ...] = ()
+    on_failure_timeout: float = 30.0
+    metrics_file: str | None = None
+    metrics_mode: int = 0o644
     config_file: str | None = None
+
+    def _matching(self, event: Event) -> list[Rule]:
+        """The rules covering `event`, least specific first (ties: the earlier section first), so a
+        later one overrides; for a quiet state, only rules that name it (or run nothing) count."""
+        matching = sorted((r.specificity(event), n, r) for n, r in enumerate(self.rules)
+                          if r.specificity(event) >= 0)
+        if event.state in self.quiet_states:
+            matching = [m for m in matching if m[2].state == event.state or m[2].handler is None]
+        return [rule for _, _, rule in matching]
 
     def action_for(self, event: Event) -> tuple[tuple[str, ...], float]:
         """The command prefix and timeout for `event`: each from the most specific matching rule that
         sets it (ties: the later section), else the [launcher] default."""
         if event.type == READER_TYPE:
             return (self.stop_action if event.state == "STOP" else ()), self.timeout
-        handler, timeout = self.handler, self.timeout
-        matching = sorted((r.specificity(event), n, r) for n, r in enumerate(self.rules)
-                          if r.specificity(event) >= 0)
-        if event.state in self.quiet_states:
-            handler = ()
-            matching = [m for m in matching if m[2].state == event.state or m[2].handler is None]
-        for _, _, rule in matching:  # least specific first; later ones override
+        handler = () if event.state in self.quiet_states else self.handler
+        timeout = self.timeout
+        for rule in self._matching(event):
             handler = handler if rule.handler is None else rule.handler
             timeout = timeout if rule.timeout is None else rule.timeout
         return handler, timeout
+
+    def on_failure_for(self, event: Event) -> tuple[str, ...]:
+        """The command run after `event`'s action failed, timed out or was skipped: the most specific
+        matching rule's `on_failure`, else the [launcher] one (the stop action's too)."""
+        command = self.on_failure
+        for rule in self._matching(event) if event.type != READER_TYPE else []:
+            command = command if rule.on_failure is None else rule.on_failure
+        return command
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -107,9 +125,10 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         data: dict[str, Any] = json.loads(text)
-        data["rules"] = tuple(Rule(**{**r, "handler": None if r["handler"] is None else tuple(r["handler"])})
+        data["rules"] = tuple(Rule(**{**r, **{k: None if r.get(k) is None else tuple(r[k])
+                                              for k in ("handler", "on_failure")}})
                               for r in data["rules"])
-        for key in ("handler", "stop_action", "quiet_states"):
+        for key in ("handler", "stop_action", "quiet_states", "on_failure"):
             data[key] = tuple(data[key])
         for key, allowed in (("on_crash", CRASH_POLICIES), ("detach", DETACH_MODES), ("log_level", LOG_LEVELS)):
             if data[key] not in allowed:  # the Literal types hold only if the file does
@@ -131,8 +150,12 @@ _KEYS = {
     "detach": "one of " + ", ".join(DETACH_MODES),
     "coalesce": "yes or no",
     "quiet_states": "state names separated by spaces (may be empty)",
+    "on_failure": "a command line run after an action failed, timed out or was skipped",
+    "on_failure_timeout": "seconds, a number > 0",
+    "metrics_file": "a file path (Prometheus text format, for node_exporter's textfile collector)",
+    "metrics_mode": "an octal file mode, e.g. 0644 (no write bit for group or others)",
 }
-_RULE_KEYS = ("handler", "timeout")
+_RULE_KEYS = ("handler", "timeout", "on_failure")
 
 
 def _where(path: str, section: str, key: str) -> str:
@@ -146,15 +169,23 @@ def parse_command(text: str, where: str) -> tuple[str, ...]:
         raise ConfigError(f"{where}: cannot split {text!r} into words: {exc}") from None
 
 
-_SECONDS = {"timeout": (0.0, math.inf, True), "kill_grace": (0.0, math.inf, False),
+_SECONDS = {"timeout": (0.0, math.inf, True), "on_failure_timeout": (0.0, math.inf, True), "kill_grace": (0.0, math.inf, False),
             "linger": (0.0, math.inf, False), "stop_grace": (0.0, 0.9, False)}
 
 
 def _convert(key: str, text: str, where: str) -> object:
     """One value from text, checked; the error says what was given and what is allowed."""
     bad = ConfigError(f"{where}: {text!r} is not allowed; expected {_KEYS.get(key, key)}")
-    if key in ("handler", "stop_action"):
+    if key in ("handler", "stop_action", "on_failure"):
         return parse_command(text, where)
+    if key == "metrics_mode":
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            raise bad from None
+        if not 0 <= mode <= 0o755 or mode & 0o022 or not mode & 0o400:
+            raise bad  # root writes it: nobody else may; and it must stay readable for the collector
+        return mode
     if key in _SECONDS:
         low, high, strict = _SECONDS[key]
         try:

@@ -3,6 +3,7 @@
     {"op": "try",   "seq": 7, ...}   a worker took up the event (before anything that could fail)
     {"op": "start", "seq": 7, ...}   an action process was started (its pid and create time, the worker's)
     {"op": "end",   "seq": 7, ...}   the event is finished: action result, or why nothing ran
+    {"op": "totals", "seq": 7, ...}  first in a compacted file: the counts of what it dropped (totals.py)
 
 Events run strictly in order, so "done" is a high-water mark: the largest seq with an `end`.  A
 `try` with no `end` after it is an event whose worker died; the next worker recovers it.  The
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NotRequired, TypedDict
 
 from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
+from notify_launcher.totals import Totals
 
 
 class TryRecord(TypedDict):
@@ -59,6 +61,15 @@ class EndRecord(TypedDict):
     exit: NotRequired[int | None]
     signal: NotRequired[int | None]
     timed_out: NotRequired[bool]
+    worker: NotRequired[int]
+
+
+class TotalsRecord(TypedDict):
+    """First in a compacted file: the counters over every record up to `seq` (totals.py)."""
+
+    op: Literal["totals"]
+    seq: int
+    counts: dict[str, object]
 
 
 Record = TryRecord | StartRecord | EndRecord
@@ -101,10 +112,15 @@ class ProgressLog:
 
     def compact(self, keep_ends: int) -> None:
         """Rewrite the file with the last `keep_ends` end records and each instance's last one (all a
-        replay needs when nothing runs).  Only the worker holding worker.lock writes this file."""
-        snap = replay(self.path, keep_ends)
-        records = {r["seq"]: r for r in [*snap.last.values(), *snap.ends]}
-        write_atomic(self.path, b"".join((json.dumps(records[seq]) + "\n").encode() for seq in sorted(records)))
+        replay needs when nothing runs), after the totals of every record read, so the counters do
+        not go back (totals.py).  Only the worker holding worker.lock writes this file; it compacts
+        only when the queue is idle."""
+        totals = Totals()
+        snap = replay(self.path, keep_ends, totals)
+        records: dict[int, Record] = {r["seq"]: r for r in [*snap.last.values(), *snap.ends]}
+        summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *records]), counts=totals.record())
+        write_atomic(self.path, b"".join((json.dumps(rec) + "\n").encode()
+                                         for rec in [summary, *(records[seq] for seq in sorted(records))]))
         os.close(self._fd)
         self._fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
 
@@ -130,8 +146,9 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "start": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "pid": int, "worker": int,
               "worker_ctime": _NUMBER},
     "end": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "result": str},
+    "totals": {"seq": int, "counts": dict},
 }
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER, "worker": int}
 
 
 def _no_constant(name: str) -> float:
@@ -152,8 +169,9 @@ def _well_formed(rec: object) -> bool:
     return all(k in rec and isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in checks)
 
 
-def replay(path: str, keep_ends: int = 0) -> Snapshot:
-    """Fold the progress file into a Snapshot; keep the last `keep_ends` end records for history.
+def replay(path: str, keep_ends: int = 0, totals: Totals | None = None) -> Snapshot:
+    """Fold the progress file into a Snapshot; keep the last `keep_ends` end records for history;
+    count every record into `totals` if given (the worker's metrics, in the same pass).
     Lines that are not well-formed records are skipped (the journal still has their events)."""
     snap = Snapshot()
     try:
@@ -168,6 +186,8 @@ def replay(path: str, keep_ends: int = 0) -> Snapshot:
             continue
         if not _well_formed(rec):
             continue  # a torn last line or damage: the journal still has the event
+        if totals is not None:
+            totals.fold(rec)
         if rec.get("op") == "try":
             snap.tries = snap.tries + 1 if snap.trying == rec["seq"] else 1
             snap.trying = rec["seq"]

@@ -36,6 +36,7 @@ from notify_launcher.log import Log
 from notify_launcher.process import drain
 from notify_launcher.progress import last_seq as last_recorded
 from notify_launcher.statedir import StateDirError, StatePaths, ensure_state_dir
+from notify_launcher.totals import bump_rejected
 
 FINAL_STATES = frozenset({"STOP", "DELETED"})
 BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
@@ -276,6 +277,7 @@ class Reader:
         parsed = parse_line(raw)
         if isinstance(parsed, Rejected):
             self.log.warn(None, None, f"line {self.lines} rejected ({parsed.reason}): {parsed.shown()}")
+            self._count_rejected()
             return
         news = unforeseen(parsed)
         if news is not None and news not in self.warned:
@@ -284,6 +286,16 @@ class Reader:
         if parsed.type in ("INSTANCE", "GROUP"):
             self.states[parsed.key] = parsed.state
         self._submit(parsed)
+
+    def _count_rejected(self) -> None:
+        """For the metrics file: rare (keepalived writes no such line), so a locked write is fine here."""
+        try:
+            bump_rejected(self.paths.rejected)
+        except OSError as exc:
+            self._report("rejected count", f"cannot count the rejected line in {self.paths.rejected} "
+                                           f"({exc.strerror}); the metrics file will show fewer")
+            return
+        self._recovered("rejected count")
 
     def _submit(self, event: Event) -> None:
         self._hold(event)

@@ -134,7 +134,11 @@ def commands(settings: Settings) -> list[tuple[str, str]]:
     found = [("handler", settings.handler[0])] if settings.handler else []
     if settings.stop_action:
         found.append(("stop_action", settings.stop_action[0]))
-    found += [(f"[match {r.type} {r.name} {r.state}] handler", r.handler[0]) for r in settings.rules if r.handler]
+    if settings.on_failure:
+        found.append(("on_failure", settings.on_failure[0]))
+    for r in settings.rules:
+        found += [(f"[match {r.type} {r.name} {r.state}] {key}", command[0])
+                  for key, command in (("handler", r.handler), ("on_failure", r.on_failure)) if command]
     return found
 
 
@@ -149,7 +153,8 @@ def trusted_paths(settings: Settings) -> list[tuple[str, str, bool]]:
         resolved = shutil.which(exe) or exe
         if os.path.exists(resolved):
             found.append((where, resolved, False))
-    return found + [("state_dir", settings.state_dir, True), ("log_file", settings.log_file, True)]
+    found += [("state_dir", settings.state_dir, True), ("log_file", settings.log_file, True)]
+    return found + ([("metrics_file", settings.metrics_file, True)] if settings.metrics_file else [])
 
 
 def check(settings: Settings) -> list[str]:

@@ -57,6 +57,11 @@ class StatePaths:
         return os.path.join(self.root, "settings.json")
 
     @property
+    def rejected(self) -> str:
+        """How many FIFO lines the readers rejected (totals.py)."""
+        return os.path.join(self.root, "rejected")
+
+    @property
     def worker_pid(self) -> str:
         """`PID START` of the worker holding worker.lock (pidfile.py)."""
         return os.path.join(self.root, "worker.pid")
@@ -98,10 +103,12 @@ def open_mode(path: str, flags: int, mode: int) -> int:
     return fd
 
 
-def write_atomic(path: str, data: bytes, mode: int = FILE_MODE) -> None:
+def write_atomic(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True) -> None:
     """Replace `path` with `data`, all or nothing: a temporary file beside it, every write checked
     (a short write is a full disk, not success), fsync, then rename.  Whatever fails, the old file
-    stays as it was -- a compaction cut short must never lose or repeat a finished event."""
+    stays as it was -- a compaction cut short must never lose or repeat a finished event.
+    `sync=False` leaves out the fsync, for a file that is only a view, rewritten from durable state
+    (the metrics file): readers still see the old or the new file whole."""
     tmp = f"{path}.{os.getpid()}.new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -112,7 +119,8 @@ def write_atomic(path: str, data: bytes, mode: int = FILE_MODE) -> None:
             if written <= 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
         os.close(fd)
         fd = -1
         os.replace(tmp, path)

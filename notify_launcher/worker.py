@@ -11,12 +11,13 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import psutil
 from filelock import FileLock, Timeout
 
-from notify_launcher import actions, pidfile, settingsfile
+from notify_launcher import actions, metrics, pidfile, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.events import READER_TYPE
 from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
@@ -25,6 +26,7 @@ from notify_launcher.log import Log
 from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, StartRecord, TryRecord, replay
 from notify_launcher.process import drain
 from notify_launcher.statedir import FILE_MODE, StatePaths
+from notify_launcher.totals import Totals, outcome, read_rejected
 
 PR_SET_CHILD_SUBREAPER = 36
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
@@ -33,6 +35,8 @@ PID_REUSE_GUARD = 2.0  # s: an orphan's create time must be this close to the re
 KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
 MAX_TRIES = 3  # workers that may die on one event before it is recorded as skipped
 RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
+OUTPUT_TAIL, OUTPUT_TAIL_CHARS = 20, 16384  # the action's last output lines given to on_failure (NL_OUTPUT)
+METRICS_EVERY, METRICS_INTERVAL = 100, 1.0  # during a burst: write the metrics file this often (events, s)
 
 
 def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int) -> int:
@@ -101,6 +105,11 @@ class Worker:
         self._lock_id: tuple[int, int] | None = None
         self._settings_id: tuple[int, int] | None = None
         self._unrecorded: tuple[int, str] | None = None  # the record whose failure was logged last
+        self.totals = Totals()
+        self._metrics_trouble: str | None = None  # the metrics write error logged last
+        self._published = False  # the metrics file written since start
+        self._published_at = 0.0  # monotonic time of the last write
+        self._unpublished = 0  # events finished since
 
     def start(self) -> None:
         """The steps, in the order handoff.py needs them: signals, the doorbell (before the first
@@ -131,7 +140,7 @@ class Worker:
         self.journal = JournalFollower(self.paths.journal)
         self.progress = ProgressLog(self.paths.progress)
         self._settings_id = _file_id(self.paths.settings)
-        snap = replay(self.paths.progress)
+        snap = replay(self.paths.progress, totals=self.totals)
         self.done_seq = snap.done_seq
         self.log.info(None, None, f"worker started ({self.how}; lock taken); last finished event #{self.done_seq}")
         if snap.trying or snap.running is not None:
@@ -212,16 +221,50 @@ class Worker:
             for line in damaged:
                 self.log.error(None, None, f"damaged journal line skipped: {line[:200]!r}")
             if not entries:
+                if not self._published:
+                    self._publish([])  # at start, with nothing to do
                 return True
             self._follow_state_files(entries[0])
             entries = [e for e in entries if e.seq > self.done_seq]
+            if not self._published:
+                self._publish(entries)  # at start: the counts, and the queue this worker found
             newest = {e.event.key: e.seq for e in entries} if self.settings.coalesce else {}
-            for entry in entries:
+            for n, entry in enumerate(entries, 1):
                 if entry.seq != self.done_seq + 1 and self.done_seq:
                     self.log.error(entry.seq, entry.event,
                                    f"events #{self.done_seq + 1}..#{entry.seq - 1} are missing from the journal")
                 self._take_up(entry, newest.get(entry.event.key, entry.seq))
                 self.done_seq = entry.seq
+                self._publish(entries[n:])
+
+    def _publish(self, waiting: list[Entry]) -> None:
+        """Rewrite the metrics file (if configured), after the end record: the counts, and the
+        events `waiting` behind the one just finished.  A write costs ~0.3 ms, as much as the rest
+        of our own work per event, so during a burst it is coalesced: written when the queue is
+        empty, else at least every METRICS_EVERY events or METRICS_INTERVAL seconds.  A failure is
+        logged once (and again only when it changes); the next write tries again."""
+        path = self.settings.metrics_file
+        if path is None:
+            return
+        now = time.monotonic()
+        self._unpublished += 1
+        if (waiting and self._published and self._unpublished < METRICS_EVERY
+                and now < self._published_at + METRICS_INTERVAL):
+            return
+        self._published, self._published_at, self._unpublished = True, now, 0
+        age = time.time() - waiting[0].time if waiting else 0.0
+        text = metrics.render(self.totals, len(waiting), max(0.0, age), read_rejected(self.paths.rejected))
+        try:
+            metrics.write(path, text, self.settings.metrics_mode)
+        except OSError as exc:
+            trouble = f"cannot write the metrics file {path} ({exc.strerror}); will try again after the next event"
+            if trouble != self._metrics_trouble:
+                self._metrics_trouble = trouble
+                self.log.error(None, None, trouble)
+            return
+        if self._metrics_trouble is not None:
+            self._metrics_trouble = None
+            self.log.info(None, None, f"metrics file {path} written again")
 
     def _follow_state_files(self, first: Entry) -> None:
         """Before a batch: the newest settings, and state files someone removed (journal, progress)."""
@@ -249,7 +292,9 @@ class Worker:
                 self._run(entry)
         except Exception as exc:
             self.log.exception(entry.seq, entry.event, "FAILED inside the launcher (the next event runs)", exc)
-            self._finish(self._end(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False), entry.event)
+            end = self._end(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False)
+            self._finish(end, entry.event)
+            self._on_failure(entry, end)
 
     def _reload_settings(self) -> None:
         """Follow the newest reader's settings (the administrator may have changed the config),
@@ -280,8 +325,12 @@ class Worker:
             self._finish(self._end(entry, "no action", ok=True), event)
             return
         argv = list(prefix) + event.fields()
-        env = dict(os.environ, NL_TYPE=event.type, NL_NAME=event.name, NL_STATE=event.state,
-                   NL_PRIORITY=str(event.priority), NL_SEQ=str(seq), NL_VS=event.vs)
+        env = _event_env(entry)
+        tail: deque[str] = deque(maxlen=OUTPUT_TAIL)  # for on_failure
+
+        def output(stream: str, text: str) -> None:
+            self.log.info(seq, event, f"{stream}: {text}")
+            tail.append(text)
 
         def started(pid: int) -> None:
             """Recorded and logged after the spawn, so nothing of ours delays the action.  The spawn
@@ -294,20 +343,51 @@ class Worker:
 
         result = actions.run_action(
             argv, env, timeout, self.settings.kill_grace,
-            output=lambda stream, text: self.log.info(seq, event, f"{stream}: {text}"),
-            note=lambda text: self.log.warn(seq, event, text),
-            started=started)
+            output=output, note=lambda text: self.log.warn(seq, event, text), started=started)
         level = "INFO" if result.ok else "ERROR"
         self.log.line(level, seq, event, f"action ended: {result.describe()} after {result.duration:.3f}s")
         end = self._end(entry, result.describe(), ok=result.ok)
         end["duration"], end["exit"], end["signal"] = round(result.duration, 6), result.exit_code, result.signal
         end["timed_out"] = result.timed_out
         self._finish(end, event)
+        self._on_failure(entry, end, tail)
+
+    def _on_failure(self, entry: Entry, end: EndRecord, output: Iterable[str] = ()) -> None:
+        """Run the on_failure command after an event's action failed, timed out or was skipped
+        (not after one coalescing superseded: that is by design).  It runs after the end record,
+        so nothing -- a crash of ours included -- ever runs it twice; detached and with its own
+        timeout (its SIGKILL at on_failure_timeout), so it delays the next event by at most that.
+        Its own failure is logged, never retried."""
+        command = self.settings.on_failure_for(entry.event)
+        result = outcome(end)
+        if not command or end["ok"] or result is None:
+            return
+        seq, event = entry.seq, entry.event
+        argv = [*command, *event.fields()]
+        exit_code = end.get("exit")
+        env = dict(_event_env(entry), NL_RESULT=result, NL_EXIT="" if exit_code is None else str(exit_code),
+                   NL_DETAIL=end["result"], NL_OUTPUT="\n".join(output)[-OUTPUT_TAIL_CHARS:])
+        timeout = self.settings.on_failure_timeout
+        grace = min(self.settings.kill_grace, timeout / 10)
+        try:
+            hook = actions.run_action(
+                argv, env, timeout - grace, grace,
+                output=lambda stream, text: self.log.info(seq, event, f"on_failure {stream}: {text}"),
+                note=lambda text: self.log.warn(seq, event, f"on_failure: {text}"),
+                started=lambda pid: self.log.info(seq, event, f"on_failure started ({result}): {' '.join(argv)} "
+                                                              f"(pid {pid}, timeout {timeout:g}s)"))
+        except Exception as exc:
+            self.log.exception(seq, event, "on_failure failed inside the launcher (not retried)", exc)
+            return
+        if hook.ok:
+            self.log.info(seq, event, f"on_failure ended: {hook.describe()} after {hook.duration:.3f}s")
+        else:
+            self.log.error(seq, event, f"on_failure FAILED: {hook.describe()} after {hook.duration:.3f}s (not retried)")
 
     def _end(self, entry: Entry, result: str, ok: bool) -> EndRecord:
         e = entry.event
         return EndRecord(op="end", seq=entry.seq, t=time.time(), key=e.key, event=str(e), state=e.state,
-                         result=result, ok=ok)
+                         result=result, ok=ok, worker=self.pid)
 
     def _finish(self, end: EndRecord, subject: object) -> None:
         """Record the end.  It is what makes an event never run again: until it is on disk (a full
@@ -324,6 +404,7 @@ class Worker:
         """Append one record; on failure log it (once per event and op) and return False."""
         failed = self.progress.record(rec)
         if failed is None:
+            self.totals.fold(rec)
             return True
         seq, op = rec["seq"], rec["op"]
         if self._unrecorded != (seq, op):
@@ -360,13 +441,23 @@ class Worker:
             end = self._end(entry, why, ok=False)
         else:  # the journal lost it (removed): name it as the start record did, if any
             end = EndRecord(op="end", seq=seq, t=time.time(), key=running["key"] if running else "?",
-                            event=str(subject), state=running["state"] if running else "?", result=why, ok=False)
+                            event=str(subject), state=running["state"] if running else "?", result=why, ok=False,
+                            worker=self.pid)
         self._finish(end, subject)
         self.done_seq = seq
+        if entry is not None:  # (without the journal entry, there are no event arguments to give it)
+            self._on_failure(entry, end)
 
     def _journaled(self, seq: int) -> Entry | None:
         """The journal entry of `seq`, if the journal still has it."""
         return next((e for e in read_all(self.paths.journal) if e.seq == seq), None)
+
+
+def _event_env(entry: Entry) -> dict[str, str]:
+    """The environment of an action (and of on_failure): ours, plus the event's fields."""
+    e = entry.event
+    return dict(os.environ, NL_TYPE=e.type, NL_NAME=e.name, NL_STATE=e.state, NL_PRIORITY=str(e.priority),
+                NL_SEQ=str(entry.seq), NL_VS=e.vs)
 
 
 def _end_orphan(running: StartRecord, note: Callable[[str], None]) -> None:

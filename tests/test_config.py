@@ -13,15 +13,20 @@ INI = """
 [launcher]
 handler = /usr/local/bin/act --flag "two words"
 timeout = 30
+on_failure = /bin/page --all
+metrics_file = /var/lib/node_exporter/textfile/nl.prom
+metrics_mode = 0640
 
 [match * * MASTER]
 handler = /bin/master
+on_failure = /bin/page-master
 
 [match INSTANCE VI_1 *]
 timeout = 99
 
 [match INSTANCE VI_1 MASTER]
 handler = /bin/vi1-master
+on_failure =
 
 [match VS "FWM 7" UP]
 handler = /bin/fwm-up
@@ -46,6 +51,16 @@ def test_most_specific_rule_wins(tmp_path: Path) -> None:
     assert s.action_for(Event("GROUP", "G1", "FAULT", 0)) == (("/usr/local/bin/act", "--flag", "two words"), 30)
     assert s.action_for(Event("VS", "FWM 7", "UP")) == (("/bin/fwm-up",), 30)
     assert s.action_for(Event("INSTANCE", "VI_1", "MASTER_RX_LOWER_PRI", 100)) == ((), 99)
+
+
+def test_on_failure_from_the_most_specific_rule_that_sets_it(tmp_path: Path) -> None:
+    s = _load(tmp_path, INI)
+    assert s.on_failure_for(Event("INSTANCE", "VI_2", "MASTER", 100)) == ("/bin/page-master",)
+    assert s.on_failure_for(Event("INSTANCE", "VI_1", "MASTER", 100)) == ()  # emptied by the rule
+    assert s.on_failure_for(Event("INSTANCE", "VI_1", "BACKUP", 100)) == ("/bin/page", "--all")
+    assert s.on_failure_for(Event("READER", "reader", "STOP")) == ("/bin/page", "--all")  # the stop action's
+    assert (s.metrics_file, s.metrics_mode) == ("/var/lib/node_exporter/textfile/nl.prom", 0o640)
+    assert _load(tmp_path, INI, on_failure="/bin/x").on_failure_for(Event("GROUP", "G", "FAULT", 0)) == ("/bin/x",)
 
 
 def test_command_line_wins_over_file(tmp_path: Path) -> None:
@@ -74,6 +89,9 @@ def test_settings_survive_json_round_trip(tmp_path: Path) -> None:
     ("[launcher]\nhandler = /bin/x 'unclosed\n", "handler: cannot split"),
     ("[match INSTANCE VI_1]\nhandler = /bin/x\n", "[match INSTANCE VI_1]: expected [match TYPE NAME STATE]"),
     ("[match * * MASTER]\nlinger = 3\n", "[match * * MASTER] linger: unknown key; a [match] section allows: handler, timeout"),
+    ("[launcher]\nmetrics_mode = 0666\n", "metrics_mode: '0666' is not allowed; expected an octal file mode, e.g. "
+                                           "0644 (no write bit for group or others)"),
+    ("[launcher]\nmetrics_mode = rw\n", "metrics_mode: 'rw' is not allowed"),
     ("[extra]\n", "[extra]: unknown section"),
     ("no section\n", "not a valid INI file"),
 ])

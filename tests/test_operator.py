@@ -90,7 +90,7 @@ def test_coalescing_runs_only_the_newest_pending_event_per_instance(launcher: La
 
 
 def test_every_command_has_help_with_an_example_and_version() -> None:
-    for command in ([], ["serve"], ["check-config"], ["send"], ["status"], ["history"], ["wait"]):
+    for command in ([], ["serve"], ["check-config"], ["send"], ["status"], ["history"], ["wait"], ["log"]):
         res = _run(*command, "--help")
         assert res.returncode == 0, command
         assert "example" in res.stdout.lower() or "keepalived.conf:" in res.stdout, command
