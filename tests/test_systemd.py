@@ -25,14 +25,11 @@ tests/support/systemd/harness.py.
 from __future__ import annotations
 
 import re
-import time
-from pathlib import Path
 
 import pytest
 
-from support.marks import unavailable
 from support.recorder import Action
-from support.systemd import harness
+from support.systemd import cells, harness, testing
 from support.systemd.harness import Result
 
 SOURCE = harness.default_source()  # the checkout installed into the container
@@ -46,33 +43,13 @@ def timing(capsys: pytest.CaptureFixture[str], text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def systemd_base(request: pytest.FixtureRequest) -> Path:
-    """The cached Debian root file system (built on the first run) and the dependency wheels."""
-    problem = harness.missing_prerequisites()
-    if problem:
-        unavailable(f"systemd harness: {problem}")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-
-    def say(msg: str) -> None:
-        with capture.global_and_fixture_disabled():
-            print(f"\nTIMING systemd harness: {msg}", flush=True)
-
-    t0 = time.monotonic()
-    try:
-        root = harness.ensure_base(say)
-        harness.ensure_wheels(SOURCE, say)
-    except harness.Unavailable as exc:
-        unavailable(f"systemd harness: {exc}")
-    say(f"base root file system ready after {time.monotonic() - t0:.1f} s ({root.parent.name}); "
-        f"installing {SOURCE}")
-    return root
+def systemd_base(request: pytest.FixtureRequest) -> None:
+    """The default cell's (bookworm, venv) cached root file system and wheels, built on the first run."""
+    testing.prepare(request, cells.DEFAULT, SOURCE, "systemd harness")
 
 
 def run(scenario: str, capsys: pytest.CaptureFixture[str]) -> Result:
-    try:
-        res = harness.run_scenario(scenario, SOURCE)
-    except harness.Unavailable as exc:
-        unavailable(f"systemd harness: {exc}")
+    res = testing.run(scenario, cells.DEFAULT, SOURCE)
     timing(capsys, res.report())
     assert res.done, f"the scenario did not finish\n{res.diagnostics()}"
     return res
@@ -102,7 +79,7 @@ def stop_timeline(res: Result, master: Action) -> tuple[float, float]:
     return begin, end
 
 
-def test_stop_auto_actions_outlive_systemctl_stop(systemd_base: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stop_auto_actions_outlive_systemctl_stop(systemd_base: None, capsys: pytest.CaptureFixture[str]) -> None:
     """(a) default settings: `systemctl stop keepalived` while MASTER's 10 s action runs; the action
     and the STOP action after it run to their end, in a transient unit of their own."""
     res = run("stop-auto", capsys)
@@ -130,7 +107,7 @@ def test_stop_auto_actions_outlive_systemctl_stop(systemd_base: Path, capsys: py
                    f"{master.end - begin:.3f} s; stop -> STOP action end {stop.end - begin:.3f} s")
 
 
-def test_stop_daemon_action_killed_by_systemctl_stop(systemd_base: Path,
+def test_stop_daemon_action_killed_by_systemctl_stop(systemd_base: None,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """(b) `detach = daemon`: the double-forked worker is still in keepalived's cgroup, so the same
     stop kills the MASTER action half-way (and the STOP action): the reason for (a)."""
@@ -156,7 +133,7 @@ def test_stop_daemon_action_killed_by_systemctl_stop(systemd_base: Path,
                    f"(watched until {marks['settled'] - master.start:.1f} s after its start)")
 
 
-def test_serve_survives_keepalived_restart(systemd_base: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_survives_keepalived_restart(systemd_base: None, capsys: pytest.CaptureFixture[str]) -> None:
     """(c) `notify-launcher serve --fifo` as its own unit: `systemctl restart keepalived` while the
     MASTER action runs; the same service process handles the events of both keepalived runs, in order."""
     res = run("serve-restart", capsys)

@@ -5,6 +5,7 @@
     realka       real keepalived nodes in network namespaces (the `real_cluster` fixture, the demo)
     systemd/     a real systemd: Debian booted in systemd-nspawn (harness.py and the container's files)
     recorder     the one recording handler (script and parser): start and end of every action
+    inorder      the one check that every journaled event ran exactly once, in order
     processes    the one process scanner: a setup's processes by command line, and their teardown
     marks        `needs(what, available)`: skip outside CI, fail under CI=true
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import psutil
 
-from support import LAUNCHER, processes, recorder
+from support import LAUNCHER, inorder, processes, recorder
 from support.recorder import Action
 
 SUBNET = "192.168.77"
@@ -359,29 +359,8 @@ class Node:
         return recorder.actions(recorder.read(self.rec))
 
     def order_problems(self) -> list[str]:
-        """What breaks "every journaled keepalived event ran exactly once, in sequence order, one at
-        a time, and exited 0": the journal is numbered 1..N without gap or duplicate, and the
-        actions' NL_SEQ are those of its keepalived events (the readers' own READER entries run
-        no action).  Empty when all holds."""
-        problems = []
-        journal = self.journal()
-        seqs = [int(e[0]) for e in journal]
-        if seqs != list(range(1, len(seqs) + 1)):
-            problems.append(f"journal numbered {seqs}")
-        expected = [(int(e[0]), e[3:7]) for e in journal if e[3] != "READER"]
-        actions = self.actions()
-        if [(a.seq, a.args) for a in actions] != expected:
-            problems.append(f"actions {[str(a) for a in actions]} are not the journal's events {expected}")
-        for prev, nxt in zip(actions, actions[1:], strict=False):
-            if prev.end is None or prev.end > nxt.start:
-                problems.append(f"{nxt} started before {prev} ended")
-        log = self.log_text()
-        for a in actions:
-            if a.end is None:
-                problems.append(f"{a} never ended")
-            elif not re.search(rf'#{a.seq} {a.type} "{a.name}" {a.state} -?\d+ \| action ended: exit 0 after', log):
-                problems.append(f"no 'action ended: exit 0' logged for {a}")
-        return problems
+        """What breaks "every journaled keepalived event ran exactly once, in order" (support.inorder)."""
+        return inorder.problems(self.journal(), self.actions(), self.log_text())
 
     def instance_states(self) -> list[str]:
         return [a.state for a in self.actions() if a.type == "INSTANCE"]
@@ -403,7 +382,7 @@ class Node:
     def journal(self) -> list[list[str]]:
         """Journal entries split on tabs: SEQ TIME READER_PID TYPE NAME STATE PRIORITY VS."""
         path = self.state / "journal"
-        return [line.split("\t") for line in path.read_text().splitlines()] if path.exists() else []
+        return inorder.journal_entries(path.read_text()) if path.exists() else []
 
     def reader_pids(self) -> list[int]:
         """Readers in start order, from their 'reader started' log lines."""

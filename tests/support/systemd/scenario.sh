@@ -6,14 +6,14 @@
 # It writes everything the host checks into /results (a directory bound from the host):
 #     records       the handler's own record (support.recorder: start SEQ TIME TYPE NAME STATE PRIORITY, ...)
 #     timeline      "NAME EPOCH" marks: keepalived_start, stop_begin, stop_end, settled, ...
-#     facts         "key=value": unit properties, pids, what is left running
-#     launcher.log  /var/log/notify-launcher.log;  journal.txt  the container's journal
+#     facts         "key=value": versions, unit properties, pids, what is left running, exit codes
+#     launcher.log  /var/log/notify-launcher.log;  journal  the launcher's event journal
+#     journal.txt   the container's systemd journal
 #     ps-*.txt, cgls-*.txt   process snapshots;  status.json   `notify-launcher status --json`
 #     scenario.log  this script's trace;  done    written last
 set -u
 R=/results
 T=/opt/nl-test
-NL=/opt/notify-launcher/venv/bin/notify-launcher
 exec >> "$R/scenario.log" 2>&1
 
 now() { date +%s.%N; }
@@ -48,6 +48,8 @@ wait_until() {
         sleep 0.05
     done
 }
+# the recorder's sleeps file: one `TYPE STATE SECONDS [GATE]` line per argument
+recorder_sleeps() { printf '%s\n' "$@" > /etc/nl-test/sleeps; }
 launcher_logged() { grep -q -F "$1" /var/log/notify-launcher.log 2>/dev/null; }
 # processes that could still finish an action: handlers and launcher processes
 survivors() { pgrep -f -a "$T/handler.sh|notify_launcher|notify-launcher" | grep -v -e pgrep -e scenario.sh; }
@@ -67,6 +69,7 @@ snapshot() {
 
 collect() {
     cp /var/log/notify-launcher.log "$R/launcher.log" 2>/dev/null
+    cp /run/notify-launcher/journal "$R/journal" 2>/dev/null
     "$NL" status --json > "$R/status.json" 2>&1
     journalctl -b --no-pager -o short-precise > "$R/journal.txt" 2>&1
     systemctl cat keepalived.service > "$R/keepalived.service.txt" 2>&1
@@ -79,19 +82,35 @@ collect() {
     snapshot end
 }
 
-setup() {
-    say "scenario $SCENARIO, detach=${DETACH:-<no key>}"
+# What this cell is: versions of the system and of what runs the launcher.
+versions() {
+    local python
+    python=$(sed -n '1s/^#!//p' "$NL")  # the console script's interpreter: the venv's, or /usr/bin/python3
+    fact debian_version "$(cat /etc/debian_version)"
     fact systemd_version "$(systemctl --version | head -1)"
+    fact keepalived_version "$(keepalived -v 2>&1 | head -1)"
+    fact keepalived_package "$(dpkg-query -W -f '${Version}' keepalived)"
     fact cgroup_fs "$(stat -f -c %T /sys/fs/cgroup)"
     fact launcher_version "$("$NL" --version 2>&1)"
-    # keepalived's VRRP interface: a veth pair (the kernel has no dummy interfaces), private to the
-    # container's network namespace.
+    fact python_version "$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>&1)"
+    fact python_deps "$("$python" -c 'from importlib.metadata import version as v
+print(" ".join(d + "=" + v(d) for d in ("python-daemon", "filelock", "psutil")))' 2>&1)"
+    fact utc_offset "$(date +%z)"  # the launcher log's times are local
+}
+
+# keepalived's VRRP interface: a veth pair (the kernel has no dummy interfaces), private to the
+# container's network namespace.
+network() {
     ip link add vrrp0 type veth peer name vrrp1
     ip link set vrrp1 up
     ip link set vrrp0 up
     ip addr add 192.168.77.1/24 dev vrrp0
     mkdir -p /run/keepalived /etc/keepalived
-    cp "$T/keepalived-$1.conf" /etc/keepalived/keepalived.conf
+}
+
+# keepalived.conf from keepalived-$1.conf (this cell's launcher path in it), the scenarios' INI
+configure() {
+    sed "s#@LAUNCHER@#$NL#" "$T/keepalived-$1.conf" > /etc/keepalived/keepalived.conf
     {
         echo "[launcher]"
         echo "handler = $T/handler.sh"
@@ -102,12 +121,19 @@ setup() {
     cp /etc/keepalived/notify-launcher.ini "$R/notify-launcher.ini"
 }
 
+setup() {
+    say "scenario $SCENARIO, detach=${DETACH:-<no key>}, install $INSTALL ($NL)"
+    versions
+    network
+    configure "$1"
+}
+
 # (a) and (b): keepalived runs the launcher as notify_fifo_script; `systemctl stop keepalived`
 # while the MASTER action (10 s) runs (the STOP action takes 3 s).  Then wait until MASTER and STOP actions ended, or until
 # nothing is left that could end them (and the MASTER action is well past its 10 s).
 scenario_stop() {
     setup script
-    printf '* MASTER 10\n* STOP 3\n' > /etc/nl-test/sleeps  # only the MASTER action must outlast the stop
+    recorder_sleeps "* MASTER 10" "* STOP 3"  # only the MASTER action must outlast the stop
     mark keepalived_start
     systemctl start keepalived.service || say "systemctl start keepalived failed"
     local master mseq mtime stop_seq deadline alive
@@ -145,8 +171,8 @@ scenario_stop() {
 # action runs; events of both keepalived runs must be handled, in order, by the same service.
 scenario_serve() {
     setup serve
-    printf '* MASTER 3\n* STOP 3\n' > /etc/nl-test/sleeps
-    cp "$T/notify-launcher-serve.service" /etc/systemd/system/
+    recorder_sleeps "* MASTER 3" "* STOP 3"
+    sed "s#@LAUNCHER@#$NL#" "$T/notify-launcher-serve.service" > /etc/systemd/system/notify-launcher-serve.service
     systemctl daemon-reload
     mark serve_start
     systemctl start notify-launcher-serve.service
@@ -178,10 +204,105 @@ scenario_serve() {
     fact serve_restarts "$(systemctl show -P NRestarts notify-launcher-serve.service)"
 }
 
+# --- cell: what a matrix cell proves (tests/test_matrix.py) -------------------------------------
+
+# The example configuration as a user installs it: keepalived.conf.example with only the interface
+# (vrrp0 here) and the launcher's path (this cell's) adapted; the INI the .deb installed (a
+# conffile), or for the venv the checkout's example INI.
+cell_example() {
+    local conf=/etc/keepalived/keepalived.conf ini=/etc/keepalived/notify-launcher.ini
+    [ "$INSTALL" = deb ] || cp "$T/example/notify-launcher.ini" "$ini"
+    sed -e "s#^\([[:space:]]*interface[[:space:]]\+\)[^[:space:]]\+#\1vrrp0#" \
+        -e "s#^\([[:space:]]*notify_fifo_script[[:space:]]\+\"\)[^[:space:]\"]\+#\1$NL#" \
+        "$T/example/keepalived.conf" > "$conf"
+    cp "$conf" "$R/example.conf"
+    cp "$ini" "$R/example.ini" || say "no INI at $ini"
+    keepalived -t -f "$conf" > "$R/keepalived-t.txt" 2>&1
+    fact example_keepalived_t "$?"
+    "$NL" check-config --config "$ini" --keepalived-conf "$conf" > "$R/check-config.txt" 2>&1
+    fact example_check_config "$?"
+}
+
+# keepalived.conf of the reload: the same with BURST more instances (VI_2...), which start at once
+burst_conf() {
+    local i
+    sed "s#@LAUNCHER@#$NL#" "$T/keepalived-script.conf"
+    for i in $(seq 2 $((BURST + 1))); do
+        printf 'vrrp_instance VI_%s {\n    state BACKUP\n    interface vrrp0\n    virtual_router_id %s\n' \
+            "$i" $((50 + i))
+        printf '    priority 150\n    advert_int 0.1\n    virtual_ipaddress {\n        192.168.77.%s/24\n    }\n}\n' \
+            $((100 + i))
+    done
+}
+
+count_logged() { grep -c -F "$1" /var/log/notify-launcher.log 2>/dev/null; }
+more_logged() { [ "$(count_logged "$1")" -gt "$2" ]; }
+# all BURST new instances' MASTER lines journaled
+burst_in() { [ "$(grep -c -E '#[0-9]+ INSTANCE "VI_([2-9]|[1-9][0-9]+)" MASTER [0-9]+ \| received' \
+    /var/log/notify-launcher.log)" -ge "$BURST" ]; }
+# the stop phase is over: MASTER and STOP actions ended, or nothing is left that could end them
+stop_over() {
+    local stop_seq
+    stop_seq=$(started STOP 1 | cut -d' ' -f1)
+    { ended "$1" && [ -n "$stop_seq" ] && ended "$stop_seq"; } || [ "$(survivors | wc -l)" = 0 ]
+}
+
+scenario_cell() {
+    local gate master mseq mtime readers exits
+    say "scenario cell: install $INSTALL ($NL), burst $BURST"
+    versions
+    "$NL" --version > /dev/null 2>&1 || { say "the launcher does not run here (see the fact launcher_version)"; return 1; }
+    network
+    cell_example
+
+    # 1. `systemctl stop keepalived` while the MASTER action runs: it waits at a gate that opens
+    # only after the stop returned, so it is alive through the whole stop.
+    configure script
+    gate=/run/nl-test-gate-stop
+    recorder_sleeps "* MASTER 0 $gate" "* STOP 2"
+    mark keepalived_start
+    systemctl start keepalived.service || say "systemctl start keepalived failed"
+    master=$(wait_started MASTER 1 120) || { say "no MASTER action within 120 s"; return 1; }
+    read -r mseq mtime <<< "$master"
+    fact master_seq "$mseq"
+    snapshot before-stop
+    mark stop_begin
+    systemctl stop keepalived.service
+    mark stop_end
+    touch "$gate"
+    snapshot after-stop
+    fact survivors_after_stop "$(survivors | wc -l)"
+    wait_until 120 stop_over "$mseq" || say "MASTER/STOP actions not over within 120 s"
+    mark stop_settled
+
+    # 2. keepalived again; `systemctl reload` while its MASTER action waits at a gate, into a
+    # configuration with BURST more instances: a new reader carries the numbering on, and the
+    # burst of 2 x BURST lines queues behind the running action; the gate opens once all are in.
+    gate=/run/nl-test-gate-reload
+    recorder_sleeps "* MASTER 0 $gate"
+    systemctl start keepalived.service || say "systemctl start keepalived (again) failed"
+    wait_started MASTER 2 120 > /dev/null || { say "no second MASTER action within 120 s"; return 1; }
+    readers=$(count_logged "| reader started")
+    exits=$(count_logged "| reader exiting")
+    burst_conf > /etc/keepalived/keepalived.conf
+    mark reload_begin
+    systemctl reload keepalived.service || say "systemctl reload keepalived failed"
+    mark reload_end
+    wait_until 120 more_logged "| reader started" "$readers" || say "no new reader within 120 s"
+    wait_until 120 more_logged "| reader exiting" "$exits" || say "the old reader did not exit within 120 s"
+    wait_until 120 burst_in || say "the burst's MASTER lines were not all journaled within 120 s"
+    mark burst_in
+    touch "$gate"
+    "$NL" wait --timeout 120 || say "launcher not idle 120 s after the burst"
+    mark settled
+    recorder_sleeps  # the poweroff's STOP actions (after `settled`) run at once
+}
+
 mark boot_done
 case "$SCENARIO" in
     stop-auto|stop-daemon) scenario_stop ;;
     serve-restart) scenario_serve ;;
+    cell) scenario_cell ;;
     *) say "unknown scenario $SCENARIO" ;;
 esac
 fact scenario_status "$?"

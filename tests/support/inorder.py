@@ -1,0 +1,37 @@
+"""The one check of the launcher's promise, shared by every test that runs a real keepalived (in
+network namespaces, realka.py; under systemd, systemd/): every journaled keepalived event ran exactly
+once, in sequence order, one at a time, and exited 0."""
+
+from __future__ import annotations
+
+import re
+
+from support.recorder import Action
+
+
+def journal_entries(text: str) -> list[list[str]]:
+    """The launcher's journal file, entries split on tabs: SEQ TIME READER_PID TYPE NAME STATE PRIORITY VS."""
+    return [line.split("\t") for line in text.splitlines()]
+
+
+def problems(journal: list[list[str]], actions: list[Action], log: str) -> list[str]:
+    """What breaks the promise: the journal is numbered 1..N without gap or duplicate (across
+    readers: a reload or restart carries the numbering on), and the actions' NL_SEQ are those of
+    its keepalived events (the readers' own READER entries run no action), each ended before the
+    next started, each logged `action ended: exit 0`.  Empty when all holds."""
+    found = []
+    seqs = [int(e[0]) for e in journal]
+    if seqs != list(range(1, len(seqs) + 1)):
+        found.append(f"journal numbered {seqs}")
+    expected = [(int(e[0]), e[3:7]) for e in journal if e[3] != "READER"]
+    if [(a.seq, a.args) for a in actions] != expected:
+        found.append(f"actions {[str(a) for a in actions]} are not the journal's events {expected}")
+    for prev, nxt in zip(actions, actions[1:], strict=False):
+        if prev.end is None or prev.end > nxt.start:
+            found.append(f"{nxt} started before {prev} ended")
+    for a in actions:
+        if a.end is None:
+            found.append(f"{a} never ended")
+        elif not re.search(rf'#{a.seq} {a.type} "{a.name}" {a.state} -?\d+ \| action ended: exit 0 after', log):
+            found.append(f"no 'action ended: exit 0' logged for {a}")
+    return found
