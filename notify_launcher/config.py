@@ -169,7 +169,8 @@ def parse_command(text: str, where: str) -> tuple[str, ...]:
         raise ConfigError(f"{where}: cannot split {text!r} into words: {exc}") from None
 
 
-_SECONDS = {"timeout": (0.0, math.inf, True), "on_failure_timeout": (0.0, math.inf, True), "kill_grace": (0.0, math.inf, False),
+_SECONDS = {"timeout": (0.0, math.inf, True), "on_failure_timeout": (0.0, math.inf, True),
+            "kill_grace": (0.0, math.inf, False),
             "linger": (0.0, math.inf, False), "stop_grace": (0.0, 0.9, False)}
 
 

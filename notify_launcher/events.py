@@ -30,6 +30,8 @@ VRRP_STATES = frozenset({
     "MASTER", "BACKUP", "FAULT", "STOP", "DELETED",
     "MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY",
 })
+#: VRRP "states" that are notices: the instance stays in the state it was in (docs/keepalived.md).
+VRRP_NOTICES = frozenset({"MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY"})
 CHECKER_STATES = frozenset({"UP", "DOWN"})
 #: The state words keepalived writes today, per line type (any other word is `unforeseen`).
 KNOWN_STATES = {"INSTANCE": VRRP_STATES, "GROUP": VRRP_STATES, "VS": CHECKER_STATES, "RS": CHECKER_STATES}

@@ -8,6 +8,7 @@ worker sees of the queue.  No fsync: the file is a view of durable state, rebuil
 
 from __future__ import annotations
 
+from notify_launcher.events import VRRP_NOTICES
 from notify_launcher.statedir import write_atomic
 from notify_launcher.totals import BUCKETS, EXIT_KINDS, RESULTS, Totals
 
@@ -59,9 +60,12 @@ def render(totals: Totals, pending: int, oldest_pending_age: float, rejected: in
     out.sample("action_duration_seconds_sum", totals.duration_sum)
     out.sample("action_duration_seconds_count", cumulative)
     transitions = sorted((*_split(name), count) for name, count in totals.transitions.items())
-    out.family("instance_state", "gauge", "1 for the last state reported for each VRRP instance/group, "
-                                          "0 for its other states seen before.")
+    out.family("instance_state", "gauge", "1 for the last state reported for each VRRP instance/group, 0 for "
+                                          "its other states seen before (notices such as MASTER_RX_LOWER_PRI "
+                                          "are no state).")
     for key, state, _ in transitions:
+        if state in VRRP_NOTICES:
+            continue  # not a state the instance is in
         type_, _, name = key.partition(" ")
         out.sample("instance_state", int(totals.last.get(key, [""])[0] == state),
                    _labels(type=type_, name=name, state=state))
@@ -69,7 +73,7 @@ def render(totals: Totals, pending: int, oldest_pending_age: float, rejected: in
     for key, state, count in transitions:
         type_, _, name = key.partition(" ")
         out.sample("transitions_total", count, _labels(type=type_, name=name, state=state))
-    out.family("last_transition_timestamp_seconds", "gauge", "When the last event of each instance/group finished.")
+    out.family("last_transition_timestamp_seconds", "gauge", "When the last state change of each instance/group finished.")
     for key, (_, t) in sorted(totals.last.items()):
         type_, _, name = key.partition(" ")
         out.sample("last_transition_timestamp_seconds", t, _labels(type=type_, name=name))

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from notify_launcher.events import VRRP_NOTICES
 from notify_launcher.statedir import FILE_MODE, open_mode
 
 RESULTS: Final = ("ok", "failed", "timed_out", "skipped")
@@ -55,7 +56,7 @@ class Totals:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))  # per bucket, +Inf last
     duration_sum: float = 0.0
     transitions: dict[str, int] = field(default_factory=dict)  # "TYPE NAME\tSTATE" -> count
-    last: dict[str, list[Any]] = field(default_factory=dict)  # "TYPE NAME" -> [state, t]
+    last: dict[str, list[Any]] = field(default_factory=dict)  # "TYPE NAME" -> [state, t] (notices left out)
     crashes: int = 0
     exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXIT_KINDS, 0))
     last_event: float = 0.0
@@ -96,7 +97,8 @@ class Totals:
         elif key.split(" ", 1)[0] in TRACKED_TYPES:
             name = f"{key}\t{state}"
             self.transitions[name] = self.transitions.get(name, 0) + 1
-            self.last[key] = [state, float(end["t"])]
+            if state not in VRRP_NOTICES:  # MASTER_RX_LOWER_PRI: still MASTER
+                self.last[key] = [state, float(end["t"])]
 
     def record(self) -> dict[str, Any]:
         """The summary a compaction writes first (progress.TotalsRecord's `counts`)."""

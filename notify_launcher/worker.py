@@ -108,6 +108,7 @@ class Worker:
         self.totals = Totals()
         self._metrics_trouble: str | None = None  # the metrics write error logged last
         self._published = False  # the metrics file written since start
+        self._failed: tuple[Entry, EndRecord, Iterable[str]] | None = None  # on_failure is due for it
         self._published_at = 0.0  # monotonic time of the last write
         self._unpublished = 0  # events finished since
 
@@ -162,6 +163,7 @@ class Worker:
     def run(self) -> int:
         """Drain, linger on the doorbell, drain again; leave only after a final re-read, done once the
         doorbell is closed, finds nothing (handoff.py: a ring may have come just before the close)."""
+        self._run_on_failure()  # of an event recovery skipped: after start(), not to hold up the handover
         while self._drain():
             self._compact()
             if self._linger():
@@ -236,6 +238,7 @@ class Worker:
                 self._take_up(entry, newest.get(entry.event.key, entry.seq))
                 self.done_seq = entry.seq
                 self._publish(entries[n:])
+                self._run_on_failure()
 
     def _publish(self, waiting: list[Entry]) -> None:
         """Rewrite the metrics file (if configured), after the end record: the counts, and the
@@ -294,7 +297,7 @@ class Worker:
             self.log.exception(entry.seq, entry.event, "FAILED inside the launcher (the next event runs)", exc)
             end = self._end(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False)
             self._finish(end, entry.event)
-            self._on_failure(entry, end)
+            self._failed = (entry, end, ())
 
     def _reload_settings(self) -> None:
         """Follow the newest reader's settings (the administrator may have changed the config),
@@ -350,14 +353,18 @@ class Worker:
         end["duration"], end["exit"], end["signal"] = round(result.duration, 6), result.exit_code, result.signal
         end["timed_out"] = result.timed_out
         self._finish(end, event)
-        self._on_failure(entry, end, tail)
+        self._failed = (entry, end, tail)
 
-    def _on_failure(self, entry: Entry, end: EndRecord, output: Iterable[str] = ()) -> None:
-        """Run the on_failure command after an event's action failed, timed out or was skipped
-        (not after one coalescing superseded: that is by design).  It runs after the end record,
-        so nothing -- a crash of ours included -- ever runs it twice; detached and with its own
-        timeout (its SIGKILL at on_failure_timeout), so it delays the next event by at most that.
-        Its own failure is logged, never retried."""
+    def _run_on_failure(self) -> None:
+        """Run the on_failure command if the event just finished failed, timed out or was skipped
+        (not when coalescing superseded it: that is by design).  It runs after the end record and
+        the metrics file, so nothing -- a crash of ours included -- ever runs it twice; detached
+        and with its own timeout (its SIGKILL at on_failure_timeout), so it delays the next event
+        by at most that.  Its own failure is logged, never retried."""
+        if self._failed is None:
+            return
+        entry, end, output = self._failed
+        self._failed = None
         command = self.settings.on_failure_for(entry.event)
         result = outcome(end)
         if not command or end["ok"] or result is None:
@@ -446,7 +453,7 @@ class Worker:
         self._finish(end, subject)
         self.done_seq = seq
         if entry is not None:  # (without the journal entry, there are no event arguments to give it)
-            self._on_failure(entry, end)
+            self._failed = (entry, end, ())
 
     def _journaled(self, seq: int) -> Entry | None:
         """The journal entry of `seq`, if the journal still has it."""

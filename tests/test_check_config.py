@@ -97,15 +97,22 @@ def test_state_dir_and_log_paths_others_control_are_problems_for_root(good: Path
             f"(mode 1777): any of them can create {sticky / 'state'} there before root does") in res.stdout
 
 
+def _check_with(ini: Path, more: str) -> subprocess.CompletedProcess[str]:
+    """check-config of the INI file with `more` lines appended (to its [launcher] section, unless
+    they start a section)."""
+    with ini.open("a") as fh:
+        fh.write(more)
+    return _check("--config", str(ini))
+
+
 @needs_root
 def test_on_failure_commands_are_checked_like_handlers(good: Path) -> None:
     """The [launcher] on_failure and a [match] rule's: runnable, and safe for root."""
     hook = good.parent / "hook.sh"
     hook.write_text("echo no shebang\n")
     hook.chmod(0o777)
-    with good.open("a") as fh:
-        fh.write(f"on_failure = {hook} --page\n[match INSTANCE VI_1 *]\non_failure = {good.parent}/missing\n")
-    res = _check("--config", str(good))
+    res = _check_with(good, f"on_failure = {hook} --page\n"
+                            f"[match INSTANCE VI_1 *]\non_failure = {good.parent}/missing\n")
     assert res.returncode == 2
     assert (f"problem: {good}: on_failure {hook} is not safe for root: {hook} is writable by others (mode 0777)"
             in res.stdout)
@@ -119,9 +126,7 @@ def test_metrics_file_where_others_can_write_is_a_problem_for_root(good: Path) -
     textfile = good.parent / "textfile"
     textfile.mkdir()
     textfile.chmod(0o1777)
-    with good.open("a") as fh:
-        fh.write(f"metrics_file = {textfile}/nl.prom\n")
-    res = _check("--config", str(good))
+    res = _check_with(good, f"metrics_file = {textfile}/nl.prom\n")
     assert res.returncode == 2
     assert (f"problem: {good}: metrics_file {textfile}/nl.prom is not safe for root: {textfile} is writable by "
             f"others (mode 1777): any of them can create {textfile}/nl.prom there before root does") in res.stdout

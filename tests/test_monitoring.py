@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from notify_launcher.totals import BUCKETS
+from notify_launcher import metrics
+from notify_launcher.totals import BUCKETS, Totals
 from support import LAUNCHER, recorder
 from support.launcher import Launcher
 
@@ -79,11 +80,11 @@ def run_mixed(launcher: Launcher, ini: str) -> dict[int, dict[str, Any]]:
 
 
 def test_metrics_file_after_passing_failing_timed_out_and_skipped_actions(launcher: Launcher) -> None:
-    metrics = launcher.dir / "nl.prom"
+    prom = launcher.dir / "nl.prom"
     ini = launcher.dir / "nl.ini"
-    hist = run_mixed(launcher, f"metrics_file = {metrics}\n")
-    m = parse_metrics(metrics)
-    assert oct(os.stat(metrics).st_mode & 0o777) == "0o644"
+    hist = run_mixed(launcher, f"metrics_file = {prom}\n")
+    m = parse_metrics(prom)
+    assert oct(os.stat(prom).st_mode & 0o777) == "0o644"
     durations = [hist[seq]["duration"] for seq in (1, 2, 3, 5)]
     expected: Samples = {}
 
@@ -96,7 +97,8 @@ def test_metrics_file_after_passing_failing_timed_out_and_skipped_actions(launch
         want("notify_launcher_action_duration_seconds_bucket", sum(d <= bound for d in durations), le=repr(bound))
     want("notify_launcher_action_duration_seconds_bucket", 4, le="+Inf")
     want("notify_launcher_action_duration_seconds_count", 4)
-    want("notify_launcher_action_duration_seconds_sum", pytest.approx(sum(durations), abs=1e-9))  # type: ignore[arg-type]
+    total = pytest.approx(sum(durations), abs=1e-9)  # the same floats, summed in another order
+    want("notify_launcher_action_duration_seconds_sum", total)  # type: ignore[arg-type]
     for state, now, count in (("MASTER", 1, 2), ("BACKUP", 0, 1), ("FAULT", 0, 1)):
         want("notify_launcher_instance_state", now, type="INSTANCE", name="VI_1", state=state)
         want("notify_launcher_transitions_total", count, type="INSTANCE", name="VI_1", state=state)
@@ -117,15 +119,15 @@ def test_metrics_file_after_passing_failing_timed_out_and_skipped_actions(launch
     assert m == expected
 
     # A new reader and a new worker: the counters go on from the records, not from zero.
-    ini.write_text(f"[launcher]\non_crash = skip\nmetrics_file = {metrics}\nmetrics_mode = 0640\n")
+    ini.write_text(f"[launcher]\non_crash = skip\nmetrics_file = {prom}\nmetrics_mode = 0640\n")
     k = launcher.keepalived("--config", str(ini), "--timeout", "1")
     k.start()
     k.write(VI.format("BACKUP"))
     launcher.settle(7)
     k.stop([])
     launcher.settle(8)
-    m = parse_metrics(metrics)
-    assert oct(os.stat(metrics).st_mode & 0o777) == "0o640"
+    m = parse_metrics(prom)
+    assert oct(os.stat(prom).st_mode & 0o777) == "0o640"
     assert _value(m, "notify_launcher_actions_total", result="failed") == 2
     assert _value(m, "notify_launcher_actions_total", result="ok") == 2
     assert _value(m, "notify_launcher_reader_exits_total", kind="stop") == 2
@@ -141,8 +143,8 @@ def test_counters_do_not_go_back_when_the_progress_file_is_compacted(launcher: L
     after the compaction counts on from them."""
     launcher.handler = recorder.install(launcher.dir / "vi0-fails.sh", records=launcher.rec,
                                         then='[ "$2" = VI_0 ] && exit 3')
-    metrics = launcher.dir / "nl.prom"
-    k = launcher.keepalived("--metrics-file", str(metrics))
+    prom = launcher.dir / "nl.prom"
+    k = launcher.keepalived("--metrics-file", str(prom))
     k.start()
     lines = [f'INSTANCE "VI_{i % 10}" {"MASTER" if (i // 10) % 2 else "BACKUP"} 100' for i in range(1500)]
     for line in lines:
@@ -153,7 +155,7 @@ def test_counters_do_not_go_back_when_the_progress_file_is_compacted(launcher: L
     assert len(history(launcher)) < 1500  # records were dropped: only the carried totals count them all
 
     def check(events: int, failed: int) -> None:
-        m = parse_metrics(metrics)
+        m = parse_metrics(prom)
         assert _value(m, "notify_launcher_actions_total", result="failed") == failed
         assert _value(m, "notify_launcher_actions_total", result="ok") == events - failed
         assert _value(m, "notify_launcher_action_duration_seconds_count") == events
@@ -207,3 +209,20 @@ def test_on_failure_runs_once_per_failure_with_the_events_environment(launcher: 
     assert re.search(r'#3 INSTANCE "VI_1" FAULT 100 \| on_failure FAILED: timed out, killed by SIGTERM after', log)
     assert re.search(r'#4 GROUP "G1" MASTER 0 \| on_failure started \(skipped\): ', log)
     assert [r.seq for r in launcher.starts()][-1] == 5  # the queue went on after each
+
+
+def test_a_notice_is_a_transition_but_not_a_state(tmp_path: Path) -> None:
+    """MASTER_RX_LOWER_PRI comes while the instance stays MASTER: counted, but instance_state and the
+    last transition still say MASTER (the fold and the rendering, without processes)."""
+    totals = Totals()
+    for seq, state in enumerate(("MASTER", "MASTER_RX_LOWER_PRI"), 1):
+        totals.fold({"op": "end", "seq": seq, "t": float(seq), "key": "INSTANCE VI_1", "event": "-", "state": state,
+                     "result": "no action", "ok": True})
+    path = tmp_path / "nl.prom"
+    metrics.write(str(path), metrics.render(totals, 0, 0.0, 0), 0o644)
+    m = parse_metrics(path)
+    assert _value(m, "notify_launcher_transitions_total", type="INSTANCE", name="VI_1", state="MASTER_RX_LOWER_PRI") == 1
+    assert _value(m, "notify_launcher_instance_state", type="INSTANCE", name="VI_1", state="MASTER") == 1
+    assert ("notify_launcher_instance_state", (("name", "VI_1"), ("state", "MASTER_RX_LOWER_PRI"),
+                                               ("type", "INSTANCE"))) not in m
+    assert _value(m, "notify_launcher_last_transition_timestamp_seconds", type="INSTANCE", name="VI_1") == 1.0
