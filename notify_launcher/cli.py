@@ -310,10 +310,11 @@ def run_log(argv: list[str]) -> int:
         "#SEQ in every line), of a period, or of the failed events: from the log file and its rotated (and "
         "gzip-compressed) copies, oldest first.  Exit 1 when no line matches.",
         epilog="examples: notify-launcher log 1234;  notify-launcher log 12-20;  "
-               "notify-launcher log --failed --since 1h", formatter_class=argparse.RawDescriptionHelpFormatter)
+               "notify-launcher log --failed --since 1h")
     p.add_argument("seqs", nargs="?", metavar="SEQ[-SEQ]", help="an event's number (as `history` shows it), or a range")
     p.add_argument("--since", metavar="WHEN", help="only lines since then: 90s, 30m, 1h, 2d ago, or "
-                                                   "'YYYY-MM-DD HH:MM' (default: all)")
+                                                   "'YYYY-MM-DD HH:MM' (default: all); alone, it shows the "
+                                                   "lines about no event (#- -) too")
     p.add_argument("--failed", action="store_true", help="only events with an ERROR line (an action failed, "
                                                          "timed out, or was skipped after a crash)")
     p.add_argument("--config", metavar="FILE", help="take log_file from this INI file")

@@ -112,18 +112,22 @@ def _lines(path: str, span: Span) -> Iterator[bytes]:
 
 
 def _matching(files: list[str], query: Query, span: Span) -> Iterator[tuple[int, bytes, bytes]]:
-    """(seq, level, line) of the event lines in the files that the query's seqs and time allow."""
+    """(seq, level, line) of the lines in the files that the query's seqs and time allow.  Lines
+    about no event (`#- -`: a reader or worker starting, a rejected line, a worker's death) come
+    with a period alone (seq 0): they are what happened then, but belong to no event asked for."""
+    whole_period = query.first is None and not query.failed
     for path in files:
         span.files.append(path)
         for line in _lines(path, span):
             m = _LINE.match(line)
-            if m is None or m.group(3) == b"-":
+            if m is None or (m.group(3) == b"-" and not whole_period):
                 continue
-            seq = int(m.group(3))
-            span.see(seq)
+            seq = 0 if m.group(3) == b"-" else int(m.group(3))
+            if seq:
+                span.see(seq)
             if query.since is not None and m.group(1).decode() < query.since:
                 continue
-            if query.wants_seq(seq):
+            if not seq or query.wants_seq(seq):
                 yield seq, m.group(2), line
 
 
