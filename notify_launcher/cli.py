@@ -363,9 +363,10 @@ def run_unit_worker(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="notify-launcher _worker")
     p.add_argument("--state-dir", required=True)
     p.add_argument("--unit", required=True)
+    p.add_argument("--reader", type=int, required=True)
     args = p.parse_args(argv)
     from notify_launcher.worker import run_unit_worker as run
-    return run(args.state_dir, args.unit)
+    return run(args.state_dir, args.unit, args.reader)
 
 
 OPERATOR_COMMANDS: dict[str, Callable[[list[str]], int]] = {

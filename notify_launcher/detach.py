@@ -54,8 +54,10 @@ def spawn_worker(mode: Way, settings: Settings, standby_fd: int, hello_fd: int) 
         spawn_unit(settings, standby_fd, hello_fd)
         return
 
+    reader = os.getpid()
+
     def work() -> int:
         from notify_launcher.worker import run_forked_worker  # psutil, filelock: the worker's imports only
-        return run_forked_worker(settings, standby_fd, hello_fd)
+        return run_forked_worker(settings, standby_fd, hello_fd, reader)
 
     spawn_detached(work, [standby_fd, hello_fd])

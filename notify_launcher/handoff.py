@@ -2,19 +2,25 @@
 
 The protocol, both sides in one place:
 
-Reader: append the event to the journal, then ring the doorbell (a datagram socket).  A ring that
+Reader: at start, ring once: a worker that hears it knows us; if none does, spawn one, which
+        stands by (imports done, listening) for as long as any reader it knows of lives, so no
+        event waits for a fork and imports (issue 11: 33 ms after an idle longer than `linger`).
+        Then, per event, append it to the journal and ring the doorbell (a datagram socket
+        carrying the reader's pid, so the worker can watch the reader's life).  A ring that
         is delivered (or a full socket buffer) means a running worker will still read the journal.
         If nobody answers, try to take standby.lock: held means a queued worker that has not read
         the journal yet; taken means spawn a worker and hand it the locked descriptor (the child
         inherits the lock; the reader drops its copy of the descriptor without unlocking).
 Worker: (1) hold the inherited standby.lock; (2) take worker.lock (filelock, waiting for a running
         worker); (3) open the doorbell; (4) release standby.lock; (5) read the journal, run what is
-        pending, wait for a ring, repeat.  Having lingered long enough: close the doorbell, read
-        the journal once more (run what came meanwhile, reopening the doorbell), release.
+        pending, wait for a ring, repeat.  Once no reader it has heard from lives and it has
+        lingered long enough: close the doorbell, read the journal once more (run what came
+        meanwhile, reopening the doorbell), release.
 
 A worker that dies (SIGKILL, OOM) may have taken rings with it, so the reader watches it
 (WorkerWatch) and, when it crashes, rings again: the ring finds nobody and spawns a worker, which
-recovers the interrupted event.
+recovers the interrupted event.  A worker that leaves while the reader lives (SIGTERM, a replaced
+state directory) is replaced the same way, so a standby is always there.
 
 Why nothing is stranded: a worker reads the journal after opening the doorbell and again after
 closing it, and the reader rings after appending; every ordering of the two leaves either a live
@@ -29,7 +35,7 @@ import fcntl
 import os
 import select
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from notify_launcher import pidfile
@@ -50,6 +56,7 @@ class Doorbell:
         self.paths = paths
         self._sock = _datagram_socket()
         self._connected = False
+        self._ring = str(os.getpid()).encode()  # the worker watches the life of whoever rings
         self._standby = -1  # opened when first needed: a full disk at start-up must not stop the reader
 
     def reset(self) -> None:
@@ -73,7 +80,7 @@ class Doorbell:
                 if not self._connected:
                     self._sock.connect(self.paths.doorbell)
                     self._connected = True
-                self._sock.send(b"!")
+                self._sock.send(self._ring)
                 return True
             except BlockingIOError:
                 return True  # the worker is busy and already has rings queued
@@ -219,17 +226,20 @@ def say_hello(fd: int) -> None:
     os.close(fd)
 
 
-Woke = Literal["ring", "signal", "timeout"]
+Woke = Literal["ring", "signal", "timeout", "reader gone"]
 
 
 class DoorbellListener:
-    """The worker's side, opened only while holding worker.lock (so one listener at a time)."""
+    """The worker's side, opened only while holding worker.lock (so one listener at a time).
+
+    It also keeps a pidfd on every reader that rang: the worker stands by while any of them lives."""
 
     def __init__(self, paths: StatePaths, wakeup_fd: int) -> None:
         self.path = paths.doorbell
         self.wakeup_fd = wakeup_fd
         self._sock: socket.socket | None = None
         self._ino = 0
+        self.readers: dict[int, int] = {}  # pidfd -> pid of a living reader that rang
 
     def open(self) -> None:
         try:
@@ -254,16 +264,39 @@ class DoorbellListener:
         self._sock.close()
         self._sock = None
 
-    def wait(self, timeout: float) -> Woke:
-        """Block until a ring, a signal on the wakeup fd, or `timeout`; say which."""
+    def wait(self, timeout: float | None) -> Woke:
+        """Block until a ring, a signal on the wakeup fd, the end of a reader, or `timeout` (None:
+        no limit); say which."""
         assert self._sock is not None
-        ready, _, _ = select.select([self._sock.fileno(), self.wakeup_fd], [], [], timeout)
+        ready, _, _ = select.select([self._sock.fileno(), self.wakeup_fd, *self.readers], [], [], timeout)
         if self.wakeup_fd in ready:
             return "signal"
         if not ready:
             return "timeout"
+        if self._sock.fileno() not in ready:
+            for fd in ready:
+                del self.readers[fd]
+                os.close(fd)
+            return "reader gone"
+        callers = set()
         while True:
             try:
-                self._sock.recv(64)
+                caller = self._sock.recv(64)
             except BlockingIOError:
-                return "ring"
+                break
+            if caller.isdigit():  # b"!": an older reader's ring, which named no pid
+                callers.add(int(caller))
+        self.know(callers)
+        return "ring"
+
+    def know(self, readers: Iterable[int]) -> None:
+        """Watch the `readers` (pids) we do not watch yet."""
+        known = set(self.readers.values())
+        for pid in readers:
+            if pid in known:
+                continue
+            try:
+                self.readers[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                pass  # it rang and left: nothing to stand by for
+

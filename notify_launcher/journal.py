@@ -145,17 +145,30 @@ class JournalWriter:
 
 
 class JournalFollower:
-    """The worker's side: read entries appended since the last call, complete lines only."""
+    """The worker's side: read entries appended since the last call, complete lines only.
+
+    The journal may not exist yet: the reader creates it with its first event, and the standby
+    worker it spawns at start may be listening before that."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = -1
         self.offset = 0
         #: Set by read_new when the journal was removed and created anew (not by our compaction).
         self.replaced = False
 
+    def _opened(self) -> bool:
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+        return True
+
     def pending(self) -> bool:
         """Bytes appended since the last read, or a new journal at the path (a stat and an fstat)."""
+        if self._fd < 0:
+            return os.path.exists(self.path)
         return os.fstat(self._fd).st_size > self.offset or self._path_replaced()
 
     def _path_replaced(self) -> bool:
@@ -167,6 +180,8 @@ class JournalFollower:
     def compact(self) -> bool:
         """If everything was read, replace the journal by its last entry (a new file); False if
         a writer appended meanwhile.  Only the worker holding worker.lock calls this."""
+        if self._fd < 0:
+            return False
         fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -186,11 +201,14 @@ class JournalFollower:
         self.offset = 0
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
 
     def read_new(self) -> tuple[list[Entry], list[bytes]]:
         """(entries, damaged lines) that became complete since the last call.  Once the old file is
         read to its end, a journal created anew at the path is followed from its start."""
+        if not self._opened():
+            return [], []
         entries, damaged = self._read()
         if not entries and self._path_replaced():
             self._reopen()
@@ -239,10 +257,7 @@ def last_seq(path: str) -> int:
 
 def read_all(path: str) -> list[Entry]:
     """Every intact entry (for status and wait)."""
-    try:
-        follower = JournalFollower(path)
-    except FileNotFoundError:
-        return []
+    follower = JournalFollower(path)
     try:
         return follower.read_new()[0]
     finally:

@@ -30,7 +30,6 @@ from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse
 from notify_launcher.fifo import Fifo
 from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
-from notify_launcher.journal import last_seq as last_journaled
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
 from notify_launcher.process import drain
@@ -141,8 +140,9 @@ class Reader:
         self.poller.register(self._wake_r, select.POLLIN)
         self._repair()
         self._guarded("worker watch", self._follow_named)  # a worker that crashed while no reader ran
-        if last_journaled(self.paths.journal) > last_recorded(self.paths.progress, op="end"):
-            self._guarded("worker start", self._ring)  # work left behind: make sure a worker does it
+        # Announce us to the worker, or spawn the standby that our events will find ready; it also
+        # does any work left behind.
+        self._guarded("worker start", self._ring)
         eof = False
         while not eof:
             if self.term_at is not None and (self.serve or self._stop_complete()):
@@ -361,9 +361,14 @@ class Reader:
         """A hello pipe or the worker's pidfd became readable."""
         hello = fd in self.watch.hellos
         news = self.watch.ready(fd)
-        if hello and news is None:
+        if news is not None:
+            self._worker_news(news)
+        elif hello:
             self._kick_delay = KICK_MIN  # a worker took over: back-off is for crash loops only
-        self._worker_news(news)
+            self.doorbell.answered()  # our pid: it stands by while we live
+        elif self.term_at is None:
+            self.log.debug(None, None, f"worker pid {self.watch.pid} left; starting a standby")
+            self._retry_later()
 
     def _worker_news(self, crash: str | None) -> None:
         """Ring again after a worker crash, with a growing delay so a crash loop is no fork loop."""

@@ -32,25 +32,27 @@ def unit_name() -> str:
 
 def spawn_unit(settings: Settings, standby_fd: int, hello_fd: int) -> None:
     """Fork the helper (it runs systemd-run and waits for the takeover); returns at once."""
+    reader = os.getpid()
     if os.fork():
         return
     status = 70
     try:
         leave_process_group()
         reset_signals()
-        status = _helper(settings, standby_fd, hello_fd)
+        status = _helper(settings, standby_fd, hello_fd, reader)
     finally:
         os._exit(status)
 
 
-def _helper(settings: Settings, standby_fd: int, hello_fd: int) -> int:
+def _helper(settings: Settings, standby_fd: int, hello_fd: int, reader: int) -> int:
     import subprocess
 
     paths = StatePaths(settings.state_dir)
     name = unit_name()
     env = [f"--setenv=PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ else []
     argv = ["systemd-run", f"--unit={name}", "--collect", "--quiet", "--property=UMask=0077", *env,
-            sys.executable, "-m", "notify_launcher", "_worker", "--state-dir", settings.state_dir, "--unit", name]
+            sys.executable, "-m", "notify_launcher", "_worker", "--state-dir", settings.state_dir, "--unit", name,
+            "--reader", str(reader)]
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=TAKEOVER_WAIT)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -37,20 +37,23 @@ MAX_TRIES = 3  # workers that may die on one event before it is recorded as skip
 RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
 OUTPUT_TAIL, OUTPUT_TAIL_CHARS = 20, 16384  # the action's last output lines given to on_failure (NL_OUTPUT)
 METRICS_EVERY, METRICS_INTERVAL = 100, 1.0  # during a burst: write the metrics file this often (events, s)
+#: After a reader journaled its RELOAD: how long we stand by for the next reader, whatever `linger`
+#: says (keepalived starts it ~20 ms after the SIGTERM, then Python's start-up: 50-150 ms seen).
+RELOAD_WAIT = 10.0
 
 
-def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int) -> int:
+def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: int) -> int:
     """Inside the daemonized child: `standby_fd` holds standby.lock, `hello_fd` tells the reader our
-    pid once we hold worker.lock (see handoff.py)."""
+    pid once we hold worker.lock (see handoff.py); we stand by while `reader` lives."""
 
     def handed_over() -> None:
         say_hello(hello_fd)
         release_standby(standby_fd)
 
-    return _serve(settings, f"detached: own session {os.getsid(0)}, double fork", handed_over)
+    return _serve(settings, f"detached: own session {os.getsid(0)}, double fork", handed_over, reader)
 
 
-def run_unit_worker(state_dir: str, unit: str) -> int:
+def run_unit_worker(state_dir: str, unit: str, reader: int) -> int:
     """Inside a transient systemd unit (systemd_unit.py): queue on standby.lock ourselves."""
     paths = StatePaths(state_dir)
     settings = settingsfile.read(paths)
@@ -61,11 +64,13 @@ def run_unit_worker(state_dir: str, unit: str) -> int:
         Log(settings.log_file, "worker", settings.log_level).debug(
             None, None, f"unit {unit}: another worker is queued already; exiting")
         return 0
-    return _serve(settings, f"detached: systemd unit {unit}.service, out of keepalived's cgroup", standby.release)
+    return _serve(settings, f"detached: systemd unit {unit}.service, out of keepalived's cgroup", standby.release,
+                  reader)
 
 
-def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int:
-    """Take worker.lock, start, tell whoever spawned us (`handed_over`), run until idle."""
+def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: int) -> int:
+    """Take worker.lock, start, tell whoever spawned us (`handed_over`), run until idle: until no
+    reader we know of (`reader`, who spawned us, and all that ring) lives and `linger` is over."""
     log = Log(settings.log_file, "worker", settings.log_level)
     paths = StatePaths(settings.state_dir)
     lock = FileLock(paths.worker_lock, mode=FILE_MODE, preserve_lock_file=True)
@@ -75,7 +80,7 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None]) -> int
         holder = pidfile.read(paths)
         log.info(None, None, f"waiting for the worker lock (held by {f'pid {holder.pid}' if holder else 'another worker'})")
         lock.acquire()
-    worker = Worker(settings, paths, log, how)
+    worker = Worker(settings, paths, log, how, reader)
     try:
         worker.start()
         handed_over()
@@ -96,8 +101,10 @@ class Worker:
     a worker that dies on it outright is counted by the `try` record it wrote first, so after
     MAX_TRIES workers the event is recorded as skipped and the queue goes on (progress.py)."""
 
-    def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str) -> None:
+    def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str, reader: int) -> None:
         self.settings, self.paths, self.log, self.how = settings, paths, log, how
+        self.reader = reader
+        self.environ = dict(os.environ)  # each action's environment starts from it (decoded once)
         self.pid = os.getpid()
         self.done_seq = 0
         self._stopping = False
@@ -111,6 +118,7 @@ class Worker:
         self._failed: tuple[Entry, EndRecord, Iterable[str]] | None = None  # on_failure is due for it
         self._published_at = 0.0  # monotonic time of the last write
         self._unpublished = 0  # events finished since
+        self._reload_at = -RELOAD_WAIT  # when we ran the last READER RELOAD event (monotonic)
 
     def start(self) -> None:
         """The steps, in the order handoff.py needs them: signals, the doorbell (before the first
@@ -118,6 +126,7 @@ class Worker:
         self.init_signals()
         self.doorbell = DoorbellListener(self.paths, self._wakeup)
         self.doorbell.open()
+        self.doorbell.know([self.reader])
         _become_subreaper()
         self.name_self()
         self.open_state()
@@ -176,22 +185,29 @@ class Worker:
         if self._stopping:
             self.log.info(None, None, "SIGTERM: queue drained, exiting")
         else:
-            self.log.debug(None, None, f"idle for {self.settings.linger:g}s; exiting")
+            self.log.debug(None, None, f"no reader left and idle for {self.settings.linger:g}s; exiting")
         self.doorbell.close()
         pidfile.remove(self.paths, self.pid)
         return 0
 
     def _linger(self) -> bool:
-        """Wait up to `linger` s for a ring (True); reap orphans on SIGCHLD meanwhile."""
-        deadline = time.monotonic() + self.settings.linger
+        """Wait for a ring (True).  While a reader that rang lives we stand by without limit: its next
+        event must not wait for a fork and imports; once none does, for `linger` s at most (at least
+        RELOAD_WAIT after a reload, for the next reader).  Orphans are reaped on SIGCHLD meanwhile."""
+        deadline = None
         while not self._stopping:
-            woke = self.doorbell.wait(max(0.0, deadline - time.monotonic()))
+            if self.doorbell.readers:
+                deadline = None
+            elif deadline is None:
+                deadline = max(time.monotonic() + self.settings.linger, self._reload_at + RELOAD_WAIT)
+            woke = self.doorbell.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if woke == "ring":
                 return True
             if woke == "timeout":
                 return False
-            drain(self._wakeup)
-            actions.reap_zombies()
+            if woke == "signal":
+                drain(self._wakeup)
+                actions.reap_zombies()
         return False
 
     def _owner(self) -> bool:
@@ -206,7 +222,7 @@ class Worker:
     def _compact(self) -> None:
         """Keep the state directory small: it usually lives in /run, which is RAM."""
         try:
-            if os.stat(self.paths.journal).st_size > JOURNAL_MAX and self.journal.compact():
+            if _size(self.paths.journal) > JOURNAL_MAX and self.journal.compact():
                 self.log.info(None, None, f"journal compacted (everything up to #{self.done_seq} is done)")
             if self.progress.size() > PROGRESS_MAX:
                 self.progress.compact(KEEP_HISTORY)
@@ -237,6 +253,8 @@ class Worker:
                                    f"events #{self.done_seq + 1}..#{entry.seq - 1} are missing from the journal")
                 self._take_up(entry, newest.get(entry.event.key, entry.seq))
                 self.done_seq = entry.seq
+                if entry.event.type == READER_TYPE and entry.event.state == "RELOAD":
+                    self._reload_at = time.monotonic()  # the next reader is starting: stand by for it
                 self._publish(entries[n:])
                 self._run_on_failure()
 
@@ -328,7 +346,7 @@ class Worker:
             self._finish(self._end(entry, "no action", ok=True), event)
             return
         argv = list(prefix) + event.fields()
-        env = _event_env(entry)
+        env = _event_env(entry, self.environ)
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL)  # for on_failure
 
         def output(stream: str, text: str) -> None:
@@ -372,7 +390,7 @@ class Worker:
         seq, event = entry.seq, entry.event
         argv = [*command, *event.fields()]
         exit_code = end.get("exit")
-        env = dict(_event_env(entry), NL_RESULT=result, NL_EXIT="" if exit_code is None else str(exit_code),
+        env = dict(_event_env(entry, self.environ), NL_RESULT=result, NL_EXIT="" if exit_code is None else str(exit_code),
                    NL_DETAIL=end["result"], NL_OUTPUT="\n".join(output)[-OUTPUT_TAIL_CHARS:])
         timeout = self.settings.on_failure_timeout
         grace = min(self.settings.kill_grace, timeout / 10)
@@ -460,10 +478,10 @@ class Worker:
         return next((e for e in read_all(self.paths.journal) if e.seq == seq), None)
 
 
-def _event_env(entry: Entry) -> dict[str, str]:
-    """The environment of an action (and of on_failure): ours, plus the event's fields."""
+def _event_env(entry: Entry, base: dict[str, str]) -> dict[str, str]:
+    """The environment of an action (and of on_failure): `base` (ours), plus the event's fields."""
     e = entry.event
-    return dict(os.environ, NL_TYPE=e.type, NL_NAME=e.name, NL_STATE=e.state, NL_PRIORITY=str(e.priority),
+    return dict(base, NL_TYPE=e.type, NL_NAME=e.name, NL_STATE=e.state, NL_PRIORITY=str(e.priority),
                 NL_SEQ=str(entry.seq), NL_VS=e.vs)
 
 
@@ -488,6 +506,14 @@ def _file_id(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
+
+
+def _size(path: str) -> int:
+    """0 for a file not made yet (the journal, before the reader's first event)."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _become_subreaper() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -83,12 +84,14 @@ def test_startup_node1_master_node2_backup_actions_in_keepalived_order(
            both_settled=time.time() - t0)
 
 
-@pytest.mark.parametrize("linger", [600, 0], ids=["worker-lingering", "worker-spawned-at-stop"])
+@pytest.mark.parametrize("respawn", [False, True], ids=["worker-standing-by", "worker-spawned-at-stop"])
 def test_failover_sigterm_stop_action_outlives_keepalived(
-        real_cluster: Callable[..., Cluster], capsys: pytest.CaptureFixture[str], linger: float) -> None:
+        real_cluster: Callable[..., Cluster], capsys: pytest.CaptureFixture[str], respawn: bool) -> None:
     """SIGTERM to node1's keepalived: its reader catches the STOP lines and leaves well before the
-    +1 s SIGKILL; the 3 s STOP action runs to its end, after keepalived is gone; node2 takes over."""
-    c = real_cluster(linger=linger)
+    +1 s SIGKILL; the 3 s STOP action runs to its end, after keepalived is gone; node2 takes over.
+    `respawn`: node1's standby worker is SIGKILLed just before, so the worker that runs the STOP
+    action is spawned inside keepalived's kill window, and must escape it too."""
+    c = real_cluster()
     n1, n2 = c.nodes
     keepalived_gone = n1.dir / "keepalived-gone"  # the STOP action ends only after keepalived is gone
     n1.sleep_on("INSTANCE", "STOP", 3, until=keepalived_gone)
@@ -96,6 +99,9 @@ def test_failover_sigterm_stop_action_outlives_keepalived(
     c.wait_settled()
     before = len(n1.actions())
     last_startup_seq = n1.actions()[-1].seq
+    standby = worker_of(n1, last_startup_seq)
+    if respawn:
+        os.kill(standby, signal.SIGKILL)
 
     stop = n1.term()
 
@@ -121,16 +127,16 @@ def test_failover_sigterm_stop_action_outlives_keepalived(
     assert stop_action.end > stop.term_at + KILL_AFTER
     assert stop_action.end > stop.term_at + stop.keepalived_exit_after
     worker = worker_of(n1, stop_action.seq)
-    if linger:
-        assert worker == worker_of(n1, last_startup_seq), "the lingering worker should have run the STOP action"
+    if respawn:
+        assert worker != standby, "a worker spawned at the stop should have run the STOP action"
     else:
-        assert worker != worker_of(n1, last_startup_seq), "linger 0: a new worker should run the STOP action"
+        assert worker == standby, "the standby worker should have run the STOP action"
     assert n2.has_vip(), n2.diagnostics()
     for n in c.nodes:
         ran_in_journal_order(n)
 
     master = next(a for a in n2.actions() if a.type == "INSTANCE" and a.state == "MASTER")
-    timing(capsys, f"failover ({'worker lingering' if linger else 'worker spawned at stop'})",
+    timing(capsys, f"failover ({'worker spawned at stop' if respawn else 'worker standing by'})",
            TERM_to_reader_exit_logged=reader_ms / 1000, TERM_to_reader_process_gone=stop.reader_gone_after,
            TERM_to_keepalived_exit=stop.keepalived_exit_after, TERM_to_STOP_action_start=stop_action.start - stop.term_at,
            TERM_to_STOP_action_end=stop_action.end - stop.term_at,

@@ -153,7 +153,8 @@ PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 @needs("root and the cgroup v1 pids controller at /sys/fs/cgroup/pids",
        os.geteuid() == 0 and (PIDS_CGROUP / "cgroup.procs").exists())
 def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launcher) -> None:
-    """fork() failing (EAGAIN: a pids cgroup at its limit) used to end the reader with a traceback
+    """fork() failing (EAGAIN: a pids cgroup at its limit, met when the reader replaces its killed
+    standby worker) used to end the reader with a traceback
     on /dev/null, losing every later event.  Now it is logged, retried with back-off, and once
     the limit allows, the worker starts and the event runs."""
     group = PIDS_CGROUP / f"nl-test-{os.getpid()}-{time.time_ns()}"
@@ -162,9 +163,11 @@ def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launche
     try:
         k.start()
         launcher.wait_started()
+        standby = launcher.wait_standby()
         assert k.proc is not None
         (group / "pids.max").write_text("1\n")
         (group / "cgroup.procs").write_text(f"{k.proc.pid}\n")
+        os.kill(standby, signal.SIGKILL)  # the reader must fork a new one: refused
         k.write(VI.format("MASTER"))
         _wait_for(lambda: "cannot start a worker" in launcher.log_text(), "the fork failure in the log")
         assert k.proc.poll() is None, "the reader died"

@@ -165,7 +165,7 @@ def _worker(tmp: Path, on_crash: str = "rerun") -> tuple[Worker, StatePaths]:
     for state in ("BACKUP", "MASTER"):
         writer.append(Event("INSTANCE", "VI_1", state, 100), time.time(), 1)
     s = Settings(state_dir=paths.root, log_file=str(tmp / "log"), on_crash=on_crash)
-    return Worker(s, paths, Log(s.log_file, "worker"), "test"), paths
+    return Worker(s, paths, Log(s.log_file, "worker"), "test", os.getpid()), paths
 
 
 def test_recovery_reruns_an_event_a_worker_died_on(tmp_path: Path) -> None:

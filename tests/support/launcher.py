@@ -101,6 +101,14 @@ class Launcher:
             assert time.monotonic() < deadline, "the reader did not start"
             time.sleep(0.01)
 
+    def wait_standby(self, timeout: float = 60) -> int:
+        """Wait until the standby worker the reader spawns at start listens; return its pid."""
+        deadline = time.monotonic() + timeout
+        while not (self.state / "doorbell.sock").exists() or not (self.state / "worker.pid").exists():
+            assert time.monotonic() < deadline, f"no standby worker after {timeout}s:\n{self.log_text()[-3000:]}"
+            time.sleep(0.01)
+        return int((self.state / "worker.pid").read_text().split()[0])
+
     def settle(self, events: int, timeout: float = 120) -> None:
         """Wait until event #`events` is journaled (the reader may still be starting), then until idle.
 
