@@ -151,7 +151,8 @@ def test_counters_do_not_go_back_when_the_progress_file_is_compacted(launcher: L
     for line in lines:
         assert k.write(line)
     launcher.settle(1500, timeout=300)
-    assert "progress compacted to the last 1000 results" in launcher.log_text()
+    launcher.wait_for("the progress compaction", lambda: "progress compacted to the last 1000 results"
+                      in launcher.log_text())
     assert len(history(launcher)) < 1500  # records were dropped: only the carried totals count them all
 
     def check(events: int, failed: int) -> None:
