@@ -87,7 +87,7 @@ def _reader_parser(serve: bool) -> argparse.ArgumentParser:
     p.add_argument("--state-dir", metavar="DIR", help=f"journal, progress and locks (default {DEFAULT_STATE_DIR})")
     p.add_argument("--timeout", metavar="SEC", help="per-action timeout (default 120)")
     p.add_argument("--stop-grace", metavar="SEC", help="after SIGTERM, wait this long for STOP lines (default 0.5)")
-    p.add_argument("--linger", metavar="SEC", help="an idle worker waits this long for more events (default 600)")
+    p.add_argument("--linger", metavar="SEC", help="how long the worker stays once no reader lives (default 600)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARN or ERROR (default INFO)")
     p.add_argument("--metrics-file", metavar="PATH", help="Prometheus text file for node_exporter's textfile "
                                                           "collector, rewritten after events (default: none)")

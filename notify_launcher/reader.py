@@ -365,7 +365,6 @@ class Reader:
             self._worker_news(news)
         elif hello:
             self._kick_delay = KICK_MIN  # a worker took over: back-off is for crash loops only
-            self.doorbell.answered()  # our pid: it stands by while we live
         elif self.term_at is None:
             self.log.debug(None, None, f"worker pid {self.watch.pid} left; starting a standby")
             self._retry_later()
