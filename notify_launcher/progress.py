@@ -3,7 +3,7 @@
     {"op": "try",   "seq": 7, ...}   a worker took up the event (before anything that could fail)
     {"op": "start", "seq": 7, ...}   an action process was started (its pid and create time, the worker's)
     {"op": "end",   "seq": 7, ...}   the event is finished: action result, or why nothing ran
-    {"op": "totals", "seq": 7, ...}  first in a compacted file: the counts of what it dropped (totals.py)
+    {"op": "totals", "seq": 7, ...}  first in a compacted file: the counters over every record up to 7 (totals.py)
 
 Events run strictly in order, so "done" is a high-water mark: the largest seq with an `end`.  A
 `try` with no `end` after it is an event whose worker died; the next worker recovers it.  The
