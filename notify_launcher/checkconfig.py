@@ -70,8 +70,13 @@ def check_settings(settings: Settings) -> list[str]:
         if why:
             problems.append(f"{where}: {key}: {why}")
     created = [("state_dir", settings.state_dir), ("log_file", os.path.dirname(settings.log_file))]
-    if settings.metrics_file:
-        created.append(("metrics_file", os.path.dirname(settings.metrics_file)))
+    textfile_dir = os.path.dirname(settings.metrics_file or "")
+    if settings.metrics_file and not os.path.isdir(textfile_dir):  # the worker makes the file, not its directory
+        problems.append(f"{where}: [launcher] metrics_file {settings.metrics_file}: {textfile_dir} is not a "
+                        f"directory; create it (root-owned, 0755) and point node_exporter's "
+                        f"--collector.textfile.directory at it")
+    elif settings.metrics_file:
+        created.append(("metrics_file", textfile_dir))
     for what, path in created:
         why = _writable_dir_problem(what, path)
         if why:

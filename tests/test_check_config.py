@@ -132,6 +132,11 @@ def test_metrics_file_where_others_can_write_is_a_problem_for_root(good: Path) -
             f"others (mode 1777): any of them can create {textfile}/nl.prom there before root does") in res.stdout
     textfile.chmod(0o755)
     assert _check("--config", str(good)).returncode == 0
+    textfile.rmdir()  # the worker makes the file, not the collector's directory
+    res = _check("--config", str(good))
+    assert res.returncode == 2
+    assert (f"problem: {good}: [launcher] metrics_file {textfile}/nl.prom: {textfile} is not a directory; "
+            f"create it") in res.stdout
 
 
 def test_state_dir_too_long_for_the_doorbell_socket(good: Path) -> None:
