@@ -455,9 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     source = args.source.resolve() if args.source else default_source()
     chosen = list(cells.MATRIX) if args.matrix else [args.cell or cells.DEFAULT]
-    for cell in chosen:
-        ensure_cell(cell, source, log)
-        log(f"{cell.name}: cache ready after {time.monotonic() - t0:.1f} s")
+    try:
+        for cell in chosen:
+            ensure_cell(cell, source, log)
+            log(f"{cell.name}: cache ready after {time.monotonic() - t0:.1f} s")
+    except Unavailable as exc:
+        print(f"cannot run {cell.name}: {exc}", file=sys.stderr)
+        return 2
     if args.build_only:
         return 0
     log(f"launcher at {source}: detach {'supported' if supports_detach(source) else 'NOT supported'}, "

@@ -5,9 +5,9 @@
                          upgraded from SUITE-updates and SUITE-security; a venv with current build
                          tools at /opt/notify-launcher/venv; apt's package lists, so a .deb's
                          dependencies resolve against the release's own archive).  KEY hashes what
-                         makes it, so a changed package list builds a new one and drops the old one
-                         of that release only.  The containers use it as an overlay's lower layer:
-                         it is never modified once ready.
+                         makes it, so a changed package list builds a new one; the old one goes
+                         once unused for 6 h (STALE_AFTER).  The containers use it as an overlay's
+                         lower layer: it is never modified once ready.
   pip-pyX.Y-KEY/         the project's dependency wheels for Python X.Y, downloaded on the host (the
                          containers are offline), keyed by the requirement list
   deb-KEY/               dist/notify-launcher_<version>_all.deb from `sh scripts/build-deb` on a copy
@@ -48,12 +48,13 @@ from support import ROOT
 from support.systemd.cells import VENV, Release
 
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "keepalived", "iproute2", "procps", "python3", "python3-venv")
-# A release's own setuptools is too old for pyproject builds (bookworm: 66, bullseye: 52); pip too
-# (bullseye's 20.3 cannot read a project's pyproject metadata).
-BUILD_TOOLS = ("pip>=23", "setuptools>=70.1", "wheel")
+# The venv's setuptools is too old for the project's pyproject build (bookworm: 66, bullseye: 52;
+# offline, so no build isolation to fetch a newer one); pip stays the release's own (bullseye: 20.3.4).
+BUILD_TOOLS = ("setuptools>=70.1", "wheel")
 BASE_FORMAT = 2  # bump when the way a root is prepared changes
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+STALE_AFTER = 6 * 3600.0  # seconds unused after which another key's cache entry is removed
 
 Log = Callable[[str], None]
 
@@ -135,29 +136,39 @@ def _cache_lock() -> Iterator[None]:
 
 
 def _cached(prefix: str, key: str, build: Callable[[Path], None], log: Log) -> Path:
-    """cache_dir()/PREFIX-KEY, made by `build(dir)` unless ready; other PREFIX-* entries (an older
-    key: stale) are removed first.  A failed build leaves nothing behind."""
+    """cache_dir()/PREFIX-KEY, made by `build(dir)` unless ready; marked used now.  A failed build
+    leaves nothing behind.  Other PREFIX-* entries (another key: an older package list, or another
+    checkout's) are removed only once unused for STALE_AFTER: checkouts of different commits share
+    this cache, and a root may be an overlay's lower layer of a container booting right now."""
     final = cache_dir() / f"{prefix}-{key}"
-    if (final / "ready").exists():
-        return final
-    with _cache_lock():
-        if (final / "ready").exists():
-            return final
-        for stale in cache_dir().glob(f"{prefix}-*"):
-            if stale.name != final.name:
-                log(f"removing stale cache {stale}")
-                _remove_tree(stale)
-        work = final.with_name(final.name + ".build")
-        _remove_tree(work)
-        work.mkdir(parents=True)
-        try:
-            build(work)
-            (work / "ready").write_text(f"{time.time()}\n")
-        except BaseException:
-            _remove_tree(work)
-            raise
-        work.rename(final)
+    if not (final / "ready").exists():
+        with _cache_lock():
+            if not (final / "ready").exists():
+                for stale in cache_dir().glob(f"{prefix}-*"):
+                    if stale.name != final.name and time.time() - _last_used(stale) > STALE_AFTER:
+                        log(f"removing {stale}, unused for {STALE_AFTER / 3600:g} h")
+                        _remove_tree(stale)
+                work = final.with_name(final.name + ".build")
+                _remove_tree(work)
+                work.mkdir(parents=True)
+                try:
+                    build(work)
+                    (work / "ready").write_text(f"{time.time()}\n")
+                except BaseException:
+                    _remove_tree(work)
+                    raise
+                work.rename(final)
+    (final / "used").touch()
     return final
+
+
+def _last_used(entry: Path) -> float:
+    for marker in ("used", "ready"):
+        try:
+            return (entry / marker).stat().st_mtime
+        except OSError:
+            pass
+    return 0.0  # a build that never finished
 
 
 def _run(argv: list[str], what: str, log_file: Path | None = None, env: dict[str, str] | None = None,
