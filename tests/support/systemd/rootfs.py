@@ -243,7 +243,6 @@ def ensure_root(release: Release, log: Log = quiet) -> Path:
                 "--find-links", "/opt/notify-launcher/build-tools", "--upgrade", *BUILD_TOOLS,
                 log_file=work / "venv.log")
         (root / "etc" / "hostname").write_text("nl-test\n")
-        _remove_tree(apt_archives(release))  # archives of an older root's package lists
         log(f"{release} root file system ready in {time.monotonic() - t0:.0f} s")
 
     return _cached(f"debian-{release.suite}", key, build, log) / "root"
