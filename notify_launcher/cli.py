@@ -52,7 +52,7 @@ READER_EPILOG = """\
 keepalived.conf:
   global_defs {
       notify_fifo /run/keepalived/notify.fifo root
-      notify_fifo_script "/usr/local/bin/notify-launcher --config /etc/keepalived/notify-launcher.ini" root
+      notify_fifo_script "/usr/bin/notify-launcher --config /etc/keepalived/notify-launcher.ini" root
   }
 keepalived appends the FIFO path as the last argument.  The handler runs as
   HANDLER... TYPE NAME STATE PRIORITY        (RS lines add the virtual server as a 5th argument)

@@ -14,6 +14,7 @@ import os
 from typing import Literal
 
 from notify_launcher.config import Settings
+from notify_launcher.log import Log
 from notify_launcher.process import spawn_detached
 
 
@@ -60,4 +61,8 @@ def spawn_worker(mode: Way, settings: Settings, standby_fd: int, hello_fd: int) 
         from notify_launcher.worker import run_forked_worker  # psutil, filelock: the worker's imports only
         return run_forked_worker(settings, standby_fd, hello_fd, reader)
 
-    spawn_detached(work, [standby_fd, hello_fd])
+    def report(exc: Exception) -> None:
+        """Why it died, traceback and all: the log is the only place anyone will see it."""
+        Log(settings.log_file, "worker", settings.log_level).exception(None, None, "worker failed", exc)
+
+    spawn_detached(work, [standby_fd, hello_fd], report)

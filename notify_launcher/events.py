@@ -55,7 +55,7 @@ _VS_LINE = re.compile(rf"VS ({_VS}) {_STATE}")
 _RS_LINE = re.compile(rf"RS ({_RS}) ({_VS}) {_STATE}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     """A state change as keepalived reported it.  `vs` is set only for RS lines."""
 
@@ -85,7 +85,7 @@ class Event:
         return f"{self.type} {self.name} {self.state}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Rejected:
     """A line that is not an event, kept so the log can say exactly what arrived and why it was skipped."""
 

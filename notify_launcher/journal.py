@@ -28,7 +28,7 @@ from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 _TAIL = 8192
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Entry:
     """One journaled event."""
 

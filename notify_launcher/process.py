@@ -14,10 +14,13 @@ import signal
 from collections.abc import Callable
 
 
-def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:
+def spawn_detached(target: Callable[[], int], keep_fds: list[int], report: Callable[[Exception], None]) -> int:
     """The classic double fork, the reader's own fork being the first: fork; the child leaves the
     process group (setsid) and forks again, exiting at once; the grandchild finishes daemonizing with
     python-daemon (keeping `keep_fds` open) and runs `target`.  Returns the child's pid at once.
+    Whatever any step raises goes to `report`: stderr is /dev/null by then (keepalived's, then
+    python-daemon's), so without it a worker that cannot start (an import, a library's API) would
+    die without a word and the queue would just stop.
 
     Only three processes exist at any moment (reader, exiting child, worker), where DaemonContext's own
     double fork after ours would make four.  The reader ignores SIGCHLD, so the kernel reaps the
@@ -35,6 +38,8 @@ def spawn_detached(target: Callable[[], int], keep_fds: list[int]) -> int:
         ensure_standard_fds()
         daemonize(keep_fds)
         status = target()
+    except Exception as exc:
+        report(exc)
     finally:
         # Never return into the reader's code, never run its atexit handlers or flush its buffers.
         os._exit(status)

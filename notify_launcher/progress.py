@@ -18,7 +18,7 @@ import errno
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal, TypedDict, Union
 
 from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 from notify_launcher.totals import Totals
@@ -46,8 +46,8 @@ class StartRecord(TypedDict):
     worker_ctime: float
 
 
-class EndRecord(TypedDict):
-    """The event is finished: `result` says how (an action's exit, or why nothing ran)."""
+class _EndFields(TypedDict):
+    """What every end record holds (NotRequired is Python 3.11+: the optional keys are a subclass)."""
 
     op: Literal["end"]
     seq: int
@@ -57,11 +57,17 @@ class EndRecord(TypedDict):
     state: str
     result: str
     ok: bool
-    duration: NotRequired[float]
-    exit: NotRequired[int | None]
-    signal: NotRequired[int | None]
-    timed_out: NotRequired[bool]
-    worker: NotRequired[int]
+
+
+class EndRecord(_EndFields, total=False):
+    """The event is finished: `result` says how (an action's exit, or why nothing ran); the keys
+    below are there when they apply (an action that ran, the worker that ran it)."""
+
+    duration: float
+    exit: int | None
+    signal: int | None
+    timed_out: bool
+    worker: int
 
 
 class TotalsRecord(TypedDict):
@@ -72,7 +78,7 @@ class TotalsRecord(TypedDict):
     counts: dict[str, object]
 
 
-Record = TryRecord | StartRecord | EndRecord
+Record = Union[TryRecord, StartRecord, EndRecord]  # not `|`: Python 3.9 evaluates this line
 
 
 class ProgressLog:

@@ -15,17 +15,18 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 import psutil
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from notify_launcher import actions, metrics, pidfile, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.events import READER_TYPE
 from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
 from notify_launcher.journal import Entry, JournalFollower, read_all
+from notify_launcher.locks import file_lock
 from notify_launcher.log import Log
 from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, StartRecord, TryRecord, replay
 from notify_launcher.process import drain
-from notify_launcher.statedir import FILE_MODE, StatePaths
+from notify_launcher.statedir import StatePaths
 from notify_launcher.totals import Totals, outcome, read_rejected
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -56,16 +57,20 @@ def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader
 def run_unit_worker(state_dir: str, unit: str, reader: int) -> int:
     """Inside a transient systemd unit (systemd_unit.py): queue on standby.lock ourselves."""
     paths = StatePaths(state_dir)
-    settings = settingsfile.read(paths)
-    standby = FileLock(paths.standby_lock, mode=FILE_MODE, preserve_lock_file=True)
+    settings = settingsfile.read(paths)  # what fails before this line is in the unit's journal
     try:
-        standby.acquire(timeout=TAKEOVER_WAIT)
-    except Timeout:
-        Log(settings.log_file, "worker", settings.log_level).debug(
-            None, None, f"unit {unit}: another worker is queued already; exiting")
-        return 0
-    return _serve(settings, f"detached: systemd unit {unit}.service, out of keepalived's cgroup", standby.release,
-                  reader)
+        standby = file_lock(paths.standby_lock)
+        try:
+            standby.acquire(timeout=TAKEOVER_WAIT)
+        except Timeout:
+            Log(settings.log_file, "worker", settings.log_level).debug(
+                None, None, f"unit {unit}: another worker is queued already; exiting")
+            return 0
+        return _serve(settings, f"detached: systemd unit {unit}.service, out of keepalived's cgroup",
+                      standby.release, reader)
+    except Exception as exc:  # as detach.spawn_worker's report: the log is where anyone looks
+        Log(settings.log_file, "worker", settings.log_level).exception(None, None, "worker failed", exc)
+        raise
 
 
 def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: int) -> int:
@@ -73,7 +78,7 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader
     reader we know of (`reader`, who spawned us, and all that ring) lives and `linger` is over."""
     log = Log(settings.log_file, "worker", settings.log_level)
     paths = StatePaths(settings.state_dir)
-    lock = FileLock(paths.worker_lock, mode=FILE_MODE, preserve_lock_file=True)
+    lock = file_lock(paths.worker_lock)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -85,10 +90,7 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader
         worker.start()
         handed_over()
         return worker.run()
-    except Exception as exc:  # the log is the only place anyone will see this
-        worker.log.exception(None, None, "worker failed", exc)
-        raise
-    finally:
+    finally:  # what raises is logged by the caller (run_unit_worker, detach.spawn_worker's report)
         lock.release()
 
 

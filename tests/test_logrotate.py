@@ -1,4 +1,5 @@
-"""The README's logrotate snippet, run by the real logrotate while an action writes: nothing lost."""
+"""The logrotate configuration the package installs (contrib/notify-launcher.logrotate, the README's
+snippet), run by the real logrotate while an action writes: nothing lost."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import time
 
+from support import ROOT
 from support.launcher import Launcher
 from support.marks import needs
 
@@ -20,13 +22,9 @@ def test_rotation_while_an_action_writes(launcher: Launcher) -> None:
     chatty.chmod(0o755)
     launcher.handler = chatty
     conf = launcher.dir / "logrotate.conf"
-    conf.write_text(f"""{launcher.log} {{
-    rotate 8
-    missingok
-    notifempty
-    create 0640 root root
-}}
-""")
+    shipped = (ROOT / "contrib" / "notify-launcher.logrotate").read_text()
+    assert shipped.startswith("/var/log/notify-launcher.log {")
+    conf.write_text(shipped.replace("/var/log/notify-launcher.log", str(launcher.log), 1))
     k = launcher.keepalived()
     k.start()
     k.write('INSTANCE "VI_1" MASTER 100')

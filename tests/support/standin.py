@@ -29,6 +29,7 @@ KILL_AFTER = 1.0
 
 
 def _child_setup() -> None:
+    os.setpgid(0, 0)  # keepalived runs the script in a process group of its own (Popen's process_group is 3.11+)
     os.umask(0o177)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -58,7 +59,7 @@ class Keepalived:
         os.mkfifo(self.fifo, 0o600)
         self.proc = subprocess.Popen(self.script + [self.fifo], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     process_group=0, preexec_fn=_child_setup, close_fds=True)
+                                     preexec_fn=_child_setup, close_fds=True)
         self.fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
     def write(self, line: str) -> bool:
