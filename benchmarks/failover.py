@@ -19,11 +19,14 @@ Measured per case (medians over the reps):
   keepalived  SIGTERM -> node2's keepalived writes its first line (INSTANCE MASTER) to the FIFO:
               inotify's IN_MODIFY on the FIFO, which the kernel raises on every write to a named
               pipe (nothing is read from it); this process waits for it at SCHED_FIFO priority,
-              so its stamp comes within microseconds of the write
+              so its stamp comes within microseconds of the event.  The event comes at the end of
+              keepalived's write(), after the reader was woken: when keepalived loses its CPU in
+              between (a busy machine), the stamp is late and the reader's part looks shorter;
+              "tap late" counts the launcher's runs where it journaled the line before the stamp
   reader      total - keepalived: the notify_fifo_script's share, the exec of the action included
   net         reader - the start latency of the same handler spawned directly by this process
-  (JSON only) journaled_ms: the launcher's part up to its journal entry of the line (the rest is
-              the handoff to the worker, and the worker's start when none was there)
+  journal     FIFO write -> the launcher's journal entry of the line (the rest of its part is the
+              handoff to the worker, and the worker's start when none was there)
   lost/extra  events keepalived logged (each VI_1 transition, as an INSTANCE and a GROUP line, and
               node1's STOP lines) whose action did not run to its end / that ran more than once
 """
@@ -165,7 +168,8 @@ def failover(case: Case, keep: bool | None) -> dict[str, Any]:
         lost, extra = lost_and_extra([(n1, True), (n2, False)])
         if lost or extra:
             log(f"{case.key}: {lost} events lost, {extra} run twice\n{c.diagnostics()}")
-        journaled = next((float(e[1]) for e in n2.journal() if e[3] == "INSTANCE" and e[5] == "MASTER"), None)
+        journaled = next((float(e[1]) for e in n2.journal()
+                          if e[3:6:2] == ["INSTANCE", "MASTER"] and float(e[1]) > term_at), None)
         return {"total_ms": (start - term_at) * 1000, "keepalived_ms": (written_at - term_at) * 1000,
                 "reader_ms": (start - written_at) * 1000, "idle_before_term_s": idle, "resident": resident,
                 "journaled_ms": None if journaled is None else (journaled - written_at) * 1000,
@@ -199,6 +203,9 @@ def summarize(reps: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str
                              for m in ("total_ms", "keepalived_ms", "reader_ms", "idle_before_term_s")}
         s["net_ms"] = s["reader_ms"] - direct
         s["reader_ms_min"], s["reader_ms_max"] = min(x["reader_ms"] for x in runs), max(x["reader_ms"] for x in runs)
+        journaled = [x["journaled_ms"] for x in runs if x["journaled_ms"] is not None]
+        s["journaled_ms"] = statistics.median(journaled) if journaled else None
+        s["tap_late"] = sum(1 for j in journaled if j < 0)
         s["resident"] = sorted({x["resident"] for x in runs})
         s["lost"], s["extra"] = sum(x["lost"] for x in runs), sum(x["extra"] for x in runs)
         out[k] = s
@@ -222,6 +229,9 @@ def table(s: dict[str, dict[str, Any]], all_cases: list[Case]) -> str:
             rows.append((what, f"{la[key]:.2f} ms", f"{shell[key]:.2f} ms", "" if ratio is None else f"{ratio:.2f}"))
         rows.append(("  reader's part min-max over reps", f"{la['reader_ms_min']:.2f}-{la['reader_ms_max']:.2f} ms",
                      f"{shell['reader_ms_min']:.2f}-{shell['reader_ms_max']:.2f} ms", ""))
+        if la["journaled_ms"] is not None:
+            rows.append(("  FIFO write -> journal entry (tap late: runs)",
+                         f"{la['journaled_ms']:.2f} ms ({la['tap_late']})", "", ""))
         rows.append(("  events lost / run twice (all reps)", f"{la['lost']} / {la['extra']}",
                      f"{shell['lost']} / {shell['extra']}", ""))
         rows.append(("  node2's reader+worker processes at TERM", ",".join(map(str, la["resident"])),
