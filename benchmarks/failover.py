@@ -143,9 +143,9 @@ def lost_and_extra(nodes: list[tuple[Node, bool]]) -> tuple[int, int]:
         return Counter((a.type, a.state) for a in node.actions() if a.end is not None)
 
     while True:
-        lost = sum(((logged_events(n, s) - ran(n)).total() for n, s in nodes), 0)
+        lost = sum(sum((logged_events(n, s) - ran(n)).values()) for n, s in nodes)
         if lost == 0 or time.monotonic() > deadline:
-            return lost, sum(((ran(n) - logged_events(n, s)).total() for n, s in nodes), 0)
+            return lost, sum(sum((ran(n) - logged_events(n, s)).values()) for n, s in nodes)
         time.sleep(0.05)
 
 
