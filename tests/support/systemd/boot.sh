@@ -10,6 +10,7 @@
 #               checkout's example configuration -> /opt/nl-test/example), src/ + wheels/
 #               (INSTALL=venv) or deb/ (INSTALL=deb), upper/ + ovl/ (the overlay's writable layer),
 #               root/ (mount point), results/ (-> /results)
+#               baseline-reader.sh (benchmarks/'s shell reader: scenario latency)
 # APT_ARCHIVES  apt's archive cache of this release, kept on the host (INSTALL=deb)
 # The project is installed as a user would, in a chroot before the boot:
 #   venv  pip, into the venv /opt/notify-launcher/venv, offline (--no-index: the wheels beside it);
@@ -65,7 +66,7 @@ deb)
 esac
 
 install -d -m 0755 "$root/opt/nl-test" "$root/etc/nl-test"
-install -m 0755 "$here/scenario.sh" "$work/handler.sh" "$root/opt/nl-test/"
+install -m 0755 "$here/scenario.sh" "$work/handler.sh" "$work/baseline-reader.sh" "$root/opt/nl-test/"
 install -m 0644 "$here/keepalived-script.conf" "$here/keepalived-serve.conf" \
     "$here/notify-launcher-serve.service" "$root/opt/nl-test/"
 install -m 0644 "$here/nl-scenario.service" "$root/etc/systemd/system/"

@@ -49,6 +49,9 @@ Scenarios (scenario.sh, beside this file):
                  keepalived` and the STOP action runs to its end; `systemctl reload keepalived`
                  mid-action, into a configuration with BURST more instances: numbering carries on
                  and their burst of events runs in order
+  latency        event -> action start, the launcher (standby unit alive; linger = 1 and 2 s idle)
+                 beside benchmarks/baseline-reader.sh as notify_fifo_script and the handler spawned
+                 directly: benchmarks/systemd_states.py runs and reads it
 
 Host packages: debootstrap (one that knows trixie, and debian-archive-keyring with its keys: bookworm's
 do), systemd-container (systemd-nspawn); util-linux (unshare), coreutils (chroot) are always there.
@@ -80,7 +83,7 @@ from support.systemd.rootfs import Log, Unavailable, quiet
 
 HERE = Path(__file__).resolve().parent  # boot.sh, scenario.sh, the unit files and keepalived.conf files
 HOST_PACKAGES = ("debootstrap", "debian-archive-keyring", "systemd-container")
-SCENARIOS = ("stop-auto", "stop-daemon", "serve-restart", "cell")
+SCENARIOS = ("stop-auto", "stop-daemon", "serve-restart", "cell", "latency")
 BURST = 20  # instances the `cell` scenario's reload adds: 2 events each (BACKUP, MASTER) at once
 RUN_TIMEOUT = 300.0  # seconds a scenario container may live (boot + scenario + poweroff): a guard, not a measure
 
@@ -343,8 +346,10 @@ def ensure_cell(cell: Cell, source: Path, log: Log = quiet) -> Path:
 
 
 def run_scenario(scenario: str, source: Path | None = None, keep: bool | None = None, log: Log = quiet,
-                 timeout: float = RUN_TIMEOUT, cell: Cell = cells.DEFAULT) -> Result:
-    """Boot a container of `cell` that runs `scenario` and powers off; return what it recorded."""
+                 timeout: float = RUN_TIMEOUT, cell: Cell = cells.DEFAULT,
+                 env: dict[str, str] | None = None) -> Result:
+    """Boot a container of `cell` that runs `scenario` and powers off; return what it recorded.
+    `env`: more variables for scenario.sh (e.g. the latency scenario's LAT_EVENTS)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     keep = os.environ.get("NL_SYSTEMD_KEEP") == "1" if keep is None else keep
@@ -366,9 +371,11 @@ def run_scenario(scenario: str, source: Path | None = None, keep: bool | None = 
             shutil.copy2(deb, run_dir / "deb" / deb.name)
         write_handler(run_dir / "handler.sh")
         write_example(source, run_dir / "example")
+        shutil.copy2(ROOT / "benchmarks" / "baseline-reader.sh", run_dir / "baseline-reader.sh")  # scenario latency
         # read by boot.sh, and by scenario.sh as /etc/nl-test/env
         (run_dir / "env").write_text(f"SCENARIO={scenario}\nDETACH={detach}\nINSTALL={cell.install}\n"
-                                     f"NL={cell.launcher}\nBURST={BURST}\n")
+                                     f"NL={cell.launcher}\nBURST={BURST}\n"
+                                     + "".join(f"{k}={v}\n" for k, v in (env or {}).items()))
         t0 = time.monotonic()
         exit_code = _boot(base, run_dir, f"nl-{cell.name}-{scenario}-{os.getpid()}", cell, log, timeout)
         return read_results(scenario, cell, run_dir, exit_code, time.monotonic() - t0)

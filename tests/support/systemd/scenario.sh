@@ -1,7 +1,7 @@
 #!/bin/bash
 # One scenario, inside the booted container (nl-scenario.service runs it; installed as
 # /opt/nl-test/scenario.sh).  Environment (from /etc/nl-test/env, written by boot.sh):
-#     SCENARIO  stop-auto | stop-daemon | serve-restart
+#     SCENARIO  stop-auto | stop-daemon | serve-restart | cell | latency
 #     DETACH    the `[launcher] detach` value to write ("" = write no detach key)
 # It writes everything the host checks into /results (a directory bound from the host):
 #     records       the handler's own record (support.recorder: start SEQ TIME TYPE NAME STATE PRIORITY, ...)
@@ -298,11 +298,124 @@ scenario_cell() {
     recorder_sleeps  # the poweroff's STOP actions (after `settled`) run at once
 }
 
+# --- latency: event -> action start under systemd, launcher beside the shell reader ----------------
+# (benchmarks/systemd_states.py reads the result).  Lines go straight into keepalived's FIFO as
+# keepalived writes them (one write per line); the wall time just before each write goes to
+# /results/writes ("write PHASE I EPOCH"); the handler records its start ($EPOCHREALTIME).  Phases:
+#   direct          the handler spawned directly (python3 subprocess, as benchmarks/run.py does)
+#   alive           the launcher, default settings (detach auto: systemd units), its standby up
+#   past-linger     the launcher with linger = 1, each line after 2 s idle
+#   shell-alive     benchmarks/baseline-reader.sh as notify_fifo_script, lines as in `alive`
+#   shell-idle      the same, lines as in `past-linger`
+LAT_FIFO=/run/keepalived/notify.fifo
+
+latency_ini() {
+    {
+        echo "[launcher]"
+        echo "handler = $T/handler.sh"
+        echo "timeout = 60"
+        [ -n "$1" ] && echo "linger = $1"
+        [ -n "${DETACH:-}" ] && echo "detach = $DETACH"
+    } > /etc/keepalived/notify-launcher.ini
+    cp /etc/keepalived/notify-launcher.ini "$R/notify-launcher-$2.ini"
+}
+
+# the phase's lines: N lines, GAP seconds before each
+latency_feed() {
+    local phase=$1 n=$2 gap=$3 i t line states=(BACKUP MASTER)
+    fact "loadavg_$phase" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    exec 7> "$LAT_FIFO"
+    for ((i = 1; i <= n; i++)); do
+        sleep "$gap"
+        line="INSTANCE \"LAT_$phase\" ${states[i % 2]} $i"
+        t=$EPOCHREALTIME
+        printf '%s\n' "$line" >&7
+        echo "write $phase $i $t" >> "$R/writes"
+    done
+    exec 7>&-
+    wait_until 60 latency_ran "$phase" "$n" || say "phase $phase: not all $n actions started within 60 s"
+}
+latency_ran() { [ "$(grep -c "^start .* INSTANCE \"\?LAT_$1\"\? " "$R/records")" -ge "$2" ]; }
+
+# the handler spawned directly, lines FIRST..LAST, GAP seconds before each
+latency_direct() {
+    fact "loadavg_direct$1" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    python3 - "$T/handler.sh" "$1" "$2" "$3" "$R/writes" <<'EOF'
+import subprocess, sys, time
+handler, first, last, gap, writes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+for i in range(first, last + 1):
+    time.sleep(gap)
+    t = time.time()
+    subprocess.Popen([handler, "INSTANCE", "LAT_direct", ("BACKUP", "MASTER")[i % 2], str(i)]).wait()
+    with open(writes, "a") as fh:
+        fh.write(f"write direct {i} {t:.6f}\n")
+EOF
+}
+
+vi1_masters() { grep -c "^start .* INSTANCE \"\?VI_1\"\? MASTER" "$R/records"; }
+more_masters() { [ "$(vi1_masters)" -gt "$1" ]; }
+standby_unit() { systemctl list-units --no-legend --plain --state=active 'notify-launcher-worker-*' | grep -q .; }
+
+# (re)start keepalived with its configuration as is; settled: VI_1's MASTER action ran, and for
+# the launcher ($1 = launcher) it is idle with its standby unit up
+latency_start() {
+    local masters
+    masters=$(vi1_masters)
+    mark "start_$2"
+    systemctl restart keepalived.service || say "systemctl restart keepalived failed"
+    wait_until 60 more_masters "$masters" || say "$2: no VI_1 MASTER action within 60 s"
+    if [ "$1" = launcher ]; then
+        "$NL" wait --timeout 60 || say "$2: launcher not idle within 60 s"
+        wait_until 60 standby_unit || say "$2: no active notify-launcher-worker-* unit within 60 s"
+        fact "standby_$2" "$(systemctl list-units --no-legend --plain --state=active 'notify-launcher-worker-*' \
+            | awk '{print $1}' | tr '\n' ' ')"
+    fi
+    sleep 1  # let keepalived's and the reader's start-up work pass
+    mark "settled_$2"
+}
+
+latency_launcher_phase() {
+    local before
+    before=$(count_logged "worker started")
+    latency_feed "$@"
+    "$NL" wait --timeout 60 || say "$1: launcher not idle within 60 s"
+    fact "workers_started_during_$1" $(($(count_logged "worker started") - before))
+}
+
+scenario_latency() {
+    local n=${LAT_EVENTS:-20} m=${LAT_IDLE_EVENTS:-6} conf=/etc/keepalived/keepalived.conf
+    setup script
+    touch "$R/records"
+    # launcher, shell, shell, launcher (and the direct spawn at both ends): a load that drifts
+    # during the run weighs on both sides alike
+    latency_direct 1 $((n / 2)) 0.3
+    latency_ini "" alive
+    latency_start launcher alive
+    fact detach_logged "$(grep -o 'detached: [a-z]* [a-z]*' /var/log/notify-launcher.log | sort | uniq -c | tr '\n' ';')"
+    latency_launcher_phase alive "$n" 0.3
+
+    cp "$conf" "$R/keepalived-launcher.conf"
+    sed -i "s#$NL --config /etc/keepalived/notify-launcher.ini#$T/baseline-reader.sh /run/nl-test-lock $T/handler.sh#" \
+        "$conf"
+    cp "$conf" "$R/keepalived-shell.conf"
+    latency_start shell shell-alive
+    latency_feed shell-alive "$n" 0.3
+    latency_feed shell-idle "$m" 2
+
+    cp "$R/keepalived-launcher.conf" "$conf"
+    latency_ini 1 past-linger
+    latency_start launcher past-linger
+    latency_launcher_phase past-linger "$m" 2
+    latency_direct $((n / 2 + 1)) "$n" 0.3
+    mark settled
+}
+
 mark boot_done
 case "$SCENARIO" in
     stop-auto|stop-daemon) scenario_stop ;;
     serve-restart) scenario_serve ;;
     cell) scenario_cell ;;
+    latency) scenario_latency ;;
     *) say "unknown scenario $SCENARIO" ;;
 esac
 fact scenario_status "$?"
