@@ -33,15 +33,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 from run import git_state, log  # the benchmarks' shared helpers (benchmarks/ is the script's dir)
-from support import recorder
-from support.systemd import cells, harness
-from support.systemd.harness import Result
+from support.systemd import cells, harness, latency
+from support.systemd.latency import Phase
 from support.systemd.rootfs import Unavailable
 
 # (state, launcher phase, shell phase, target factor of the shell reader's share)
@@ -50,50 +49,24 @@ STATES = (("worker alive (standby unit), 300 ms apart", "alive", "shell-alive", 
 TARGET_MS = 1.5
 
 
-def phase_runs(res: Result) -> dict[str, dict[str, Any]]:
-    """Per phase of one boot: latencies (ms, in written order), lines missing/run twice, whether
-    the actions started in the written order."""
-    writes: dict[str, dict[int, float]] = {}
-    for line in res.text("writes").splitlines():
-        _, phase, i, t = line.split()
-        writes.setdefault(phase, {})[int(i)] = float(t)
-    starts: dict[str, list[tuple[int, float]]] = {}
-    for r in recorder.parse(res.text("records")):
-        name = r.args[1].strip('"') if r.kind == "start" and len(r.args) >= 4 else ""
-        if name.startswith("LAT_") and r.time is not None:
-            starts.setdefault(name[4:], []).append((int(r.priority), r.time))
-    out: dict[str, dict[str, Any]] = {}
-    for phase, written in writes.items():
-        ran = starts.get(phase, [])
-        order = [i for i, _ in ran]
-        first = {i: t for i, t in reversed(ran)}
-        out[phase] = {"written": len(written), "missing": len(set(written) - set(first)),
-                      "twice": len(order) - len(set(order)), "in_order": order == sorted(order),
-                      "latency_ms": [(first[i] - written[i]) * 1000 for i in sorted(written) if i in first]}
-    return out
-
-
-def pool(boots: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """The phases of all boots together, with median, min and max of their latencies."""
-    out: dict[str, dict[str, Any]] = {}
+def pool(boots: list[dict[str, Phase]]) -> dict[str, Phase]:
+    """The phases of all boots together."""
+    out: dict[str, Phase] = {}
     for runs in boots:
-        for phase, r in runs.items():
-            o = out.setdefault(phase, {"written": 0, "missing": 0, "twice": 0, "in_order": True, "latency_ms": []})
-            for k in ("written", "missing", "twice", "latency_ms"):
-                o[k] += r[k]
-            o["in_order"] = o["in_order"] and r["in_order"]
-    for o in out.values():
-        lat = o["latency_ms"]
-        o.update(median_ms=statistics.median(lat) if lat else None, min_ms=min(lat, default=None),
-                 max_ms=max(lat, default=None))
+        for name, phase in runs.items():
+            out.setdefault(name, Phase()).add(phase)
     return out
 
 
-def summarize(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    direct = runs.get("direct", {}).get("median_ms")
+def median(runs: dict[str, Phase], name: str) -> float | None:
+    return runs[name].median_ms if name in runs else None
+
+
+def summarize(runs: dict[str, Phase]) -> list[dict[str, Any]]:
+    direct = median(runs, "direct")
     rows = []
     for label, lphase, sphase, factor in STATES:
-        la, sh = runs.get(lphase, {}).get("median_ms"), runs.get(sphase, {}).get("median_ms")
+        la, sh = median(runs, lphase), median(runs, sphase)
         lown = None if la is None or direct is None else la - direct
         sown = None if sh is None or direct is None else sh - direct
         met = lown is not None and sown is not None and lown <= TARGET_MS and lown <= factor * sown
@@ -104,7 +77,7 @@ def summarize(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def table(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], runs: dict[str, Phase]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f} ms"
 
@@ -113,17 +86,16 @@ def table(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]]) -> str:
         lines.append((r["state"], ms(r["launcher_ms"]), ms(r["shell_ms"]), ms(r["launcher_own_ms"]),
                       ms(r["shell_own_ms"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}", r["target"],
                       "met" if r["met"] else "NOT MET"))
-    lines.append(("handler spawned directly (subtracted)", ms(runs.get("direct", {}).get("median_ms")),
+    lines.append(("handler spawned directly (subtracted)", ms(median(runs, "direct")),
                   "(same)", "", "", "", "", ""))
     w = [max(len(x[i]) for x in lines) for i in range(len(lines[0]))]
     text = ["  ".join(x[i].ljust(w[i]) for i in range(len(x))).rstrip() for x in lines]
     text.insert(1, "  ".join("-" * n for n in w))
     text.append("")
     text.append("phase         lines  missing  twice  in order  min-max (ms)")
-    for phase, p in runs.items():
-        span = "-" if p["min_ms"] is None else f"{p['min_ms']:.2f}-{p['max_ms']:.2f}"
-        text.append(f"{phase:<13} {p['written']:>5}  {p['missing']:>7}  {p['twice']:>5}  "
-                    f"{'yes' if p['in_order'] else 'NO':<8}  {span}")
+    for name, p in runs.items():
+        span = f"{min(p.latency_ms):.2f}-{max(p.latency_ms):.2f}" if p.latency_ms else "-"
+        text.append(f"{name:<13} {p.written:>5}  {p.missing:>7}  {p.twice:>5}  {'yes' if p.in_order else 'NO':<8}  {span}")
     return "\n".join(text)
 
 
@@ -147,7 +119,7 @@ def main() -> int:
     env = {"LAT_EVENTS": str(args.events), "LAT_IDLE_EVENTS": str(args.idle_events)}
     if args.detach:
         env["DETACH"] = args.detach  # after the harness's DETACH= line in the env file: this one counts
-    boots: list[dict[str, dict[str, Any]]] = []
+    boots: list[dict[str, Phase]] = []
     facts: dict[str, str] = {}
     for rep in range(args.reps):
         try:
@@ -158,7 +130,7 @@ def main() -> int:
         if not res.done:
             print(res.diagnostics(), file=sys.stderr)
             return 1
-        boots.append(phase_runs(res))
+        boots.append(latency.phases(res))
         facts = res.facts
         log(f"boot {rep + 1}/{args.reps}: load average " + ", ".join(
             f"{k[8:]} {v.split()[0]}" for k, v in facts.items() if k.startswith("loadavg_")))
@@ -175,11 +147,12 @@ def main() -> int:
             f"workers started while lines were fed: alive {facts.get('workers_started_during_alive', '?')}, "
             f"past linger {facts.get('workers_started_during_past-linger', '?')}")
     text = head + "\n" + table(rows, runs)
-    ok = all(x["missing"] == 0 and x["twice"] == 0 and x["in_order"] for x in runs.values())
+    ok = all(x.missing == 0 and x.twice == 0 and x.in_order for x in runs.values())
     if args.json:
         print(text, file=sys.stderr)
         print(json.dumps({"code": code, "cell": args.cell.name, "detach": args.detach, "loadavg_start": load_start,
-                          "facts": facts, "states": rows, "phases": runs, "boots": boots}, indent=2))
+                          "facts": facts, "states": rows, "phases": {k: asdict(v) for k, v in runs.items()},
+                          "boots": [{k: asdict(v) for k, v in b.items()} for b in boots]}, indent=2))
     else:
         print(text)
     return 0 if ok else 1

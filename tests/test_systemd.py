@@ -10,7 +10,10 @@ the handler itself recorded:
                      worker ran as a transient systemd unit;
   (b) stop-daemon    `detach = daemon`: the same stop kills the running action (why (a) matters);
   (c) serve-restart  `notify-launcher serve` as its own unit survives `systemctl restart keepalived`
-                     and runs the events of both keepalived runs in order.
+                     and runs the events of both keepalived runs in order;
+  (d) latency        (benchmarks/systemd_states.py's scenario, short) lines written straight into
+                     keepalived's FIFO run once each, in order, with the launcher (by its standby unit,
+                     never replaced while they come) and with the shell reader as notify_fifo_script.
 
 Root with debootstrap and systemd-nspawn (apt-get install debootstrap systemd-container); the first
 run builds the cached root (/var/cache/notify-launcher-test, about a minute, needs the Debian
@@ -29,7 +32,7 @@ import re
 import pytest
 
 from support.recorder import Action
-from support.systemd import cells, harness, testing
+from support.systemd import cells, harness, latency, testing
 from support.systemd.harness import Result
 
 SOURCE = harness.default_source()  # the checkout installed into the container
@@ -168,3 +171,31 @@ def test_serve_survives_keepalived_restart(systemd_base: None, capsys: pytest.Ca
     timing(capsys, f"serve-restart: systemctl restart keepalived {marks['restart_end'] - marks['restart_begin']:.3f} s; "
                    f"restart -> first MASTER action end {first_master.end - marks['restart_begin']:.3f} s; "
                    f"restart -> second MASTER action end {last.end - marks['restart_begin']:.3f} s")
+
+
+def test_latency_lines_run_once_in_order_by_the_standby_unit(systemd_base: None,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """(d) scenario `latency`, short: lines written into keepalived's FIFO as keepalived writes them
+    (one write each) with the launcher settled (its standby worker a transient unit), then with the
+    shell reader as notify_fifo_script, then the launcher with linger = 1 and 2 s idle before each
+    line: every line's action ran once, in the order written.  The launcher's ran in its standby
+    unit, and no worker started while lines came: not even past linger, since a reader lives."""
+    res = testing.run("latency", cells.DEFAULT, SOURCE, env={"LAT_EVENTS": "6", "LAT_IDLE_EVENTS": "2"})
+    assert res.done, f"the scenario did not finish\n{res.diagnostics()}"
+    debian_keepalived(res)
+    phases, facts = latency.phases(res), res.facts
+    assert {name: p.written for name, p in phases.items()} == \
+        {"direct": 6, "alive": 6, "shell-alive": 6, "shell-idle": 2, "past-linger": 2}, res.diagnostics()
+    for name, p in phases.items():
+        assert (p.missing, p.twice, p.in_order) == (0, 0, True), \
+            f"{name}: {p.missing} lines' actions missing, {p.twice} run twice, in order: {p.in_order}\n{res.diagnostics()}"
+    for name in ("alive", "past-linger"):
+        assert facts.get(f"workers_started_during_{name}") == "0", f"{name}: a worker started\n{res.diagnostics()}"
+        units = {f"/system.slice/{u}" for u in facts.get(f"standby_{name}", "").split()}
+        assert units, f"{name}: no standby unit before the lines\n{res.diagnostics()}"
+        ran = [a for a in res.actions if a.name.strip('"') == f"LAT_{name}"]
+        assert all(a.cgroup in units for a in ran), \
+            f"{name}: actions outside the standby unit {units}: {[a.cgroup for a in ran]}\n{res.diagnostics()}"
+    timing(capsys, "latency: median write -> action start " + ", ".join(
+        f"{name} {p.median_ms:.2f} ms" for name, p in phases.items() if p.median_ms is not None)
+        + " (a figure, not a check: benchmarks/systemd_states.py measures)")

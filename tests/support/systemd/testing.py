@@ -44,9 +44,10 @@ def prepare(request: pytest.FixtureRequest, cell: Cell, source: Path, what: str)
     return say
 
 
-def run(scenario: str, cell: Cell, source: Path) -> Result:
-    """One boot of `scenario` in `cell`; a prerequisite found missing only now skips/fails as above."""
+def run(scenario: str, cell: Cell, source: Path, env: dict[str, str] | None = None) -> Result:
+    """One boot of `scenario` in `cell` (`env`: more variables for scenario.sh); a prerequisite
+    found missing only now skips/fails as above."""
     try:
-        return harness.run_scenario(scenario, source, cell=cell)
+        return harness.run_scenario(scenario, source, cell=cell, env=env)
     except Unavailable as exc:
         unavailable(f"systemd harness: {exc}")
