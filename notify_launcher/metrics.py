@@ -54,9 +54,10 @@ def render(totals: Totals, pending: int, oldest_pending_age: float, rejected: in
         out.sample("actions_total", totals.actions[result], _labels(result=result))
     out.family("action_duration_seconds", "histogram", "How long actions ran.")
     cumulative = 0
-    for bound, count in zip([*map(repr, BUCKETS), "+Inf"], totals.buckets, strict=True):
+    bounds = [*map(repr, BUCKETS), "+Inf"]  # one per count: Totals keeps them equal (totals.py)
+    for i, count in enumerate(totals.buckets):  # not zip(strict=): Python 3.10+
         cumulative += count
-        out.sample("action_duration_seconds_bucket", cumulative, _labels(le=bound))
+        out.sample("action_duration_seconds_bucket", cumulative, _labels(le=bounds[i]))
     out.sample("action_duration_seconds_sum", totals.duration_sum)
     out.sample("action_duration_seconds_count", cumulative)
     transitions = sorted((*_split(name), count) for name, count in totals.transitions.items())

@@ -26,7 +26,8 @@ def problems(journal: list[list[str]], actions: list[Action], log: str) -> list[
     expected = [(int(e[0]), e[3:7]) for e in journal if e[3] != "READER"]
     if [(a.seq, a.args) for a in actions] != expected:
         found.append(f"actions {[str(a) for a in actions]} are not the journal's events {expected}")
-    for prev, nxt in zip(actions, actions[1:], strict=False):
+    for i in range(1, len(actions)):  # pairs; not zip(strict=), which is Python 3.10+
+        prev, nxt = actions[i - 1], actions[i]
         if prev.end is None or prev.end > nxt.start:
             found.append(f"{nxt} started before {prev} ended")
     for a in actions:
