@@ -11,7 +11,9 @@ other rep.  Both nodes of a cluster run the same notify_fifo_script:
          TERM.  Labeled by the state the run forces, whatever the launcher keeps alive meanwhile
          (the JSON's `resident` counts node2's launcher processes just before the TERM)
   shell  benchmarks/baseline-reader.sh: `while read line; do setsid flock LOCK H $line & done`
-         plus keepalived's sample TERM trap
+         plus keepalived's sample TERM trap; its events just before, as in `alive`
+  shell_idle  the same, idle as long as in `idle` (an idle machine wakes more slowly: each launcher
+         case is compared with the shell case of the same idle)
 The action is the tests' recorder (bash; its first act writes a start record with $EPOCHREALTIME).
 
 Measured per case (medians over the reps):
@@ -74,7 +76,8 @@ class Case:
 def cases(linger: float, idle: float) -> list[Case]:
     return [Case("alive", "launcher, worker alive (event just before, linger 600 s)", False, 600, 0),
             Case("idle", f"launcher, idle {idle:g} s > linger {linger:g} s", False, linger, idle),
-            Case("shell", "shell reader (setsid flock)", True, 600, 0)]
+            Case("shell", "shell reader (setsid flock)", True, 600, 0),
+            Case("shell_idle", f"shell reader (setsid flock), idle {idle:g} s", True, 600, idle)]
 
 
 def shell_reader(node: Node) -> list[str]:
@@ -214,13 +217,12 @@ def summarize(reps: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str
 
 
 def table(s: dict[str, dict[str, Any]], all_cases: list[Case]) -> str:
-    shell = s["shell"]
     rows = [("", "launcher", "shell reader", "ratio")]
     for case in all_cases:
         if case.shell:
             continue
-        la = s[case.key]
-        rows.append((f"({case.key}) {case.label}", "", "", ""))
+        la, shell = s[case.key], s[next(c.key for c in all_cases if c.shell and c.idle == case.idle)]
+        rows.append((f"({case.key}) {case.label}", "", f"idle {case.idle:g} s" if case.idle else "", ""))
         for key, what in (("total_ms", "node1 TERM -> node2 MASTER action start"),
                           ("keepalived_ms", "  keepalived's part (TERM -> FIFO write)"),
                           ("reader_ms", "  reader's part (FIFO write -> action start)"),

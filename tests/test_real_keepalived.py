@@ -257,9 +257,10 @@ def test_example_config_keeps_a_reader_across_reload(real_cluster: Callable[...,
 
 
 def test_failover_benchmark_loses_no_event_with_either_reader() -> None:
-    """One rep of the failover benchmark (launcher with a worker alive, launcher idle past linger,
-    the shell reader): every event keepalived logged ran once on both nodes, and node2's MASTER
-    action started after keepalived wrote its line (the FIFO tap saw that write, not another)."""
+    """One rep of the failover benchmark (the launcher with a worker alive and idle past linger, the
+    shell reader right after an event and idle): every event keepalived logged ran once on both
+    nodes, and node2's MASTER action started after keepalived wrote its line (the FIFO tap saw that
+    write, not another)."""
     reason = missing_prerequisite()
     if reason is not None:
         unavailable(reason)
@@ -267,7 +268,7 @@ def test_failover_benchmark_loses_no_event_with_either_reader() -> None:
                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
     assert res.returncode == 0, f"failover.py exited {res.returncode}:\n{res.stderr[-6000:]}"
     rep = json.loads(res.stdout)["reps"][0]
-    for case in ("alive", "idle", "shell"):
+    for case in ("alive", "idle", "shell", "shell_idle"):
         r = rep[case]
         assert (r["lost"], r["extra"]) == (0, 0), f"{case}: {r}\n{res.stderr[-6000:]}"
         assert r["keepalived_ms"] > 0 and r["reader_ms"] > 0, f"{case}: the action started before the write: {r}"
