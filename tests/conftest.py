@@ -7,6 +7,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example time limit (hypothesis's default is 200 ms): a wall-clock threshold fails on a busy
+# machine without anything being wrong (seen: a spawn test on a 2-core machine with both cores busy).
+settings.register_profile("notify-launcher", deadline=None)
+settings.load_profile("notify-launcher")
 
 pytest.register_assert_rewrite("support")  # its asserts explain themselves as the tests' do
 
