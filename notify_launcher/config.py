@@ -251,7 +251,10 @@ def load(path: str | None, overrides: dict[str, str | None]) -> Settings:
     values: dict[str, Any] = {}
     rules: list[Rule] = []
     if path is not None:
-        parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+        # "key = value   # why": a comment after whitespace ends the value, as administrators write
+        # INI files (and as the README's example does); a "#" inside a word stays part of it.
+        parser = configparser.ConfigParser(interpolation=None, default_section="\0none",
+                                           inline_comment_prefixes=("#",))
         parser.optionxform = str  # type: ignore[assignment,method-assign]
         try:
             with open(path, encoding="utf-8") as fh:

@@ -133,3 +133,20 @@ def test_quiet_states_run_nothing_unless_a_rule_names_them(tmp_path: Path) -> No
     loud = _load(tmp_path, "[launcher]\nhandler = /bin/h\nquiet_states =\ncoalesce = yes\n")
     assert loud.action_for(Event("INSTANCE", "VI_1", "MASTER_PRIORITY", 100)) == (("/bin/h",), 120)
     assert loud.coalesce is True
+
+
+def test_the_readmes_example_loads_as_written(tmp_path: Path) -> None:
+    """An administrator copies README's INI example, inline comments and all (they used to become
+    part of the values: `timeout = 120   # seconds per action` was "not allowed")."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("```ini\n", 1)[1].split("```", 1)[0]
+    s = _load(tmp_path, example)
+    assert s.timeout == 120 and s.linger == 600 and s.log_level == "INFO" and s.detach == "auto"
+    assert s.handler == ("/usr/local/sbin/ha-action", "--verbose")
+    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER", 100)) == (("/usr/local/sbin/promote-vi1",), 300)
+    assert s.action_for(Event("VS", "FWM 7", "UP")) == (("/usr/local/sbin/lvs-action",), 120)
+
+
+def test_a_hash_inside_a_word_is_not_a_comment(tmp_path: Path) -> None:
+    s = _load(tmp_path, "[launcher]\nhandler = /bin/act --tag=a#1   # the comment\n")
+    assert s.handler == ("/bin/act", "--tag=a#1")
