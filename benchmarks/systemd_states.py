@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Event -> action start under a REAL systemd: the launcher beside the shell reader, in one boot.
+"""Event -> action start under a REAL systemd: the launcher beside the shell reader, in the same boot.
 
     PYTHONPATH=tests .venv/bin/python benchmarks/systemd_states.py [--reps 1] [--events 20] [--idle-events 6] [--json]
 
@@ -24,7 +24,9 @@ Order: direct, launcher alive, shell alive, shell idle, launcher past linger, di
 drifts during the boot weighs on both sides alike).  With --reps N, N boots; the events of all
 boots are pooled.  Printed: medians, own shares, ratio launcher / shell reader, met / not met
 against issue 11 (<= 1.5 ms and <= the shell reader's share; with the worker alive also <= 0.4x),
-and whether every written line's action ran exactly once, in the order written (exit 1 if not).
+and whether every written line's action ran exactly once, in the order written (exit 1 if not);
+with --reps > 1 each boot's own shares too; and where the launcher's time went (its journal and the
+worker's progress records: write -> journaled, -> the worker's spawn returned, -> the handler's start).
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict
 from typing import Any
 
 from run import git_state, log  # the benchmarks' shared helpers (benchmarks/ is the script's dir)
+from support import recorder
 from support.systemd import cells, harness, latency
+from support.systemd.harness import Result
 from support.systemd.latency import Phase
 from support.systemd.rootfs import Unavailable
 
@@ -55,6 +60,33 @@ def pool(boots: list[dict[str, Phase]]) -> dict[str, Phase]:
     for runs in boots:
         for name, phase in runs.items():
             out.setdefault(name, Phase()).add(phase)
+    return out
+
+
+def breakdown(res: Result) -> dict[str, dict[str, list[float]]]:
+    """Where the launcher's latency goes, per launcher phase and line (ms): FIFO write -> journal
+    entry (the reader), journal entry -> the worker's progress `start` record (written once the
+    spawn returned), that record -> the handler's start record (negative: it already ran)."""
+    writes = {(f"LAT_{w[1]}", w[2]): float(w[3]) for w in map(str.split, res.text("writes").splitlines())}
+    journal: dict[int, tuple[tuple[str, str], float]] = {}
+    for line in res.text("journal").splitlines():
+        f = line.split("\t")
+        if len(f) >= 7 and (f[4], f[6]) in writes:
+            journal[int(f[0])] = ((f[4], f[6]), float(f[1]))
+    started = {(r.name.strip('"'), r.priority): r.time for r in recorder.parse(res.text("records"))
+               if r.kind == "start" and len(r.args) >= 4}
+    out: dict[str, dict[str, list[float]]] = {}
+    for line in res.text("progress").splitlines():
+        rec = json.loads(line)
+        if rec.get("op") != "start" or rec.get("seq") not in journal:
+            continue
+        key, journaled = journal[rec["seq"]]
+        handler = started.get(key)
+        parts = out.setdefault(key[0][4:], {"reader": [], "worker": [], "handler": []})
+        parts["reader"].append((journaled - writes[key]) * 1000)
+        parts["worker"].append((rec["t"] - journaled) * 1000)
+        if handler is not None:
+            parts["handler"].append((handler - rec["t"]) * 1000)
     return out
 
 
@@ -77,7 +109,8 @@ def summarize(runs: dict[str, Phase]) -> list[dict[str, Any]]:
     return rows
 
 
-def table(rows: list[dict[str, Any]], runs: dict[str, Phase]) -> str:
+def table(rows: list[dict[str, Any]], runs: dict[str, Phase], parts: dict[str, dict[str, list[float]]],
+          per_boot: list[list[dict[str, Any]]]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f} ms"
 
@@ -91,6 +124,15 @@ def table(rows: list[dict[str, Any]], runs: dict[str, Phase]) -> str:
     w = [max(len(x[i]) for x in lines) for i in range(len(lines[0]))]
     text = ["  ".join(x[i].ljust(w[i]) for i in range(len(x))).rstrip() for x in lines]
     text.insert(1, "  ".join("-" * n for n in w))
+    for i, boot in enumerate(per_boot):
+        text.append(f"boot {i + 1}: own shares launcher/shell (ratio): " + "; ".join(
+            f"{r['state'].split(' (')[0]} {ms(r['launcher_own_ms'])}/{ms(r['shell_own_ms'])} "
+            f"({'-' if r['ratio'] is None else format(r['ratio'], '.2f')})" for r in boot))
+    for name, split in parts.items():
+        text.append(f"launcher {name}, medians: write -> journaled {ms(statistics.median(split['reader']))}, "
+                    f"-> worker's spawn returned {ms(statistics.median(split['worker']))}, -> handler's start record "
+                    f"{ms(statistics.median(split['handler'])) if split['handler'] else '-'} "
+                    f"({len(split['reader'])} lines)")
     text.append("")
     text.append("phase         lines  missing  twice  in order  min-max (ms)")
     for name, p in runs.items():
@@ -120,6 +162,7 @@ def main() -> int:
     if args.detach:
         env["DETACH"] = args.detach  # after the harness's DETACH= line in the env file: this one counts
     boots: list[dict[str, Phase]] = []
+    parts: dict[str, dict[str, list[float]]] = {}
     facts: dict[str, str] = {}
     for rep in range(args.reps):
         try:
@@ -131,6 +174,9 @@ def main() -> int:
             print(res.diagnostics(), file=sys.stderr)
             return 1
         boots.append(latency.phases(res))
+        for name, split in breakdown(res).items():
+            for k, v in split.items():
+                parts.setdefault(name, {}).setdefault(k, []).extend(v)
         facts = res.facts
         log(f"boot {rep + 1}/{args.reps}: load average " + ", ".join(
             f"{k[8:]} {v.split()[0]}" for k, v in facts.items() if k.startswith("loadavg_")))
@@ -146,12 +192,12 @@ def main() -> int:
             f"{facts.get('standby_alive', '?').strip()}; "
             f"workers started while lines were fed: alive {facts.get('workers_started_during_alive', '?')}, "
             f"past linger {facts.get('workers_started_during_past-linger', '?')}")
-    text = head + "\n" + table(rows, runs)
+    text = head + "\n" + table(rows, runs, parts, [summarize(b) for b in boots] if len(boots) > 1 else [])
     ok = all(x.missing == 0 and x.twice == 0 and x.in_order for x in runs.values())
     if args.json:
         print(text, file=sys.stderr)
         print(json.dumps({"code": code, "cell": args.cell.name, "detach": args.detach, "loadavg_start": load_start,
-                          "facts": facts, "states": rows, "phases": {k: asdict(v) for k, v in runs.items()},
+                          "facts": facts, "states": rows, "breakdown": parts, "phases": {k: asdict(v) for k, v in runs.items()},
                           "boots": [{k: asdict(v) for k, v in b.items()} for b in boots]}, indent=2))
     else:
         print(text)

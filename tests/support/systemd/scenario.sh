@@ -407,6 +407,7 @@ scenario_latency() {
     latency_start launcher past-linger
     latency_launcher_phase past-linger "$m" 2
     latency_direct $((n / 2 + 1)) "$n" 0.3
+    cp /run/notify-launcher/progress "$R/progress"  # the worker's start records: where the time went
     mark settled
 }
 
