@@ -15,8 +15,8 @@
   apt-SUITE/             apt's downloaded archives for that release's roots (bound into the chroot
                          at `apt-get install ./…deb`): a warm run fetches nothing
 
-Costs measured here (2 cores, deb.debian.org): a root 60-130 s cold (debootstrap dominates), the
-.deb 20-40 s; all of it 0 s warm.  The older single-release cache (rootfs-bookworm-*) of earlier
+Costs measured here (2 cores, deb.debian.org): a root 69-117 s cold (debootstrap 49-90 s of it),
+the .deb 5 s (and 14 s once per machine for scripts/build-deb's `apt-get build-dep`); 0 s warm.  The older single-release cache (rootfs-bookworm-*) of earlier
 harness versions is not touched, so a checkout still running that version keeps working beside this
 one; remove it by hand once no such checkout is left.
 """
