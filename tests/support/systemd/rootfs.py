@@ -2,8 +2,8 @@
 (NL_SYSTEMD_CACHE), one lock for all builders:
 
   debian-SUITE-KEY/root  a Debian root file system per release (debootstrap minbase + PACKAGES,
-                         upgraded from SUITE-updates and SUITE-security; a venv with current build
-                         tools at /opt/notify-launcher/venv; apt's package lists, so a .deb's
+                         upgraded from SUITE-updates and SUITE-security; a venv with current
+                         setuptools at /opt/notify-launcher/venv; apt's package lists, so a .deb's
                          dependencies resolve against the release's own archive).  KEY hashes what
                          makes it, so a changed package list builds a new one; the old one goes
                          once unused for 6 h (STALE_AFTER).  The containers use it as an overlay's
@@ -16,9 +16,9 @@
                          at `apt-get install ./…deb`): a warm run fetches nothing
 
 Costs measured here (2 cores, deb.debian.org): a root 69-117 s cold (debootstrap 49-90 s of it),
-the .deb 5 s (and 14 s once per machine for scripts/build-deb's `apt-get build-dep`); 0 s warm.  The older single-release cache (rootfs-bookworm-*) of earlier
-harness versions is not touched, so a checkout still running that version keeps working beside this
-one; remove it by hand once no such checkout is left.
+the .deb 5 s (and 14 s once per machine for scripts/build-deb's `apt-get build-dep`); 0 s warm.
+The single-release cache of earlier harness versions (rootfs-bookworm-*, wheels-*) goes like a
+stale entry: once unused (by its `ready` time) for 6 h.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ BASE_FORMAT = 2  # bump when the way a root is prepared changes
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 STALE_AFTER = 6 * 3600.0  # seconds unused after which another key's cache entry is removed
+LEGACY = ("rootfs-*", "wheels-*")  # the single-release harness's entries (before the matrix): as stale
 
 Log = Callable[[str], None]
 
@@ -144,7 +145,8 @@ def _cached(prefix: str, key: str, build: Callable[[Path], None], log: Log) -> P
     if not (final / "ready").exists():
         with _cache_lock():
             if not (final / "ready").exists():
-                for stale in cache_dir().glob(f"{prefix}-*"):
+                others = [*cache_dir().glob(f"{prefix}-*"), *(p for g in LEGACY for p in cache_dir().glob(g))]
+                for stale in others:
                     if stale.name != final.name and time.time() - _last_used(stale) > STALE_AFTER:
                         log(f"removing {stale}, unused for {STALE_AFTER / 3600:g} h")
                         _remove_tree(stale)
