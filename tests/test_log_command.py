@@ -7,8 +7,10 @@ import gzip
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+from notify_launcher.log import ROTATE_CHECK
 from support import LAUNCHER, recorder
 from support.launcher import Launcher
 from support.marks import needs
@@ -48,12 +50,23 @@ echo "acting on $2 $3"
 
     def rotate() -> None:
         subprocess.run(["logrotate", "-f", "-s", str(launcher.dir / "lr.state"), str(conf)], check=True)
+        # The reader and the worker look for a rotation at most every ROTATE_CHECK s (log.py): once
+        # that has passed, each one's next line goes to the new file, so each event's lines land in
+        # one known file whatever the machine's speed.
+        time.sleep(ROTATE_CHECK * 2)
+
+    def logged(seq: int) -> bool:
+        """Both sides of event `seq` are in the current file: the reader's "received" (written after
+        its ring, so possibly after the worker's end) and the worker's "action ended"."""
+        text = launcher.log_text()
+        return all(re.search(rf"#{seq} .*\| {what}", text) for what in ("received", "action ended"))
 
     k = launcher.keepalived()
     k.start()
     for seq, line in enumerate((VI.format(1, "MASTER"), VI.format(1, "BACKUP"), VI.format(2, "MASTER")), 1):
         k.write(line)
         launcher.settle(seq)
+        launcher.wait_for(f"event #{seq}'s log lines", lambda seq=seq: logged(seq))
         rotate()
     k.write(VI.format(1, "MASTER"))
     launcher.settle(4)
