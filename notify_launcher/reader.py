@@ -47,6 +47,9 @@ SIBLING_WAIT = 0.1
 #: After SIGTERM, once every instance/group we know has reported STOP: how long the FIFO must stay
 #: quiet before we leave, so a STOP line of one we never saw, written in the same burst, is caught.
 STOP_QUIET = 0.03
+#: After SIGTERM: how often to look for the next reader keepalived starts when it reloads (a scan of
+#: /proc), so that we leave it the FIFO at once instead of reading beside it until the grace is over.
+SIBLING_CHECK = 0.02
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -116,6 +119,8 @@ class Reader:
         self.published = False  # settings.json written for this reader's settings
         self.term_at = term_at  # a SIGTERM that came while we were starting
         self._term_logged = False
+        self._sibling: int | None = None  # the next reader, once seen after SIGTERM (a reload)
+        self._sibling_check = 0.0  # when to look for it next (monotonic)
         self._wake_r = -1
         self._pause = 0.0  # after an unforeseen exception: a growing pause, so it cannot spin
 
@@ -187,8 +192,10 @@ class Reader:
         """Milliseconds poll() may sleep: forever when idle (no polling loops), else the nearest deadline."""
         waits = []
         if self.term_at is not None:
-            waits.append(self.term_at + self.settings.stop_grace - time.monotonic())
-            waits.append(self._last_line_at + STOP_QUIET - time.monotonic())
+            now = time.monotonic()
+            waits.append(self.term_at + self.settings.stop_grace - now)
+            quiet_at = self._last_line_at + STOP_QUIET
+            waits.append(quiet_at - now if quiet_at > now else self._sibling_check - now)
         if self.backlog:
             waits.append(RETRY_INTERVAL)
         if self._kick_at is not None:
@@ -200,15 +207,23 @@ class Reader:
         return max(0, int(min(waits) * 1000) + 1)
 
     def _stop_complete(self) -> bool:
-        """After SIGTERM: every known instance/group reported STOP, or the grace is over."""
+        """After SIGTERM: the grace is over; or, once the FIFO is quiet, every known instance/group
+        reported STOP (a stop), or keepalived started the next reader (a reload, which writes no STOP
+        lines and may hand it this very FIFO: reading beside it could journal lines out of order)."""
         assert self.term_at is not None
         now = time.monotonic()
         if now >= self.term_at + self.settings.stop_grace:
             return True
         # keepalived writes its STOP lines in one burst; a line of an instance or group we have not
         # seen yet may follow the last one we know by a moment: leave once the burst is over.
-        return (bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
-                and now >= self._last_line_at + STOP_QUIET)
+        if now < self._last_line_at + STOP_QUIET:
+            return False
+        if self.states and all(s in FINAL_STATES for s in self.states.values()):
+            return True
+        if self._sibling is None and now >= self._sibling_check:
+            self._sibling_check = now + SIBLING_CHECK
+            self._sibling = later_sibling(os.getpid())
+        return self._sibling is not None
 
     # -- trouble: logged once, retried, repaired -----------------------------------------------
 
@@ -403,6 +418,9 @@ class Reader:
             state, why = "EOF", "keepalived closed the FIFO"
         elif eof:
             state, why = "RELOAD", "SIGTERM then EOF: keepalived is reloading"
+        elif self._sibling is not None:
+            state, why = "RELOAD", (f"SIGTERM, and keepalived started the next reader (pid {self._sibling}): "
+                                    f"a reload; leaving the FIFO to it")
         elif (sibling := later_sibling(os.getpid())) is not None:
             state, why = "RELOAD", f"SIGTERM, and keepalived started the next reader (pid {sibling}): a reload"
         elif self.fifo.replaced():

@@ -200,6 +200,29 @@ def test_reload_two_readers_keep_numbering_and_order(launcher: Launcher) -> None
     assert "SIGTERM then EOF: keepalived is reloading" in launcher.log_text()
 
 
+def test_reload_on_the_same_fifo_the_old_reader_leaves_it_to_the_next(launcher: Launcher) -> None:
+    """keepalived may hand the next reader the very FIFO the old one reads (it survived, and
+    keepalived holds it open): no EOF.  The old reader used to read on beside the new one until its
+    stop grace ran out (0.5 s, seen in every Debian release of the CI matrix); now it leaves as soon
+    as the next reader exists and the FIFO is quiet."""
+    k = launcher.keepalived("--stop-grace", "0.9")
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    old = k.proc
+    killer = k.reload(same_fifo=True)
+    killer.join()
+    assert old is not None and old.returncode == 0, "the old reader was killed"
+    k.write(VI.format("BACKUP"))
+    launcher.settle(3)
+    k.stop([VI.format("STOP")])
+    launcher.settle(5)
+    log = launcher.log_text()
+    assert "a reload; leaving the FIFO to it" in log, log[-2000:]
+    assert [r.state for r in launcher.starts()] == ["MASTER", "BACKUP", "STOP"]
+    assert log.count("READER reader RELOAD | received") == 1 and log.count("READER reader STOP | received") == 1
+
+
 def test_fifo_missing_or_not_a_fifo_is_a_clear_error(launcher: Launcher) -> None:
     res = subprocess.run(launcher.argv(str(launcher.dir / "nope.fifo")), capture_output=True, text=True)
     assert res.returncode == 3

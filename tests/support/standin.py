@@ -57,10 +57,13 @@ class Keepalived:
         except FileNotFoundError:
             pass
         os.mkfifo(self.fifo, 0o600)
+        self._spawn()
+        self.fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(self.script + [self.fifo], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      preexec_fn=_child_setup, close_fds=True)
-        self.fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
     def write(self, line: str) -> bool:
         """One non-blocking write, as keepalived does; False (and counted) if the pipe was full."""
@@ -103,17 +106,23 @@ class Keepalived:
         os.unlink(self.fifo)
         return report
 
-    def reload(self) -> threading.Thread:
+    def reload(self, same_fifo: bool = False) -> threading.Thread:
         """keepalived's reload: TERM + EOF to the old script, a new FIFO and script ~20 ms later.
+        `same_fifo`: the new script gets the very same FIFO, still held open (keepalived reuses a FIFO
+        that survived, docs/keepalived.md "Reload"): the old script sees no EOF.
 
         Returns the thread that SIGKILLs the old group at +1 s (join it to know the old one's fate)."""
         proc, t0 = self._term_then_kill()
-        os.close(self.fd)
-        os.unlink(self.fifo)
+        if not same_fifo:
+            os.close(self.fd)
+            os.unlink(self.fifo)
         killer = threading.Thread(target=_await_or_kill, args=(proc, t0), daemon=True)
         killer.start()
         time.sleep(0.02)
-        self.start()
+        if same_fifo:
+            self._spawn()
+        else:
+            self.start()
         return killer
 
 
