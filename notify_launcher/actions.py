@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import select
-import selectors
 import signal
 import time
 from collections.abc import Callable
@@ -251,36 +250,31 @@ def _supervise(proc: Child, streams: dict[int, _Lines], before: set[int], t0: fl
                kill_grace: float, note: Note, started: Callable[[int], None]) -> bool:
     """Report the start, relay the output, enforce the timeout; True if it timed out."""
     started(proc.pid)
-    sel = selectors.DefaultSelector()
-    try:
-        for fd in streams:
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        sel.register(proc.pidfd, selectors.EVENT_READ)
-        deadline = t0 + timeout
-        timed_out = exited = False
-        while not (exited or timed_out):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                note(f"timeout of {timeout:g}s reached; ending the action's process tree")
-                sel.unregister(proc.pidfd)  # kill_tree reaps the action, which closes its pidfd
-                kill_tree(proc, _action_tree(proc.pid, before), before, kill_grace, note)
-                break
-            for key, _ in sel.select(remaining):
-                if key.fd == proc.pidfd:
-                    exited = True
-                elif not _read(key.fd, streams[key.fd]):
-                    sel.unregister(key.fd)
-        if exited:
-            sel.unregister(proc.pidfd)
-        proc.wait()
-        for fd, lines in streams.items():  # what is still buffered; background writers are not awaited
-            _read(fd, lines)
-            lines.flush()
-        return timed_out
-    finally:
-        sel.close()
+    poller = select.poll()  # no fd of its own to make and close per action, unlike epoll
+    for fd in streams:
+        os.set_blocking(fd, False)
+        poller.register(fd, select.POLLIN)
+    poller.register(proc.pidfd, select.POLLIN)
+    deadline = t0 + timeout
+    timed_out = False
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            note(f"timeout of {timeout:g}s reached; ending the action's process tree")
+            kill_tree(proc, _action_tree(proc.pid, before), before, kill_grace, note)
+            break
+        ready = poller.poll(int(remaining * 1000) + 1)
+        if any(fd == proc.pidfd for fd, _ in ready):
+            break
+        for fd, _ in ready:
+            if not _read(fd, streams[fd]):
+                poller.unregister(fd)
+    proc.wait()
+    for fd, lines in streams.items():  # what is still buffered; background writers are not awaited
+        _read(fd, lines)
+        lines.flush()
+    return timed_out
 
 
 def _read(fd: int, lines: _Lines) -> bool:
