@@ -89,12 +89,19 @@ class Child:
 
 
 def _children() -> set[int]:
-    """Our direct children, from the kernel's list (cheap; a psutil scan reads all of /proc)."""
+    """Our direct children, from the kernel's list (cheap; a psutil scan reads all of /proc).  Read
+    twice per event: raw os.read, not a text file object (5 us instead of 12)."""
+    chunks = []
     try:
-        with open(f"/proc/self/task/{os.getpid()}/children") as fh:
-            return {int(pid) for pid in fh.read().split()}
+        fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except OSError:
         return {p.pid for p in psutil.Process().children()}
+    return {int(pid) for pid in b"".join(chunks).split()}
 
 
 def _action_tree(root: int, before: set[int]) -> list[psutil.Process]:
