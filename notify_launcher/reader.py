@@ -418,11 +418,9 @@ class Reader:
             state, why = "EOF", "keepalived closed the FIFO"
         elif eof:
             state, why = "RELOAD", "SIGTERM then EOF: keepalived is reloading"
-        elif self._sibling is not None:
-            state, why = "RELOAD", (f"SIGTERM, and keepalived started the next reader (pid {self._sibling}): "
+        elif (sibling := self._sibling or later_sibling(os.getpid())) is not None:
+            state, why = "RELOAD", (f"SIGTERM, and keepalived started the next reader (pid {sibling}): "
                                     f"a reload; leaving the FIFO to it")
-        elif (sibling := later_sibling(os.getpid())) is not None:
-            state, why = "RELOAD", f"SIGTERM, and keepalived started the next reader (pid {sibling}): a reload"
         elif self.fifo.replaced():
             state, why = "RELOAD", f"SIGTERM, and {self.fifo.path} is a new FIFO: keepalived is reloading"
         else:

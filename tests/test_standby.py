@@ -1,7 +1,8 @@
 """A worker stands by whenever a reader lives (issue 11): no event after an idle of any length, nor
 the first one after a reload, waits for a fork and the worker's imports.
 
-Real readers (the keepalived stand-in), real double-forked workers, real signals.  Each test runs
+Real readers (the keepalived stand-in), real double-forked workers, real signals; the `launcher`
+fixture ends every process a test leaves.  Each test runs
 with `--linger 0`, where a worker used to leave the moment its queue was empty."""
 
 from __future__ import annotations
@@ -26,64 +27,52 @@ def _action_workers(launcher: Launcher) -> list[int]:
 def test_the_standby_spawned_at_start_runs_every_event_however_long_the_idle(launcher: Launcher) -> None:
     k = launcher.keepalived("--linger", "0")
     k.start()
-    try:
-        standby = launcher.wait_standby()
-        for n, state in enumerate(["BACKUP", "MASTER", "BACKUP"], start=1):
-            k.write(VI.format(state))
-            launcher.settle(n)  # idle now: with linger 0, the worker used to leave here
-        assert _action_workers(launcher) == [standby] * 3
-        k.stop([VI.format("STOP")])
-    finally:
-        launcher.end_processes()
+    standby = launcher.wait_standby()
+    for n, state in enumerate(["BACKUP", "MASTER", "BACKUP"], start=1):
+        k.write(VI.format(state))
+        launcher.settle(n)  # idle now: with linger 0, the worker used to leave here
+    assert _action_workers(launcher) == [standby] * 3
+    k.stop([VI.format("STOP")])
 
 
 def test_a_standby_that_dies_or_leaves_is_replaced_while_the_reader_lives(launcher: Launcher) -> None:
     k = launcher.keepalived("--linger", "0")
     k.start()
-    try:
-        first = launcher.wait_standby()
-        os.kill(first, signal.SIGKILL)
-        launcher.wait_for("a new standby after SIGKILL", lambda: launcher.wait_standby() != first)
-        second = launcher.wait_standby()
-        os.kill(second, signal.SIGTERM)  # an orderly exit is replaced too
-        launcher.wait_for("a new standby after SIGTERM", lambda: launcher.wait_standby() not in (first, second))
-        third = launcher.wait_standby()
-        k.write(VI.format("MASTER"))
-        launcher.settle(1)
-        assert _action_workers(launcher) == [third]
-        assert "died without finishing" in launcher.log_text()
-        k.stop([VI.format("STOP")])
-    finally:
-        launcher.end_processes()
+    first = launcher.wait_standby()
+    os.kill(first, signal.SIGKILL)
+    launcher.wait_for("a new standby after SIGKILL", lambda: launcher.wait_standby() != first)
+    second = launcher.wait_standby()
+    os.kill(second, signal.SIGTERM)  # an orderly exit is replaced too
+    launcher.wait_for("a new standby after SIGTERM", lambda: launcher.wait_standby() not in (first, second))
+    third = launcher.wait_standby()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    assert _action_workers(launcher) == [third]
+    assert "died without finishing" in launcher.log_text()
+    k.stop([VI.format("STOP")])
 
 
 def test_the_standby_leaves_after_linger_once_no_reader_lives(launcher: Launcher) -> None:
     k = launcher.keepalived("--linger", "0")
     k.start()
-    try:
-        standby = psutil.Process(launcher.wait_standby())
-        k.stop([VI.format("STOP")])
-        standby.wait(timeout=60)  # raises if the standby does not leave after the reader
-        assert _action_workers(launcher) == [standby.pid]  # the STOP action, by the standby
-    finally:
-        launcher.end_processes()
+    standby = psutil.Process(launcher.wait_standby())
+    k.stop([VI.format("STOP")])
+    standby.wait(timeout=60)  # raises if the standby does not leave after the reader
+    assert _action_workers(launcher) == [standby.pid]  # the STOP action, by the standby
 
 
 def test_after_a_reload_the_same_standby_serves_the_new_reader(launcher: Launcher) -> None:
     k = launcher.keepalived("--linger", "0")
     k.start()
-    try:
-        standby = launcher.wait_standby()
-        k.write(VI.format("MASTER"))
-        launcher.settle(1)
-        old = k.proc
-        assert old is not None
-        k.reload().join()
-        assert old.poll() is not None
-        launcher.wait_for("the RELOAD record of the old reader", lambda: launcher.last_seq() >= 2)
-        k.write(VI.format("BACKUP"))
-        launcher.settle(3)
-        assert _action_workers(launcher) == [standby] * 2  # MASTER, BACKUP (the RELOAD record runs nothing)
-        k.stop([VI.format("STOP")])
-    finally:
-        launcher.end_processes()
+    standby = launcher.wait_standby()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    old = k.proc
+    assert old is not None
+    k.reload().join()
+    assert old.poll() is not None
+    launcher.wait_for("the RELOAD record of the old reader", lambda: launcher.last_seq() >= 2)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(3)
+    assert _action_workers(launcher) == [standby] * 2  # MASTER, BACKUP (the RELOAD record runs nothing)
+    k.stop([VI.format("STOP")])
