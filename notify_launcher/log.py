@@ -141,6 +141,31 @@ class Log:
             self._fd = -1
 
 
+class Troubles:
+    """Each area's recurring problem (a full disk, a removed directory, a refused fork) is logged once, again
+    only when what is logged changes, and an INFO line follows when it is gone: a failing disk must not flood
+    the log at every event, and the administrator must see when it works again.  (New log file: rebind `log`.)"""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self._last: dict[str, tuple[int | None, str]] = {}  # area -> (seq, problem) logged last
+
+    def report(self, area: str, seq: int | None, event: object, message: str, exc: BaseException | None = None) -> None:
+        """An ERROR line (with `exc`'s traceback, if given), unless it is what `area` logged last."""
+        said = (seq, message if exc is None else f"{message}: {type(exc).__name__}: {exc}")
+        if self._last.get(area) != said:
+            self._last[area] = said
+            if exc is None:
+                self.log.error(seq, event, message)
+            else:
+                self.log.exception(seq, event, message, exc)
+
+    def recovered(self, area: str, message: str | None = None) -> None:
+        """Forget `area`'s problem; if there was one, say so (default: "AREA: working again")."""
+        if self._last.pop(area, None) is not None:
+            self.log.info(None, None, message or f"{area}: working again")
+
+
 def _syslog(message: str) -> None:
     import syslog
 

@@ -31,7 +31,7 @@ from notify_launcher.fifo import Fifo
 from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
 from notify_launcher.lines import LineSplitter
-from notify_launcher.log import Log
+from notify_launcher.log import Log, Troubles
 from notify_launcher.process import drain
 from notify_launcher.progress import last_seq as last_recorded
 from notify_launcher.statedir import StateDirError, StatePaths, ensure_state_dir
@@ -115,7 +115,7 @@ class Reader:
         self._last_line_at = 0.0
         self.splitter = LineSplitter(MAX_LINE)
         self.warned: set[str] = set()  # unforeseen words (events.unforeseen) already logged once
-        self.troubles: dict[str, str] = {}  # area -> the problem last logged for it
+        self.troubles = Troubles(log)
         self.published = False  # settings.json written for this reader's settings
         self.term_at = term_at  # a SIGTERM that came while we were starting
         self._term_logged = False
@@ -227,22 +227,9 @@ class Reader:
 
     # -- trouble: logged once, retried, repaired -----------------------------------------------
 
-    def _report(self, area: str, message: str) -> None:
-        """Log a problem once, and again only when it changes (a retry loop must not flood the log)."""
-        if self.troubles.get(area) != message:
-            self.troubles[area] = message
-            self.log.error(None, None, message)
-
-    def _recovered(self, area: str) -> None:
-        if self.troubles.pop(area, None) is not None:
-            self.log.info(None, None, f"{area}: working again")
-
     def _unforeseen(self, area: str, exc: Exception) -> None:
         """An exception nobody planned for: its traceback once, then carry on."""
-        message = f"{area}: unexpected {type(exc).__name__}: {exc}"
-        if self.troubles.get(area) != message:
-            self.troubles[area] = message
-            self.log.exception(None, None, f"{area}: unexpected error (the reader carries on)", exc)
+        self.troubles.report(area, None, None, f"{area}: unexpected error (the reader carries on)", exc)
 
     def _guarded(self, area: str, step: Callable[[], None]) -> None:
         try:
@@ -264,11 +251,11 @@ class Reader:
                 settingsfile.publish(self.paths, self.settings)
                 self.published = True
         except (OSError, StateDirError) as exc:
-            self._report("state directory", f"cannot prepare the state directory {self.paths.root}: "
-                                            f"{getattr(exc, 'strerror', None) or exc}; events wait in memory, "
-                                            f"retrying every {RETRY_INTERVAL:g}s")
+            self.troubles.report("state directory", None, None, f"cannot prepare the state directory {self.paths.root}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}; events wait in memory, "
+                                 f"retrying every {RETRY_INTERVAL:g}s")
             return False
-        self._recovered("state directory")
+        self.troubles.recovered("state directory")
         return True
 
     # -- FIFO -----------------------------------------------------------------------------------
@@ -307,10 +294,10 @@ class Reader:
         try:
             bump_rejected(self.paths.rejected)
         except OSError as exc:
-            self._report("rejected count", f"cannot count the rejected line in {self.paths.rejected} "
-                                           f"({exc.strerror}); the metrics file will show fewer")
+            self.troubles.report("rejected count", None, None, f"cannot count the rejected line in "
+                                 f"{self.paths.rejected} ({exc.strerror}); the metrics file will show fewer")
             return
-        self._recovered("rejected count")
+        self.troubles.recovered("rejected count")
 
     def _submit(self, event: Event) -> None:
         self._hold(event)
@@ -337,8 +324,7 @@ class Reader:
                 self.doorbell.reset()
             self._kick_delay = KICK_MIN  # new work: a worker that crashed before may be retried promptly
             self._ring()  # before logging: the worker can start while we write the log line
-            if self.troubles:
-                self._recovered("journal")
+            self.troubles.recovered("journal")
             late = time.time() - received
             if late > RETRY_INTERVAL / 2:
                 self.log.info(seq, event, f"received (journaled late, after {late:.1f}s)")
@@ -346,8 +332,8 @@ class Reader:
                 self.log.info(seq, event, "received")
 
     def _journal_failed(self, event: Event, exc: OSError) -> None:
-        self._report("journal", f"cannot write the journal {self.journal.path} ({exc.strerror}); "
-                                f"events wait in memory, in order; retrying every {RETRY_INTERVAL:g}s")
+        self.troubles.report("journal", None, None, f"cannot write the journal {self.journal.path} ({exc.strerror}); "
+                             f"events wait in memory, in order; retrying every {RETRY_INTERVAL:g}s")
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             self._repair()
 
@@ -359,11 +345,11 @@ class Reader:
                 self._repair()  # a systemd unit worker reads its settings from the state directory
             spawned = self.doorbell.ring(self._spawn, spawning=bool(self.watch.hellos))
         except OSError as exc:  # fork refused (pid limit, memory), standby.lock not creatable
-            self._report("worker start", f"cannot start a worker: {exc}; events are journaled and "
-                                         f"wait; retrying with back-off")
+            self.troubles.report("worker start", None, None, f"cannot start a worker: {exc}; events are journaled "
+                                 f"and wait; retrying with back-off")
             self._retry_later()
             return
-        self._recovered("worker start")
+        self.troubles.recovered("worker start")
         if spawned:
             self.log.debug(None, None, "no worker listening or queued: spawned one")
         else:

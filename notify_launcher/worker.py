@@ -23,7 +23,7 @@ from notify_launcher.events import READER_TYPE
 from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
 from notify_launcher.journal import Entry, JournalFollower, read_all
 from notify_launcher.locks import file_lock
-from notify_launcher.log import Log
+from notify_launcher.log import Log, Troubles
 from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, StartRecord, TryRecord, replay
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
@@ -113,9 +113,8 @@ class Worker:
         self._wakeup = -1
         self._lock_id: tuple[int, int] | None = None
         self._settings_id: tuple[int, int] | None = None
-        self._unrecorded: tuple[int, str] | None = None  # the record whose failure was logged last
+        self.troubles = Troubles(log)  # the metrics file, records
         self.totals = Totals()
-        self._metrics_trouble: str | None = None  # the metrics write error logged last
         self._published = False  # the metrics file written since start
         self._failed: tuple[Entry, EndRecord, Iterable[str]] | None = None  # on_failure is due for it
         self._published_at = 0.0  # monotonic time of the last write
@@ -280,14 +279,10 @@ class Worker:
         try:
             metrics.write(path, text, self.settings.metrics_mode)
         except OSError as exc:
-            trouble = f"cannot write the metrics file {path} ({exc.strerror}); will try again after the next event"
-            if trouble != self._metrics_trouble:
-                self._metrics_trouble = trouble
-                self.log.error(None, None, trouble)
+            self.troubles.report("metrics", None, None, f"cannot write the metrics file {path} ({exc.strerror}); "
+                                 f"will try again after the next event")
             return
-        if self._metrics_trouble is not None:
-            self._metrics_trouble = None
-            self.log.info(None, None, f"metrics file {path} written again")
+        self.troubles.recovered("metrics", f"metrics file {path} written again")
 
     def _follow_state_files(self, first: Entry) -> None:
         """Before a batch: the newest settings, and state files someone removed (journal, progress)."""
@@ -334,7 +329,7 @@ class Worker:
         if (new.log_file, new.log_level) != (self.settings.log_file, self.settings.log_level):
             self.log.info(None, None, f"settings changed: logging to {new.log_file} at {new.log_level} from now on")
             self.log.close()
-            self.log = Log(new.log_file, "worker", new.log_level)
+            self.log = self.troubles.log = Log(new.log_file, "worker", new.log_level)
         self.settings = new
 
     def _run(self, entry: Entry) -> None:
@@ -434,11 +429,8 @@ class Worker:
             self.totals.fold(rec)
             return True
         seq, op = rec["seq"], rec["op"]
-        if self._unrecorded != (seq, op):
-            self._unrecorded = (seq, op)
-            self.log.error(seq, subject, f"cannot record {op!r} in {self.paths.progress} ({failed}); "
-                                         + ("the queue waits until it can (retrying)" if op == "end" else
-                                            "going on without it"))
+        self.troubles.report("progress", seq, subject, f"cannot record {op!r} in {self.paths.progress} ({failed}); "
+                             + ("the queue waits until it can (retrying)" if op == "end" else "going on without it"))
         return False
 
     def _recover(self, snap: Snapshot) -> None:
