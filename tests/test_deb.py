@@ -5,6 +5,7 @@ under systemd is the CI matrix's part (tests/support/systemd/)."""
 
 from __future__ import annotations
 
+import email
 import io
 import os
 import re
@@ -14,6 +15,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from notify_launcher import __version__
 from support import LAUNCHER, ROOT
@@ -83,6 +86,21 @@ def test_metadata_names_only_debian_packages(deb: Path) -> None:
             "python3-psutil (>= 5.9.4)"} <= depends, depends
     assert _field(deb, "Recommends") == "keepalived, logrotate"
 
+
+@builds
+def test_installed_metadata_requires_the_debian_floors_it_depends_on(deb: Path, tmp_path: Path) -> None:
+    """`pip check` and importlib.metadata read dist-info/METADATA in an installed .deb: its floors must be
+    the Debian ones the package depends on, not setup.cfg's for pip (filelock 3.30), which no Debian
+    release meets (Debian backports the CVE fixes)."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    [metadata] = tmp_path.glob("usr/lib/python3/dist-packages/notify_launcher-*.dist-info/METADATA")
+    required = map(Requirement, email.message_from_string(metadata.read_text()).get_all("Requires-Dist"))
+    # (Debian package, floors, marker): python-daemon is python3-daemon; the test extra is no dependency
+    stated = sorted(("python3-" + re.sub(r"^python-", "", r.name.lower()), [Version(s.version) for s in r.specifier],
+                     str(r.marker or "")) for r in required if "extra" not in str(r.marker))
+    # python3-filelock (>= 3.9.0-1+deb12u1): the upstream version, without epoch and Debian revision
+    depends = re.findall(r"(python3-[\w.+-]+) \(>= (?:\d+:)?([^)\s]+?)(?:-[^-)\s]+)?\)", _field(deb, "Depends"))
+    assert stated == sorted((package, [Version(version)], "") for package, version in depends)
 
 @builds
 def test_files_as_the_readme_says(deb: Path) -> None:
