@@ -28,6 +28,8 @@ Measured (medians over the reps; bounds that must hold every time are judged on 
             the last STOP line; were the STOP lines' actions run.
   resources processes of the setup alive at the burst's peak (cmdline contains the setup's temp
             dir; the handler's own processes excluded), reader RSS, reader CPU over an idle period.
+  real      (root; not with --host-only) failover.py's and systemd_states.py's results, each run as a
+            script of its own: real keepalived and a real systemd, launcher beside the shell reader.
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from support import LAUNCHER, ROOT, processes, recorder
+from support import LAUNCHER, ROOT, processes, realka, recorder
 from support.standin import Keepalived, StopReport
+from support.systemd import harness
 
 LAUNCHER_CMD = [LAUNCHER]  # --launcher replaces it (A/B runs against another checkout)
 METRICS = [False]  # --metrics: the launcher writes a metrics file (what that costs per event)
@@ -750,7 +754,8 @@ def fmt(v: Any, unit: str = "", nd: int = 2) -> str:
     return f"{v}{unit}"
 
 
-def table(s: dict[str, dict[str, Any]], cfg: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def table(s: dict[str, dict[str, Any]], cfg: dict[str, Any],
+          real: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
     rows: list[tuple[str, str, str, str, bool | None]] = []
     targets: list[dict[str, Any]] = []
 
@@ -836,6 +841,9 @@ def table(s: dict[str, dict[str, Any]], cfg: dict[str, Any]) -> tuple[str, list[
     row("resident while idle (reader + standby), RSS", fmt(lres, " MB", 1),
         fmt(s["idle_resident_rss_mb"]["baseline"], " MB", 1), "<= 45 MB", lres <= 45)
 
+    if real is not None:
+        real_rows(real, row)
+
     heads = ("metric", "launcher", "baseline", "target", "")
     w = [max(len(heads[i]), *(len(str(r[i])) for r in rows)) for i in range(4)]
     out = ["  ".join(h.ljust(w[i]) for i, h in enumerate(heads[:4])) + "  met?",
@@ -844,6 +852,60 @@ def table(s: dict[str, dict[str, Any]], cfg: dict[str, Any]) -> tuple[str, list[
         mark = "" if r[4] is None else ("met" if r[4] else "NOT MET")
         out.append("  ".join(str(r[i]).ljust(w[i]) for i in range(4)) + "  " + mark)
     return "\n".join(out), targets
+
+
+def phase_real(quick: bool, wait_quiet_s: float) -> dict[str, Any]:
+    """Issue 11's rows that need root: real keepalived (failover.py: two nodes in network namespaces,
+    node1 TERM -> node2's MASTER action) and a real systemd (systemd_states.py: workers as transient
+    units in keepalived.service).  Each runs as its own script, whose JSON is kept whole; a missing
+    prerequisite (not root, no keepalived, no systemd-nspawn) is reported in the table, not hidden."""
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(here)]))
+    runs = {"failover": [str(here / "failover.py"), "--json", "--reps", "3" if quick else "5",
+                         "--wait-quiet", str(wait_quiet_s)],
+            "systemd": [str(here / "systemd_states.py"), "--json", "--reps", "1" if quick else "3"]}
+    out: dict[str, Any] = {}
+    for name, argv in runs.items():
+        problem = (realka.missing_prerequisite if name == "failover" else harness.missing_prerequisites)()
+        if problem:
+            out[name] = {"error": problem}
+            continue
+        log(f"{name}: {' '.join(Path(a).name if a.startswith('/') else a for a in argv)} (root only; its log follows)")
+        res = subprocess.run([sys.executable, *argv], env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            out[name] = json.loads(res.stdout)
+        except ValueError:
+            out[name] = {"error": f"{Path(argv[0]).name} exited {res.returncode} without a result (see its log above)"}
+    return out
+
+
+def real_rows(real: dict[str, Any], row: Callable[..., None]) -> None:
+    """failover.py's and systemd_states.py's results as rows of the table (targets as on the host)."""
+    def ms(v: float | None) -> str:
+        return fmt(v, " ms")
+
+    fo = real.get("failover", {})
+    if "summary" in fo:
+        f = fo["summary"]
+        for case, shell, factor, label in (("alive", "shell", 0.4, "worker alive"),
+                                           ("idle", "shell_idle", 1.0, "idle longer than linger")):
+            la, sh = f[case], f[shell]
+            row(f"real keepalived, {label}: node1 TERM -> node2 action", ms(la["total_ms"]), ms(sh["total_ms"]))
+            ok = la["net_ms"] <= 1.5 and la["net_ms"] <= factor * sh["net_ms"]
+            row("  its FIFO write -> action start, own share", ms(la["net_ms"]), ms(sh["net_ms"]),
+                f"<= 1.5 ms and <= {'' if factor == 1 else f'{factor:g}x '}baseline", ok)
+        lost = sum(f[c]["lost"] + f[c]["extra"] for c in ("alive", "idle"))
+        row("real keepalived: events lost or run twice", str(lost),
+            str(sum(f[c]["lost"] + f[c]["extra"] for c in ("shell", "shell_idle"))), "0", lost == 0)
+    else:
+        row("real keepalived (failover.py)", "not measured:", fo.get("error", "?"))
+    sd = real.get("systemd", {})
+    if "states" in sd:
+        for st in sd["states"]:
+            row(f"systemd units: {st['state'].split(' (')[0]}: own share", ms(st["launcher_own_ms"]),
+                ms(st["shell_own_ms"]), st["target"].replace("shell", "baseline"), st["met"])
+    else:
+        row("under systemd (systemd_states.py)", "not measured:", sd.get("error", "?"))
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -876,6 +938,9 @@ def main() -> int:
                    help="before each rep, wait up to SEC for the machine to be < 10%% busy (default 0: don't)")
     p.add_argument("--launcher", default=LAUNCHER, help="notify-launcher executable (default: this checkout's)")
     p.add_argument("--metrics", action="store_true", help="the launcher writes a metrics file (--metrics-file)")
+    p.add_argument("--host-only", action="store_true",
+                   help="skip the rows under real keepalived and a real systemd (root only; about 5 min, "
+                        "2.5 with --quick; measured from this checkout, whatever --launcher says)")
     args = p.parse_args()
     LAUNCHER_CMD[0] = os.path.abspath(args.launcher)
     METRICS[0] = args.metrics
@@ -920,6 +985,7 @@ def main() -> int:
             reps.append(r)
         cpu = phase_idle_cpu(root, cfg["idle_cpu_s"], args.nap)
         load_end = os.getloadavg()
+        real = None if args.host_only else phase_real(args.quick, args.wait_quiet)
     finally:
         processes.end_all(str(root), term_grace=3.0)
         if args.keep or ANOMALIES:
@@ -927,7 +993,7 @@ def main() -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     summary = summarize(reps, cpu)
-    text, targets = table(summary, cfg)
+    text, targets = table(summary, cfg, real)
     elapsed = time.monotonic() - t_start
     head = (f"notify-launcher benchmark: {cfg['reps']} reps, {cfg['idle_events']} idle events/rep "
             f"{cfg['spacing_s'] * 1000:.0f} ms apart (steady state, worker lingering), burst {cfg['burst']} "
@@ -945,7 +1011,8 @@ def main() -> int:
     if ANOMALIES:
         text += "\nANOMALIES (temp dir kept: " + str(root) + "):\n" + "\n".join("  " + a for a in ANOMALIES)
     result = {"config": cfg, "elapsed_s": elapsed, "loadavg_start": load_start, "loadavg_end": load_end,
-              "summary": summary, "targets": targets, "reps": reps, "idle_cpu": cpu, "anomalies": ANOMALIES,
+              "summary": summary, "targets": targets, "reps": reps, "idle_cpu": cpu, "real": real,
+              "anomalies": ANOMALIES,
               "kept_dir": str(root) if ANOMALIES or args.keep else None}
     if args.json:
         print(head + "\n" + text, file=sys.stderr)
