@@ -102,6 +102,7 @@ def test_installed_metadata_requires_the_debian_floors_it_depends_on(deb: Path, 
     depends = re.findall(r"(python3-[\w.+-]+) \(>= (?:\d+:)?([^)\s]+?)(?:-[^-)\s]+)?\)", _field(deb, "Depends"))
     assert stated == sorted((package, [Version(version)], "") for package, version in depends)
 
+
 @builds
 def test_files_as_the_readme_says(deb: Path) -> None:
     files = _files(deb, "--fsys-tarfile")
