@@ -13,7 +13,7 @@ import stat
 import time
 from collections.abc import Callable
 
-from notify_launcher.log import Log
+from notify_launcher.log import Log, Troubles
 
 RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
 
@@ -44,6 +44,7 @@ class Fifo:
 
     def __init__(self, path: str, fd: int, follow: bool, poller: select.poll, log: Log) -> None:
         self.path, self.fd, self.follow, self.poller, self.log = path, fd, follow, poller, log
+        self.troubles = Troubles(log)  # a wrong file at the path is looked at every RECHECK: say it once
         self.recheck_at: float | None = time.monotonic() if follow else None
 
     def watch(self) -> None:
@@ -90,10 +91,12 @@ class Fifo:
         try:
             self.fd = open_fifo(self.path)
         except FifoError as exc:
-            self.log.warn(None, None, str(exc))
+            self.troubles.report("FIFO", None, None, f"{exc}; looking at it again every {RECHECK:g}s")
             return
         self.watch()
-        self.log.info(None, None, f"reading {self.path} (inode {current})")
+        reading = f"reading {self.path} (inode {current})"
+        if not self.troubles.recovered("FIFO", reading):
+            self.log.info(None, None, reading)
 
     def replaced(self) -> bool:
         """The path names another inode than ours: keepalived made a new FIFO (a reload)."""

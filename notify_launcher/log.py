@@ -160,10 +160,13 @@ class Troubles:
             else:
                 self.log.exception(seq, event, message, exc)
 
-    def recovered(self, area: str, message: str | None = None) -> None:
-        """Forget `area`'s problem; if there was one, say so (default: "AREA: working again")."""
-        if self._last.pop(area, None) is not None:
-            self.log.info(None, None, message or f"{area}: working again")
+    def recovered(self, area: str, message: str | None = None) -> bool:
+        """Forget `area`'s problem; if there was one, say so (default: "AREA: working again") and
+        return True."""
+        if self._last.pop(area, None) is None:
+            return False
+        self.log.info(None, None, message or f"{area}: working again")
+        return True
 
 
 def _syslog(message: str) -> None:

@@ -12,6 +12,8 @@ from support import LAUNCHER, processes, recorder
 from support.launcher import Launcher
 from support.recorder import check_order
 
+from notify_launcher.fifo import RECHECK
+
 VI = 'INSTANCE "VI_1" {} 100'
 
 
@@ -262,6 +264,36 @@ def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Laun
     log = launcher.log_text()
     assert log.count("following it (restart or reload)") == 2
     assert "service mode: SIGTERM, exiting (4 lines read)" in log
+
+
+def test_service_mode_says_once_that_the_fifo_path_is_no_fifo_and_when_it_is_one_again(launcher: Launcher) -> None:
+    """`serve` looks at the path every RECHECK s while keepalived is silent: a plain file there must
+    not write a line each time (it did, every second, for as long as the file stayed)."""
+    launcher.fifo.write_text("")
+    argv = launcher.argv()
+    proc = subprocess.Popen([argv[0], "serve", *argv[1:], "--fifo", str(launcher.fifo)])
+    try:
+        launcher.wait_for("the complaint", lambda: "is not a FIFO" in launcher.log_text())
+        time.sleep(3 * RECHECK)  # rechecks that must stay silent (a slower machine makes fewer, never more lines)
+        launcher.fifo.unlink()
+        os.mkfifo(launcher.fifo, 0o600)
+        fd = os.open(launcher.fifo, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            os.write(fd, b'INSTANCE "VI_1" MASTER 100\n')
+            launcher.settle(1)
+        finally:
+            os.close(fd)
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = launcher.log_text()
+    assert log.count("is not a FIFO") == 1, log
+    assert f"is not a FIFO (keepalived passes its notify_fifo path as the last argument); looking at it again every {RECHECK:g}s" in log
+    assert log.index("is not a FIFO") < log.index(f"reading {launcher.fifo} (inode")
+    assert [r.priority for r in launcher.starts()] == ["100"]
 
 
 def test_background_process_left_by_a_finished_action_is_reported_not_killed(launcher: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
