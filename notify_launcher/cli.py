@@ -79,6 +79,21 @@ def _reader_parser(serve: bool) -> argparse.ArgumentParser:
         description="Read keepalived's notify FIFO and run an action for every event: detached from "
                     "keepalived, one at a time, strictly in order, logged.")
     p.add_argument("--version", action="version", version=f"notify-launcher {__version__}")
+    _setting_options(p)
+    if serve:
+        p.add_argument("--fifo", required=True, metavar="PATH", help="keepalived's notify_fifo path")
+    else:
+        p.add_argument("fifo", metavar="FIFO", help="keepalived's notify_fifo (keepalived appends it)")
+    return p
+
+
+SETTING_OPTIONS = ("handler", "log_file", "state_dir", "timeout", "stop_grace", "linger", "log_level", "detach",
+                   "metrics_file", "on_failure")
+
+
+def _setting_options(p: argparse.ArgumentParser) -> None:
+    """--config and the options that override its keys: the reader's, and check-config's, so that the
+    very command line keepalived runs can be checked."""
     p.add_argument("--config", metavar="FILE", help="INI file (see keepalived.conf.example / README)")
     p.add_argument("--handler", metavar="CMD", help="command run for every event (shell-like words, no shell)")
     p.add_argument("--on-failure", metavar="CMD", help="command run after an action failed, timed out or was "
@@ -93,11 +108,6 @@ def _reader_parser(serve: bool) -> argparse.ArgumentParser:
                                                           "collector, rewritten after events (default: none)")
     p.add_argument("--detach", metavar="MODE", help="auto, daemon (double fork) or systemd (transient unit); "
                                                     "default auto: systemd when we run in a systemd service")
-    if serve:
-        p.add_argument("--fifo", required=True, metavar="PATH", help="keepalived's notify_fifo path")
-    else:
-        p.add_argument("fifo", metavar="FIFO", help="keepalived's notify_fifo (keepalived appends it)")
-    return p
 
 
 def _fatal(message: str, log_file: str | None) -> None:
@@ -112,8 +122,7 @@ def _fatal(message: str, log_file: str | None) -> None:
 
 def run_reader(argv: list[str], serve: bool = False) -> int:
     args = _reader_parser(serve).parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("handler", "log_file", "state_dir", "timeout", "stop_grace",
-                                               "linger", "log_level", "detach", "metrics_file", "on_failure")}
+    overrides = {k: getattr(args, k) for k in SETTING_OPTIONS}
     try:
         settings = load(args.config, overrides)
     except ConfigError as exc:
@@ -230,16 +239,12 @@ def run_check_config(argv: list[str]) -> int:
         "all is well, 2 otherwise.",
         epilog="example: notify-launcher check-config --config /etc/keepalived/notify-launcher.ini "
                "--keepalived-conf /etc/keepalived/keepalived.conf")
-    p.add_argument("--config", metavar="FILE", help="the INI file")
     p.add_argument("--keepalived-conf", metavar="FILE", help="also check this keepalived.conf")
-    p.add_argument("--handler", metavar="CMD", help="as the reader's option")
-    p.add_argument("--state-dir", metavar="DIR", help="as the reader's option")
-    p.add_argument("--log-file", metavar="PATH", help="as the reader's option")
+    _setting_options(p)
     args = p.parse_args(argv)
     from notify_launcher.checkconfig import run
     try:
-        problems = run(args.config, args.keepalived_conf,
-                       {"handler": args.handler, "state_dir": args.state_dir, "log_file": args.log_file})
+        problems = run(args.config, args.keepalived_conf, {k: getattr(args, k) for k in SETTING_OPTIONS})
     except OSError as exc:  # a path the checks could not look at is a problem like the others
         problems = [f"{exc.filename or ''}: cannot check: {exc.strerror or exc} (run it as the user "
                     f"keepalived runs the script as, usually root)"]

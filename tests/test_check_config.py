@@ -238,3 +238,16 @@ def test_every_keepalived_conf_snippet_names_the_fifo_user() -> None:
     readme = fifo_lines((ROOT / "README.md").read_text())
     helptext = fifo_lines(subprocess.run([LAUNCHER, "--help"], capture_output=True, text=True, check=True).stdout)
     assert readme == example and helptext == example, (readme, helptext, example)
+
+
+def test_the_readers_command_line_options_are_checked_as_the_reader_takes_them(good: Path) -> None:
+    """check-config takes every option the reader takes, so the very command line of keepalived.conf's
+    notify_fifo_script can be checked (it knew only --handler, --state-dir and --log-file)."""
+    missing = good.parent / "missing.sh"
+    res = _check("--config", str(good), "--on-failure", f"{missing} --page", "--timeout", "never")
+    assert res.returncode == 2
+    assert res.stdout.strip() == "problem: command line: --timeout: 'never' is not allowed; expected seconds, a number > 0"
+    res = _check("--config", str(good), "--on-failure", f"{missing} --page", "--linger", "5", "--detach", "daemon",
+                 "--metrics-file", str(good.parent / "nl.prom"), "--log-level", "DEBUG", "--stop-grace", "0.2")
+    assert res.returncode == 2
+    assert res.stdout.strip() == f"problem: {good}: on_failure: {missing}: not found"
