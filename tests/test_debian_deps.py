@@ -6,6 +6,11 @@ so the code paths those versions need run on every CI run, not only in the matri
 filelock 3.9 takes no `mode=`: before locks.py every worker died at its first line, and nothing
 said so anywhere (a worker's stderr is /dev/null).  A worker that cannot start must log why: the
 second test starts one whose venv lacks psutil, as a half-installed system would.
+
+python-daemon 2.3.2 keeps a set of every fd number below the hard RLIMIT_NOFILE (524,288 under
+systemd: ~40 MB in a worker that stands by for days; process.trim_fd_set): the worker's size must
+not follow that limit, the worker must still close every fd, and the actions must still get the
+limits keepalived gave the reader.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
-from support import ROOT, marks
+from support import ROOT, marks, recorder
 from support.launcher import Launcher
 from support.recorder import check_order
 from support.standin import Keepalived
@@ -29,6 +37,7 @@ DEBIAN12 = {"filelock": "3.9.0", "python-daemon": "2.3.2", "psutil": "5.9.4"}
 DEBIAN13 = {"filelock": "3.18.0", "python-daemon": "3.1.2", "psutil": "7.0.0"}
 PYTHON = "/usr/bin/python3"  # the distribution's Python, as the .deb uses it
 VI = 'INSTANCE "VI_1" {} 100'
+HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # as high as a test here can set it
 
 pytestmark = marks.needs(f"{PYTHON} with the venv module (scripts/setup installs python3-venv)",
                          subprocess.run([PYTHON, "-c", "import ensurepip, venv"], capture_output=True).returncode == 0)
@@ -61,10 +70,16 @@ def _venv(name: str, packages: dict[str, str]) -> Path:
     return final
 
 
-def _keepalived(launcher: Launcher, venv: Path) -> Keepalived:
-    """The stand-in running this checkout's launcher on `venv`'s Python and packages only."""
-    return Keepalived(["env", f"PYTHONPATH={ROOT}", str(venv / "bin" / "python"), "-m", "notify_launcher",
+def _keepalived(launcher: Launcher, venv: Path, *wrapper: str) -> Keepalived:
+    """The stand-in running this checkout's launcher on `venv`'s Python and packages only, through
+    `wrapper` (a command that execs its arguments)."""
+    return Keepalived([*wrapper, "env", f"PYTHONPATH={ROOT}", str(venv / "bin" / "python"), "-m", "notify_launcher",
                        *launcher.argv()[1:]], str(launcher.fifo))
+
+
+def _nofile(soft: int, hard: int) -> list[str]:
+    """A wrapper giving the reader this RLIMIT_NOFILE, as keepalived's unit gives keepalived one."""
+    return ["prlimit", f"--nofile={soft}:{hard}"]
 
 
 @pytest.mark.parametrize("release, versions", [("debian12", DEBIAN12), ("debian13", DEBIAN13)])
@@ -104,3 +119,60 @@ def test_a_worker_that_cannot_start_says_why_in_the_log(launcher: Launcher) -> N
     assert re.search(r"worker\[\d+\] ERROR #- - \| worker failed: ModuleNotFoundError: No module named 'psutil'",
                      log), log
     assert launcher.starts() == []
+
+
+def _idle_worker_rss(directory: Path, venv: Path, hard: int) -> int:
+    """The resident size of a daemon-mode worker on `venv` whose reader's hard fd limit is `hard`,
+    idle after one event."""
+    directory.mkdir()
+    launcher = Launcher.in_dir(directory)
+    launcher.extra_args += ["--detach", "daemon"]
+    try:
+        k = _keepalived(launcher, venv, *_nofile(1024, hard))
+        k.start()
+        assert k.write(VI.format("MASTER"))
+        launcher.settle(1)
+        rss = int(psutil.Process(launcher.wait_standby()).memory_info().rss)
+        k.stop([VI.format("STOP")])
+        return rss
+    finally:
+        launcher.end_processes()
+
+
+@marks.needs(f"a hard RLIMIT_NOFILE of at least 16384 (it is {HARD})", HARD >= 16384)
+def test_a_worker_on_python_daemon_2_3_2_does_not_grow_with_the_hard_fd_limit(tmp_path: Path) -> None:
+    """Before process.trim_fd_set the worker was ~2.6 MB bigger at 20,000 than at 1,024 (~140 bytes
+    per fd number: the set, and what open() sorted out of it); after, within +-0.2 MB.  The bound,
+    32 bytes per fd number, is under a quarter of the former."""
+    venv = _venv("debian12", DEBIAN12)
+    rss = {hard: _idle_worker_rss(tmp_path / str(hard), venv, hard) for hard in (1024, HARD)}
+    assert rss[HARD] - rss[1024] < (HARD - 1024) * 32, f"worker RSS by hard limit: {rss}"
+
+
+@pytest.mark.parametrize("release", ["newest", "debian12"])
+def test_a_worker_keeps_the_readers_fd_limits_but_none_of_its_fds(launcher: Launcher, release: str) -> None:
+    """The actions get the limits keepalived gave the reader; a reader's fd far above its soft limit
+    (process.trim_fd_set must not cut the fds python-daemon closes down to that) never reaches the
+    worker."""
+    venv = Path(sys.prefix) if release == "newest" else _venv("debian12", DEBIAN12)
+    recorder.install(launcher.handler, launcher.rec, launcher.dir / recorder.SLEEPS,
+                     then='printf \'%s\\n\' "nofile ${NL_SEQ:--} $(ulimit -Sn) $(ulimit -Hn)" >> "$rec"')
+    launcher.extra_args += ["--detach", "daemon"]
+    limits = (1000, HARD - 1)  # neither a default nor the test's own: only the reader can pass them on
+    secret = launcher.dir / "reader-only"
+    secret.write_text("")
+    hold_secret = ["bash", "-c", f'exec {HARD - 2}<"$0" && exec "$@"', str(secret)]  # then prlimit: fd above soft
+    k = _keepalived(launcher, venv, *hold_secret, *_nofile(*limits))
+    k.start()
+    launcher.wait_started()
+    assert k.proc is not None
+    assert psutil.Process(k.proc.pid).rlimit(psutil.RLIMIT_NOFILE) == limits
+    assert os.readlink(f"/proc/{k.proc.pid}/fd/{HARD - 2}") == str(secret)
+    assert k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    worker = launcher.wait_standby()
+    assert str(secret) not in [p.path for p in psutil.Process(worker).open_files()]
+    k.stop([VI.format("STOP")])
+    launcher.settle(2)
+    seen = [(r.seq, tuple(map(int, r.args))) for r in launcher.records() if r.kind == "nofile"]
+    assert seen == [(1, limits), (2, limits)], launcher.log_text()[-3000:]
