@@ -6,11 +6,13 @@ Reader: at start, ring once: a worker that hears it knows us; if none does, spaw
         stands by (imports done, listening) for as long as any reader it knows of lives, so no
         event waits for a fork and imports (issue 11: 33 ms after an idle longer than `linger`).
         Then, per event, append it to the journal and ring the doorbell (a datagram socket
-        carrying the reader's pid, so the worker can watch the reader's life).  A ring that
+        carrying the reader's pid and start time, so the worker can watch the reader's life, and
+        not a later process that got the pid of a reader that rang and died).  A ring that
         is delivered (or a full socket buffer) means a running worker will still read the journal.
         If nobody answers, try to take standby.lock: held means a queued worker that has not read
-        the journal yet; taken means spawn a worker and hand it the locked descriptor (the child
-        inherits the lock; the reader drops its copy of the descriptor without unlocking).
+        the journal yet (nor heard us: ring again once it listens, or it will not stand by for us);
+        taken means spawn a worker and hand it the locked descriptor (the child inherits the lock;
+        the reader drops its copy of the descriptor without unlocking).
 Worker: (1) hold the inherited standby.lock; (2) take worker.lock (filelock, waiting for a running
         worker); (3) open the doorbell; (4) release standby.lock; (5) read the journal, run what is
         pending, wait for a ring, repeat.  Once no reader it has heard from lives and it has
@@ -35,7 +37,7 @@ import fcntl
 import os
 import select
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Literal
 
 from notify_launcher import pidfile
@@ -43,6 +45,12 @@ from notify_launcher.statedir import FILE_MODE, StatePaths, open_mode
 
 
 TAKEOVER_WAIT = 10.0  # s a systemd unit's worker and its helper wait for each other on standby.lock
+
+
+#: What a ring came to: a worker heard it; our spawned worker has not said hello yet; another
+#: reader's spawned worker holds standby.lock and does not listen yet (it will read the journal
+#: but has not heard us); or we spawned one.
+Rang = Literal["heard", "spawning", "queued", "spawned"]
 
 
 def _datagram_socket() -> socket.socket:
@@ -56,7 +64,8 @@ class Doorbell:
         self.paths = paths
         self._sock = _datagram_socket()
         self._connected = False
-        self._ring = str(os.getpid()).encode()  # the worker watches the life of whoever rings
+        pid, start = os.getpid(), pidfile.start_ticks(os.getpid())  # the worker watches whoever rings
+        self._ring = (f"{pid}" if start is None else f"{pid} {start}").encode()
         self._standby = -1  # opened when first needed: a full disk at start-up must not stop the reader
 
     def reset(self) -> None:
@@ -92,21 +101,19 @@ class Doorbell:
                 self._connected = False
         return False
 
-    def ring(self, spawn: Callable[[int], object], spawning: bool) -> bool:
+    def ring(self, spawn: Callable[[int], object], spawning: bool) -> Rang:
         """Make sure a worker will read the journal; call `spawn(locked_standby_fd)` if none will.
-        `spawning`: a spawned worker has not said hello yet (it will read the journal).
-
-        Returns True if a worker was spawned."""
+        `spawning`: a spawned worker has not said hello yet (it will read the journal, and knows us)."""
         if self.answered():
-            return False
+            return "heard"
         if spawning:
-            return False
+            return "spawning"
         if self._standby < 0:
             self._standby = open_mode(self.paths.standby_lock, os.O_RDWR, FILE_MODE)
         try:
             fcntl.flock(self._standby, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
+            return "queued"
         try:
             spawn(self._standby)
         except BaseException:
@@ -114,7 +121,7 @@ class Doorbell:
             raise
         os.close(self._standby)  # the child's copy keeps the lock
         self._standby = -1
-        return True
+        return "spawned"
 
 
 def _stale_doorbell(paths: StatePaths) -> bool:
@@ -278,25 +285,32 @@ class DoorbellListener:
                 del self.readers[fd]
                 os.close(fd)
             return "reader gone"
-        callers = set()
+        callers: dict[int, int | None] = {}
         while True:
             try:
-                caller = self._sock.recv(64)
+                caller = self._sock.recv(64).split()
             except BlockingIOError:
                 break
-            if caller.isdigit():  # b"!": an older reader's ring, which named no pid
-                callers.add(int(caller))
+            if 1 <= len(caller) <= 2 and all(f.isdigit() for f in caller):  # b"!": a ring naming no pid
+                callers[int(caller[0])] = int(caller[1]) if len(caller) == 2 else None  # "PID": no start time
         self.know(callers)
         return "ring"
 
-    def know(self, readers: Iterable[int]) -> None:
-        """Watch the `readers` (pids) we do not watch yet."""
+    def know(self, readers: dict[int, int | None]) -> None:
+        """Watch the `readers` (pid -> start time in clock ticks, None if not known) we do not watch yet."""
         known = set(self.readers.values())
-        for pid in readers:
+        for pid, start in readers.items():
             if pid in known:
                 continue
             try:
-                self.readers[os.pidfd_open(pid)] = pid
+                pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
-                pass  # it rang and left: nothing to stand by for
+                continue  # it rang and left: nothing to stand by for
+            # Checked after opening the pidfd (a matching start time now means the pidfd is that
+            # reader's): a reader that rang and died while we ran an action may have left its pid
+            # to another process, which may live for ever.
+            if start is not None and pidfile.start_ticks(pid) != start:
+                os.close(pidfd)
+                continue
+            self.readers[pidfd] = pid
 

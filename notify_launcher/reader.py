@@ -343,17 +343,19 @@ class Reader:
         try:
             if not self.published:
                 self._repair()  # a systemd unit worker reads its settings from the state directory
-            spawned = self.doorbell.ring(self._spawn, spawning=bool(self.watch.hellos))
+            rang = self.doorbell.ring(self._spawn, spawning=bool(self.watch.hellos))
         except OSError as exc:  # fork refused (pid limit, memory), standby.lock not creatable
             self.troubles.report("worker start", None, None, f"cannot start a worker: {exc}; events are journaled "
                                  f"and wait; retrying with back-off")
             self._retry_later()
             return
         self.troubles.recovered("worker start")
-        if spawned:
+        if rang == "spawned":
             self.log.debug(None, None, "no worker listening or queued: spawned one")
-        else:
-            self._follow_named()
+            return
+        self._follow_named()
+        if rang == "queued":  # it stands by only for readers it heard: ring again until it listens
+            self._retry_later()
 
     def _follow_named(self) -> None:
         self._worker_news(self.watch.follow_named())

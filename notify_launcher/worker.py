@@ -127,7 +127,7 @@ class Worker:
         self.init_signals()
         self.doorbell = DoorbellListener(self.paths, self._wakeup)
         self.doorbell.open()
-        self.doorbell.know([self.reader])
+        self.doorbell.know({self.reader: None})
         _become_subreaper()
         self.name_self()
         self.open_state()
@@ -179,7 +179,9 @@ class Worker:
             if self._linger():
                 continue
             self.doorbell.close()
-            if self.journal.pending():
+            # Reopen only while worker.lock is ours: after a removed state directory, doorbell.sock
+            # is the new worker's, and open() would unlink it (its readers' rings would reach nobody).
+            if self._owner() and self.journal.pending():
                 self.doorbell.open()
                 continue
             break

@@ -1,0 +1,295 @@
+"""The standby worker under the interleavings nobody planned for: readers that start while the
+standby starts, die without a word, leave their pid to another process, or outlive a removed state
+directory; the standby killed at random steps of its hand-over (handoff.py).
+
+Real readers (the keepalived stand-in), real double-forked workers, real signals and FIFOs; a second
+reader gets a FIFO of its own, as during a keepalived reload.  Every test waits on state: what a
+worker watches is read from the kernel (/proc/PID/fdinfo of its pidfds), never guessed from time.
+The `launcher` fixture ends every process a test leaves (the stand-ins' command lines name its dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from support import LAUNCHER, processes, recorder
+from support.launcher import Launcher
+from support.marks import needs
+from support.recorder import check_order
+from support.standin import Keepalived
+
+VI = 'INSTANCE "VI_1" {} 100'
+
+
+def _watched_by(pid: int) -> set[int]:
+    """The pids `pid` holds a pidfd on (a worker: the readers it stands by for); empty if it is gone."""
+    found = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[pidfd]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                found |= {int(line.split()[1]) for line in fh if line.startswith("Pid:")}
+        except OSError:
+            continue
+    return found
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """`pid` has the file `path` open."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def _worker(launcher: Launcher) -> int:
+    """The worker worker.pid names, if it is running; else 0."""
+    try:
+        pid = int((launcher.state / "worker.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pid if processes.running(pid) else 0
+
+
+def _stood_by_for(launcher: Launcher, *readers: int) -> bool:
+    """A running worker listens on the doorbell and watches every one of `readers`: the promise that
+    each living reader has a standby (its next event waits for no fork)."""
+    worker = _worker(launcher)
+    return bool(worker) and (launcher.state / "doorbell.sock").exists() and set(readers) <= _watched_by(worker)
+
+
+def _reader(launcher: Launcher, name: str) -> Keepalived:
+    """Another reader on the same state directory, with a FIFO of its own (a reload's next reader)."""
+    return Keepalived(launcher.argv("--linger", "0"), str(launcher.dir / f"{name}.fifo"))
+
+
+def _pid(k: Keepalived) -> int:
+    assert k.proc is not None
+    return k.proc.pid
+
+
+def _action_workers(launcher: Launcher) -> list[int]:
+    """The worker pid of every action start, from the progress records."""
+    lines = (launcher.state / "progress").read_text().splitlines()
+    return [rec["worker"] for rec in map(json.loads, lines) if rec.get("op") == "start"]
+
+
+def test_a_reader_that_starts_while_the_standby_starts_is_stood_by_for(launcher: Launcher) -> None:
+    """R2 starts while R1's standby holds standby.lock but does not listen yet (its fork and imports):
+    R2's ring finds nobody and may not spawn.  The standby must still learn of R2, or it leaves with
+    R1 and R2 is left without one.
+
+    The window is held open: worker.lock is taken through a descriptor of ours by a process that
+    then exits, so the standby waits at step (2) of handoff.py and R2 finds no lock holder to watch,
+    exactly as while the standby imports."""
+    launcher.state.mkdir(mode=0o700)
+    lock = os.open(launcher.state / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    subprocess.run([sys.executable, "-c", f"import fcntl; fcntl.flock({lock}, fcntl.LOCK_EX)"],
+                   pass_fds=[lock], check=True)
+    try:
+        k1 = launcher.keepalived("--linger", "0")
+        k1.start()
+        launcher.wait_for("R1's standby queued on worker.lock", lambda: "waiting for the worker lock" in launcher.log_text())
+        k2 = _reader(launcher, "r2")
+        k2.start()
+        launcher.wait_for("R2's ring finding standby.lock held",
+                          lambda: _has_open(_pid(k2), launcher.state / "standby.lock"))
+    finally:
+        os.close(lock)  # the standby takes worker.lock now and listens
+    launcher.wait_for("the standby watching R1", lambda: _stood_by_for(launcher, _pid(k1)))
+    standby = _worker(launcher)
+    k1.stop([])
+    launcher.wait_for("a standby watching R2 after R1 left", lambda: _stood_by_for(launcher, _pid(k2)), timeout=30)
+    k2.write(VI.format("MASTER"))
+    launcher.settle(2)  # R1's STOP record, then MASTER
+    assert _action_workers(launcher) == [standby]
+
+
+@needs("root (it gives a dead reader's pid to a new process through /proc/sys/kernel/ns_last_pid)",
+       os.geteuid() == 0)
+def test_a_dead_readers_pid_taken_by_another_process_does_not_keep_the_worker(launcher: Launcher) -> None:
+    """R2 rings while the worker runs a long action, then is SIGKILLed, and an unrelated process gets
+    its pid before the worker reads the ring: the worker must not stand by for that process."""
+    gate = launcher.dir / "gate"
+    (launcher.dir / recorder.SLEEPS).write_text(recorder.sleep_line("*", "MASTER", 0, gate))
+    k1 = launcher.keepalived("--linger", "0")
+    k1.start()
+    worker = launcher.wait_standby()
+    k1.write(VI.format("MASTER"))
+    launcher.wait_for("the action of #1", lambda: launcher.starts())
+    k2 = _reader(launcher, "r2")
+    k2.start()
+    r2 = _pid(k2)
+    launcher.wait_for("R2's ring, delivered (R2 then watches the worker)", lambda: worker in _watched_by(r2))
+    os.kill(r2, signal.SIGKILL)
+    assert k2.proc is not None
+    k2.proc.wait()
+    impostor = _new_process_with_pid(r2, launcher.dir)
+    k1.stop([])  # the last reader leaves
+    gate.touch()  # the worker reads R2's ring only now
+    try:
+        psutil.Process(worker).wait(timeout=30)
+    except psutil.TimeoutExpired:
+        raise AssertionError(f"the worker stands by for pid {r2}, now {impostor.args}: "
+                             f"it watches {_watched_by(worker)}") from None
+    assert processes.running(impostor.pid)
+
+
+def _new_process_with_pid(pid: int, mark: Path) -> subprocess.Popen[bytes]:
+    """A new process that gets `pid` (free now), as pid reuse would give it: ns_last_pid is set just
+    below it before the fork, again when another fork on this machine took it first.  Its command
+    line names `mark` (the setup's dir), so the launcher fixture ends it."""
+    for _ in range(500):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+            fh.write(str(pid - 1))
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(mark)])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"could not start a process with pid {pid}: other forks took it 500 times")
+
+
+def test_a_worker_whose_state_directory_was_replaced_leaves_the_new_doorbell_alone(launcher: Launcher) -> None:
+    """rm -rf of the state directory while W1 stands by: R1 makes it again and spawns W2.  When R1
+    leaves, W1 (lingering in the removed directory) must not take over the new doorbell.sock on its
+    way out: that is W2's, which stands by for R2, and a reader started next must reach W2."""
+    k1 = launcher.keepalived("--linger", "0")
+    k1.start()
+    old = launcher.wait_standby()
+    shutil.rmtree(launcher.state)
+    k1.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    new = _worker(launcher)
+    assert new not in (0, old)
+    k2 = _reader(launcher, "r2")
+    k2.start()
+    launcher.wait_for("W2 watching R1 and R2", lambda: _stood_by_for(launcher, _pid(k1), _pid(k2)))
+    k1.stop([])
+    psutil.Process(old).wait(timeout=30)  # it watched R1 only: it leaves
+    assert _stood_by_for(launcher, _pid(k2)), "W1 took W2's doorbell with it"
+    k3 = _reader(launcher, "r3")
+    k3.start()
+    k3.write(VI.format("MASTER"))
+    launcher.settle(3)  # BACKUP, R1's STOP, MASTER
+    assert _action_workers(launcher) == [new, new]
+
+
+def test_readers_sigkilled_without_a_record_the_worker_idles_at_zero_cpu_then_leaves(launcher: Launcher) -> None:
+    """R2 is SIGKILLed (no STOP or RELOAD record) while the worker runs an action, so its pidfd and
+    R1's ring are ready at once when the action ends; the worker then stands by for R1 at 0.00 s CPU
+    (no loop on a readable pidfd).  R1 SIGKILLed too: the worker leaves after `linger` (0), and a
+    reader started later is served."""
+    gate = launcher.dir / "gate"
+    (launcher.dir / recorder.SLEEPS).write_text(recorder.sleep_line("*", "MASTER", 0, gate))
+    k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "r2")
+    k1.start()
+    k2.start()
+    launcher.wait_for("a standby watching R1 and R2", lambda: _stood_by_for(launcher, _pid(k1), _pid(k2)))
+    worker = psutil.Process(_worker(launcher))
+    k1.write(VI.format("MASTER"))
+    launcher.wait_for("the action of #1", lambda: launcher.starts())
+    os.kill(_pid(k2), signal.SIGKILL)
+    k1.write(VI.format("BACKUP"))
+    launcher.wait_for("#2 journaled", lambda: launcher.last_seq() >= 2)
+    gate.touch()
+    launcher.settle(2)
+    launcher.wait_for("the worker forgetting R2", lambda: _watched_by(worker.pid) == {_pid(k1)})
+    # The measuring window is a wall-clock nap, but nothing depends on its length: an idle worker
+    # uses no clock tick in any time, and one spinning on a pidfd uses many in 0.5 s, busy cores or not.
+    before = worker.cpu_times()
+    time.sleep(0.5)
+    after = worker.cpu_times()
+    assert (after.user + after.system) - (before.user + before.system) == 0.0, "the standby spins"
+    os.kill(_pid(k1), signal.SIGKILL)
+    worker.wait(timeout=30)  # no reader lives: it leaves after linger 0 (raises if it stays)
+    k3 = _reader(launcher, "r3")
+    k3.start()
+    k3.write(VI.format("FAULT"))
+    launcher.settle(3)
+    started, problems = check_order(launcher.records())
+    assert started == [1, 2, 3] and problems == 0
+
+
+def _others(launcher: Launcher, readers: set[int]) -> list[int]:
+    """Launcher processes of this setup that are not `readers`: workers, and a worker's parent
+    between its two forks."""
+    return [p.pid for p in launcher.launcher_processes() if p.pid not in readers]
+
+
+def test_the_standby_killed_at_random_steps_of_its_start_loses_and_strands_nothing(launcher: Launcher) -> None:
+    """Two readers live; each time a worker appears, an event is written (racing its start) and the
+    worker (or its parent between the forks) is SIGKILLed at a step chosen at random -- just forked,
+    holding worker.lock (before or after its hello), named in worker.pid, standing by -- a few ms
+    after the step is seen.  The readers must notice every death by themselves (no event follows the
+    last kill): every event runs, in order, re-run at most once per kill, and a standby watches both
+    readers.  The seed is printed; NL_STANDBY_SEED=N replays a run."""
+    seed = int(os.environ.get("NL_STANDBY_SEED", random.randrange(1 << 30)))
+    print(f"NL_STANDBY_SEED={seed}")
+    rng = random.Random(seed)
+    k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "r2")
+    k1.start()
+    k2.start()
+    readers = {_pid(k1), _pid(k2)}
+    lock = launcher.state / "worker.lock"
+    steps: dict[str, Callable[[], object]] = {
+        "forked": lambda: True,
+        "locked": lambda: any(processes.holds_lock(pid, lock) for pid in _others(launcher, readers)),
+        "named": lambda: _worker(launcher) in _others(launcher, readers),
+        "standing by": lambda: _stood_by_for(launcher, *readers),
+    }
+    kills = 0
+    for n in range(1, 13):
+        launcher.wait_for("a worker starting", lambda: _others(launcher, readers))
+        (k1 if n % 2 else k2).write(f'INSTANCE "VI_{n}" MASTER 100')
+        step = rng.choice(sorted(steps))
+        launcher.wait_for(f"a worker {step}", steps[step])
+        time.sleep(rng.uniform(0, 0.01))  # a random moment after the step: a schedule, not a condition
+        for pid in _others(launcher, readers):
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+    launcher.settle(12)
+    launcher.wait_for("a standby watching both readers", lambda: _stood_by_for(launcher, *readers))
+    seqs = [r.seq for r in launcher.starts()]
+    once = [s for i, s in enumerate(seqs) if i == 0 or s != seqs[i - 1]]
+    assert once == list(range(1, 13)), f"seed {seed}: actions ran as {seqs}"
+    assert len(seqs) - len(once) <= kills
+
+
+def test_sends_racing_the_workers_linger_expiry_run_once_in_order(launcher: Launcher) -> None:
+    """No reader lives and linger is 0: every worker leaves the moment its queue is empty, so each
+    `send --state-dir` (which journals, rings, and spawns when nobody answers) races the worker's
+    close-then-re-read (handoff.py).  Two senders at once: every event runs once, in order, never
+    two at once, and no worker stays once the senders are gone."""
+    k = launcher.keepalived("--linger", "0")
+    k.start()
+    launcher.wait_standby()
+    k.stop([])  # settings.json stays: `send` uses it
+    launcher.settle(1)
+    senders = []
+    for n in range(2, 18, 2):
+        senders = [subprocess.Popen([LAUNCHER, "send", "--state-dir", str(launcher.state),
+                                     f'INSTANCE "VI_{n + i}" MASTER 100'], stdout=subprocess.DEVNULL)
+                   for i in range(2)]
+        for s in senders:
+            assert s.wait() == 0
+    launcher.settle(17)
+    started, problems = check_order(launcher.records())
+    assert started == list(range(2, 18)) and problems == 0
+    launcher.wait_for("every worker gone", lambda: not launcher.launcher_processes())
