@@ -41,6 +41,7 @@ METRICS_EVERY, METRICS_INTERVAL = 100, 1.0  # during a burst: write the metrics 
 #: After a reader journaled its RELOAD: how long we stand by for the next reader, whatever `linger`
 #: says (keepalived starts it ~20 ms after the SIGTERM, then Python's start-up: 50-150 ms seen).
 RELOAD_WAIT = 10.0
+LONGEST_WAIT = 86400.0  # s: the longest single wait for a ring (a far linger deadline is waited for in days)
 
 
 def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: int) -> int:
@@ -203,10 +204,13 @@ class Worker:
                 deadline = None
             elif deadline is None:
                 deadline = max(time.monotonic() + self.settings.linger, self._reload_at + RELOAD_WAIT)
-            woke = self.doorbell.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            # select() takes no timeout past ~292 years, nor inf (linger = inf is allowed): wake
+            # once a day until a far deadline instead of crashing on it.
+            left = None if deadline is None else min(LONGEST_WAIT, max(0.0, deadline - time.monotonic()))
+            woke = self.doorbell.wait(left)
             if woke == "ring":
                 return True
-            if woke == "timeout":
+            if woke == "timeout" and deadline is not None and time.monotonic() >= deadline:
                 return False
             if woke == "signal":
                 drain(self._wakeup)

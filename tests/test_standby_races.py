@@ -74,9 +74,9 @@ def _stood_by_for(launcher: Launcher, *readers: int) -> bool:
     return bool(worker) and (launcher.state / "doorbell.sock").exists() and set(readers) <= _watched_by(worker)
 
 
-def _reader(launcher: Launcher, name: str) -> Keepalived:
+def _reader(launcher: Launcher, name: str, linger: str = "0") -> Keepalived:
     """Another reader on the same state directory, with a FIFO of its own (a reload's next reader)."""
-    return Keepalived(launcher.argv("--linger", "0"), str(launcher.dir / f"{name}.fifo"))
+    return Keepalived(launcher.argv("--linger", linger), str(launcher.dir / f"{name}.fifo"))
 
 
 def _pid(k: Keepalived) -> int:
@@ -293,3 +293,23 @@ def test_sends_racing_the_workers_linger_expiry_run_once_in_order(launcher: Laun
     started, problems = check_order(launcher.records())
     assert started == list(range(2, 18)) and problems == 0
     launcher.wait_for("every worker gone", lambda: not launcher.launcher_processes())
+
+
+def test_linger_inf_the_worker_stands_by_once_no_reader_lives(launcher: Launcher) -> None:
+    """`linger = inf` (accepted by the config: "stay for ever") once the last reader is gone: the
+    worker computes a deadline at infinity and must keep standing by, not crash on it; a reader
+    started later is served by the same worker."""
+    k1 = launcher.keepalived("--linger", "inf")
+    k1.start()
+    launcher.wait_for("a standby watching R1", lambda: _stood_by_for(launcher, _pid(k1)))
+    worker = _worker(launcher)
+    k1.stop([])
+    launcher.wait_for("the worker forgetting R1", lambda: not _watched_by(worker))
+    launcher.settle(1)  # R1's STOP record
+    assert processes.running(worker), f"the worker left or died:\n{launcher.log_text()[-2000:]}"
+    k2 = _reader(launcher, "r2", linger="inf")
+    k2.start()
+    k2.write(VI.format("MASTER"))
+    launcher.settle(2)
+    assert _action_workers(launcher) == [worker]
+    assert "worker failed" not in launcher.log_text()
