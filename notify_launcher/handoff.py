@@ -158,6 +158,7 @@ class WorkerWatch:
         self.pidfd = -1
         self.pid = 0
         self.hellos: set[int] = set()
+        self._reported = 0  # the worker whose crash we reported last, until we watch a live one
 
     def _follow(self, pid: int, named: pidfile.Named | None = None) -> str | None:
         """Hold a pidfd on worker `pid`; when it came from worker.pid (`named`), check after opening
@@ -177,12 +178,19 @@ class WorkerWatch:
             return self._crash_or_none()
         self.pidfd = pidfd
         self.poller.register(self.pidfd, select.POLLIN)
+        if pid != self._reported:  # (the same pid: a dead worker not reaped yet, which we reported)
+            self._reported = 0
         return None
 
     def _crash_or_none(self) -> str | None:
         """A worker that ends normally removes worker.pid and its doorbell first: either one left
-        behind (the pid file may be missing: a full disk) means it died with work in hand."""
+        behind (the pid file may be missing: a full disk) means it died with work in hand.  Found
+        dead again (worker.pid names it until its replacement starts): reported already, and the
+        ring that found it is what recovers it (a pidfd that fires is rung for again all the same)."""
+        if self.pid == self._reported:
+            return None
         if pidfile.names(self.paths, self.pid) or _stale_doorbell(self.paths):
+            self._reported = self.pid
             return f"worker pid {self.pid} died without finishing"
         return None
 

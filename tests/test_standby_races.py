@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -313,3 +314,38 @@ def test_linger_inf_the_worker_stands_by_once_no_reader_lives(launcher: Launcher
     launcher.settle(2)
     assert _action_workers(launcher) == [worker]
     assert "worker failed" not in launcher.log_text()
+
+
+def test_two_readers_starting_at_once_with_no_worker_both_get_the_standby(launcher: Launcher) -> None:
+    """A reload's two readers (or two keepalived starts) ring at the same moment while no worker
+    lives: one spawns the standby, the other finds standby.lock held.  Both must end up watched by
+    the standby.  Several rounds, each ending with both readers SIGKILLed and the worker gone."""
+    for n in range(3):
+        k1, k2 = _reader(launcher, f"a{n}"), _reader(launcher, f"b{n}")
+        k1.start()
+        k2.start()
+        launcher.wait_for(f"round {n}: a standby watching both readers",
+                          partial(_stood_by_for, launcher, _pid(k1), _pid(k2)), timeout=30)
+        worker = psutil.Process(_worker(launcher))
+        for k in (k1, k2):
+            os.kill(_pid(k), signal.SIGKILL)
+            assert k.proc is not None
+            k.proc.wait()
+        worker.wait(timeout=30)  # no reader lives: it leaves after linger 0
+
+
+def test_a_standby_killed_under_two_readers_is_reported_once_by_each(launcher: Launcher) -> None:
+    """Both readers notice the SIGKILLed standby and ring again; whichever finds the replacement
+    still starting (worker.pid still names the dead one) must not report the same death again."""
+    k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "r2")
+    k1.start()
+    k2.start()
+    launcher.wait_for("a standby watching both readers", lambda: _stood_by_for(launcher, _pid(k1), _pid(k2)))
+    dead = _worker(launcher)
+    os.kill(dead, signal.SIGKILL)
+    launcher.wait_for("a new standby watching both readers",
+                      lambda: _worker(launcher) != dead and _stood_by_for(launcher, _pid(k1), _pid(k2)))
+    log = launcher.log_text()
+    for reader in (_pid(k1), _pid(k2)):
+        reports = log.count(f"reader[{reader}] WARN  #- - | worker pid {dead} died without finishing")
+        assert reports == 1, f"reader {reader} reported the death of {dead} {reports} times:\n{log[-3000:]}"
