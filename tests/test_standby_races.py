@@ -91,18 +91,26 @@ def _action_workers(launcher: Launcher) -> list[int]:
     return [rec["worker"] for rec in map(json.loads, lines) if rec.get("op") == "start"]
 
 
+def _hold_worker_lock(launcher: Launcher) -> int:
+    """Hold worker.lock (in a state directory made here) until the returned descriptor is closed:
+    taken by a process that then exits, so that /proc/locks names no living holder, as while no
+    worker holds it.  A worker spawned meanwhile waits at step (2) of handoff.py, holding
+    standby.lock: the window of its fork and imports, held open."""
+    launcher.state.mkdir(mode=0o700)
+    lock = os.open(launcher.state / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    subprocess.run([sys.executable, "-c", f"import fcntl; fcntl.flock({lock}, fcntl.LOCK_EX)"],
+                   pass_fds=[lock], check=True)
+    return lock
+
+
 def test_a_reader_that_starts_while_the_standby_starts_is_stood_by_for(launcher: Launcher) -> None:
     """R2 starts while R1's standby holds standby.lock but does not listen yet (its fork and imports):
     R2's ring finds nobody and may not spawn.  The standby must still learn of R2, or it leaves with
     R1 and R2 is left without one.
 
-    The window is held open: worker.lock is taken through a descriptor of ours by a process that
-    then exits, so the standby waits at step (2) of handoff.py and R2 finds no lock holder to watch,
-    exactly as while the standby imports."""
-    launcher.state.mkdir(mode=0o700)
-    lock = os.open(launcher.state / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    subprocess.run([sys.executable, "-c", f"import fcntl; fcntl.flock({lock}, fcntl.LOCK_EX)"],
-                   pass_fds=[lock], check=True)
+    The window is held open (_hold_worker_lock), and R2 finds no lock holder to watch, exactly as
+    while the standby imports."""
+    lock = _hold_worker_lock(launcher)
     try:
         k1 = launcher.keepalived("--linger", "0")
         k1.start()
@@ -120,6 +128,34 @@ def test_a_reader_that_starts_while_the_standby_starts_is_stood_by_for(launcher:
     k2.write(VI.format("MASTER"))
     launcher.settle(2)  # R1's STOP record, then MASTER
     assert _action_workers(launcher) == [standby]
+
+
+def test_the_reader_killed_while_its_standby_starts_its_event_runs_and_the_standby_leaves(
+        launcher: Launcher) -> None:
+    """R1 journals an event and is SIGKILLed while the standby it spawned waits for worker.lock: the
+    standby runs the event (its hello goes nowhere), stands by for no dead reader, and leaves after
+    linger (0); a reader started later is served."""
+    lock = _hold_worker_lock(launcher)
+    try:
+        k1 = launcher.keepalived("--linger", "0")
+        k1.start()
+        launcher.wait_for("the standby queued on worker.lock", lambda: "waiting for the worker lock" in launcher.log_text())
+        k1.write(VI.format("MASTER"))
+        launcher.wait_for("#1 journaled", lambda: launcher.last_seq() >= 1)
+        os.kill(_pid(k1), signal.SIGKILL)
+        assert k1.proc is not None
+        k1.proc.wait()
+    finally:
+        os.close(lock)
+    launcher.settle(1)
+    [standby] = _action_workers(launcher)
+    launcher.wait_for("the standby gone", lambda: not processes.running(standby), timeout=30)
+    k2 = _reader(launcher, "r2")
+    k2.start()
+    k2.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    started, problems = check_order(launcher.records())
+    assert started == [1, 2] and problems == 0
 
 
 @needs("root (it gives a dead reader's pid to a new process through /proc/sys/kernel/ns_last_pid)",
