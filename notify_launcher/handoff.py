@@ -53,6 +53,13 @@ TAKEOVER_WAIT = 10.0  # s a systemd unit's worker and its helper wait for each o
 Rang = Literal["heard", "spawning", "queued", "spawned"]
 
 
+def identity() -> tuple[int, int | None]:
+    """This process as a worker watches it: pid and start time (clock ticks; None if /proc cannot
+    tell).  The start time tells the reader from a later process that was given its pid."""
+    pid = os.getpid()
+    return pid, pidfile.start_ticks(pid)
+
+
 def _datagram_socket() -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
@@ -64,7 +71,7 @@ class Doorbell:
         self.paths = paths
         self._sock = _datagram_socket()
         self._connected = False
-        pid, start = os.getpid(), pidfile.start_ticks(os.getpid())  # the worker watches whoever rings
+        pid, start = identity()  # the worker watches whoever rings
         self._ring = (f"{pid}" if start is None else f"{pid} {start}").encode()
         self._standby = -1  # opened when first needed: a full disk at start-up must not stop the reader
 

@@ -44,9 +44,9 @@ RELOAD_WAIT = 10.0
 LONGEST_WAIT = 86400.0  # s: the longest single wait for a ring (a far linger deadline is waited for in days)
 
 
-def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: int) -> int:
+def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: tuple[int, int | None]) -> int:
     """Inside the daemonized child: `standby_fd` holds standby.lock, `hello_fd` tells the reader our
-    pid once we hold worker.lock (see handoff.py); we stand by while `reader` lives."""
+    pid once we hold worker.lock (see handoff.py); we stand by while `reader` (pid, start time) lives."""
 
     def handed_over() -> None:
         say_hello(hello_fd)
@@ -55,7 +55,7 @@ def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader
     return _serve(settings, f"detached: own session {os.getsid(0)}, double fork", handed_over, reader)
 
 
-def run_unit_worker(state_dir: str, unit: str, reader: int) -> int:
+def run_unit_worker(state_dir: str, unit: str, reader: tuple[int, int | None]) -> int:
     """Inside a transient systemd unit (systemd_unit.py): queue on standby.lock ourselves."""
     paths = StatePaths(state_dir)
     settings = settingsfile.read(paths)  # what fails before this line is in the unit's journal
@@ -74,7 +74,7 @@ def run_unit_worker(state_dir: str, unit: str, reader: int) -> int:
         raise
 
 
-def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: int) -> int:
+def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: tuple[int, int | None]) -> int:
     """Take worker.lock, start, tell whoever spawned us (`handed_over`), run until idle: until no
     reader we know of (`reader`, who spawned us, and all that ring) lives and `linger` is over."""
     log = Log(settings.log_file, "worker", settings.log_level)
@@ -104,7 +104,8 @@ class Worker:
     a worker that dies on it outright is counted by the `try` record it wrote first, so after
     MAX_TRIES workers the event is recorded as skipped and the queue goes on (progress.py)."""
 
-    def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str, reader: int) -> None:
+    def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str,
+                 reader: tuple[int, int | None]) -> None:
         self.settings, self.paths, self.log, self.how = settings, paths, log, how
         self.reader = reader
         self.environ = dict(os.environ)  # each action's environment starts from it (decoded once)
@@ -128,7 +129,7 @@ class Worker:
         self.init_signals()
         self.doorbell = DoorbellListener(self.paths, self._wakeup)
         self.doorbell.open()
-        self.doorbell.know({self.reader: None})
+        self.doorbell.know(dict([self.reader]))  # the start time checked: it may be gone, its pid reused
         _become_subreaper()
         self.name_self()
         self.open_state()

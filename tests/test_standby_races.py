@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -172,18 +173,47 @@ def test_a_dead_readers_pid_taken_by_another_process_does_not_keep_the_worker(la
     launcher.wait_for("the action of #1", lambda: launcher.starts())
     k2 = _reader(launcher, "r2")
     k2.start()
-    r2 = _pid(k2)
-    launcher.wait_for("R2's ring, delivered (R2 then watches the worker)", lambda: worker in _watched_by(r2))
-    os.kill(r2, signal.SIGKILL)
-    assert k2.proc is not None
-    k2.proc.wait()
-    impostor = _new_process_with_pid(r2, launcher.dir)
+    launcher.wait_for("R2's ring, delivered (R2 then watches the worker)", lambda: worker in _watched_by(_pid(k2)))
+    impostor = _killed_and_pid_reused(k2, launcher.dir)
     k1.stop([])  # the last reader leaves
     gate.touch()  # the worker reads R2's ring only now
+    _leaves_despite(worker, impostor)
+
+
+@needs("root (it gives a dead reader's pid to a new process through /proc/sys/kernel/ns_last_pid)",
+       os.geteuid() == 0)
+def test_a_spawners_pid_taken_by_another_process_before_its_standby_starts_does_not_keep_it(
+        launcher: Launcher) -> None:
+    """R1 spawns its standby, which queues on worker.lock (held here: another worker's long action),
+    and is SIGKILLed; an unrelated process gets R1's pid before the standby starts.  The standby
+    learns its spawner's pid at the fork, not by a ring, and must check that pid's start time too."""
+    lock = _hold_worker_lock(launcher)
+    try:
+        k1 = launcher.keepalived("--linger", "0")
+        k1.start()
+        launcher.wait_for("R1's standby queued on worker.lock", lambda: "waiting for the worker lock" in launcher.log_text())
+        standby = int(re.findall(r"worker\[(\d+)\] .*waiting for the worker lock", launcher.log_text())[0])
+        impostor = _killed_and_pid_reused(k1, launcher.dir)
+    finally:
+        os.close(lock)  # the standby takes worker.lock now
+    _leaves_despite(standby, impostor)
+
+
+def _killed_and_pid_reused(k: Keepalived, mark: Path) -> subprocess.Popen[bytes]:
+    """SIGKILL reader `k` and give its pid to a new, unrelated process, as pid reuse would."""
+    pid = _pid(k)
+    os.kill(pid, signal.SIGKILL)
+    assert k.proc is not None
+    k.proc.wait()
+    return _new_process_with_pid(pid, mark)
+
+
+def _leaves_despite(worker: int, impostor: subprocess.Popen[bytes]) -> None:
+    """No reader lives (linger 0): `worker` must leave, not stand by for the process with a dead reader's pid."""
     try:
         psutil.Process(worker).wait(timeout=30)
     except psutil.TimeoutExpired:
-        raise AssertionError(f"the worker stands by for pid {r2}, now {impostor.args}: "
+        raise AssertionError(f"worker {worker} stands by for pid {impostor.pid}, now {impostor.args}: "
                              f"it watches {_watched_by(worker)}") from None
     assert processes.running(impostor.pid)
 

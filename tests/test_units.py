@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from notify_launcher import pidfile
 from notify_launcher.config import Settings
 from notify_launcher.events import Event
-from notify_launcher.handoff import DoorbellListener, WorkerWatch
+from notify_launcher.handoff import DoorbellListener, WorkerWatch, identity
 from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
@@ -165,7 +165,7 @@ def _worker(tmp: Path, on_crash: str = "rerun") -> tuple[Worker, StatePaths]:
     for state in ("BACKUP", "MASTER"):
         writer.append(Event("INSTANCE", "VI_1", state, 100), time.time(), 1)
     s = Settings(state_dir=paths.root, log_file=str(tmp / "log"), on_crash=on_crash)
-    return Worker(s, paths, Log(s.log_file, "worker"), "test", os.getpid()), paths
+    return Worker(s, paths, Log(s.log_file, "worker"), "test", identity()), paths
 
 
 def test_recovery_reruns_an_event_a_worker_died_on(tmp_path: Path) -> None:
