@@ -7,6 +7,8 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from support import LAUNCHER, processes, recorder
 from support.launcher import Launcher
@@ -237,11 +239,25 @@ def test_fifo_missing_or_not_a_fifo_is_a_clear_error(launcher: Launcher) -> None
     assert "is not a FIFO" in launcher.log_text()
 
 
-def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Launcher) -> None:
-    """`serve --fifo`: started before keepalived, survives its restart (a new FIFO inode), in order."""
+@contextmanager
+def _serving(launcher: Launcher) -> Iterator[None]:
+    """`notify-launcher serve --fifo` on the setup's FIFO path for the block; then SIGTERM, on which it
+    must exit 0."""
     argv = launcher.argv()
     proc = subprocess.Popen([argv[0], "serve", *argv[1:], "--fifo", str(launcher.fifo)])
     try:
+        yield
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Launcher) -> None:
+    """`serve --fifo`: started before keepalived, survives its restart (a new FIFO inode), in order."""
+    with _serving(launcher):
         launcher.wait_started()  # the service runs before keepalived makes its FIFO
         for round_ in range(2):  # keepalived starts, writes, exits (closing and removing its FIFO)
             os.mkfifo(launcher.fifo, 0o600)
@@ -252,12 +268,6 @@ def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Laun
             os.unlink(launcher.fifo)
             launcher.wait_for(f"the service to see keepalived's run {round_ + 1} end",
                               lambda round_=round_: launcher.log_text().count("following it (restart or reload)") > round_)
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     started, problems = check_order(launcher.records())
     assert started == [1, 2, 3, 4] and problems == 0
     assert [r.priority for r in launcher.starts()] == ["100", "100", "100", "101"]
@@ -270,9 +280,7 @@ def test_service_mode_says_once_that_the_fifo_path_is_no_fifo_and_when_it_is_one
     """`serve` looks at the path every RECHECK s while keepalived is silent: a plain file there must
     not write a line each time (it did, every second, for as long as the file stayed)."""
     launcher.fifo.write_text("")
-    argv = launcher.argv()
-    proc = subprocess.Popen([argv[0], "serve", *argv[1:], "--fifo", str(launcher.fifo)])
-    try:
+    with _serving(launcher):
         launcher.wait_for("the complaint", lambda: "is not a FIFO" in launcher.log_text())
         time.sleep(3 * RECHECK)  # rechecks that must stay silent (a slower machine makes fewer, never more lines)
         launcher.fifo.unlink()
@@ -283,12 +291,6 @@ def test_service_mode_says_once_that_the_fifo_path_is_no_fifo_and_when_it_is_one
             launcher.settle(1)
         finally:
             os.close(fd)
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     log = launcher.log_text()
     assert log.count("is not a FIFO") == 1, log
     assert f"is not a FIFO (keepalived passes its notify_fifo path as the last argument); looking at it again every {RECHECK:g}s" in log
