@@ -369,10 +369,11 @@ def run_unit_worker(argv: list[str]) -> int:
     p.add_argument("--state-dir", required=True)
     p.add_argument("--unit", required=True)
     p.add_argument("--reader", type=int, required=True)
-    p.add_argument("--reader-start", type=int)  # clock ticks: a later process with the reader's pid is not it
+    p.add_argument("--reader-start", type=int, required=True)  # a later process with the reader's pid is not it
     args = p.parse_args(argv)
+    from notify_launcher.identity import ProcessId
     from notify_launcher.worker import run_unit_worker as run
-    return run(args.state_dir, args.unit, (args.reader, args.reader_start))
+    return run(args.state_dir, args.unit, ProcessId(args.reader, args.reader_start))
 
 
 OPERATOR_COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+from notify_launcher import identity
 from notify_launcher.config import Settings
-from notify_launcher.handoff import identity
 from notify_launcher.log import Log
 from notify_launcher.process import spawn_detached
 
@@ -56,7 +56,7 @@ def spawn_worker(mode: Way, settings: Settings, standby_fd: int, hello_fd: int) 
         spawn_unit(settings, standby_fd, hello_fd)
         return
 
-    reader = identity()
+    reader = identity.me()
 
     def work() -> int:
         from notify_launcher.worker import run_forked_worker  # psutil, filelock: the worker's imports only

@@ -40,7 +40,7 @@ import socket
 from collections.abc import Callable
 from typing import Literal
 
-from notify_launcher import pidfile
+from notify_launcher import identity, pidfile
 from notify_launcher.statedir import FILE_MODE, StatePaths, open_mode
 
 
@@ -51,13 +51,6 @@ TAKEOVER_WAIT = 10.0  # s a systemd unit's worker and its helper wait for each o
 #: reader's spawned worker holds standby.lock and does not listen yet (it will read the journal
 #: but has not heard us); or we spawned one.
 Rang = Literal["heard", "spawning", "queued", "spawned"]
-
-
-def identity() -> tuple[int, int | None]:
-    """This process as a worker watches it: pid and start time (clock ticks; None if /proc cannot
-    tell).  The start time tells the reader from a later process that was given its pid."""
-    pid = os.getpid()
-    return pid, pidfile.start_ticks(pid)
 
 
 def _datagram_socket() -> socket.socket:
@@ -71,8 +64,7 @@ class Doorbell:
         self.paths = paths
         self._sock = _datagram_socket()
         self._connected = False
-        pid, start = identity()  # the worker watches whoever rings
-        self._ring = (f"{pid}" if start is None else f"{pid} {start}").encode()
+        self._ring = "{} {}".format(*identity.me()).encode()  # the worker watches whoever rings
         self._standby = -1  # opened when first needed: a full disk at start-up must not stop the reader
 
     def reset(self) -> None:
@@ -167,7 +159,7 @@ class WorkerWatch:
         self.hellos: set[int] = set()
         self._reported = 0  # the worker whose crash we reported last, until we watch a live one
 
-    def _follow(self, pid: int, named: pidfile.Named | None = None) -> str | None:
+    def _follow(self, pid: int, named: identity.ProcessId | None = None) -> str | None:
         """Hold a pidfd on worker `pid`; when it came from worker.pid (`named`), check after opening
         the pidfd (which pins the process) that it is that worker and not a later process with the
         same pid."""
@@ -180,7 +172,7 @@ class WorkerWatch:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             return self._crash_or_none()
-        if named is not None and not pidfile.is_running(named):
+        if named is not None and not identity.is_running(named):
             os.close(pidfd)
             return self._crash_or_none()
         self.pidfd = pidfd
@@ -324,7 +316,7 @@ class DoorbellListener:
             # Checked after opening the pidfd (a matching start time now means the pidfd is that
             # reader's): a reader that rang and died while we ran an action may have left its pid
             # to another process, which may live for ever.
-            if start is not None and pidfile.start_ticks(pid) != start:
+            if start is not None and identity.of(pid) != (pid, start):
                 os.close(pidfd)
                 continue
             self.readers[pidfd] = pid

@@ -33,7 +33,8 @@ class TryRecord(TypedDict):
 
 
 class StartRecord(TypedDict):
-    """The event's action was spawned: `pid` (started at `t`) by `worker` (created at `worker_ctime`)."""
+    """The event's action was spawned: `pid` (at `t`) by `worker`, whose start time (identity.py) is
+    `worker_start`."""
 
     op: Literal["start"]
     seq: int
@@ -43,7 +44,7 @@ class StartRecord(TypedDict):
     state: str
     pid: int
     worker: int
-    worker_ctime: float
+    worker_start: int
 
 
 class _EndFields(TypedDict):
@@ -150,7 +151,7 @@ _NUMBER = (int, float)
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "try": {"seq": int, "worker": int},
     "start": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "pid": int, "worker": int,
-              "worker_ctime": _NUMBER},
+              "worker_start": int},
     "end": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "result": str},
     "totals": {"seq": int, "counts": dict},
 }

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from notify_launcher import settingsfile
+from notify_launcher import identity, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.detach import Way, spawn_worker
 from notify_launcher.events import MAX_LINE, READER_TYPE, Event, Rejected, parse_line, unforeseen
@@ -52,23 +52,13 @@ STOP_QUIET = 0.03
 SIBLING_CHECK = 0.02
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of `pid`, from /proc; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return int(fields[1]), int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def later_sibling(pid: int) -> int | None:
     """A process started after `pid` by the same parent with the same command line, if any: the
     script keepalived starts again when it reloads (docs/keepalived.md, "Reload").
 
     This, not the FIFO, tells a reload from a stop after a SIGTERM without EOF: keepalived may
     reuse the very same FIFO on reload, and a FIFO's timestamps move with every write."""
-    me = _stat(pid)
+    me = identity.stat(pid)
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read()
@@ -79,7 +69,7 @@ def later_sibling(pid: int) -> int | None:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == pid:
             continue
-        other = _stat(int(name))
+        other = identity.stat(int(name))
         if other is None or other[0] != me[0] or (other[1], int(name) > pid) < (me[1], True):
             continue  # another parent, or started before us (a clock tick is 10 ms: pids break ties)
         try:

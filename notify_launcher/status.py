@@ -10,7 +10,9 @@ import json
 import time
 from dataclasses import dataclass
 
+from notify_launcher import identity
 from notify_launcher.events import READER_TYPE
+from notify_launcher.identity import ProcessId
 from notify_launcher.journal import Entry, read_all
 from notify_launcher.progress import EndRecord, Snapshot, StartRecord, replay
 from notify_launcher.statedir import StatePaths
@@ -36,13 +38,9 @@ def read_status(paths: StatePaths) -> Status:
 
 
 def _worker_alive(running: StartRecord) -> bool:
-    import psutil  # only when an action runs: `wait` polls status and must stay light
-
-    try:
-        ctime: float = psutil.Process(running["worker"]).create_time()
-        return abs(ctime - float(running["worker_ctime"])) < 0.01
-    except (psutil.Error, ValueError, OverflowError):  # gone, or a damaged record's pid (-1, 2**70)
-        return False
+    """The worker that started the running action still lives (a damaged record's pid -1 or 2**70
+    names nobody)."""
+    return running["worker"] > 0 and identity.is_running(ProcessId(running["worker"], running["worker_start"]))
 
 
 def as_json(status: Status) -> str:

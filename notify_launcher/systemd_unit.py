@@ -17,8 +17,9 @@ import os
 import sys
 import time
 
+from notify_launcher import identity
 from notify_launcher.config import Settings
-from notify_launcher.handoff import TAKEOVER_WAIT, Doorbell, identity
+from notify_launcher.handoff import TAKEOVER_WAIT, Doorbell
 from notify_launcher.log import Log
 from notify_launcher.process import leave_process_group, reset_signals
 from notify_launcher.statedir import StatePaths
@@ -32,7 +33,7 @@ def unit_name() -> str:
 
 def spawn_unit(settings: Settings, standby_fd: int, hello_fd: int) -> None:
     """Fork the helper (it runs systemd-run and waits for the takeover); returns at once."""
-    reader = identity()
+    reader = identity.me()
     if os.fork():
         return
     status = 70
@@ -44,7 +45,7 @@ def spawn_unit(settings: Settings, standby_fd: int, hello_fd: int) -> None:
         os._exit(status)
 
 
-def _helper(settings: Settings, standby_fd: int, hello_fd: int, reader: tuple[int, int | None]) -> int:
+def _helper(settings: Settings, standby_fd: int, hello_fd: int, reader: identity.ProcessId) -> int:
     import subprocess
 
     paths = StatePaths(settings.state_dir)
@@ -52,7 +53,7 @@ def _helper(settings: Settings, standby_fd: int, hello_fd: int, reader: tuple[in
     env = [f"--setenv=PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ else []
     argv = ["systemd-run", f"--unit={name}", "--collect", "--quiet", "--property=UMask=0077", *env,
             sys.executable, "-m", "notify_launcher", "_worker", "--state-dir", settings.state_dir, "--unit", name,
-            "--reader", str(reader[0]), *([] if reader[1] is None else ["--reader-start", str(reader[1])])]
+            "--reader", str(reader.pid), "--reader-start", str(reader.start)]
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=TAKEOVER_WAIT)
     except (OSError, subprocess.TimeoutExpired) as exc:

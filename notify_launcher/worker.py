@@ -20,6 +20,7 @@ from filelock import Timeout
 from notify_launcher import actions, metrics, pidfile, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.events import READER_TYPE
+from notify_launcher.identity import ProcessId, me
 from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
 from notify_launcher.journal import Entry, JournalFollower, read_all
 from notify_launcher.locks import file_lock
@@ -44,7 +45,7 @@ RELOAD_WAIT = 10.0
 LONGEST_WAIT = 86400.0  # s: the longest single wait for a ring (a far linger deadline is waited for in days)
 
 
-def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: tuple[int, int | None]) -> int:
+def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: ProcessId) -> int:
     """Inside the daemonized child: `standby_fd` holds standby.lock, `hello_fd` tells the reader our
     pid once we hold worker.lock (see handoff.py); we stand by while `reader` (pid, start time) lives."""
 
@@ -55,7 +56,7 @@ def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader
     return _serve(settings, f"detached: own session {os.getsid(0)}, double fork", handed_over, reader)
 
 
-def run_unit_worker(state_dir: str, unit: str, reader: tuple[int, int | None]) -> int:
+def run_unit_worker(state_dir: str, unit: str, reader: ProcessId) -> int:
     """Inside a transient systemd unit (systemd_unit.py): queue on standby.lock ourselves."""
     paths = StatePaths(state_dir)
     settings = settingsfile.read(paths)  # what fails before this line is in the unit's journal
@@ -74,7 +75,7 @@ def run_unit_worker(state_dir: str, unit: str, reader: tuple[int, int | None]) -
         raise
 
 
-def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: tuple[int, int | None]) -> int:
+def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: ProcessId) -> int:
     """Take worker.lock, start, tell whoever spawned us (`handed_over`), run until idle: until no
     reader we know of (`reader`, who spawned us, and all that ring) lives and `linger` is over."""
     log = Log(settings.log_file, "worker", settings.log_level)
@@ -105,7 +106,7 @@ class Worker:
     MAX_TRIES workers the event is recorded as skipped and the queue goes on (progress.py)."""
 
     def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str,
-                 reader: tuple[int, int | None]) -> None:
+                 reader: ProcessId) -> None:
         self.settings, self.paths, self.log, self.how = settings, paths, log, how
         self.reader = reader
         self.environ = dict(os.environ)  # each action's environment starts from it (decoded once)
@@ -137,7 +138,7 @@ class Worker:
     def name_self(self) -> None:
         """worker.pid, and what tells our lock and our process from later ones."""
         self._lock_id = _file_id(self.paths.worker_lock)
-        self.ctime = psutil.Process().create_time()
+        self.start_ticks = me().start
         try:
             pidfile.write(self.paths)
         except OSError as exc:  # a full disk: the pid file only helps the reader find us, not the queue
@@ -362,7 +363,7 @@ class Worker:
             time stands for the action's create time (reading that from /proc while the child is in
             exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
             self._record(StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
-                                     state=event.state, pid=pid, worker=self.pid, worker_ctime=self.ctime), event)
+                                     state=event.state, pid=pid, worker=self.pid, worker_start=self.start_ticks), event)
             self.log.info(seq, event, f"action started: {' '.join(argv)} (pid {pid}, timeout {timeout:g}s, "
                                       f"queued {delay * 1000:.1f} ms)")
 

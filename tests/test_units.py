@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from notify_launcher import pidfile
 from notify_launcher.config import Settings
 from notify_launcher.events import Event
-from notify_launcher.handoff import DoorbellListener, WorkerWatch, identity
+from notify_launcher.handoff import DoorbellListener, WorkerWatch
+from notify_launcher.identity import is_running, me
 from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
@@ -142,7 +143,7 @@ def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path) -> None:
     paths = ensure_state_dir(str(tmp_path / "state"))
     pidfile.write(paths)
     named = pidfile.read(paths)
-    assert named is not None and named.pid == os.getpid() and pidfile.is_running(named)
+    assert named is not None and named.pid == os.getpid() and is_running(named)
     Path(paths.worker_pid).write_text(f"{os.getpid()} {named.start + 1}\n")  # same pid, another process
     watch = WorkerWatch(paths, select.poll())
     assert watch.follow_named() == f"worker pid {os.getpid()} died without finishing"
@@ -165,7 +166,7 @@ def _worker(tmp: Path, on_crash: str = "rerun") -> tuple[Worker, StatePaths]:
     for state in ("BACKUP", "MASTER"):
         writer.append(Event("INSTANCE", "VI_1", state, 100), time.time(), 1)
     s = Settings(state_dir=paths.root, log_file=str(tmp / "log"), on_crash=on_crash)
-    return Worker(s, paths, Log(s.log_file, "worker"), "test", identity()), paths
+    return Worker(s, paths, Log(s.log_file, "worker"), "test", me()), paths
 
 
 def test_recovery_reruns_an_event_a_worker_died_on(tmp_path: Path) -> None:
@@ -191,7 +192,7 @@ def test_recovery_skips_an_event_after_max_tries_and_the_queue_goes_on(tmp_path:
 def test_recovery_by_policy_skip_after_an_action_was_killed(tmp_path: Path) -> None:
     worker, paths = _worker(tmp_path, on_crash="skip")
     _progress(paths, {"op": "try", "seq": 1, "worker": 99}, {"op": "start", "seq": 1, "pid": 2 ** 22 + 7, "t": 0.0,
-                                                "worker": 99, "worker_ctime": 0.0, "key": "INSTANCE VI_1", "state": "BACKUP",
+                                                "worker": 99, "worker_start": 0, "key": "INSTANCE VI_1", "state": "BACKUP",
                                                 "event": 'INSTANCE "VI_1" BACKUP 100'})
     worker.open_state()
     assert worker.done_seq == 1
@@ -218,7 +219,7 @@ def test_the_worker_is_found_by_its_lock_when_it_has_no_pid_file(tmp_path: Path)
         assert pidfile.lock_holder(paths.worker_lock) is None
         fcntl.flock(fd, fcntl.LOCK_EX)
         holder = pidfile.lock_holder(paths.worker_lock)
-        assert holder is not None and holder.pid == os.getpid() and pidfile.is_running(holder)
+        assert holder is not None and holder.pid == os.getpid() and is_running(holder)
         watch = WorkerWatch(paths, select.poll())
         assert watch.follow_named() is None and watch.pid == os.getpid() and watch.pidfd >= 0
     finally:

@@ -1,0 +1,61 @@
+"""Which process is which: a pid and the kernel's start time of the process holding it.
+
+Pids are reused, so a pid alone names whoever holds it *now*.  Every "is this still the same
+process" in the launcher -- the worker named by worker.pid, the reader that rang the doorbell, the
+worker that started a running action -- compares the pid's start time in clock ticks since boot
+(field 22 of /proc/PID/stat) with the one recorded.  That number is set by the kernel at fork and
+never moves: unlike psutil's `create_time` (boot time plus ticks, on the wall clock) it cannot
+drift with an NTP step or a resumed VM, so no decision here depends on the wall clock.
+
+Read from /proc directly, not through psutil: the reader uses this and must stay light.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+
+class ProcessId(NamedTuple):
+    """A process as recorded: `start` tells it from a later process that was given its pid."""
+
+    pid: int
+    start: int
+
+
+class ProcStat(NamedTuple):
+    """The fields of /proc/PID/stat the launcher needs."""
+
+    ppid: int
+    start: int
+
+
+def stat(pid: int) -> ProcStat | None:
+    """Parent and start time of `pid`; None if there is no such process (or /proc cannot say).
+    The command name may hold spaces and parentheses: the fields start after its last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return ProcStat(int(fields[1]), int(fields[19]))
+    except (OSError, IndexError, ValueError, OverflowError):
+        return None
+
+
+def of(pid: int) -> ProcessId | None:
+    """`pid` as it is now; None if there is no such process."""
+    st = stat(pid)
+    return None if st is None else ProcessId(pid, st.start)
+
+
+def me() -> ProcessId:
+    """This process.  /proc/self always exists for a running process, unless /proc is not mounted:
+    then the start is 0 and no later comparison can match it (nothing is acted on by mistake)."""
+    pid = os.getpid()
+    st = stat(pid)
+    return ProcessId(pid, st.start if st is not None else 0)
+
+
+def is_running(ident: ProcessId) -> bool:
+    """The recorded process is the one now running under that pid (not a later one that reuses it)."""
+    st = stat(ident.pid)
+    return st is not None and st.start == ident.start
