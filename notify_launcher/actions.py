@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from notify_launcher import security
+
 MAX_OUTPUT_LINE = 4096
 Output = Callable[[str, str], None]  # (stream name, line)
 Note = Callable[[str], None]
@@ -223,7 +225,11 @@ def spawn(argv: list[str], env: dict[str, str]) -> tuple[Child, int, int]:
 def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float, output: Output,
                note: Note, started: Callable[[int], None]) -> Result:
     """Run `argv` to completion or timeout; report output lines and facts through the callbacks
-    (`started(pid)` right after the spawn)."""
+    (`started(pid)` right after the spawn).  As root, a command someone else could have changed
+    since the reader checked it is not run: that is the event's failure (security.py)."""
+    refused = security.command_problem(argv)
+    if refused is not None:
+        return Result(None, None, 0.0, error=refused)
     reap_zombies()
     before = _children()  # background processes earlier actions left: not this action's
     t0 = time.monotonic()

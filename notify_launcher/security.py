@@ -1,35 +1,78 @@
-"""keepalived's `enable_script_security`, applied to every path the launcher trusts as root.
+"""The one rule for every path root trusts: nobody but root can create, change or swap it.
 
-keepalived runs the launcher as root, and the launcher runs the configured actions as root: if a
-non-root user can change the config file, an action executable, the state directory (its
-settings.json and journal decide what root runs) or the log file -- or replace any directory or
-symlink on the way to them -- that user gets root.  One rule for all of them, keepalived's
-(lib/notify.c, check_script_secure): every component belongs to root, and no file, nor directory
-without the sticky bit, is writable by others or by a group other than root's.  Stricter than
-keepalived in two ways:
+keepalived runs the launcher as root, and the launcher runs the configured commands as root: if a
+non-root user can change the config file, a command, the state directory (its settings.json and
+journal decide what root runs), the log or the metrics file -- or replace any directory or symlink
+on the way to them, or create one of them before root does -- that user gets root.  So, as root,
+`insecure_reason` judges every such path, whether it exists yet or not:
 
+- Every component, from / down, belongs to root (or to the user a command is configured to run
+  as), and nobody else may write to it: not by the mode bits (group root counts as root, as in
+  keepalived), and not by a POSIX ACL entry either (a named user or group with write, or the owning
+  group's entry, when the mask lets it through).  keepalived's own rule (lib/notify.c,
+  check_script_secure) reads only the mode bits, whose group bits show the ACL's mask: a file
+  root:root 0775 may be writable by any user through an ACL.  An inode whose ACL cannot be read,
+  or carries one in a format we do not know (an NFSv4 ACL), cannot be judged: refused.
 - Symlinks are walked one at a time, as the kernel does: each must belong to root (its directory
   was checked on the way), then its target's components are checked in turn.
-- A path root *creates* (the state directory, the log file) must not sit in a directory others can
-  write to, sticky or not: in /tmp any user can create the name first -- their own file that root
-  then appends to, a hard link to a root file, a directory that stops the launcher.  And it must
-  not be a symlink: root opens it with O_NOFOLLOW.
+- A sticky directory (/tmp) is fine on the way to something root owns: nobody else can rename or
+  remove it there.  It is not fine where a name is still free: a path that does not exist yet is
+  judged by the directory it would appear in, which only root may write to (sticky or not), since
+  whoever can write there can create it -- a command root would run, a file root would append to.
+  The same holds for the paths root creates itself (the state directory, the log and metrics
+  files, settings.json), which also must not be symlinks: root opens them with O_NOFOLLOW.
 
-Imported by the reader (and log.py): only os and stat at import time.
+Checked when used: the reader at start, the worker right before each command it spawns
+(`command_problem`: a stat and an xattr read per component, microseconds) and when it rereads
+settings.json, the operator commands on the paths they are given.  Imported by the reader (and
+log.py): only os, stat and struct at import time.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from typing import TYPE_CHECKING
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from notify_launcher.config import Settings
 
 MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP)
+#: The directory a worker runs commands from: posix_spawn searches no PATH, so a command given
+#: without a slash is a file there.
+WORKER_CWD = "/"
+ROOT = 0
 _REMEDY_OWNER = "chown it to root, or choose a path only root can change"
 _REMEDY_MODE = "chmod go-w it, or choose a path only root can change"
+_REMEDY_FREE = "choose a directory only root can write to"
+
+# linux/posix_acl_xattr.h: a little-endian u32 version, then (u16 tag, u16 perm, u32 id) entries
+_ACL_XATTR = "system.posix_acl_access"
+_NFS4_ACL_XATTR = "system.nfs4_acl"
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_ACL_TAGS = (_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER)
+_ACL_WRITE = 0x02
+_ACL_ENTRY = struct.Struct("<HHI")
+
+
+class Offense(NamedTuple):
+    """What makes one component unsafe: `path` `what` ("is writable by others (mode 0777)"), and
+    what to do about it."""
+
+    path: str
+    what: str
+    remedy: str
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.what}; {self.remedy}"
+
+
+class _Unjudgeable(Exception):
+    """An inode whose writers cannot be known: (why, path)."""
 
 
 def _named(kind: str, number: int) -> str:
@@ -44,57 +87,102 @@ def _named(kind: str, number: int) -> str:
     return f"{kind} {number} ({name})"
 
 
-def _writers(st: os.stat_result) -> str | None:
-    """Who besides root may write to this inode per its mode bits (group root counts as root, as in
-    keepalived), or None."""
+def acl_entries(path: str) -> list[tuple[int, int, int]] | None:
+    """The (tag, perm, id) entries of `path`'s POSIX access ACL, None when it has none (the mode
+    bits tell all).  Raises _Unjudgeable when they cannot be known."""
+    try:
+        raw = os.getxattr(path, _ACL_XATTR, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        if exc.errno == errno.EOPNOTSUPP:  # no POSIX ACLs here: then perhaps an NFSv4 ACL
+            try:
+                os.getxattr(path, _NFS4_ACL_XATTR, follow_symlinks=False)
+            except OSError:
+                return None
+            raise _Unjudgeable("it carries an NFSv4 ACL, which the launcher cannot judge", path) from None
+        raise _Unjudgeable(f"its ACL cannot be read ({exc.strerror})", path) from None
+    try:
+        return parse_acl(raw)
+    except ValueError as exc:
+        raise _Unjudgeable(str(exc), path) from None
+
+
+def parse_acl(raw: bytes) -> list[tuple[int, int, int]]:
+    """The (tag, perm, id) entries of a system.posix_acl_access value; ValueError (saying why) for
+    anything but the format linux/posix_acl_xattr.h describes."""
+    if len(raw) < 4 or (len(raw) - 4) % _ACL_ENTRY.size:
+        raise ValueError(f"its ACL is {len(raw)} bytes long, not a POSIX ACL the launcher knows")
+    version = int.from_bytes(raw[:4], "little")
+    if version != _ACL_VERSION:
+        raise ValueError(f"its ACL has format version {version}, which the launcher does not know")
+    entries = list(_ACL_ENTRY.iter_unpack(raw[4:]))
+    unknown = [tag for tag, _, _ in entries if tag not in _ACL_TAGS]
+    if unknown:
+        raise ValueError(f"its ACL has an entry of unknown type {unknown[0]:#x}")
+    return entries
+
+
+def _writer(path: str, st: os.stat_result, owners: tuple[int, ...]) -> tuple[str, str] | None:
+    """(who besides root may write to this inode, what to do), or None.  With an ACL, the mode's
+    group bits are its mask: the ACL's entries say who the group class really is."""
+    mode = stat.S_IMODE(st.st_mode)
     if st.st_mode & stat.S_IWOTH:
-        return "others"
-    if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
-        return _named("gid", st.st_gid)
+        return f"others (mode {mode:04o})", _REMEDY_MODE
+    acl = acl_entries(path)
+    if acl is None:
+        if st.st_mode & stat.S_IWGRP and st.st_gid != ROOT:
+            return f"{_named('gid', st.st_gid)} (mode {mode:04o})", _REMEDY_MODE
+        return None
+    masks = [perm for tag, perm, _ in acl if tag == _ACL_MASK]
+    if masks and not masks[0] & _ACL_WRITE:
+        return None  # the mask takes write from every named entry and the owning group
+    for tag, perm, ident in acl:
+        if not perm & _ACL_WRITE:
+            continue
+        if tag == _ACL_USER and ident not in owners:
+            return (f"{_named('uid', ident)} through an ACL entry",
+                    f"setfacl -x u:{ident} it, or choose a path only root can change")
+        if tag == _ACL_GROUP and ident != ROOT:
+            return (f"{_named('gid', ident)} through an ACL entry",
+                    f"setfacl -x g:{ident} it, or choose a path only root can change")
+        if tag == _ACL_GROUP_OBJ and st.st_gid != ROOT:
+            return (f"{_named('gid', st.st_gid)} through its ACL's group entry",
+                    "setfacl -m g::r-x it, or choose a path only root can change")
     return None
 
 
-def _mode_problem(path: str, st: os.stat_result, sticky_ok: bool) -> str | None:
+def _component(path: str, st: os.stat_result, sticky_ok: bool, owners: tuple[int, ...]) -> Offense | None:
     """Why a non-root user controls this one component, or None.  A symlink's own mode means
     nothing (only its owner and its directory matter); a sticky directory on the way is fine:
     others cannot rename or remove what root owns in it."""
-    if st.st_uid != 0:
-        return f"{path} belongs to {_named('uid', st.st_uid)}, not root; {_REMEDY_OWNER}"
-    writers = None if stat.S_ISLNK(st.st_mode) else _writers(st)
-    if writers is None or (sticky_ok and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+    if st.st_uid not in owners:
+        return Offense(path, f"belongs to {_named('uid', st.st_uid)}, not root", _REMEDY_OWNER)
+    if stat.S_ISLNK(st.st_mode) or (sticky_ok and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
         return None
-    return f"{path} is writable by {writers} (mode {stat.S_IMODE(st.st_mode):04o}); {_REMEDY_MODE}"
+    writer = _writer(path, st, owners)
+    return None if writer is None else Offense(path, f"is writable by {writer[0]}", writer[1])
 
 
-def _creation_problem(directory: str, name: str) -> str | None:
-    """Root creates `name` in `directory` (already checked on the way): a sticky bit is not enough
-    there, since anyone may create the name first."""
+def _free_name(directory: str, owners: tuple[int, ...]) -> Offense | None:
+    """A name in `directory` (checked on the way) is still free, or root creates it: whoever can
+    write there can take it first, sticky bit or not."""
     try:
-        st = os.lstat(directory)
+        writer = _writer(directory, os.lstat(directory), owners)
     except OSError as exc:
-        return f"{directory}: {exc.strerror}"
-    writers = _writers(st)
-    if writers is None:
-        return None
-    return (f"{directory} is writable by {writers} (mode {stat.S_IMODE(st.st_mode):04o}): any of them can "
-            f"create {name} there before root does; choose a directory only root can write to")
+        return Offense(directory, f"cannot be looked at ({exc.strerror})", _REMEDY_FREE)
+    return None if writer is None else Offense(directory, f"is writable by {writer[0]}", _REMEDY_FREE)
 
 
 def _is_last(pending: list[str]) -> bool:
     return all(part in ("", ".") for part in pending)
 
 
-def insecure_reason(path: str, created: bool = False) -> str | None:
-    """Why a non-root user could change `path` or anything root walks through to reach it, or None
-    when it is safe for root.  `created`: root creates and writes this path (the state directory,
-    the log file); it may be missing (root creates what is missing, so only the directory it is
-    created in matters), must not be a symlink, and must not be in a directory others can write to.
-    A missing path that is not `created` is a problem: there is nothing to trust."""
-    # not os.path.abspath: its lexical `..` would skip the directory a symlink before it points to
-    absolute = path if path.startswith("/") else os.path.join(os.getcwd(), path)
+def _walk(absolute: str, created: bool, owners: tuple[int, ...]) -> str | Offense | None:
+    """The first reason the path is not safe, from / down (see the module docstring)."""
     pending = list(reversed(absolute.split("/")))
     current = "/"
-    why = _mode_problem("/", os.lstat("/"), sticky_ok=True)
+    why = _component("/", os.lstat("/"), True, owners)
     hops = 0
     while pending and why is None:
         name = pending.pop()
@@ -108,25 +196,77 @@ def insecure_reason(path: str, created: bool = False) -> str | None:
         try:
             st = os.lstat(component)
         except FileNotFoundError:
-            return _creation_problem(current, component) if created else f"{component}: does not exist"
+            return _free_name(current, owners)
         except OSError as exc:
             return f"{component}: {exc.strerror}"
         if last and created:
-            if stat.S_ISLNK(st.st_mode):
+            why = _component(component, st, False, owners)
+            if why is None and stat.S_ISLNK(st.st_mode):
                 return (f"{component} is a symlink; root creates and opens this path without following "
                         f"symlinks: point the setting at the real path")
-            return _mode_problem(component, st, sticky_ok=False) or _creation_problem(current, component)
-        why = _mode_problem(component, st, sticky_ok=not last)
+            taken = None if why else _free_name(current, owners)
+            if taken:
+                return Offense(taken.path, f"{taken.what}: any of them can create {component} there before "
+                                           f"root does", taken.remedy)
+            return why
+        why = _component(component, st, not last, owners)
         if why is None and stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > MAX_SYMLINKS:
-                return f"{path}: more than {MAX_SYMLINKS} symlinks on the way"
+                return f"{absolute}: more than {MAX_SYMLINKS} symlinks on the way"
             target = os.readlink(component)
             current = "/" if target.startswith("/") else current
             pending.extend(reversed(target.split("/")))
         else:
             current = component
     return why
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def insecure_reason(path: str, created: bool = False, user: int = ROOT) -> str | None:
+    """Why someone other than root (and `user`, whom a command runs as) could create, change or swap
+    `path`, or None when it is safe for root.  `created`: root creates and writes this path (the
+    state directory, the log file); it must not be a symlink, nor in a directory others can write
+    to.  A path that does not exist yet is judged by where it would appear: the nearest existing
+    directory above it, and everything above that."""
+    # not os.path.abspath: its lexical `..` would skip the directory a symlink before it points to
+    absolute = path if path.startswith("/") else os.path.join(os.getcwd(), path)
+    try:
+        why = _walk(absolute, created, (ROOT, user))
+    except _Unjudgeable as exc:
+        return f"{exc.args[1]} cannot be judged: {exc.args[0]}; refusing it"
+    if why is None or isinstance(why, str):
+        return why
+    if os.path.lexists(absolute):
+        return str(why)
+    where = "its directory" if why.path == _nearest_existing(absolute) else "above it,"
+    return f"{path} does not exist; {where} {why.path} {why.what}: refused (whoever can write there can create it); " \
+           f"{why.remedy}"
+
+
+def refusal(what: str, path: str, created: bool = False, user: int = ROOT) -> str | None:
+    """`{what} {path} is not safe for root: {why}` -- the one message every root entry point gives --
+    or None when `path` is safe, or when we are not root (then keepalived's own rules apply)."""
+    if os.geteuid() != ROOT:
+        return None
+    why = insecure_reason(path, created, user)
+    return None if why is None else f"{what} {path} is not safe for root: {why}"
+
+
+def command_path(exe: str) -> str:
+    """The file a worker executes for a command's first word (posix_spawn: no PATH search)."""
+    return exe if exe.startswith("/") else os.path.join(WORKER_CWD, exe)
+
+
+def command_problem(argv: Sequence[str], user: int = ROOT) -> str | None:
+    """Checked right before each spawn (a file may have changed since the reader started): why root
+    must not run `argv`, or None."""
+    return refusal("command", command_path(argv[0]), user=user) if argv else None
 
 
 def commands(settings: Settings) -> list[tuple[str, str]]:
@@ -143,27 +283,16 @@ def commands(settings: Settings) -> list[tuple[str, str]]:
 
 
 def trusted_paths(settings: Settings) -> list[tuple[str, str, bool]]:
-    """(what, path, created by root) for every path a root launcher reads, runs or writes.  The
-    state directory holds settings.json, which a lingering worker rereads: checking the directory
-    and everything above it covers it.  A command that does not exist is check-config's to report."""
-    import shutil  # not at import time: log.py imports this module, and the reader imports log.py
-
+    """(what, path, created by root) for every path a root launcher reads, runs or writes, whether
+    it exists yet or not.  The state directory holds settings.json, which a lingering worker
+    rereads: checking the directory and everything above it covers it."""
     found = [("config file", settings.config_file, False)] if settings.config_file else []
-    for where, exe in commands(settings):
-        resolved = shutil.which(exe) or exe
-        if os.path.exists(resolved):
-            found.append((where, resolved, False))
+    found += [(where, command_path(exe), False) for where, exe in commands(settings)]
     found += [("state_dir", settings.state_dir, True), ("log_file", settings.log_file, True)]
     return found + ([("metrics_file", settings.metrics_file, True)] if settings.metrics_file else [])
 
 
 def check(settings: Settings) -> list[str]:
     """Problems that must stop a root launcher (empty when not root: then keepalived's own rules apply)."""
-    if os.geteuid() != 0:
-        return []
-    problems = []
-    for what, path, created in trusted_paths(settings):
-        why = insecure_reason(path, created)
-        if why:
-            problems.append(f"{what} {path} is not safe for root: {why}")
-    return problems
+    found = (refusal(what, path, created) for what, path, created in trusted_paths(settings))
+    return [problem for problem in found if problem]

@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from notify_launcher.security import insecure_reason
+from notify_launcher.security import refusal
 
 FILE_MODE = 0o600
 
@@ -86,9 +86,9 @@ def ensure_state_dir(root: str) -> StatePaths:
                             f"refusing it")
     if st.st_mode & 0o777 != 0o700:  # keepalived's umask 0177 would even leave out our own x bit
         os.chmod(root, 0o700)
-    why = insecure_reason(root, created=True) if os.geteuid() == 0 else None
+    why = refusal("state_dir", root, created=True)
     if why:
-        raise StateDirError(f"state directory {root} is not safe for root: {why}")
+        raise StateDirError(why)
     return StatePaths(root)
 
 

@@ -89,12 +89,14 @@ def test_state_dir_and_log_paths_others_control_are_problems_for_root(good: Path
     res = _check("--config", str(good), "--state-dir", str(shared / "state"), "--log-file", str(shared / "nl.log"))
     assert res.returncode == 2
     for what, path in (("state_dir", shared / "state"), ("log_file", shared / "nl.log")):
-        assert (f"problem: {good}: {what} {path} is not safe for root: {shared} belongs to uid 65534 (nobody), "
-                f"not root; chown it to root, or choose a path only root can change") in res.stdout
+        assert (f"problem: {good}: {what} {path} is not safe for root: {path} does not exist; its directory {shared} "
+                f"belongs to uid 65534 (nobody), not root: refused (whoever can write there can create it); chown it "
+                f"to root, or choose a path only root can change") in res.stdout
     res = _check("--config", str(good), "--state-dir", str(sticky / "state"))
     assert res.returncode == 2
-    assert (f"problem: {good}: state_dir {sticky / 'state'} is not safe for root: {sticky} is writable by others "
-            f"(mode 1777): any of them can create {sticky / 'state'} there before root does") in res.stdout
+    assert (f"problem: {good}: state_dir {sticky / 'state'} is not safe for root: {sticky / 'state'} does not exist; "
+            f"its directory {sticky} is writable by others (mode 1777): refused (whoever can write there can create "
+            f"it)") in res.stdout
 
 
 def _check_with(ini: Path, more: str) -> subprocess.CompletedProcess[str]:
@@ -128,8 +130,8 @@ def test_metrics_file_where_others_can_write_is_a_problem_for_root(good: Path) -
     textfile.chmod(0o1777)
     res = _check_with(good, f"metrics_file = {textfile}/nl.prom\n")
     assert res.returncode == 2
-    assert (f"problem: {good}: metrics_file {textfile}/nl.prom is not safe for root: {textfile} is writable by "
-            f"others (mode 1777): any of them can create {textfile}/nl.prom there before root does") in res.stdout
+    assert (f"problem: {good}: metrics_file {textfile}/nl.prom is not safe for root: {textfile}/nl.prom does not "
+            f"exist; its directory {textfile} is writable by others (mode 1777): refused") in res.stdout
     textfile.chmod(0o755)
     assert _check("--config", str(good)).returncode == 0
     textfile.rmdir()  # the worker makes the file, not the collector's directory

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from support import attacker
 from support.launcher import Launcher
 from support.marks import needs
 from notify_launcher.log import Log
 from notify_launcher.statedir import open_mode
-from notify_launcher.security import insecure_reason
+from notify_launcher.security import insecure_reason, parse_acl
 from notify_launcher.statedir import StateDirError, ensure_state_dir
 
 NOBODY = 65534  # the user (and group) that plays the local attacker
@@ -121,11 +123,12 @@ def test_state_dir_below_a_directory_another_user_owns_is_refused(launcher: Laun
     state = shared / "state"
     res = _reader(launcher, "--state-dir", str(state))
     assert res.returncode == 2, res.stderr
-    assert (f"state_dir {state} is not safe for root: {shared} belongs to uid {NOBODY} (nobody), not root; "
-            f"{OWNER_REMEDY}") in res.stderr
+    assert (f"state_dir {state} is not safe for root: {state} does not exist; its directory {shared} belongs to "
+            f"uid {NOBODY} (nobody), not root: refused (whoever can write there can create it); {OWNER_REMEDY}"
+            in res.stderr)
     assert not state.exists()
     # the same check after creating it: a directory planted on the way since the reader's check is caught
-    with pytest.raises(StateDirError, match=f"state directory {state} is not safe for root: {shared} belongs to "
+    with pytest.raises(StateDirError, match=f"state_dir {state} is not safe for root: {shared} belongs to "
                                             f"uid {NOBODY}"):
         ensure_state_dir(str(state))
 
@@ -196,8 +199,12 @@ def test_state_dir_or_log_directly_in_a_sticky_directory_is_refused(tmp_path: Pa
     sticky.chmod(0o1777)
     for name in ("state", "nl.log"):
         assert insecure_reason(str(sticky / name), created=True) == (
-            f"{sticky} is writable by others (mode 1777): any of them can create {sticky / name} there before "
-            f"root does; choose a directory only root can write to")
+            f"{sticky / name} does not exist; its directory {sticky} is writable by others (mode 1777): refused "
+            f"(whoever can write there can create it); choose a directory only root can write to")
+    (sticky / "nl.log").write_text("")  # root's own file there: the name is free again after a rotation
+    assert insecure_reason(str(sticky / "nl.log"), created=True) == (
+        f"{sticky} is writable by others (mode 1777): any of them can create {sticky / 'nl.log'} there before "
+        f"root does; choose a directory only root can write to")
     (sticky / "nl.log").write_text("planted\n")
     os.chown(sticky / "nl.log", NOBODY, NOBODY)
     Log(str(sticky / "nl.log"), "worker").info(None, None, "hello")
@@ -219,3 +226,64 @@ def test_file_modes_under_keepalived_umask(launcher: Launcher) -> None:
     for name in ("journal", "progress", "worker.lock", "standby.lock", "settings.json"):
         assert (launcher.state / name).stat().st_mode & 0o777 == 0o600, name
     assert launcher.log.stat().st_mode & 0o777 == 0o640
+
+
+needs_setfacl = needs("setfacl (Debian's acl package; scripts/setup installs it), setpriv and user nobody",
+                      attacker.available())
+
+
+@needs_setfacl
+def test_an_acl_entry_that_grants_write_is_refused_as_the_kernel_grants_it() -> None:
+    """root:root 0755 shows no writer in its mode bits; an ACL entry may still let a user write.  The
+    verdict follows what the kernel lets nobody do, tried for real as nobody."""
+    with attacker.arena() as arena:
+        _acl_verdicts(arena)
+
+
+def _acl_verdicts(tmp_path: Path) -> None:
+    act = tmp_path / "act.sh"
+    act.write_text("#!/bin/sh\n")
+    act.chmod(0o755)
+    attacker.setfacl("-m", "u:nobody:rwx", str(act))
+    assert act.stat().st_mode & 0o777 == 0o775  # the group bits show the mask; the group is root's
+    assert attacker.nobody_sh(f": >> {act}").returncode == 0
+    assert insecure_reason(str(act)) == (f"{act} is writable by uid {NOBODY} (nobody) through an ACL entry; "
+                                         f"setfacl -x u:{NOBODY} it, or choose a path only root can change")
+    attacker.setfacl("-m", "m::r-x", str(act))  # the mask takes the write away
+    assert attacker.nobody_sh(f": >> {act}").returncode != 0
+    assert insecure_reason(str(act)) is None
+    attacker.setfacl("-b", str(act))
+    attacker.setfacl("-m", "g:nogroup:rwx", str(tmp_path))  # the directory: swap the file
+    assert attacker.nobody_sh(f"mv {act} {act}.old && : > {act}").returncode == 0
+    assert insecure_reason(str(act)) == (f"{tmp_path} is writable by gid {NOBODY} (nogroup) through an ACL entry; "
+                                         f"setfacl -x g:{NOBODY} it, or choose a path only root can change")
+
+
+def test_an_acl_that_cannot_be_understood_is_refused() -> None:
+    entries = struct.pack("<I", 2) + struct.pack("<HHI", 0x01, 7, 0xFFFFFFFF) + struct.pack("<HHI", 0x02, 7, 65534)
+    assert parse_acl(entries) == [(0x01, 7, 0xFFFFFFFF), (0x02, 7, 65534)]
+    with pytest.raises(ValueError, match="its ACL has format version 3, which the launcher does not know"):
+        parse_acl(struct.pack("<I", 3) + entries[4:])
+    with pytest.raises(ValueError, match="its ACL is 7 bytes long"):
+        parse_acl(entries[:7])
+    with pytest.raises(ValueError, match="its ACL has an entry of unknown type 0x40"):
+        parse_acl(entries + struct.pack("<HHI", 0x40, 7, 0))
+
+
+@needs_setfacl
+def test_the_worker_checks_a_command_again_before_each_spawn(launcher: Launcher) -> None:
+    """The handler was safe when the reader started; an ACL added later lets nobody rewrite it: the
+    worker refuses to run it, as that event's failure, with the path and the offender in the log."""
+    k = launcher.keepalived()
+    k.start()
+    k.write('INSTANCE "VI_1" MASTER 100')
+    launcher.settle(1)
+    assert len(launcher.starts()) == 1
+    attacker.setfacl("-m", "u:nobody:rwx", str(launcher.handler))
+    k.write('INSTANCE "VI_1" BACKUP 100')
+    launcher.settle(2)
+    assert len(launcher.starts()) == 1
+    assert (f'ERROR #2 INSTANCE "VI_1" BACKUP 100 | action ended: could not start: command {launcher.handler} is '
+            f'not safe for root: {launcher.handler} is writable by uid {NOBODY} (nobody) through an ACL entry; '
+            f'setfacl -x u:{NOBODY} it') in launcher.log_text()
+    k.stop([])
