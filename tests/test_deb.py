@@ -145,5 +145,5 @@ def test_man_page_names_every_option() -> None:
         assert not missing, f"docs/notify-launcher.8 does not mention {missing} of `notify-launcher {command}`"
 
 
-def test_readme_shows_the_shipped_logrotate_file() -> None:
-    assert (ROOT / "contrib" / "notify-launcher.logrotate").read_text() in (ROOT / "README.md").read_text()
+def test_operating_doc_shows_the_shipped_logrotate_file() -> None:
+    assert (ROOT / "contrib" / "notify-launcher.logrotate").read_text() in (ROOT / "docs" / "operating.md").read_text()

@@ -1,5 +1,5 @@
 """The parser: every format keepalived writes (docs/keepalived.md), junk as values, and the
-input policy (README "What the reader accepts") checked against arbitrary bytes."""
+input policy (docs/architecture.md "What the reader accepts") checked against arbitrary bytes."""
 
 from __future__ import annotations
 

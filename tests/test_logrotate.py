@@ -1,4 +1,4 @@
-"""The logrotate configuration the package installs (contrib/notify-launcher.logrotate, the README's
+"""The logrotate configuration the package installs (contrib/notify-launcher.logrotate, docs/operating.md's
 snippet), run by the real logrotate while an action writes: nothing lost."""
 
 from __future__ import annotations
