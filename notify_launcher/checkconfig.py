@@ -4,7 +4,8 @@ Checks the INI file (config.py: also that the state dir leaves room for the door
 and every command it names, the state and log paths -- as root, with the very check the reader
 refuses to start on (security.py: everything root reads, runs or writes, and every directory and
 symlink above it) -- and optionally the notify_fifo lines of keepalived.conf for the mistakes
-keepalived makes easy (docs/keepalived.md).  Each problem names the file (and line or section/key) and
+keepalived makes easy (docs/keepalived.md), and, with virtual_server blocks, which keepalived process
+starts the reader.  Each problem names the file (and line or section/key) and
 says what to do.
 """
 
@@ -110,10 +111,13 @@ def check_keepalived_conf(path: str) -> list[str]:
     scripts: list[tuple[int, str, str]] = []
     userless: list[tuple[int, str]] = []
     security = script_user = False
+    virtual_server = 0  # line of the first virtual_server block: keepalived then runs its checker process
     for n, raw in enumerate(lines, 1):
         line = re.split(r"[#!]", raw, maxsplit=1)[0].strip()
         key, _, rest = line.partition(" ")
         rest = rest.strip()
+        if key in ("virtual_server", "virtual_server_group") and not virtual_server:
+            virtual_server = n
         security |= key == "enable_script_security"
         script_user |= key == "script_user"
         if key in _FIFO_KEYS:
@@ -162,7 +166,40 @@ def check_keepalived_conf(path: str) -> list[str]:
                             f"exist) and drops the FIFO; write `{key} PATH root`")
     if not scripts:
         problems.append(f"{path}: no notify_fifo_script line (fine for `notify-launcher serve`)")
+    elif virtual_server:
+        problems += _lvs_problems(path, virtual_server, fifos, scripts)
     return problems
+
+
+def _lvs_problems(path: str, vs_line: int, fifos: dict[str, tuple[int, str]],
+                  scripts: list[tuple[int, str, str]]) -> list[str]:
+    """With virtual_server blocks keepalived runs a checker process beside the VRRP process, and who
+    starts the script depends on the keywords (docs/keepalived.md, "LVS sites")."""
+    with_script = {key: n for n, key, _ in scripts}
+    recommend = ("write `vrrp_notify_fifo PATH root`, `vrrp_notify_fifo_script \"...\" root` and "
+                 "`lvs_notify_fifo PATH root` (the same PATH, no lvs_notify_fifo_script): one reader, "
+                 "started by the VRRP process, which checker restarts do not touch, reading both "
+                 "processes' lines; and make the FIFO before keepalived starts (e.g. ExecStartPre=-mkfifo "
+                 "-m 0600 PATH), or a reload may leave one process writing into a deleted FIFO "
+                 "(docs/keepalived.md, \"LVS sites\")")
+    vrrp, lvs = fifos.get("vrrp_notify_fifo"), fifos.get("lvs_notify_fifo")
+    shared = vrrp is not None and lvs is not None and vrrp[1] == lvs[1]
+    if "vrrp_notify_fifo" in with_script and "lvs_notify_fifo" in with_script and not shared:
+        return [f"{path}:{with_script['lvs_notify_fifo']}: vrrp_notify_fifo and lvs_notify_fifo are two "
+                f"FIFOs, each with a script: two readers, one per keepalived process; with one state "
+                f"directory each one's SIGTERM at a keepalived stop journals a STOP (stop_action twice); "
+                f"{recommend}"]
+    checker_key = next((k for k in ("notify_fifo", "lvs_notify_fifo") if k in with_script), None)
+    if checker_key is not None and not ("vrrp_notify_fifo" in with_script and shared):
+        return [f"{path}:{with_script[checker_key]}: {checker_key}_script with virtual_server blocks "
+                f"(line {vs_line}): keepalived starts the script from its checker process only, and the "
+                f"reader lives and dies with the checker (the VRRP process writes into the same FIFO, "
+                f"without a script of its own): a checker restart ends that reader and keepalived starts "
+                f"another; better: {recommend}"]
+    if "vrrp_notify_fifo" in with_script and lvs is None and "notify_fifo" not in fifos:
+        return [f"{path}:{vs_line}: virtual_server blocks, but no lvs_notify_fifo: the checker's VS/RS "
+                f"events reach no FIFO; {recommend}"]
+    return []
 
 
 def run(config: str | None, keepalived_conf: str | None, overrides: dict[str, str | None]) -> list[str]:

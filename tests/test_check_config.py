@@ -253,3 +253,56 @@ def test_the_readers_command_line_options_are_checked_as_the_reader_takes_them(g
                  "--metrics-file", str(good.parent / "nl.prom"), "--log-level", "DEBUG", "--stop-grace", "0.2")
     assert res.returncode == 2
     assert res.stdout.strip() == f"problem: {good}: on_failure: {missing}: not found"
+
+
+VS_BLOCK = """virtual_server 10.0.0.10 80 {
+    protocol TCP
+    real_server 192.168.1.11 80 {
+        TCP_CHECK {
+        }
+    }
+}
+"""
+
+
+def _lvs_conf(good: Path, defs: str) -> Path:
+    conf = good.parent / "keepalived.conf"
+    conf.write_text("global_defs {\n" + defs.format(fifo=good.parent / "n.fifo", act=good.parent / "act.sh")
+                    + "}\n" + VS_BLOCK)
+    return conf
+
+
+def test_lvs_site_with_the_global_fifo_is_told_the_checker_owns_the_reader(good: Path) -> None:
+    """keepalived starts the global notify_fifo's script from its checker process when virtual_server
+    blocks exist (docs/keepalived.md, "LVS sites"): check-config says so and what to write instead."""
+    conf = _lvs_conf(good, '    notify_fifo {fifo} root\n    notify_fifo_script "{act}" root\n')
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert (f"problem: {conf}:3: notify_fifo_script with virtual_server blocks (line 5): keepalived starts "
+            f"the script from its checker process only" in res.stdout)
+    assert "`lvs_notify_fifo PATH root` (the same PATH, no lvs_notify_fifo_script)" in res.stdout
+    # Without virtual_server blocks the global FIFO is the VRRP process's: nothing to say.
+    conf.write_text(conf.read_text().split("virtual_server")[0])
+    assert _check("--config", str(good), "--keepalived-conf", str(conf)).returncode == 0
+
+
+@pytest.mark.parametrize("lvs_script", ["", '    lvs_notify_fifo_script "{act}" root\n'])
+def test_lvs_site_with_one_shared_fifo_passes(good: Path, lvs_script: str) -> None:
+    """The recommended form, and the same with an lvs script keepalived ignores ("ignoring LVS FIFO
+    script"): one reader, the VRRP process's."""
+    conf = _lvs_conf(good, '    vrrp_notify_fifo {fifo} root\n    vrrp_notify_fifo_script "{act}" root\n'
+                           '    lvs_notify_fifo {fifo} root\n' + lvs_script)
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 0, res.stdout
+
+
+def test_lvs_site_with_two_fifos_or_no_lvs_fifo_is_a_problem(good: Path) -> None:
+    conf = _lvs_conf(good, '    vrrp_notify_fifo {fifo} root\n    vrrp_notify_fifo_script "{act}" root\n'
+                           '    lvs_notify_fifo {fifo}.lvs root\n    lvs_notify_fifo_script "{act}" root\n')
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert f"problem: {conf}:5: vrrp_notify_fifo and lvs_notify_fifo are two FIFOs, each with a script" in res.stdout
+    conf = _lvs_conf(good, '    vrrp_notify_fifo {fifo} root\n    vrrp_notify_fifo_script "{act}" root\n')
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert f"problem: {conf}:5: virtual_server blocks, but no lvs_notify_fifo" in res.stdout
