@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import psutil
 
 from notify_launcher import security
+from notify_launcher.journal import Entry
 
 MAX_OUTPUT_LINE = 4096
 Output = Callable[[str, str], None]  # (stream name, line)
@@ -184,6 +185,13 @@ def kill_tree(proc: Child, others: list[psutil.Process], before: set[int], grace
                 pass
         proc.send(signal.SIGKILL)
         psutil.wait_procs(alive, timeout=2)
+
+
+def event_env(entry: Entry, base: dict[str, str]) -> dict[str, str]:
+    """The environment of an event's action (and of its on_failure): `base`, plus the event's fields."""
+    e = entry.event
+    return dict(base, NL_TYPE=e.type, NL_NAME=e.name, NL_STATE=e.state, NL_PRIORITY=str(e.priority),
+                NL_SEQ=str(entry.seq), NL_VS=e.vs)
 
 
 def reap_zombies() -> None:

@@ -6,7 +6,6 @@ DoorbellListener plays the running worker, so a ring is answered and nothing is 
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import time
@@ -19,14 +18,12 @@ from notify_launcher import pidfile
 from notify_launcher.config import Settings
 from notify_launcher.events import Event
 from notify_launcher.handoff import DoorbellListener, WorkerWatch
-from notify_launcher.identity import is_running, me
-from notify_launcher.journal import JournalWriter, read_all
+from notify_launcher.identity import is_running
+from notify_launcher.journal import read_all
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log
-from notify_launcher.progress import replay
 from notify_launcher.reader import KICK_MIN, STOP_QUIET, Reader
-from notify_launcher.statedir import StatePaths, ensure_state_dir
-from notify_launcher.worker import MAX_TRIES, Worker
+from notify_launcher.statedir import ensure_state_dir
 
 VI = Event("INSTANCE", "VI_1", "MASTER", 100)
 
@@ -152,52 +149,7 @@ def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path) -> None:
     assert os.path.exists(paths.worker_pid), "a file naming another pid is not ours to remove"
 
 
-# -- the worker's recovery ----------------------------------------------------------------------
-
-def _progress(paths: StatePaths, *records: dict[str, object]) -> None:
-    with open(paths.progress, "a") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-
-
-def _worker(tmp: Path, on_crash: str = "rerun") -> tuple[Worker, StatePaths]:
-    paths = ensure_state_dir(str(tmp / "state"))
-    writer = JournalWriter(paths.journal)
-    for state in ("BACKUP", "MASTER"):
-        writer.append(Event("INSTANCE", "VI_1", state, 100), time.time(), 1)
-    s = Settings(state_dir=paths.root, log_file=str(tmp / "log"), on_crash=on_crash)
-    return Worker(s, paths, Log(s.log_file, "worker"), "test", me()), paths
-
-
-def test_recovery_reruns_an_event_a_worker_died_on(tmp_path: Path) -> None:
-    worker, paths = _worker(tmp_path)
-    _progress(paths, {"op": "try", "seq": 1, "worker": 99}, {"op": "end", "seq": 1, "key": "INSTANCE VI_1", "t": 1.0,
-                                                "event": 'INSTANCE "VI_1" BACKUP 100', "state": "BACKUP",
-                                                "result": "exit 0"},
-              {"op": "try", "seq": 2, "worker": 99})
-    worker.open_state()
-    assert worker.done_seq == 1, "#2 runs again"
-
-
-def test_recovery_skips_an_event_after_max_tries_and_the_queue_goes_on(tmp_path: Path) -> None:
-    worker, paths = _worker(tmp_path)
-    _progress(paths, *[{"op": "try", "seq": 1, "worker": 99}] * MAX_TRIES)
-    worker.open_state()
-    assert worker.done_seq == 1
-    end = replay(paths.progress, keep_ends=5).ends[-1]
-    assert end["seq"] == 1 and end["ok"] is False and end["result"] == f"skipped: {MAX_TRIES} workers died on this event"
-    assert end["event"] == 'INSTANCE "VI_1" BACKUP 100', "named from the journal"
-
-
-def test_recovery_by_policy_skip_after_an_action_was_killed(tmp_path: Path) -> None:
-    worker, paths = _worker(tmp_path, on_crash="skip")
-    _progress(paths, {"op": "try", "seq": 1, "worker": 99}, {"op": "start", "seq": 1, "pid": 2 ** 22 + 7, "t": 0.0,
-                                                "worker": 99, "worker_start": 0, "key": "INSTANCE VI_1", "state": "BACKUP",
-                                                "event": 'INSTANCE "VI_1" BACKUP 100'})
-    worker.open_state()
-    assert worker.done_seq == 1
-    assert replay(paths.progress, keep_ends=1).ends[-1]["result"] == "skipped after worker crash"
-
+# -- progress records ----------------------------------------------------------------------------
 
 def test_replay_checks_only_keys_the_record_types_have() -> None:
     """The replay's table of required keys (what makes a JSON line a usable record) names fields of

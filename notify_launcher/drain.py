@@ -1,0 +1,161 @@
+"""The drain: run every journaled event after the last finished one, strictly in sequence order.
+
+One event can never stop the queue: whatever goes wrong while preparing, running or recording it is
+that event's failure (logged with its traceback, recorded, and the next event runs), and a worker
+that dies on it outright is counted by the `try` record written first (recovery.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+
+from notify_launcher import actions
+from notify_launcher.events import READER_TYPE
+from notify_launcher.following import Following
+from notify_launcher.journal import Entry, JournalFollower
+from notify_launcher.ledger import Ledger, end_of
+from notify_launcher.onfailure import OUTPUT_TAIL, Ended, OnFailureRunner
+from notify_launcher.progress import StartRecord, TryRecord
+from notify_launcher.publisher import MetricsPublisher
+
+JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
+
+
+class Drain:
+    """`done_seq`: the last finished event; `reload_at`: when the last READER RELOAD event ran
+    (monotonic; the worker stands by for the next reader after it)."""
+
+    def __init__(self, following: Following, ledger: Ledger, publisher: MetricsPublisher,
+                 on_failure: OnFailureRunner, worker: int, worker_start: int, environ: dict[str, str]) -> None:
+        self.following, self.ledger, self.publisher, self.on_failure = following, ledger, publisher, on_failure
+        self.worker, self.worker_start, self.environ = worker, worker_start, environ
+        self.done_seq = 0
+        self.reload_at = float("-inf")
+
+    def start(self, done_seq: int) -> None:
+        """Follow the journal from here on; `done_seq` is where the progress file says we are."""
+        self.journal = JournalFollower(self.following.paths.journal)
+        self.done_seq = done_seq
+
+    def pending(self) -> bool:
+        """The journal grew since the last read."""
+        return self.journal.pending()
+
+    def drain(self, owner: Callable[[], bool]) -> bool:
+        """Run everything journaled; False if we must leave (`owner()` said the state directory is
+        no longer ours)."""
+        while True:
+            if not owner():
+                return False
+            entries, damaged = self.journal.read_new()
+            for line in damaged:
+                self.following.log.error(None, None, f"damaged journal line skipped: {line[:200]!r}")
+            if not entries:
+                if not self.publisher.published:
+                    self.publisher.publish([])  # at start, with nothing to do
+                return True
+            self._follow_state_files(entries[0])
+            entries = [e for e in entries if e.seq > self.done_seq]
+            if not self.publisher.published:
+                self.publisher.publish(entries)  # at start: the counts, and the queue this worker found
+            newest = {e.event.key: e.seq for e in entries} if self.following.settings.coalesce else {}
+            for n, entry in enumerate(entries, 1):
+                if entry.seq != self.done_seq + 1 and self.done_seq:
+                    self.following.log.error(entry.seq, entry.event, f"events #{self.done_seq + 1}..#{entry.seq - 1} "
+                                                                     f"are missing from the journal")
+                self._take_up(entry, newest.get(entry.event.key, entry.seq))
+                self.done_seq = entry.seq
+                if entry.event.type == READER_TYPE and entry.event.state == "RELOAD":
+                    self.reload_at = time.monotonic()  # the next reader is starting: stand by for it
+                self.publisher.publish(entries[n:])
+                self.on_failure.run()
+
+    def compact(self) -> None:
+        """Keep the state directory small when the queue is idle: it usually lives in /run, which is RAM."""
+        log = self.following.log
+        try:
+            if _size(self.following.paths.journal) > JOURNAL_MAX and self.journal.compact():
+                log.info(None, None, f"journal compacted (everything up to #{self.done_seq} is done)")
+            self.ledger.compact()
+        except OSError as exc:
+            log.warn(None, None, f"cannot compact the state directory ({exc.strerror}); will try again")
+
+    def _follow_state_files(self, first: Entry) -> None:
+        """Before a batch: the newest settings, and state files someone removed (journal, progress)."""
+        self.following.follow()
+        paths, log = self.following.paths, self.following.log
+        if self.ledger.follow():
+            log.warn(None, None, f"{paths.progress} was removed; recording into a new one")
+        if self.journal.replaced:
+            self.journal.replaced = False
+            log.warn(first.seq, first.event, f"{paths.journal} was removed and created anew; following it")
+            if first.seq <= self.done_seq:
+                log.error(first.seq, first.event, f"numbering restarted at #{first.seq}, below the last finished "
+                                                  f"#{self.done_seq} (journal and progress removed); running the new events")
+                self.done_seq = first.seq - 1
+
+    def _take_up(self, entry: Entry, newest: int) -> None:
+        """One event, whatever happens: `try` first (so a death here is counted), then its action;
+        an exception is this event's failure, never the queue's."""
+        self.ledger.record(TryRecord(op="try", seq=entry.seq, worker=self.worker), entry.event)
+        try:
+            if newest != entry.seq and entry.event.type != READER_TYPE:
+                self.following.log.info(entry.seq, entry.event, f"skipped: superseded by #{newest} (coalesce = yes)")
+                self.ledger.finish(end_of(entry, f"superseded by #{newest}", ok=True, worker=self.worker), entry.event)
+            else:
+                self._run(entry)
+        except Exception as exc:
+            self.following.log.exception(entry.seq, entry.event, "FAILED inside the launcher (the next event runs)", exc)
+            end = end_of(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False, worker=self.worker)
+            self.ledger.finish(end, entry.event)
+            self.on_failure.due(Ended(entry, end))
+
+    def _run(self, entry: Entry) -> None:
+        """The event's action (or why none runs), its end recorded."""
+        seq, event, log = entry.seq, entry.event, self.following.log
+        settings = self.following.settings
+        delay = time.time() - entry.time  # for the log line only
+        prefix, timeout = settings.action_for(event)
+        if not prefix:
+            quiet = " (a quiet state: name it in a [match] rule to run something)" \
+                if event.state in settings.quiet_states else ""
+            log.info(seq, event, f"no action configured for this event{quiet}")
+            self.ledger.finish(end_of(entry, "no action", ok=True, worker=self.worker), event)
+            return
+        argv = list(prefix) + event.fields()
+        tail: deque[str] = deque(maxlen=OUTPUT_TAIL)  # for on_failure
+
+        def output(stream: str, text: str) -> None:
+            log.info(seq, event, f"{stream}: {text}")
+            tail.append(text)
+
+        def started(pid: int) -> None:
+            """Recorded and logged after the spawn, so nothing of ours delays the action.  The spawn
+            time stands for the action's create time (reading that from /proc while the child is in
+            exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
+            self.ledger.record(StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
+                                           state=event.state, pid=pid, worker=self.worker,
+                                           worker_start=self.worker_start), event)
+            log.info(seq, event, f"action started: {' '.join(argv)} (pid {pid}, timeout {timeout:g}s, "
+                                 f"queued {delay * 1000:.1f} ms)")
+
+        result = actions.run_action(argv, actions.event_env(entry, self.environ), timeout, settings.kill_grace,
+                                    output=output, note=lambda text: log.warn(seq, event, text), started=started)
+        log.line("INFO" if result.ok else "ERROR", seq, event,
+                 f"action ended: {result.describe()} after {result.duration:.3f}s")
+        end = end_of(entry, result.describe(), ok=result.ok, worker=self.worker)
+        end["duration"], end["exit"], end["signal"] = round(result.duration, 6), result.exit_code, result.signal
+        end["timed_out"] = result.timed_out
+        self.ledger.finish(end, event)
+        self.on_failure.due(Ended(entry, end, tail))
+
+
+def _size(path: str) -> int:
+    """0 for a file not made yet (the journal, before the reader's first event)."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,56 @@
+"""The settings a worker follows and the log they name, in one object every part of the worker reads.
+
+The newest reader publishes settings.json (settingsfile.py); a lingering worker follows it, so an
+administrator's change reaches the next events without a restart.  The log file and level always
+follow the newest settings.  Because every part (the drain, recovery, the metrics publisher, the
+on_failure runner) reads `settings` and `log` here, a reload reaches all of them at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+from notify_launcher import settingsfile
+from notify_launcher.config import Settings
+from notify_launcher.log import Log, Troubles
+from notify_launcher.statedir import StatePaths
+
+
+def file_id(path: str) -> tuple[int, int] | None:
+    """What tells a file from the one that replaced it at its path (None: there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+class Following:
+    """`settings`, `log` and `troubles` (its log-once helper) as of the last `follow()`."""
+
+    def __init__(self, paths: StatePaths, settings: Settings, log: Log) -> None:
+        self.paths, self.settings, self.log = paths, settings, log
+        self.troubles = Troubles(log)
+        self._seen: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        """Remember which settings.json our settings came from (a rewrite is a reload)."""
+        self._seen = file_id(self.paths.settings)
+
+    def follow(self) -> None:
+        """Take the newest reader's settings if settings.json changed since; a damaged file is
+        logged and the settings in use stay."""
+        ident = file_id(self.paths.settings)
+        if ident == self._seen or ident is None:
+            return
+        self._seen = ident
+        try:
+            new = settingsfile.read(self.paths)
+        except (OSError, settingsfile.SettingsFileError) as exc:
+            self.log.error(None, None, f"cannot follow the settings ({exc}); keeping the old ones")
+            return
+        if (new.log_file, new.log_level) != (self.settings.log_file, self.settings.log_level):
+            self.log.info(None, None, f"settings changed: logging to {new.log_file} at {new.log_level} from now on")
+            self.log.close()
+            self.log = self.troubles.log = Log(new.log_file, "worker", new.log_level)
+        self.settings = new

@@ -1,0 +1,76 @@
+"""The worker's side of the progress file: every record it writes, and what a failed write means.
+
+A `try` record comes before anything that could fail, so a worker that dies on an event is counted;
+an `end` record is what makes an event never run again, so until it is on disk (a full state file
+system) the queue waits for it.  The counters the metrics file shows are folded in as records are
+written (totals.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from notify_launcher.following import Following
+from notify_launcher.journal import Entry
+from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, replay
+from notify_launcher.totals import Totals
+
+RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
+KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
+PROGRESS_MAX = 512 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
+
+
+def end_of(entry: Entry, result: str, ok: bool, worker: int) -> EndRecord:
+    """The end record of `entry`: `result` says how it ended (an action's exit, or why nothing ran)."""
+    e = entry.event
+    return EndRecord(op="end", seq=entry.seq, t=time.time(), key=e.key, event=str(e), state=e.state,
+                     result=result, ok=ok, worker=worker)
+
+
+class Ledger:
+    """Appends the worker's records; `totals` counts every record written (and those replayed)."""
+
+    def __init__(self, following: Following) -> None:
+        self.following = following
+        self.totals = Totals()
+
+    def start(self) -> Snapshot:
+        """Open the progress file and replay it: where the queue stands, whether a worker died."""
+        paths = self.following.paths
+        self._progress = ProgressLog(paths.progress)
+        return replay(paths.progress, totals=self.totals)
+
+    def follow(self) -> bool:
+        """Record into the file at the path again if someone removed it; True if they had."""
+        return self._progress.follow()
+
+    def record(self, rec: Record, subject: object) -> bool:
+        """Append one record; on failure log it (once per event and op) and return False."""
+        failed = self._progress.record(rec)
+        if failed is None:
+            self.totals.fold(rec)
+            return True
+        seq, op, path = rec["seq"], rec["op"], self._progress.path
+        self.following.troubles.report(
+            "progress", seq, subject, f"cannot record {op!r} in {path} ({failed}); "
+            + ("the queue waits until it can (retrying)" if op == "end" else "going on without it"))
+        return False
+
+    def finish(self, end: EndRecord, subject: object) -> None:
+        """Record the end, retrying until it is on disk: a crash then re-runs at most the one event
+        it interrupted, never one that ended."""
+        pause = RECORD_RETRY_MIN
+        while not self.record(end, subject):
+            time.sleep(pause)
+            pause = min(RECORD_RETRY_MAX, pause * 2)
+            self._progress.follow()
+        if pause > RECORD_RETRY_MIN:
+            self.following.log.info(end["seq"], subject,
+                                    f"recorded the end in {self._progress.path} at last; the queue goes on")
+
+    def compact(self) -> None:
+        """Keep the file small when it grew past PROGRESS_MAX (only when the queue is idle: the
+        caller's part).  Raises OSError."""
+        if self._progress.size() > PROGRESS_MAX:
+            self._progress.compact(KEEP_HISTORY)
+            self.following.log.info(None, None, f"progress compacted to the last {KEEP_HISTORY} results")
