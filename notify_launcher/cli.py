@@ -130,7 +130,7 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
         return EXIT_USAGE
     from notify_launcher.log import Log
     from notify_launcher.fifo import FifoError, open_fifo
-    from notify_launcher.reader import SIBLING_WAIT, Reader, later_sibling
+    from notify_launcher.reader import Reader
     from notify_launcher.security import check
 
     problems = check(settings)
@@ -153,15 +153,6 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
                          f"workers: {detach} ({why})")
     term = EARLY_TERM[0] if EARLY_TERM else None
     reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, term, serve)
-    if term is not None and not serve:
-        # Stopped before we read a line: a stop (read its STOP lines) or a reload (the next reader,
-        # started 17-34 ms after the SIGTERM, may share our FIFO: never read beside it).
-        time.sleep(max(0.0, term + SIBLING_WAIT - time.monotonic()))
-        sibling = later_sibling(os.getpid())
-        if sibling is not None:
-            reader.finish_with("RELOAD", f"SIGTERM while starting, and keepalived started the next reader "
-                                         f"(pid {sibling}): a reload; leaving {args.fifo} to it unread")
-            return 0
     return reader.run()
 
 

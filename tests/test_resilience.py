@@ -21,7 +21,7 @@ from support.marks import needs
 from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
-from notify_launcher.reader import later_sibling
+from notify_launcher.stopping import later_sibling
 
 VI = 'INSTANCE "VI_1" {} 100'
 

@@ -6,24 +6,31 @@ DoorbellListener plays the running worker, so a ring is answered and nothing is 
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from notify_launcher import pidfile
+from notify_launcher.backlog import Backlog
 from notify_launcher.config import Settings
-from notify_launcher.events import Event
-from notify_launcher.handoff import DoorbellListener, WorkerWatch
+from notify_launcher.events import Event, parse_line
+from notify_launcher.handoff import Doorbell, DoorbellListener, WorkerWatch
 from notify_launcher.identity import is_running
-from notify_launcher.journal import read_all
+from notify_launcher.intake import Intake
+from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.lines import LineSplitter
-from notify_launcher.log import Log
-from notify_launcher.reader import KICK_MIN, STOP_QUIET, Reader
-from notify_launcher.statedir import ensure_state_dir
+from notify_launcher.log import Log, Troubles
+from notify_launcher.reader import Reader
+from notify_launcher.statedir import StatePaths, ensure_state_dir
+from notify_launcher.stopping import SIBLING_CHECK, STOP_QUIET, StopClassifier, Verdict
+from notify_launcher.upkeep import KICK_MIN, BackOff, StateRepair
+from notify_launcher.workerlink import WorkerLink
 
 VI = Event("INSTANCE", "VI_1", "MASTER", 100)
 
@@ -50,88 +57,181 @@ def test_an_overlong_line_is_handed_on_once_then_skipped_to_its_newline() -> Non
     assert splitter.feed(b"c\nok\n") == [b"ok"]
 
 
-# -- the reader ---------------------------------------------------------------------------------
+# -- the reader's parts --------------------------------------------------------------------------
 
-def _reader(tmp: Path, **settings: object) -> tuple[Reader, DoorbellListener]:
+def _settings(tmp: Path, **settings: object) -> tuple[Settings, StatePaths]:
     paths = ensure_state_dir(str(tmp / "state"))
-    s = Settings(state_dir=paths.root, log_file=str(tmp / "log"), **settings)  # type: ignore[arg-type]
-    reader = Reader(s, paths, -1, str(tmp / "fifo"), Log(s.log_file, "reader"), "daemon")
+    return Settings(state_dir=paths.root, log_file=str(tmp / "log"), **settings), paths  # type: ignore[arg-type]
+
+
+def _listening(paths: StatePaths) -> DoorbellListener:
+    """A bound doorbell plays the running worker: a ring is answered and nothing is spawned."""
     worker_side = DoorbellListener(paths, os.pipe()[0])
     worker_side.open()
-    return reader, worker_side
+    return worker_side
 
 
 def test_events_wait_in_memory_in_order_while_the_journal_cannot_be_written(tmp_path: Path) -> None:
-    reader, _ = _reader(tmp_path)
-    journal = Path(reader.paths.journal)
+    s, paths = _settings(tmp_path)
+    backlog = Backlog(JournalWriter(paths.journal), Log(s.log_file, "reader"))
+    journal = Path(paths.journal)
     journal.mkdir()  # not a file: every append fails (EISDIR), as on a broken disk
+    journaled: list[tuple[int, str]] = []
     for state in ("BACKUP", "MASTER", "FAULT"):
-        reader._submit(Event("INSTANCE", "VI_1", state, 100))
-    assert [e.state for e, _ in reader.backlog] == ["BACKUP", "MASTER", "FAULT"]
-    log = Path(reader.settings.log_file).read_text()
-    assert log.count("cannot write the journal") == 1, "logged once, not once per event"
+        backlog.add(Event("INSTANCE", "VI_1", state, 100))
+        failed = backlog.flush(lambda seq, event: journaled.append((seq, event.state)))
+        assert failed is not None and failed.errno == errno.EISDIR
+    assert [e.state for e in backlog.events()] == ["BACKUP", "MASTER", "FAULT"] and not journaled
+    assert Path(s.log_file).read_text().count("cannot write the journal") == 1, "logged once, not once per event"
     journal.rmdir()
-    reader._flush_backlog()
-    assert not reader.backlog
-    assert [(e.seq, e.event.state) for e in read_all(str(journal))] == [(1, "BACKUP"), (2, "MASTER"), (3, "FAULT")]
-    assert "journal: working again" in Path(reader.settings.log_file).read_text()
+    assert backlog.flush(lambda seq, event: journaled.append((seq, event.state))) is None
+    assert not backlog and journaled == [(1, "BACKUP"), (2, "MASTER"), (3, "FAULT")]
+    assert [(e.seq, e.event.state) for e in read_all(str(journal))] == journaled
+    assert "journal: working again" in Path(s.log_file).read_text()
+
+
+def test_a_full_backlog_drops_its_oldest_event_and_says_so(tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    backlog = Backlog(JournalWriter(paths.journal), Log(s.log_file, "reader"), limit=2)
+    for state in ("BACKUP", "MASTER", "FAULT"):
+        backlog.add(Event("INSTANCE", "VI_1", state, 100))
+    assert [e.state for e in backlog.events()] == ["MASTER", "FAULT"]
+    assert 'INSTANCE "VI_1" BACKUP 100 | DROPPED: more than 2 events wait' in Path(s.log_file).read_text()
 
 
 def test_a_removed_state_directory_is_made_again(tmp_path: Path) -> None:
-    reader, _ = _reader(tmp_path)
-    reader._submit(VI)
-    for name in os.listdir(reader.paths.root):
-        os.unlink(os.path.join(reader.paths.root, name))
-    os.rmdir(reader.paths.root)
-    reader._submit(VI)  # fails (no directory), repairs, holds
-    reader._flush_backlog()
+    s, paths = _settings(tmp_path)
+    _listening(paths)
+    reader = Reader(s, paths, -1, str(tmp_path / "fifo"), Log(s.log_file, "reader"), "daemon")
+    reader.submit(VI)
+    for name in os.listdir(paths.root):
+        os.unlink(os.path.join(paths.root, name))
+    os.rmdir(paths.root)
+    reader.submit(VI)  # fails (no directory), repairs, holds
+    reader.submit(VI)
     assert not reader.backlog
-    assert os.stat(reader.paths.root).st_mode & 0o777 == 0o700
-    assert os.path.exists(reader.paths.settings), "settings.json published again"
-    assert [e.seq for e in read_all(reader.paths.journal)] == [2], "numbering went on above #1"
+    assert os.stat(paths.root).st_mode & 0o777 == 0o700
+    assert os.path.exists(paths.settings), "settings.json published again"
+    assert [e.seq for e in read_all(paths.journal)] == [2, 3], "numbering went on above #1"
 
 
-def test_stop_grace_ends_early_once_every_instance_reported_stop(tmp_path: Path) -> None:
-    reader, _ = _reader(tmp_path, stop_grace=0.5)
-    reader.term_at = time.monotonic()
-    assert not reader._stop_complete()  # nothing known yet: wait for the STOP lines
-    reader._line(b'INSTANCE "VI_1" MASTER 100')
-    reader._line(b'GROUP "G1" MASTER 0')
-    reader._line(b'INSTANCE "VI_1" STOP 100')
-    assert not reader._stop_complete()
-    reader._line(b'GROUP "G1" STOP 0')
-    assert not reader._stop_complete(), "a STOP line of one we never saw may follow in the same burst"
-    reader._last_line_at -= STOP_QUIET
-    assert reader._stop_complete()
-    reader.states.clear()
-    reader.term_at = time.monotonic() - 0.6
-    assert reader._stop_complete(), "the grace is over"
+def test_state_repair_says_once_what_it_cannot_make_and_when_it_works_again(tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    log = Log(s.log_file, "reader")
+    repair = StateRepair(StatePaths(str(tmp_path / "file" / "state")), s, Doorbell(paths), Troubles(log))
+    (tmp_path / "file").write_text("")  # a file where the parent directory should be
+    assert not repair.repair() and not repair.repair()
+    assert Path(s.log_file).read_text().count("cannot prepare the state directory") == 1
+    (tmp_path / "file").unlink()
+    assert repair.repair() and repair.published
+    assert "state directory: working again" in Path(s.log_file).read_text()
 
 
-def test_crash_back_off_grows_and_a_worker_taking_over_resets_it(tmp_path: Path) -> None:
-    reader, _ = _reader(tmp_path)
+def test_stop_grace_ends_early_once_every_instance_reported_stop() -> None:
+    stop = StopClassifier(grace=0.5, next_reader=lambda: None)
+    stop.sigterm(100.0)
+    assert not stop.done(100.0)  # nothing known yet: wait for the STOP lines
+    for line in ('INSTANCE "VI_1" MASTER 100', 'GROUP "G1" MASTER 0', 'INSTANCE "VI_1" STOP 100'):
+        stop.saw(_parsed(line), 100.1)
+    assert not stop.done(100.1)
+    stop.saw(_parsed('GROUP "G1" STOP 0'), 100.1)
+    assert not stop.done(100.1), "a STOP line of one we never saw may follow in the same burst"
+    assert stop.wake_in(100.1) == pytest.approx(STOP_QUIET)
+    assert stop.done(100.1 + STOP_QUIET)
+    assert stop.verdict(False, "fifo", lambda: False) == Verdict("STOP", "SIGTERM: keepalived is stopping")
+
+
+def test_stop_grace_ends_when_it_is_over_whatever_came() -> None:
+    stop = StopClassifier(grace=0.5, next_reader=lambda: None)
+    stop.sigterm(100.0)
+    stop.sigterm(100.3)  # only the first SIGTERM starts the grace
+    stop.saw(_parsed('INSTANCE "VI_1" MASTER 100'), 100.2)
+    assert not stop.done(100.49) and stop.done(100.5)
+
+
+def test_a_reader_started_after_us_makes_the_sigterm_a_reload() -> None:
+    sibling: list[int] = []
+    stop = StopClassifier(grace=0.5, next_reader=lambda: sibling[0] if sibling else None)
+    stop.sigterm(100.0)
+    assert not stop.done(100.0)
+    sibling.append(4242)
+    assert not stop.done(100.0 + SIBLING_CHECK / 2), "looked for it a moment ago"
+    assert stop.done(100.0 + SIBLING_CHECK)
+    verdict = stop.verdict(False, "fifo", lambda: False)
+    assert verdict.state == "RELOAD" and "pid 4242" in verdict.why and not verdict.keepalived_stops
+
+
+def test_the_verdict_without_a_next_reader() -> None:
+    stop = StopClassifier(grace=0.5, next_reader=lambda: None)
+    assert stop.verdict(True, "f", lambda: False).state == "EOF", "EOF without SIGTERM"
+    stop.sigterm(1.0)
+    assert stop.verdict(True, "f", lambda: False).state == "RELOAD", "SIGTERM then EOF"
+    assert stop.verdict(False, "f", lambda: True) == Verdict("RELOAD", "SIGTERM, and f is a new FIFO: "
+                                                                        "keepalived is reloading")
+    assert stop.verdict(False, "f", lambda: False).keepalived_stops
+
+
+def test_back_off_grows_to_its_limit_and_resets() -> None:
+    backoff = BackOff(low=0.1, high=0.5)
     delays = []
-    for _ in range(4):
-        reader._worker_news("worker pid 1 died without finishing")
-        assert reader._kick_at is not None
-        delays.append(round(reader._kick_at - time.monotonic(), 1))
-        reader._kick_at = None
-    assert delays == [KICK_MIN, 2 * KICK_MIN, 4 * KICK_MIN, 8 * KICK_MIN]
-    hello_w = reader.watch.new_child()
+    for _ in range(5):
+        backoff.later(10.0)
+        backoff.later(10.0)  # one retry pending at a time
+        assert backoff.due_at is not None and not backoff.due(backoff.due_at - 0.01)
+        delays.append(round(backoff.due_at - 10.0, 2))
+        assert backoff.due(backoff.due_at) and backoff.due_at is None
+    assert delays == [0.1, 0.2, 0.4, 0.5, 0.5]
+    backoff.reset()
+    backoff.later(10.0)
+    assert backoff.due_at == pytest.approx(10.1)
+
+
+def test_a_worker_crash_is_rung_for_with_back_off_and_a_worker_taking_over_resets_it(tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    _listening(paths)
+    poller = select.poll()
+    link = WorkerLink(s, paths, poller, Log(s.log_file, "reader"), "daemon")
+    for _ in range(3):
+        link.backoff.later(time.monotonic())
+        link.backoff.due_at = None
+    assert link.backoff.delay == 8 * KICK_MIN
+    hello_w = link.watch.new_child()
     os.write(hello_w, f"{os.getpid()}\n".encode())
     os.close(hello_w)
-    for fd, _ in reader.poller.poll(1000):
-        reader._watched(fd)
-    assert reader._kick_delay == KICK_MIN and reader.watch.pid == os.getpid()
+    for fd, _ in poller.poll(1000):
+        assert link.owns(fd)
+        link.watched(fd, stopping=False)
+    assert link.backoff.delay == KICK_MIN and link.watch.pid == os.getpid()
+    hello_w = link.watch.new_child()
+    os.close(hello_w)  # a spawned worker that died before taking over
+    for fd, _ in poller.poll(1000):
+        link.watched(fd, stopping=False)
+    assert link.wake_at is not None
+    assert "a spawned worker exited before taking over; starting another in 0.1s" in Path(s.log_file).read_text()
 
 
 def test_an_unforeseen_state_word_is_warned_about_once(tmp_path: Path) -> None:
-    reader, _ = _reader(tmp_path)
-    for _ in range(3):
-        reader._line(b'INSTANCE "VI_1" SLEEPY 100')
-    log = Path(reader.settings.log_file).read_text()
-    assert log.count("unknown state 'SLEEPY'") == 1
-    assert [e.event.state for e in read_all(reader.paths.journal)] == ["SLEEPY"] * 3
+    s, paths = _settings(tmp_path)
+    intake = Intake(paths, Log(s.log_file, "reader"))
+    events = [intake.line(raw) for raw in intake.split(b'INSTANCE "VI_1" SLEEPY 100\n' * 3)]
+    assert [e.state for e in events if e is not None] == ["SLEEPY"] * 3
+    assert Path(s.log_file).read_text().count("unknown state 'SLEEPY'") == 1
+
+
+def test_a_rejected_line_is_logged_with_its_number_and_counted(tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    intake = Intake(paths, Log(s.log_file, "reader"))
+    assert [intake.line(raw) for raw in intake.split(b'INSTANCE "VI_1" MASTER 100\nhello\n')] == [VI, None]
+    assert intake.lines == 2
+    assert "line 2 rejected (unknown type 'hello' (expected INSTANCE, GROUP, VS or RS)): hello" in \
+        Path(s.log_file).read_text()
+    assert Path(paths.rejected).read_text().strip() == "1"
+
+
+def _parsed(line: str) -> Event:
+    event = parse_line(line.encode())
+    assert isinstance(event, Event)
+    return event
 
 
 # -- worker.pid ---------------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""After keepalived's SIGTERM: is keepalived stopping, or is this reader only being replaced?
+
+The answer decides whether `stop_action` runs, so it is made here and nowhere else.  keepalived
+sends the same SIGTERM on a stop and on a reload (docs/keepalived.md, "Shutdown" and "Reload"):
+
+- on a stop it then writes a STOP line per instance and group, into the same FIFO, and starts no
+  other reader: the reader must catch those lines, then journal `READER reader STOP`;
+- on a reload it closes the FIFO (EOF, unless the FIFO is shared) and starts the same command
+  again from the same parent, 17-34 ms later, on a new FIFO or on this very one: the reader must
+  leave the FIFO to that reader at once and journal `READER reader RELOAD`.
+
+`StopClassifier` holds what the reader has seen since SIGTERM and gives two answers: `done()`
+(may the reader leave now?) and `verdict()` (what its leaving means).  It only reads /proc.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+from notify_launcher import identity
+from notify_launcher.events import Event
+
+FINAL_STATES = frozenset({"STOP", "DELETED"})
+#: After a SIGTERM that came while we started: how long keepalived may take to start the next reader
+#: if it is reloading (17-34 ms seen, docs/keepalived.md "Reload"); its STOP lines wait in the pipe.
+SIBLING_WAIT = 0.1
+#: After SIGTERM, once every instance/group we know has reported STOP: how long the FIFO must stay
+#: quiet before we leave, so a STOP line of one we never saw, written in the same burst, is caught.
+STOP_QUIET = 0.03
+#: After SIGTERM: how often to look for the next reader keepalived starts when it reloads (a scan of
+#: /proc), so that we leave it the FIFO at once instead of reading beside it until the grace is over.
+SIBLING_CHECK = 0.02
+
+
+def later_sibling(pid: int) -> int | None:
+    """A process started after `pid` by the same parent with the same command line, if any: the
+    script keepalived starts again when it reloads (docs/keepalived.md, "Reload").
+
+    This, not the FIFO, tells a reload from a stop after a SIGTERM without EOF: keepalived may
+    reuse the very same FIFO on reload, and a FIFO's timestamps move with every write.  Only
+    /proc/PID/stat is read for every process; a command line only for our parent's later children."""
+    me = identity.stat(pid)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except OSError:
+        return None
+    if me is None:
+        return None
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == pid:
+            continue
+        other = identity.stat(int(name))
+        if other is None or other[0] != me[0] or (other[1], int(name) > pid) < (me[1], True):
+            continue  # another parent, or started before us (a clock tick is 10 ms: pids break ties)
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                if fh.read() == cmdline:
+                    return int(name)
+        except OSError:
+            continue
+    return None
+
+
+class Verdict(NamedTuple):
+    """What the reader's end means: `state` is journaled as `READER reader STATE`; only "STOP" is
+    keepalived stopping (and runs `stop_action`).  `why` is for the log."""
+
+    state: str  # "STOP", "RELOAD" or "EOF"
+    why: str
+
+    @property
+    def keepalived_stops(self) -> bool:
+        return self.state == "STOP"
+
+
+class StopClassifier:
+    """What the reader saw since SIGTERM, and what it means (see the module docstring).
+
+    `next_reader` finds the reader keepalived started after us (default: `later_sibling` of this
+    process); the clock is the caller's (monotonic seconds), so a test drives it."""
+
+    def __init__(self, grace: float, term_at: float | None = None,
+                 next_reader: Callable[[], int | None] = lambda: later_sibling(os.getpid())) -> None:
+        self.grace = grace
+        self.term_at = term_at
+        self.next_reader = next_reader
+        self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
+        self.last_line_at = 0.0
+        self.sibling: int | None = None  # the next reader, once seen after SIGTERM (a reload)
+        self._sibling_check = 0.0  # when to look for it next
+
+    def sigterm(self, now: float) -> None:
+        """keepalived's SIGTERM (only the first one counts: the grace runs from it)."""
+        if self.term_at is None:
+            self.term_at = now
+
+    def saw(self, event: Event | None, now: float) -> None:
+        """A line came (`event` None: a rejected one): the FIFO is not quiet yet."""
+        self.last_line_at = now
+        if event is not None and event.type in ("INSTANCE", "GROUP"):
+            self.states[event.key] = event.state
+
+    def replaced_at_start(self) -> int | None:
+        """A SIGTERM came while we started: the next reader's pid if keepalived started one (a reload:
+        it may share our FIFO, so we must not read it at all), None if not (a stop: read the STOP
+        lines).  Call it SIBLING_WAIT after the SIGTERM."""
+        self.sibling = self.next_reader()
+        return self.sibling
+
+    def done(self, now: float) -> bool:
+        """After SIGTERM: the grace is over; or, once the FIFO is quiet, every known instance/group
+        reported STOP (a stop), or keepalived started the next reader (a reload, which writes no STOP
+        lines and may hand it this very FIFO: reading beside it could journal lines out of order)."""
+        assert self.term_at is not None
+        if now >= self.term_at + self.grace:
+            return True
+        # keepalived writes its STOP lines in one burst; a line of an instance or group we have not
+        # seen yet may follow the last one we know by a moment: leave once the burst is over.
+        if now < self.last_line_at + STOP_QUIET:
+            return False
+        if self.states and all(s in FINAL_STATES for s in self.states.values()):
+            return True
+        if self.sibling is None and now >= self._sibling_check:
+            self._sibling_check = now + SIBLING_CHECK
+            self.sibling = self.next_reader()
+        return self.sibling is not None
+
+    def wake_in(self, now: float) -> float | None:
+        """Seconds until `done` may change without a new line (None: not stopping)."""
+        if self.term_at is None:
+            return None
+        quiet_at = self.last_line_at + STOP_QUIET
+        return min(self.term_at + self.grace - now, quiet_at - now if quiet_at > now else self._sibling_check - now)
+
+    def verdict(self, eof: bool, fifo_path: str, fifo_replaced: Callable[[], bool]) -> Verdict:
+        """Why the reader leaves: keepalived closed the FIFO with no SIGTERM (EOF), a reload (SIGTERM and
+        EOF, a next reader, or a new FIFO at our path), or keepalived stopping (none of these)."""
+        if self.term_at is None:
+            return Verdict("EOF", "keepalived closed the FIFO")
+        if eof:
+            return Verdict("RELOAD", "SIGTERM then EOF: keepalived is reloading")
+        sibling = self.sibling or self.next_reader()
+        if sibling is not None:
+            return Verdict("RELOAD", f"SIGTERM, and keepalived started the next reader (pid {sibling}): "
+                                     f"a reload; leaving the FIFO to it")
+        if fifo_replaced():
+            return Verdict("RELOAD", f"SIGTERM, and {fifo_path} is a new FIFO: keepalived is reloading")
+        return Verdict("STOP", "SIGTERM: keepalived is stopping")

@@ -1,0 +1,96 @@
+"""The reader's side of the worker: ring after each append, spawn one when nobody will read the
+journal, watch it, and ring again (with a growing delay) when it crashed.  The protocol itself
+is handoff.py's; this is the reader's use of it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+from notify_launcher.config import Settings
+from notify_launcher.detach import Way, spawn_worker
+from notify_launcher.handoff import Doorbell, WorkerWatch
+from notify_launcher.log import Log, Troubles
+from notify_launcher.statedir import StatePaths
+from notify_launcher.upkeep import BackOff, StateRepair
+
+
+class WorkerLink:
+    """Doorbell, worker watch and back-off.  `ring()` after each journaled event; hand `owns`' fds
+    to `watched`; call `tick()` when `wake_at` has come."""
+
+    def __init__(self, settings: Settings, paths: StatePaths, poller: select.poll, log: Log, detach: Way) -> None:
+        self.settings, self.log, self.detach = settings, log, detach
+        self.troubles = Troubles(log)
+        self.doorbell = Doorbell(paths)
+        self.watch = WorkerWatch(paths, poller)
+        self.backoff = BackOff()
+        self.repair = StateRepair(paths, settings, self.doorbell, self.troubles)
+
+    @property
+    def wake_at(self) -> float | None:
+        """When a retry is due (monotonic), if one is scheduled."""
+        return self.backoff.due_at
+
+    def tick(self) -> None:
+        if self.backoff.due(time.monotonic()):
+            self.ring()
+
+    def new_work(self) -> None:
+        """An event was journaled: a worker that crashed before may be retried promptly."""
+        self.backoff.reset()
+
+    def ring(self) -> None:
+        """Make sure a worker will read the journal (spawning one if none will)."""
+        try:
+            if not self.repair.published:
+                self.repair.repair()  # a systemd unit worker reads its settings from the state directory
+            rang = self.doorbell.ring(self._spawn, spawning=bool(self.watch.hellos))
+        except OSError as exc:  # fork refused (pid limit, memory), standby.lock not creatable
+            self.troubles.report("worker start", None, None, f"cannot start a worker: {exc}; events are journaled "
+                                 f"and wait; retrying with back-off")
+            self.backoff.later(time.monotonic())
+            return
+        self.troubles.recovered("worker start")
+        if rang == "spawned":
+            self.log.debug(None, None, "no worker listening or queued: spawned one")
+            return
+        self.follow_named()
+        if rang == "queued":  # it stands by only for readers it heard: ring again until it listens
+            self.backoff.later(time.monotonic())
+
+    def follow_named(self) -> None:
+        """Watch the worker worker.pid names (one that crashed while no reader ran is rung for)."""
+        self._crashed(self.watch.follow_named())
+
+    def owns(self, fd: int) -> bool:
+        return self.watch.owns(fd)
+
+    def watched(self, fd: int, stopping: bool) -> None:
+        """A hello pipe or the worker's pidfd became readable.  `stopping`: after SIGTERM a worker that
+        left normally is not replaced."""
+        hello = fd in self.watch.hellos
+        news = self.watch.ready(fd)
+        if news is not None:
+            self._crashed(news)
+        elif hello:
+            self.backoff.reset()  # a worker took over: back-off is for crash loops only
+        elif not stopping:
+            self.log.debug(None, None, f"worker pid {self.watch.pid} left; starting a standby")
+            self.backoff.later(time.monotonic())
+
+    def _crashed(self, crash: str | None) -> None:
+        """Ring again after a worker crash, with a growing delay so a crash loop is no fork loop."""
+        if crash is None:
+            return
+        self.log.warn(None, None, f"{crash}; starting another in {self.backoff.delay:g}s to recover")
+        self.backoff.later(time.monotonic())
+
+    def _spawn(self, standby_fd: int) -> None:
+        hello = self.watch.new_child()
+        try:
+            spawn_worker(self.detach, self.settings, standby_fd, hello)
+        finally:
+            os.close(hello)
