@@ -26,7 +26,11 @@ pytest_plugins = ["support.marks"]  # the `needs` marker
 def launcher(tmp_path: Path) -> Iterator[Launcher]:
     setup = Launcher.in_dir(tmp_path)
     yield setup
-    setup.end_processes()
+    try:
+        if setup.unchecked is None:
+            setup.check()
+    finally:
+        setup.end_processes()
 
 
 @pytest.fixture

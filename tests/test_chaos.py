@@ -1,6 +1,7 @@
 """Chaos: SIGKILL the worker and the reader at random moments of a 2,000-event burst, and fill and
 free the state file system meanwhile.  Every journaled event must run, in order, never two at once,
-and be re-run at most once per worker kill (on_crash = rerun).
+and be re-run at most once per worker kill (on_crash = rerun); the invariants checker
+(docs/invariants.md) runs at the end.
 
 The reader is started by the test itself (keepalived never restarts its script, but a supervisor
 or the next keepalived start would), and the test holds the FIFO's write end, so lines a killed
@@ -24,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from support import LAUNCHER, processes, recorder
+from support import LAUNCHER, invariants, processes, recorder
 from support.marks import needs
 
 EVENTS = 2000
@@ -51,6 +52,7 @@ class Chaos:
         self.rec = tmp / "records"
         self.log = tmp / "launcher.log"
         self.handler = recorder.install(tmp / "handler.sh", records=self.rec, sleeps=tmp / recorder.SLEEPS)
+        recorder.track_trees(self.rec)
         (tmp / recorder.SLEEPS).write_text(recorder.sleep_line("*", "*", 0.004))  # every action takes 4 ms
         self.filler = self.state / "filler"
         self.reader: subprocess.Popen[bytes] | None = None
@@ -211,6 +213,8 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
               f"{chaos.kills['reader']}; disk filled {chaos.kills['fill']} times; lines read by a killed reader "
               f"before journaling: {lost_lines}; journaled but lost: 0")
         assert chaos.kills["worker"] >= MIN_KILLS and chaos.kills["reader"] >= MIN_KILLS
+        # Lines a killed reader held are gone with it (module docstring): no expect_lines.
+        invariants.check_run(chaos.state, records_dir=tmp_path, log_file=chaos.log)
         assert "Traceback" not in log or "FAILED inside the launcher" not in log
     finally:
         if wfd >= 0:

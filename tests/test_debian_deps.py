@@ -73,8 +73,10 @@ def _venv(name: str, packages: dict[str, str]) -> Path:
 def _keepalived(launcher: Launcher, venv: Path, *wrapper: str) -> Keepalived:
     """The stand-in running this checkout's launcher on `venv`'s Python and packages only, through
     `wrapper` (a command that execs its arguments)."""
-    return Keepalived([*wrapper, "env", f"PYTHONPATH={ROOT}", str(venv / "bin" / "python"), "-m", "notify_launcher",
-                       *launcher.argv()[1:]], str(launcher.fifo))
+    standin = Keepalived([*wrapper, "env", f"PYTHONPATH={ROOT}", str(venv / "bin" / "python"), "-m", "notify_launcher",
+                          *launcher.argv()[1:]], str(launcher.fifo))
+    launcher.standins.append(standin)  # what it wrote and its stops are checked at the end (support.invariants)
+    return standin
 
 
 def _nofile(soft: int, hard: int) -> list[str]:
@@ -110,6 +112,7 @@ def test_runs_on_debian_versions_of_its_dependencies(launcher: Launcher, release
 
 def test_a_worker_that_cannot_start_says_why_in_the_log(launcher: Launcher) -> None:
     venv = _venv("no-psutil", {p: v for p, v in DEBIAN12.items() if p != "psutil"})
+    launcher.unchecked = "no worker can start: its event never runs, on purpose"
     k = _keepalived(launcher, venv)
     k.start()
     assert k.write(VI.format("MASTER"))
@@ -134,6 +137,7 @@ def _idle_worker_rss(directory: Path, venv: Path, hard: int) -> int:
         launcher.settle(1)
         rss = int(psutil.Process(launcher.wait_standby()).memory_info().rss)
         k.stop([VI.format("STOP")])
+        launcher.check()
         return rss
     finally:
         launcher.end_processes()

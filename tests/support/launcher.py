@@ -10,14 +10,14 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from notify_launcher.journal import parse_entry
-from support import LAUNCHER, processes, recorder
+from support import LAUNCHER, invariants, processes, recorder
 from support.standin import Keepalived
 
 
@@ -78,12 +78,18 @@ class Launcher:
     rec: Path
     handler: Path
     extra_args: list[str] = field(default_factory=list)
+    standins: list[Keepalived] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)  # every log file a stand-in's reader was given, in order
+    #: Checked at the end of every test (the fixture's teardown calls `check`); a test whose run
+    #: cannot end clean on purpose sets the reason here.
+    unchecked: str | None = None
 
     @classmethod
     def in_dir(cls, path: Path) -> Launcher:
         """A setup in `path` (which exists), its handler the recorder."""
         handler = recorder.install(path / "handler.sh", records=path / recorder.RECORDS,
                                    sleeps=path / recorder.SLEEPS)
+        recorder.track_trees(path / recorder.RECORDS)
         return cls(path, path / "state", path / "launcher.log", path / "notify.fifo", path / recorder.RECORDS,
                    handler)
 
@@ -92,7 +98,26 @@ class Launcher:
                 "--log-file", str(self.log), "--linger", "1", *self.extra_args, *more]
 
     def keepalived(self, *more: str) -> Keepalived:
-        return Keepalived(self.argv(*more), str(self.fifo))
+        standin = Keepalived(self.argv(*more), str(self.fifo))
+        if self.log not in self.logs:
+            self.logs.append(self.log)
+        self.standins.append(standin)
+        return standin
+
+    def check(self, timeout: float = 60, expect_lines: list[str] | None = None, stops: int | None = None,
+              alive_ok: Iterable[int] = ()) -> invariants.Report:
+        """The run is over: wait until the launcher is idle, then check every invariant
+        (support.invariants); by default every line the stand-ins wrote must be journaled, and each
+        of their stops must have journaled a STOP."""
+        if self.state.exists():
+            self.wait_idle(timeout)
+        if expect_lines is None:
+            expect_lines = [line for k in self.standins for line in k.lines]
+        if stops is None:
+            stops = sum(k.stops for k in self.standins)
+        return invariants.check_run(self.state, records_dir=self.dir, log_file=self.logs or [self.log],
+                                    expect_lines=expect_lines,
+                                    stops=stops, alive_ok=alive_ok)
 
     def wait_started(self, timeout: float = 60) -> None:
         """Wait until the reader has logged that it reads the FIFO."""

@@ -9,6 +9,16 @@ actions run at once, as the benchmarks' baseline lets them):
     end SEQ TIME ARG...     it ran to its end (the same ARGs: where there is no SEQ, they match the start)
     cgroup SEQ PATH         the cgroup it runs in (option `cgroup`)
     signal SEQ TIME TERM    it was sent SIGTERM, and exits 143 (option `trap_term`; a SIGKILL leaves no line)
+    overlap SEQ TIME OWNER  it started while the process tree of action OWNER (its SEQ) was still alive
+
+The overlap line is written only while tree tracking is on: when the file RECORDS.tree exists
+(`track_trees()` makes it; the invariants checker's callers do).  Each action then opens that file
+on fd 9 -- every process it starts inherits the descriptor, also one that calls setsid or double
+forks -- and takes a flock on it (flock(1), one fork), before its start line (so a test that
+waits for the start line finds the action past it).  The lock lives until the last process of
+the tree exits or is killed, so an action that cannot take it at once starts beside a tree still
+alive: that is recorded, whatever the clocks say, and the action goes on.  RECORDS.owner holds the
+SEQ of the tree holding the lock.  (A descendant that closes fd 9 escapes; the tests' actions do not.)
 
 SEQ is $NL_SEQ ("-" when the caller sets none: the benchmarks' bash baseline reader); TIME is bash's
 $EPOCHREALTIME, the clock of time.time(), read without a fork.
@@ -37,6 +47,15 @@ SLEEPS = "sleeps"  # the sleeps file's name beside the script
 _SCRIPT = """#!/bin/bash
 # A recording action (tests/support/recorder.py): start and end lines of every action in the records file.
 rec={records}
+if [ -e "$rec.tree" ]; then
+    exec 9>>"$rec.tree"
+    if flock -n 9; then
+        printf '%s' "${{NL_SEQ:--}}" > "$rec.owner"
+    else
+        owner=-; [ -f "$rec.owner" ] && read -r owner < "$rec.owner"
+        printf '%s\\n' "overlap ${{NL_SEQ:--}} $EPOCHREALTIME ${{owner:--}}" >> "$rec"
+    fi
+fi
 printf '%s\\n' "start ${{NL_SEQ:--}} $EPOCHREALTIME $*" >> "$rec"
 {options}sleeps={sleeps}
 if [ -f "$sleeps" ]; then
@@ -131,7 +150,16 @@ class Record(_EventArgs):
 
 
 
-_TIMED = ("start", "end", "signal")
+_TIMED = ("start", "end", "signal", "overlap")
+TREE, OWNER = ".tree", ".owner"  # beside the records file: the tree lock, and the SEQ holding it
+
+
+def track_trees(records: Path) -> Path:
+    """Turn tree tracking on for actions recording into `records` (see the module docstring);
+    returns the lock file."""
+    lock = records.with_name(records.name + TREE)
+    lock.touch()
+    return lock
 
 
 def parse(text: str) -> list[Record]:

@@ -50,6 +50,8 @@ class Keepalived:
         self.fd = -1
         self.written = 0
         self.dropped = 0
+        self.lines: list[str] = []  # every line written whole (the invariants checker expects each journaled)
+        self.stops = 0  # stop() calls: each must journal a STOP (support.invariants)
 
     def start(self) -> None:
         try:
@@ -75,6 +77,7 @@ class Keepalived:
             self.dropped += 1
             return False
         self.written += 1
+        self.lines.append(line)
         return True
 
     def write_raw(self, data: bytes, timeout: float = 30) -> None:
@@ -97,6 +100,7 @@ class Keepalived:
     def stop(self, stop_lines: list[str], delay: float = 0.005) -> StopReport:
         """keepalived's shutdown: TERM to the group, STOP lines after it, KILL to the group at +1 s."""
         proc, t0 = self._term_then_kill()
+        self.stops += 1
         time.sleep(delay)
         for line in stop_lines:
             self.write(line)
