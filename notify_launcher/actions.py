@@ -210,16 +210,20 @@ def reap_zombies() -> None:
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP)
 
 
-def spawn(argv: list[str], env: dict[str, str]) -> tuple[Child, int, int]:
-    """Start `argv` in a session of its own, stdin /dev/null, stdout and stderr into two pipes;
-    (the child, the pipes' read ends).  Raises OSError if it cannot be executed."""
+def spawn(argv: list[str], env: dict[str, str], ids: tuple[int, int] | None = None) -> tuple[Child, int, int]:
+    """Start `argv` in a session of its own, stdin /dev/null, stdout and stderr into two pipes, as
+    (uid, gid) `ids` if given; (the child, the pipes' read ends).  Raises OSError if it cannot be
+    executed."""
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     fds = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
     try:
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=fds, setsid=True, setsigmask=(),
-                             setsigdef=_DEFAULT_SIGNALS)
+        if ids is None:
+            pid = os.posix_spawn(argv[0], argv, env, file_actions=fds, setsid=True, setsigmask=(),
+                                 setsigdef=_DEFAULT_SIGNALS)
+        else:
+            pid = _fork_as(argv, env, [(fd, target) for _, fd, target in fds], ids)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -230,19 +234,64 @@ def spawn(argv: list[str], env: dict[str, str]) -> tuple[Child, int, int]:
     return Child(pid), out_r, err_r
 
 
+def _fork_as(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]], ids: tuple[int, int]) -> int:
+    """posix_spawn cannot change the user: fork, then in the child what keepalived does for a
+    directive's user (set_script_env: setgid, setgroups to that one group, setuid), cwd /, and exec.
+    The worker has no threads, so the child may run Python until the exec.  An exec failure comes
+    back as its errno through a close-on-exec pipe, as subprocess does it."""
+    uid, gid = ids
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: it never returns
+        code = 0
+        try:
+            os.setsid()
+            for fd, target in fds:
+                os.dup2(fd, target)  # the copy is not close-on-exec
+            for signum in _DEFAULT_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.setgid(gid)
+            os.setgroups([gid])
+            os.setuid(uid)
+            os.chdir("/")
+            os.execve(argv[0], argv, env)
+        except OSError as exc:
+            code = exc.errno or 0
+        finally:
+            os.write(report_w, str(code).encode())
+            os._exit(127)
+    os.close(report_w)
+    try:
+        report = b""
+        while True:
+            data = os.read(report_r, 64)
+            if not data:
+                break
+            report += data
+    finally:
+        os.close(report_r)
+    if report:
+        os.waitpid(pid, 0)
+        code = int(report)
+        raise OSError(code, os.strerror(code))
+    return pid
+
+
 def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float, output: Output,
-               note: Note, started: Callable[[int], None]) -> Result:
-    """Run `argv` to completion or timeout; report output lines and facts through the callbacks
-    (`started(pid)` right after the spawn).  As root, a command someone else could have changed
-    since the reader checked it is not run: that is the event's failure (security.py)."""
-    refused = security.command_problem(argv)
+               note: Note, started: Callable[[int], None], ids: tuple[int, int] | None = None) -> Result:
+    """Run `argv` (as (uid, gid) `ids` if given) to completion or timeout; report output lines and
+    facts through the callbacks (`started(pid)` right after the spawn).  As root, a command someone
+    else could have changed since the reader checked it is not run: that is the event's failure
+    (security.py; the user it runs as may own it)."""
+    refused = security.command_problem(argv, user=security.ROOT if ids is None else ids[0])
     if refused is not None:
         return Result(None, None, 0.0, error=refused)
     reap_zombies()
     before = _children()  # background processes earlier actions left: not this action's
     t0 = time.monotonic()
     try:
-        proc, out, err = spawn(argv, env)
+        proc, out, err = spawn(argv, env, ids)
     except OSError as exc:
         return Result(None, None, time.monotonic() - t0, error=f"{argv[0]}: {exc.strerror}")
     try:

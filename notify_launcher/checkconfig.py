@@ -66,7 +66,7 @@ def check_settings(settings: Settings) -> list[str]:
     problems = [f"{where}: {p}" for p in security_check(settings)]
     if not settings.handler:
         problems.append(f"{where}: [launcher] handler: not set; events will only be logged")
-    for key, exe in commands(settings):
+    for key, exe, _ in commands(settings):
         why = executable_problem(exe)
         if why:
             problems.append(f"{where}: {key}: {why}")

@@ -7,6 +7,11 @@
     handler = /usr/local/bin/promote-vi1
     [match * * MASTER_RX_LOWER_PRI]
     handler =                      # empty: log the event, run nothing
+    [match INSTANCE VI_1 BACKUP]   # several commands, one after the other, as keepalived's directives
+    handler = /usr/local/bin/demote db
+    args = none                    # append nothing (keepalived: the event's fields, the default)
+    handler.2 = /usr/local/bin/ka-notify
+    user.2 = nobody                # setgid/setuid, only that group, cwd /, a clean environment
 
 Errors name the file, section and key, and say what is allowed: an administrator reads them at
 3 a.m. from keepalived's log or the launcher's.
@@ -30,6 +35,8 @@ DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
 CrashPolicy = Literal["rerun", "skip"]
 DetachMode = Literal["auto", "daemon", "systemd"]
 LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
+ArgsMode = Literal["keepalived", "none"]
+ARGS_MODES: Final[tuple[ArgsMode, ...]] = get_args(ArgsMode)
 CRASH_POLICIES: Final[tuple[CrashPolicy, ...]] = get_args(CrashPolicy)
 DETACH_MODES: Final[tuple[DetachMode, ...]] = get_args(DetachMode)
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
@@ -43,22 +50,75 @@ class ConfigError(Exception):
     """A configuration mistake, worded for the administrator who has to fix it."""
 
 
+#: A clean environment's PATH for a command run as another user (Debian's default for users).
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command an event runs.  `args`: `keepalived` appends the event's fields as keepalived's
+    generic `notify` gets them (TYPE NAME STATE PRIORITY, and the VS for an RS), `none` appends
+    nothing, as keepalived's `notify_master` & co.  `user` (and `group`, else the user's primary
+    group): run as that user, as keepalived runs a directive's user (docs/keepalived.md "Notify
+    directives"); None: as the launcher itself."""
+
+    argv: tuple[str, ...]
+    args: ArgsMode = "keepalived"
+    user: str | None = None
+    group: str | None = None
+
+    def for_event(self, event: Event) -> list[str]:
+        return [*self.argv, *(event.fields() if self.args == "keepalived" else [])]
+
+    def run_as(self) -> tuple[int, int] | None:
+        """(uid, gid), or None for the launcher's own; KeyError (its message says what) when the
+        user or group does not exist."""
+        if self.user is None:
+            return None
+        import grp  # not at the reader's import: most configurations name no user
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(self.user)
+        except KeyError:
+            raise KeyError(f"user {self.user!r} does not exist") from None
+        if self.group is None:
+            return entry.pw_uid, entry.pw_gid
+        try:
+            return entry.pw_uid, grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise KeyError(f"group {self.group!r} does not exist") from None
+
+    def base_environment(self, inherited: dict[str, str]) -> dict[str, str]:
+        """What the command's environment starts from (the event's NL_* variables are added to it):
+        the launcher's own for its own commands; a clean one for a command run as another user."""
+        if self.user is None:
+            return inherited
+        import pwd
+
+        entry = pwd.getpwnam(self.user)
+        return {"PATH": USER_PATH, "HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name,
+                "SHELL": entry.pw_shell}
+
+
 @dataclass(frozen=True)
 class Rule:
-    """`[match TYPE NAME STATE]`: which events it covers, and what to run for them."""
+    """`[match TYPE NAME STATE [VS]]`: which events it covers, and what to run for them.  VS (only
+    for RS events): the real server's virtual server, as an RS line carries it."""
 
     type: str
     name: str
     state: str
-    handler: tuple[str, ...] | None = None
+    commands: tuple[Command, ...] | None = None
     timeout: float | None = None
     on_failure: tuple[str, ...] | None = None
+    vs: str = "*"
 
     def specificity(self, event: Event) -> int:
-        """-1 if the rule does not cover `event`; else higher = more specific (name > state > type)."""
+        """-1 if the rule does not cover `event`; else higher = more specific (vs > name > state > type)."""
         score = 0
         for pattern, value, weight in ((self.type, event.type, 1), (self.name, event.name, 4),
-                                       (self.state, event.state, 2)):
+                                       (self.state, event.state, 2), (self.vs, event.vs, 8)):
             if pattern != "*":
                 if pattern != value:
                     return -1
@@ -96,20 +156,21 @@ class Settings:
         matching = sorted((r.specificity(event), n, r) for n, r in enumerate(self.rules)
                           if r.specificity(event) >= 0)
         if event.state in self.quiet_states:
-            matching = [m for m in matching if m[2].state == event.state or m[2].handler is None]
+            matching = [m for m in matching if m[2].state == event.state or m[2].commands is None]
         return [rule for _, _, rule in matching]
 
-    def action_for(self, event: Event) -> tuple[tuple[str, ...], float]:
-        """The command prefix and timeout for `event`: each from the most specific matching rule that
-        sets it (ties: the later section), else the [launcher] default."""
+    def action_for(self, event: Event) -> tuple[tuple[Command, ...], float]:
+        """The commands (run one after the other) and timeout (each's) for `event`: each from the most
+        specific matching rule that sets it (ties: the later section), else the [launcher] default."""
         if event.type == READER_TYPE:
-            return (self.stop_action if event.state == "STOP" else ()), self.timeout
-        handler = () if event.state in self.quiet_states else self.handler
+            return ((Command(self.stop_action),) if event.state == "STOP" and self.stop_action else ()), self.timeout
+        commands: tuple[Command, ...] = () if event.state in self.quiet_states or not self.handler \
+            else (Command(self.handler),)
         timeout = self.timeout
         for rule in self._matching(event):
-            handler = handler if rule.handler is None else rule.handler
+            commands = commands if rule.commands is None else rule.commands
             timeout = timeout if rule.timeout is None else rule.timeout
-        return handler, timeout
+        return commands, timeout
 
     def on_failure_for(self, event: Event) -> tuple[str, ...]:
         """The command run after `event`'s action failed, timed out or was skipped: the most specific
@@ -125,8 +186,9 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         data: dict[str, Any] = json.loads(text)
-        data["rules"] = tuple(Rule(**{**r, **{k: None if r.get(k) is None else tuple(r[k])
-                                              for k in ("handler", "on_failure")}})
+        data["rules"] = tuple(Rule(**{**r, "on_failure": None if r["on_failure"] is None else tuple(r["on_failure"]),
+                                      "commands": None if r["commands"] is None else tuple(
+                                          Command(**{**c, "argv": tuple(c["argv"])}) for c in r["commands"])})
                               for r in data["rules"])
         for key in ("handler", "stop_action", "quiet_states", "on_failure"):
             data[key] = tuple(data[key])
@@ -156,6 +218,10 @@ _KEYS = {
     "metrics_mode": "an octal file mode, e.g. 0644 (no write bit for group or others)",
 }
 _RULE_KEYS = ("handler", "timeout", "on_failure")
+#: Keys of one command in a [match] section: `handler` is the first command, `handler.2` the second, ...
+_COMMAND_KEYS = {"handler": "a command line (split like a shell does, run without one)",
+                 "args": "keepalived (append TYPE NAME STATE PRIORITY [VS]) or none",
+                 "user": "a user name that exists", "group": "a group name that exists"}
 
 
 def _where(path: str, section: str, key: str) -> str:
@@ -234,16 +300,60 @@ def _check_socket_path(state_dir: str, where: str) -> None:
 
 def _rule(path: str, section: str, items: dict[str, str]) -> Rule:
     words = parse_command(section[len("match"):], f"{path}: [{section}]")
-    if len(words) != 3:
+    if len(words) not in (3, 4) or (len(words) == 4 and words[0] != "RS"):
         raise ConfigError(f"{path}: [{section}]: expected [match TYPE NAME STATE] (use * for any), "
-                          f"e.g. [match INSTANCE VI_1 MASTER]")
+                          f"e.g. [match INSTANCE VI_1 MASTER], or [match RS NAME STATE VS]")
     values: dict[str, Any] = {}
+    numbered: dict[int, dict[str, str]] = {}
     for key, text in items.items():
         where = _where(path, section, key)
-        if key not in _RULE_KEYS:
-            raise ConfigError(f"{where}: unknown key; a [match] section allows: {', '.join(_RULE_KEYS)}")
-        values[key] = _convert(key, text, where)
+        base, dot, number = key.partition(".")
+        if base in _COMMAND_KEYS and (not dot or (number.isdigit() and int(number) >= 2)):
+            numbered.setdefault(int(number) if dot else 1, {})[base] = text
+        elif key in _RULE_KEYS:
+            values[key] = _convert(key, text, where)
+        else:
+            raise ConfigError(f"{where}: unknown key; a [match] section allows: {', '.join(_RULE_KEYS)}, "
+                              f"and per command args, user, group (handler.2, args.2, ... for a second command)")
+    if numbered:
+        values["commands"] = _commands(path, section, numbered)
+    if len(words) == 4:
+        values["vs"] = words[3]
     return Rule(words[0], words[1], words[2], **values)
+
+
+def _commands(path: str, section: str, numbered: dict[int, dict[str, str]]) -> tuple[Command, ...]:
+    """handler, args, user, group and their .2, .3, ... twins -> the commands, in number order; an
+    empty `handler` (and nothing else) runs nothing."""
+    found: list[Command] = []
+    for number in sorted(numbered):
+        keys = numbered[number]
+        suffix = "" if number == 1 else f".{number}"
+        where = _where(path, section, f"handler{suffix}")
+        if number != len(found) + 1 or "handler" not in keys:
+            expected = len(found) + 1 if number != len(found) + 1 else number
+            raise ConfigError(f"{_where(path, section, 'handler' + ('' if expected == 1 else f'.{expected}'))}: "
+                              f"missing; commands are numbered handler, handler.2, handler.3, ... "
+                              f"without a gap, and args, user and group belong to one of them")
+        argv = parse_command(keys["handler"], where)
+        if not argv:
+            if len(numbered) > 1 or len(keys) > 1:
+                raise ConfigError(f"{where}: empty (run nothing) but other commands or keys are set beside it")
+            return ()
+        if keys.get("args", "keepalived") not in ARGS_MODES:
+            raise ConfigError(f"{_where(path, section, 'args' + suffix)}: {keys['args']!r} is not allowed; expected "
+                              f"{_COMMAND_KEYS['args']}")
+        args: ArgsMode = "none" if keys.get("args") == "none" else "keepalived"
+        if "group" in keys and "user" not in keys:
+            raise ConfigError(f"{_where(path, section, 'group' + suffix)}: a group needs a user{suffix} beside it")
+        command = Command(argv, args, keys.get("user"), keys.get("group"))
+        try:
+            command.run_as()
+        except KeyError as exc:
+            key = "group" if "group" in str(exc) else "user"
+            raise ConfigError(f"{_where(path, section, key + suffix)}: {exc.args[0]} on this host") from None
+        found.append(command)
+    return tuple(found)
 
 
 def load(path: str | None, overrides: dict[str, str | None]) -> Settings:

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 from notify_launcher import actions
+from notify_launcher.config import Command
 from notify_launcher.events import READER_TYPE
 from notify_launcher.following import Following
 from notify_launcher.journal import Entry, JournalFollower
@@ -114,43 +115,61 @@ class Drain:
             self.on_failure.due(Ended(entry, end))
 
     def _run(self, entry: Entry) -> None:
-        """The event's action (or why none runs), its end recorded."""
+        """The event's commands one after the other (or why none runs), its end recorded: the first
+        failed command's result, else the last one's."""
         seq, event, log = entry.seq, entry.event, self.following.log
         settings = self.following.settings
-        delay = time.time() - entry.time  # for the log line only
-        prefix, timeout = settings.action_for(event)
-        if not prefix:
+        commands, timeout = settings.action_for(event)
+        if not commands:
             quiet = " (a quiet state: name it in a [match] rule to run something)" \
                 if event.state in settings.quiet_states else ""
             log.info(seq, event, f"no action configured for this event{quiet}")
             self.ledger.finish(end_of(entry, "no action", ok=True, worker=self.worker), event)
             return
-        argv = list(prefix) + event.fields()
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL)  # for on_failure
 
         def output(stream: str, text: str) -> None:
             log.info(seq, event, f"{stream}: {text}")
             tail.append(text)
 
-        def started(pid: int) -> None:
-            """Recorded and logged after the spawn, so nothing of ours delays the action.  The spawn
-            time stands for the action's create time (reading that from /proc while the child is in
-            exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
-            self.ledger.record(StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
-                                           state=event.state, pid=pid, worker=self.worker,
-                                           worker_start=self.worker_start), event)
-            log.info(seq, event, f"action started: {' '.join(argv)} (pid {pid}, timeout {timeout:g}s, "
-                                 f"queued {delay * 1000:.1f} ms)")
-
-        result = actions.run_action(argv, actions.event_env(entry, self.environ), timeout, settings.kill_grace,
-                                    output=output, note=lambda text: log.warn(seq, event, text), started=started)
-        log.line("INFO" if result.ok else "ERROR", seq, event,
-                 f"action ended: {result.describe()} after {result.duration:.3f}s")
+        results = [self._command(entry, command, timeout, output,
+                                 f" ({number} of {len(commands)})" if len(commands) > 1 else "")
+                   for number, command in enumerate(commands, 1)]
+        result = next((r for r in results if not r.ok), results[-1])
         end = end_of(entry, result.describe(), ok=result.ok, worker=self.worker)
-        end["duration"], end["exit"], end["signal"] = round(result.duration, 6), result.exit_code, result.signal
-        end["timed_out"] = result.timed_out
+        end["duration"] = round(sum(r.duration for r in results), 6)
+        end["exit"], end["signal"], end["timed_out"] = result.exit_code, result.signal, result.timed_out
         self.ledger.finish(end, event)
         self.on_failure.due(Ended(entry, end, tail))
+
+    def _command(self, entry: Entry, command: Command, timeout: float, output: actions.Output,
+                 which: str) -> actions.Result:
+        """One of the event's commands, as its user if it names one, with its start recorded."""
+        seq, event, log = entry.seq, entry.event, self.following.log
+        delay = time.time() - entry.time  # for the log line only
+        argv = command.for_event(event)
+        as_user = "" if command.user is None else f" as {command.user}" + (f":{command.group}" if command.group else "")
+        try:
+            ids = command.run_as()
+        except KeyError as exc:
+            result = actions.Result(None, None, 0.0, error=f"{exc.args[0]} (it did when the configuration was read)")
+        else:
+            def started(pid: int) -> None:
+                """Recorded and logged after the spawn, so nothing of ours delays the action.  The spawn
+                time stands for the action's create time (reading that from /proc while the child is in
+                exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
+                self.ledger.record(StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
+                                               state=event.state, pid=pid, worker=self.worker,
+                                               worker_start=self.worker_start), event)
+                log.info(seq, event, f"action started{which}: {' '.join(argv)}{as_user} (pid {pid}, timeout "
+                                     f"{timeout:g}s, queued {delay * 1000:.1f} ms)")
+
+            env = actions.event_env(entry, command.base_environment(self.environ))
+            result = actions.run_action(argv, env, timeout, self.following.settings.kill_grace, output=output,
+                                        note=lambda text: log.warn(seq, event, text), started=started, ids=ids)
+        log.line("INFO" if result.ok else "ERROR", seq, event,
+                 f"action ended{which}: {result.describe()} after {result.duration:.3f}s")
+        return result
 
 
 def _size(path: str) -> int:

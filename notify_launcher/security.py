@@ -269,30 +269,39 @@ def command_problem(argv: Sequence[str], user: int = ROOT) -> str | None:
     return refusal("command", command_path(argv[0]), user=user) if argv else None
 
 
-def commands(settings: Settings) -> list[tuple[str, str]]:
-    """(where configured, executable) for every command the settings can run."""
-    found = [("handler", settings.handler[0])] if settings.handler else []
+def commands(settings: Settings) -> list[tuple[str, str, int]]:
+    """(where configured, executable, the uid it runs as) for every command the settings can run."""
+    found = [("handler", settings.handler[0], ROOT)] if settings.handler else []
     if settings.stop_action:
-        found.append(("stop_action", settings.stop_action[0]))
+        found.append(("stop_action", settings.stop_action[0], ROOT))
     if settings.on_failure:
-        found.append(("on_failure", settings.on_failure[0]))
+        found.append(("on_failure", settings.on_failure[0], ROOT))
     for r in settings.rules:
-        found += [(f"[match {r.type} {r.name} {r.state}] {key}", command[0])
-                  for key, command in (("handler", r.handler), ("on_failure", r.on_failure)) if command]
+        section = f"[match {r.type} {r.name} {r.state}{'' if r.vs == '*' else ' ' + r.vs}]"
+        for number, command in enumerate(r.commands or (), 1):
+            try:
+                ids = command.run_as()
+            except KeyError:  # gone since the config was read: judged as root's, the stricter
+                ids = None
+            found.append((f"{section} handler{'' if number == 1 else f'.{number}'}", command.argv[0],
+                          ROOT if ids is None else ids[0]))
+        if r.on_failure:
+            found.append((f"{section} on_failure", r.on_failure[0], ROOT))
     return found
 
 
-def trusted_paths(settings: Settings) -> list[tuple[str, str, bool]]:
-    """(what, path, created by root) for every path a root launcher reads, runs or writes, whether
-    it exists yet or not.  The state directory holds settings.json, which a lingering worker
-    rereads: checking the directory and everything above it covers it."""
-    found = [("config file", settings.config_file, False)] if settings.config_file else []
-    found += [(where, command_path(exe), False) for where, exe in commands(settings)]
-    found += [("state_dir", settings.state_dir, True), ("log_file", settings.log_file, True)]
-    return found + ([("metrics_file", settings.metrics_file, True)] if settings.metrics_file else [])
+def trusted_paths(settings: Settings) -> list[tuple[str, str, bool, int]]:
+    """(what, path, created by root, the user besides root who may own it) for every path a root
+    launcher reads, runs or writes, whether it exists yet or not.  The state directory holds
+    settings.json, which a lingering worker rereads: checking the directory and everything above it
+    covers it."""
+    found = [("config file", settings.config_file, False, ROOT)] if settings.config_file else []
+    found += [(where, command_path(exe), False, uid) for where, exe, uid in commands(settings)]
+    found += [("state_dir", settings.state_dir, True, ROOT), ("log_file", settings.log_file, True, ROOT)]
+    return found + ([("metrics_file", settings.metrics_file, True, ROOT)] if settings.metrics_file else [])
 
 
 def check(settings: Settings) -> list[str]:
     """Problems that must stop a root launcher (empty when not root: then keepalived's own rules apply)."""
-    found = (refusal(what, path, created) for what, path, created in trusted_paths(settings))
+    found = (refusal(what, path, created, user) for what, path, created, user in trusted_paths(settings))
     return [problem for problem in found if problem]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from notify_launcher.config import ConfigError, Settings, load
+from notify_launcher.config import Command, ConfigError, Settings, load
 from notify_launcher.events import Event
 
 INI = """
@@ -33,6 +33,17 @@ handler = /bin/fwm-up
 
 [match * * MASTER_RX_LOWER_PRI]
 handler =
+
+[match INSTANCE VI_9 BACKUP]
+handler = /bin/demote db
+args = none
+handler.2 = /bin/notify
+user.2 = nobody
+group.2 = root
+timeout = 7
+
+[match RS [192.168.1.11]:tcp:80 UP [10.0.0.1]:tcp:80]
+handler = /bin/rs-up
 """
 
 
@@ -42,15 +53,22 @@ def _load(tmp_path: Path, text: str, **overrides: str) -> Settings:
     return load(str(ini), dict(overrides))
 
 
+def _action(settings: Settings, event: Event) -> tuple[tuple[str, ...], float]:
+    """The single command's words (or ()) and the timeout for `event`."""
+    commands, timeout = settings.action_for(event)
+    assert len(commands) <= 1 and all(c == Command(c.argv) for c in commands)
+    return (commands[0].argv if commands else ()), timeout
+
+
 def test_most_specific_rule_wins(tmp_path: Path) -> None:
     s = _load(tmp_path, INI)
-    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER", 100)) == (("/bin/vi1-master",), 99)
-    assert s.action_for(Event("INSTANCE", "VI_2", "MASTER", 100)) == (("/bin/master",), 30)
-    assert s.action_for(Event("INSTANCE", "VI_1", "BACKUP", 100)) == (
+    assert _action(s, Event("INSTANCE", "VI_1", "MASTER", 100)) == (("/bin/vi1-master",), 99)
+    assert _action(s, Event("INSTANCE", "VI_2", "MASTER", 100)) == (("/bin/master",), 30)
+    assert _action(s, Event("INSTANCE", "VI_1", "BACKUP", 100)) == (
         ("/usr/local/bin/act", "--flag", "two words"), 99)
-    assert s.action_for(Event("GROUP", "G1", "FAULT", 0)) == (("/usr/local/bin/act", "--flag", "two words"), 30)
-    assert s.action_for(Event("VS", "FWM 7", "UP")) == (("/bin/fwm-up",), 30)
-    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER_RX_LOWER_PRI", 100)) == ((), 99)
+    assert _action(s, Event("GROUP", "G1", "FAULT", 0)) == (("/usr/local/bin/act", "--flag", "two words"), 30)
+    assert _action(s, Event("VS", "FWM 7", "UP")) == (("/bin/fwm-up",), 30)
+    assert _action(s, Event("INSTANCE", "VI_1", "MASTER_RX_LOWER_PRI", 100)) == ((), 99)
 
 
 def test_on_failure_from_the_most_specific_rule_that_sets_it(tmp_path: Path) -> None:
@@ -70,13 +88,40 @@ def test_command_line_wins_over_file(tmp_path: Path) -> None:
 
 def test_stop_action_only_for_reader_stop(tmp_path: Path) -> None:
     s = _load(tmp_path, "[launcher]\nhandler = /bin/h\nstop_action = /bin/stopped\n")
-    assert s.action_for(Event("READER", "reader", "STOP")) == (("/bin/stopped",), 120)
-    assert s.action_for(Event("READER", "reader", "RELOAD")) == ((), 120)
+    assert _action(s, Event("READER", "reader", "STOP")) == (("/bin/stopped",), 120)
+    assert _action(s, Event("READER", "reader", "RELOAD")) == ((), 120)
 
 
 def test_settings_survive_json_round_trip(tmp_path: Path) -> None:
     s = _load(tmp_path, INI)
     assert Settings.from_json(s.to_json()) == s
+
+
+def test_several_commands_with_their_arguments_and_users(tmp_path: Path) -> None:
+    """keepalived's convention per command: `none` appends nothing (notify_master), `keepalived` the
+    event's fields (the generic notify); a user's own primary group unless a group is named."""
+    s = _load(tmp_path, INI)
+    backup = Event("INSTANCE", "VI_9", "BACKUP", 90)
+    commands, timeout = s.action_for(backup)
+    assert timeout == 7 and commands == (Command(("/bin/demote", "db"), "none"),
+                                         Command(("/bin/notify",), "keepalived", "nobody", "root"))
+    assert [c.for_event(backup) for c in commands] == [["/bin/demote", "db"],
+                                                       ["/bin/notify", "INSTANCE", "VI_9", "BACKUP", "90"]]
+    assert [c.run_as() for c in commands] == [None, (65534, 0)]
+    assert Command(("/bin/x",), user="nobody").run_as() == (65534, 65534)
+    inherited = {"SECRET": "keepalived's"}
+    assert commands[0].base_environment(inherited) == inherited
+    assert commands[1].base_environment(inherited) == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent",
+                                                       "USER": "nobody", "LOGNAME": "nobody",
+                                                       "SHELL": "/usr/sbin/nologin"}
+
+
+def test_an_rs_rule_may_name_the_virtual_server(tmp_path: Path) -> None:
+    s = _load(tmp_path, INI)
+    ours = Event("RS", "[192.168.1.11]:tcp:80", "UP", vs="[10.0.0.1]:tcp:80")
+    other = Event("RS", "[192.168.1.11]:tcp:80", "UP", vs="[10.0.0.2]:tcp:80")
+    assert _action(s, ours) == (("/bin/rs-up",), 30)
+    assert _action(s, other) == (("/usr/local/bin/act", "--flag", "two words"), 30)
 
 
 @pytest.mark.parametrize("text,message", [
@@ -94,6 +139,19 @@ def test_settings_survive_json_round_trip(tmp_path: Path) -> None:
     ("[launcher]\nmetrics_mode = rw\n", "metrics_mode: 'rw' is not allowed"),
     ("[extra]\n", "[extra]: unknown section"),
     ("no section\n", "not a valid INI file"),
+    ("[match * * MASTER]\nhandler.3 = /bin/x\nhandler = /bin/y\n", "[match * * MASTER] handler.2: missing; commands "
+                                                                    "are numbered handler, handler.2, handler.3"),
+    ("[match * * MASTER]\nuser = nobody\n", "[match * * MASTER] handler: missing"),
+    ("[match * * MASTER]\nhandler = /bin/x\nargs = some\n", "[match * * MASTER] args: 'some' is not allowed; "
+                                                              "expected keepalived (append TYPE NAME STATE PRIORITY"),
+    ("[match * * MASTER]\nhandler = /bin/x\nuser = no-such-user-here\n",
+     "[match * * MASTER] user: user 'no-such-user-here' does not exist on this host"),
+    ("[match * * MASTER]\nhandler = /bin/x\nuser = nobody\ngroup = no-such-group-here\n",
+     "[match * * MASTER] group: group 'no-such-group-here' does not exist on this host"),
+    ("[match * * MASTER]\nhandler = /bin/x\ngroup = root\n", "[match * * MASTER] group: a group needs a user"),
+    ("[match * * MASTER]\nhandler =\nhandler.2 = /bin/x\n", "[match * * MASTER] handler: empty (run nothing) but"),
+    ("[match INSTANCE VI_1 MASTER x]\nhandler = /bin/x\n", "or [match RS NAME STATE VS]"),
+    ("[match * * MASTER]\nhandler.1 = /bin/x\n", "handler.1: unknown key"),
 ])
 def test_errors_name_file_section_key_and_what_is_allowed(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -127,11 +185,11 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_quiet_states_run_nothing_unless_a_rule_names_them(tmp_path: Path) -> None:
     s = _load(tmp_path, "[launcher]\nhandler = /bin/h\n[match INSTANCE VI_1 *]\ntimeout = 7\n"
                         "[match * * BACKUP_PRIORITY]\nhandler = /bin/prio\n")
-    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER_RX_LOWER_PRI", 100)) == ((), 7)
-    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER_PRIORITY", 100)) == ((), 7)
-    assert s.action_for(Event("INSTANCE", "VI_1", "BACKUP_PRIORITY", 100)) == (("/bin/prio",), 7)
+    assert _action(s, Event("INSTANCE", "VI_1", "MASTER_RX_LOWER_PRI", 100)) == ((), 7)
+    assert _action(s, Event("INSTANCE", "VI_1", "MASTER_PRIORITY", 100)) == ((), 7)
+    assert _action(s, Event("INSTANCE", "VI_1", "BACKUP_PRIORITY", 100)) == (("/bin/prio",), 7)
     loud = _load(tmp_path, "[launcher]\nhandler = /bin/h\nquiet_states =\ncoalesce = yes\n")
-    assert loud.action_for(Event("INSTANCE", "VI_1", "MASTER_PRIORITY", 100)) == (("/bin/h",), 120)
+    assert _action(loud, Event("INSTANCE", "VI_1", "MASTER_PRIORITY", 100)) == (("/bin/h",), 120)
     assert loud.coalesce is True
 
 
@@ -143,8 +201,8 @@ def test_the_readmes_example_loads_as_written(tmp_path: Path) -> None:
     s = _load(tmp_path, example)
     assert s.timeout == 120 and s.linger == 600 and s.log_level == "INFO" and s.detach == "auto"
     assert s.handler == ("/usr/local/sbin/ha-action", "--verbose")
-    assert s.action_for(Event("INSTANCE", "VI_1", "MASTER", 100)) == (("/usr/local/sbin/promote-vi1",), 300)
-    assert s.action_for(Event("VS", "FWM 7", "UP")) == (("/usr/local/sbin/lvs-action",), 120)
+    assert _action(s, Event("INSTANCE", "VI_1", "MASTER", 100)) == (("/usr/local/sbin/promote-vi1",), 300)
+    assert _action(s, Event("VS", "FWM 7", "UP")) == (("/usr/local/sbin/lvs-action",), 120)
 
 
 def test_a_hash_inside_a_word_is_not_a_comment(tmp_path: Path) -> None:
