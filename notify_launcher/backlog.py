@@ -40,9 +40,10 @@ class Backlog:
             self.log.error(None, lost, f"DROPPED: more than {self.limit} events wait for the journal")
         self._held.append((event, time.time()))
 
-    def flush(self, journaled: Callable[[int, Event], None]) -> OSError | None:
+    def flush(self, journaled: Callable[[int | None, Event], None]) -> OSError | None:
         """Journal what waits, oldest first, calling `journaled(seq, event)` after each (before its
-        "received" line: the reader rings there, so the worker starts while the line is written).
+        "received" line: the reader rings there, so the worker starts while the line is written;
+        seq None: spilled, the journal's lock was busy, see journal.py).
         Returns the error that stopped it (logged once while it lasts), None once all is journaled."""
         while self._held:
             event, received = self._held[0]

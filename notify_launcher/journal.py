@@ -1,17 +1,40 @@
 """The durable ordered queue: one append-only file of events, one line each.
 
-    SEQ <tab> TIME <tab> READER_PID <tab> TYPE <tab> NAME <tab> STATE <tab> PRIORITY <tab> VS
+    SEQ <tab> TIME <tab> READER_PID <tab> TYPE <tab> NAME <tab> STATE <tab> PRIORITY <tab> VS <tab> SETTINGS <tab> CRC
+
+SETTINGS names the version of the settings the event was journaled under (settingsfile.py: the
+worker runs it with those); CRC is the CRC-32 of everything before its tab, 8 hex digits.  A line
+is intact only when it ends with its newline (the newline is the last byte of the line's one
+write: a line without it is torn) and its CRC matches, so a line cut short or changed ("100" cut
+to "10") never passes for an event.  Lines of 8 fields, without SETTINGS and CRC, are what older
+versions wrote: they are read (under the newest settings) while no checksummed line came before
+them in the file, which is where an upgrade leaves them; after a checksummed line an 8-field line
+is damage.
 
 Appending is cheap (no fsync, never waits on a worker: keepalived drops events when its pipe is
 full) and numbers events across processes: two readers live at once during a keepalived reload,
 so the next sequence number is read from the file's tail under a short `flock`, and the line is
 written under the same lock.  A follower therefore never sees #12 before #11.  A torn last line
-(a writer killed mid-write, a full disk) is cut off by the next appender, which holds the lock.
+(a writer or the machine died mid-write) is cut off by the next appender, which holds the lock,
+and reported with what it held.  Numbering never goes back: the next number is above the highest
+of the journal's last intact entry, a torn or damaged last line's number (when it can be read),
+the last number this writer gave, and the floor (the progress file's highest seq: progress.py),
+which is read once per opened journal file and again when damage is found, not per append.
 
-The worker compacts the journal when everything in it is done: under the same lock it replaces
-the file (atomically) with one holding only the last entry (so numbering goes on); writers notice
-the new inode after taking the lock and move to it.  A journal someone removed is created again by
-the next append, numbered above everything seen before (JournalWriter), and the worker follows it.
+Nobody waits long for the lock: the worker's compaction writes the new file (and fsyncs it)
+without the lock and holds the lock only to check that nothing was appended meanwhile and to
+rename; and a writer waits at most LOCK_WAIT for it.  When it stays busy (a holder stopped, frozen
+or on a disk that stalls), the event goes into the writer's own spill file (`spill/PID`, same
+line format, SEQ 0), durably and at once, and is numbered into the journal, in order, by the
+writer's next append that gets the lock -- or by the worker, which adopts every spill file it can
+lock each time it reads the journal (it is rung after every append, spilled or not), also those of
+writers that died since.  A writer's later events wait behind its spilled ones, so its order holds.
+
+The worker compacts the journal when everything in it is done: it replaces the file (atomically)
+with one holding only the last entry (so numbering goes on), and removes the settings versions
+nothing names any more; writers notice the new inode after taking the lock and move to it.  A
+journal someone removed is created again by the next append, numbered above everything seen
+before, and the worker follows it.
 """
 
 from __future__ import annotations
@@ -19,59 +42,124 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
+from notify_launcher import pidfile, settingsfile
 from notify_launcher.events import Event
-from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
+from notify_launcher.progress import last_seq as recorded_seq
+from notify_launcher.statedir import FILE_MODE, StatePaths, discard, ensure_dir, open_mode, write_temp
 
 _TAIL = 8192
+LOCK_WAIT = 0.05  # s a writer waits for the journal's lock before it spills (keepalived kills at 1 s)
+_FIELDS, _LEGACY_FIELDS = 10, 8
+
+#: (level, message): what a writer found that the log must say (a torn line cut, an event spilled).
+Report = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One journaled event."""
+    """One journaled event; `settings` is the version ID it was journaled under ("" for none)."""
 
     seq: int
     time: float
     reader_pid: int
     event: Event
+    settings: str = ""
 
 
 def format_entry(entry: Entry) -> bytes:
     e = entry.event
-    return (f"{entry.seq}\t{entry.time:.6f}\t{entry.reader_pid}\t{e.type}\t{e.name}\t{e.state}\t"
-            f"{e.priority}\t{e.vs}\n").encode("utf-8")
+    body = (f"{entry.seq}\t{entry.time:.6f}\t{entry.reader_pid}\t{e.type}\t{e.name}\t{e.state}\t"
+            f"{e.priority}\t{e.vs}\t{entry.settings}").encode("utf-8")
+    return b"%s\t%08x\n" % (body, zlib.crc32(body))
+
+
+def _parse(line: bytes) -> tuple[Entry | None, bool]:
+    """(the entry, or None if the line is damaged; whether it is a checksummed line)."""
+    parts = line.split(b"\t")
+    checksummed = len(parts) == _FIELDS
+    if checksummed:
+        body = line[:line.rfind(b"\t")]
+        if parts[9] != b"%08x" % zlib.crc32(body):
+            return None, True
+        settings = parts[8].decode("ascii", "replace")
+        if settings and not settingsfile.is_id(settings):
+            return None, True
+    elif len(parts) == _LEGACY_FIELDS:
+        settings = ""
+    else:
+        return None, False
+    fields = [p.decode("utf-8", "replace") for p in parts[:8]]
+    try:
+        return Entry(int(fields[0]), float(fields[1]), int(fields[2]),
+                     Event(fields[3], fields[4], fields[5], int(fields[6]), fields[7]), settings), checksummed
+    except ValueError:
+        return None, checksummed
 
 
 def parse_entry(line: bytes) -> Entry | None:
     """An entry from one line without its newline; None if the line is damaged."""
-    parts = line.decode("utf-8", "replace").split("\t")
-    if len(parts) != 8:
-        return None
-    try:
-        return Entry(int(parts[0]), float(parts[1]), int(parts[2]),
-                     Event(parts[3], parts[4], parts[5], int(parts[6]), parts[7]))
-    except ValueError:
-        return None
+    return _parse(line)[0]
+
+
+def damaged_seq(line: bytes) -> int | None:
+    """The number a damaged or torn line seems to carry: its first field, when a tab ends it."""
+    first, tab, _ = line.partition(b"\t")
+    return int(first) if tab and first.isdigit() and len(first) < 20 else None
+
+
+def describe(line: bytes) -> str:
+    """What a damaged or torn line held, for the log: its number if readable, its bytes."""
+    seq = damaged_seq(line)
+    what = f"event #{seq}" if seq is not None else "an event whose number cannot be read"
+    return f"{what} ({len(line)} bytes: {line[:200]!r})"
+
+
+def _flock_within(fd: int, seconds: float) -> bool:
+    """flock(LOCK_EX), waiting at most `seconds` (0: not at all); False if it stayed busy."""
+    deadline, pause = 0.0, 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            now = time.monotonic()
+            deadline = deadline or now + seconds
+            if now >= deadline:
+                return False
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 0.005)
+
+
+def _ignore(level: str, text: str) -> None:
+    """The default Report: a writer without a log (tests, the worker's adoption)."""
 
 
 class JournalWriter:
     """The readers' side: number and append events.
 
-    Sequence numbers never go backwards, whatever was deleted: the next number is one above the
-    largest of the journal's last entry, the last number this writer gave, and `floor()` (the
-    progress file's last record, consulted only when the journal holds no entry -- it was removed
-    or is new).  A removed journal is created again on the next append; `created` then says so,
-    so the reader knows the worker it rang before may be following a file that no longer exists.
+    `floor()` is the highest seq recorded elsewhere (default: the progress file beside the journal);
+    `version` the settings version the events are journaled under (written into settings.d when a
+    journal file is opened); `report` says what the log must hear.  A removed journal is created
+    again on the next append; `created` then says so, so the reader knows the worker it rang before
+    may be following a file that no longer exists.
     """
 
-    def __init__(self, path: str, floor: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, path: str, floor: Callable[[], int] | None = None,
+                 version: settingsfile.Version | None = None, report: Report = _ignore) -> None:
         self.path = path
-        self.floor = floor
+        self.paths = StatePaths(os.path.dirname(path) or ".")
+        self.floor = floor or (lambda: recorded_seq(self.paths.progress))
+        self.version, self.report = version, report
         self._fd = -1  # opened by the first append: a full disk at start-up must not stop the reader
         self._size = -1
         self._last = 0
+        self._floor_seen = 0
+        self._spill_fd = -1  # our spill file, while it holds events not journaled yet
         self.created = False
 
     def close(self) -> None:
@@ -81,67 +169,222 @@ class JournalWriter:
 
     def _open(self) -> None:
         self.close()
+        if self.version is not None:  # before any entry names it (a compaction may have removed it)
+            settingsfile.ensure(self.paths, self.version)
         existed = os.path.exists(self.path)
         self._fd = open_mode(self.path, os.O_RDWR | os.O_APPEND, FILE_MODE)
         self._size = -1
+        self._floor_seen = self.floor()
         self.created = self.created or not existed
 
-    def _lock(self) -> None:
-        """Take the journal lock on the current file, following a compaction (or a removal) that
-        replaced it."""
+    def _lock(self, wait: float) -> bool:
+        """Take the journal lock on the current file within `wait` s, following a compaction (or a
+        removal) that replaced it; False if it stayed busy."""
         if self._fd < 0:
             self._open()
         while True:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if not _flock_within(self._fd, wait):
+                return False
             try:
                 if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
-                    return
+                    return True
             except FileNotFoundError:
                 pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._open()
 
-    def append(self, event: Event, now: float, pid: int) -> int:
-        """Append `event`, return its sequence number.  Raises OSError (e.g. ENOSPC, a removed state
-        directory) with nothing written."""
-        self._lock()
+    def append(self, event: Event, now: float, pid: int) -> int | None:
+        """Append `event` and return its sequence number; None when the journal's lock stayed busy
+        and the event went into our spill file instead (numbered later, in order: see above).
+        Raises OSError (e.g. ENOSPC, a removed state directory) with nothing written."""
+        entry = Entry(0, now, pid, event, self.version.id if self.version else "")
+        if not self._lock(0.0 if self._spill_fd >= 0 else LOCK_WAIT):  # spilling: no wait per event
+            self._spill(entry)
+            return None
         try:
-            size = os.fstat(self._fd).st_size
-            if size != self._size:
-                size = self._resync(size)
-            seq = self._last + 1
-            data = format_entry(Entry(seq, now, pid, event))
-            try:
-                written = os.write(self._fd, data)
-            except OSError:
-                os.ftruncate(self._fd, size)
-                raise
-            if written != len(data):
-                os.ftruncate(self._fd, size)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self._size, self._last = size + written, seq
+            size = self._synced()
+            spilled = self._own_spill()
+            if spilled is None:  # (cannot happen: only an adopter holding the journal lock locks it)
+                self._spill(entry)
+                return None
+            seq = self._write([*spilled, entry], size)
+            if self._spill_fd >= 0:
+                self._drop_spill()
+            if spilled:
+                self.report("INFO", f"the journal's lock is free again: {len(spilled)} spilled events journaled as "
+                                    f"#{seq - len(spilled)}..#{seq - 1}")
             return seq
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._spill_fd >= 0:
+                fcntl.flock(self._spill_fd, fcntl.LOCK_UN)
+
+    def _synced(self) -> int:
+        """Under the lock: the clean size of the file, our numbering up to date with it."""
+        size = os.fstat(self._fd).st_size
+        return size if size == self._size else self._resync(size)
+
+    def _write(self, entries: list[Entry], size: int) -> int:
+        """Number `entries` on from the last seq and write them in one write; the last seq given."""
+        data = b"".join(format_entry(replace(e, seq=self._last + n)) for n, e in enumerate(entries, 1))
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            os.ftruncate(self._fd, size)
+            raise
+        if written != len(data):
+            os.ftruncate(self._fd, size)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._size, self._last = size + written, self._last + len(entries)
+        return self._last
 
     def _resync(self, size: int) -> int:
-        """Another process appended (or a write was torn, or the file is new): learn the last seq;
-        return the clean size."""
+        """Another process appended (or a write was torn, or the file is new): learn the highest
+        seq on disk; return the clean size (a torn last line is cut off, and reported)."""
         start = max(0, size - _TAIL)
         tail = os.pread(self._fd, size - start, start)
         end = tail.rfind(b"\n") + 1
+        highest, damaged = 0, False
         if start + end != size:  # torn last line: cut it (we hold the lock, nobody is writing)
+            torn = tail[end:]
             os.ftruncate(self._fd, start + end)
             size = start + end
-        last = 0
-        for line in reversed(tail[:end].split(b"\n")[:-1]):
+            highest, damaged = damaged_seq(torn) or 0, True
+            self.report("ERROR", f"{self.path}: its last line was torn (a writer or the machine died while "
+                                 f"writing it) and is cut off: {describe(torn)}; numbering goes on above it")
+        lines = tail[:end].split(b"\n")[:-1]
+        for line in reversed(lines[1:] if start else lines):  # (the first may be cut by the window)
             entry = parse_entry(line)
             if entry is not None:
-                last = entry.seq
+                highest = max(highest, entry.seq)
                 break
-        self._last = max(self._last, last if last else self.floor())
+            damaged = True  # reported by the worker, which reads it; its number counts here
+            highest = max(highest, damaged_seq(line) or 0)
+        if damaged:
+            self._floor_seen = max(self._floor_seen, self.floor())
+        self._last = max(self._last, highest, self._floor_seen)
         self._size = size
         return size
+
+    # -- the spill file: where events go while the journal's lock stays busy -------------------
+
+    def _spill(self, entry: Entry) -> None:
+        """Write `entry` to our spill file (raises OSError if that fails too: the caller holds it
+        in memory)."""
+        first = self._spill_fd < 0
+        while True:
+            if self._spill_fd < 0:
+                ensure_dir(self.paths.spill)
+                self._spill_fd = open_mode(os.path.join(self.paths.spill, str(os.getpid())),
+                                           os.O_RDWR | os.O_APPEND, FILE_MODE)
+            if not _flock_within(self._spill_fd, LOCK_WAIT):
+                raise OSError(errno.EAGAIN, "the journal's lock and the spill file's both stayed busy")
+            if os.fstat(self._spill_fd).st_nlink:
+                break
+            os.close(self._spill_fd)  # the worker adopted it meanwhile: a new one
+            self._spill_fd = -1
+        try:
+            data = format_entry(entry)
+            size = os.fstat(self._spill_fd).st_size
+            written = os.write(self._spill_fd, data)
+            if written != len(data):
+                os.ftruncate(self._spill_fd, size)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        finally:
+            fcntl.flock(self._spill_fd, fcntl.LOCK_UN)
+        if first:
+            holder = pidfile.lock_holder(self.path)
+            self.report("WARN", f"the journal's lock stayed busy for {LOCK_WAIT:g}s (held by "
+                                f"{f'pid {holder.pid}' if holder else 'another process'}): events go into "
+                                f"{self.paths.spill}/{os.getpid()} meanwhile, in order; they are numbered and run "
+                                f"once the lock is free")
+
+    def _own_spill(self) -> list[Entry] | None:
+        """Under the journal lock: the events of ours still in our spill file, to journal first
+        ([] if none, or the worker adopted them already); None if it is locked."""
+        if self._spill_fd < 0:
+            return []
+        if not _flock_within(self._spill_fd, 0):
+            return None
+        st = os.fstat(self._spill_fd)
+        if not st.st_nlink:
+            self._drop_spill()
+            return []
+        entries, damaged = _lines(os.pread(self._spill_fd, st.st_size, 0))
+        for line in damaged:
+            self.report("ERROR", f"{self.paths.spill}/{os.getpid()}: damaged line dropped: {describe(line)}")
+        return entries
+
+    def _drop_spill(self) -> None:
+        """Our spilled events are journaled: remove the file (if it is still ours) and unlock it."""
+        path = os.path.join(self.paths.spill, str(os.getpid()))
+        try:
+            if os.stat(path).st_ino == os.fstat(self._spill_fd).st_ino:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(self._spill_fd)
+        self._spill_fd = -1
+
+    def adopt(self) -> list[bytes]:
+        """Journal, numbered and in order, the events in every spill file we can lock (the worker
+        calls this before reading the journal); returns the damaged lines found in them.  A spill
+        file being written, or a journal lock that stays busy, is left for the next call."""
+        try:
+            names = sorted(os.listdir(self.paths.spill))
+        except FileNotFoundError:
+            return []
+        damaged: list[bytes] = []
+        for name in names:
+            try:
+                fd = os.open(os.path.join(self.paths.spill, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                if not self._lock(LOCK_WAIT):
+                    break
+                try:
+                    damaged += self._adopt_one(fd, os.path.join(self.paths.spill, name))
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)  # and its lock
+        return damaged
+
+    def _adopt_one(self, fd: int, path: str) -> list[bytes]:
+        if not _flock_within(fd, 0) or not os.fstat(fd).st_nlink:
+            return []
+        entries, damaged = _lines(os.pread(fd, os.fstat(fd).st_size, 0))
+        size = self._synced()
+        fresh = _not_in(entries, _lines(os.pread(self._fd, min(size, _TAIL), max(0, size - _TAIL)))[0])
+        if fresh:
+            self._write(fresh, size)
+        os.unlink(path)
+        return damaged
+
+
+def _lines(data: bytes) -> tuple[list[Entry], list[bytes]]:
+    """(entries, damaged lines) of the complete lines in `data`, and what follows the last newline
+    (torn) as damage."""
+    end = data.rfind(b"\n") + 1
+    entries: list[Entry] = []
+    damaged: list[bytes] = []
+    for line in data[:end].split(b"\n")[:-1]:
+        entry = parse_entry(line)
+        if entry is None:
+            damaged.append(line)
+        else:
+            entries.append(entry)
+    if data[end:]:
+        damaged.append(data[end:])
+    return entries, damaged
+
+
+def _not_in(spilled: list[Entry], journaled: Iterable[Entry]) -> list[Entry]:
+    """The spilled entries not journaled yet: a writer that died between journaling its spilled
+    events and removing its spill file must not have them run twice."""
+    seen = {(e.reader_pid, e.time, e.event) for e in journaled}
+    return [e for e in spilled if (e.reader_pid, e.time, e.event) not in seen]
 
 
 class JournalFollower:
@@ -152,8 +395,11 @@ class JournalFollower:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.paths = StatePaths(os.path.dirname(path) or ".")
         self._fd = -1
         self.offset = 0
+        self._checksummed = False  # a checksummed line was read: an 8-field line after it is damage
+        self._adopter: JournalWriter | None = None
         #: Set by read_new when the journal was removed and created anew (not by our compaction).
         self.replaced = False
 
@@ -166,7 +412,9 @@ class JournalFollower:
         return True
 
     def pending(self) -> bool:
-        """Bytes appended since the last read, or a new journal at the path (a stat and an fstat)."""
+        """Bytes appended since the last read, a new journal at the path, or a spill file to adopt."""
+        if os.path.isdir(self.paths.spill) and os.listdir(self.paths.spill):
+            return True
         if self._fd < 0:
             return os.path.exists(self.path)
         return os.fstat(self._fd).st_size > self.offset or self._path_replaced()
@@ -178,20 +426,35 @@ class JournalFollower:
             return False  # removed: the next append creates it, and we follow then
 
     def compact(self) -> bool:
-        """If everything was read, replace the journal by its last entry (a new file); False if
-        a writer appended meanwhile.  Only the worker holding worker.lock calls this."""
+        """If everything was read, replace the journal by its last entry (a new file) and remove the
+        settings versions nothing names any more; False if a writer appended meanwhile or held the
+        lock longer than LOCK_WAIT.  The new file is written and fsync'ed before the lock is taken:
+        the lock covers only the check that nothing was appended and the rename, so an append never
+        waits for a disk.  Only the worker holding worker.lock calls this."""
         if self._fd < 0:
             return False
-        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        ino = os.fstat(self._fd).st_ino
+        if os.fstat(self._fd).st_size != self.offset or self._path_replaced():
+            return False
+        start = max(0, self.offset - _TAIL)
+        tail = os.pread(self._fd, self.offset - start, start)
+        last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:]
+        tmp = write_temp(self.path, last)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_ino != os.fstat(self._fd).st_ino or os.fstat(fd).st_size != self.offset:
-                return False
-            start = max(0, self.offset - _TAIL)
-            tail = os.pread(fd, self.offset - start, start)
-            write_atomic(self.path, tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1:])
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                if not _flock_within(fd, LOCK_WAIT) or os.fstat(fd).st_ino != ino \
+                        or os.fstat(fd).st_size != self.offset:
+                    return False
+                kept = parse_entry(last[:-1])
+                settingsfile.collect(self.paths, ({kept.settings} if kept else set()) | _spilled_versions(self.paths))
+                os.replace(tmp, self.path)
+                tmp = ""
+            finally:
+                os.close(fd)  # releases the lock: writers now see the new inode
         finally:
-            os.close(fd)  # releases the lock: writers now see the new inode
+            if tmp:
+                discard(tmp)
         self._reopen()
         return True
 
@@ -199,22 +462,30 @@ class JournalFollower:
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.offset = 0
+        self._checksummed = False
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+        if self._adopter is not None:
+            self._adopter.close()
 
     def read_new(self) -> tuple[list[Entry], list[bytes]]:
-        """(entries, damaged lines) that became complete since the last call.  Once the old file is
-        read to its end, a journal created anew at the path is followed from its start."""
+        """(entries, damaged lines) that became complete since the last call, after adopting the
+        spill files (their damaged lines are among those returned).  Once the old file is read to
+        its end, a journal created anew at the path is followed from its start."""
+        damaged: list[bytes] = []
+        if os.path.isdir(self.paths.spill):
+            self._adopter = self._adopter or JournalWriter(self.path)
+            damaged += self._adopter.adopt()
         if not self._opened():
-            return [], []
-        entries, damaged = self._read()
+            return [], damaged
+        entries, more = self._read()
         if not entries and self._path_replaced():
             self._reopen()
             self.replaced = True
-            entries, damaged = self._read()
-        return entries, damaged
+            entries, more = self._read()
+        return entries, damaged + more
 
     def _read(self) -> tuple[list[Entry], list[bytes]]:
         chunks = []
@@ -226,17 +497,34 @@ class JournalFollower:
             chunks.append(chunk)
             offset += len(chunk)
         data = b"".join(chunks)
-        end = data.rfind(b"\n") + 1
+        end = data.rfind(b"\n") + 1  # what follows the last newline is not complete (or torn)
         self.offset += end
         entries: list[Entry] = []
         damaged: list[bytes] = []
         for line in data[:end].split(b"\n")[:-1]:
-            entry = parse_entry(line)
-            if entry is None:
+            entry, checksummed = _parse(line)
+            if entry is None or (self._checksummed and not checksummed):
                 damaged.append(line)
             else:
                 entries.append(entry)
+            self._checksummed = self._checksummed or checksummed
         return entries, damaged
+
+
+def _spilled_versions(paths: StatePaths) -> set[str]:
+    """The settings versions the spill files' events name (kept by a compaction)."""
+    try:
+        names = os.listdir(paths.spill)
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for name in names:
+        try:
+            with open(os.path.join(paths.spill, name), "rb") as fh:
+                out |= {e.settings for e in _lines(fh.read())[0]}
+        except OSError:
+            continue
+    return out
 
 
 def last_seq(path: str) -> int:
@@ -248,7 +536,7 @@ def last_seq(path: str) -> int:
             tail = fh.read()
     except OSError:
         return 0
-    for line in reversed(tail.split(b"\n")):
+    for line in reversed(tail.split(b"\n")[:-1]):
         entry = parse_entry(line)
         if entry is not None:
             return entry.seq
@@ -259,6 +547,6 @@ def read_all(path: str) -> list[Entry]:
     """Every intact entry (for status and wait)."""
     follower = JournalFollower(path)
     try:
-        return follower.read_new()[0]
+        return follower._read()[0] if follower._opened() else []
     finally:
         follower.close()

@@ -10,6 +10,13 @@ Events run strictly in order, so "done" is a high-water mark: the largest seq wi
 `try` records are what bound a crash loop: every worker that takes up the event writes one first,
 so the number of workers that died on it is on disk, whatever killed them (segfault, OOM, SIGKILL).
 Replaying this file is how `status`, `wait` and a new worker learn the state.
+
+Each record detects its own damage: its last key is `"crc"`, the CRC-32 of the record as written
+without it (8 hex digits), and a record is complete only with its newline.  A record that fails
+either is skipped and reported (`Snapshot.damaged`), never counted: a torn `end` makes its event
+run again, never makes an event look done.  Records without `"crc"` are what older versions
+wrote; they are read while no checksummed record came before them in the file (an upgrade leaves
+them at its start).
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import zlib
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict, Union
+from typing import Any, Literal, TypedDict, Union
 
 from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 from notify_launcher.totals import Totals
@@ -81,13 +90,56 @@ class TotalsRecord(TypedDict):
 
 Record = Union[TryRecord, StartRecord, EndRecord]  # not `|`: Python 3.9 evaluates this line
 
+_CRC_KEY = b', "crc": "'
+_CRC_SUFFIX = len(_CRC_KEY) + 8 + 2  # , "crc": "12345678"}
+_SEQ = re.compile(rb'"seq": (\d{1,18})[,}]')
+
+
+def encode(rec: Record | TotalsRecord) -> bytes:
+    """One line: the record's JSON with its CRC as the last key, and the newline."""
+    body = json.dumps(rec).encode()
+    return b'%s%s%08x"}\n' % (body[:-1], _CRC_KEY, zlib.crc32(body))
+
+
+def _decode(line: bytes) -> tuple[Any, bool]:
+    """(the record, None if the line is damaged; whether it carries a CRC)."""
+    checksummed = line[-_CRC_SUFFIX:].startswith(_CRC_KEY) and line.endswith(b'"}')
+    if checksummed:
+        body = line[:-_CRC_SUFFIX] + b"}"
+        if line[-10:-2] != b"%08x" % zlib.crc32(body):
+            return None, True
+        line = body
+    try:
+        return json.loads(line, parse_constant=_no_constant), checksummed
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        return None, checksummed
+
+
+def damaged_seq(line: bytes) -> int | None:
+    """The number a damaged or torn record seems to be about, if it can be read."""
+    match = _SEQ.search(line)
+    return int(match.group(1)) if match else None
+
 
 class ProgressLog:
-    """The worker's writer."""
+    """The worker's writer.  Opening it cuts a torn last record (the worker holding worker.lock is
+    its only writer): `cut` then holds those bytes, for the worker to log."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = open_mode(path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+        self.cut = b""
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        fd = open_mode(self.path, os.O_RDWR | os.O_APPEND, FILE_MODE)
+        size = os.fstat(fd).st_size
+        start = max(0, size - 8192)
+        tail = os.pread(fd, size - start, start)
+        end = start + tail.rfind(b"\n") + 1
+        if tail and end != size:
+            self.cut += os.pread(fd, size - end, end)
+            os.ftruncate(fd, end)
+        return fd
 
     def follow(self) -> bool:
         """Write to the file at the path again if someone removed or replaced it (records written
@@ -98,13 +150,13 @@ class ProgressLog:
         except FileNotFoundError:
             pass
         os.close(self._fd)
-        self._fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+        self._fd = self._open()
         return True
 
     def record(self, rec: Record) -> str | None:
         """Append one record; the error text if it could not be written (a full disk: the action ran
         all the same, and the worker logs it)."""
-        data = (json.dumps(rec) + "\n").encode()
+        data = encode(rec)
         try:
             written = os.write(self._fd, data)
         except OSError as exc:
@@ -126,10 +178,9 @@ class ProgressLog:
         snap = replay(self.path, keep_ends, totals)
         records: dict[int, Record] = {r["seq"]: r for r in [*snap.last.values(), *snap.ends]}
         summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *records]), counts=totals.record())
-        write_atomic(self.path, b"".join((json.dumps(rec) + "\n").encode()
-                                         for rec in [summary, *(records[seq] for seq in sorted(records))]))
+        write_atomic(self.path, b"".join(encode(rec) for rec in [summary, *(records[seq] for seq in sorted(records))]))
         os.close(self._fd)
-        self._fd = open_mode(self.path, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+        self._fd = self._open()
 
 
 @dataclass
@@ -143,6 +194,8 @@ class Snapshot:
     tries: int = 0
     last: dict[str, EndRecord] = field(default_factory=dict)
     ends: list[EndRecord] = field(default_factory=list)
+    #: Lines that are no intact record (damaged, torn, or not a record this version writes).
+    damaged: list[bytes] = field(default_factory=list)
 
 
 _NUMBER = (int, float)
@@ -186,13 +239,16 @@ def replay(path: str, keep_ends: int = 0, totals: Totals | None = None) -> Snaps
             data = fh.read()
     except FileNotFoundError:
         return snap
-    for line in data.split(b"\n"):
-        try:
-            rec = json.loads(line, parse_constant=_no_constant)
-        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+    end = data.rfind(b"\n") + 1
+    checksummed = False
+    for line in data[:end].split(b"\n")[:-1]:
+        if not line:
             continue
-        if not _well_formed(rec):
-            continue  # a torn last line or damage: the journal still has the event
+        rec, crc = _decode(line)
+        if rec is None or (checksummed and not crc) or not _well_formed(rec):
+            snap.damaged.append(line)  # the journal still has the event: it is run, not lost
+            continue
+        checksummed = checksummed or crc
         if totals is not None:
             totals.fold(rec)
         if rec.get("op") == "try":
@@ -210,27 +266,22 @@ def replay(path: str, keep_ends: int = 0, totals: Totals | None = None) -> Snaps
             if keep_ends:
                 snap.ends.append(rec)
                 del snap.ends[:-keep_ends]
+    if data[end:]:
+        snap.damaged.append(data[end:])  # torn: a record is complete only with its newline
     return snap
 
 
-def last_seq(path: str, op: str | None = None) -> int:
-    """The largest sequence number in the file's last records (0: none), of `op` records only if
-    given: the floor below which numbering must never restart when the journal was removed, and
-    (with "end") how far the workers got.  Reads only the tail."""
+def last_seq(path: str) -> int:
+    """The highest sequence number the file's first and last records name, damaged ones included
+    (0: none): the floor below which numbering must never restart (journal.py).  The first record
+    is a compaction's totals, which carries the highest seq counted; the last ones are the newest.
+    Reads only the head and the tail."""
     try:
         with open(path, "rb") as fh:
+            head = fh.read(8192)
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - 8192))
             tail = fh.read()
     except OSError:
         return 0
-    best = 0
-    for line in tail.split(b"\n"):
-        try:
-            rec = json.loads(line)
-            seq = rec["seq"] if op is None or rec["op"] == op else 0
-        except (ValueError, KeyError, TypeError, RecursionError):
-            continue
-        if isinstance(seq, int):
-            best = max(best, seq)
-    return best
+    return max([0, *(int(m) for m in _SEQ.findall(head.split(b"\n", 1)[0] + b"\n" + tail))])

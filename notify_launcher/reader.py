@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from notify_launcher import settingsfile
 from notify_launcher.backlog import RETRY_INTERVAL, Backlog
 from notify_launcher.config import Settings
 from notify_launcher.detach import Way
@@ -31,7 +32,6 @@ from notify_launcher.intake import Intake
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.process import drain
-from notify_launcher.progress import last_seq as last_recorded
 from notify_launcher.statedir import StatePaths
 from notify_launcher.stopping import SIBLING_WAIT, StopClassifier
 from notify_launcher.workerlink import WorkerLink
@@ -51,7 +51,8 @@ class Reader:
         self.poller = select.poll()
         self.fifo = Fifo(fifo_path, fifo_fd, serve, self.poller, log)
         self.intake = Intake(paths, log)
-        self.journal = JournalWriter(paths.journal, floor=lambda: last_recorded(paths.progress))
+        self.journal = JournalWriter(paths.journal, version=settingsfile.version(settings),
+                                     report=lambda level, text: log.line(level, None, None, text))
         self.backlog = Backlog(self.journal, log)
         self.workers = WorkerLink(settings, paths, self.poller, log, detach)
         self.stop = StopClassifier(settings.stop_grace, term_at)
@@ -162,7 +163,7 @@ class Reader:
         if failed is not None and failed.errno in (errno.ENOENT, errno.ENOTDIR):
             self.workers.repair.repair()
 
-    def _journaled(self, seq: int, event: Event) -> None:
+    def _journaled(self, seq: int | None, event: Event) -> None:
         if self.journal.created:  # the journal was made anew: find the worker again by path
             self.journal.created = False
             self.workers.doorbell.reset()

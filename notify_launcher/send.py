@@ -20,7 +20,6 @@ from notify_launcher.config import Settings
 from notify_launcher.events import Rejected, parse_line
 from notify_launcher.handoff import Doorbell
 from notify_launcher.journal import JournalWriter
-from notify_launcher.progress import last_seq
 from notify_launcher.statedir import StatePaths
 
 
@@ -69,7 +68,7 @@ def send_state(state_dir: str, line: str) -> str:
                          f"does, e.g. 'INSTANCE \"VI_1\" MASTER 100'")
     paths = StatePaths(state_dir)
     settings = _settings(paths)
-    journal = JournalWriter(paths.journal, floor=lambda: last_seq(paths.progress))  # as the reader numbers
+    journal = JournalWriter(paths.journal, version=settingsfile.version(settings))  # as the reader numbers
     try:
         seq = journal.append(parsed, time.time(), os.getpid())
     finally:
@@ -88,6 +87,12 @@ def send_state(state_dir: str, line: str) -> str:
     try:
         doorbell.ring(spawn, spawning=False)
     except OSError as exc:  # e.g. fork failing at the pid limit: the event is safe in the journal
-        raise SendError(f"journaled as #{seq}, but no worker could be started ({exc.strerror}); the next "
-                        f"event or `send` starts one, and it runs #{seq} first") from None
+        raise SendError(f"{_where(seq)}, but no worker could be started ({exc.strerror}); the next "
+                        f"event or `send` starts one, and it runs it first") from None
+    return _where(seq)
+
+
+def _where(seq: int | None) -> str:
+    if seq is None:
+        return "spilled: the journal's lock stayed busy; the worker journals and runs it once the lock is free"
     return f"journaled as #{seq}"

@@ -1,20 +1,67 @@
-"""settings.json in the state directory: the newest reader's settings, so a lingering worker, a
-worker in a systemd unit and `send` act on the configuration keepalived's reader runs with.
+"""The readers' settings in the state directory: every version an event was journaled under, and
+the newest one.
 
-One writer (the reader, at start and whenever it remakes the state directory), one way to read
-it, one error: whoever reads decides what a missing or damaged file means for it.
+    settings.d/ID.json   one file per version, named by its content's hash (ID: 16 hex digits of
+                         SHA-256), never changed once written: each journal entry names the ID it was
+                         journaled under, so the worker runs it with those settings (handler, timeout,
+                         policies) -- a reload changes what comes after it, never what came before.
+    settings.json        the newest reader's settings, for what acts on the present: a lingering
+                         worker's log file and level, a systemd unit's worker, `send`, `status`.
+
+Writers: the reader publishes settings.json at start (and whenever it remakes the state directory);
+its JournalWriter writes its version into settings.d whenever it opens a journal file (`ensure`), so
+the version is there before the first entry that names it, also after a compaction or a removed
+state directory.  Neither is fsync'ed: both are rewritten from the configuration by the next
+reader, the name checks the content (`for_entry` finds a torn version), and a reader's append must
+never wait for a slow disk.  The worker's journal compaction removes the versions nothing names
+any more (`collect`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
+from typing import TYPE_CHECKING, NamedTuple
 
 from notify_launcher.config import Settings
-from notify_launcher.statedir import StatePaths, write_atomic
+from notify_launcher.statedir import StatePaths, discard, ensure_dir, write_atomic
+
+if TYPE_CHECKING:
+    from notify_launcher.journal import Entry
+
+CACHE_SIZE = 8  # versions a worker keeps parsed: a reload or two, and the events still queued before them
+_ID_LEN = 16
 
 
 class SettingsFileError(Exception):
-    """settings.json cannot be read or makes no sense; the message names the file and why."""
+    """A settings file cannot be read or makes no sense; the message names the file and why."""
+
+
+class Version(NamedTuple):
+    """One version of the settings: its ID (what journal entries name) and its text."""
+
+    id: str
+    text: bytes
+
+
+def version(settings: Settings) -> Version:
+    """The version `settings` are journaled under (its ID depends on the content only)."""
+    text = settings.to_json().encode()
+    return Version(_hash(text), text)
+
+
+def is_id(text: str) -> bool:
+    """`text` has the shape of a version ID (what a journal line may name)."""
+    return len(text) == _ID_LEN and all(c in "0123456789abcdef" for c in text)
+
+
+def _hash(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()[:_ID_LEN]
+
+
+def version_path(paths: StatePaths, ident: str) -> str:
+    return os.path.join(paths.settings_versions, f"{ident}.json")
 
 
 def publish(paths: StatePaths, settings: Settings) -> bool:
@@ -27,16 +74,94 @@ def publish(paths: StatePaths, settings: Settings) -> bool:
                 return False
     except (OSError, UnicodeDecodeError):
         pass
-    write_atomic(paths.settings, text.encode())
+    write_atomic(paths.settings, text.encode(), sync=False)
     return True
+
+
+def ensure(paths: StatePaths, ver: Version) -> None:
+    """Make sure settings.d holds `ver` (a stat when it does).  Raises OSError."""
+    path = version_path(paths, ver.id)
+    if os.path.exists(path):
+        return
+    ensure_dir(paths.settings_versions)
+    write_atomic(path, ver.text, sync=False)
 
 
 def read(paths: StatePaths) -> Settings:
     """The published settings.  OSError (missing, unreadable) is left to the caller, which knows
     what it means there; content that is not settings is a SettingsFileError."""
-    fd = os.open(paths.settings, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with open(fd, encoding="utf-8", errors="strict") as fh:
-        try:
-            return Settings.from_json(fh.read())
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise SettingsFileError(f"{paths.settings} is damaged ({type(exc).__name__}: {exc})") from None
+    return _parse(paths.settings, _read_bytes(paths.settings))
+
+
+def _read_bytes(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        return fh.read()
+
+
+def _parse(path: str, data: bytes) -> Settings:
+    try:
+        return Settings.from_json(data.decode("utf-8", errors="strict"))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise SettingsFileError(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
+
+
+_cache: OrderedDict[str, Settings] = OrderedDict()
+
+
+def for_entry(paths: StatePaths, entry: Entry) -> Settings:
+    """The settings `entry` was journaled under.  An entry naming no version (journaled by an older
+    version of the launcher, or by `send`) gets the newest, settings.json.  A version that is
+    missing or damaged (its content does not match its name) is a SettingsFileError naming the file
+    and the event: the caller logs it and runs the event with the settings it has (the newest).
+    OSError reading settings.json propagates, as in `read`."""
+    ident = entry.settings
+    if not ident:
+        return read(paths)
+    cached = _cache.get(ident)
+    if cached is not None:
+        _cache.move_to_end(ident)
+        return cached
+    path = version_path(paths, ident)
+    try:
+        data = _read_bytes(path)
+    except OSError as exc:
+        raise SettingsFileError(f"{path}, the settings event #{entry.seq} was journaled under, cannot be read "
+                                f"({exc.strerror})") from None
+    if _hash(data) != ident:
+        raise SettingsFileError(f"{path}, the settings event #{entry.seq} was journaled under, is damaged "
+                                f"(its content does not match its name)")
+    settings = _parse(path, data)
+    _cache[ident] = settings
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return settings
+
+
+def newest_id(paths: StatePaths) -> str | None:
+    """The version ID of settings.json (None: missing or unreadable)."""
+    try:
+        return _hash(_read_bytes(paths.settings))
+    except OSError:
+        return None
+
+
+def collect(paths: StatePaths, referenced: set[str]) -> list[str]:
+    """Remove the versions in settings.d that are not in `referenced` nor settings.json's; returns
+    the IDs removed.  Only the worker's journal compaction calls this, holding the journal's lock
+    (so no writer is between opening the journal, where it ensures its version, and appending)."""
+    keep = set(referenced)
+    newest = newest_id(paths)
+    if newest is not None:
+        keep.add(newest)
+    try:
+        names = os.listdir(paths.settings_versions)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        ident = name[:-len(".json")] if name.endswith(".json") else ""
+        if is_id(ident) and ident not in keep:
+            discard(os.path.join(paths.settings_versions, name))
+            removed.append(ident)
+    return removed

@@ -57,6 +57,16 @@ class StatePaths:
         return os.path.join(self.root, "settings.json")
 
     @property
+    def settings_versions(self) -> str:
+        """Every settings version an entry of the journal names, as `ID.json` (settingsfile.py)."""
+        return os.path.join(self.root, "settings.d")
+
+    @property
+    def spill(self) -> str:
+        """Events a writer could not journal because the journal's lock stayed busy (journal.py)."""
+        return os.path.join(self.root, "spill")
+
+    @property
     def rejected(self) -> str:
         """How many FIFO lines the readers rejected (totals.py)."""
         return os.path.join(self.root, "rejected")
@@ -103,12 +113,24 @@ def open_mode(path: str, flags: int, mode: int) -> int:
     return fd
 
 
-def write_atomic(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True) -> None:
-    """Replace `path` with `data`, all or nothing: a temporary file beside it, every write checked
-    (a short write is a full disk, not success), fsync, then rename.  Whatever fails, the old file
-    stays as it was -- a compaction cut short must never lose or repeat a finished event.
-    `sync=False` leaves out the fsync, for a file that is only a view, rewritten from durable state
-    (the metrics file): readers still see the old or the new file whole."""
+def ensure_dir(path: str) -> None:
+    """A private directory inside the state directory (mode 0700 whatever the umask), made if missing;
+    a symlink or anything else at the path is refused (OSError)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{path} is not a directory", path)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def write_temp(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True) -> str:
+    """The first half of write_atomic: `data` in a temporary file beside `path`, every write checked,
+    fsync'ed unless `sync` is False; returns its name, for the caller to rename (or unlink).  Nothing
+    is left behind when it raises."""
     tmp = f"{path}.{os.getpid()}.new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -121,14 +143,31 @@ def write_atomic(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = Tru
             view = view[written:]
         if sync:
             os.fsync(fd)
+    except BaseException:
         os.close(fd)
-        fd = -1
+        discard(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def discard(path: str) -> None:
+    """Remove `path` if it is there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_atomic(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True) -> None:
+    """Replace `path` with `data`, all or nothing: a temporary file beside it, every write checked
+    (a short write is a full disk, not success), fsync, then rename.  Whatever fails, the old file
+    stays as it was -- a compaction cut short must never lose or repeat a finished event.
+    `sync=False` leaves out the fsync, for a file that is only a view, rewritten from durable state
+    (the metrics file): readers still see the old or the new file whole."""
+    tmp = write_temp(path, data, mode, sync)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(tmp)
         raise

@@ -161,7 +161,7 @@ def test_accepted_events_survive_the_journal_and_the_spawn(raw: bytes) -> None:
         return
     entry = Entry(12, 1764000000.25, 4242, event)
     line = format_entry(entry)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.count(b"\t") == 7
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.count(b"\t") == 9
     assert parse_entry(line[:-1]) == entry
     assert not any(_is_control(c) for field in event.fields() for c in field), event.fields()
     assert parse_line(str(event).encode()) == event

@@ -1,13 +1,20 @@
-"""The journal: numbering across concurrent writers (two readers at a reload), torn lines, follower."""
+"""The journal and the progress file: numbering across concurrent writers (two readers at a reload), torn
+and changed lines, the spill file of a busy lock, settings versions, the follower."""
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+from notify_launcher import progress, settingsfile
+from notify_launcher.config import Settings
 from notify_launcher.events import Event
-from notify_launcher.journal import JournalFollower, JournalWriter
+from notify_launcher.journal import JournalFollower, JournalWriter, describe
+from notify_launcher.progress import EndRecord, ProgressLog, replay
+from notify_launcher.statedir import StatePaths
 
 
 def _append_many(path: str, name: str, count: int) -> None:
@@ -34,7 +41,7 @@ def test_concurrent_writers_get_unique_consecutive_numbers_in_file_order(tmp_pat
         assert mine == [i % 256 for i in range(2000)]
 
 
-def test_torn_last_line_is_cut_by_the_next_append(tmp_path: Path) -> None:
+def test_torn_last_line_is_cut_and_reported_and_numbering_goes_on_above_it(tmp_path: Path) -> None:
     path = str(tmp_path / "journal")
     writer = JournalWriter(path)
     writer.append(Event("INSTANCE", "VI_1", "BACKUP", 100), 1.0, 1)
@@ -42,11 +49,14 @@ def test_torn_last_line_is_cut_by_the_next_append(tmp_path: Path) -> None:
         fh.write(b"2\t1.0\t1\tINSTANCE\tVI_")
     follower = JournalFollower(path)
     assert [e.seq for e in follower.read_new()[0]] == [1]  # the torn line is not consumed
-    other = JournalWriter(path)  # e.g. the reader that keepalived starts next
-    assert other.append(Event("INSTANCE", "VI_1", "MASTER", 100), 2.0, 2) == 2
+    said: list[tuple[str, str]] = []
+    other = JournalWriter(path, report=lambda level, text: said.append((level, text)))  # the next reader
+    # #2 may have run before the machine died: its number is never given again
+    assert other.append(Event("INSTANCE", "VI_1", "MASTER", 100), 2.0, 2) == 3
+    assert len(said) == 1 and said[0][0] == "ERROR" and "event #2 (20 bytes: b'2\\t1.0" in said[0][1], said
     entries, damaged = follower.read_new()
-    assert damaged == [] and [(e.seq, e.event.state) for e in entries] == [(2, "MASTER")]
-    assert writer.append(Event("INSTANCE", "VI_1", "FAULT", 100), 3.0, 1) == 3
+    assert damaged == [] and [(e.seq, e.event.state) for e in entries] == [(3, "MASTER")]
+    assert writer.append(Event("INSTANCE", "VI_1", "FAULT", 100), 3.0, 1) == 4
 
 
 def test_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -77,3 +87,143 @@ def test_compaction_keeps_numbering_and_moves_writers_to_the_new_file(tmp_path: 
     assert writer.append(Event("INSTANCE", "VI_1", "FAULT", 0), 0.0, 1) == 7  # the old writer follows
     assert [e.seq for e in follower.read_new()[0]] == [6, 7]  # 6 is the kept last entry
     assert [e.seq for e in JournalFollower(path).read_new()[0]] == [6, 7]
+
+
+def _journal(tmp_path: Path, states: list[str]) -> str:
+    path = str(tmp_path / "journal")
+    writer = JournalWriter(path)
+    for n, state in enumerate(states):
+        writer.append(Event("INSTANCE", "VI_1", state, 100), float(n), 1)
+    writer.close()
+    return path
+
+
+def test_a_line_cut_short_or_changed_that_still_parses_is_damage(tmp_path: Path) -> None:
+    """"100" cut to "10" (or any byte changed) leaves a line that parses; its checksum does not."""
+    path = _journal(tmp_path, ["BACKUP", "MASTER", "FAULT"])
+    lines = Path(path).read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"\t100\t", b"\t10\t")
+    Path(path).write_bytes(b"\n".join(lines))
+    entries, damaged = JournalFollower(path).read_new()
+    assert [e.seq for e in entries] == [1, 3]
+    assert len(damaged) == 1 and describe(damaged[0]).startswith("event #2 (")
+
+
+def test_numbering_is_above_the_progress_file_though_the_journal_has_intact_lines(tmp_path: Path) -> None:
+    """The journal's last line torn so early that its number is lost, the progress file has #6 done:
+    the next event is #7 (it was #6, which the worker took for done and never ran)."""
+    path = _journal(tmp_path, ["BACKUP", "MASTER", "BACKUP", "MASTER", "BACKUP"])
+    with open(path, "ab") as fh:
+        fh.write(b"6")
+    ProgressLog(str(tmp_path / "progress")).record(
+        EndRecord(op="end", seq=6, t=6.0, key="INSTANCE VI_1", event="x", state="MASTER", result="exit 0", ok=True))
+    assert JournalWriter(path).append(Event("INSTANCE", "VI_1", "FAULT", 100), 7.0, 1) == 7
+
+
+def test_lines_of_older_versions_are_read_until_a_checksummed_line_came(tmp_path: Path) -> None:
+    path = str(tmp_path / "journal")
+    legacy = [b"%d\t1.0\t1\tINSTANCE\tVI_1\tMASTER\t100\t\n" % n for n in (1, 2)]
+    Path(path).write_bytes(b"".join(legacy))
+    JournalWriter(path).append(Event("INSTANCE", "VI_1", "BACKUP", 100), 2.0, 1)
+    with open(path, "ab") as fh:
+        fh.write(b"4\t1.0\t1\tINSTANCE\tVI_1\tMASTER\t100\t\n")  # no checksum after one: damage
+    entries, damaged = JournalFollower(path).read_new()
+    assert [(e.seq, e.settings) for e in entries] == [(1, ""), (2, ""), (3, "")]
+    assert damaged == [b"4\t1.0\t1\tINSTANCE\tVI_1\tMASTER\t100\t"]
+
+
+def _hold_lock(path: str, ready: Connection, release: Connection) -> None:
+    """Hold the journal's lock (as a stopped worker would) until told to let go."""
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    ready.send(True)
+    release.recv()
+
+
+def _append_states(path: str, states: list[str]) -> None:
+    writer = JournalWriter(path)
+    for n, state in enumerate(states):
+        assert writer.append(Event("INSTANCE", "VI_1", state, 100), float(n), os.getpid()) is None
+
+
+def test_a_busy_lock_spills_and_the_writers_next_append_journals_in_order(tmp_path: Path) -> None:
+    path = _journal(tmp_path, ["BACKUP"])
+    ctx = multiprocessing.get_context("fork")
+    ready_r, ready_w = ctx.Pipe(False)
+    release_r, release_w = ctx.Pipe(False)
+    holder = ctx.Process(target=_hold_lock, args=(path, ready_w, release_r))
+    holder.start()
+    try:
+        assert ready_r.recv()
+        writer = JournalWriter(path)
+        assert writer.append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, 7) is None
+        assert writer.append(Event("INSTANCE", "VI_1", "FAULT", 100), 2.0, 7) is None
+        spill = tmp_path / "spill" / str(os.getpid())
+        assert len(spill.read_bytes().splitlines()) == 2
+    finally:
+        release_w.send(True)
+        holder.join()
+    assert writer.append(Event("INSTANCE", "VI_1", "BACKUP", 100), 3.0, 7) == 4
+    assert not spill.exists()
+    entries, damaged = JournalFollower(path).read_new()
+    assert damaged == [] and [(e.seq, e.event.state) for e in entries] == \
+        [(1, "BACKUP"), (2, "MASTER"), (3, "FAULT"), (4, "BACKUP")]
+
+
+def test_the_worker_adopts_the_spill_of_a_writer_that_died(tmp_path: Path) -> None:
+    path = _journal(tmp_path, ["BACKUP"])
+    follower = JournalFollower(path)
+    assert [e.seq for e in follower.read_new()[0]] == [1]
+    ctx = multiprocessing.get_context("fork")
+    ready_r, ready_w = ctx.Pipe(False)
+    release_r, release_w = ctx.Pipe(False)
+    holder = ctx.Process(target=_hold_lock, args=(path, ready_w, release_r))
+    holder.start()
+    try:
+        assert ready_r.recv()
+        writer = ctx.Process(target=_append_states, args=(path, ["MASTER", "FAULT"]))
+        writer.start()
+        writer.join()
+        assert writer.exitcode == 0
+    finally:
+        release_w.send(True)
+        holder.join()
+    entries, damaged = follower.read_new()
+    assert damaged == [] and [(e.seq, e.event.state) for e in entries] == [(2, "MASTER"), (3, "FAULT")]
+    assert os.listdir(tmp_path / "spill") == []
+
+
+def test_each_entry_names_its_settings_and_compaction_removes_versions_nothing_names(tmp_path: Path) -> None:
+    paths = StatePaths(str(tmp_path))
+    old, new = Settings(handler=("/bin/old",)), Settings(handler=("/bin/new",))
+    first = JournalWriter(paths.journal, version=settingsfile.version(old))
+    first.append(Event("INSTANCE", "VI_1", "BACKUP", 100), 1.0, 1)
+    settingsfile.publish(paths, new)  # a reload: the next reader's settings are the newest
+    second = JournalWriter(paths.journal, version=settingsfile.version(new))
+    second.append(Event("INSTANCE", "VI_1", "MASTER", 100), 2.0, 2)
+    follower = JournalFollower(paths.journal)
+    entries = follower.read_new()[0]
+    assert [settingsfile.for_entry(paths, e).handler for e in entries] == [("/bin/old",), ("/bin/new",)]
+    assert follower.compact()
+    assert os.listdir(paths.settings_versions) == [f"{settingsfile.version(new).id}.json"]
+    # the old reader still runs: it writes its version again before its next entry names it
+    assert first.append(Event("INSTANCE", "VI_1", "FAULT", 100), 3.0, 1) == 3
+    entry = follower.read_new()[0][-1]
+    assert settingsfile.for_entry(paths, entry).handler == ("/bin/old",)
+
+
+def test_progress_records_detect_their_own_damage(tmp_path: Path) -> None:
+    """A record changed (#2's end now says #3) or torn is skipped and reported, never counted as done;
+    a worker opening the file cuts the torn one off and keeps it to log."""
+    path = str(tmp_path / "progress")
+    log = ProgressLog(path)
+    for seq in (1, 2):
+        log.record(EndRecord(op="end", seq=seq, t=1.0, key="INSTANCE VI_1", event="x", state="MASTER",
+                             result="exit 0", ok=True))
+    data = Path(path).read_bytes().replace(b'"seq": 2', b'"seq": 3')
+    Path(path).write_bytes(data + b'{"op": "end", "seq": 4, "t"')
+    snap = replay(path)
+    assert snap.done_seq == 1 and len(snap.damaged) == 2
+    assert [progress.damaged_seq(line) for line in snap.damaged] == [3, 4]
+    assert ProgressLog(path).cut == b'{"op": "end", "seq": 4, "t"'
+    assert Path(path).read_bytes() == data
