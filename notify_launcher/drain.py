@@ -16,6 +16,7 @@ from notify_launcher import actions
 from notify_launcher.config import Command
 from notify_launcher.events import READER_TYPE
 from notify_launcher.following import Following
+from notify_launcher.identity import ticks
 from notify_launcher.journal import Entry, JournalFollower
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import OUTPUT_TAIL, Ended, OnFailureRunner
@@ -155,16 +156,18 @@ class Drain:
             result = actions.Result(None, None, 0.0, error=f"{exc.args[0]} (it did when the configuration was read)")
         else:
             def started(pid: int) -> None:
-                """Recorded and logged after the spawn, so nothing of ours delays the action.  The spawn
-                time stands for the action's create time (reading that from /proc while the child is in
-                exec() waits ~1.5 ms); it tells the action from a later process with the same pid."""
+                """Recorded and logged after the spawn, so nothing of ours delays the action.  Its start
+                time is bracketed by two clock reads (identity.ticks: reading /proc while the child is
+                in exec() would wait); it tells the action from a later process with the same pid."""
                 self.ledger.record(StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
-                                               state=event.state, pid=pid, worker=self.worker,
+                                               state=event.state, pid=pid, pid_start_min=spawning,
+                                               pid_start_max=ticks(), worker=self.worker,
                                                worker_start=self.worker_start), event)
                 log.info(seq, event, f"action started{which}: {' '.join(argv)}{as_user} (pid {pid}, timeout "
                                      f"{timeout:g}s, queued {delay * 1000:.1f} ms)")
 
             env = actions.event_env(entry, command.base_environment(self.environ))
+            spawning = ticks()
             result = actions.run_action(argv, env, timeout, self.following.settings.kill_grace, output=output,
                                         note=lambda text: log.warn(seq, event, text), started=started, ids=ids)
         log.line("INFO" if result.ok else "ERROR", seq, event,

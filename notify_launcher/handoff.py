@@ -33,15 +33,14 @@ so at most one worker runs and one waits.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import select
 import socket
 from collections.abc import Callable
 from typing import Literal
 
-from notify_launcher import identity, pidfile
-from notify_launcher.statedir import FILE_MODE, StatePaths, open_mode
+from notify_launcher import identity, locks, pidfile
+from notify_launcher.statedir import StatePaths
 
 
 TAKEOVER_WAIT = 10.0  # s a systemd unit's worker and its helper wait for each other on standby.lock
@@ -108,18 +107,16 @@ class Doorbell:
         if spawning:
             return "spawning"
         if self._standby < 0:
-            self._standby = open_mode(self.paths.standby_lock, os.O_RDWR, FILE_MODE)
-        try:
-            fcntl.flock(self._standby, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._standby = locks.open_standby(self.paths)
+        if not locks.try_standby(self._standby):
             return "queued"
+        standby, self._standby = self._standby, -1
         try:
-            spawn(self._standby)
+            spawn(standby)
         except BaseException:
-            fcntl.flock(self._standby, fcntl.LOCK_UN)
+            locks.release_standby(standby)
             raise
-        os.close(self._standby)  # the child's copy keeps the lock
-        self._standby = -1
+        os.close(standby)  # the child's copy keeps the lock
         return "spawned"
 
 
@@ -135,12 +132,6 @@ def _stale_doorbell(paths: StatePaths) -> bool:
     finally:
         probe.close()
     return False
-
-
-def release_standby(fd: int) -> None:
-    """The worker's step (4): it listens now, so the next unanswered ring may spawn again."""
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
 
 
 class WorkerWatch:
@@ -198,7 +189,7 @@ class WorkerWatch:
         one is watched already; a crash report if it is dead."""
         if self.pidfd >= 0 or self.hellos:
             return None
-        named = pidfile.read(self.paths) or pidfile.lock_holder(self.paths.worker_lock)
+        named = pidfile.read(self.paths) or locks.worker_lock_holder(self.paths.worker_lock)
         return self._follow(named.pid, named) if named else None
 
     def new_child(self) -> int:

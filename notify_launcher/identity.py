@@ -7,13 +7,20 @@ worker that started a running action -- compares the pid's start time in clock t
 never moves: unlike psutil's `create_time` (boot time plus ticks, on the wall clock) it cannot
 drift with an NTP step or a resumed VM, so no decision here depends on the wall clock.
 
+A child's start time can also be bracketed without reading /proc while it execs: the kernel takes
+it from CLOCK_BOOTTIME at fork, so `ticks()` read before and after a spawn encloses it
+(`started_between`).  That is how the worker names the action it spawns.
+
 Read from /proc directly, not through psutil: the reader uses this and must stay light.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import NamedTuple
+
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 class ProcessId(NamedTuple):
@@ -59,3 +66,16 @@ def is_running(ident: ProcessId) -> bool:
     """The recorded process is the one now running under that pid (not a later one that reuses it)."""
     st = stat(ident.pid)
     return st is not None and st.start == ident.start
+
+
+def ticks() -> int:
+    """Now, as a start time: a process forked after this call has a start time >= its result, one
+    forked before the call a start time <= it (the kernel's nsec_to_clock_t of CLOCK_BOOTTIME)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS
+
+
+def started_between(pid: int, first: int, last: int) -> bool:
+    """`pid` is the process spawned between `ticks()` calls that returned `first` and `last`, not a
+    later one that was given its pid."""
+    st = stat(pid)
+    return st is not None and first <= st.start <= last

@@ -1,8 +1,18 @@
-"""worker.lock and standby.lock as filelock objects, the same on every filelock the launcher meets.
+"""The two lock files, each owned here whatever takes it: how it is taken, waited for, found held,
+and who holds it.  handoff.py argues the protocol they serve.
 
-A lock file here must be 0600, never reached through a symlink, and keep its identity for as long
-as the state directory lives (pidfile.lock_holder and a lingering worker's check of its lock both go
-by its inode).  filelock's options for that changed under us:
+- worker.lock: held by the one worker that runs actions, for its whole life (WorkerLock).  Who holds
+  it is read from /proc/locks (`worker_lock_holder`), so a worker that could not write worker.pid is
+  found all the same.
+- standby.lock: held by the one worker queued behind it, so a burst queues one process, not
+  thousands.  The reader takes it without waiting and hands the locked descriptor to the worker it
+  forks (`try_standby`, `release_standby`); a worker in a systemd unit cannot inherit a descriptor
+  and queues on it itself (`wait_standby`); the unit's helper watches it change hands (`standby_held`).
+
+Both are flock(2) locks, whether taken with fcntl here or through filelock: they contend on the same
+lock.  A lock file must be 0600, never reached through a symlink, and keep its identity for as long
+as the state directory lives (a lingering worker's check that it still holds the lock at the path
+goes by the inode).  filelock's options for that changed under us:
 
 - 3.9 (Debian 12) takes no `mode`: its os.open would create the file with the umask's mode;
 - 3.10 takes `mode` (later releases also fchmod the file to it at every acquire: to 0644 unless told);
@@ -18,12 +28,16 @@ ours, so nobody else can swap it in between).
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import filelock
-from filelock import FileLock
+from notify_launcher import identity
+from notify_launcher.statedir import FILE_MODE, StatePaths, open_mode
 
-from notify_launcher.statedir import FILE_MODE, open_mode
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -32,14 +46,122 @@ def _version(text: str) -> tuple[int, int]:
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
-FILELOCK_VERSION = _version(filelock.__version__)
+def _file_lock(path: str) -> FileLock:
+    """A FileLock on `path`, made 0600 and kept across releases whatever filelock is installed.
+    filelock is imported here, not at the top: the reader imports this module and must stay light."""
+    import filelock
 
-
-def file_lock(path: str) -> FileLock:
-    """A FileLock on `path`, made 0600 and kept across releases whatever filelock is installed."""
     os.close(open_mode(path, os.O_RDWR, FILE_MODE))
-    if FILELOCK_VERSION >= (3, 30):
-        return FileLock(path, mode=FILE_MODE, preserve_lock_file=True)
-    if FILELOCK_VERSION >= (3, 10):
-        return FileLock(path, mode=FILE_MODE)
-    return FileLock(path)
+    version = _version(filelock.__version__)
+    if version >= (3, 30):
+        return filelock.FileLock(path, mode=FILE_MODE, preserve_lock_file=True)
+    if version >= (3, 10):
+        return filelock.FileLock(path, mode=FILE_MODE)
+    return filelock.FileLock(path)
+
+
+def _file_id(fd_or_path: int | str) -> tuple[int, int]:
+    st = os.stat(fd_or_path)
+    return st.st_dev, st.st_ino
+
+
+class WorkerLock:
+    """worker.lock, held by the worker for its whole life.  Building one only stores the path."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.path = paths.worker_lock
+        self._lock: FileLock | None = None
+        self._pin = -1  # the locked file, kept open: its inode cannot be reused while we live
+
+    def take(self, waiting: Callable[[identity.ProcessId | None], None]) -> None:
+        """Take the lock; if another worker holds it, call `waiting(holder)` once, then wait for it."""
+        from filelock import Timeout
+
+        self._pin = open_mode(self.path, os.O_RDONLY, FILE_MODE)
+        self._lock = _file_lock(self.path)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            waiting(worker_lock_holder(self.path))
+            self._lock.acquire()
+
+    def ours(self) -> bool:
+        """The file at worker.lock's path is still the one we locked (False once someone removed the
+        state directory: a new worker may own the new one).  By inode alone: a queued worker's
+        filelock (Debian 12's 3.9 opens with O_TRUNC) changes the file's times at every try."""
+        try:
+            return _file_id(self.path) == _file_id(self._pin)
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._pin >= 0:
+            os.close(self._pin)
+            self._pin = -1
+
+
+def worker_lock_holder(path: str) -> identity.ProcessId | None:
+    """The process holding the flock on worker.lock at `path`, from /proc/locks: the worker, found
+    even when it could not write worker.pid (a full disk).  Waiters ("->") are not holders."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as fh:
+            rows = fh.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for row in rows:
+        fields = row.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+            return identity.of(int(fields[4]))
+    return None
+
+
+def open_standby(paths: StatePaths) -> int:
+    """The reader's descriptor of standby.lock, kept for its later tries.  Raises OSError."""
+    return open_mode(paths.standby_lock, os.O_RDWR, FILE_MODE)
+
+
+def try_standby(fd: int) -> bool:
+    """The reader's try for standby.lock on its descriptor, without waiting; False if a worker is
+    queued already.  Taken, the descriptor is for the worker it forks to inherit: then the reader
+    closes its copy (the child's keeps the lock), or calls `release_standby` if the fork failed."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def release_standby(fd: int) -> None:
+    """Let standby.lock go (the worker listens now, so the next unanswered ring may spawn again)."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def wait_standby(paths: StatePaths, timeout: float) -> Callable[[], None] | None:
+    """A systemd unit's worker queues on standby.lock itself (a unit inherits no descriptor): the
+    function that releases it, or None if another worker kept it for `timeout` s."""
+    from filelock import Timeout
+
+    lock = _file_lock(paths.standby_lock)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        return None
+    return lock.release
+
+
+def standby_held(paths: StatePaths) -> bool:
+    """Someone holds standby.lock now (looked at by taking it without waiting, and letting it go)."""
+    fd = os.open(paths.standby_lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (closing the only descriptor releases a lock we took)
+    return False

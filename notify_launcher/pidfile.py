@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from notify_launcher.identity import ProcessId, me, stat
+from notify_launcher.identity import ProcessId, me
 from notify_launcher.statedir import StatePaths, write_atomic
 
 
@@ -31,24 +31,6 @@ def names(paths: StatePaths, pid: int) -> bool:
     """worker.pid names `pid` (alive or not: a worker that ends normally removes the file first)."""
     named = read(paths)
     return named is not None and named.pid == pid
-
-
-def lock_holder(path: str) -> ProcessId | None:
-    """The process holding the flock on `path`, from /proc/locks: the worker that took worker.lock,
-    found even when it could not write worker.pid (a full disk).  Waiters ("->") are not holders."""
-    try:
-        st = os.stat(path)
-        with open("/proc/locks") as fh:
-            rows = fh.read().splitlines()
-    except OSError:
-        return None
-    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for row in rows:
-        fields = row.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
-            holder = stat(int(fields[4]))
-            return None if holder is None else ProcessId(int(fields[4]), holder.start)
-    return None
 
 
 def remove(paths: StatePaths, pid: int) -> None:

@@ -1,7 +1,7 @@
 """What the workers did with each event: an append-only file of JSON records, one per line.
 
     {"op": "try",   "seq": 7, ...}   a worker took up the event (before anything that could fail)
-    {"op": "start", "seq": 7, ...}   an action process was started (its pid and create time, the worker's)
+    {"op": "start", "seq": 7, ...}   an action process was started (its pid and start time, the worker's)
     {"op": "end",   "seq": 7, ...}   the event is finished: action result, or why nothing ran
     {"op": "totals", "seq": 7, ...}  first in a compacted file: the counters over every record up to 7 (totals.py)
 
@@ -42,8 +42,8 @@ class TryRecord(TypedDict):
 
 
 class StartRecord(TypedDict):
-    """The event's action was spawned: `pid` (at `t`) by `worker`, whose start time (identity.py) is
-    `worker_start`."""
+    """The event's action was spawned: `pid` (at `t`, with a start time from `pid_start_min` to
+    `pid_start_max`) by `worker`, whose start time is `worker_start` (start times: identity.py)."""
 
     op: Literal["start"]
     seq: int
@@ -52,6 +52,8 @@ class StartRecord(TypedDict):
     event: str
     state: str
     pid: int
+    pid_start_min: int
+    pid_start_max: int
     worker: int
     worker_start: int
 
@@ -203,8 +205,8 @@ _NUMBER = (int, float)
 #: recovering worker) to use it without a KeyError or a TypeError; optional keys are typed when present.
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "try": {"seq": int, "worker": int},
-    "start": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "pid": int, "worker": int,
-              "worker_start": int},
+    "start": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "pid": int,
+              "pid_start_min": int, "pid_start_max": int, "worker": int, "worker_start": int},
     "end": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "result": str},
     "totals": {"seq": int, "counts": dict},
 }

@@ -13,16 +13,14 @@ import signal
 import time
 from collections.abc import Callable
 
-import psutil
-
 from notify_launcher.following import Following
+from notify_launcher.identity import started_between
 from notify_launcher.journal import Entry, read_all
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import Ended
 from notify_launcher.progress import EndRecord, Snapshot, StartRecord
 
 MAX_TRIES = 3  # workers that may die on one event before it is recorded as skipped
-PID_REUSE_GUARD = 2.0  # s: an orphan's create time must be this close to the recorded spawn time
 
 
 class Recovery:
@@ -71,11 +69,12 @@ class Recovery:
 
 
 def end_orphan(running: StartRecord, note: Callable[[str], None]) -> None:
-    """Kill the process group of an action whose worker died, unless its pid now names another process."""
-    try:
-        orphan = psutil.Process(running["pid"])
-        if abs(orphan.create_time() - running["t"]) < PID_REUSE_GUARD:
-            note(f"ending the dead worker's action pid {orphan.pid}")
-            os.killpg(orphan.pid, signal.SIGKILL)
-    except (psutil.Error, ProcessLookupError, PermissionError):
-        pass
+    """Kill the process group of an action whose worker died, unless its pid now names another process
+    (its start time is not the one the start record brackets: identity.py)."""
+    pid = running["pid"]
+    if started_between(pid, running["pid_start_min"], running["pid_start_max"]):
+        note(f"ending the dead worker's action pid {pid}")
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -12,7 +12,6 @@ every action has its own timeout.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import time
@@ -20,10 +19,10 @@ import time
 from notify_launcher import identity
 from notify_launcher.config import Settings
 from notify_launcher.handoff import TAKEOVER_WAIT, Doorbell
+from notify_launcher.locks import release_standby, standby_held
 from notify_launcher.log import Log
 from notify_launcher.process import leave_process_group, reset_signals
 from notify_launcher.statedir import StatePaths
-
 
 
 def unit_name() -> str:
@@ -62,16 +61,11 @@ def _helper(settings: Settings, standby_fd: int, hello_fd: int, reader: identity
     if done.returncode != 0:
         _log(settings, f"systemd-run failed (exit {done.returncode}): {done.stderr.decode(errors='replace').strip()}")
         return 1
-    fcntl.flock(standby_fd, fcntl.LOCK_UN)
-    os.close(standby_fd)
+    release_standby(standby_fd)
     deadline = time.monotonic() + TAKEOVER_WAIT
-    probe = os.open(paths.standby_lock, os.O_RDWR | os.O_CLOEXEC)
     doorbell = Doorbell(paths)
     while time.monotonic() < deadline:
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(probe, fcntl.LOCK_UN)
-        except BlockingIOError:
+        if standby_held(paths):
             os.write(hello_fd, f"unit {name}\n".encode())  # the unit's worker holds it now
             return 0
         if doorbell.answered():  # the unit may have passed standby.lock already

@@ -17,16 +17,14 @@ import signal
 import time
 from collections.abc import Callable
 
-from filelock import Timeout
-
 from notify_launcher import actions, pidfile, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.drain import Drain
-from notify_launcher.following import Following, file_id
-from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, release_standby, say_hello
+from notify_launcher.following import Following
+from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, say_hello
 from notify_launcher.identity import ProcessId, me
 from notify_launcher.ledger import Ledger
-from notify_launcher.locks import file_lock
+from notify_launcher.locks import WorkerLock, release_standby, wait_standby
 from notify_launcher.log import Log
 from notify_launcher.onfailure import OnFailureRunner
 from notify_launcher.process import drain
@@ -57,15 +55,13 @@ def run_unit_worker(state_dir: str, unit: str, reader: ProcessId) -> int:
     paths = StatePaths(state_dir)
     settings = settingsfile.read(paths)  # what fails before this line is in the unit's journal
     try:
-        standby = file_lock(paths.standby_lock)
-        try:
-            standby.acquire(timeout=TAKEOVER_WAIT)
-        except Timeout:
+        release = wait_standby(paths, TAKEOVER_WAIT)
+        if release is None:
             Log(settings.log_file, "worker", settings.log_level).debug(
                 None, None, f"unit {unit}: another worker is queued already; exiting")
             return 0
         return _serve(settings, f"detached: systemd unit {unit}.service, out of keepalived's cgroup",
-                      standby.release, reader)
+                      release, reader)
     except Exception as exc:  # as detach.spawn_worker's report: the log is where anyone looks
         Log(settings.log_file, "worker", settings.log_level).exception(None, None, "worker failed", exc)
         raise
@@ -76,14 +72,10 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader
     reader we know of (`reader`, who spawned us, and all that ring) lives and `linger` is over."""
     log = Log(settings.log_file, "worker", settings.log_level)
     paths = StatePaths(settings.state_dir)
-    lock = file_lock(paths.worker_lock)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        holder = pidfile.read(paths)
-        log.info(None, None, f"waiting for the worker lock (held by {f'pid {holder.pid}' if holder else 'another worker'})")
-        lock.acquire()
-    worker = Worker(settings, paths, log, how, reader)
+    lock = WorkerLock(paths)
+    lock.take(lambda holder: log.info(None, None, "waiting for the worker lock (held by "
+                                                  f"{f'pid {holder.pid}' if holder else 'another worker'})"))
+    worker = Worker(settings, paths, log, how, reader, lock)
     try:
         worker.start()
         handed_over()
@@ -97,8 +89,8 @@ class Worker:
     worker owes the state directory before its first event, `run()` serves events until idle."""
 
     def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str,
-                 reader: ProcessId) -> None:
-        self.paths, self.how, self.reader = paths, how, reader
+                 reader: ProcessId, lock: WorkerLock) -> None:
+        self.paths, self.how, self.reader, self.lock = paths, how, reader, lock
         self.following = Following(paths, settings, log)
         self.pid = os.getpid()
         environ = dict(os.environ)  # each action's environment starts from it (decoded once)
@@ -109,7 +101,6 @@ class Worker:
         self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.pid, 0, environ)
         self._stopping = False
         self._wakeup = -1
-        self._lock_id: tuple[int, int] | None = None
 
     @property
     def log(self) -> Log:
@@ -127,8 +118,7 @@ class Worker:
         self.open_state()
 
     def _name_self(self) -> None:
-        """worker.pid, and what tells our lock and our process from later ones."""
-        self._lock_id = file_id(self.paths.worker_lock)
+        """worker.pid, and what tells our process from a later one."""
         self.drain.worker_start = me().start
         try:
             pidfile.write(self.paths)
@@ -214,7 +204,7 @@ class Worker:
     def _owner(self) -> bool:
         """False once worker.lock at its path is not the file we locked: someone removed the state
         directory, a new worker owns the new one, and two workers must never run actions at once."""
-        if file_id(self.paths.worker_lock) == self._lock_id:
+        if self.lock.ours():
             return True
         self.log.warn(None, None, f"{self.paths.worker_lock} was removed or replaced; leaving the new "
                                   f"state directory to the worker that owns it")

@@ -204,7 +204,7 @@ DAMAGE = [
     b'{"op": "end", "seq": 9, "t": NaN, "key": "k", "event": "e", "state": "s", "result": "r"}\n',
     b'{"op": "end", "seq": 9, "t": 1e300, "key": "k", "event": "e", "state": "s", "result": "r", "duration": "x"}\n',
     b'{"op": "start", "seq": 9, "t": 1e300, "key": "k", "event": "e", "state": "s", "pid": -1, "worker": -1, '
-    b'"worker_start": 0}\n',
+    b'"worker_start": 0, "pid_start_min": 0, "pid_start_max": 0}\n',
     b"[" * 100000 + b"\n",
     b"\xff\xfe\0\n",
 ]

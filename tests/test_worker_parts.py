@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
+
+import psutil
 
 from notify_launcher.config import Settings
 from notify_launcher.drain import Drain
 from notify_launcher.events import Event
 from notify_launcher.following import Following
+from notify_launcher.identity import ticks
 from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.log import Log
@@ -96,10 +101,55 @@ def test_recovery_by_policy_skip_after_an_action_was_killed(tmp_path: Path) -> N
     parts = Parts(tmp_path, on_crash="skip")
     parts.journal("BACKUP", "MASTER")
     parts.progress({"op": "try", "seq": 1, "worker": 99},
-                   {"op": "start", "seq": 1, "pid": 2 ** 22 + 7, "t": 0.0, "worker": 99, "worker_start": 0,
+                   {"op": "start", "seq": 1, "pid": 2 ** 22 + 7, "t": 0.0, "pid_start_min": 0, "pid_start_max": 0,
+                    "worker": 99, "worker_start": 0,
                     "key": "INSTANCE VI_1", "state": "BACKUP", "event": VI.format("BACKUP")})
     assert parts.start() == 1
     assert replay(parts.paths.progress, keep_ends=1).ends[-1]["result"] == "skipped after worker crash"
+
+
+def _orphan(pid: int, first: int, last: int, t: float) -> dict[str, object]:
+    """The start record of a dead worker's action `pid`, spawned between start times `first` and `last`."""
+    return {"op": "start", "seq": 1, "pid": pid, "t": t, "pid_start_min": first, "pid_start_max": last,
+            "worker": 99, "worker_start": 0, "key": "INSTANCE VI_1", "state": "BACKUP", "event": VI.format("BACKUP")}
+
+
+def test_recovery_ends_the_dead_workers_action_by_its_start_time(tmp_path: Path) -> None:
+    """The action a dead worker left running is killed (its whole process group) when its pid still
+    names the process spawned between the record's two start-time bounds."""
+    parts = Parts(tmp_path)
+    parts.journal("BACKUP")
+    first = ticks()
+    action = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        parts.progress({"op": "try", "seq": 1, "worker": 99}, _orphan(action.pid, first, ticks(), time.time()))
+        parts.start()
+        assert action.wait(60) == -signal.SIGKILL
+        assert f"ending the dead worker's action pid {action.pid}" in parts.log_file.read_text()
+    finally:
+        action.kill()
+        action.wait()
+
+
+def test_recovery_spares_a_later_process_given_the_actions_pid_whatever_the_wall_clock(tmp_path: Path) -> None:
+    """The recorded action was spawned before this process started (its start-time bounds end before
+    it), so this process only got its pid: it lives, although the record's wall-clock spawn time is
+    this process's create time (as after the clock was stepped back)."""
+    parts = Parts(tmp_path)
+    parts.journal("BACKUP")
+    before = ticks()
+    while ticks() == before:  # the next tick: a process started now has a start time above `before`
+        time.sleep(0.001)
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        created = psutil.Process(other.pid).create_time()
+        parts.progress({"op": "try", "seq": 1, "worker": 99}, _orphan(other.pid, before, before, created))
+        parts.start()
+        assert other.poll() is None, "a process that merely has the dead action's pid was killed"
+        assert "ending the dead worker's action" not in parts.log_file.read_text()
+    finally:
+        other.kill()
+        other.wait()
 
 
 # -- the drain ------------------------------------------------------------------------------------
