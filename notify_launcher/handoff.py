@@ -189,7 +189,7 @@ class WorkerWatch:
         one is watched already; a crash report if it is dead."""
         if self.pidfd >= 0 or self.hellos:
             return None
-        named = pidfile.read(self.paths) or locks.worker_lock_holder(self.paths.worker_lock)
+        named = pidfile.read(self.paths) or locks.lock_holder(self.paths.worker_lock)
         return self._follow(named.pid, named) if named else None
 
     def new_child(self) -> int:

@@ -47,7 +47,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from notify_launcher import pidfile, settingsfile
+from notify_launcher import settingsfile
+from notify_launcher.locks import lock_holder
 from notify_launcher.events import Event
 from notify_launcher.progress import last_seq as recorded_seq
 from notify_launcher.statedir import FILE_MODE, StatePaths, discard, ensure_dir, open_mode, write_temp
@@ -293,7 +294,7 @@ class JournalWriter:
         finally:
             fcntl.flock(self._spill_fd, fcntl.LOCK_UN)
         if first:
-            holder = pidfile.lock_holder(self.path)
+            holder = lock_holder(self.path)
             self.report("WARN", f"the journal's lock stayed busy for {LOCK_WAIT:g}s (held by "
                                 f"{f'pid {holder.pid}' if holder else 'another process'}): events go into "
                                 f"{self.paths.spill}/{os.getpid()} meanwhile, in order; they are numbered and run "

@@ -2,7 +2,7 @@
 and who holds it.  handoff.py argues the protocol they serve.
 
 - worker.lock: held by the one worker that runs actions, for its whole life (WorkerLock).  Who holds
-  it is read from /proc/locks (`worker_lock_holder`), so a worker that could not write worker.pid is
+  it is read from /proc/locks (`lock_holder`), so a worker that could not write worker.pid is
   found all the same.
 - standby.lock: held by the one worker queued behind it, so a burst queues one process, not
   thousands.  The reader takes it without waiting and hands the locked descriptor to the worker it
@@ -82,7 +82,7 @@ class WorkerLock:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            waiting(worker_lock_holder(self.path))
+            waiting(lock_holder(self.path))
             self._lock.acquire()
 
     def ours(self) -> bool:
@@ -103,9 +103,9 @@ class WorkerLock:
             self._pin = -1
 
 
-def worker_lock_holder(path: str) -> identity.ProcessId | None:
-    """The process holding the flock on worker.lock at `path`, from /proc/locks: the worker, found
-    even when it could not write worker.pid (a full disk).  Waiters ("->") are not holders."""
+def lock_holder(path: str) -> identity.ProcessId | None:
+    """The process holding a flock on `path`, from /proc/locks: for worker.lock the worker, found even
+    when it could not write worker.pid (a full disk).  Waiters ("->") are not holders."""
     try:
         st = os.stat(path)
         with open("/proc/locks") as fh:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from notify_launcher import identity
 from notify_launcher.locks import (WorkerLock, open_standby, release_standby, standby_held, try_standby,
-                                   wait_standby, worker_lock_holder)
+                                   wait_standby, lock_holder)
 from notify_launcher.statedir import StatePaths, ensure_state_dir
 
 TRY_WORKER_LOCK = """
@@ -38,10 +38,10 @@ def test_a_queued_workers_tries_leave_the_worker_lock_ours(tmp_path: Path) -> No
     try:
         assert _try_in_another_process(TRY_WORKER_LOCK, paths.worker_lock) == 1, "the lock was not held"
         assert lock.ours()
-        assert worker_lock_holder(paths.worker_lock) == identity.me()
+        assert lock_holder(paths.worker_lock) == identity.me()
     finally:
         lock.release()
-    assert worker_lock_holder(paths.worker_lock) is None
+    assert lock_holder(paths.worker_lock) is None
 
 
 def test_a_replaced_worker_lock_is_not_ours(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from notify_launcher.handoff import Doorbell, DoorbellListener, WorkerWatch
 from notify_launcher.identity import is_running
 from notify_launcher.intake import Intake
 from notify_launcher.journal import JournalWriter, read_all
-from notify_launcher.locks import worker_lock_holder
+from notify_launcher.locks import lock_holder
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.reader import Reader
@@ -269,9 +269,9 @@ def test_the_worker_is_found_by_its_lock_when_it_has_no_pid_file(tmp_path: Path)
     paths = ensure_state_dir(str(tmp_path / "state"))
     fd = os.open(paths.worker_lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        assert worker_lock_holder(paths.worker_lock) is None
+        assert lock_holder(paths.worker_lock) is None
         fcntl.flock(fd, fcntl.LOCK_EX)
-        holder = worker_lock_holder(paths.worker_lock)
+        holder = lock_holder(paths.worker_lock)
         assert holder is not None and holder.pid == os.getpid() and is_running(holder)
         watch = WorkerWatch(paths, select.poll())
         assert watch.follow_named() is None and watch.pid == os.getpid() and watch.pidfd >= 0
