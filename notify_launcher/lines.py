@@ -3,6 +3,10 @@
 keepalived writes whole lines, but a read() may end mid-line, and a hostile or broken writer may
 send a "line" that never ends: a line longer than the limit is handed on once, cut at the limit
 (so the parser rejects it and the log says so), and the rest of it, up to its newline, is dropped.
+
+Where a line ends without a newline is the caller's knowledge, not the bytes': `flush()` hands on
+what is pending as a line of its own (the reader calls it whenever the pipe is empty, see
+intake.py), so a writer's unterminated bytes never prefix the next writer's line.
 """
 
 from __future__ import annotations
@@ -32,3 +36,10 @@ class LineSplitter:
             rest = b""
         self._buf = rest
         return out
+
+    def flush(self) -> bytes | None:
+        """What is pending, as a line of its own (None: nothing, or only NULs: newer keepalived writes
+        one after each newline, the end of the line before, not a line); an over-long line's rest
+        is no longer skipped."""
+        rest, self._buf, self._discarding = self._buf, b"", False
+        return rest if rest.strip(b"\0") else None

@@ -114,7 +114,9 @@ class Reader:
             if fd == self._wake_r:
                 drain(self._wake_r)
             elif fd == self.fifo.fd:
-                if not self.fifo.read(self._feed):
+                open_ = self.fifo.read(self._feed)
+                self._feed(None)  # the pipe is empty (or at EOF): what is pending is a line of its own
+                if not open_:
                     eof = not self.serve
                     if self.serve:
                         self.fifo.writer_gone()
@@ -143,12 +145,13 @@ class Reader:
             return None
         return max(0, int(min(waits) * 1000) + 1)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | None) -> None:
+        """The lines `data` completes; None: the pipe is empty, so bytes pending without a newline are a line."""
         for raw in self.intake.split(data):
             try:
-                event = self.intake.line(raw)
-                self.stop.saw(event, time.monotonic())
-                if event is not None:
+                events = self.intake.line(raw, unterminated=data is None)
+                self.stop.saw(events, time.monotonic())
+                for event in events:
                     self.submit(event)
             except Exception as exc:
                 self._unforeseen("line handling", exc)

@@ -97,11 +97,12 @@ class StopClassifier:
         if self.term_at is None:
             self.term_at = now
 
-    def saw(self, event: Event | None, now: float) -> None:
-        """A line came (`event` None: a rejected one): the FIFO is not quiet yet."""
+    def saw(self, events: list[Event], now: float) -> None:
+        """A line came with these events (none: it was rejected): the FIFO is not quiet yet."""
         self.last_line_at = now
-        if event is not None and event.type in ("INSTANCE", "GROUP"):
-            self.states[event.key] = event.state
+        for event in events:
+            if event.type in ("INSTANCE", "GROUP"):
+                self.states[event.key] = event.state
 
     def replaced_at_start(self) -> int | None:
         """A SIGTERM came while we started: the next reader's pid if keepalived started one (a reload:

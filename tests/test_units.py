@@ -22,7 +22,7 @@ from notify_launcher.config import Settings
 from notify_launcher.events import Event, parse_line
 from notify_launcher.handoff import Doorbell, DoorbellListener, WorkerWatch
 from notify_launcher.identity import is_running
-from notify_launcher.intake import Intake
+from notify_launcher.intake import Intake, pieces
 from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.locks import lock_holder
 from notify_launcher.lines import LineSplitter
@@ -133,9 +133,9 @@ def test_stop_grace_ends_early_once_every_instance_reported_stop() -> None:
     stop.sigterm(100.0)
     assert not stop.done(100.0)  # nothing known yet: wait for the STOP lines
     for line in ('INSTANCE "VI_1" MASTER 100', 'GROUP "G1" MASTER 0', 'INSTANCE "VI_1" STOP 100'):
-        stop.saw(_parsed(line), 100.1)
+        stop.saw([_parsed(line)], 100.1)
     assert not stop.done(100.1)
-    stop.saw(_parsed('GROUP "G1" STOP 0'), 100.1)
+    stop.saw([_parsed('GROUP "G1" STOP 0')], 100.1)
     assert not stop.done(100.1), "a STOP line of one we never saw may follow in the same burst"
     assert stop.wake_in(100.1) == pytest.approx(STOP_QUIET)
     assert stop.done(100.1 + STOP_QUIET)
@@ -146,7 +146,7 @@ def test_stop_grace_ends_when_it_is_over_whatever_came() -> None:
     stop = StopClassifier(grace=0.5, next_reader=lambda: None)
     stop.sigterm(100.0)
     stop.sigterm(100.3)  # only the first SIGTERM starts the grace
-    stop.saw(_parsed('INSTANCE "VI_1" MASTER 100'), 100.2)
+    stop.saw([_parsed('INSTANCE "VI_1" MASTER 100')], 100.2)
     assert not stop.done(100.49) and stop.done(100.5)
 
 
@@ -214,19 +214,57 @@ def test_a_worker_crash_is_rung_for_with_back_off_and_a_worker_taking_over_reset
 def test_an_unforeseen_state_word_is_warned_about_once(tmp_path: Path) -> None:
     s, paths = _settings(tmp_path)
     intake = Intake(paths, Log(s.log_file, "reader"))
-    events = [intake.line(raw) for raw in intake.split(b'INSTANCE "VI_1" SLEEPY 100\n' * 3)]
-    assert [e.state for e in events if e is not None] == ["SLEEPY"] * 3
+    events = [e for raw in intake.split(b'INSTANCE "VI_1" SLEEPY 100\n' * 3) for e in intake.line(raw)]
+    assert [e.state for e in events] == ["SLEEPY"] * 3
     assert Path(s.log_file).read_text().count("unknown state 'SLEEPY'") == 1
 
 
 def test_a_rejected_line_is_logged_with_its_number_and_counted(tmp_path: Path) -> None:
     s, paths = _settings(tmp_path)
     intake = Intake(paths, Log(s.log_file, "reader"))
-    assert [intake.line(raw) for raw in intake.split(b'INSTANCE "VI_1" MASTER 100\nhello\n')] == [VI, None]
+    assert [intake.line(raw) for raw in intake.split(b'INSTANCE "VI_1" MASTER 100\nhello\n')] == [[VI], []]
     assert intake.lines == 2
     assert "line 2 rejected (unknown type 'hello' (expected INSTANCE, GROUP, VS or RS)): hello" in \
         Path(s.log_file).read_text()
     assert Path(paths.rejected).read_text().strip() == "1"
+
+
+def test_bytes_without_a_newline_are_a_line_of_their_own_once_the_writer_wrote_no_more(tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    intake = Intake(paths, Log(s.log_file, "reader"))
+    assert intake.split(b'INSTANCE "VI_1" MASTER 100\nINSTANCE "VI_1" BACK') == [b'INSTANCE "VI_1" MASTER 100']
+    assert intake.split(b"UP 100") == []
+    assert intake.split(None) == [b'INSTANCE "VI_1" BACKUP 100']
+    assert intake.split(None) == []
+    assert intake.split(b"\n\0") == [b""] and intake.split(None) == [], "NULs alone: keepalived's end of a line"
+    assert intake.line(b"hello", unterminated=True) == []
+    log = Path(s.log_file).read_text()
+    assert "line 1 has no newline at its end (5 bytes, and nothing followed them): hello; taken as a line of its own" in log
+    assert "line 1 rejected (unknown type 'hello'" in log
+
+
+def test_a_line_glued_after_bytes_without_a_newline_is_cut_off_them(tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    intake = Intake(paths, Log(s.log_file, "reader"))
+    stop = Event("INSTANCE", "VI_1", "STOP", 100)
+    assert intake.line(b'helloINSTANCE "VI_1" STOP 100') == [stop]
+    assert intake.line(b'INSTANCE "VI_1" MASTER 100INSTANCE "VI_1" STOP 100') == [VI, stop]
+    assert intake.line(b'INSTANCE "VI_1" MASTER 100 INSTANCE "VI_1" STOP') == [], "no whole line at the end"
+    assert intake.lines == 5
+    log = Path(s.log_file).read_text()
+    assert ("line 1 has no newline at its end (5 bytes, and a line keepalived writes came right after them): "
+            "hello; taken as a line of its own") in log
+    assert "line 1 rejected (unknown type 'hello'" in log and "line 5 rejected (malformed VRRP line" in log
+
+
+@given(st.lists(st.sampled_from([b'INSTANCE "V" MASTER 1', b'GROUP "G" STOP 0', b"VS FWM 7 UP", b"x", b"RS ", b'"',
+                                 b" ", b"\0", b"VS"]), max_size=8))
+def test_pieces_of_a_rejected_line_are_it_or_a_head_and_a_whole_line(parts: list[bytes]) -> None:
+    raw = b"".join(parts)
+    cut = pieces(raw)
+    assert b"".join(cut) == raw and len(cut) in (1, 2)
+    if len(cut) == 2:
+        assert cut[0] and isinstance(parse_line(cut[1]), Event)
 
 
 def _parsed(line: str) -> Event:
