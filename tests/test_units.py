@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import shutil
 import time
 from pathlib import Path
 
@@ -105,9 +106,7 @@ def test_a_removed_state_directory_is_made_again(tmp_path: Path) -> None:
     _listening(paths)
     reader = Reader(s, paths, -1, str(tmp_path / "fifo"), Log(s.log_file, "reader"), "daemon")
     reader.submit(VI)
-    for name in os.listdir(paths.root):
-        os.unlink(os.path.join(paths.root, name))
-    os.rmdir(paths.root)
+    shutil.rmtree(paths.root)
     reader.submit(VI)  # fails (no directory), repairs, holds
     reader.submit(VI)
     assert not reader.backlog
