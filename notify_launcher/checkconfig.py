@@ -18,7 +18,8 @@ import shlex
 import shutil
 import stat
 
-from notify_launcher.config import ConfigError, Settings, load
+from notify_launcher.config import Settings, load
+from notify_launcher.errors import LauncherError
 from notify_launcher.security import check as security_check
 from notify_launcher.security import commands
 
@@ -205,7 +206,7 @@ def _lvs_problems(path: str, vs_line: int, fifos: dict[str, tuple[int, str]],
 def run(config: str | None, keepalived_conf: str | None, overrides: dict[str, str | None]) -> list[str]:
     try:
         settings = load(config, overrides)
-    except ConfigError as exc:
+    except LauncherError as exc:
         return [str(exc)]
     problems = check_settings(settings)
     if keepalived_conf:

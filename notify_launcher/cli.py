@@ -1,10 +1,14 @@
 """Command line: `notify-launcher [options] FIFO` is what keepalived runs; subcommands are for people.
 
-Exit codes: 0 success; 1 `wait` timed out, or `log` found no line; 2 usage or configuration error;
-3 the FIFO or the state directory cannot be used (or `send` could not deliver, or `log` could not
-read a log file); 70 an operator command met an error nobody
-foresaw (a bug: one line names it); 130 interrupted.  Operator commands never print a traceback:
-one line on stderr says what is wrong and what to do.
+Exit codes are errors.py's (the README's table).  A problem foreseen is a LauncherError carrying
+its code, turned into an exit here once per audience: the reader says it everywhere someone may look
+(`_fatal`), an operator command in one line on stderr (`run_operator`), never with a traceback.
+Operator commands end on SIGINT (130) and SIGTERM (143) with one line too.
+
+Only the reader (`notify-launcher [options] FIFO`, `serve`) catches SIGTERM from the first moment:
+keepalived may stop it while Python is still importing, and the reader must still read the STOP
+lines that follow.  Any other command keeps SIGTERM's default until it runs, so `timeout` and
+`systemctl stop` end it.
 
 Each command imports its modules when it runs: keepalived starts the reader (and kills it) on
 every start and reload, so it loads nothing the operator commands need, and they load nothing
@@ -13,10 +17,13 @@ of the reader's.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 
 EARLY_TERM: list[float] = []
+NOT_THE_READER = ("check-config", "send", "status", "history", "wait", "log", "_worker")
 
 
 def _early_term(signum: int, frame: object) -> None:
@@ -24,29 +31,33 @@ def _early_term(signum: int, frame: object) -> None:
     EARLY_TERM.append(time.monotonic())
 
 
-signal.signal(signal.SIGTERM, _early_term)
+def starts_the_reader(argv: list[str]) -> bool:
+    """This process is notify-launcher (`python -m notify_launcher` or the installed script, not a
+    program that imports us) and its command line starts the reader."""
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    ours = (main is not None and main.name == "notify_launcher.__main__") or \
+        os.path.basename(argv[0] if argv else "") == "notify-launcher"
+    return ours and not (len(argv) > 1 and argv[1] in NOT_THE_READER)
+
+
+if starts_the_reader(sys.argv):
+    signal.signal(signal.SIGTERM, _early_term)
 
 import argparse  # noqa: E402  (after the handler, on purpose)
 import errno  # noqa: E402
-import os  # noqa: E402
 import stat  # noqa: E402
-import sys  # noqa: E402
 import syslog  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import TypeVar  # noqa: E402
 
 from notify_launcher import __version__  # noqa: E402
-from notify_launcher.config import DEFAULT_STATE_DIR, ConfigError, load  # noqa: E402
-from notify_launcher.statedir import StatePaths, StateDirError, ensure_state_dir  # noqa: E402
+from notify_launcher.config import DEFAULT_STATE_DIR, load  # noqa: E402
+from notify_launcher.errors import (EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_SOFTWARE, EXIT_TERMINATED,  # noqa: E402
+                                    EXIT_TIMEOUT, EXIT_UNUSABLE, EXIT_USAGE, LauncherError)
+from notify_launcher.statedir import StatePaths, ensure_state_dir  # noqa: E402
 
-EXIT_TIMEOUT = 1
-EXIT_NOTHING = 1  # `log` found no line (as grep)
-EXIT_USAGE = 2
-EXIT_UNUSABLE = 3
-EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an operator command met an exception nobody foresaw
-EXIT_INTERRUPTED = 130  # the shell's code for SIGINT (Ctrl-C during `wait`)
 T = TypeVar("T")
-COMMANDS = ("serve", "check-config", "send", "status", "history", "wait", "log", "_worker")
+COMMANDS = ("serve", *NOT_THE_READER)
 
 READER_EPILOG = """\
 keepalived.conf:
@@ -123,29 +134,26 @@ def _fatal(message: str, log_file: str | None) -> None:
 def run_reader(argv: list[str], serve: bool = False) -> int:
     args = _reader_parser(serve).parse_args(argv)
     overrides = {k: getattr(args, k) for k in SETTING_OPTIONS}
+    log_file = args.log_file
     try:
         settings = load(args.config, overrides)
-    except ConfigError as exc:
-        _fatal(str(exc), args.log_file)
-        return EXIT_USAGE
-    from notify_launcher.log import Log
-    from notify_launcher.fifo import FifoError, open_fifo
-    from notify_launcher.reader import Reader
-    from notify_launcher.security import check
+        log_file = settings.log_file
+        from notify_launcher.fifo import open_fifo
+        from notify_launcher.security import check
 
-    problems = check(settings)
-    if problems:
-        _fatal("; ".join(problems) + " (fix the owner/mode, or move it)", settings.log_file)
-        return EXIT_USAGE
-
-    log = Log(settings.log_file, "reader", settings.log_level)
-    paths = StatePaths(settings.state_dir)
-    try:
+        problems = check(settings)
+        if problems:
+            raise LauncherError("; ".join(problems) + " (fix the owner/mode, or move it)", EXIT_USAGE)
+        paths = StatePaths(settings.state_dir)
         _refuse_foreign_state_dir(paths)
         fifo_fd = -1 if serve else open_fifo(args.fifo)  # service mode opens (and reopens) it as it comes
-    except (StateDirError, FifoError) as exc:
-        _fatal(str(exc), settings.log_file)
-        return EXIT_UNUSABLE
+    except LauncherError as exc:
+        _fatal(str(exc), log_file)
+        return exc.code
+    from notify_launcher.log import Log
+    from notify_launcher.reader import Reader
+
+    log = Log(settings.log_file, "reader", settings.log_level)
     from notify_launcher.detach import choose
     detach, why = choose(settings)
     handler = " ".join(settings.handler) or "(none: events are only logged)"
@@ -175,16 +183,7 @@ def _state_parser(name: str, description: str, example: str) -> argparse.Argumen
     return p
 
 
-class CommandError(Exception):
-    """What an operator command reports instead of a traceback: `main` prints the message as one
-    line ("what is wrong; what to do") and exits with `code`."""
-
-    def __init__(self, message: str, code: int = EXIT_UNUSABLE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _os_problem(exc: OSError) -> CommandError:
+def _os_problem(exc: OSError) -> LauncherError:
     """An OSError met on the state directory, a FIFO or a settings file, as what is wrong and what
     to do (the advice depends on the errno: a permission problem is not a missing directory)."""
     where = f"{exc.filename}: " if exc.filename else ""
@@ -197,12 +196,12 @@ def _os_problem(exc: OSError) -> CommandError:
         todo = "free space on the state directory's filesystem"
     else:
         todo = "check the state directory and its files"
-    return CommandError(f"{where}{exc.strerror or exc}; {todo}")
+    return LauncherError(f"{where}{exc.strerror or exc}; {todo}", EXIT_UNUSABLE)
 
 
 def _read_state(state_dir: str, read: Callable[[StatePaths], T]) -> T:
     """`read(paths)` on an existing state directory (a missing one is an error, not "no events");
-    whatever the system refuses becomes a CommandError that says what to do."""
+    whatever the system refuses becomes a LauncherError that says what to do."""
     try:
         if not stat.S_ISDIR(os.stat(state_dir).st_mode):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), state_dir)
@@ -272,13 +271,9 @@ def run_send(argv: list[str]) -> int:
     where.add_argument("--state-dir", metavar="DIR", help="journal the event in this state directory")
     p.add_argument("line", metavar="LINE", help="a line as keepalived writes it")
     args = p.parse_args(argv)
-    from notify_launcher.send import NotAnEvent, SendError, send_fifo, send_state
+    from notify_launcher.send import send_fifo, send_state
     try:
         said = send_fifo(args.fifo, args.line) if args.fifo else send_state(args.state_dir, args.line)
-    except NotAnEvent as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from None
-    except SendError as exc:
-        raise CommandError(str(exc)) from None
     except OSError as exc:
         raise _os_problem(exc) from None
     print(said)
@@ -294,8 +289,8 @@ def run_wait(argv: list[str]) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     while not _read_state(args.state_dir, lambda paths: read_status(paths).idle):
         if deadline is not None and time.monotonic() >= deadline:
-            raise CommandError(f"still busy after {args.timeout:g}s; `notify-launcher status` shows what runs "
-                               f"and what is pending", EXIT_TIMEOUT)
+            raise LauncherError(f"still busy after {args.timeout:g}s; `notify-launcher status` shows what runs "
+                                f"and what is pending", EXIT_TIMEOUT)
         time.sleep(0.05)
     return 0
 
@@ -317,24 +312,18 @@ def run_log(argv: list[str]) -> int:
     p.add_argument("--log-file", metavar="PATH", help="the log file (default: the config's log_file, else "
                                                       "/var/log/notify-launcher.log)")
     args = p.parse_args(argv)
-    from notify_launcher.logview import LogViewError, Query, parse_seqs, parse_since, select
+    from notify_launcher.logview import Query, parse_seqs, parse_since, select
     if args.seqs is None and args.since is None and not args.failed:
         p.error("say which lines: SEQ, SEQ-SEQ, --since or --failed")
-    try:
-        first, last = parse_seqs(args.seqs) if args.seqs is not None else (None, None)
-        since = parse_since(args.since, time.time()) if args.since is not None else None
-        log_file = load(args.config, {"log_file": args.log_file}).log_file
-    except (ValueError, ConfigError) as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from None
-    try:
-        lines, span = select(log_file, Query(first, last, since, args.failed))
-        shown = 0
-        for line in lines:
-            sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
-            shown += 1
-        sys.stdout.flush()
-    except LogViewError as exc:
-        raise CommandError(str(exc)) from None
+    first, last = parse_seqs(args.seqs) if args.seqs is not None else (None, None)
+    since = parse_since(args.since, time.time()) if args.since is not None else None
+    log_file = load(args.config, {"log_file": args.log_file}).log_file
+    lines, span = select(log_file, Query(first, last, since, args.failed))
+    shown = 0
+    for line in lines:
+        sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+        shown += 1
+    sys.stdout.flush()
     for error in span.errors:
         _say("log", error)
     if span.errors:
@@ -345,8 +334,8 @@ def run_log(argv: list[str]) -> int:
             (f"#{first}" if first == last else f"#{first}..#{last}") if first is not None else "",
             f"since {since}" if since else ""]))
         held = f"events #{span.low}..#{span.high}" if span.low is not None else "no event lines"
-        raise CommandError(f"no log line for {what} in {', '.join(span.files)} (they hold {held}); "
-                           f"older lines may be in rotations logrotate has removed", EXIT_NOTHING)
+        raise LauncherError(f"no log line for {what} in {', '.join(span.files)} (they hold {held}); "
+                            f"older lines may be in rotations logrotate has removed", EXIT_NOTHING)
     return 0
 
 
@@ -378,13 +367,24 @@ def _say(command: str, message: str) -> None:
     sys.stderr.write(f"notify-launcher {command}: {one_line}\n")
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised as Python raises KeyboardInterrupt for SIGINT: not an error, so that no
+    `except Exception` on the way takes it for one."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def run_operator(command: str, argv: list[str]) -> int:
-    """An operator command, with no traceback ever: a foreseen problem is its CommandError, anything
-    else is named in one line as a bug to report (EX_SOFTWARE).  Not for the reader and the worker:
-    they log their own errors where keepalived's /dev/null stderr cannot swallow them."""
+    """An operator command, with no traceback ever: a foreseen problem is its LauncherError, anything
+    else is named in one line as a bug to report (EX_SOFTWARE); SIGINT and SIGTERM end it with one
+    line too.  Not for the reader and the worker: they log their own errors where keepalived's
+    /dev/null stderr cannot swallow them."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return OPERATOR_COMMANDS[command](argv)
-    except CommandError as exc:
+    except LauncherError as exc:
         _say(command, str(exc))
         return exc.code
     except BrokenPipeError:  # `history | head`: the reader of our output has what it wanted
@@ -393,6 +393,9 @@ def run_operator(command: str, argv: list[str]) -> int:
     except KeyboardInterrupt:
         _say(command, "interrupted")
         return EXIT_INTERRUPTED
+    except _Terminated:
+        _say(command, "terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except Exception as exc:
         _say(command, f"unexpected error: {type(exc).__name__}: {exc}; this is a bug: please report it "
                       f"with the command line and this message")

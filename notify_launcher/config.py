@@ -27,6 +27,7 @@ import shlex
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final, Literal, get_args
 
+from notify_launcher.errors import EXIT_USAGE, LauncherError
 from notify_launcher.events import READER_TYPE, Event
 from notify_launcher.statedir import StatePaths
 
@@ -44,10 +45,6 @@ LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
 #: every lower-priority advert a master hears).
 QUIET_STATES = ("MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY")
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
-
-
-class ConfigError(Exception):
-    """A configuration mistake, worded for the administrator who has to fix it."""
 
 
 #: A clean environment's PATH for a command run as another user (Debian's default for users).
@@ -232,7 +229,7 @@ def parse_command(text: str, where: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(text))
     except ValueError as exc:
-        raise ConfigError(f"{where}: cannot split {text!r} into words: {exc}") from None
+        raise LauncherError(f"{where}: cannot split {text!r} into words: {exc}", EXIT_USAGE) from None
 
 
 _SECONDS = {"timeout": (0.0, math.inf, True), "on_failure_timeout": (0.0, math.inf, True),
@@ -242,7 +239,7 @@ _SECONDS = {"timeout": (0.0, math.inf, True), "on_failure_timeout": (0.0, math.i
 
 def _convert(key: str, text: str, where: str) -> object:
     """One value from text, checked; the error says what was given and what is allowed."""
-    bad = ConfigError(f"{where}: {text!r} is not allowed; expected {_KEYS.get(key, key)}")
+    bad = LauncherError(f"{where}: {text!r} is not allowed; expected {_KEYS.get(key, key)}", EXIT_USAGE)
     if key in ("handler", "stop_action", "on_failure"):
         return parse_command(text, where)
     if key == "metrics_mode":
@@ -277,7 +274,7 @@ def _convert(key: str, text: str, where: str) -> object:
             raise bad
         return text
     if not text.startswith("/"):
-        raise ConfigError(f"{where}: {text!r} must be an absolute path")
+        raise LauncherError(f"{where}: {text!r} must be an absolute path", EXIT_USAGE)
     if key == "state_dir":
         _check_socket_path(text, where)
     return text
@@ -294,15 +291,16 @@ def _check_socket_path(state_dir: str, where: str) -> None:
     sock = StatePaths(state_dir).doorbell
     size = len(os.fsencode(sock))
     if size > SOCKET_PATH_MAX:
-        raise ConfigError(f"{where}: {state_dir!r} is too long: the doorbell socket {sock} would be {size} bytes, "
-                          f"and a Unix socket path allows at most {SOCKET_PATH_MAX}; choose a shorter state_dir")
+        raise LauncherError(f"{where}: {state_dir!r} is too long: the doorbell socket {sock} would be {size} bytes, "
+                            f"and a Unix socket path allows at most {SOCKET_PATH_MAX}; choose a shorter state_dir",
+                            EXIT_USAGE)
 
 
 def _rule(path: str, section: str, items: dict[str, str]) -> Rule:
     words = parse_command(section[len("match"):], f"{path}: [{section}]")
     if len(words) not in (3, 4) or (len(words) == 4 and words[0] != "RS"):
-        raise ConfigError(f"{path}: [{section}]: expected [match TYPE NAME STATE] (use * for any), "
-                          f"e.g. [match INSTANCE VI_1 MASTER], or [match RS NAME STATE VS]")
+        raise LauncherError(f"{path}: [{section}]: expected [match TYPE NAME STATE] (use * for any), "
+                            f"e.g. [match INSTANCE VI_1 MASTER], or [match RS NAME STATE VS]", EXIT_USAGE)
     values: dict[str, Any] = {}
     numbered: dict[int, dict[str, str]] = {}
     for key, text in items.items():
@@ -313,8 +311,9 @@ def _rule(path: str, section: str, items: dict[str, str]) -> Rule:
         elif key in _RULE_KEYS:
             values[key] = _convert(key, text, where)
         else:
-            raise ConfigError(f"{where}: unknown key; a [match] section allows: {', '.join(_RULE_KEYS)}, "
-                              f"and per command args, user, group (handler.2, args.2, ... for a second command)")
+            raise LauncherError(f"{where}: unknown key; a [match] section allows: {', '.join(_RULE_KEYS)}, "
+                                f"and per command args, user, group (handler.2, args.2, ... for a second command)",
+                                EXIT_USAGE)
     if numbered:
         values["commands"] = _commands(path, section, numbered)
     if len(words) == 4:
@@ -332,26 +331,29 @@ def _commands(path: str, section: str, numbered: dict[int, dict[str, str]]) -> t
         where = _where(path, section, f"handler{suffix}")
         if number != len(found) + 1 or "handler" not in keys:
             expected = len(found) + 1 if number != len(found) + 1 else number
-            raise ConfigError(f"{_where(path, section, 'handler' + ('' if expected == 1 else f'.{expected}'))}: "
-                              f"missing; commands are numbered handler, handler.2, handler.3, ... "
-                              f"without a gap, and args, user and group belong to one of them")
+            raise LauncherError(f"{_where(path, section, 'handler' + ('' if expected == 1 else f'.{expected}'))}: "
+                                f"missing; commands are numbered handler, handler.2, handler.3, ... "
+                                f"without a gap, and args, user and group belong to one of them", EXIT_USAGE)
         argv = parse_command(keys["handler"], where)
         if not argv:
             if len(numbered) > 1 or len(keys) > 1:
-                raise ConfigError(f"{where}: empty (run nothing) but other commands or keys are set beside it")
+                raise LauncherError(f"{where}: empty (run nothing) but other commands or keys are set beside it",
+                                    EXIT_USAGE)
             return ()
         if keys.get("args", "keepalived") not in ARGS_MODES:
-            raise ConfigError(f"{_where(path, section, 'args' + suffix)}: {keys['args']!r} is not allowed; expected "
-                              f"{_COMMAND_KEYS['args']}")
+            raise LauncherError(f"{_where(path, section, 'args' + suffix)}: {keys['args']!r} is not allowed; expected "
+                                f"{_COMMAND_KEYS['args']}", EXIT_USAGE)
         args: ArgsMode = "none" if keys.get("args") == "none" else "keepalived"
         if "group" in keys and "user" not in keys:
-            raise ConfigError(f"{_where(path, section, 'group' + suffix)}: a group needs a user{suffix} beside it")
+            raise LauncherError(f"{_where(path, section, 'group' + suffix)}: a group needs a user{suffix} beside it",
+                                EXIT_USAGE)
         command = Command(argv, args, keys.get("user"), keys.get("group"))
         try:
             command.run_as()
         except KeyError as exc:
             key = "group" if "group" in str(exc) else "user"
-            raise ConfigError(f"{_where(path, section, key + suffix)}: {exc.args[0]} on this host") from None
+            raise LauncherError(f"{_where(path, section, key + suffix)}: {exc.args[0]} on this host",
+                                EXIT_USAGE) from None
         found.append(command)
     return tuple(found)
 
@@ -370,22 +372,23 @@ def load(path: str | None, overrides: dict[str, str | None]) -> Settings:
             with open(path, encoding="utf-8") as fh:
                 parser.read_file(fh)
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+            raise LauncherError(f"{path}: cannot read config file: {exc.strerror}", EXIT_USAGE) from None
         except (configparser.Error, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not a valid INI file: {exc}") from None
+            raise LauncherError(f"{path}: not a valid INI file: {exc}", EXIT_USAGE) from None
         for section in parser.sections():
             items = dict(parser.items(section))
             if section == "launcher":
                 for key, text in items.items():
                     where = _where(path, section, key)
                     if key not in _KEYS:
-                        raise ConfigError(f"{where}: unknown key; [launcher] allows: {', '.join(_KEYS)}")
+                        raise LauncherError(f"{where}: unknown key; [launcher] allows: {', '.join(_KEYS)}",
+                                            EXIT_USAGE)
                     values[key] = _convert(key, text, where)
             elif section.split(" ", 1)[0] == "match":
                 rules.append(_rule(path, section, items))
             else:
-                raise ConfigError(f"{path}: [{section}]: unknown section; allowed: [launcher], "
-                                  f"[match TYPE NAME STATE]")
+                raise LauncherError(f"{path}: [{section}]: unknown section; allowed: [launcher], "
+                                    f"[match TYPE NAME STATE]", EXIT_USAGE)
     for key, given in overrides.items():
         if given is not None:
             values[key] = _convert(key, given, f"command line: --{key.replace('_', '-')}")

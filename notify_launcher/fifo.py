@@ -13,13 +13,10 @@ import stat
 import time
 from collections.abc import Callable
 
+from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
 from notify_launcher.log import Log, Troubles
 
 RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
-
-
-class FifoError(Exception):
-    """The FIFO keepalived gave us cannot be read; the message says why."""
 
 
 def open_fifo(path: str) -> int:
@@ -27,15 +24,16 @@ def open_fifo(path: str) -> int:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise FifoError(f"FIFO {path}: {exc.strerror} (keepalived creates it from notify_fifo; "
-                        f"the FIFO must be the last argument)") from None
+        raise LauncherError(f"FIFO {path}: {exc.strerror} (keepalived creates it from notify_fifo; "
+                            f"the FIFO must be the last argument)", EXIT_UNUSABLE) from None
     if not stat.S_ISFIFO(st.st_mode):
-        raise FifoError(f"{path} is not a FIFO (keepalived passes its notify_fifo path as the last argument)")
+        raise LauncherError(f"{path} is not a FIFO (keepalived passes its notify_fifo path as the last argument)",
+                            EXIT_UNUSABLE)
     try:
         return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise FifoError(f"FIFO {path}: cannot open for reading: {exc.strerror} "
-                        f"(keepalived makes it 0600, owned by the script user)") from None
+        raise LauncherError(f"FIFO {path}: cannot open for reading: {exc.strerror} "
+                            f"(keepalived makes it 0600, owned by the script user)", EXIT_UNUSABLE) from None
 
 
 class Fifo:
@@ -90,7 +88,7 @@ class Fifo:
         self.close()
         try:
             self.fd = open_fifo(self.path)
-        except FifoError as exc:
+        except LauncherError as exc:
             self.troubles.report("FIFO", None, None, f"{exc}; looking at it again every {RECHECK:g}s")
             return
         self.watch()

@@ -12,6 +12,7 @@ import os
 
 from notify_launcher import settingsfile
 from notify_launcher.config import Settings
+from notify_launcher.errors import LauncherError
 from notify_launcher.log import Log, Troubles
 from notify_launcher.statedir import StatePaths
 
@@ -46,7 +47,7 @@ class Following:
         self._seen = ident
         try:
             new = settingsfile.read(self.paths)
-        except (OSError, settingsfile.SettingsFileError) as exc:
+        except (OSError, LauncherError) as exc:
             self.log.error(None, None, f"cannot follow the settings ({exc}); keeping the old ones")
             return
         if (new.log_file, new.log_level) != (self.settings.log_file, self.settings.log_level):

@@ -29,15 +29,13 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
+
 #: keepalived reads lines into a 1024-byte buffer (parser.h MAXBUF).
 MAXBUF = 1024
 MAX_INCLUDE_DEPTH = 32  # keepalived has none; a file including itself would never end
 _WS = " \t\f\n\r\v"
 _BLANK = " \t"
-
-
-class KaConfError(Exception):
-    """The configuration file itself cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +269,7 @@ class _Reader:
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
-            raise KaConfError(f"{path}: cannot read: {exc.strerror}") from None
+            raise LauncherError(f"{path}: cannot read: {exc.strerror}", EXIT_UNUSABLE) from None
         self.config.files.append(path)
         for number, raw in enumerate(data.split(b"\n"), 1):
             where = Where(path, number)

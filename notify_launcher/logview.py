@@ -17,14 +17,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
+
 #: `2026-11-25 15:02:17.480 worker[31438] INFO  #1 ...`: the time to the second, the level, the seq.
 _LINE = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.\d{3} \S+\[\d+\] (\w+) +#(\d+|-) ")
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class LogViewError(Exception):
-    """A log file cannot be read; the message names it and says what to do."""
 
 
 @dataclass(frozen=True)
@@ -42,20 +40,20 @@ class Query:
 
 
 def parse_seqs(text: str) -> tuple[int, int]:
-    """`1234`, `#1234` or `12-20` as (first, last); ValueError with what is wrong."""
+    """`1234`, `#1234` or `12-20` as (first, last); a LauncherError says what is wrong."""
     first, _, last = text.lstrip("#").partition("-")
     try:
         low, high = int(first), int(last.lstrip("#") or first)
     except ValueError:
-        raise ValueError(f"{text!r} is not an event number or range (e.g. 1234 or 12-20)") from None
+        raise LauncherError(f"{text!r} is not an event number or range (e.g. 1234 or 12-20)", EXIT_USAGE) from None
     if low > high:
-        raise ValueError(f"{text!r}: the range goes backwards")
+        raise LauncherError(f"{text!r}: the range goes backwards", EXIT_USAGE)
     return low, high
 
 
 def parse_since(text: str, now: float) -> str:
     """`90s`, `30m`, `1h`, `2d` ago, or `YYYY-MM-DD HH:MM[:SS]` (local time), as the log's stamp
-    text; ValueError with what is allowed."""
+    text; a LauncherError says what is allowed."""
     m = _SINCE.match(text.strip())
     if m:
         t = now - float(m.group(1)) * _UNITS[m.group(2)]
@@ -65,7 +63,7 @@ def parse_since(text: str, now: float) -> str:
             return time.strftime("%Y-%m-%d %H:%M:%S", time.strptime(text.strip(), layout))
         except ValueError:
             continue
-    raise ValueError(f"{text!r} is not a time: expected e.g. 90s, 30m, 1h, 2d or '2026-11-25 03:00'")
+    raise LauncherError(f"{text!r} is not a time: expected e.g. 90s, 30m, 1h, 2d or '2026-11-25 03:00'", EXIT_USAGE)
 
 
 def log_files(path: str) -> list[str]:
@@ -74,7 +72,8 @@ def log_files(path: str) -> list[str]:
     try:
         names = os.listdir(directory or ".")
     except OSError as exc:
-        raise LogViewError(f"{directory}: {exc.strerror}; check --log-file (or log_file in the config)") from None
+        raise LauncherError(f"{directory}: {exc.strerror}; check --log-file (or log_file in the config)",
+                            EXIT_UNUSABLE) from None
     numbered = re.compile(re.escape(base) + r"\.(\d+)(\.gz)?$")
     dated = re.compile(re.escape(base) + r"-(\d[\d-]*)(\.gz)?$")
     rotated = sorted(name for name in names if dated.match(name))  # dateext: the date sorts oldest first
@@ -137,8 +136,8 @@ def select(path: str, query: Query) -> tuple[Iterator[bytes], Span]:
     have an ERROR line, then for all their lines."""
     files = log_files(path)
     if not files:
-        raise LogViewError(f"{path}: no such file (nor rotated copies of it); check --log-file "
-                           f"(or log_file in the config)")
+        raise LauncherError(f"{path}: no such file (nor rotated copies of it); check --log-file "
+                            f"(or log_file in the config)", EXIT_UNUSABLE)
     span = Span()
 
     def lines() -> Iterator[bytes]:

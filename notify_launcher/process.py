@@ -14,6 +14,8 @@ import signal
 from collections.abc import Callable
 from types import ModuleType
 
+from notify_launcher.errors import EXIT_SOFTWARE
+
 
 def spawn_detached(target: Callable[[], int], keep_fds: list[int], report: Callable[[Exception], None]) -> int:
     """The classic double fork, the reader's own fork being the first: fork; the child leaves the
@@ -30,7 +32,7 @@ def spawn_detached(target: Callable[[], int], keep_fds: list[int], report: Calla
     pid = os.fork()
     if pid:
         return pid
-    status = 70  # EX_SOFTWARE, if anything below raises
+    status = EXIT_SOFTWARE  # if anything below raises
     try:
         leave_process_group()
         if os.fork():

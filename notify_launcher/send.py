@@ -4,8 +4,9 @@ Through the FIFO (`--fifo`): one non-blocking write, exactly as keepalived write
 reader has the FIFO open.  Into the state directory (`--state-dir`): journaled and handed to a
 worker directly, with the settings of the newest reader -- works while keepalived is down.
 
-Errors: NotAnEvent (the operator's line, a usage error), SendError (not delivered, with why and what
-to do); an OSError on the state directory propagates for the command line to explain.
+Errors are LauncherErrors: a line keepalived would not write is a usage error, an event not
+delivered says why and what to do; an OSError on the state directory propagates for the command line
+to explain.
 """
 
 from __future__ import annotations
@@ -17,18 +18,11 @@ import time
 
 from notify_launcher import settingsfile
 from notify_launcher.config import Settings
+from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
 from notify_launcher.events import Rejected, parse_line
 from notify_launcher.handoff import Doorbell
 from notify_launcher.journal import JournalWriter
 from notify_launcher.statedir import StatePaths
-
-
-class SendError(Exception):
-    """The event could not be delivered; the message says why and what to do."""
-
-
-class NotAnEvent(SendError):
-    """The line given is not one keepalived writes (nothing was tried)."""
 
 
 def send_fifo(path: str, line: str) -> str:
@@ -38,16 +32,17 @@ def send_fifo(path: str, line: str) -> str:
     except OSError as exc:
         hint = "no reader has it open: is keepalived with notify_fifo_script running?" \
             if exc.errno == errno.ENXIO else "give keepalived's notify_fifo path"
-        raise SendError(f"cannot open FIFO {path}: {exc.strerror}; {hint}") from None
+        raise LauncherError(f"cannot open FIFO {path}: {exc.strerror}; {hint}", EXIT_UNUSABLE) from None
     try:
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):  # never append a line to a regular file by mistake
-            raise SendError(f"{path} is not a FIFO; give keepalived's notify_fifo path")
+            raise LauncherError(f"{path} is not a FIFO; give keepalived's notify_fifo path", EXIT_UNUSABLE)
         os.write(fd, os.fsencode(line) + b"\n")
     except BlockingIOError:
-        raise SendError(f"FIFO {path} is full: the line was dropped, as keepalived would drop it; "
-                        f"try again when the reader has caught up") from None
+        raise LauncherError(f"FIFO {path} is full: the line was dropped, as keepalived would drop it; "
+                            f"try again when the reader has caught up", EXIT_UNUSABLE) from None
     except OSError as exc:  # EPIPE: the reader closed it since we opened it
-        raise SendError(f"cannot write to FIFO {path}: {exc.strerror}; is the reader still running?") from None
+        raise LauncherError(f"cannot write to FIFO {path}: {exc.strerror}; is the reader still running?",
+                            EXIT_UNUSABLE) from None
     finally:
         os.close(fd)
     return f"written to {path}"
@@ -57,15 +52,16 @@ def _settings(paths: StatePaths) -> Settings:
     """The newest reader's settings (an OSError propagates: the command line explains it)."""
     try:
         return settingsfile.read(paths)
-    except settingsfile.SettingsFileError as exc:
-        raise SendError(f"{exc}; restart or reload keepalived so that a reader writes it again") from None
+    except LauncherError as exc:
+        raise LauncherError(f"{exc}; restart or reload keepalived so that a reader writes it again",
+                            EXIT_UNUSABLE) from None
 
 
 def send_state(state_dir: str, line: str) -> str:
     parsed = parse_line(os.fsencode(line))
     if isinstance(parsed, Rejected):
-        raise NotAnEvent(f"not an event keepalived writes: {parsed.reason}; write the line as keepalived "
-                         f"does, e.g. 'INSTANCE \"VI_1\" MASTER 100'")
+        raise LauncherError(f"not an event keepalived writes: {parsed.reason}; write the line as keepalived "
+                            f"does, e.g. 'INSTANCE \"VI_1\" MASTER 100'", EXIT_USAGE)
     paths = StatePaths(state_dir)
     settings = _settings(paths)
     journal = JournalWriter(paths.journal, version=settingsfile.version(settings))  # as the reader numbers
@@ -87,8 +83,8 @@ def send_state(state_dir: str, line: str) -> str:
     try:
         doorbell.ring(spawn, spawning=False)
     except OSError as exc:  # e.g. fork failing at the pid limit: the event is safe in the journal
-        raise SendError(f"{_where(seq)}, but no worker could be started ({exc.strerror}); the next "
-                        f"event or `send` starts one, and it runs it first") from None
+        raise LauncherError(f"{_where(seq)}, but no worker could be started ({exc.strerror}); the next "
+                            f"event or `send` starts one, and it runs it first", EXIT_UNUSABLE) from None
     return _where(seq)
 
 

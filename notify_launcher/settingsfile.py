@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
 
 from notify_launcher.config import Settings
+from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
 from notify_launcher.statedir import StatePaths, discard, ensure_dir, write_atomic
 
 if TYPE_CHECKING:
@@ -32,10 +33,6 @@ if TYPE_CHECKING:
 
 CACHE_SIZE = 8  # versions a worker keeps parsed: a reload or two, and the events still queued before them
 _ID_LEN = 16
-
-
-class SettingsFileError(Exception):
-    """A settings file cannot be read or makes no sense; the message names the file and why."""
 
 
 class Version(NamedTuple):
@@ -89,7 +86,7 @@ def ensure(paths: StatePaths, ver: Version) -> None:
 
 def read(paths: StatePaths) -> Settings:
     """The published settings.  OSError (missing, unreadable) is left to the caller, which knows
-    what it means there; content that is not settings is a SettingsFileError."""
+    what it means there; content that is not settings is a LauncherError."""
     return _parse(paths.settings, _read_bytes(paths.settings))
 
 
@@ -103,7 +100,7 @@ def _parse(path: str, data: bytes) -> Settings:
     try:
         return Settings.from_json(data.decode("utf-8", errors="strict"))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SettingsFileError(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
+        raise LauncherError(f"{path} is damaged ({type(exc).__name__}: {exc})", EXIT_UNUSABLE) from None
 
 
 _cache: OrderedDict[str, Settings] = OrderedDict()
@@ -112,7 +109,7 @@ _cache: OrderedDict[str, Settings] = OrderedDict()
 def for_entry(paths: StatePaths, entry: Entry) -> Settings:
     """The settings `entry` was journaled under.  An entry naming no version (journaled by an older
     version of the launcher, or by `send`) gets the newest, settings.json.  A version that is
-    missing or damaged (its content does not match its name) is a SettingsFileError naming the file
+    missing or damaged (its content does not match its name) is a LauncherError naming the file
     and the event: the caller logs it and runs the event with the settings it has (the newest).
     OSError reading settings.json propagates, as in `read`."""
     ident = entry.settings
@@ -126,11 +123,11 @@ def for_entry(paths: StatePaths, entry: Entry) -> Settings:
     try:
         data = _read_bytes(path)
     except OSError as exc:
-        raise SettingsFileError(f"{path}, the settings event #{entry.seq} was journaled under, cannot be read "
-                                f"({exc.strerror})") from None
+        raise LauncherError(f"{path}, the settings event #{entry.seq} was journaled under, cannot be read "
+                            f"({exc.strerror})", EXIT_UNUSABLE) from None
     if _hash(data) != ident:
-        raise SettingsFileError(f"{path}, the settings event #{entry.seq} was journaled under, is damaged "
-                                f"(its content does not match its name)")
+        raise LauncherError(f"{path}, the settings event #{entry.seq} was journaled under, is damaged "
+                            f"(its content does not match its name)", EXIT_UNUSABLE)
     settings = _parse(path, data)
     _cache[ident] = settings
     if len(_cache) > CACHE_SIZE:

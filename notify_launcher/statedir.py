@@ -11,13 +11,10 @@ import os
 import stat
 from dataclasses import dataclass
 
+from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
 from notify_launcher.security import refusal
 
 FILE_MODE = 0o600
-
-
-class StateDirError(Exception):
-    """The state directory cannot be used; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -86,19 +83,21 @@ def ensure_state_dir(root: str) -> StatePaths:
         os.makedirs(root, mode=0o700, exist_ok=True)
         st = os.lstat(root)
     except OSError as exc:
-        raise StateDirError(f"state directory {root}: {exc.strerror}; create it or set state_dir") from None
+        raise LauncherError(f"state directory {root}: {exc.strerror}; create it or set state_dir",
+                            EXIT_UNUSABLE) from None
     if stat.S_ISLNK(st.st_mode):
-        raise StateDirError(f"state directory {root} is a symlink; refusing it (point state_dir at the real path)")
+        raise LauncherError(f"state directory {root} is a symlink; refusing it (point state_dir at the real path)",
+                            EXIT_UNUSABLE)
     if not stat.S_ISDIR(st.st_mode):
-        raise StateDirError(f"state directory {root} is not a directory")
+        raise LauncherError(f"state directory {root} is not a directory", EXIT_UNUSABLE)
     if st.st_uid != os.geteuid():
-        raise StateDirError(f"state directory {root} belongs to uid {st.st_uid}, not to us (uid {os.geteuid()}); "
-                            f"refusing it")
+        raise LauncherError(f"state directory {root} belongs to uid {st.st_uid}, not to us (uid {os.geteuid()}); "
+                            f"refusing it", EXIT_UNUSABLE)
     if st.st_mode & 0o777 != 0o700:  # keepalived's umask 0177 would even leave out our own x bit
         os.chmod(root, 0o700)
     why = refusal("state_dir", root, created=True)
     if why:
-        raise StateDirError(why)
+        raise LauncherError(why, EXIT_UNUSABLE)
     return StatePaths(root)
 
 

@@ -18,6 +18,7 @@ import time
 
 from notify_launcher import identity
 from notify_launcher.config import Settings
+from notify_launcher.errors import EXIT_SOFTWARE
 from notify_launcher.handoff import TAKEOVER_WAIT, Doorbell
 from notify_launcher.locks import release_standby, standby_held
 from notify_launcher.log import Log
@@ -35,7 +36,7 @@ def spawn_unit(settings: Settings, standby_fd: int, hello_fd: int) -> None:
     reader = identity.me()
     if os.fork():
         return
-    status = 70
+    status = EXIT_SOFTWARE
     try:
         leave_process_group()
         reset_signals()

@@ -12,9 +12,10 @@ import os
 from notify_launcher import settingsfile
 from notify_launcher.backlog import RETRY_INTERVAL
 from notify_launcher.config import Settings
+from notify_launcher.errors import LauncherError
 from notify_launcher.handoff import Doorbell
 from notify_launcher.log import Troubles
-from notify_launcher.statedir import StateDirError, StatePaths, ensure_state_dir
+from notify_launcher.statedir import StatePaths, ensure_state_dir
 
 KICK_MIN, KICK_MAX = 0.1, 60.0
 
@@ -66,7 +67,7 @@ class StateRepair:
             if not self.published:
                 settingsfile.publish(self.paths, self.settings)
                 self.published = True
-        except (OSError, StateDirError) as exc:
+        except (OSError, LauncherError) as exc:
             self.troubles.report("state directory", None, None, f"cannot prepare the state directory {self.paths.root}: "
                                  f"{getattr(exc, 'strerror', None) or exc}; events wait in memory, "
                                  f"retrying every {RETRY_INTERVAL:g}s")

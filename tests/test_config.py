@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from notify_launcher.config import Command, ConfigError, Settings, load
+from notify_launcher.config import Command, Settings, load
+from notify_launcher.errors import LauncherError
 from notify_launcher.events import Event
 
 INI = """
@@ -154,13 +155,13 @@ def test_an_rs_rule_may_name_the_virtual_server(tmp_path: Path) -> None:
     ("[match * * MASTER]\nhandler.1 = /bin/x\n", "handler.1: unknown key"),
 ])
 def test_errors_name_file_section_key_and_what_is_allowed(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(LauncherError) as exc:
         _load(tmp_path, text)
     assert message in str(exc.value)
 
 
 def test_bad_command_line_value_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="command line: --timeout: '-1' is not allowed"):
+    with pytest.raises(LauncherError, match="command line: --timeout: '-1' is not allowed"):
         load(None, {"timeout": "-1"})
 
 
@@ -168,17 +169,17 @@ def test_state_dir_too_long_for_the_doorbell_socket_is_a_config_error(tmp_path: 
     """Every worker died binding `<state_dir>/doorbell.sock` while the config loaded fine."""
     fits = "/run/" + "s" * (107 - len("/run/") - len("/doorbell.sock"))  # the socket path: 107 bytes
     assert load(None, {"state_dir": fits}).state_dir == fits
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(LauncherError) as exc:
         _load(tmp_path, f"[launcher]\nstate_dir = {fits}x\n")
     assert str(exc.value) == (f"{tmp_path / 'x.ini'}: [launcher] state_dir: '{fits}x' is too long: the doorbell "
                               f"socket {fits}x/doorbell.sock would be 108 bytes, and a Unix socket path allows at "
                               f"most 107; choose a shorter state_dir")
-    with pytest.raises(ConfigError, match="command line: --state-dir: .* would be 108 bytes"):
+    with pytest.raises(LauncherError, match="command line: --state-dir: .* would be 108 bytes"):
         load(None, {"state_dir": fits + "x"})
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.ini: cannot read config file: No such file or directory"):
+    with pytest.raises(LauncherError, match="nope.ini: cannot read config file: No such file or directory"):
         load(str(tmp_path / "nope.ini"), {})
 
 

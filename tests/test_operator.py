@@ -286,6 +286,53 @@ def test_ctrl_c_during_wait_is_one_line_and_exit_130(state: Path) -> None:
     _says(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130, "wait", "interrupted")
 
 
+def _polling_wait(state: Path, *more: str) -> subprocess.Popen[str]:
+    """`wait` on a state directory whose event #1 stays pending (nothing runs it), once it polls."""
+    (state / "progress").write_text("")
+    proc = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(state), *more], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _in_sleep(proc.pid):  # past the imports: `wait` is polling (time.sleep between reads)
+        assert proc.poll() is None and time.monotonic() < deadline, "`wait` never got to its polling loop"
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.mark.parametrize("more", [(), ("--timeout", "600")], ids=["no-timeout", "timeout"])
+def test_sigterm_ends_wait_with_one_line_and_exit_143(state: Path, more: tuple[str, ...]) -> None:
+    """A `wait` (with or without --timeout) ends on SIGTERM: systemd's ExecStop, a script's kill."""
+    proc = _polling_wait(state, *more)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    _says(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 143, "wait", "terminated (SIGTERM)")
+
+
+def test_timeout_ends_wait_before_its_own_timeout(state: Path) -> None:
+    """`timeout -s TERM 1 notify-launcher wait --timeout 30`: ended by timeout's SIGTERM (143, passed
+    on by --preserve-status), not by its own --timeout (1)."""
+    (state / "progress").write_text("")
+    res = subprocess.run(["timeout", "--preserve-status", "-s", "TERM", "1", LAUNCHER, "wait", "--state-dir",
+                          str(state), "--timeout", "30"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 143, res.stderr
+
+
+def test_only_the_reader_takes_sigterm_while_it_starts() -> None:
+    """The early SIGTERM handler is the reader's: a program importing the package keeps the default."""
+    code = ("import signal, sys\n"
+            "import notify_launcher.cli as cli\n"
+            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,\n"
+            "      cli.starts_the_reader(['/usr/bin/notify-launcher', '--config', 'x.ini', '/run/k.fifo']),\n"
+            "      cli.starts_the_reader(['/usr/bin/notify-launcher', 'serve', '--fifo', '/run/k.fifo']),\n"
+            "      cli.starts_the_reader(['/usr/bin/notify-launcher', 'wait']),\n"
+            "      cli.starts_the_reader(['/usr/bin/python3', '/run/k.fifo']))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.stdout.split() == ["True", "True", "True", "False", "False"], res.stderr
+
+
 def test_history_into_a_closed_pipe_is_quiet(state: Path) -> None:
     """`notify-launcher history -n 5000 | head -1`: no "Exception ignored ... BrokenPipeError"."""
     (state / "progress").write_text("".join(json.dumps({**END, "seq": n}) + "\n" for n in range(1, 5001)))

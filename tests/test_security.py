@@ -16,7 +16,8 @@ from support.marks import needs
 from notify_launcher.log import Log
 from notify_launcher.statedir import open_mode
 from notify_launcher.security import insecure_reason, parse_acl
-from notify_launcher.statedir import StateDirError, ensure_state_dir
+from notify_launcher.errors import LauncherError
+from notify_launcher.statedir import ensure_state_dir
 
 NOBODY = 65534  # the user (and group) that plays the local attacker
 OWNER_REMEDY = "chown it to root, or choose a path only root can change"
@@ -107,9 +108,9 @@ def test_state_dir_symlink_or_foreign_owner_is_refused(launcher: Launcher) -> No
     res = _reader(launcher)
     assert res.returncode == 2 and f"state_dir {launcher.state} is not safe for root: {launcher.state} belongs " \
                                    f"to uid 1234, not root" in res.stderr
-    with pytest.raises(StateDirError, match=f"state directory {launcher.state} belongs to uid 1234, not to us"):
+    with pytest.raises(LauncherError, match=f"state directory {launcher.state} belongs to uid 1234, not to us"):
         ensure_state_dir(str(launcher.state))
-    with pytest.raises(StateDirError, match=f"state directory {real.parent / 'link'} is a symlink; refusing it"):
+    with pytest.raises(LauncherError, match=f"state directory {real.parent / 'link'} is a symlink; refusing it"):
         (real.parent / "link").symlink_to(real)
         ensure_state_dir(str(real.parent / "link"))
 
@@ -128,7 +129,7 @@ def test_state_dir_below_a_directory_another_user_owns_is_refused(launcher: Laun
             in res.stderr)
     assert not state.exists()
     # the same check after creating it: a directory planted on the way since the reader's check is caught
-    with pytest.raises(StateDirError, match=f"state_dir {state} is not safe for root: {shared} belongs to "
+    with pytest.raises(LauncherError, match=f"state_dir {state} is not safe for root: {shared} belongs to "
                                             f"uid {NOBODY}"):
         ensure_state_dir(str(state))
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Union
 
 from notify_launcher import settingsfile
+from notify_launcher.errors import LauncherError
 from notify_launcher.events import READER_TYPE, Rejected, parse_line
 from notify_launcher.journal import read_all
 from notify_launcher.logview import log_files
@@ -371,7 +372,7 @@ def _check_stops(report: Report, paths: StatePaths, log: list[LogLine], received
         report.stop_window.append(f"keepalived stopped the reader {stops}x, {len(stop_seqs)} STOP journaled")
     try:
         stop_action = settingsfile.read(paths).stop_action
-    except (OSError, settingsfile.SettingsFileError):
+    except (OSError, LauncherError):
         return
     if not stop_action:
         return
