@@ -58,7 +58,10 @@ class Backlog:
             journaled(seq, event)
             self.troubles.recovered("journal")
             late = time.time() - received
-            if late > RETRY_INTERVAL / 2:
+            if seq is None:
+                self.log.info(seq, event, "received; the journal's lock is busy: kept in the spill file, numbered "
+                                          "once the lock is free")
+            elif late > RETRY_INTERVAL / 2:
                 self.log.info(seq, event, f"received (journaled late, after {late:.1f}s)")
             else:
                 self.log.info(seq, event, "received")

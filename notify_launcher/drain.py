@@ -12,12 +12,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from notify_launcher import actions
+from notify_launcher import actions, settingsfile
 from notify_launcher.config import Command
 from notify_launcher.events import READER_TYPE
 from notify_launcher.following import Following
 from notify_launcher.identity import ticks
-from notify_launcher.journal import Entry, JournalFollower
+from notify_launcher.journal import Entry, JournalFollower, damaged_seq, describe
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import OUTPUT_TAIL, Ended, OnFailureRunner
 from notify_launcher.progress import StartRecord, TryRecord
@@ -39,7 +39,8 @@ class Drain:
 
     def start(self, done_seq: int) -> None:
         """Follow the journal from here on; `done_seq` is where the progress file says we are."""
-        self.journal = JournalFollower(self.following.paths.journal)
+        self.journal = JournalFollower(self.following.paths.journal,
+                                       report=lambda *said: self.following.log.line(*said))
         self.done_seq = done_seq
 
     def pending(self) -> bool:
@@ -54,7 +55,7 @@ class Drain:
                 return False
             entries, damaged = self.journal.read_new()
             for line in damaged:
-                self.following.log.error(None, None, f"damaged journal line skipped: {line[:200]!r}")
+                self.following.log.error(damaged_seq(line), None, f"damaged journal line skipped: {describe(line)}")
             if not entries:
                 if not self.publisher.published:
                     self.publisher.publish([])  # at start, with nothing to do
@@ -119,7 +120,11 @@ class Drain:
         """The event's commands one after the other (or why none runs), its end recorded: the first
         failed command's result, else the last one's."""
         seq, event, log = entry.seq, entry.event, self.following.log
-        settings = self.following.settings
+        try:  # the settings it was journaled under: a reload changes what comes after it, not this
+            settings = settingsfile.for_entry(self.following.paths, entry)
+        except (OSError, settingsfile.SettingsFileError) as exc:
+            log.error(seq, event, f"{exc}; running it with the newest settings")
+            settings = self.following.settings
         commands, timeout = settings.action_for(event)
         if not commands:
             quiet = " (a quiet state: name it in a [match] rule to run something)" \

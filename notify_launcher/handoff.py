@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 from collections.abc import Callable
 from typing import Literal
@@ -106,6 +107,8 @@ class Doorbell:
             return "heard"
         if spawning:
             return "spawning"
+        if self._poked():
+            return "heard"
         if self._standby < 0:
             self._standby = locks.open_standby(self.paths)
         if not locks.try_standby(self._standby):
@@ -118,6 +121,24 @@ class Doorbell:
             raise
         os.close(standby)  # the child's copy keeps the lock
         return "spawned"
+
+
+    def _poked(self) -> bool:
+        """No socket file, but a live worker holds worker.lock: someone removed doorbell.sock under it.
+        Wake it with SIGCHLD -- the signal it wakes on to reap orphans, ignored by default, so a worker
+        that has not set up its handlers yet cannot die of it -- and it binds a new socket and reads
+        the journal (DoorbellListener.wait).  True if we did; spawning another worker instead would
+        only queue it behind the lock, with every ring going nowhere."""
+        if os.path.exists(self.paths.doorbell):
+            return False  # a dead worker's socket, or a worker's we cannot reach: the caller spawns
+        holder = locks.lock_holder(self.paths.worker_lock)
+        if holder is None or holder.pid == os.getpid():
+            return False
+        try:
+            os.kill(holder.pid, signal.SIGCHLD)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def _stale_doorbell(paths: StatePaths) -> bool:
@@ -239,9 +260,10 @@ class DoorbellListener:
 
     It also keeps a pidfd on every reader that rang: the worker stands by while any of them lives."""
 
-    def __init__(self, paths: StatePaths, wakeup_fd: int) -> None:
+    def __init__(self, paths: StatePaths, wakeup_fd: int, note: Callable[[str], None] = lambda text: None) -> None:
         self.path = paths.doorbell
         self.wakeup_fd = wakeup_fd
+        self.note = note  # what the log must hear (a removed socket bound again)
         self._sock: socket.socket | None = None
         self._ino = 0
         self.readers: dict[int, int] = {}  # pidfd -> pid of a living reader that rang
@@ -255,6 +277,29 @@ class DoorbellListener:
         sock.bind(self.path)
         self._sock = sock
         self._ino = os.stat(self.path).st_ino
+
+    def _rebound(self) -> bool:
+        """If our socket file is gone, bind a new one at the path (a stat when it is there; a file at
+        the path that is not ours belongs to another worker, of a state directory made anew, and is
+        left to it); True if we did."""
+        try:
+            os.stat(self.path)
+            return False
+        except FileNotFoundError:
+            pass
+        sock = _datagram_socket()
+        try:
+            sock.bind(self.path)
+            ino = os.stat(self.path).st_ino
+        except OSError:  # the state directory itself is gone: the worker's lock check handles that
+            sock.close()
+            return False
+        assert self._sock is not None
+        self._sock.close()
+        self._sock, self._ino = sock, ino
+        self.note(f"{self.path} was removed (rings to it reached nobody); listening on a new one, and reading "
+                  f"the journal for what they announced")
+        return True
 
     def close(self) -> None:
         """Stop listening; remove the socket file only if it is still ours (after a removed state
@@ -271,9 +316,12 @@ class DoorbellListener:
 
     def wait(self, timeout: float | None) -> Woke:
         """Block until a ring, a signal on the wakeup fd, the end of a reader, or `timeout` (None:
-        no limit); say which."""
+        no limit); say which.  Whatever woke us, a socket file someone removed is bound again first
+        (and said), and that counts as a ring: rings to the removed one reached nobody."""
         assert self._sock is not None
         ready, _, _ = select.select([self._sock.fileno(), self.wakeup_fd, *self.readers], [], [], timeout)
+        if ready and self._rebound():
+            return "ring"
         if self.wakeup_fd in ready:
             return "signal"
         if not ready:

@@ -57,8 +57,9 @@ _TAIL = 8192
 LOCK_WAIT = 0.05  # s a writer waits for the journal's lock before it spills (keepalived kills at 1 s)
 _FIELDS, _LEGACY_FIELDS = 10, 8
 
-#: (level, message): what a writer found that the log must say (a torn line cut, an event spilled).
-Report = Callable[[str, str], None]
+#: (level, seq, event, message), as Log.line: what the log must hear from a writer (a torn line cut,
+#: an event spilled, spilled events journaled).
+Report = Callable[[str, "int | None", object, str], None]
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,12 @@ def describe(line: bytes) -> str:
     return f"{what} ({len(line)} bytes: {line[:200]!r})"
 
 
-def _flock_within(fd: int, seconds: float) -> bool:
-    """flock(LOCK_EX), waiting at most `seconds` (0: not at all); False if it stayed busy."""
+def _flock_within(fd: int, seconds: float | None) -> bool:
+    """flock(LOCK_EX), waiting at most `seconds` (0: not at all; None: as long as it takes); False
+    if it stayed busy."""
+    if seconds is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
     deadline, pause = 0.0, 0.0005
     while True:
         try:
@@ -136,7 +141,7 @@ def _flock_within(fd: int, seconds: float) -> bool:
             pause = min(pause * 2, 0.005)
 
 
-def _ignore(level: str, text: str) -> None:
+def _ignore(level: str, seq: int | None, event: object, text: str) -> None:
     """The default Report: a writer without a log (tests, the worker's adoption)."""
 
 
@@ -178,8 +183,8 @@ class JournalWriter:
         self._floor_seen = self.floor()
         self.created = self.created or not existed
 
-    def _lock(self, wait: float) -> bool:
-        """Take the journal lock on the current file within `wait` s, following a compaction (or a
+    def _lock(self, wait: float | None) -> bool:
+        """Take the journal lock on the current file within `wait` s (None: no limit), following a compaction (or a
         removal) that replaced it; False if it stayed busy."""
         if self._fd < 0:
             self._open()
@@ -211,9 +216,8 @@ class JournalWriter:
             seq = self._write([*spilled, entry], size)
             if self._spill_fd >= 0:
                 self._drop_spill()
-            if spilled:
-                self.report("INFO", f"the journal's lock is free again: {len(spilled)} spilled events journaled as "
-                                    f"#{seq - len(spilled)}..#{seq - 1}")
+            for n, late in enumerate(spilled, seq - len(spilled)):
+                self.report("INFO", n, late.event, "received (journaled late: spilled while the journal's lock was busy)")
             return seq
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -251,7 +255,7 @@ class JournalWriter:
             os.ftruncate(self._fd, start + end)
             size = start + end
             highest, damaged = damaged_seq(torn) or 0, True
-            self.report("ERROR", f"{self.path}: its last line was torn (a writer or the machine died while "
+            self.report("ERROR", None, None, f"{self.path}: its last line was torn (a writer or the machine died while "
                                  f"writing it) and is cut off: {describe(torn)}; numbering goes on above it")
         lines = tail[:end].split(b"\n")[:-1]
         for line in reversed(lines[1:] if start else lines):  # (the first may be cut by the window)
@@ -295,7 +299,7 @@ class JournalWriter:
             fcntl.flock(self._spill_fd, fcntl.LOCK_UN)
         if first:
             holder = lock_holder(self.path)
-            self.report("WARN", f"the journal's lock stayed busy for {LOCK_WAIT:g}s (held by "
+            self.report("WARN", None, entry.event, f"the journal's lock stayed busy for {LOCK_WAIT:g}s (held by "
                                 f"{f'pid {holder.pid}' if holder else 'another process'}): events go into "
                                 f"{self.paths.spill}/{os.getpid()} meanwhile, in order; they are numbered and run "
                                 f"once the lock is free")
@@ -313,7 +317,7 @@ class JournalWriter:
             return []
         entries, damaged = _lines(os.pread(self._spill_fd, st.st_size, 0))
         for line in damaged:
-            self.report("ERROR", f"{self.paths.spill}/{os.getpid()}: damaged line dropped: {describe(line)}")
+            self.report("ERROR", None, None, f"{self.paths.spill}/{os.getpid()}: damaged line dropped: {describe(line)}")
         return entries
 
     def _drop_spill(self) -> None:
@@ -330,7 +334,9 @@ class JournalWriter:
     def adopt(self) -> list[bytes]:
         """Journal, numbered and in order, the events in every spill file we can lock (the worker
         calls this before reading the journal); returns the damaged lines found in them.  A spill
-        file being written, or a journal lock that stays busy, is left for the next call."""
+        file being written is left for the next call (its writer rings once it is written).  The
+        worker waits for the journal's lock here as long as it takes: spilled events mean a holder
+        stalled, nothing can be journaled before it lets go, and nobody would ring again after."""
         try:
             names = sorted(os.listdir(self.paths.spill))
         except FileNotFoundError:
@@ -342,8 +348,7 @@ class JournalWriter:
             except FileNotFoundError:
                 continue
             try:
-                if not self._lock(LOCK_WAIT):
-                    break
+                self._lock(None)
                 try:
                     damaged += self._adopt_one(fd, os.path.join(self.paths.spill, name))
                 finally:
@@ -359,7 +364,10 @@ class JournalWriter:
         size = self._synced()
         fresh = _not_in(entries, _lines(os.pread(self._fd, min(size, _TAIL), max(0, size - _TAIL)))[0])
         if fresh:
-            self._write(fresh, size)
+            last = self._write(fresh, size)
+            for n, entry in enumerate(fresh, last - len(fresh) + 1):
+                self.report("INFO", n, entry.event, f"received (journaled late: spilled by pid {entry.reader_pid} "
+                                                    f"while the journal's lock was busy)")
         os.unlink(path)
         return damaged
 
@@ -394,9 +402,10 @@ class JournalFollower:
     The journal may not exist yet: the reader creates it with its first event, and the standby
     worker it spawns at start may be listening before that."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, report: Report = _ignore) -> None:
         self.path = path
         self.paths = StatePaths(os.path.dirname(path) or ".")
+        self.report = report  # for the spilled events it adopts
         self._fd = -1
         self.offset = 0
         self._checksummed = False  # a checksummed line was read: an 8-field line after it is damage
@@ -477,7 +486,7 @@ class JournalFollower:
         its end, a journal created anew at the path is followed from its start."""
         damaged: list[bytes] = []
         if os.path.isdir(self.paths.spill):
-            self._adopter = self._adopter or JournalWriter(self.path)
+            self._adopter = self._adopter or JournalWriter(self.path, report=self.report)
             damaged += self._adopter.adopt()
         if not self._opened():
             return [], damaged

@@ -52,7 +52,7 @@ class Reader:
         self.fifo = Fifo(fifo_path, fifo_fd, serve, self.poller, log)
         self.intake = Intake(paths, log)
         self.journal = JournalWriter(paths.journal, version=settingsfile.version(settings),
-                                     report=lambda level, text: log.line(level, None, None, text))
+                                     report=log.line)
         self.backlog = Backlog(self.journal, log)
         self.workers = WorkerLink(settings, paths, self.poller, log, detach)
         self.stop = StopClassifier(settings.stop_grace, term_at)

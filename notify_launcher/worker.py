@@ -110,7 +110,7 @@ class Worker:
         """The steps, in the order handoff.py needs them: signals, the doorbell (before the first
         journal read), subreaper, the pid file, then the state files and recovery."""
         self._init_signals()
-        self.doorbell = DoorbellListener(self.paths, self._wakeup)
+        self.doorbell = DoorbellListener(self.paths, self._wakeup, note=lambda text: self.log.warn(None, None, text))
         self.doorbell.open()
         self.doorbell.know(dict([self.reader]))  # the start time checked: it may be gone, its pid reused
         _become_subreaper()

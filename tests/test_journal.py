@@ -50,7 +50,7 @@ def test_torn_last_line_is_cut_and_reported_and_numbering_goes_on_above_it(tmp_p
     follower = JournalFollower(path)
     assert [e.seq for e in follower.read_new()[0]] == [1]  # the torn line is not consumed
     said: list[tuple[str, str]] = []
-    other = JournalWriter(path, report=lambda level, text: said.append((level, text)))  # the next reader
+    other = JournalWriter(path, report=lambda level, seq, event, text: said.append((level, text)))  # the next reader
     # #2 may have run before the machine died: its number is never given again
     assert other.append(Event("INSTANCE", "VI_1", "MASTER", 100), 2.0, 2) == 3
     assert len(said) == 1 and said[0][0] == "ERROR" and "event #2 (20 bytes: b'2\\t1.0" in said[0][1], said

@@ -1,0 +1,168 @@
+"""The state directory as an unlucky machine and a careless operator leave it: a torn journal, a
+journal lock held by a stalled process, a compaction's fsync on a stalling disk, a removed doorbell,
+a reload that changes the handler.  Real readers, workers, FIFOs, signals and strace's delay
+injection; the invariants checker runs after each (the launcher fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import psutil
+
+from support.launcher import Launcher
+from support.marks import needs
+from support.recorder import sleep_line
+
+VI = 'INSTANCE "VI_1" {} 100'
+QUIET = 'INSTANCE "VI_1" MASTER_RX_LOWER_PRI 100'  # journaled and run through, no action: fast
+
+
+def _with_stop_action(launcher: Launcher) -> None:
+    """The recorder as stop_action too, so the STOP's action shows in its records."""
+    ini = launcher.dir / "nl.ini"
+    ini.write_text(f"[launcher]\nstop_action = {launcher.handler}\n")
+    launcher.extra_args += ["--config", str(ini)]
+
+
+def _stop_ran(launcher: Launcher) -> bool:
+    return any(r.args[:3] == ["READER", "reader", "STOP"] for r in launcher.starts())
+
+
+def test_a_torn_journal_line_never_makes_the_next_event_look_done(launcher: Launcher) -> None:
+    """Power loss mid-append leaves '3' of the journal's last line (the reader's STOP, which the
+    progress file marks done); keepalived starts again.  The next event used to get #3, which the
+    worker took for done: it never ran, and nothing said so."""
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    k.write(VI.format("MASTER"))
+    launcher.settle(2)
+    k.stop([])
+    launcher.settle(3)  # + the reader's STOP
+    launcher.wait_for("the worker to leave", lambda: not launcher.launcher_processes())
+    journal = launcher.state / "journal"
+    data = journal.read_bytes()
+    journal.write_bytes(data[:data.rfind(b"\n", 0, len(data) - 1) + 2])  # '3' survived, its number unreadable
+    again = launcher.keepalived()
+    again.start()
+    again.write(VI.format("FAULT"))
+    launcher.wait_for("the FAULT event's action", lambda: any(r.args[2:3] == ["FAULT"] for r in launcher.starts()))
+    assert [r.seq for r in launcher.starts()] == [1, 2, 4]
+    log = launcher.log_text()
+    assert "its last line was torn (a writer or the machine died while writing it) and is cut off: an event " \
+           "whose number cannot be read (1 bytes: b'3')" in log, log[-3000:]
+    again.stop([])
+
+
+def test_the_stop_is_journaled_while_a_stopped_process_holds_the_journal_lock(launcher: Launcher) -> None:
+    """A process holding the journal's lock is stopped (SIGSTOP; a frozen cgroup, a paused VM do the
+    same).  The reader used to wait for the lock until keepalived's SIGKILL at +1 s: no STOP, no
+    stop_action, no log line.  Now its events go into its spill file after 50 ms, and the worker
+    journals and runs them once the lock is free."""
+    _with_stop_action(launcher)
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, signal, sys\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "os.kill(os.getpid(), signal.SIGSTOP)\n", str(launcher.state / "journal")])
+    try:
+        launcher.wait_for("the lock holder to stop", lambda: psutil.Process(holder.pid).status() == psutil.STATUS_STOPPED)
+        report = k.stop([VI.format("STOP")])
+        assert not report.killed, f"the reader was SIGKILLed at +1 s:\n{launcher.log_text()[-3000:]}"
+        assert "the journal's lock stayed busy for 0.05s (held by pid" in launcher.log_text()
+        assert not _stop_ran(launcher)
+    finally:
+        holder.kill()
+        holder.wait()
+    launcher.wait_for("the stop_action", lambda: _stop_ran(launcher))
+    launcher.settle(3)
+    log = launcher.log_text()
+    assert "#3 READER reader STOP | received (journaled late: spilled by pid" in log, log[-3000:]
+    assert not os.listdir(launcher.state / "spill")
+
+
+@needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+def test_the_stop_is_journaled_while_a_compaction_waits_on_a_stalling_disk(launcher: Launcher) -> None:
+    """The worker compacts the journal while the disk stalls its fsync for 5 s (strace's delay
+    injection).  The compaction used to hold the journal's lock across that fsync: the reader's
+    STOP waited for it until keepalived's SIGKILL at +1 s.  Now the lock covers only the rename."""
+    _with_stop_action(launcher)
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    worker = launcher.wait_standby()
+    strace = subprocess.Popen(["strace", "-e", "trace=fsync", "-e", "inject=fsync:delay_enter=5000000",
+                               "-p", str(worker)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert strace.stderr is not None
+        line = strace.stderr.readline()
+        assert "attached" in line, line
+        for _ in range(1000):  # more than the 64 KiB that makes the worker compact once idle
+            k.write(QUIET)
+        k.write(VI.format("BACKUP"))
+        launcher.wait_for("the compaction's fsync", lambda: (launcher.state / f"journal.{worker}.new").exists())
+        report = k.stop([VI.format("STOP")])
+        assert not report.killed, f"the reader was SIGKILLed at +1 s:\n{launcher.log_text()[-3000:]}"
+        launcher.wait_for("the stop_action", lambda: _stop_ran(launcher))
+    finally:
+        strace.terminate()
+        strace.wait()
+    assert "journal compacted" in launcher.log_text()
+
+
+def test_a_removed_doorbell_is_bound_again_and_the_next_event_runs(launcher: Launcher) -> None:
+    """doorbell.sock removed while a worker stands by, then keepalived starts again: the new reader's
+    rings went nowhere, the worker it spawned queued behind the lock, and the event pended until the
+    old worker's linger ran out (10 minutes here), with no log line.  Now the reader wakes the worker
+    holding the lock, which binds a new socket, says so, and runs the event."""
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    worker = launcher.wait_standby()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    (launcher.state / "doorbell.sock").unlink()
+    k.stop([])
+    launcher.settle(2)  # the reader's STOP: its ring reached the worker through its connected socket
+    again = launcher.keepalived("--linger", "600")
+    again.start()
+    again.write(VI.format("MASTER"))
+    launcher.wait_for("the MASTER event's action", lambda: any(r.args[2:3] == ["MASTER"] for r in launcher.starts()))
+    assert [r.seq for r in launcher.starts()] == [1, 3]
+    assert f"worker[{worker}] WARN  #- - | {launcher.state}/doorbell.sock was removed (rings to it reached " \
+           f"nobody); listening on a new one" in launcher.log_text()
+    assert (launcher.state / "doorbell.sock").exists()
+    again.stop([])
+
+
+def test_events_journaled_before_a_reload_run_with_the_handler_they_were_journaled_under(launcher: Launcher) -> None:
+    """A reload that changes --handler while an event waits behind a running action: it used to run
+    with the new handler (the worker follows settings.json at its next batch); now each event runs
+    with the settings it was journaled under."""
+    first = launcher.handler
+    second = launcher.dir / "second.sh"
+    second.write_text(f"#!/bin/sh\nexec {first} second \"$@\"\n")
+    second.chmod(0o755)
+    gate = launcher.dir / "gate"
+    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    k.write(VI.format("BACKUP"))  # runs until the gate opens: the next event waits behind it
+    launcher.wait_for("the BACKUP action", lambda: launcher.starts())
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("the MASTER event journaled", lambda: launcher.last_seq() >= 2)
+    k.script = launcher.argv("--linger", "600", "--handler", str(second))  # keepalived.conf changed
+    k.reload().join()
+    launcher.wait_for("the new reader's settings", lambda: str(second) in (launcher.state / "settings.json").read_text())
+    k.write(VI.format("FAULT"))
+    launcher.wait_for("the FAULT event journaled", lambda: launcher.last_seq() >= 4)  # (#3: the old reader's RELOAD)
+    gate.touch()
+    launcher.settle(4)
+    runs = [" ".join(r.args[:4]) for r in launcher.starts()]
+    assert runs == ["INSTANCE VI_1 BACKUP 100", "INSTANCE VI_1 MASTER 100", "second INSTANCE VI_1 FAULT"], runs
+    k.stop([])
