@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from notify_launcher import actions, settingsfile
 from notify_launcher.config import Command
+from notify_launcher.errors import LauncherError
 from notify_launcher.events import READER_TYPE
 from notify_launcher.following import Following
 from notify_launcher.identity import ticks
@@ -122,7 +123,7 @@ class Drain:
         seq, event, log = entry.seq, entry.event, self.following.log
         try:  # the settings it was journaled under: a reload changes what comes after it, not this
             settings = settingsfile.for_entry(self.following.paths, entry)
-        except (OSError, settingsfile.SettingsFileError) as exc:
+        except (OSError, LauncherError) as exc:
             log.error(seq, event, f"{exc}; running it with the newest settings")
             settings = self.following.settings
         commands, timeout = settings.action_for(event)
