@@ -45,6 +45,7 @@ class Intake:
         self.troubles = Troubles(log)
         self.splitter = LineSplitter(MAX_LINE)
         self.lines = 0
+        self.uncounted = 0  # rejected lines not in the count yet (its lock was busy)
         self.warned: set[str] = set()  # unforeseen words (events.unforeseen) already logged once
 
     def split(self, data: bytes | None) -> list[bytes]:
@@ -84,13 +85,18 @@ class Intake:
         return parsed
 
     def _count_rejected(self) -> None:
-        """For the metrics file: rare (keepalived writes no such line), so a locked write is fine here."""
+        """For the metrics file: rare (keepalived writes no such line), so a locked write is fine here,
+        but never a wait: while the lock is busy, the lines are counted with the next one."""
+        self.uncounted += 1
         try:
-            bump_rejected(self.paths.rejected)
+            bump_rejected(self.paths.rejected, self.uncounted)
+        except BlockingIOError:
+            return
         except OSError as exc:
             self.troubles.report("rejected count", None, None, f"cannot count the rejected line in "
-                                 f"{self.paths.rejected} ({exc.strerror}); the metrics file will show fewer")
+                                 f"{self.paths.rejected} ({exc.strerror}); the metrics file shows fewer until it can be written")
             return
+        self.uncounted = 0
         self.troubles.recovered("rejected count")
 
 

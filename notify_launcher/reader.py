@@ -20,7 +20,6 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
 
 from notify_launcher import settingsfile
 from notify_launcher.backlog import RETRY_INTERVAL, Backlog
@@ -33,8 +32,11 @@ from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
-from notify_launcher.stopping import SIBLING_WAIT, StopClassifier
+from notify_launcher.stopping import StopClassifier, Verdict
+from notify_launcher.window import StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
+
+LOST_SHOWN = 20  # events named one by one when the stop window closes on them
 
 
 class Reader:
@@ -58,29 +60,59 @@ class Reader:
         self.stop = StopClassifier(settings.stop_grace, term_at)
         self.troubles = Troubles(log)
         self._term_logged = False
+        self.window = StopWindow()
+        self._verdict: Verdict | None = None  # the end, once known
         self._wake_r = -1
         self._pause = 0.0  # after an unforeseen exception: a growing pause, so it cannot spin
 
     def init_signals(self) -> None:
-        """SIGTERM only notes the time (the loop acts on it); the wakeup pipe ends poll() at once."""
+        """SIGTERM notes the time (the loop acts on it) and opens the stop window (which ends any wait
+        at its deadline); the wakeup pipe ends poll() at once."""
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda signum, frame: self.stop.sigterm(time.monotonic()))
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps spawn_detached's children
 
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stop.sigterm(time.monotonic())
+        if not self.serve:  # service mode leaves at once: no window to keep
+            assert self.stop.term_at is not None
+            self.window.open(self.stop.term_at)
+
     def run(self) -> int:
-        if self.stop.term_at is not None and not self.serve and self._replaced_while_starting():
-            return 0
-        self.init_signals()
+        try:
+            if self.stop.term_at is not None and not self.serve:  # stopped while we started
+                self.window.open(self.stop.term_at)
+                early = self.stop.at_start(self.fifo.path)
+                if early is not None:
+                    self.finish_with(early)
+                    return 0
+            self.init_signals()
+            self._loop()
+        except WindowClosed as closed:
+            self.window.last_words()  # bounds the lines that say what is lost
+            try:
+                if self.backlog or self._verdict is None:
+                    self._lost(f"keepalived's SIGKILL is due and the reader still waits, at {closed}")
+            except WindowClosed:
+                pass
+        finally:
+            self.window.close()
+        return 0
+
+    def _loop(self) -> None:
         self.fifo.watch()
         self.poller.register(self._wake_r, select.POLLIN)
         self.workers.repair.repair()
-        self._guarded("worker watch", self.workers.follow_named)  # a worker that crashed while no reader ran
-        # Announce us to the worker, or spawn the standby that our events will find ready; it also
-        # does any work left behind.
-        self._guarded("worker start", self.workers.ring)
+        # Watch a worker that crashed while no reader ran; announce us to the worker, or spawn the
+        # standby that our events will find ready (it also does any work left behind).
+        for area, step in (("worker watch", self.workers.follow_named), ("worker start", self.workers.ring)):
+            try:
+                step()
+            except Exception as exc:
+                self._unforeseen(area, exc)
         eof = False
         while not eof:
             if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
@@ -92,20 +124,10 @@ class Reader:
                 self._unforeseen("reader loop", exc)
                 self._pause = min(1.0, max(0.05, self._pause * 2))
                 time.sleep(self._pause)
-        self._finish(eof)
-        return 0
-
-    def _replaced_while_starting(self) -> bool:
-        """Stopped before we read a line: a stop (read its STOP lines) or a reload (the next reader,
-        started 17-34 ms after the SIGTERM, may share our FIFO: never read beside it)."""
-        assert self.stop.term_at is not None
-        time.sleep(max(0.0, self.stop.term_at + SIBLING_WAIT - time.monotonic()))
-        sibling = self.stop.replaced_at_start()
-        if sibling is None:
-            return False
-        self.finish_with("RELOAD", f"SIGTERM while starting, and keepalived started the next reader "
-                                   f"(pid {sibling}): a reload; leaving {self.fifo.path} to it unread")
-        return True
+        if self.serve:
+            self.log.info(None, None, f"service mode: SIGTERM, exiting ({self.intake.lines} lines read)")
+        else:
+            self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced))
 
     def _step(self) -> bool:
         """One poll and what it brought; True at the FIFO's EOF (not in service mode)."""
@@ -126,7 +148,7 @@ class Reader:
         if self.fifo.recheck_at is not None and time.monotonic() >= self.fifo.recheck_at:
             self.fifo.recheck()
         if self.backlog:
-            self._flush()
+            self.submit(None)
         if self.stop.term_at is not None and not self._term_logged and not self.serve:
             self._term_logged = True
             self.log.info(None, None, f"SIGTERM: catching STOP lines for up to {self.settings.stop_grace:g}s")
@@ -156,12 +178,11 @@ class Reader:
             except Exception as exc:
                 self._unforeseen("line handling", exc)
 
-    def submit(self, event: Event) -> None:
-        """Journal `event` (after any that wait), or hold it in memory until the journal takes it."""
-        self.backlog.add(event)
-        self._flush()
-
-    def _flush(self) -> None:
+    def submit(self, event: Event | None) -> None:
+        """Journal `event` after those that wait (None: only those), or hold it in memory until the
+        journal takes it."""
+        if event is not None:
+            self.backlog.add(event)
         failed = self.backlog.flush(self._journaled)
         if failed is not None and failed.errno in (errno.ENOENT, errno.ENOTDIR):
             self.workers.repair.repair()
@@ -177,25 +198,24 @@ class Reader:
         """An exception nobody planned for: its traceback once, then carry on."""
         self.troubles.report(area, None, None, f"{area}: unexpected error (the reader carries on)", exc)
 
-    def _guarded(self, area: str, step: Callable[[], object]) -> None:
-        try:
-            step()
-        except Exception as exc:
-            self._unforeseen(area, exc)
-
-    def _finish(self, eof: bool) -> None:
-        """Journal the reader's own end, so the stop action runs after the STOP lines, then say when."""
-        if self.serve:
-            self.log.info(None, None, f"service mode: SIGTERM, exiting ({self.intake.lines} lines read)")
-            return
-        verdict = self.stop.verdict(eof, self.fifo.path, self.fifo.replaced)
-        self.finish_with(verdict.state, verdict.why)
-
-    def finish_with(self, state: str, why: str) -> None:
-        """Journal `READER reader STATE` (held in memory until the journal takes it) and log the exit."""
-        self.submit(Event(READER_TYPE, "reader", state))
+    def finish_with(self, verdict: Verdict) -> None:
+        """Journal `READER reader STATE` (so `stop_action` runs after the STOP lines; held in memory until
+        the journal takes it) and log the exit."""
+        self._verdict = verdict
+        self.submit(Event(READER_TYPE, "reader", verdict.state))
         if self.backlog:
-            self.log.error(None, None, f"LOST: {len(self.backlog)} events could not be journaled before exit")
+            self._lost("the journal cannot be written, and the reader exits")
         term_at = self.stop.term_at
         since = "" if term_at is None else f", {(time.monotonic() - term_at) * 1000:.0f} ms after SIGTERM"
-        self.log.info(None, None, f"reader exiting ({why}; {self.intake.lines} lines read{since})")
+        self.log.info(None, None, f"reader exiting ({verdict.why}; {self.intake.lines} lines read{since})")
+
+    def _lost(self, why: str) -> None:
+        """Say what was not journaled: how many, why, whether `stop_action` will run, each event."""
+        lost = self.backlog.events()
+        end = "" if self._verdict is None else self._verdict.state
+        after = {"STOP": "; stop_action will not run", "": "; nor is the reader's own end (READER reader STOP "
+                 "or RELOAD): if keepalived is stopping, stop_action will not run"}.get(end, "")
+        self.log.error(None, None, f"LOST: {len(lost)} events not journaled ({why}){after}; "
+                                   f"{self.intake.lines} lines read")
+        for event in lost[:LOST_SHOWN]:
+            self.log.error(None, event, "LOST: not journaled")

@@ -10,12 +10,14 @@ sends the same SIGTERM on a stop and on a reload (docs/keepalived.md, "Shutdown"
   leave the FIFO to that reader at once and journal `READER reader RELOAD`.
 
 `StopClassifier` holds what the reader has seen since SIGTERM and gives two answers: `done()`
-(may the reader leave now?) and `verdict()` (what its leaving means).  It only reads /proc.
+(may the reader leave now?) and `verdict()` (what its leaving means), and `at_start()` for a SIGTERM
+that came before the reader read anything.  It only reads /proc.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -104,12 +106,17 @@ class StopClassifier:
             if event.type in ("INSTANCE", "GROUP"):
                 self.states[event.key] = event.state
 
-    def replaced_at_start(self) -> int | None:
-        """A SIGTERM came while we started: the next reader's pid if keepalived started one (a reload:
-        it may share our FIFO, so we must not read it at all), None if not (a stop: read the STOP
-        lines).  Call it SIBLING_WAIT after the SIGTERM."""
+    def at_start(self, fifo_path: str) -> Verdict | None:
+        """A SIGTERM came while we started (before we read a line): wait until SIBLING_WAIT after it,
+        then a RELOAD if keepalived started the next reader (it may share our FIFO: we must not read
+        it at all), None for a stop (read its STOP lines)."""
+        assert self.term_at is not None
+        time.sleep(max(0.0, self.term_at + SIBLING_WAIT - time.monotonic()))
         self.sibling = self.next_reader()
-        return self.sibling
+        if self.sibling is None:
+            return None
+        return Verdict("RELOAD", f"SIGTERM while starting, and keepalived started the next reader "
+                                 f"(pid {self.sibling}): a reload; leaving {fifo_path} to it unread")
 
     def done(self, now: float) -> bool:
         """After SIGTERM: the grace is over; or, once the FIFO is quiet, every known instance/group

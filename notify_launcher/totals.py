@@ -127,13 +127,14 @@ class Totals:
             self.__dict__.update(loaded.__dict__)
 
 
-def bump_rejected(path: str) -> None:
-    """Add one to the count in `path` (the reader, for a rejected line).  Two readers live at once
-    during a reload: the flock makes their read-add-write one step.  Raises OSError."""
+def bump_rejected(path: str, lines: int = 1) -> None:
+    """Add `lines` to the count in `path` (the reader, for rejected lines).  Two readers live at once
+    during a reload: the flock makes their read-add-write one step, and it is never waited for (the
+    other reader may be stopped while it holds it): BlockingIOError then.  Raises OSError."""
     fd = open_mode(path, os.O_RDWR, FILE_MODE)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        count = _parse(os.pread(fd, 64, 0)) + 1
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        count = _parse(os.pread(fd, 64, 0)) + lines
         data = f"{count}\n".encode()
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))

@@ -7,9 +7,11 @@ DoorbellListener plays the running worker, so a ring is answered and nothing is 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -30,8 +32,9 @@ from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.reader import Reader
 from notify_launcher.statedir import StatePaths, ensure_state_dir
-from notify_launcher.stopping import SIBLING_CHECK, STOP_QUIET, StopClassifier, Verdict
+from notify_launcher.stopping import SIBLING_CHECK, SIBLING_WAIT, STOP_QUIET, StopClassifier, Verdict
 from notify_launcher.upkeep import KICK_MIN, BackOff, StateRepair
+from notify_launcher.window import DEADLINE, StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
 
 VI = Event("INSTANCE", "VI_1", "MASTER", 100)
@@ -171,6 +174,14 @@ def test_the_verdict_without_a_next_reader() -> None:
     assert stop.verdict(False, "f", lambda: False).keepalived_stops
 
 
+def test_a_sigterm_while_starting_is_a_reload_only_when_the_next_reader_runs() -> None:
+    for sibling, verdict in ((4242, Verdict("RELOAD", "SIGTERM while starting, and keepalived started the next "
+                                                      "reader (pid 4242): a reload; leaving f to it unread")),
+                             (None, None)):
+        stop = StopClassifier(grace=0.5, term_at=time.monotonic() - SIBLING_WAIT, next_reader=lambda s=sibling: s)
+        assert stop.at_start("f") == verdict
+
+
 def test_back_off_grows_to_its_limit_and_resets() -> None:
     backoff = BackOff(low=0.1, high=0.5)
     delays = []
@@ -264,6 +275,38 @@ def test_pieces_of_a_rejected_line_are_it_or_a_head_and_a_whole_line(parts: list
     assert b"".join(cut) == raw and len(cut) in (1, 2)
     if len(cut) == 2:
         assert cut[0] and isinstance(parse_line(cut[1]), Event)
+
+
+def test_a_rejected_line_is_counted_later_while_the_count_is_locked(tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    intake = Intake(paths, Log(s.log_file, "reader"))
+    fd = os.open(paths.rejected, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another reader, stopped while it counts
+    assert intake.line(b"one") == [] and intake.uncounted == 1
+    os.close(fd)
+    assert intake.line(b"two") == [] and intake.uncounted == 0
+    assert Path(paths.rejected).read_text() == "2\n"
+    assert "cannot count" not in Path(s.log_file).read_text()
+
+
+def test_the_stop_window_ends_a_wait_on_a_lock_another_process_holds(tmp_path: Path) -> None:
+    holder = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    waiter = os.open(tmp_path / "lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    window = StopWindow()
+    try:
+        window.open(time.monotonic() - DEADLINE + 0.05)  # SIGTERM came DEADLINE - 50 ms ago
+        window.open(time.monotonic())  # a second SIGTERM does not move the deadline
+        with pytest.raises(WindowClosed, match=r"^test_units\.py:\d+ test_the_stop_window_ends_a_wait"):
+            fcntl.flock(waiter, fcntl.LOCK_EX)
+        window.last_words()
+        with pytest.raises(WindowClosed):
+            fcntl.flock(waiter, fcntl.LOCK_EX)
+    finally:
+        window.close()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        os.close(holder)
+        os.close(waiter)
 
 
 def _parsed(line: str) -> Event:

@@ -1,0 +1,71 @@
+"""keepalived SIGKILLs the reader 1 s after its SIGTERM: whatever another process holds, the
+reader's stop path waits for nothing beyond that window, and what it could not journal is said.
+Real reader, real locks held by this test (as a stopped process would hold them)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from support.launcher import Launcher
+
+VI = 'INSTANCE "VI_{}" {} 100'
+
+
+@contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing), as a stopped process holding it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_a_stop_whose_lines_cannot_be_journaled_ends_inside_the_window_and_names_what_is_lost(
+        launcher: Launcher) -> None:
+    """A worker stopped while it adopts the reader's spill file holds the journal's lock and that
+    file's: every append waits its bound, and 30 STOP lines' waits add up beyond the window."""
+    k = launcher.keepalived()
+    k.start()
+    masters, stops = [VI.format(n, "MASTER") for n in range(30)], [VI.format(n, "STOP") for n in range(30)]
+    for line in masters:
+        assert k.write(line)
+    launcher.settle(30)
+    assert k.proc is not None
+    spill = launcher.state / "spill"
+    spill.mkdir(mode=0o700, exist_ok=True)
+    with _held(launcher.state / "journal"), _held(spill / str(k.proc.pid)):
+        report = k.stop(stops)
+    assert not report.killed, f"keepalived had to SIGKILL the reader:\n{launcher.log_text()[-3000:]}"
+    log = launcher.log_text()
+    m = re.search(r"ERROR #- - \| LOST: (\d+) events not journaled \(keepalived's SIGKILL is due and the reader "
+                  r"still waits, at \S+", log)
+    assert m, log[-3000:]
+    named = re.findall(r'ERROR #- (.*) \| LOST: not journaled', log)
+    assert 0 < int(m.group(1)) == len(named) <= 20, log[-3000:]
+    assert named == stops[:len(named)], "the lines it had read, in order"
+    # Every other invariant holds; the STOP lines the reader read are said lost, the rest was never
+    # read (keepalived's SIGKILL: the pipe's content goes with the FIFO).
+    launcher.check(expect_lines=masters, stops=0)
+    launcher.unchecked = "checked above: this stop cannot journal its STOP, on purpose"
+
+
+def test_a_rejected_line_during_the_stop_does_not_wait_for_the_rejected_count(launcher: Launcher) -> None:
+    """Another reader of the FIFO (a reload's, an LVS site's second one), stopped while it counts a
+    rejected line, holds the count's lock: the reader counts later and journals the STOP lines."""
+    k = launcher.keepalived()
+    k.start()
+    assert k.write(VI.format(1, "MASTER"))
+    launcher.settle(1)
+    with _held(launcher.state / "rejected"):
+        report = k.stop(["garbage", VI.format(1, "STOP")])
+    assert not report.killed
+    launcher.settle(3)  # MASTER, STOP, READER STOP
+    assert [r.args[:3] for r in launcher.starts()] == [["INSTANCE", "VI_1", "MASTER"], ["INSTANCE", "VI_1", "STOP"]]
+    assert "line 2 rejected (unknown type 'garbage'" in launcher.log_text()
