@@ -12,7 +12,7 @@ import time
 
 from notify_launcher.following import Following
 from notify_launcher.journal import Entry
-from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, replay
+from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, damaged_seq, replay
 from notify_launcher.totals import Totals
 
 RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
@@ -38,7 +38,17 @@ class Ledger:
         """Open the progress file and replay it: where the queue stands, whether a worker died."""
         paths = self.following.paths
         self._progress = ProgressLog(paths.progress)
-        return replay(paths.progress, totals=self.totals)
+        snap = replay(paths.progress, totals=self.totals)
+        log = self.following.log
+        if self._progress.cut:  # (cut before the replay: it is not among snap.damaged)
+            cut = self._progress.cut
+            log.error(damaged_seq(cut), None, f"{paths.progress}: its last record was torn (a worker or the machine "
+                                              f"died while writing it) and is cut off ({len(cut)} bytes: {cut[:200]!r}); "
+                                              f"an event whose end it was runs again")
+        for line in snap.damaged:
+            log.error(damaged_seq(line), None, f"{paths.progress}: damaged record skipped ({len(line)} bytes: "
+                                               f"{line[:200]!r}); an event whose end it was runs again")
+        return snap
 
     def follow(self) -> bool:
         """Record into the file at the path again if someone removed it; True if they had."""

@@ -167,3 +167,34 @@ def test_events_journaled_before_a_reload_run_with_the_handler_they_were_journal
     runs = [" ".join(r.args[:4]) for r in launcher.starts()]
     assert runs == ["INSTANCE VI_1 BACKUP 100", "INSTANCE VI_1 MASTER 100", "second INSTANCE VI_1 FAULT"], runs
     k.stop([])
+
+
+def test_damaged_and_torn_progress_records_are_said_and_never_glued_to_the_next(launcher: Launcher) -> None:
+    """A record changed on disk and a record torn at the end (a worker or the machine died while
+    writing it): the next worker used to skip the one silently and append its first record to the
+    torn bytes, damaging that one too.  Now it cuts the torn tail off, logs both with their event's
+    number, and every record it writes is intact."""
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    k.write(VI.format("MASTER"))
+    launcher.settle(2)
+    k.stop([])
+    launcher.settle(3)  # + the reader's STOP
+    launcher.wait_for("the worker to leave", lambda: not launcher.launcher_processes())
+    progress = launcher.state / "progress"
+    lines = progress.read_bytes().split(b"\n")
+    first_end = next(n for n, line in enumerate(lines) if b'"op": "end", "seq": 1,' in line)
+    lines[first_end] = lines[first_end].replace(b'"exit 0"', b'"exit 9"')
+    progress.write_bytes(b"\n".join(lines) + b'{"op": "end", "seq": 3, "t')
+    again = launcher.keepalived()
+    again.start()
+    again.write(VI.format("FAULT"))
+    launcher.settle(4)
+    assert [r.seq for r in launcher.starts()] == [1, 2, 4]  # #1's end damaged, but #2 ended after it
+    log = launcher.log_text()
+    assert f"ERROR #3 - | {progress}: its last record was torn" in log, log[-3000:]
+    assert f"ERROR #1 - | {progress}: damaged record skipped" in log, log[-3000:]
+    after = progress.read_bytes().split(b"\n")
+    assert after[-1] == b"" and all(line.endswith(b'"}') for line in after[:-1] if line != lines[first_end]), after
+    again.stop([])
