@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Final, Literal, get_args
 
 from notify_launcher.errors import EXIT_USAGE, LauncherError
-from notify_launcher.events import READER_TYPE, Event
+from notify_launcher.events import READER_TYPE, VRRP_NOTICES, Event
 from notify_launcher.statedir import StatePaths
 
 DEFAULT_STATE_DIR = "/run/notify-launcher"
@@ -41,9 +41,6 @@ ARGS_MODES: Final[tuple[ArgsMode, ...]] = get_args(ArgsMode)
 CRASH_POLICIES: Final[tuple[CrashPolicy, ...]] = get_args(CrashPolicy)
 DETACH_MODES: Final[tuple[DetachMode, ...]] = get_args(DetachMode)
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
-#: Frequent states that run nothing unless a [match] rule names them (MASTER_RX_LOWER_PRI comes with
-#: every lower-priority advert a master hears).
-QUIET_STATES = ("MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY")
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
@@ -140,7 +137,7 @@ class Settings:
     on_crash: CrashPolicy = "rerun"
     detach: DetachMode = "auto"
     coalesce: bool = False
-    quiet_states: tuple[str, ...] = QUIET_STATES
+    quiet_states: tuple[str, ...] = VRRP_NOTICES  # run nothing unless a [match] rule names them
     on_failure: tuple[str, ...] = ()
     on_failure_timeout: float = 30.0
     metrics_file: str | None = None

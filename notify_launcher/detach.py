@@ -1,11 +1,6 @@
-"""How a worker leaves keepalived's reach: fork, then python-daemon's DaemonContext -- or, where
-systemd would kill keepalived's whole cgroup on stop, a transient systemd unit (systemd_unit.py).
-
-keepalived ends its notify_fifo_script with SIGTERM and, one second later, SIGKILL to the script's
-process group, and stops its VRRP child (the script's parent) too.  A worker must therefore be in
-another session and process group, owe nothing to the reader's file descriptors, and not depend on
-its parent.  The steps themselves, one function each, are in process.py; this module decides
-which way a worker goes.
+"""Which way a worker leaves keepalived's reach: fork, then python-daemon's DaemonContext
+(process.py: what a worker must escape, and the steps, one function each) -- or, where systemd
+would kill keepalived's whole cgroup on stop, a transient systemd unit (systemd_unit.py).
 """
 
 from __future__ import annotations

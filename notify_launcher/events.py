@@ -31,7 +31,9 @@ VRRP_STATES = frozenset({
     "MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY",
 })
 #: VRRP "states" that are notices: the instance stays in the state it was in (docs/keepalived.md).
-VRRP_NOTICES = frozenset({"MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY"})
+#: Frequent (MASTER_RX_LOWER_PRI comes with every lower-priority advert a master hears), so they are
+#: also the quiet states by default: journaled and logged, run only when a [match] rule names them.
+VRRP_NOTICES = ("MASTER_RX_LOWER_PRI", "MASTER_PRIORITY", "BACKUP_PRIORITY")
 CHECKER_STATES = frozenset({"UP", "DOWN"})
 #: The state words keepalived writes today, per line type (any other word is `unforeseen`).
 KNOWN_STATES = {"INSTANCE": VRRP_STATES, "GROUP": VRRP_STATES, "VS": CHECKER_STATES, "RS": CHECKER_STATES}

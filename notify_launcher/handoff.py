@@ -71,8 +71,12 @@ class Doorbell:
         """Forget the connected worker and the standby.lock file: the state directory was made anew,
         so both are found again by path (a worker still bound to the old socket follows a removed
         journal and leaves)."""
-        self._sock.close()
+        self.close()
         self._sock = _datagram_socket()
+
+    def close(self) -> None:
+        """Let go of the socket and the standby.lock file (whatever rings are sent stay sent)."""
+        self._sock.close()
         self._connected = False
         if self._standby >= 0:
             os.close(self._standby)

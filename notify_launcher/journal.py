@@ -538,7 +538,8 @@ def _spilled_versions(paths: StatePaths) -> set[str]:
 
 
 def last_seq(path: str) -> int:
-    """The sequence number of the journal's last intact entry (0: none); reads only the tail."""
+    """The sequence number of the journal's last intact entry (0: none), for whoever watches the queue
+    from outside (the tests' launcher driver); reads only the tail, a torn last line skipped."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from notify_launcher.security import insecure_reason
 from notify_launcher.statedir import open_mode
@@ -167,6 +169,24 @@ class Troubles:
             return False
         self.log.info(None, None, message or f"{area}: working again")
         return True
+
+
+def python_problems_to(log: Callable[[], Log]) -> None:
+    """Send what Python itself would print on stderr -- its warnings, and the exceptions it can only
+    ignore (raised in __del__, e.g. an unclosed socket under -X dev) -- to the log `log()` returns
+    now: a worker's stderr is /dev/null (python-daemon's), where they would be lost."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        log().warn(None, None, f"Python: {category.__name__}: {message} ({filename}:{lineno})")
+
+    def unraisable(info: Any) -> None:
+        log().error(None, None, f"Python: Exception ignored in {info.object!r}: "
+                                f"{getattr(info.exc_type, '__name__', info.exc_type)}: {info.exc_value}")
+
+    warnings.showwarning = show
+    sys.unraisablehook = unraisable
 
 
 def _syslog(message: str) -> None:

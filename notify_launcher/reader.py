@@ -100,6 +100,7 @@ class Reader:
                 pass
         finally:
             self.window.close()
+            self.workers.close()
         return 0
 
     def _loop(self) -> None:

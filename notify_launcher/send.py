@@ -85,6 +85,8 @@ def send_state(state_dir: str, line: str) -> str:
     except OSError as exc:  # e.g. fork failing at the pid limit: the event is safe in the journal
         raise LauncherError(f"{_where(seq)}, but no worker could be started ({exc.strerror}); the next "
                             f"event or `send` starts one, and it runs it first", EXIT_UNUSABLE) from None
+    finally:
+        doorbell.close()
     return _where(seq)
 
 

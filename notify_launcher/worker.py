@@ -25,7 +25,7 @@ from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, say_hello
 from notify_launcher.identity import ProcessId, me
 from notify_launcher.ledger import Ledger
 from notify_launcher.locks import WorkerLock, release_standby, wait_standby
-from notify_launcher.log import Log
+from notify_launcher.log import Log, python_problems_to
 from notify_launcher.onfailure import OnFailureRunner
 from notify_launcher.process import drain
 from notify_launcher.publisher import MetricsPublisher
@@ -76,6 +76,7 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader
     lock.take(lambda holder: log.info(None, None, "waiting for the worker lock (held by "
                                                   f"{f'pid {holder.pid}' if holder else 'another worker'})"))
     worker = Worker(settings, paths, log, how, reader, lock)
+    python_problems_to(lambda: worker.log)
     try:
         worker.start()
         handed_over()

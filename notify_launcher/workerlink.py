@@ -65,6 +65,10 @@ class WorkerLink:
         """Watch the worker worker.pid names (one that crashed while no reader ran is rung for)."""
         self._crashed(self.watch.follow_named())
 
+    def close(self) -> None:
+        """The reader leaves: let go of the doorbell (a worker it watches goes on without it)."""
+        self.doorbell.close()
+
     def owns(self, fd: int) -> bool:
         return self.watch.owns(fd)
 

@@ -59,3 +59,29 @@ def test_another_event_or_exception_is_logged_again(tmp_path: Path) -> None:
         f"test[{pid}] ERROR #- - | loop: unexpected error: KeyError: 'gone'",
     ]
     assert sum(line.endswith("Traceback (most recent call last):") for line in lines) == 2, "one traceback each"
+
+
+def test_pythons_own_warnings_and_ignored_exceptions_go_to_the_log(tmp_path: Path) -> None:
+    """What Python would print on a worker's stderr (/dev/null): a warning, and an exception it can
+    only ignore (an unclosed socket under -X dev), each a log line instead."""
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    log = tmp_path / "log"
+    code = ("import socket, warnings\n"
+            "from notify_launcher.log import Log, python_problems_to\n"
+            f"log = Log({str(log)!r}, 'worker')\n"
+            "python_problems_to(lambda: log)\n"
+            "warnings.warn('an old call', DeprecationWarning)\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+            "del s\n")
+    res = subprocess.run([sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", code],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2, lines
+    assert "WARN  #- - | Python: DeprecationWarning: an old call (<string>:5)" in lines[0]
+    assert "ERROR #- - | Python: Exception ignored in <socket.socket" in lines[1]
+    assert "ResourceWarning: unclosed" in lines[1]

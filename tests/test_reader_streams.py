@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.launcher import Launcher
-from notify_launcher.config import QUIET_STATES
+from notify_launcher.events import VRRP_NOTICES
 from notify_launcher.events import MAX_LINE, Event, parse_line
 from notify_launcher.intake import pieces
 from notify_launcher.lines import LineSplitter
@@ -55,7 +55,7 @@ def test_any_byte_stream_runs_exactly_the_accepted_events_in_order(chunks: list[
             launcher.settle(len(accepted))  # quiet states are journaled too, and run nothing
             assert k.proc is not None and k.proc.poll() is None, "the reader died"
             got = [r.args for r in launcher.starts()]
-            expected = [e.fields() for e in accepted if e.state not in QUIET_STATES]
+            expected = [e.fields() for e in accepted if e.state not in VRRP_NOTICES]
             assert got == expected, "accepted events not run exactly once, in order"
             seqs = [r.seq for r in launcher.starts()]
             assert seqs == sorted(set(seqs))

@@ -6,7 +6,6 @@ runs from this checkout (bin/notify-launcher) with --linger 1.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from notify_launcher.journal import parse_entry
+from notify_launcher import journal, progress
 from support import LAUNCHER, invariants, processes, recorder
 from support.standin import Keepalived
 
@@ -32,39 +31,6 @@ def fill_file_system(filler: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _tail(path: Path, size: int = 65536) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - size))
-            return fh.read()
-    except OSError:
-        return b""
-
-
-def journaled_seq(journal: Path) -> int:
-    """The sequence number of the journal's last intact entry (0: no journal, or no entry).  Reads
-    only the tail; a torn last line (a writer killed mid-write) is skipped."""
-    for line in reversed(_tail(journal).split(b"\n")[:-1]):  # [:-1]: what follows the last newline is torn
-        entry = parse_entry(line)
-        if entry is not None:
-            return entry.seq
-    return 0
-
-
-def recorded_seq(progress: Path) -> int:
-    """The largest sequence number in the progress file's last records (JSON lines with "seq")."""
-    best = 0
-    for line in _tail(progress).split(b"\n"):
-        try:
-            seq = json.loads(line)["seq"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if isinstance(seq, int):
-            best = max(best, seq)
-    return best
 
 
 @dataclass
@@ -149,7 +115,7 @@ class Launcher:
     def last_seq(self) -> int:
         """The highest sequence number journaled so far (0: none): the journal's last intact entry
         (a compaction keeps it), or the progress file's last record when the journal was removed."""
-        return max(journaled_seq(self.state / "journal"), recorded_seq(self.state / "progress"))
+        return max(journal.last_seq(str(self.state / "journal")), progress.last_seq(str(self.state / "progress")))
 
     def wait_for(self, what: str, predicate: Callable[[], object], timeout: float = 60) -> None:
         """Poll `predicate` until it holds; fail naming `what` (a timeout only turns a hang into a failure)."""
