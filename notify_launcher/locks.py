@@ -159,9 +159,6 @@ def standby_held(paths: StatePaths) -> bool:
     """Someone holds standby.lock now (looked at by taking it without waiting, and letting it go)."""
     fd = os.open(paths.standby_lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        return not try_standby(fd)
     finally:
         os.close(fd)  # (closing the only descriptor releases a lock we took)
-    return False
