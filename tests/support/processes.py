@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from notify_launcher import identity, locks
+
 
 def scan(needle: str) -> list[tuple[int, list[str]]]:
     """(pid, argv) of every live process but this one whose command line contains `needle`."""
@@ -58,11 +60,8 @@ def family(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
 
 def ppid(pid: int) -> int:
     """The parent of `pid` (0: gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+    st = identity.stat(pid)
+    return 0 if st is None else st.ppid
 
 
 def running(p: psutil.Process | int) -> bool:
@@ -75,17 +74,9 @@ def running(p: psutil.Process | int) -> bool:
 
 
 def holds_lock(pid: int, path: Path) -> bool:
-    """`pid` holds a lock on the file `path` (from /proc/locks; a process queued for it does not)."""
-    try:
-        inode = path.stat().st_ino
-        table = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return False
-    for row in table:
-        fields = row.split()
-        if "->" not in fields and len(fields) >= 6 and fields[4] == str(pid) and fields[5].endswith(f":{inode}"):
-            return True
-    return False
+    """`pid` holds the flock on the file `path` (a process queued for it does not)."""
+    holder = locks.lock_holder(str(path))
+    return holder is not None and holder.pid == pid
 
 
 def kill(procs: Iterable[psutil.Process], sig: int = signal.SIGKILL) -> None:
