@@ -45,7 +45,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from notify_launcher import settingsfile
 from notify_launcher.locks import lock_holder
@@ -73,10 +73,11 @@ class Entry:
     settings: str = ""
 
 
-def format_entry(entry: Entry) -> bytes:
+def format_entry(entry: Entry, seq: int | None = None) -> bytes:
+    """The line of `entry`, numbered `seq` if given (a spilled entry being journaled)."""
     e = entry.event
-    body = (f"{entry.seq}\t{entry.time:.6f}\t{entry.reader_pid}\t{e.type}\t{e.name}\t{e.state}\t"
-            f"{e.priority}\t{e.vs}\t{entry.settings}").encode("utf-8")
+    body = (f"{entry.seq if seq is None else seq}\t{entry.time:.6f}\t{entry.reader_pid}\t{e.type}\t{e.name}\t"
+            f"{e.state}\t{e.priority}\t{e.vs}\t{entry.settings}").encode("utf-8")
     return b"%s\t%08x\n" % (body, zlib.crc32(body))
 
 
@@ -231,7 +232,7 @@ class JournalWriter:
 
     def _write(self, entries: list[Entry], size: int) -> int:
         """Number `entries` on from the last seq and write them in one write; the last seq given."""
-        data = b"".join(format_entry(replace(e, seq=self._last + n)) for n, e in enumerate(entries, 1))
+        data = b"".join(format_entry(e, self._last + n) for n, e in enumerate(entries, 1))
         try:
             written = os.write(self._fd, data)
         except OSError:
