@@ -9,8 +9,11 @@ import os
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import pytest
+
 from notify_launcher import progress, settingsfile
 from notify_launcher.config import Settings
+from notify_launcher.errors import LauncherError
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalFollower, JournalWriter, describe
 from notify_launcher.progress import EndRecord, ProgressLog, replay
@@ -227,3 +230,17 @@ def test_progress_records_detect_their_own_damage(tmp_path: Path) -> None:
     assert [progress.damaged_seq(line) for line in snap.damaged] == [3, 4]
     assert ProgressLog(path).cut == b'{"op": "end", "seq": 4, "t"'
     assert Path(path).read_bytes() == data
+
+
+def test_a_settings_version_damaged_or_missing_is_an_error_naming_the_file_and_the_event(tmp_path: Path) -> None:
+    paths = StatePaths(str(tmp_path))
+    writer = JournalWriter(paths.journal, version=settingsfile.version(Settings(handler=("/bin/h",))))
+    writer.append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, 1)
+    entry = JournalFollower(paths.journal).read_new()[0][0]
+    path = settingsfile.version_path(paths, entry.settings)
+    Path(path).write_text(Path(path).read_text().replace("/bin/h", "/bin/x"))  # changed: no longer its name
+    with pytest.raises(LauncherError, match=f"^{path}, the settings event #1 was journaled under, is damaged"):
+        settingsfile.for_entry(paths, entry)
+    os.unlink(path)
+    with pytest.raises(LauncherError, match=f"^{path}, the settings event #1 was journaled under, cannot be read"):
+        settingsfile.for_entry(paths, entry)
