@@ -23,7 +23,7 @@ import sys
 import time
 
 EARLY_TERM: list[float] = []
-NOT_THE_READER = ("check-config", "send", "status", "history", "wait", "log", "_worker")
+NOT_THE_READER = ("check-config", "send", "status", "history", "wait", "log", "import", "_worker")
 
 
 def _early_term(signum: int, frame: object) -> None:
@@ -52,8 +52,8 @@ from typing import TypeVar  # noqa: E402
 
 from notify_launcher import __version__  # noqa: E402
 from notify_launcher.config import DEFAULT_STATE_DIR, load  # noqa: E402
-from notify_launcher.errors import (EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_SOFTWARE, EXIT_TERMINATED,  # noqa: E402
-                                    EXIT_TIMEOUT, EXIT_UNUSABLE, EXIT_USAGE, LauncherError)
+from notify_launcher.errors import (EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_PARTIAL, EXIT_SOFTWARE,  # noqa: E402
+                                    EXIT_TERMINATED, EXIT_TIMEOUT, EXIT_UNUSABLE, EXIT_USAGE, LauncherError)
 from notify_launcher.statedir import StatePaths, ensure_state_dir  # noqa: E402
 
 T = TypeVar("T")
@@ -70,7 +70,7 @@ keepalived appends the FIFO path as the last argument.  The handler runs as
 with NL_TYPE, NL_NAME, NL_STATE, NL_PRIORITY, NL_VS and NL_SEQ in its environment.
 on_failure runs the same way after a failed, timed-out or skipped action, with NL_RESULT, NL_EXIT,
 NL_DETAIL and NL_OUTPUT (the action's last output lines) added.
-Other commands (each has --help): serve, check-config, send, status, history, wait, log
+Other commands (each has --help): serve, check-config, send, status, history, wait, log, import
 """
 
 
@@ -356,9 +356,58 @@ def run_unit_worker(argv: list[str]) -> int:
     return run(args.state_dir, args.unit, ProcessId(args.reader, args.reader_start))
 
 
+IMPORT_EPILOG = """\
+It prints an INI whose rules run, for each event, the commands keepalived's notify directives run
+for it (keepalived's order, argv, user and group), then, as INI comments: the global_defs lines to
+add, every directive to remove or change as FILE:LINE, and what was not converted and why.
+example: notify-launcher import /etc/keepalived/keepalived.conf --write /etc/keepalived/notify-launcher.ini
+"""
+
+
+def run_import(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="notify-launcher import", epilog=IMPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert keepalived's notify directives (notify_master, notify, notify_up, quorum_up, ... of "
+                    "every block) into [match] rules. Exit 0 when every directive was converted, 4 when some "
+                    "could not be (they are listed: keep them in keepalived.conf).")
+    p.add_argument("keepalived_conf", nargs="?", default="/etc/keepalived/keepalived.conf", metavar="KEEPALIVED_CONF",
+                   help="default /etc/keepalived/keepalived.conf (includes are followed as keepalived does)")
+    p.add_argument("--write", metavar="PATH", help="write the INI to PATH (refused if it exists, unless --force) "
+                                                   "and print only the keepalived.conf changes")
+    p.add_argument("--force", action="store_true", help="let --write replace an existing file")
+    p.add_argument("--config-id", metavar="ID", help="keepalived's -i, for @ID lines (default: the host name up "
+                                                     "to its first dot, as keepalived)")
+    p.add_argument("--fifo", metavar="PATH", help="the FIFO global_defs names (default /run/keepalived/notify.fifo; "
+                                                  "an LVS site's: /run/keepalived-notify.fifo)")
+    p.add_argument("--launcher", default="/usr/bin/notify-launcher", metavar="PATH",
+                   help="the command global_defs' notify_fifo_script runs (default /usr/bin/notify-launcher)")
+    args = p.parse_args(argv)
+    from notify_launcher import kaconf, kaimport
+    ini_path = os.path.abspath(args.write) if args.write else "/etc/keepalived/notify-launcher.ini"
+    if args.write and os.path.lexists(ini_path) and not args.force:
+        raise LauncherError(f"{ini_path} exists; add --force to replace it, or choose another path", EXIT_USAGE)
+    found = kaconf.find(kaconf.read(os.path.abspath(args.keepalived_conf), args.config_id))
+    conv = kaimport.convert(found, ini_path, args.launcher, args.fifo)
+    ini = kaimport.render_ini(conv, os.path.abspath(args.keepalived_conf))
+    wrong = kaimport.verify(ini, conv, found)
+    if wrong:
+        raise LauncherError("the rules would not run what keepalived runs; this is a bug: please report it with "
+                            "your keepalived.conf: " + "; ".join(wrong), EXIT_SOFTWARE)
+    if args.write:
+        from notify_launcher.statedir import write_atomic
+        try:
+            write_atomic(ini_path, ini.encode(), 0o644)
+        except OSError as exc:
+            raise _os_problem(exc) from None
+        sys.stdout.write(f"# wrote {ini_path}\n" + kaimport.render_report(conv))
+    else:
+        sys.stdout.write(ini + kaimport.render_report(conv))
+    return EXIT_PARTIAL if conv.refused else 0
+
+
 OPERATOR_COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "check-config": run_check_config, "send": run_send, "status": run_status, "history": run_history,
-    "wait": run_wait, "log": run_log}
+    "wait": run_wait, "log": run_log, "import": run_import}
 
 
 def _say(command: str, message: str) -> None:

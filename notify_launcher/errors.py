@@ -14,6 +14,7 @@ EXIT_TIMEOUT = 1  # `wait` timed out: the launcher is still busy
 EXIT_NOTHING = 1  # `log` found no matching line (as grep)
 EXIT_USAGE = 2  # usage or configuration error; an insecure file as root; a line `send` would not journal
 EXIT_UNUSABLE = 3  # the FIFO or the state directory cannot be used; `send` not delivered; a log file unreadable
+EXIT_PARTIAL = 4  # `import`: some directives could not be converted (listed; they stay in keepalived.conf)
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an error nobody foresaw (a bug)
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as a shell reports it
 EXIT_TERMINATED = 143  # SIGTERM: 128 + 15, as a shell reports it

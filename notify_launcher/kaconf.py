@@ -49,10 +49,12 @@ class Where:
 
 @dataclass(frozen=True)
 class Problem:
-    """Something in the configuration this reader cannot reproduce, or keepalived would refuse."""
+    """Something in the configuration this reader does not follow (`same`: False), or that
+    keepalived skips or ignores as this reader does (`same`: True)."""
 
     where: Where
     reason: str
+    same: bool = False
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
@@ -261,8 +263,8 @@ class _Reader:
         self.config = Config()
         self.stack: list[list[Node]] = [self.config.nodes]
 
-    def problem(self, where: Where, reason: str) -> None:
-        self.config.problems.append(Problem(where, reason))
+    def problem(self, where: Where, reason: str, same: bool = False) -> None:
+        self.config.problems.append(Problem(where, reason, same))
 
     def read_file(self, path: str, depth: int) -> None:
         try:
@@ -400,15 +402,15 @@ class _Reader:
             matches += sorted(glob.glob(absolute)) if glob.has_magic(absolute) else (
                 [absolute] if os.path.lexists(absolute) else [])
         if not matches:
-            self.problem(where, f"include {pattern}: no file matches (keepalived skips it too)")
+            self.problem(where, f"include {pattern}: no file matches (keepalived skips it too)", same=True)
         for path in matches:
             try:
                 st = os.stat(path)
             except OSError as exc:
-                self.problem(where, f"include {path}: {exc.strerror} (keepalived skips it)")
+                self.problem(where, f"include {path}: {exc.strerror} (keepalived skips it)", same=True)
                 continue
             if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o111:
-                self.problem(where, f"include {path}: not a regular non-executable file (keepalived skips it)")
+                self.problem(where, f"include {path}: not a regular non-executable file (keepalived skips it)", same=True)
                 continue
             self.read_file(path, depth + 1)
         return True
@@ -447,13 +449,13 @@ class _Reader:
         if text == "{":
             level = self.stack[-1]
             if not level or level[-1].block is not None:
-                self.problem(where, "'{' without a keyword before it (keepalived ignores it)")
+                self.problem(where, "'{' without a keyword before it (keepalived ignores it)", same=True)
                 return
             level[-1].block = []
             self.stack.append(level[-1].block)
         elif text == "}":
             if len(self.stack) == 1:
-                self.problem(where, "extra '}' (keepalived ignores it)")
+                self.problem(where, "extra '}' (keepalived ignores it)", same=True)
             else:
                 self.stack.pop()
         else:
@@ -469,7 +471,8 @@ def read(path: str, config_id: str | None = None) -> Config:
     reader.read_file(path, 0)
     if len(reader.stack) > 1:
         opened = reader.stack[-2][-1]
-        reader.problem(opened.where, f"block of '{opened.keyword}' not closed at the end of the configuration")
+        reader.problem(opened.where, f"block of '{opened.keyword}' not closed at the end of the configuration "
+                                     f"(keepalived reads it to the end too)", same=True)
     return reader.config
 
 
@@ -481,6 +484,7 @@ VRRP_SCRIPTS = {"notify_master": "MASTER", "notify_backup": "BACKUP", "notify_fa
                 "notify_master_rx_lower_pri": "MASTER_RX_LOWER_PRI"}
 GROUP_SCRIPTS = {k: v for k, v in VRRP_SCRIPTS.items() if k not in ("notify_deleted", "notify_master_rx_lower_pri")}
 VS_SCRIPTS = {"quorum_up": "UP", "quorum_down": "DOWN"}
+FIFO_KEYWORDS = tuple(f"{p}notify_fifo{s}" for p in ("", "vrrp_", "lvs_") for s in ("", "_script"))
 RS_SCRIPTS = {"notify_up": "UP", "notify_down": "DOWN"}
 
 
@@ -523,9 +527,13 @@ class ScriptUser:
 class Found:
     directives: list[Directive] = field(default_factory=list)
     script_user: ScriptUser = ScriptUser()
-    #: `notify_deleted` without a command: instance name -> where (turns DELETED on, runs nothing)
+    #: `notify_deleted` (with or without a command): instance name -> where; it turns DELETED on
     deleted_flags: dict[str, Where] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    #: global_defs' FIFO lines already there (fifo_write_vrrp_states_on_reload too): (keyword, where)
+    fifos: list[tuple[str, Where]] = field(default_factory=list)
+    #: `virtual_server` blocks exist: keepalived runs its checker process too (an LVS site)
+    lvs: bool = False
 
 
 def _directive(node: Node, type_: str, name: str, state: str | None, vs: str = "") -> Directive:
@@ -603,6 +611,8 @@ def find(config: Config) -> Found:
                 user = ScriptUser(n.words[1], n.words[2] if len(n.words) > 2 else None, user.security, n.where)
             elif n.keyword == "enable_script_security":
                 user = ScriptUser(user.user, user.group, True, user.where or n.where)
+            elif n.keyword in FIFO_KEYWORDS or n.keyword == "fifo_write_vrrp_states_on_reload":
+                found.fifos.append((n.keyword, n.where))
     found.script_user = user
     for kind, type_, scripts in (("vrrp_instance", "INSTANCE", VRRP_SCRIPTS),
                                  ("vrrp_sync_group", "GROUP", GROUP_SCRIPTS)):
@@ -618,6 +628,7 @@ def find(config: Config) -> Found:
                         found.deleted_flags.setdefault(name, n.where)
                     _first(found, seen, _directive(n, type_, name, scripts[n.keyword]))
     for block in _blocks(config.nodes, "virtual_server"):
+        found.lvs = True
         vs, proto = _vs_name(block, found)
         for n in block.block or []:
             if n.keyword in VS_SCRIPTS and vs is not None:

@@ -24,7 +24,7 @@ from support.marks import needs
 from support.systemd.rootfs import NOT_SOURCE
 
 DEBIAN_DEPENDS = {"python3:any", "python3-daemon", "python3-filelock", "python3-psutil"}
-COMMANDS = ("", "serve", "check-config", "send", "status", "history", "wait", "log")
+COMMANDS = ("", "serve", "check-config", "send", "status", "history", "wait", "log", "import")
 
 builds = needs("root, apt-get and dpkg-deb (scripts/build-deb installs its build dependencies as root)",
                os.geteuid() == 0 and shutil.which("apt-get") is not None and shutil.which("dpkg-deb") is not None)

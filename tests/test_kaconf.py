@@ -194,13 +194,15 @@ def test_what_keepalived_skips_and_what_this_reader_does_not_follow(tmp_path: Pa
     config = kaconf.read(main, config_id="n")
     found = kaconf.find(config)
     m = str(tmp_path / "keepalived.conf")
+    assert [p.same for p in found.problems] == [True, True, False, False, True]
     assert [str(p) for p in found.problems] == [
         f"{m}:1: include {tmp_path}/x/run.conf: not a regular non-executable file (keepalived skips it)",
         f"{m}:2: include missing.conf: no file matches (keepalived skips it too)",
         f"{m}:3: ~SEQ is not followed by this reader (keepalived repeats lines with it): convert the directives "
         f"it generates by hand",
         f"{m}:4: multi-line definition $M is not followed by this reader: convert the directives that use it by hand",
-        f"{m}:6: block of 'vrrp_instance' not closed at the end of the configuration",
+        f"{m}:6: block of 'vrrp_instance' not closed at the end of the configuration (keepalived reads it to the "
+        f"end too)",
     ]
     assert [(d.name, d.ignored) for d in found.directives] == [
         ("V", "keepalived cannot split this line (missing terminating ') and ignores it")]

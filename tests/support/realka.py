@@ -262,10 +262,14 @@ class Node:
 
     # -- keepalived ----------------------------------------------------------------------------
     def keepalived_argv(self) -> list[str]:
+        """Every pid file in the node's directory, BFD's too: keepalived refuses to start ("daemon is
+        already running") when any default one, such as /run/bfd.pid, names a live process -- another
+        keepalived on this machine started without -b."""
         d = self.dir
         return [ip_binary() or "ip", "netns", "exec", self.ns, keepalived_binary() or "keepalived",
                 "-n", "-l", "-D", "-G", "-P", "-f", str(self.conf),
-                "-p", str(d / "keepalived.pid"), "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid")]
+                "-p", str(d / "keepalived.pid"), "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid"),
+                "-b", str(d / "bfd.pid")]
 
     def start(self) -> None:
         """Start keepalived in the node's namespace (`ip netns exec` execs it: the PID is keepalived's)."""
