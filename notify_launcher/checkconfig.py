@@ -2,8 +2,8 @@
 
 Checks the INI file (config.py: also that the state dir leaves room for the doorbell socket's path)
 and every command it names, the state and log paths -- as root, with the very check the reader
-refuses to start on (security.py: everything root reads, runs or writes, and every directory and
-symlink above it) -- and optionally the notify_fifo lines of keepalived.conf for the mistakes
+refuses to start on and in its words (security.py: everything root reads, runs or writes, whether
+it exists yet or not, and every directory and symlink above it) -- and optionally the notify_fifo lines of keepalived.conf for the mistakes
 keepalived makes easy (docs/keepalived.md), and, with virtual_server blocks, which keepalived process
 starts the reader.  Each problem names the file (and line or section/key) and
 says what to do.
@@ -21,7 +21,7 @@ import stat
 from notify_launcher.config import Settings, load
 from notify_launcher.errors import LauncherError
 from notify_launcher.security import check as security_check
-from notify_launcher.security import commands
+from notify_launcher.security import command_path, commands, refusal
 
 _FIFO_KEYS = ("notify_fifo", "vrrp_notify_fifo", "lvs_notify_fifo")
 
@@ -67,7 +67,9 @@ def check_settings(settings: Settings) -> list[str]:
     problems = [f"{where}: {p}" for p in security_check(settings)]
     if not settings.handler:
         problems.append(f"{where}: [launcher] handler: not set; events will only be logged")
-    for key, exe, _ in commands(settings):
+    for key, exe, user in commands(settings):
+        if not os.path.lexists(command_path(exe)) and refusal(key, command_path(exe), user=user):
+            continue  # "does not exist" is said above, in the reader's words
         why = executable_problem(exe)
         if why:
             problems.append(f"{where}: {key}: {why}")

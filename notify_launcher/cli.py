@@ -143,7 +143,7 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
 
         problems = check(settings)
         if problems:
-            raise LauncherError("; ".join(problems) + " (fix the owner/mode, or move it)", EXIT_USAGE)
+            raise LauncherError("; ".join(problems), EXIT_USAGE)
         paths = StatePaths(settings.state_dir)
         _refuse_foreign_state_dir(paths)
         fifo_fd = -1 if serve else open_fifo(args.fifo)  # service mode opens (and reopens) it as it comes
@@ -199,9 +199,18 @@ def _os_problem(exc: OSError) -> LauncherError:
     return LauncherError(f"{where}{exc.strerror or exc}; {todo}", EXIT_UNUSABLE)
 
 
+def _trusted(what: str, path: str, created: bool = False) -> None:
+    """As root, a path someone else could change is refused as the reader refuses it (security.py)."""
+    from notify_launcher.security import refusal
+    why = refusal(what, path, created)
+    if why:
+        raise LauncherError(why, EXIT_USAGE)
+
+
 def _read_state(state_dir: str, read: Callable[[StatePaths], T]) -> T:
     """`read(paths)` on an existing state directory (a missing one is an error, not "no events");
     whatever the system refuses becomes a LauncherError that says what to do."""
+    _trusted("state_dir", state_dir, created=True)
     try:
         if not stat.S_ISDIR(os.stat(state_dir).st_mode):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), state_dir)
@@ -272,6 +281,8 @@ def run_send(argv: list[str]) -> int:
     p.add_argument("line", metavar="LINE", help="a line as keepalived writes it")
     args = p.parse_args(argv)
     from notify_launcher.send import send_fifo, send_state
+    if args.state_dir:
+        _trusted("state_dir", args.state_dir, created=True)
     try:
         said = send_fifo(args.fifo, args.line) if args.fifo else send_state(args.state_dir, args.line)
     except OSError as exc:
@@ -318,6 +329,7 @@ def run_log(argv: list[str]) -> int:
     first, last = parse_seqs(args.seqs) if args.seqs is not None else (None, None)
     since = parse_since(args.since, time.time()) if args.since is not None else None
     log_file = load(args.config, {"log_file": args.log_file}).log_file
+    _trusted("log_file", log_file, created=True)
     lines, span = select(log_file, Query(first, last, since, args.failed))
     shown = 0
     for line in lines:

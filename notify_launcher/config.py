@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, get_args
 
 from notify_launcher.errors import EXIT_USAGE, LauncherError
 from notify_launcher.events import READER_TYPE, VRRP_NOTICES, Event
+from notify_launcher.security import refusal
 from notify_launcher.statedir import StatePaths
 
 DEFAULT_STATE_DIR = "/run/notify-launcher"
@@ -360,6 +361,9 @@ def load(path: str | None, overrides: dict[str, str | None]) -> Settings:
     values: dict[str, Any] = {}
     rules: list[Rule] = []
     if path is not None:
+        refused = refusal("config file", path)  # as root: before a word of it is believed
+        if refused:
+            raise LauncherError(refused, EXIT_USAGE)
         # "key = value   # why": a comment after whitespace ends the value, as administrators write
         # INI files (and as the README's example does); a "#" inside a word stays part of it.
         parser = configparser.ConfigParser(interpolation=None, default_section="\0none",

@@ -87,20 +87,30 @@ def _named(kind: str, number: int) -> str:
     return f"{kind} {number} ({name})"
 
 
+_NFS4_DEVICES: dict[int, bool] = {}  # st_dev -> whether its file system has NFSv4 ACLs (looked at once)
+
+
+def _nfs4_acls(path: str, st: os.stat_result) -> bool:
+    """Whether `path`'s file system carries NFSv4 ACLs, which do not follow the mode bits' mask:
+    asked once per file system (device) a process meets."""
+    known = _NFS4_DEVICES.get(st.st_dev)
+    if known is None:
+        try:
+            known = _NFS4_ACL_XATTR in os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            known = False
+        _NFS4_DEVICES[st.st_dev] = known
+    return known
+
+
 def acl_entries(path: str) -> list[tuple[int, int, int]] | None:
     """The (tag, perm, id) entries of `path`'s POSIX access ACL, None when it has none (the mode
     bits tell all).  Raises _Unjudgeable when they cannot be known."""
     try:
         raw = os.getxattr(path, _ACL_XATTR, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno == errno.ENODATA:
+        if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):  # none, or no POSIX ACLs on this file system
             return None
-        if exc.errno == errno.EOPNOTSUPP:  # no POSIX ACLs here: then perhaps an NFSv4 ACL
-            try:
-                os.getxattr(path, _NFS4_ACL_XATTR, follow_symlinks=False)
-            except OSError:
-                return None
-            raise _Unjudgeable("it carries an NFSv4 ACL, which the launcher cannot judge", path) from None
         raise _Unjudgeable(f"its ACL cannot be read ({exc.strerror})", path) from None
     try:
         return parse_acl(raw)
@@ -124,19 +134,21 @@ def parse_acl(raw: bytes) -> list[tuple[int, int, int]]:
 
 
 def _writer(path: str, st: os.stat_result, owners: tuple[int, ...]) -> tuple[str, str] | None:
-    """(who besides root may write to this inode, what to do), or None.  With an ACL, the mode's
-    group bits are its mask: the ACL's entries say who the group class really is."""
+    """(who besides root may write to this inode, what to do), or None.  With a POSIX ACL, the
+    mode's group bits are its mask: without their write bit no entry grants write (so the ACL is
+    read only with it), and with it the ACL's entries say who the group class really is."""
     mode = stat.S_IMODE(st.st_mode)
     if st.st_mode & stat.S_IWOTH:
         return f"others (mode {mode:04o})", _REMEDY_MODE
+    if _nfs4_acls(path, st):
+        raise _Unjudgeable("it is on a file system with NFSv4 ACLs, which the launcher cannot judge", path)
+    if not st.st_mode & stat.S_IWGRP:
+        return None
     acl = acl_entries(path)
     if acl is None:
         if st.st_mode & stat.S_IWGRP and st.st_gid != ROOT:
             return f"{_named('gid', st.st_gid)} (mode {mode:04o})", _REMEDY_MODE
         return None
-    masks = [perm for tag, perm, _ in acl if tag == _ACL_MASK]
-    if masks and not masks[0] & _ACL_WRITE:
-        return None  # the mask takes write from every named entry and the owning group
     for tag, perm, ident in acl:
         if not perm & _ACL_WRITE:
             continue

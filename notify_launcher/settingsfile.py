@@ -25,7 +25,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
 
 from notify_launcher.config import Settings
-from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
+from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
+from notify_launcher.security import refusal
 from notify_launcher.statedir import StatePaths, discard, ensure_dir, write_atomic
 
 if TYPE_CHECKING:
@@ -86,8 +87,18 @@ def ensure(paths: StatePaths, ver: Version) -> None:
 
 def read(paths: StatePaths) -> Settings:
     """The published settings.  OSError (missing, unreadable) is left to the caller, which knows
-    what it means there; content that is not settings is a LauncherError."""
+    what it means there; content that is not settings, or (as root) a file someone else could have
+    written or swapped, is a LauncherError."""
+    _trusted("settings.json", paths.settings)
     return _parse(paths.settings, _read_bytes(paths.settings))
+
+
+def _trusted(what: str, path: str) -> None:
+    """As root, settings decide what root runs: a file anyone else could have written or swapped
+    is refused (security.py), before a word of it is believed."""
+    why = refusal(what, path, created=True)
+    if why:
+        raise LauncherError(why, EXIT_USAGE)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -120,6 +131,7 @@ def for_entry(paths: StatePaths, entry: Entry) -> Settings:
         _cache.move_to_end(ident)
         return cached
     path = version_path(paths, ident)
+    _trusted(f"the settings of event #{entry.seq}", path)
     try:
         data = _read_bytes(path)
     except OSError as exc:

@@ -1,0 +1,378 @@
+"""Root runs nothing user nobody can create, change or point at: every path kind the launcher
+trusts x every way a local user can control a path, attacked for real.
+
+Each case, as root, in an arena nobody can reach (support.attacker): the setup gives nobody one kind
+of control over one path (`CONTROLS`), the launcher is pointed at it (`KINDS`), then nobody (a real
+process, `setpriv`) uses that control -- writes its payload into the command, its own INI file or
+settings.json, a symlink at the log -- and root does what it does with that path: the reader
+starts and runs an event and keepalived's stop, root runs `send --state-dir`.  The payload touches
+`ran-as-uid-$(id -u)`: `ran-as-uid-0` is nobody's code run by root.  Every case asserts that it never
+exists, that nobody's write succeeded (the control is real), that the refusal names the path and
+the offender, and that check-config says exactly what the reader says.  `test_checked_when_used`:
+the control is given only after the reader started, and the worker refuses at the spawn.
+
+The examples of the issue that found these holes are cases here (see `test_the_reported_attacks`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from notify_launcher.config import Settings
+from notify_launcher.security import refusal
+from support import LAUNCHER, attacker, processes
+from support.attacker import NOBODY
+from support.marks import needs
+
+pytestmark = needs("root, setpriv, setfacl (Debian's acl package: scripts/setup installs it) and user nobody",
+                   attacker.available())
+
+EVENT = 'INSTANCE "VI_1" MASTER 100'
+#: path kind -> the word the launcher names it by; which kinds are commands, directories, created by root
+KINDS = {"config": "config file", "handler": "handler", "match": "[match INSTANCE VI_1 *] handler",
+         "stop_action": "stop_action", "on_failure": "on_failure", "log": "log_file", "metrics": "metrics_file",
+         "state_dir": "state_dir", "state_parent": "state_dir"}
+COMMANDS = ("handler", "match", "stop_action", "on_failure")
+DIRECTORIES = ("state_dir", "state_parent")
+CONTROLS = ("owns_it", "owns_parent", "write_bit", "acl_file", "acl_parent", "acl_mask", "symlink",
+            "missing_in_writable_dir", "missing_in_sticky_dir")
+MISSING = ("missing_in_writable_dir", "missing_in_sticky_dir")
+
+
+@dataclass
+class Scene:
+    """One arena: root's safe paths (`safe`), nobody's payloads, and the attacked path `target` in `parent`."""
+
+    arena: Path
+    kind: str
+    control: str
+    target: Path = Path()
+    parent: Path = Path()
+    offender: str = ""
+
+    @property
+    def safe(self) -> Path:
+        return self.arena / "safe"
+
+    @property
+    def marker(self) -> Path:
+        return self.arena / "marks" / "ran-as-uid-0"
+
+    @property
+    def victim(self) -> Path:
+        return self.safe / "victim"
+
+    @property
+    def state(self) -> Path:
+        """The state directory the launcher uses."""
+        return {"state_dir": self.target, "state_parent": self.target / "state"}.get(self.kind, self.safe / "state")
+
+    @property
+    def log(self) -> Path:
+        return self.target if self.kind == "log" else self.safe / "nl.log"
+
+    @property
+    def named(self) -> Path:
+        """The path the refusal names."""
+        return self.state if self.kind in DIRECTORIES else self.target
+
+    def build(self) -> None:
+        """Root's safe side, and the payloads nobody will put where the control lets it."""
+        (self.arena / "marks").mkdir(mode=0o1777)
+        (self.arena / "marks").chmod(0o1777)
+        self.safe.mkdir(mode=0o755)
+        self.victim.write_text("root's secret\n")
+        self.victim.chmod(0o600)
+        payload = f"touch {self.arena}/marks/ran-as-uid-$(id -u)"
+        _write(self.arena / "payload.sh", f"#!/bin/sh\n{payload}\n", 0o755)
+        _write(self.arena / "payload.ini", f"[launcher]\nhandler = /bin/sh -c '{payload}'\n", 0o644)
+        settings = replace(Settings(), handler=("/bin/sh", "-c", payload), state_dir=str(self.state),
+                           log_file=str(self.safe / "nl.log"))
+        _write(self.arena / "payload.json", settings.to_json(), 0o644)
+
+    def control_it(self, at_start: bool = True) -> None:
+        """Make `target` (in `parent`) and give nobody this scene's control over it; `offender`: what
+        the refusal must say.  at_start=False: only the safe target, for `grant` to spoil later."""
+        parent = {"owns_parent": "nobody-dir", "missing_in_writable_dir": "nobody-dir", "acl_parent": "acl-dir",
+                  "symlink": "sticky", "missing_in_sticky_dir": "sticky"}.get(self.control, "root-dir")
+        self.parent = self.arena / parent
+        self.parent.mkdir(mode=0o755)
+        self.target = self.parent / "target"
+        if parent == "sticky":
+            self.parent.chmod(0o1777)
+        elif parent == "nobody-dir" and at_start:
+            os.chown(self.parent, NOBODY, NOBODY)
+        if self.control not in MISSING + ("symlink",):
+            if self.kind in DIRECTORIES:
+                self.target.mkdir(mode=0o755)
+            else:
+                _write(self.target, "[launcher]\n" if self.kind == "config" else "#!/bin/sh\nexit 0\n",
+                       0o755 if self.kind in COMMANDS else 0o644)
+        if at_start:
+            self.grant()
+        self.offender = {
+            "owns_it": f"{self.target} belongs to uid {NOBODY} (nobody), not root",
+            "owns_parent": f"{self.parent} belongs to uid {NOBODY} (nobody), not root",
+            "write_bit": f"{self.target} is writable by gid {NOBODY} (nogroup) (mode 0",
+            "acl_file": f"{self.target} is writable by uid {NOBODY} (nobody) through an ACL entry",
+            "acl_parent": f"{self.parent} is writable by uid {NOBODY} (nobody) through an ACL entry",
+            "acl_mask": f"{self.target} is writable by gid {NOBODY} (nogroup) through an ACL entry",
+            "symlink": f"{self.target} belongs to uid {NOBODY} (nobody), not root",
+            "missing_in_writable_dir": f"does not exist; its directory {self.parent} belongs to uid {NOBODY} (nobody), "
+                                       f"not root: refused (whoever can write there can create it)",
+            "missing_in_sticky_dir": f"does not exist; its directory {self.parent} is writable by others (mode 1777): "
+                                     f"refused (whoever can write there can create it)",
+        }[self.control]
+
+    def grant(self) -> None:
+        """Give nobody the control: what an administrator's mistake (or nobody itself) does."""
+        t = str(self.target)
+        if self.control == "owns_it":
+            os.chown(self.target, NOBODY, NOBODY)
+        elif self.control == "owns_parent":
+            os.chown(self.parent, NOBODY, NOBODY)
+        elif self.control == "write_bit":
+            os.chown(self.target, 0, NOBODY)
+            self.target.chmod(self.target.stat().st_mode & 0o777 | 0o020)
+        elif self.control == "acl_file":
+            attacker.setfacl("-m", "u:nobody:rwx", t)
+        elif self.control == "acl_parent":
+            attacker.setfacl("-m", "u:nobody:rwx", str(self.parent))
+        elif self.control == "acl_mask":
+            attacker.setfacl("-m", "g:nogroup:rwx", t)  # the mask is recomputed to rwx: it lets the write through
+        elif self.control == "symlink":  # nobody's own file (or directory) in the sticky directory, and a link
+            mine = self.parent / "mine"
+            made = "mkdir" if self.kind in DIRECTORIES else "printf '#!/bin/sh\\nexit 0\\n' >"
+            res = attacker.nobody_sh(f"{made} {mine} && chmod 755 {mine} && ln -s {mine} {t}")
+            assert res.returncode == 0, res.stderr
+
+    def options(self) -> list[str]:
+        """The launcher's options: root's safe defaults, the attacked path in its place."""
+        t = str(self.target)
+        ini = self.safe / "nl.ini"
+        base = ["--state-dir", str(self.state), "--log-file", str(self.log), "--linger", "1"]
+        base += [] if self.kind == "config" else ["--handler", "/bin/true"]  # (the INI's would lose to it)
+        more = {"config": ["--config", t], "handler": ["--handler", t], "on_failure": ["--handler", "/bin/false",
+                                                                                        "--on-failure", t],
+                "match": ["--config", str(ini)], "stop_action": ["--config", str(ini)],
+                "metrics": ["--metrics-file", t]}.get(self.kind, [])
+        if self.kind in ("match", "stop_action"):
+            _write(ini, f"[match INSTANCE VI_1 *]\nhandler = {t}\n" if self.kind == "match"
+                   else f"[launcher]\nstop_action = {t}\n", 0o644)
+        return base + more
+
+    def exploit(self) -> subprocess.CompletedProcess[str]:
+        """nobody uses its control: its payload where root will run or read it, or a link to root's file."""
+        t, a = self.target, self.arena
+        if self.kind in COMMANDS or self.kind == "config":
+            src = a / ("payload.ini" if self.kind == "config" else "payload.sh")
+            script = f"if [ -e {t} ] && [ -w {t} ]; then cat {src} > {t}; else rm -f {t}; cp {src} {t} && chmod 755 {t}; fi"
+        elif self.kind in DIRECTORIES:
+            s = self.state
+            script = (f"if ! [ -d {t} ] || ! [ -w {t} ]; then mv {t} {t}.old 2>/dev/null; rm -f {t}; fi; "
+                      f"if [ -e {s} ] && ! [ -w {s} ]; then mv {s} {s}.old; fi; "
+                      f"mkdir -p {s} && rm -f {s}/settings.json && cp {a}/payload.json {s}/settings.json")
+        else:
+            script = f"if [ -e {t} ] && [ -w {t} ]; then echo forged >> {t}; else rm -f {t}; ln -s {self.victim} {t}; fi"
+        return attacker.nobody_sh(script)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _launcher(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LAUNCHER, *args], capture_output=True, text=True, timeout=120)
+
+
+def _start_reader(scene: Scene, fifo: Path) -> tuple[subprocess.Popen[str] | None, int | None, str]:
+    """Start the reader as keepalived does (FIFO last); (the running reader, None, "") once its standby
+    worker is up, or (None, exit code, stderr) when it refused."""
+    if not fifo.exists():
+        os.mkfifo(fifo, 0o600)
+    err = scene.arena / "reader.err"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([LAUNCHER, *scene.options(), str(fifo)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=fh, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not (scene.state / "worker.pid").exists():
+        assert time.monotonic() < deadline, "the reader neither refused nor started"
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        return None, proc.returncode, err.read_text()
+    return proc, None, ""
+
+
+def _event_and_stop(scene: Scene, proc: subprocess.Popen[str], fifo: Path) -> None:
+    """One event through the FIFO, then keepalived's stop (the STOP event runs stop_action); until idle.
+    The FIFO stays open on our side, as keepalived keeps it: the reader sees SIGTERM, not EOF."""
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(fd, EVENT.encode() + b"\n")
+        _launcher("wait", "--state-dir", str(scene.state), "--timeout", "60")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        os.close(fd)
+    _launcher("wait", "--state-dir", str(scene.state), "--timeout", "60")
+
+
+def _security_lines(check: subprocess.CompletedProcess[str], ini: str) -> list[str]:
+    """check-config's refusals, without its 'problem: WHERE: ' prefix."""
+    lines = [line[len("problem: "):] for line in check.stdout.splitlines() if "is not safe for root" in line]
+    return [line[len(ini) + 2:] if line.startswith(ini + ": ") else line for line in lines]
+
+
+def _attack(kind: str, control: str, arena: Path) -> None:
+    scene = Scene(arena, kind, control)
+    scene.build()
+    scene.control_it()
+    fifo = scene.safe / "notify.fifo"
+    options = scene.options()
+    where = options[options.index("--config") + 1] if "--config" in options else "command line"
+    check = _launcher("check-config", *options)
+    proc, code, err = _start_reader(scene, fifo)
+    exploit = scene.exploit()
+    if proc is not None:  # it started: nobody's change is in place, root runs an event and the stop
+        _event_and_stop(scene, proc, fifo)
+    sent = None
+    if kind in DIRECTORIES:  # root tests an action the documented way, on the state dir nobody prepared
+        sent = _launcher("send", "--state-dir", str(scene.state), EVENT)
+        if sent.returncode == 0:
+            _launcher("wait", "--state-dir", str(scene.state), "--timeout", "60")
+    assert not scene.marker.exists(), f"root ran nobody's code ({kind}, {control}); reader: {code} {err}"
+    assert scene.victim.read_text() == "root's secret\n" and scene.victim.stat().st_mode & 0o777 == 0o600
+    assert exploit.returncode == 0, f"nobody could not use the control (the case proves nothing): {exploit.stderr}"
+    assert code == 2, f"the reader started ({kind} {scene.named}, {control})"
+    refused = f"{KINDS[kind]} {scene.named} is not safe for root: "
+    said = err.splitlines()[0] if err else ""  # (a refused log file adds a line of its own)
+    assert said.startswith(f"notify-launcher: {refused}") and scene.offender in said, err
+    assert check.returncode == 2 and "; ".join(_security_lines(check, where)) == said[len("notify-launcher: "):], \
+        (check.stdout, said)
+    if sent is not None:  # every operator command refuses it with the one message, as root runs them now
+        expected = refusal("state_dir", str(scene.state), created=True)
+        assert expected is not None
+        for command in (["send", "--state-dir", str(scene.state), EVENT], ["status", "--state-dir", str(scene.state)],
+                        ["history", "--state-dir", str(scene.state)], ["wait", "--state-dir", str(scene.state)]):
+            res = sent if command[0] == "send" else _launcher(*command)
+            assert (res.returncode, res.stderr) == (2, f"notify-launcher {command[0]}: {expected}\n")
+
+
+@pytest.fixture
+def arena() -> Iterator[Path]:
+    with attacker.arena() as path:
+        try:
+            yield path
+        finally:
+            processes.end_all(str(path))
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_path_kind_and_control(kind: str, control: str, arena: Path) -> None:
+    _attack(kind, control, arena)
+
+
+@pytest.mark.parametrize("kind,control", [
+    ("handler", "missing_in_writable_dir"),  # a --handler not there yet, in nobody's directory: created later
+    ("match", "missing_in_writable_dir"),  # the same for a [match] handler
+    ("handler", "acl_file"),  # root:root 0755 (0775 by the mask), an ACL entry lets nobody rewrite it
+    ("handler", "acl_parent"),  # the same ACL on its directory: nobody swaps the file
+    ("state_dir", "owns_it"),  # root runs `send --state-dir` on nobody's state dir and settings.json
+])
+def test_the_reported_attacks(kind: str, control: str, arena: Path) -> None:
+    """The examples of the report, each shown running nobody's code as root before this rule."""
+    _attack(kind, control, arena)
+
+
+def test_a_stop_action_not_yet_in_tmp(arena: Path) -> None:
+    """The report's stop_action in /tmp itself (sticky, world-writable): nobody creates it after the
+    reader started, for keepalived's stop to run it."""
+    scene = Scene(arena, "stop_action", "missing_in_sticky_dir")
+    scene.build()
+    scene.parent, scene.target = Path("/tmp"), Path(f"/tmp/{arena.name}-stop")
+    fifo = scene.safe / "notify.fifo"
+    try:
+        check = _launcher("check-config", *scene.options())
+        proc, code, err = _start_reader(scene, fifo)
+        exploit = scene.exploit()
+        if proc is not None:
+            _event_and_stop(scene, proc, fifo)
+    finally:
+        scene.target.unlink(missing_ok=True)
+    assert not scene.marker.exists(), "root ran nobody's stop_action"
+    assert exploit.returncode == 0, exploit.stderr
+    message = (f"stop_action {scene.target} is not safe for root: {scene.target} does not exist; its directory /tmp "
+               f"is writable by others (mode 1777): refused (whoever can write there can create it); choose a "
+               f"directory only root can write to")
+    assert (code, err) == (2, f"notify-launcher: {message}\n")
+    assert check.stdout == f"problem: {scene.safe / 'nl.ini'}: {message}\n"
+
+
+@pytest.mark.parametrize("control", [c for c in CONTROLS if c not in MISSING + ("symlink",)])
+@pytest.mark.parametrize("kind", COMMANDS)
+def test_checked_when_used(kind: str, control: str, arena: Path) -> None:
+    """The command was safe when the reader started; nobody gets the control afterwards and uses it.
+    The worker checks the command right before the spawn: the event fails, the log says why, and
+    check-config, run now, names the same reason."""
+    scene = Scene(arena, kind, control)
+    scene.build()
+    scene.control_it(at_start=False)
+    fifo = scene.safe / "notify.fifo"
+    proc, code, err = _start_reader(scene, fifo)
+    assert proc is not None, f"the reader refused a safe setup: {code} {err}"
+    scene.grant()
+    exploit = scene.exploit()
+    _event_and_stop(scene, proc, fifo)
+    assert not scene.marker.exists(), f"the worker ran nobody's {kind} as root"
+    assert exploit.returncode == 0, exploit.stderr
+    log = scene.log.read_text()
+    failed = "on_failure FAILED" if kind == "on_failure" else "action ended"
+    said = [line for line in log.splitlines() if f"{failed}: could not start: command {scene.target} is not safe "
+                                                 f"for root: " in line]
+    assert len(said) == 1 and " ERROR " in said[0] and scene.offender in said[0], log
+    check = _launcher("check-config", *scene.options())
+    why = re.sub(r" after [0-9.]+s( \(not retried\))?$", "", said[0].split(" is not safe for root: ", 1)[1])
+    assert check.returncode == 2 and any(line.endswith(f"{scene.target} is not safe for root: {why}")
+                                         for line in check.stdout.splitlines()), check.stdout
+
+
+def test_the_worker_rereads_no_settings_nobody_could_write(arena: Path) -> None:
+    """The state directory was root's when the reader started; an ACL given later lets nobody replace
+    settings.json, which the lingering worker rereads before each batch.  It refuses the new file,
+    says why, and runs the event with the settings it had."""
+    scene = Scene(arena, "state_dir", "acl_file")
+    scene.build()
+    scene.control_it(at_start=False)
+    fifo = scene.safe / "notify.fifo"
+    proc, code, err = _start_reader(scene, fifo)
+    assert proc is not None, f"the reader refused a safe setup: {code} {err}"
+    scene.grant()
+    exploit = scene.exploit()
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(fd, EVENT.encode() + b"\n")
+        deadline = time.monotonic() + 60
+        while "#1 INSTANCE \"VI_1\" MASTER 100 | action ended" not in scene.log.read_text():
+            assert time.monotonic() < deadline, scene.log.read_text()
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        os.close(fd)
+    assert not scene.marker.exists(), "the worker followed nobody's settings.json"
+    assert exploit.returncode == 0, exploit.stderr
+    log = scene.log.read_text()
+    assert (f"ERROR #- - | cannot follow the settings (settings.json {scene.state}/settings.json is not safe for "
+            f"root: {scene.offender}") in log, log
+    assert "action started: /bin/true INSTANCE VI_1 MASTER 100 " in log
