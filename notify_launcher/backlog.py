@@ -16,6 +16,7 @@ from notify_launcher.log import Log, Troubles
 
 BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
 RETRY_INTERVAL = 1.0  # how often the reader tries again while events wait
+LOST_SHOWN = 20  # events named one by one when the reader exits with events not journaled
 
 
 class Backlog:
@@ -40,17 +41,20 @@ class Backlog:
             self.log.error(None, lost, f"DROPPED: more than {self.limit} events wait for the journal")
         self._held.append((event, time.time()))
 
-    def flush(self, journaled: Callable[[int | None, Event], None]) -> OSError | None:
+    def flush(self, journaled: Callable[[int | None, Event], None], into: JournalWriter | None = None) -> OSError | None:
         """Journal what waits, oldest first, calling `journaled(seq, event)` after each (before its
         "received" line: the reader rings there, so the worker starts while the line is written;
-        seq None: spilled, the journal's lock was busy, see journal.py).
+        seq None: spilled, the journal's lock was busy, see journal.py).  `into`: another state
+        directory's journal than ours (predecessor.py), named in the "received" line.
         Returns the error that stopped it (logged once while it lasts), None once all is journaled."""
+        journal = into or self.journal
+        where = "" if into is None else f"; journaled into {os.path.dirname(into.path)}, behind its work"
         while self._held:
             event, received = self._held[0]
             try:
-                seq = self.journal.append(event, received, os.getpid())
+                seq = journal.append(event, received, os.getpid())
             except OSError as exc:
-                self.troubles.report("journal", None, None, f"cannot write the journal {self.journal.path} "
+                self.troubles.report("journal", None, None, f"cannot write the journal {journal.path} "
                                      f"({exc.strerror}); events wait in memory, in order; retrying every "
                                      f"{RETRY_INTERVAL:g}s")
                 return exc
@@ -60,9 +64,20 @@ class Backlog:
             late = time.time() - received
             if seq is None:
                 self.log.info(seq, event, "received; the journal's lock is busy: kept in the spill file, numbered "
-                                          "once the lock is free")
+                                          f"once the lock is free{where}")
             elif late > RETRY_INTERVAL / 2:
-                self.log.info(seq, event, f"received (journaled late, after {late:.1f}s)")
+                self.log.info(seq, event, f"received (journaled late, after {late:.1f}s{where})")
             else:
-                self.log.info(seq, event, "received")
+                self.log.info(seq, event, f"received ({where[2:]})" if where else "received")
         return None
+
+    def lost(self, why: str, end: str | None) -> None:
+        """The reader exits with events not journaled: say how many, why, whether `stop_action` will
+        run (`end`: the state of the reader's own READER event among them; None: not known yet,
+        not among them), and each event (the first LOST_SHOWN)."""
+        lost = self.events()
+        after = {"STOP": "; stop_action will not run", None: "; nor is the reader's own end (READER reader STOP "
+                 "or RELOAD): if keepalived is stopping, stop_action will not run"}.get(end, "")
+        self.log.error(None, None, f"LOST: {len(lost)} events not journaled ({why}){after}")
+        for event in lost[:LOST_SHOWN]:
+            self.log.error(None, event, "LOST: not journaled")

@@ -30,13 +30,12 @@ from notify_launcher.fifo import Fifo
 from notify_launcher.intake import Intake
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
+from notify_launcher.predecessor import Predecessor
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
 from notify_launcher.stopping import StopClassifier, Verdict
 from notify_launcher.window import StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
-
-LOST_SHOWN = 20  # events named one by one when the stop window closes on them
 
 
 class Reader:
@@ -56,8 +55,9 @@ class Reader:
         self.journal = JournalWriter(paths.journal, version=settingsfile.version(settings),
                                      report=log.line)
         self.backlog = Backlog(self.journal, log)
-        self.workers = WorkerLink(settings, paths, self.poller, log, detach)
+        self.workers = WorkerLink(settings, paths, self.journal, self.poller, log, detach)
         self.stop = StopClassifier(settings.stop_grace, term_at)
+        self.behind = Predecessor(settings, paths, fifo_path, log)
         self.troubles = Troubles(log)
         self._term_logged = False
         self.window = StopWindow()
@@ -83,6 +83,7 @@ class Reader:
 
     def run(self) -> int:
         try:
+            self.behind.start()
             if self.stop.term_at is not None and not self.serve:  # stopped while we started
                 self.window.open(self.stop.term_at)
                 early = self.stop.at_start(self.fifo.path)
@@ -95,7 +96,8 @@ class Reader:
             self.window.last_words()  # bounds the lines that say what is lost
             try:
                 if self.backlog or self._verdict is None:
-                    self._lost(f"keepalived's SIGKILL is due and the reader still waits, at {closed}")
+                    self.backlog.lost(f"keepalived's SIGKILL is due and the reader still waits, at {closed}; "
+                                      f"{self.intake.lines} lines read", self._verdict and self._verdict.state)
             except WindowClosed:
                 pass
         finally:
@@ -106,14 +108,7 @@ class Reader:
     def _loop(self) -> None:
         self.fifo.watch()
         self.poller.register(self._wake_r, select.POLLIN)
-        self.workers.repair.repair()
-        # Watch a worker that crashed while no reader ran; announce us to the worker, or spawn the
-        # standby that our events will find ready (it also does any work left behind).
-        for area, step in (("worker watch", self.workers.follow_named), ("worker start", self.workers.ring)):
-            try:
-                step()
-            except Exception as exc:
-                self._unforeseen(area, exc)
+        self.workers.start()
         eof = False
         while not eof:
             if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
@@ -184,16 +179,10 @@ class Reader:
         journal takes it."""
         if event is not None:
             self.backlog.add(event)
-        failed = self.backlog.flush(self._journaled)
+        behind = self.behind.journal()  # (a file read per event only while we queue behind another)
+        failed = self.backlog.flush(self.workers.journaled if behind is None else self.behind.journaled, behind)
         if failed is not None and failed.errno in (errno.ENOENT, errno.ENOTDIR):
             self.workers.repair.repair()
-
-    def _journaled(self, seq: int | None, event: Event) -> None:
-        if self.journal.created:  # the journal was made anew: find the worker again by path
-            self.journal.created = False
-            self.workers.doorbell.reset()
-        self.workers.new_work()
-        self.workers.ring()  # before logging: the worker can start while we write the log line
 
     def _unforeseen(self, area: str, exc: Exception) -> None:
         """An exception nobody planned for: its traceback once, then carry on."""
@@ -205,18 +194,8 @@ class Reader:
         self._verdict = verdict
         self.submit(Event(READER_TYPE, "reader", verdict.state))
         if self.backlog:
-            self._lost("the journal cannot be written, and the reader exits")
+            self.backlog.lost(f"the journal cannot be written, and the reader exits; {self.intake.lines} lines read",
+                              verdict.state)
         term_at = self.stop.term_at
         since = "" if term_at is None else f", {(time.monotonic() - term_at) * 1000:.0f} ms after SIGTERM"
         self.log.info(None, None, f"reader exiting ({verdict.why}; {self.intake.lines} lines read{since})")
-
-    def _lost(self, why: str) -> None:
-        """Say what was not journaled: how many, why, whether `stop_action` will run, each event."""
-        lost = self.backlog.events()
-        end = "" if self._verdict is None else self._verdict.state
-        after = {"STOP": "; stop_action will not run", "": "; nor is the reader's own end (READER reader STOP "
-                 "or RELOAD): if keepalived is stopping, stop_action will not run"}.get(end, "")
-        self.log.error(None, None, f"LOST: {len(lost)} events not journaled ({why}){after}; "
-                                   f"{self.intake.lines} lines read")
-        for event in lost[:LOST_SHOWN]:
-            self.log.error(None, event, "LOST: not journaled")

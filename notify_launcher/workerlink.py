@@ -11,7 +11,9 @@ import time
 
 from notify_launcher.config import Settings
 from notify_launcher.detach import Way, spawn_worker
+from notify_launcher.events import Event
 from notify_launcher.handoff import Doorbell, WorkerWatch
+from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.statedir import StatePaths
 from notify_launcher.upkeep import BackOff, StateRepair
@@ -21,8 +23,9 @@ class WorkerLink:
     """Doorbell, worker watch and back-off.  `ring()` after each journaled event; hand `owns`' fds
     to `watched`; call `tick()` when `wake_at` has come."""
 
-    def __init__(self, settings: Settings, paths: StatePaths, poller: select.poll, log: Log, detach: Way) -> None:
-        self.settings, self.log, self.detach = settings, log, detach
+    def __init__(self, settings: Settings, paths: StatePaths, journal: JournalWriter, poller: select.poll, log: Log,
+                 detach: Way) -> None:
+        self.settings, self.journal, self.log, self.detach = settings, journal, log, detach
         self.troubles = Troubles(log)
         self.doorbell = Doorbell(paths)
         self.watch = WorkerWatch(paths, poller)
@@ -38,9 +41,25 @@ class WorkerLink:
         if self.backoff.due(time.monotonic()):
             self.ring()
 
-    def new_work(self) -> None:
-        """An event was journaled: a worker that crashed before may be retried promptly."""
+    def start(self) -> None:
+        """Repair the state directory, watch a worker that crashed while no reader ran, and announce
+        us to the worker, or spawn the standby that our events will find ready (it also does any
+        work left behind).  Whatever fails is logged, and retried with the next event."""
+        self.repair.repair()
+        for area, step in (("worker watch", self.follow_named), ("worker start", self.ring)):
+            try:
+                step()
+            except Exception as exc:  # never die of our own bug: keepalived would not restart us
+                self.troubles.report(area, None, None, f"{area}: unexpected error (the reader carries on)", exc)
+
+    def journaled(self, seq: int | None, event: Event) -> None:
+        """An event was journaled: ring (before its log line: the worker can start meanwhile); a
+        worker that crashed before may be retried promptly."""
+        if self.journal.created:  # the journal was made anew: find the worker again by path
+            self.journal.created = False
+            self.doorbell.reset()
         self.backoff.reset()
+        self.ring()
 
     def ring(self) -> None:
         """Make sure a worker will read the journal (spawning one if none will)."""

@@ -30,6 +30,7 @@ from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.locks import lock_holder
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log, Troubles
+from notify_launcher.predecessor import Predecessor, entry_path
 from notify_launcher.reader import Reader
 from notify_launcher.statedir import StatePaths, ensure_state_dir
 from notify_launcher.stopping import SIBLING_CHECK, SIBLING_WAIT, STOP_QUIET, StopClassifier, Verdict
@@ -201,7 +202,7 @@ def test_a_worker_crash_is_rung_for_with_back_off_and_a_worker_taking_over_reset
     s, paths = _settings(tmp_path)
     _listening(paths)
     poller = select.poll()
-    link = WorkerLink(s, paths, poller, Log(s.log_file, "reader"), "daemon")
+    link = WorkerLink(s, paths, JournalWriter(paths.journal), poller, Log(s.log_file, "reader"), "daemon")
     for _ in range(3):
         link.backoff.later(time.monotonic())
         link.backoff.due_at = None
@@ -307,6 +308,29 @@ def test_the_stop_window_ends_a_wait_on_a_lock_another_process_holds(tmp_path: P
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         os.close(holder)
         os.close(waiter)
+
+
+def test_the_registry_names_the_state_directory_that_served_a_fifo_and_trusts_only_its_own_entries(
+        tmp_path: Path) -> None:
+    s, paths = _settings(tmp_path)
+    registry = str(tmp_path / "run" / "fifos")
+    fifo = str(tmp_path / "a fifo")
+    first = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
+    first.start()
+    entry = Path(entry_path(fifo, registry))
+    assert entry.read_text() == paths.root and entry.stat().st_mode & 0o777 == 0o600
+    assert first.other is None and first.journal() is None, "no predecessor: our own journal"
+    other = ensure_state_dir(str(tmp_path / "other"))
+    entry.write_text(other.root)
+    entry.chmod(0o666)  # anybody could have written it: not trusted
+    second = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
+    second.start()
+    assert second.other is None and entry.read_text() == paths.root
+    entry.write_text(other.root)  # trusted, but no worker lives there: nothing to queue behind
+    entry.chmod(0o600)
+    third = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
+    third.start()
+    assert third.other is None and entry.read_text() == paths.root
 
 
 def _parsed(line: str) -> Event:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from notify_launcher import journal, progress
+from notify_launcher import journal, predecessor, progress
+from notify_launcher.predecessor import entry_path
 from support import LAUNCHER, invariants, processes, recorder
 from support.standin import Keepalived
 
@@ -31,6 +32,21 @@ def fill_file_system(filler: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def forget_fifos(directory: Path, registry: str = predecessor.REGISTRY) -> None:
+    """Remove the registry's entries of the FIFOs in `directory` (a test's temp dir)."""
+    prefix = entry_path(str(directory) + "/", registry)
+    try:
+        names = os.listdir(registry)
+    except OSError:
+        return
+    for name in names:
+        if os.path.join(registry, name).startswith(prefix):
+            try:
+                os.unlink(os.path.join(registry, name))
+            except FileNotFoundError:
+                pass
 
 
 @dataclass
@@ -162,5 +178,7 @@ class Launcher:
     def end_processes(self) -> None:
         """The test is over: its reader, lingering workers and their actions (with their children)
         go now, by PID.  Waiting for workers to leave by themselves proved nothing and cost a
-        second or more per test."""
+        second or more per test.  The readers' records of which state directory serves a FIFO
+        (notify_launcher/predecessor.py, under /run, which outlives the test) go too."""
         processes.end_all(str(self.dir))
+        forget_fifos(self.dir)

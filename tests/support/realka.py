@@ -48,6 +48,7 @@ from pathlib import Path
 import psutil
 
 from support import LAUNCHER, inorder, processes, recorder
+from support.launcher import forget_fifos
 from support.recorder import Action
 
 SUBNET = "192.168.77"
@@ -547,6 +548,7 @@ class Cluster:
             except Exception as exc:  # keep tearing down
                 errors.append(f"{n.name}: {exc}")
         processes.end_all(str(self.dir))  # readers, workers, handlers: their command lines name it
+        forget_fifos(self.dir)
         for ns in reversed(self._namespaces):
             _ip("netns", "del", ns, check=False)
         self._namespaces.clear()

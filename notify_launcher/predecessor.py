@@ -1,0 +1,126 @@
+"""The state directory that served this FIFO before us, when keepalived was reloaded with another
+`--state-dir`: our events queue behind its work, never beside it.
+
+The workers of two state directories know nothing of each other: each runs its own journal, one
+action at a time.  So after a reload that changed `--state-dir` (the same FIFO, a new command
+line), the new reader's events would run while the old directory's slow action still runs, and
+before the events journaled there earlier.  Each reader therefore records, host-wide, which state
+directory serves its FIFO (REGISTRY, one file per FIFO path, root's alone to write); a reader that
+finds another one there, whose worker lives and still has work (an action running, events
+pending), journals its events into that directory's journal, behind that work (run by that
+worker, in order, under our settings: the entries name our settings version), until it is idle;
+from then on into its own.  The log says which, and when it ends.  This costs one file read and
+one write at start; the check of the other directory runs per event only while we queue behind it.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+from notify_launcher import identity, pidfile, settingsfile
+from notify_launcher.config import Settings
+from notify_launcher.events import Event
+from notify_launcher.handoff import Doorbell
+from notify_launcher.journal import JournalWriter
+from notify_launcher.log import Log
+from notify_launcher.statedir import FILE_MODE, StatePaths, ensure_dir, write_atomic
+
+REGISTRY = "/run/notify-launcher/fifos"
+
+
+def entry_path(fifo: str, registry: str = REGISTRY) -> str:
+    """The registry's file for `fifo` (its absolute path, quoted into one file name)."""
+    return os.path.join(registry, quote(os.path.abspath(fifo), safe=""))
+
+
+class Predecessor:
+    """`start()` reads and replaces the registry's entry; `journal()` is the writer our events go to
+    while we queue behind the other directory (None: our own), `journaled()` rings its worker."""
+
+    def __init__(self, settings: Settings, paths: StatePaths, fifo: str, log: Log, registry: str = REGISTRY) -> None:
+        self.settings, self.paths, self.fifo, self.log, self.registry = settings, paths, fifo, log, registry
+        self.other: StatePaths | None = None  # the directory we queue behind, while we do
+        self._writer: JournalWriter | None = None
+        self._doorbell: Doorbell | None = None
+
+    def start(self) -> None:
+        """Find the directory that served our FIFO before us, and name ours in its place."""
+        path = entry_path(self.fifo, self.registry)
+        previous = _read(path)
+        try:
+            if previous != self.paths.root:
+                ensure_dir(os.path.dirname(self.registry))
+                ensure_dir(self.registry)
+                write_atomic(path, self.paths.root.encode(), FILE_MODE, sync=False)
+        except OSError as exc:
+            self.log.warn(None, None, f"cannot record in {path} that {self.paths.root} serves {self.fifo} "
+                                      f"({exc.strerror}): a reader started with another --state-dir will not "
+                                      f"know to queue behind this one's work")
+        if previous is None or previous == self.paths.root or not os.path.isdir(previous):
+            return
+        other = StatePaths(previous)
+        work = _work(other)
+        if work is None:
+            return
+        self.other = other
+        self._writer = JournalWriter(other.journal, version=settingsfile.version(self.settings),
+                                     report=self.log.line)
+        self._doorbell = Doorbell(other)
+        self.log.warn(None, None, f"{self.fifo} was served by the state directory {previous} before us (keepalived "
+                                  f"reloaded with another --state-dir), and its worker still works ({work}): our "
+                                  f"events queue behind it, journaled into {previous} and run there in order with "
+                                  f"our settings, until it is idle; then into {self.paths.root}")
+
+    def journal(self) -> JournalWriter | None:
+        """The journal our events go to while the other directory has work; None once it is idle
+        (said once) or its worker is gone: ours from then on."""
+        if self.other is None:
+            return None
+        work = _work(self.other)
+        if work is not None:
+            return self._writer
+        self.log.info(None, None, f"the state directory {self.other.root} is idle: our events go into "
+                                  f"{self.paths.root} from now on")
+        self.other = None
+        return None
+
+    def journaled(self, seq: int | None, event: Event) -> None:
+        """Ring the other directory's worker (it lives: `journal` checked), so it reads its journal."""
+        if self._doorbell is not None:
+            self._doorbell.answered()
+
+
+def _read(path: str) -> str | None:
+    """The state directory named in a registry entry; only an entry root wrote (or we, not root)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+        text = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    return text if text.startswith("/") else None
+
+
+def _work(other: StatePaths) -> str | None:
+    """What the other directory's worker still has to do, when it lives and has work (None: idle,
+    or no worker lives there to do it)."""
+    from notify_launcher.status import read_status  # only when a predecessor exists
+
+    named = pidfile.read(other)
+    if named is None or not identity.is_running(named):
+        return None
+    try:
+        status = read_status(other)
+    except OSError:
+        return None
+    if status.idle:
+        return None
+    running = status.snapshot.running
+    doing = f"#{running['seq']} running, " if running else ""
+    return f"pid {named.pid}: {doing}{len(status.pending)} pending"

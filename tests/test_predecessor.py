@@ -1,0 +1,49 @@
+"""keepalived reloaded with another --state-dir while the old directory's action runs: the new
+reader's events queue behind that work (never beside it, never before what was journaled there
+earlier), and the log says so.  Real readers, workers and actions, through the stand-in."""
+
+from __future__ import annotations
+
+import os
+
+from support import recorder
+from support.launcher import Launcher
+from support.marks import needs
+
+from notify_launcher.predecessor import entry_path
+
+VI = 'INSTANCE "VI_1" {} 100'
+
+
+@needs("root (the readers record which state directory serves a FIFO under /run)", os.geteuid() == 0)
+def test_a_reload_with_another_state_dir_queues_behind_the_old_directorys_action(launcher: Launcher) -> None:
+    gate = launcher.dir / "gate"
+    (launcher.dir / recorder.SLEEPS).write_text(recorder.sleep_line("*", "MASTER", 0, until=gate))
+    k = launcher.keepalived()
+    k.start()
+    assert k.write(VI.format("MASTER"))
+    launcher.wait_for("the MASTER action to start", launcher.starts)
+    assert k.write(VI.format("FAULT"))  # journaled in the old directory, after MASTER
+    launcher.wait_for("FAULT journaled", lambda: 'FAULT 100 | received' in launcher.log_text())
+    new_state = launcher.dir / "state2"
+    k.script = [str(new_state) if word == str(launcher.state) else word for word in k.script]
+    k.reload().join()
+    launcher.wait_for("the new reader", lambda: launcher.log_text().count("reader started") == 2)
+    assert k.write(VI.format("BACKUP"))
+    launcher.wait_for("BACKUP queued behind, or running beside", lambda: "BACKUP 100 | received (journaled into"
+                      in launcher.log_text() or len(launcher.starts()) > 1)
+    gate.touch()
+    launcher.wait_for("three actions", lambda: len([r for r in launcher.records() if r.kind == "end"]) == 3)
+    launcher.wait_idle()
+    recs = launcher.records()
+    order = [(r.kind, r.args[2]) for r in recs if r.kind in ("start", "end")]
+    assert order == [("start", "MASTER"), ("end", "MASTER"), ("start", "FAULT"), ("end", "FAULT"),
+                     ("start", "BACKUP"), ("end", "BACKUP")], order
+    assert not [r for r in recs if r.kind == "overlap"]
+    log = launcher.log_text()
+    assert (f"was served by the state directory {launcher.state} before us (keepalived reloaded with another "
+            f"--state-dir), and its worker still works") in log
+    assert f"BACKUP 100 | received (journaled into {launcher.state}, behind its work)" in log
+    assert os.path.exists(entry_path(str(launcher.fifo)))  # (removed by the fixture: /run outlives the test)
+    k.stop([])
+    launcher.unchecked = "two state directories in one log: their numbers overlap, checked above"
