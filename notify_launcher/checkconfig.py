@@ -20,6 +20,7 @@ import stat
 
 from notify_launcher.config import Settings, load
 from notify_launcher.errors import LauncherError
+from notify_launcher.events import Event
 from notify_launcher.security import check as security_check
 from notify_launcher.security import command_path, commands, refusal
 
@@ -212,5 +213,29 @@ def run(config: str | None, keepalived_conf: str | None, overrides: dict[str, st
         return [str(exc)]
     problems = check_settings(settings)
     if keepalived_conf:
-        problems += check_keepalived_conf(keepalived_conf)
+        problems += check_keepalived_conf(keepalived_conf) + run_twice(settings, keepalived_conf)
+    return problems
+
+
+def run_twice(settings: Settings, keepalived_conf: str) -> list[str]:
+    """Notify directives keepalived still runs for an event the launcher runs commands for: the
+    action would run twice (once from keepalived, once from the launcher)."""
+    from notify_launcher import kaconf
+    from notify_launcher.kaimport import states_of
+
+    try:
+        found = kaconf.find(kaconf.read(os.path.abspath(keepalived_conf)))
+    except LauncherError:
+        return []  # an unreadable file is check_keepalived_conf's to report
+    problems = []
+    for d in found.directives:
+        if d.ignored is not None:
+            continue
+        for state in states_of(d, found):
+            commands, _ = settings.action_for(Event(d.type, d.name, state, vs=d.vs))
+            if commands:
+                problems.append(f"{d.where}: {d.keyword} of {d.type} {d.name} still runs from keepalived, and the "
+                                f"launcher runs {commands[0].argv[0]} for {d.type} {d.name} {state}: the action would "
+                                f"run twice; remove the directive (`notify-launcher import` lists what to remove)")
+                break
     return problems

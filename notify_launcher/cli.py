@@ -234,7 +234,8 @@ def run_check_config(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="notify-launcher check-config", description="Check the INI file, every action it names (exists, "
         "executable, #! line, safe for root), the state and log paths, and optionally keepalived.conf's "
-        "notify_fifo lines (nested quotes, FIFO owner vs script user, the script itself). Exit 0 only when "
+        "notify_fifo lines (nested quotes, FIFO owner vs script user, the script itself) and its notify "
+        "directives that would run an action twice (keepalived's and the launcher's). Exit 0 only when "
         "all is well, 2 otherwise.",
         epilog="example: notify-launcher check-config --config /etc/keepalived/notify-launcher.ini "
                "--keepalived-conf /etc/keepalived/keepalived.conf")

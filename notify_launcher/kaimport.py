@@ -152,7 +152,8 @@ def _plan(d: Directive, found: Found) -> Command | str:
     return Command(argv, "keepalived" if d.appends else "none", user, group)
 
 
-def _states(d: Directive, found: Found) -> tuple[str, ...]:
+def states_of(d: Directive, found: Found) -> tuple[str, ...]:
+    """The states whose events run `d` (the generic `notify`: every state of its block)."""
     if d.state is not None:
         return (d.state,)
     if d.type == "GROUP":
@@ -182,7 +183,7 @@ def convert(found: Found, ini_path: str, launcher: str, fifo: str | None = None)
         for state in _order(type_, name, found):
             # keepalived's order: the state script, then the generic notify (vrrp_notify.c 289-299)
             run = [Planned(d, c) for d, c in pairs if d.state == state] + \
-                  [Planned(d, c) for d, c in pairs if d.state is None and state in _states(d, found)]
+                  [Planned(d, c) for d, c in pairs if d.state is None and state in states_of(d, found)]
             if run:
                 conv.rules[(type_, name, state, vs)] = run
     for p in found.problems:

@@ -306,3 +306,21 @@ def test_lvs_site_with_two_fifos_or_no_lvs_fifo_is_a_problem(good: Path) -> None
     res = _check("--config", str(good), "--keepalived-conf", str(conf))
     assert res.returncode == 2
     assert f"problem: {conf}:5: virtual_server blocks, but no lvs_notify_fifo" in res.stdout
+
+
+def test_a_notify_directive_for_an_event_the_launcher_handles_is_a_problem(good: Path) -> None:
+    """The action would run twice: keepalived's directive and the launcher's rule (here its default
+    handler) for the same event; a directive for an event the launcher leaves alone is fine."""
+    act = good.parent / "act.sh"
+    conf = good.parent / "keepalived.conf"
+    conf.write_text(KA.format(fifo=good.parent / "n.fifo", script=f'"{act}" root') +
+                    f'vrrp_instance VI_1 {{\n    notify_master "{act} promote" root\n}}\n')
+    line = len(conf.read_text().splitlines()) - 1
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert res.stdout.splitlines() == [
+        f"problem: {conf}:{line}: notify_master of INSTANCE VI_1 still runs from keepalived, and the launcher runs "
+        f"{act} for INSTANCE VI_1 MASTER: the action would run twice; remove the directive (`notify-launcher import` "
+        f"lists what to remove)"]
+    good.write_text(good.read_text() + "[match INSTANCE VI_1 MASTER]\nhandler =\n")
+    assert _check("--config", str(good), "--keepalived-conf", str(conf)).returncode == 0
