@@ -5,7 +5,7 @@ The workers of two state directories know nothing of each other: each runs its o
 action at a time.  So after a reload that changed `--state-dir` (the same FIFO, a new command
 line), the new reader's events would run while the old directory's slow action still runs, and
 before the events journaled there earlier.  Each reader therefore records, host-wide, which state
-directory serves its FIFO (REGISTRY, one file per FIFO path, root's alone to write); a reader that
+directory serves its FIFO (REGISTRY, one file per FIFO path, its writer's alone); a reader that
 finds another one there, whose worker lives and still has work (an action running, events
 pending), journals its events into that directory's journal, behind that work (run by that
 worker, in order, under our settings: the entries name our settings version), until it is idle;
@@ -26,7 +26,8 @@ from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log
 from notify_launcher.statedir import FILE_MODE, StatePaths, ensure_dir, write_atomic
 
-REGISTRY = "/run/notify-launcher/fifos"
+#: Not inside the default state directory (/run/notify-launcher): a directory of its own, 0700.
+REGISTRY = "/run/notify-launcher-fifos"
 
 
 def entry_path(fifo: str, registry: str = REGISTRY) -> str:
@@ -50,7 +51,6 @@ class Predecessor:
         previous = _read(path)
         try:
             if previous != self.paths.root:
-                ensure_dir(os.path.dirname(self.registry))
                 ensure_dir(self.registry)
                 write_atomic(path, self.paths.root.encode(), FILE_MODE, sync=False)
         except OSError as exc:
@@ -63,12 +63,19 @@ class Predecessor:
         work = _work(other)
         if work is None:
             return
+        live, what = work
+        if not live:
+            self.log.warn(None, None, f"{self.fifo} was served by the state directory {previous} before us (keepalived "
+                                      f"reloaded with another --state-dir); it holds work no worker runs ({what}): "
+                                      f"that runs when a reader of {previous} starts again; ours runs in "
+                                      f"{self.paths.root}, now")
+            return
         self.other = other
         self._writer = JournalWriter(other.journal, version=settingsfile.version(self.settings),
                                      report=self.log.line)
         self._doorbell = Doorbell(other)
         self.log.warn(None, None, f"{self.fifo} was served by the state directory {previous} before us (keepalived "
-                                  f"reloaded with another --state-dir), and its worker still works ({work}): our "
+                                  f"reloaded with another --state-dir), and its worker still works ({what}): our "
                                   f"events queue behind it, journaled into {previous} and run there in order with "
                                   f"our settings, until it is idle; then into {self.paths.root}")
 
@@ -78,7 +85,7 @@ class Predecessor:
         if self.other is None:
             return None
         work = _work(self.other)
-        if work is not None:
+        if work is not None and work[0]:
             return self._writer
         self.log.info(None, None, f"the state directory {self.other.root} is idle: our events go into "
                                   f"{self.paths.root} from now on")
@@ -107,20 +114,19 @@ def _read(path: str) -> str | None:
     return text if text.startswith("/") else None
 
 
-def _work(other: StatePaths) -> str | None:
-    """What the other directory's worker still has to do, when it lives and has work (None: idle,
-    or no worker lives there to do it)."""
+def _work(other: StatePaths) -> tuple[bool, str] | None:
+    """What the other directory still has to do (None: nothing), and whether a worker lives there to
+    do it."""
     from notify_launcher.status import read_status  # only when a predecessor exists
 
-    named = pidfile.read(other)
-    if named is None or not identity.is_running(named):
-        return None
     try:
         status = read_status(other)
     except OSError:
         return None
     if status.idle:
         return None
+    named = pidfile.read(other)
+    live = named is not None and identity.is_running(named)
     running = status.snapshot.running
     doing = f"#{running['seq']} running, " if running else ""
-    return f"pid {named.pid}: {doing}{len(status.pending)} pending"
+    return live, f"{f'pid {named.pid}: ' if live and named else ''}{doing}{len(status.pending)} pending"

@@ -313,7 +313,7 @@ def test_the_stop_window_ends_a_wait_on_a_lock_another_process_holds(tmp_path: P
 def test_the_registry_names_the_state_directory_that_served_a_fifo_and_trusts_only_its_own_entries(
         tmp_path: Path) -> None:
     s, paths = _settings(tmp_path)
-    registry = str(tmp_path / "run" / "fifos")
+    registry = str(tmp_path / "fifos")
     fifo = str(tmp_path / "a fifo")
     first = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
     first.start()
@@ -331,6 +331,13 @@ def test_the_registry_names_the_state_directory_that_served_a_fifo_and_trusts_on
     third = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
     third.start()
     assert third.other is None and entry.read_text() == paths.root
+    JournalWriter(other.journal).append(VI, time.time(), 1)  # work, but no worker lives there to do it
+    entry.write_text(other.root)
+    fourth = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
+    fourth.start()
+    assert fourth.other is None, "nothing runs there: nothing to queue behind"
+    assert (f"it holds work no worker runs (1 pending): that runs when a reader of {other.root} starts again; "
+            f"ours runs in {paths.root}, now") in Path(s.log_file).read_text()
 
 
 def _parsed(line: str) -> Event:
