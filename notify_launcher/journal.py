@@ -110,9 +110,10 @@ def parse_entry(line: bytes) -> Entry | None:
 
 
 def damaged_seq(line: bytes) -> int | None:
-    """The number a damaged or torn line seems to carry: its first field, when a tab ends it."""
+    """The number a damaged or torn line seems to carry: its first field, when a tab ends it (0, a
+    spilled event's, is no number)."""
     first, tab, _ = line.partition(b"\t")
-    return int(first) if tab and first.isdigit() and len(first) < 20 else None
+    return int(first) or None if tab and first.isdigit() and len(first) < 20 else None
 
 
 def describe(line: bytes) -> str:
