@@ -35,15 +35,18 @@ class ProcStat(NamedTuple):
 
     ppid: int
     start: int
+    pgrp: int
+    state: str  # "Z": a zombie, dead but not reaped yet
 
 
 def stat(pid: int) -> ProcStat | None:
-    """Parent and start time of `pid`; None if there is no such process (or /proc cannot say).
-    The command name may hold spaces and parentheses: the fields start after its last ')'."""
+    """Parent, start time, process group and state of `pid`; None if there is no such process (or
+    /proc cannot say).  The command name may hold spaces and parentheses: the fields start after
+    its last ')'."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
-        return ProcStat(int(fields[1]), int(fields[19]))
+        return ProcStat(int(fields[1]), int(fields[19]), int(fields[2]), fields[0].decode())
     except (OSError, IndexError, ValueError, OverflowError):
         return None
 
@@ -72,6 +75,16 @@ def ticks() -> int:
     """Now, as a start time: a process forked after this call has a start time >= its result, one
     forked before the call a start time <= it (the kernel's nsec_to_clock_t of CLOCK_BOOTTIME)."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS
+
+
+def group_alive(pgrp: int) -> bool:
+    """A process of process group `pgrp` still runs (zombies do not count: they hold nothing)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = stat(int(name))
+            if st is not None and st.pgrp == pgrp and st.state != "Z":
+                return True
+    return False
 
 
 def started_between(pid: int, first: int, last: int) -> bool:

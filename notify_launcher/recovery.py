@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 
 from notify_launcher.following import Following
-from notify_launcher.identity import started_between
+from notify_launcher.identity import group_alive, started_between
 from notify_launcher.journal import Entry, read_all
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import Ended
 from notify_launcher.progress import EndRecord, Snapshot, StartRecord
 
 MAX_TRIES = 3  # workers that may die on one event before it is recorded as skipped
+ORPHAN_GONE_WAIT = 5.0  # s at most for the dead worker's SIGKILLed action to be gone
 
 
 class Recovery:
@@ -77,4 +78,9 @@ def end_orphan(running: StartRecord, note: Callable[[str], None]) -> None:
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            pass
+            return
+        # SIGKILL is delivered when each process runs next: the next event's action must not start
+        # beside what is left of this one.
+        deadline = time.monotonic() + ORPHAN_GONE_WAIT
+        while group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.005)

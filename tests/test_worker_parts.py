@@ -16,7 +16,7 @@ from notify_launcher.config import Settings
 from notify_launcher.drain import Drain
 from notify_launcher.events import Event
 from notify_launcher.following import Following
-from notify_launcher.identity import ticks
+from notify_launcher.identity import group_alive, ticks
 from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.log import Log
@@ -116,7 +116,8 @@ def _orphan(pid: int, first: int, last: int, t: float) -> dict[str, object]:
 
 def test_recovery_ends_the_dead_workers_action_by_its_start_time(tmp_path: Path) -> None:
     """The action a dead worker left running is killed (its whole process group) when its pid still
-    names the process spawned between the record's two start-time bounds."""
+    names the process spawned between the record's two start-time bounds, and recovery goes on only
+    once the group is gone (the next event's action must not start beside it)."""
     parts = Parts(tmp_path)
     parts.journal("BACKUP")
     first = ticks()
@@ -124,6 +125,7 @@ def test_recovery_ends_the_dead_workers_action_by_its_start_time(tmp_path: Path)
     try:
         parts.progress({"op": "try", "seq": 1, "worker": 99}, _orphan(action.pid, first, ticks(), time.time()))
         parts.start()
+        assert not group_alive(action.pid), "recovery went on while the killed action still ran"
         assert action.wait(60) == -signal.SIGKILL
         assert f"ending the dead worker's action pid {action.pid}" in parts.log_file.read_text()
     finally:
