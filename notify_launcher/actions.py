@@ -1,9 +1,11 @@
 """Run one action: argv only (event fields are never put into a shell string), its own session,
 output into the log line by line, a timeout that ends the whole tree.
 
-The worker is a child subreaper (worker.py), so anything an action leaves behind -- a setsid'd or
-double-forked grandchild included -- is re-parented to the worker and stays among its descendants:
-that is how the timeout finds and ends processes that left the action's parent chain.
+Every process the action starts is kept in its Box (containment.py: a cgroup where one can be
+made, else a mark its processes inherit, the subreaper and the session), so the timeout ends all of
+them -- setsid'd, double-forked, or forked while being killed -- and goes on until none is left.
+Deadlines and durations are on the monotonic clock, and an action's exit is read before its
+deadline is judged.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from dataclasses import dataclass
 import psutil
 
 from notify_launcher import security
+from notify_launcher.containment import Box
 from notify_launcher.journal import Entry
 
 MAX_OUTPUT_LINE = 4096
 Output = Callable[[str, str], None]  # (stream name, line)
 Note = Callable[[str], None]
+TICK = 1.0  # s: the longest wait while an action runs, so a stall of the worker is seen (and said)
+STALL = 1.0  # s: a wait that returns this much later than asked means the worker was not scheduled
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Result:
     duration: float
     timed_out: bool = False
     error: str | None = None
+    stalled: float = 0.0  # s the worker was not scheduled while it ran (the duration includes them)
 
     @property
     def ok(self) -> bool:
@@ -91,47 +97,17 @@ class Child:
             os.kill(self.pid, signum)
 
 
-def _children() -> set[int]:
-    """Our direct children, from the kernel's list (cheap; a psutil scan reads all of /proc).  Read
-    twice per event: raw os.read, not a text file object (5 us instead of 12)."""
-    chunks = []
+def _name(pid: int) -> str:
     try:
-        fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-    except OSError:
-        return {p.pid for p in psutil.Process().children()}
-    return {int(pid) for pid in b"".join(chunks).split()}
-
-
-def _action_tree(root: int, before: set[int]) -> list[psutil.Process]:
-    """Everything the action started: its descendants, plus orphans re-parented to us (children that
-    were not there before it started) and their descendants.  The action itself is not included."""
-    tree: list[psutil.Process] = []
-    for pid in [root, *(_children() - before - {root})]:
-        try:
-            p = psutil.Process(pid)
-            tree += ([] if pid == root else [p]) + p.children(recursive=True)
-        except psutil.NoSuchProcess:
-            pass
-    return tree
-
-
-def _name(p: psutil.Process) -> str:
-    try:
+        p = psutil.Process(pid)
         return " ".join(p.cmdline())[:200] or p.name()
     except psutil.Error:
         return "?"
 
 
 def _describe(pid: int) -> str:
-    try:
-        return f"{pid} ({_name(psutil.Process(pid))})"
-    except psutil.Error:
-        return f"{pid} (gone)"
+    name = _name(pid)
+    return f"{pid} ({'gone' if name == '?' else name})"
 
 
 class _Lines:
@@ -157,34 +133,32 @@ class _Lines:
             self.buf = b""
 
 
-def kill_tree(proc: Child, others: list[psutil.Process], before: set[int], grace: float, note: Note) -> None:
-    """SIGTERM the action and `others`; SIGKILL what is left after `grace` s (and what they forked meanwhile).
+def end_tree(proc: Child, box: Box, grace: float, note: Note) -> None:
+    """SIGTERM the action, then every other process of its (the box's); after `grace` s SIGKILL
+    whatever is left, and go on killing what they forked meanwhile until nothing is left.
 
-    The action itself is awaited through its Child handle, so its own exit status is not lost to psutil.
-    """
-    names = ", ".join([str(proc.pid)] + [f"{p.pid} ({_name(p)})" for p in others])
+    The action itself is awaited through its Child handle, so its own exit status is not lost."""
+    box.isolate()  # the worker out of the action's cgroup before anything in it is killed
+    others = sorted(box.members() - {proc.pid})
     proc.send(signal.SIGTERM)  # the action first: a script whose child died first would run on (its next line)
-    for p in others:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    note(f"sent SIGTERM to {names}")
+    for pid in others:
+        _signal(pid, signal.SIGTERM)
+    note("sent SIGTERM to " + ", ".join([str(proc.pid), *map(_describe, others)]))
     deadline = time.monotonic() + grace
     proc.wait(timeout=grace)
-    _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
-    known = {p.pid for p in others}
-    alive += [p for p in _action_tree(proc.pid, before) if p.pid not in known]  # forked meanwhile
-    survivors = [str(p.pid) for p in alive] + ([str(proc.pid)] if proc.poll() is None else [])
+    box.wait_gone(others, max(0.0, deadline - time.monotonic()))
+    survivors = sorted(box.members() - {proc.pid}) + ([proc.pid] if proc.poll() is None else [])
     if survivors:
-        note("still alive after the grace, sent SIGKILL to " + ", ".join(survivors))
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.send(signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=2)
+        note("still alive after the grace, sent SIGKILL to " + ", ".join(map(str, survivors)))
+    proc.send(signal.SIGKILL)
+    box.end(note)  # until nothing is left: also what was forked while we looked
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def event_env(entry: Entry, base: dict[str, str]) -> dict[str, str]:
@@ -279,46 +253,48 @@ def _fork_as(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]], i
 
 
 def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float, output: Output,
-               note: Note, started: Callable[[int], None], ids: tuple[int, int] | None = None) -> Result:
-    """Run `argv` (as (uid, gid) `ids` if given) to completion or timeout; report output lines and
-    facts through the callbacks (`started(pid)` right after the spawn).  As root, a command someone
-    else could have changed since the reader checked it is not run: that is the event's failure
-    (security.py; the user it runs as may own it)."""
+               note: Note, started: Callable[[int], None], box: Box, ids: tuple[int, int] | None = None) -> Result:
+    """Run `argv` (as (uid, gid) `ids` if given) to completion or timeout, its processes kept in
+    `box` (containment.py); report output lines and facts through the callbacks (`started(pid)`
+    right after the spawn).  As root, a command someone else could have changed since the reader
+    checked it is not run: that is the event's failure (security.py; the user it runs as may own it)."""
     refused = security.command_problem(argv, user=security.ROOT if ids is None else ids[0])
     if refused is not None:
         return Result(None, None, 0.0, error=refused)
     reap_zombies()
-    before = _children()  # background processes earlier actions left: not this action's
     t0 = time.monotonic()
     try:
-        proc, out, err = spawn(argv, env, ids)
+        proc, out, err = box.spawn(lambda: spawn(argv, box.environment(env), ids))
     except OSError as exc:
         return Result(None, None, time.monotonic() - t0, error=f"{argv[0]}: {exc.strerror}")
+    box.started(proc.pid)
     try:
-        timed_out = _supervise(proc, {out: _Lines("out", output), err: _Lines("err", output)}, before, t0,
-                               timeout, kill_grace, note, started)
+        timed_out, stalled = _supervise(proc, {out: _Lines("out", output), err: _Lines("err", output)}, box, t0,
+                                        timeout, kill_grace, note, started)
     except BaseException:
         # Whatever failed on our side (a callback, the log, a full disk), the action must not run
         # on unsupervised: end its tree before the error becomes this event's failure.
-        if proc.poll() is None:
-            kill_tree(proc, _action_tree(proc.pid, before), before, kill_grace, note)
+        end_tree(proc, box, kill_grace, note)
         proc.wait()
         raise
     finally:
         os.close(out)
         os.close(err)
     duration = time.monotonic() - t0
-    leftovers = _children() - before - {proc.pid}
+    leftovers = box.leftovers()
     if leftovers and not timed_out:
-        note("left running in the background (not killed): " + ", ".join(_describe(pid) for pid in sorted(leftovers)))
+        note("left running in the background (not killed): " + ", ".join(map(_describe, leftovers)))
     rc = proc.returncode
     assert rc is not None
-    return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out)
+    return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out, stalled=stalled)
 
 
-def _supervise(proc: Child, streams: dict[int, _Lines], before: set[int], t0: float, timeout: float,
-               kill_grace: float, note: Note, started: Callable[[int], None]) -> bool:
-    """Report the start, relay the output, enforce the timeout; True if it timed out."""
+def _supervise(proc: Child, streams: dict[int, _Lines], box: Box, t0: float, timeout: float,
+               kill_grace: float, note: Note, started: Callable[[int], None]) -> tuple[bool, float]:
+    """Report the start, relay the output, enforce the timeout; (timed out, seconds the worker was
+    not scheduled meanwhile).  A finished action's exit is read before its deadline is judged: a
+    worker that was stopped past the deadline (SIGSTOP, a frozen cgroup, a paused VM) records what
+    the action did, and says it was stalled."""
     started(proc.pid)
     poller = select.poll()  # no fd of its own to make and close per action, unlike epoll
     for fd in streams:
@@ -326,25 +302,34 @@ def _supervise(proc: Child, streams: dict[int, _Lines], before: set[int], t0: fl
         poller.register(fd, select.POLLIN)
     poller.register(proc.pidfd, select.POLLIN)
     deadline = t0 + timeout
-    timed_out = False
+    timed_out, stalled = False, 0.0
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            timed_out = True
-            note(f"timeout of {timeout:g}s reached; ending the action's process tree")
-            kill_tree(proc, _action_tree(proc.pid, before), before, kill_grace, note)
-            break
-        ready = poller.poll(int(remaining * 1000) + 1)
+        wait = min(TICK, max(0.0, deadline - time.monotonic()))
+        asked = time.monotonic() + wait
+        ready = poller.poll(int(wait * 1000) + 1)
+        now = time.monotonic()
+        if now - asked > STALL:
+            stalled += now - asked
         if any(fd == proc.pidfd for fd, _ in ready):
             break
         for fd, _ in ready:
             if not _read(fd, streams[fd]):
                 poller.unregister(fd)
+        if now >= deadline:
+            if proc.poll() is not None:
+                break  # it had ended (a signal's EINTR after the deadline returns no fd at all)
+            timed_out = True
+            note(f"timeout of {timeout:g}s reached; ending the action's process tree")
+            end_tree(proc, box, kill_grace, note)
+            break
     proc.wait()
     for fd, lines in streams.items():  # what is still buffered; background writers are not awaited
         _read(fd, lines)
         lines.flush()
-    return timed_out
+    if stalled:
+        note(f"the worker was not scheduled for {stalled:.1f}s while the action ran (stopped, a frozen "
+             f"cgroup, a paused VM): its result is the action's own, its duration includes that time")
+    return timed_out, stalled
 
 
 def _read(fd: int, lines: _Lines) -> bool:

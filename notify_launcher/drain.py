@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from notify_launcher import actions, settingsfile
 from notify_launcher.config import Command
+from notify_launcher.containment import Containment
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import READER_TYPE
 from notify_launcher.following import Following
@@ -32,8 +33,10 @@ class Drain:
     (monotonic; the worker stands by for the next reader after it)."""
 
     def __init__(self, following: Following, ledger: Ledger, publisher: MetricsPublisher,
-                 on_failure: OnFailureRunner, worker: int, worker_start: int, environ: dict[str, str]) -> None:
+                 on_failure: OnFailureRunner, containment: Containment, worker: int, worker_start: int,
+                 environ: dict[str, str]) -> None:
         self.following, self.ledger, self.publisher, self.on_failure = following, ledger, publisher, on_failure
+        self.containment = containment
         self.worker, self.worker_start, self.environ = worker, worker_start, environ
         self.done_seq = 0
         self.reload_at = float("-inf")
@@ -146,6 +149,9 @@ class Drain:
         end = end_of(entry, result.describe(), ok=result.ok, worker=self.worker)
         end["duration"] = round(sum(r.duration for r in results), 6)
         end["exit"], end["signal"], end["timed_out"] = result.exit_code, result.signal, result.timed_out
+        stalled = sum(r.stalled for r in results)
+        if stalled:
+            end["stalled"] = round(stalled, 3)
         self.ledger.finish(end, event)
         self.on_failure.due(Ended(entry, end, tail))
 
@@ -161,21 +167,26 @@ class Drain:
         except KeyError as exc:
             result = actions.Result(None, None, 0.0, error=f"{exc.args[0]} (it did when the configuration was read)")
         else:
+            box = self.containment.box(seq)
+
             def started(pid: int) -> None:
                 """Recorded and logged after the spawn, so nothing of ours delays the action.  Its start
                 time is bracketed by two clock reads (identity.ticks: reading /proc while the child is
                 in exec() would wait); it tells the action from a later process with the same pid."""
-                self.ledger.record(StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
-                                               state=event.state, pid=pid, pid_start_min=spawning,
-                                               pid_start_max=ticks(), worker=self.worker,
-                                               worker_start=self.worker_start), event)
+                start = StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
+                                    state=event.state, pid=pid, pid_start_min=spawning, pid_start_max=ticks(),
+                                    worker=self.worker, worker_start=self.worker_start)
+                if box.cgroup is not None:
+                    start["cgroup"] = box.cgroup  # for a recovering worker, whichever cgroup it is in
+                self.ledger.record(start, event)
                 log.info(seq, event, f"action started{which}: {' '.join(argv)}{as_user} (pid {pid}, timeout "
                                      f"{timeout:g}s, queued {delay * 1000:.1f} ms)")
 
             env = actions.event_env(entry, command.base_environment(self.environ))
             spawning = ticks()
             result = actions.run_action(argv, env, timeout, self.following.settings.kill_grace, output=output,
-                                        note=lambda text: log.warn(seq, event, text), started=started, ids=ids)
+                                        note=lambda text: log.warn(seq, event, text), started=started, box=box,
+                                        ids=ids)
         log.line("INFO" if result.ok else "ERROR", seq, event,
                  f"action ended{which}: {result.describe()} after {result.duration:.3f}s")
         return result

@@ -20,7 +20,8 @@ import os
 import time
 from typing import NamedTuple
 
-_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+_TICK_NS = 1_000_000_000 // TICKS_PER_SECOND
 
 
 class ProcessId(NamedTuple):
@@ -36,7 +37,7 @@ class ProcStat(NamedTuple):
     ppid: int
     start: int
     pgrp: int
-    state: str  # "Z": a zombie, dead but not reaped yet
+    state: str  # "Z": a zombie, dead but not reaped yet; "T": stopped (SIGSTOP); "t": traced
 
 
 def stat(pid: int) -> ProcStat | None:
@@ -75,16 +76,6 @@ def ticks() -> int:
     """Now, as a start time: a process forked after this call has a start time >= its result, one
     forked before the call a start time <= it (the kernel's nsec_to_clock_t of CLOCK_BOOTTIME)."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS
-
-
-def group_alive(pgrp: int) -> bool:
-    """A process of process group `pgrp` still runs (zombies do not count: they hold nothing)."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = stat(int(name))
-            if st is not None and st.pgrp == pgrp and st.state != "Z":
-                return True
-    return False
 
 
 def started_between(pid: int, first: int, last: int) -> bool:

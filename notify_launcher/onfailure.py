@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from notify_launcher import actions
+from notify_launcher.containment import Containment
 from notify_launcher.following import Following
 from notify_launcher.journal import Entry
 from notify_launcher.progress import EndRecord
@@ -32,8 +33,8 @@ class Ended:
 class OnFailureRunner:
     """`due(ended)` after each end record; `run()` once the record and the metrics file are written."""
 
-    def __init__(self, following: Following, environ: dict[str, str]) -> None:
-        self.following, self.environ = following, environ
+    def __init__(self, following: Following, containment: Containment, environ: dict[str, str]) -> None:
+        self.following, self.containment, self.environ = following, containment, environ
         self._due: Ended | None = None
 
     def due(self, ended: Ended) -> None:
@@ -64,7 +65,8 @@ class OnFailureRunner:
                 output=lambda stream, text: log.info(seq, event, f"on_failure {stream}: {text}"),
                 note=lambda text: log.warn(seq, event, f"on_failure: {text}"),
                 started=lambda pid: log.info(seq, event, f"on_failure started ({result}): {' '.join(argv)} "
-                                                         f"(pid {pid}, timeout {timeout:g}s)"))
+                                                         f"(pid {pid}, timeout {timeout:g}s)"),
+                box=self.containment.box(seq, "on_failure"))
         except Exception as exc:
             log.exception(seq, event, "on_failure failed inside the launcher (not retried)", exc)
             return

@@ -41,9 +41,8 @@ class TryRecord(TypedDict):
     worker: int
 
 
-class StartRecord(TypedDict):
-    """The event's action was spawned: `pid` (at `t`, with a start time from `pid_start_min` to
-    `pid_start_max`) by `worker`, whose start time is `worker_start` (start times: identity.py)."""
+class _StartFields(TypedDict):
+    """What every start record holds."""
 
     op: Literal["start"]
     seq: int
@@ -56,6 +55,14 @@ class StartRecord(TypedDict):
     pid_start_max: int
     worker: int
     worker_start: int
+
+
+class StartRecord(_StartFields, total=False):
+    """The event's action was spawned: `pid` (at `t`, with a start time from `pid_start_min` to
+    `pid_start_max`) by `worker`, whose start time is `worker_start` (start times: identity.py);
+    `cgroup` holds the action's processes where the worker contains them in cgroups (containment.py)."""
+
+    cgroup: str
 
 
 class _EndFields(TypedDict):
@@ -79,6 +86,7 @@ class EndRecord(_EndFields, total=False):
     exit: int | None
     signal: int | None
     timed_out: bool
+    stalled: float
     worker: int
 
 
@@ -210,7 +218,7 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "end": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "result": str},
     "totals": {"seq": int, "counts": dict},
 }
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER, "worker": int}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER, "worker": int, "cgroup": str, "stalled": _NUMBER}
 
 
 def _no_constant(name: str) -> float:

@@ -43,14 +43,30 @@ def _worker_alive(running: StartRecord) -> bool:
     return running["worker"] > 0 and identity.is_running(ProcessId(running["worker"], running["worker_start"]))
 
 
+def _worker_state(running: StartRecord) -> str:
+    """What the running action's worker is doing: "gone", "stopped" (SIGSTOP, a frozen cgroup: it
+    neither watches its action's deadline nor records anything until it continues), or "running"."""
+    if not _worker_alive(running):
+        return "gone"
+    st = identity.stat(running["worker"])
+    return "stopped" if st is not None and st.state in ("T", "t") else "running"
+
+
+def _elapsed(running: StartRecord) -> float:
+    """How long the action has run, from its start time in boot clock ticks (no wall-clock step
+    moves it)."""
+    return max(0.0, (identity.ticks() - running["pid_start_min"]) / identity.TICKS_PER_SECOND)
+
+
 def as_json(status: Status) -> str:
     running = status.snapshot.running
     return json.dumps({
         "last_seq": status.last_seq,
         "done_seq": status.snapshot.done_seq,
         "instances": status.snapshot.last,
-        "running": None if running is None else {**running, "elapsed": time.time() - running["t"],
-                                                 "worker_alive": _worker_alive(running)},
+        "running": None if running is None else {**running, "elapsed": _elapsed(running),
+                                                 "worker_alive": _worker_alive(running),
+                                                 "worker_state": _worker_state(running)},
         "pending": [{"seq": e.seq, "event": str(e.event), "time": e.time} for e in status.pending],
     }, indent=2, sort_keys=True)
 
@@ -68,9 +84,12 @@ def as_text(status: Status) -> str:
     out = [f"events: {status.last_seq} journaled, {snap.done_seq} finished, {len(status.pending)} pending"]
     if snap.running is not None:
         r = snap.running
-        alive = "" if _worker_alive(r) else "  (its worker is gone: the next worker recovers it)"
+        worker = {"gone": "  (its worker is gone: the next worker recovers it)",
+                  "stopped": f"  (its worker pid {r['worker']} is stopped (SIGSTOP, a frozen cgroup): nothing is "
+                             f"watched or recorded until it continues)",
+                  "running": ""}[_worker_state(r)]
         out.append(f"running: #{r['seq']} {r['event']}  action pid {r['pid']}, "
-                   f"{time.time() - r['t']:.1f}s so far{alive}")
+                   f"{_elapsed(r):.1f}s so far{worker}")
     else:
         out.append("running: nothing")
     reader = snap.last.get(f"{READER_TYPE} reader")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from notify_launcher import actions, pidfile, settingsfile
 from notify_launcher.config import Settings
+from notify_launcher.containment import Containment
 from notify_launcher.drain import Drain
 from notify_launcher.following import Following
 from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, say_hello
@@ -95,11 +96,13 @@ class Worker:
         self.following = Following(paths, settings, log)
         self.pid = os.getpid()
         environ = dict(os.environ)  # each action's environment starts from it (decoded once)
+        self.containment = Containment(paths.root)
         self.ledger = Ledger(self.following)
-        self.on_failure = OnFailureRunner(self.following, environ)
+        self.on_failure = OnFailureRunner(self.following, self.containment, environ)
         self.publisher = MetricsPublisher(self.following, self.ledger.totals)
-        self.recovery = Recovery(self.following, self.ledger, self.pid)
-        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.pid, 0, environ)
+        self.recovery = Recovery(self.following, self.ledger, self.containment, self.pid)
+        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.containment,
+                           self.pid, 0, environ)
         self._stopping = False
         self._wakeup = -1
 
@@ -159,6 +162,7 @@ class Worker:
     def run(self) -> int:
         """Drain, linger on the doorbell, drain again; leave only after a final re-read, done once the
         doorbell is closed, finds nothing (handoff.py: a ring may have come just before the close)."""
+        self.log.info(None, None, self.containment.start())  # after the handover: it may wait for the kernel
         self.on_failure.run()  # of an event recovery skipped: after start(), not to hold up the handover
         while self.drain.drain(self._owner):
             self.drain.compact()
@@ -176,6 +180,7 @@ class Worker:
         else:
             self.log.debug(None, None, f"no reader left and idle for {self.following.settings.linger:g}s; exiting")
         self.doorbell.close()
+        self.containment.close()
         pidfile.remove(self.paths, self.pid)
         return 0
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import psutil
 
 from notify_launcher.config import Settings
+from notify_launcher.containment import Containment
 from notify_launcher.drain import Drain
 from notify_launcher.events import Event
 from notify_launcher.following import Following
-from notify_launcher.identity import group_alive, ticks
+from notify_launcher.identity import stat, ticks
 from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.log import Log
@@ -40,9 +41,10 @@ class Parts:
         self.following = Following(self.paths, s, Log(s.log_file, "worker"))
         self.ledger = Ledger(self.following)
         self.publisher = MetricsPublisher(self.following, self.ledger.totals)
-        self.on_failure = OnFailureRunner(self.following, dict(os.environ))
-        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, os.getpid(), 0,
-                           dict(os.environ))
+        self.containment = Containment(self.paths.root)
+        self.on_failure = OnFailureRunner(self.following, self.containment, dict(os.environ))
+        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.containment,
+                           os.getpid(), 0, dict(os.environ))
         self.log_file = Path(s.log_file)
 
     def journal(self, *states: str) -> None:
@@ -62,11 +64,21 @@ class Parts:
         snap = self.ledger.start()
         done = snap.done_seq
         if snap.trying or snap.running is not None:
-            done, skipped = Recovery(self.following, self.ledger, os.getpid()).recover(snap)
+            done, skipped = Recovery(self.following, self.ledger, self.containment, os.getpid()).recover(snap)
             if skipped is not None:
                 self.on_failure.due(skipped)
         self.drain.start(done)
         return done
+
+
+def group_alive(pgrp: int) -> bool:
+    """A process of process group `pgrp` still runs (zombies do not count: they hold nothing)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = stat(int(name))
+            if st is not None and st.pgrp == pgrp and st.state != "Z":
+                return True
+    return False
 
 
 def _script(path: Path, text: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from notify_launcher import journal, predecessor, progress
+from notify_launcher import containment, journal, predecessor, progress
 from notify_launcher.predecessor import entry_path
 from support import LAUNCHER, invariants, processes, recorder
 from support.standin import Keepalived
@@ -46,6 +46,24 @@ def forget_fifos(directory: Path, registry: str = predecessor.REGISTRY) -> None:
             try:
                 os.unlink(os.path.join(registry, name))
             except FileNotFoundError:
+                pass
+
+
+def remove_action_cgroups(state: Path) -> None:
+    """The action cgroups the workers of `state` made (containment.py) go with the test: what is
+    left in them is killed, then they are removed.  The workers' cgroup is the test's own."""
+    home = containment.own_cgroup()
+    if home is None:
+        return
+    prefix = containment.cgroup_prefix(str(state))
+    for name in os.listdir(home):
+        if name.startswith(prefix):
+            path = os.path.join(home, name)
+            containment.kill_cgroup(path)
+            containment.wait_unpopulated(path, 10)
+            try:
+                os.rmdir(path)
+            except OSError:
                 pass
 
 
@@ -182,3 +200,4 @@ class Launcher:
         (notify_launcher/predecessor.py, under /run, which outlives the test) go too."""
         processes.end_all(str(self.dir))
         forget_fifos(self.dir)
+        remove_action_cgroups(self.state)

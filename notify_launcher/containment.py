@@ -1,0 +1,479 @@
+"""Containment: every process an action starts can be found, and ended, by its worker or the next one.
+
+An action may do anything: setsid, double fork, re-exec, fork while it is being killed.  A timeout,
+and a worker recovering the event a dead worker left, must end *every* process the action started
+before anything else runs; so ending is a loop (find, kill, look again) that stops only when
+nothing is left, never one pass over a list read once.  Four mechanisms find those processes:
+
+- **A cgroup per action** (cgroup v2, where its hierarchy is writable: /sys/fs/cgroup on a current
+  Debian, /sys/fs/cgroup/unified beside v1 controllers).  The worker moves itself into the action's
+  cgroup around posix_spawn and back (so the child *starts* inside: no window in which it could fork
+  before being moved), ends it with `cgroup.kill` and waits for `populated 0` in cgroup.events.
+  Catches everything -- setsid, double fork, re-exec, a cleared environment, forks racing the
+  kill -- except a process that root moves out of the cgroup on purpose.  The cgroup is made under
+  the worker's own (keepalived.service's, a transient unit's, or the root) and reused while the
+  actions leave nothing behind; one an action left processes in is left to them and removed
+  later.  Its path is in the `start` record, so a recovering worker in another cgroup finds it.
+- **The mark**: NOTIFY_LAUNCHER_ACTION (the state directory and the event's number) in every action's
+  environment, inherited by whatever it starts and read back from /proc/PID/environ.  Catches
+  setsid, double fork and re-exec; not a process that clears its environment (`env -i`) or
+  overwrites its initial environment in memory, and not processes of another user when the worker
+  is not root (their environ is unreadable).
+- **The subreaper**: the worker is a child subreaper (worker.py), so a live worker sees orphans of
+  its action re-parented to it.  Not available to a recovering worker (the dead one's orphans went
+  to its subreaper ancestor).
+- **The session and process group**: the action starts in a session of its own; members that did
+  not setsid again are found by it, whatever their environment.
+
+Without a writable cgroup the last three are scanned together, and what none of them catches -- an
+action that clears its environment, calls setsid and leaves its parent chain while a *recovering*
+worker looks -- can survive.  The worker's second log line says which way it contains actions;
+NOTIFY_LAUNCHER_NO_CGROUPS=yes in its environment keeps it out of cgroups.
+
+A process in uninterruptible sleep cannot die until its system call returns; the loop waits
+KILL_WAIT for it, then names it in the log and goes on (it holds a pending SIGKILL and runs no more
+code of its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from notify_launcher import identity
+
+MARK = "NOTIFY_LAUNCHER_ACTION"
+KILL_WAIT = 5.0  # s: how long the kill loop waits for SIGKILLed processes to be gone
+CGROUP_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
+CGROUP_PREFIX = "notify-launcher-"
+#: In the worker's environment, "yes" keeps it out of cgroups (a host where it must not move between
+#: cgroups; the tests of the other mechanisms).
+NO_CGROUPS = "NOTIFY_LAUNCHER_NO_CGROUPS"
+Note = Callable[[str], None]
+T = TypeVar("T")
+
+
+def mark(state_dir: str, seq: int, role: str = "action") -> str:
+    """The NOTIFY_LAUNCHER_ACTION of `seq`'s action (role "on_failure" for its on_failure command)."""
+    return f"{role} #{seq} {state_dir}"
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def cgroup_prefix(state_dir: str) -> str:
+    """How the names of a state directory's action cgroups start (then the worker's pid and a count)."""
+    return f"{CGROUP_PREFIX}{hashlib.blake2s(state_dir.encode(), digest_size=4).hexdigest()}-"
+
+
+def own_cgroup() -> str | None:
+    """This process's cgroup v2 directory, if a cgroup2 hierarchy is mounted where we look."""
+    try:
+        lines = _read("/proc/self/cgroup").decode().splitlines()
+    except OSError:
+        return None
+    rel = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if rel is None:
+        return None
+    for root in CGROUP_ROOTS:
+        path = root + rel.rstrip("/")
+        if os.path.exists(path + "/cgroup.procs") and os.path.exists(root + "/cgroup.controllers"):
+            return path
+    return None
+
+
+def populated(cgroup: str) -> bool:
+    """Any live process in `cgroup` (or below); False once it is gone."""
+    try:
+        return b"populated 1" in _read(cgroup + "/cgroup.events")
+    except FileNotFoundError:
+        return False
+
+
+def cgroup_members(cgroup: str) -> list[int]:
+    try:
+        return [int(pid) for pid in _read(cgroup + "/cgroup.procs").split()]
+    except FileNotFoundError:
+        return []
+
+
+def wait_unpopulated(cgroup: str, timeout: float) -> bool:
+    """Wait (on cgroup.events' change notification, not a sleep loop) until `cgroup` is empty."""
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.open(cgroup + "/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI)
+        while b"populated 1" in os.pread(fd, 4096, 0):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            poller.poll(min(left, 0.1) * 1000)  # notified on change; 0.1 s bounds a missed one
+        return True
+    finally:
+        os.close(fd)
+
+
+def kill_cgroup(cgroup: str) -> None:
+    """SIGKILL everything in `cgroup`: cgroup.kill where the kernel has it (5.14+: forks racing it
+    are killed too), else each member (the caller's loop looks again)."""
+    try:
+        _write(cgroup + "/cgroup.kill", b"1")
+        return
+    except FileNotFoundError:
+        if not os.path.isdir(cgroup):
+            return
+    for pid in cgroup_members(cgroup):
+        if pid != os.getpid():
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Scan:
+    """One look at the process table for an action's processes: those carrying its mark, those in
+    its session or process group, and the descendants of `roots` (the action itself while it is the
+    one recorded, and what the worker's subreaper inherited since it started)."""
+
+    def __init__(self, mark_value: str | None, session: int | None, roots: Iterable[int]) -> None:
+        self.needle = None if mark_value is None else f"{MARK}={mark_value}\0".encode()
+        self.session, self.roots = session, set(roots)
+
+    def find(self) -> set[int]:
+        me = os.getpid()
+        parent: dict[int, int] = {}
+        found: set[int] = set()
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            pid = int(name)
+            fields = _stat_fields(pid)
+            if fields is None or fields[0] in (b"Z", b"X"):
+                continue  # gone, or dead and waiting to be reaped
+            parent[pid] = int(fields[1])
+            if self.session is not None and self.session in (int(fields[2]), int(fields[3])):
+                found.add(pid)
+            elif self.needle is not None and self._marked(pid):
+                found.add(pid)
+        for pid in parent:  # descendants of the roots, whatever their environment or session
+            chain: list[int] = []
+            p = pid
+            while p in parent and p not in self.roots and p not in found and len(chain) < 64:
+                chain.append(p)
+                p = parent[p]
+            if p in self.roots or p in found:
+                found.update(chain)
+        found.update(p for p in self.roots if p in parent)
+        return found
+
+    def _marked(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                return self.needle in b"\0" + fh.read()  # type: ignore[operator]
+        except OSError:
+            return False
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """state, ppid, pgrp, session, ... of /proc/PID/stat (after the command name)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def end_all(find: Callable[[], set[int]], cgroup: str | None, note: Note, wait: float = KILL_WAIT) -> list[int]:
+    """SIGKILL everything `find()` and `cgroup` hold, and look again, until nothing is left or
+    `wait` s passed; what is still alive then (in uninterruptible sleep) is returned."""
+    deadline = time.monotonic() + wait
+    left: set[int] = set()
+    while True:
+        if cgroup is not None:
+            kill_cgroup(cgroup)
+            wait_unpopulated(cgroup, min(0.5, max(0.0, deadline - time.monotonic())))
+            left = set(cgroup_members(cgroup))
+        found = find()
+        if found - left:
+            note("SIGKILL to " + ", ".join(map(str, sorted(found - left))))
+        for pid in found:
+            left.add(pid)
+            _signal(pid, signal.SIGKILL)
+        if not left:
+            return []
+        if time.monotonic() >= deadline:
+            note("still alive after SIGKILL (uninterruptible sleep?): " + ", ".join(map(str, sorted(left))))
+            return sorted(left)
+        wait_pids(left, 0.1)  # SIGKILL is delivered at once; a dying process leaves within microseconds
+        left = set()
+
+
+class Cgroups:
+    """The action cgroups of one worker, made under its own cgroup; one in use at a time (`slot`).
+
+    Moving a process between cgroups takes the kernel's threadgroup lock for writing, which waits
+    for an RCU grace period unless the hierarchy is mounted with `favordynmods`: 11-28 ms after a
+    quiet spell (measured on 6.18), and ~10-20 us of CPU each.  So the worker *lives* in the slot
+    and spawns from there (the child starts inside: no window to fork before a move), and moves
+    only when it must: out, before it kills the slot (a timeout), and into a new slot when an
+    action left processes behind (the old slot is left to them, removed once empty).  An event
+    whose action leaves nothing costs no move at all."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.token = cgroup_prefix(state_dir)
+        self.home: str | None = None
+        self.slot: str | None = None
+        self.inside = False
+        self._made = 0
+
+    def start(self) -> str | None:
+        """Find our cgroup and make a slot; None if cgroups can be used, else why not."""
+        home = own_cgroup()
+        if home is None:
+            return "no cgroup v2 hierarchy mounted"
+        self.home = home
+        try:
+            self._new_slot()
+        except OSError as exc:
+            self.home = self.slot = None
+            return f"cannot make a cgroup in {home} ({exc.strerror})"
+        return None
+
+    def _new_slot(self) -> str:
+        assert self.home is not None
+        self.sweep()
+        self._made += 1
+        slot = f"{self.home}/{self.token}{os.getpid()}-{self._made}"
+        os.mkdir(slot)
+        self.slot = slot
+        return slot
+
+    def enter(self) -> str:
+        """Be in the slot (a new one if the last was left to an action's processes); raises OSError."""
+        assert self.home is not None
+        slot = self.slot or self._new_slot()
+        if not self.inside:
+            _write(slot + "/cgroup.procs", b"0")
+            self.inside = True
+        return slot
+
+    def leave(self) -> None:
+        """Out of the slot, into our own cgroup again; raises OSError."""
+        assert self.home is not None
+        if self.inside:
+            _write(self.home + "/cgroup.procs", b"0")
+            self.inside = False
+
+    def retire(self) -> None:
+        """Leave the slot to the processes an action left in it; the next spawn is from a new one."""
+        self.leave()
+        self.slot = None
+
+    def sweep(self) -> None:
+        """Remove empty action cgroups whose worker is gone or that are ours but not in use: what
+        dead workers (SIGKILLed, of any state directory) and actions' leftovers left behind."""
+        assert self.home is not None
+        for name in os.listdir(self.home):
+            path = f"{self.home}/{name}"
+            if not name.startswith(CGROUP_PREFIX) or path == self.slot or populated(path):
+                continue
+            worker = name.rsplit("-", 2)[-2]
+            if name.startswith(self.token) or not worker.isdigit() or identity.stat(int(worker)) is None:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """When the worker leaves: out of the slot, and the empty cgroups gone."""
+        if self.home is None:
+            return
+        try:
+            self.retire()
+            self.sweep()
+        except OSError:
+            pass
+
+
+def children() -> set[int]:
+    """Our direct children, from the kernel's list (cheap: no /proc scan).  Raw os.read, not a text
+    file object (5 us instead of 12)."""
+    chunks = []
+    try:
+        fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+    except OSError:
+        return set()
+    return {int(pid) for pid in b"".join(chunks).split()}
+
+
+def wait_pids(pids: Iterable[int], timeout: float) -> None:
+    """Wait until every one of `pids` has exited (or `timeout` s), on pidfds, not a sleep loop."""
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except OSError:
+            pass  # gone already
+    try:
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        waiting = len(fds)
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                poller.unregister(fd)
+                waiting -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+class Box:
+    """One action's processes: `spawn` starts the action inside (its cgroup, or with its mark);
+    `members`, `wait_gone`, `end` and `leftovers` find them again, whichever mechanism holds them."""
+
+    def __init__(self, cgroups: Cgroups | None, mark_value: str) -> None:
+        self.cgroups, self.mark_value = cgroups, mark_value
+        self.cgroup: str | None = None
+        self.pid = 0
+        self._before: set[int] = set()
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        return dict(env, **{MARK: self.mark_value})
+
+    def spawn(self, start: Callable[[], T]) -> T:
+        """Call `start` (which spawns the action) inside the action's cgroup, if there is one."""
+        if self.cgroups is not None and self.cgroups.home is not None:
+            try:
+                self.cgroup = self.cgroups.enter()
+            except OSError:
+                self.cgroups.home = None  # found by scanning from now on (the log said how at start)
+        self._before = children()  # background processes earlier actions left: not this action's
+        return start()
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+
+    def _scan(self) -> Scan:
+        return Scan(self.mark_value, self.pid, [self.pid, *(children() - self._before - {self.pid})])
+
+    def isolate(self) -> None:
+        """The worker out of the action's cgroup, so that killing the cgroup cannot kill it.  Should
+        that fail, this action is found by scanning instead, and cgroups are used no more."""
+        if self.cgroup is not None and self.cgroups is not None:
+            try:
+                self.cgroups.leave()
+            except OSError:
+                self.cgroups.home, self.cgroup = None, None
+
+    def members(self) -> set[int]:
+        """Every live process of the action's, the action itself included while it runs."""
+        if self.cgroup is not None:
+            return set(cgroup_members(self.cgroup)) - {os.getpid()}
+        return self._scan().find()
+
+    def wait_gone(self, pids: Iterable[int], timeout: float) -> None:
+        if self.cgroup is not None and self.cgroups is not None and not self.cgroups.inside:
+            wait_unpopulated(self.cgroup, timeout)
+        else:
+            wait_pids(pids, timeout)
+
+    def end(self, note: Note) -> list[int]:
+        """SIGKILL every process of the action's until none is left (see end_all)."""
+        self.isolate()
+        if self.cgroup is not None:
+            return end_all(set, self.cgroup, note)
+        return end_all(self._scan().find, None, note)
+
+    def leftovers(self) -> list[int]:
+        """After the action exited: what it left running (reported, not killed).  Its orphans are
+        re-parented to the worker (the subreaper), so they are our new children.  A cgroup with
+        any in it is left to them; the worker spawns the next action from another."""
+        left = sorted(children() - self._before - {self.pid})
+        if self.cgroup is not None and self.cgroups is not None:
+            try:
+                if left or (not self.cgroups.inside and populated(self.cgroup)):
+                    self.cgroups.retire()
+                self.cgroups.enter()
+            except OSError:
+                pass  # the next spawn tries again, and scans if it cannot
+        return left
+
+
+class Containment:
+    """A worker's way of containing its actions: `start()` picks it (cgroups where they can be used)
+    and says which; `box(seq)` is one action's; `end_recorded` ends a dead worker's action."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.cgroups = Cgroups(state_dir)
+
+    def start(self) -> str:
+        """Pick the way (cgroups if one can be made and entered); one line for the log saying it.
+        Called after the handover: entering a cgroup may wait for an RCU grace period."""
+        why_not = f"{NO_CGROUPS}=yes" if os.environ.get(NO_CGROUPS) == "yes" else self.cgroups.start()
+        if why_not is None:
+            try:
+                self.cgroups.enter()
+                return f"actions contained in cgroups under {self.cgroups.home}"
+            except OSError as exc:
+                why_not = f"cannot enter {self.cgroups.slot} ({exc.strerror})"
+                self.cgroups.home = None
+        return f"actions contained by their {MARK} mark, the subreaper and their session (no cgroup: {why_not})"
+
+    def box(self, seq: int, role: str = "action") -> Box:
+        return Box(self.cgroups if self.cgroups.home is not None else None, mark(self.state_dir, seq, role))
+
+    def end_recorded(self, seq: int, pid: int | None, started: tuple[int, int] | None, cgroup: str | None,
+                     note: Note) -> list[int]:
+        """End every process of event `seq`'s action, started by a worker that died: its cgroup (as
+        recorded), everything carrying its mark, and -- if `pid` is still the action (its start time
+        within `started`, identity.py) -- its session and process group.  Returns what could not be
+        ended."""
+        session = None
+        if pid is not None and started is not None and identity.started_between(pid, *started):
+            note(f"ending the dead worker's action pid {pid}")
+            session = pid
+        scan = Scan(mark(self.state_dir, seq), session, [session] if session is not None else [])
+        live = cgroup if cgroup is not None and os.path.isdir(cgroup) else None
+        if live is not None:
+            note(f"ending everything in its cgroup {live}")
+        return end_all(scan.find, live, note)
+
+    def close(self) -> None:
+        self.cgroups.close()

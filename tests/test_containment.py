@@ -1,0 +1,237 @@
+"""Containment and the worker's clocks, with real processes: whatever an action does (setsid, fork
+while being killed), a timeout and a recovering worker end every process it started before the
+next action runs; a wall-clock step or a stopped worker never turns into a wrong decision.
+
+Each launcher test runs twice: actions in cgroups (where cgroup v2 is writable) and found by the
+mark, the subreaper and the session (NOTIFY_LAUNCHER_NO_CGROUPS=yes).  The fixture's invariants
+check (support.invariants) flags any overlap of two actions' trees and any tree left alive."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from notify_launcher import containment
+from notify_launcher.containment import NO_CGROUPS, Containment
+from notify_launcher.progress import replay
+from support import LAUNCHER, processes, recorder
+from support.launcher import Launcher
+from support.marks import needs
+
+VI = 'INSTANCE "VI_1" {} 100'
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+CGROUPS = containment.own_cgroup() is not None and os.geteuid() == 0
+
+
+@pytest.fixture(params=["cgroup", "scan"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """How the worker contains actions: in cgroups, or by scanning (the environment the stand-in
+    gives the reader, and so its workers)."""
+    if request.param == "cgroup" and not CGROUPS:
+        pytest.skip("no writable cgroup v2 hierarchy (or not root)")
+    if request.param == "scan":
+        monkeypatch.setenv(NO_CGROUPS, "yes")
+    yield request.param
+
+
+def _worker_pid(launcher: Launcher) -> int:
+    return int((launcher.state / "worker.pid").read_text().split()[0])
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if processes.running(p)]
+
+
+def _results(launcher: Launcher) -> dict[int, str]:
+    return {e["seq"]: e["result"] for e in replay(str(launcher.state / "progress"), keep_ends=100).ends}
+
+
+def test_a_recovering_worker_ends_the_setsid_child_of_the_dead_workers_action(launcher: Launcher, way: str) -> None:
+    """The worker is SIGKILLed while its action's real work runs in a child that called setsid:
+    the next worker ends that child before it runs the event again (no overlap: the recorder's tree
+    lock, inherited by the child, would say so)."""
+    child = launcher.dir / "child"
+    launcher.handler = recorder.install(launcher.dir / "work.sh", records=launcher.rec, then=f"""
+if [ "$3" = MASTER ] && [ ! -e {child} ]; then
+    setsid sleep 300 & echo $! > {child}
+    sleep 300
+fi""")
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("the setsid'd child", lambda: child.exists() and child.read_text().strip())
+    orphan = int(child.read_text())
+    dead = _worker_pid(launcher)
+    os.kill(dead, signal.SIGKILL)
+    k.write(VI.format("BACKUP"))  # the next event brings a new worker, which recovers #1 first
+    launcher.settle(2)
+    k.stop([])
+    assert not _alive([orphan]), "the dead worker's action's setsid'd child survived its recovery"
+    assert [(r.kind, r.seq) for r in launcher.records()] == [("start", 1), ("start", 1), ("end", 1),
+                                                              ("start", 2), ("end", 2)]
+    assert f"worker pid {dead} died while this event's action" in launcher.log_text()
+
+
+def test_after_a_timeout_nothing_the_action_forked_while_being_killed_survives(launcher: Launcher, way: str) -> None:
+    """An action that ignores SIGTERM and forks setsid'd children as fast as it can, also while it
+    is being killed: when its end is recorded, every one of them is gone."""
+    pids = launcher.dir / "pids"
+    launcher.handler = recorder.install(launcher.dir / "forker.sh", records=launcher.rec, then=f"""
+if [ "$3" = MASTER ]; then
+    trap "" TERM
+    n=0
+    while [ $n -lt 20000 ]; do setsid sleep 300 & echo $! >> {pids}; n=$((n + 1)); done
+    wait
+fi""")
+    k = launcher.keepalived("--timeout", "1", "--config", str(_ini(launcher, "kill_grace = 0.3")))
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("#1's end", lambda: 1 in _results(launcher), timeout=120)
+    spawned = [int(p) for p in pids.read_text().split()]
+    survivors = _alive(spawned)  # at once: the worker must have ended them before recording the end
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    k.stop([])
+    assert not survivors, f"{len(survivors)} of {len(spawned)} forked processes survived the timeout"
+    assert _results(launcher)[1].startswith("timed out")
+    assert len(spawned) > 10
+
+
+def _ini(launcher: Launcher, *lines: str) -> Path:
+    ini = launcher.dir / "launcher.ini"
+    ini.write_text("[launcher]\n" + "\n".join(lines) + "\n")
+    return ini
+
+
+def _status(launcher: Launcher) -> str:
+    return subprocess.run([LAUNCHER, "status", "--state-dir", str(launcher.state)], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_a_worker_stopped_past_the_deadline_records_the_actions_own_exit(launcher: Launcher) -> None:
+    """The worker is not scheduled (SIGSTOP) from its action's start until well past the action's
+    timeout; the action itself exited 0 meanwhile.  Recorded: exit 0, not a timeout; on_failure does
+    not run; the log says the worker was stalled; `status` said the worker was stopped."""
+    gate, paged = launcher.dir / "gate", launcher.dir / "paged"
+    (launcher.dir / recorder.SLEEPS).write_text(recorder.sleep_line("*", "MASTER", 0, gate))
+    hook = launcher.dir / "page.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {paged}\n")
+    hook.chmod(0o755)
+    timeout = 2.0
+    k = launcher.keepalived("--timeout", f"{timeout:g}", "--on-failure", str(hook))
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("#1's start", lambda: launcher.starts())
+    started = time.monotonic()
+    worker = _worker_pid(launcher)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        launcher.wait_for("the worker stopped", lambda: psutil.Process(worker).status() == psutil.STATUS_STOPPED)
+        assert f"its worker pid {worker} is stopped" in _status(launcher)
+        gate.touch()
+        launcher.wait_for("#1's action to end", lambda: [r for r in launcher.records() if r.kind == "end"])
+        # the deadline passes while the worker is stopped: a state of the clock, not a nap
+        launcher.wait_for("the action's deadline to pass", lambda: time.monotonic() > started + timeout + 1.5)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    launcher.settle(1)
+    k.stop([])
+    end = replay(str(launcher.state / "progress"), keep_ends=5).ends[0]
+    assert end["seq"] == 1 and end["result"] == "exit 0" and end["ok"] and not end["timed_out"], end
+    assert end.get("stalled", 0) > timeout
+    assert not paged.exists(), "on_failure ran for an action that exited 0"
+    assert "the worker was not scheduled for" in launcher.log_text()
+
+
+@needs("libfaketime (Debian package faketime)", os.path.exists(FAKETIME))
+def test_a_wall_clock_step_does_not_keep_recovery_from_ending_the_orphan(launcher: Launcher,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock steps 10 s forward (NTP, a resumed VM) while a worker lives: the wall-clock
+    time of its action's spawn and the kernel's boot-based start time of that process then disagree
+    by 10 s (a real step moves /proc/stat's btime; libfaketime moves what time() returns, to the same
+    effect).  After the worker's death the next worker still knows the orphan for the dead worker's
+    action, ends it, and only then runs the event again (no overlap)."""
+    clock = launcher.dir / "clock"
+    clock.write_text("+0\n")
+    faked = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+             "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    for name, value in faked.items():  # for the reader (and the workers it forks), not for the test's tools
+        monkeypatch.setenv(name, value)
+    child = launcher.dir / "child"
+    launcher.handler = recorder.install(launcher.dir / "work.sh", records=launcher.rec, then=f"""
+if [ "$3" = MASTER ] && [ ! -e {child} ]; then
+    echo $$ > {child}
+    sleep 300
+fi""")
+    k = launcher.keepalived()
+    k.start()
+    monkeypatch.undo()
+    launcher.wait_standby()
+    clock.write_text("+10\n")
+    launcher.wait_for("the launcher's clock stepped", lambda: _faked_time(faked) > time.time() + 9)
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("#1's action", lambda: child.exists() and child.read_text().strip())
+    action = int(child.read_text())
+    os.kill(_worker_pid(launcher), signal.SIGKILL)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    k.stop([])
+    assert not _alive([action]), "the orphan survived the recovery after a clock step"
+    assert f"ending the dead worker's action pid {action}" in launcher.log_text()
+
+
+def _faked_time(faked: dict[str, str]) -> float:
+    """The time as the launcher's processes see it (a Python started with the same environment)."""
+    out = subprocess.run([sys.executable, "-c", "import time; print(time.time())"], capture_output=True,
+                         text=True, check=True, env=dict(os.environ, **faked))
+    return float(out.stdout)
+
+
+# -- the parts, directly ------------------------------------------------------------------------
+
+def _start_marked(state_dir: str, seq: int, script: str) -> subprocess.Popen[bytes]:
+    """A process carrying `seq`'s mark, as the worker's action would (for end_recorded)."""
+    env = dict(os.environ, **{containment.MARK: containment.mark(state_dir, seq)})
+    return subprocess.Popen(["sh", "-c", script], env=env, start_new_session=True)
+
+
+def test_end_recorded_finds_a_double_forked_setsid_process_by_its_mark(tmp_path: Path) -> None:
+    """Recovery without cgroups: the dead worker's action double-forked a setsid'd process and
+    exited; only the mark can find it.  Another event's process is left alone."""
+    state = str(tmp_path / "state")
+    pidfile, other_pid = tmp_path / "pid", tmp_path / "other"
+    first = _start_marked(state, 7, f"(setsid sleep 300 & echo $! > {pidfile}) & wait")
+    other = _start_marked(state, 8, f"echo $$ > {other_pid}; exec sleep 300")
+    try:
+        first.wait(30)
+        _wait(lambda: pidfile.exists() and pidfile.read_text().strip() and other_pid.exists())
+        orphan = int(pidfile.read_text())
+        os.environ[NO_CGROUPS] = "yes"
+        try:
+            contained = Containment(state)
+            contained.start()
+        finally:
+            del os.environ[NO_CGROUPS]
+        notes: list[str] = []
+        assert contained.end_recorded(7, None, None, None, notes.append) == []
+        assert not processes.running(orphan)
+        assert other.poll() is None, "a process of another event was killed"
+        assert any(str(orphan) in n for n in notes)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _wait(predicate: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
