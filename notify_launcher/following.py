@@ -1,8 +1,9 @@
 """The settings a worker follows and the log they name, in one object every part of the worker reads.
 
 The newest reader publishes settings.json (settingsfile.py); a lingering worker follows it, so an
-administrator's change reaches the next events without a restart.  The log file and level always
-follow the newest settings.  Because every part (the drain, recovery, the metrics publisher, the
+administrator's change reaches the next events without a restart.  The log file and level, the
+metrics file and `linger` always follow the newest settings; an event's action, timeouts and
+policies follow the settings it was journaled under (`for_entry`).  Because every part (the drain, recovery, the metrics publisher, the
 on_failure runner) reads `settings` and `log` here, a reload reaches all of them at once.
 """
 
@@ -13,6 +14,7 @@ import os
 from notify_launcher import settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.errors import LauncherError
+from notify_launcher.journal import Entry
 from notify_launcher.log import Log, Troubles
 from notify_launcher.statedir import StatePaths
 
@@ -55,3 +57,15 @@ class Following:
             self.log.close()
             self.log = self.troubles.log = Log(new.log_file, "worker", new.log_level)
         self.settings = new
+
+    def for_entry(self, entry: Entry) -> Settings:
+        """The settings `entry` was journaled under: a reload changes what comes after it, never what
+        came before.  The newest where it names none (journaled by `send` or an older launcher) or
+        where its version cannot be read (logged with the event)."""
+        if not entry.settings:
+            return self.settings
+        try:
+            return settingsfile.for_entry(self.paths, entry)
+        except (OSError, LauncherError) as exc:
+            self.log.error(entry.seq, entry.event, f"{exc}; running it with the newest settings")
+            return self.settings

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from notify_launcher import actions
+from notify_launcher.config import Settings
 from notify_launcher.containment import Containment
 from notify_launcher.following import Following
 from notify_launcher.journal import Entry
@@ -23,11 +24,13 @@ OUTPUT_TAIL, OUTPUT_TAIL_CHARS = 20, 16384  # the action's last output lines giv
 
 @dataclass(frozen=True)
 class Ended:
-    """An event that just ended, with the last lines its action printed (for NL_OUTPUT)."""
+    """An event that just ended, with the last lines its action printed (for NL_OUTPUT) and the
+    settings it ran under (None: the newest)."""
 
     entry: Entry
     end: EndRecord
     output: Iterable[str] = ()
+    settings: Settings | None = None
 
 
 class OnFailureRunner:
@@ -45,7 +48,7 @@ class OnFailureRunner:
         ended, self._due = self._due, None
         if ended is None:
             return
-        settings, log = self.following.settings, self.following.log
+        settings, log = ended.settings or self.following.settings, self.following.log
         entry, end = ended.entry, ended.end
         command = settings.on_failure_for(entry.event)
         result = outcome(end)

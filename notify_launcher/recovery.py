@@ -33,11 +33,12 @@ class Recovery:
     def recover(self, snap: Snapshot) -> tuple[int, Ended | None]:
         """End what the last worker left running, then re-run its event (the seq before it is
         returned) or skip it (recorded; its seq is returned)."""
-        settings, log = self.following.settings, self.following.log
+        log = self.following.log
         running = snap.running
         seq = snap.trying or (running["seq"] if running else 0)
         tries = snap.tries or 1
         entry = self._journaled(seq)
+        settings = self.following.settings if entry is None else self.following.for_entry(entry)
         subject: object = entry.event if entry else (running["event"] if running else None)
         if running is not None and running["seq"] == seq:
             log.error(seq, subject, f"worker pid {running['worker']} died while this event's action "
@@ -61,7 +62,7 @@ class Recovery:
                             worker=self.worker)
         self.ledger.finish(end, subject)
         # (without the journal entry there are no event arguments to give on_failure)
-        return seq, None if entry is None else Ended(entry, end)
+        return seq, None if entry is None else Ended(entry, end, (), settings)
 
     def _end_action(self, seq: int, running: StartRecord | None, subject: object) -> None:
         """Whatever of `seq`'s action lives is ended before the event is re-run or skipped: its start

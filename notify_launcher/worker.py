@@ -21,6 +21,7 @@ from notify_launcher import actions, pidfile, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.containment import Containment
 from notify_launcher.drain import Drain
+from notify_launcher.eventrun import EventRunner
 from notify_launcher.following import Following
 from notify_launcher.handoff import TAKEOVER_WAIT, DoorbellListener, say_hello
 from notify_launcher.identity import ProcessId, me
@@ -101,8 +102,8 @@ class Worker:
         self.on_failure = OnFailureRunner(self.following, self.containment, environ)
         self.publisher = MetricsPublisher(self.following, self.ledger.totals)
         self.recovery = Recovery(self.following, self.ledger, self.containment, self.pid)
-        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.containment,
-                           self.pid, 0, environ)
+        self.runner = EventRunner(self.following, self.ledger, self.on_failure, self.containment, self.pid, environ)
+        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.runner, self.pid)
         self._stopping = False
         self._wakeup = -1
 
@@ -123,7 +124,7 @@ class Worker:
 
     def _name_self(self) -> None:
         """worker.pid, and what tells our process from a later one."""
-        self.drain.worker_start = me().start
+        self.runner.worker_start = me().start
         try:
             pidfile.write(self.paths)
         except OSError as exc:  # a full disk: the pid file only helps the reader find us, not the queue

@@ -15,6 +15,7 @@ import psutil
 from notify_launcher.config import Settings
 from notify_launcher.containment import Containment
 from notify_launcher.drain import Drain
+from notify_launcher.eventrun import EventRunner
 from notify_launcher.events import Event
 from notify_launcher.following import Following
 from notify_launcher.identity import stat, ticks
@@ -43,8 +44,9 @@ class Parts:
         self.publisher = MetricsPublisher(self.following, self.ledger.totals)
         self.containment = Containment(self.paths.root)
         self.on_failure = OnFailureRunner(self.following, self.containment, dict(os.environ))
-        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.containment,
-                           os.getpid(), 0, dict(os.environ))
+        self.runner = EventRunner(self.following, self.ledger, self.on_failure, self.containment, os.getpid(),
+                                  dict(os.environ))
+        self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.runner, os.getpid())
         self.log_file = Path(s.log_file)
 
     def journal(self, *states: str) -> None:
