@@ -922,6 +922,28 @@ def git_state() -> str:
     return f"{head}{' + uncommitted edits in notify_launcher/' if dirty else ''}"
 
 
+def burst_only(root: Path, cfg: dict[str, Any], keep: bool) -> int:
+    """The launcher's side of the burst phase alone, `reps` times: a quick before/after of the
+    resident processes' CPU per event (a change to the worker's hot path)."""
+    rows = []
+    try:
+        for rep in range(cfg["reps"]):
+            log(f"rep {rep + 1}/{cfg['reps']}: launcher: burst of {cfg['burst']}")
+            rows.append(phase_burst(root, "launcher", f"burst-r{rep}", cfg["burst"], cfg["instances"], cfg["nap_s"]))
+    finally:
+        processes.end_all(str(root), term_grace=3.0)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    for key, what in (("cpu_own_ms_per_event", "CPU/event of the resident processes (ms)"),
+                      ("overhead_ms_per_event", "overhead/event (drain-sum(own))/N (ms)"), ("drain_s", "drain (s)")):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        print(f"burst {cfg['burst']}: {what:<42} median {statistics.median(values):.3f}  "
+              f"({', '.join(f'{v:.3f}' for v in values)})" if values else f"{what}: no value")
+    print(f"lost {sum(r['lost'] for r in rows)}, overlaps {sum(r['overlaps'] for r in rows)}, "
+          f"load average {os.getloadavg()[0]:.2f}; launcher {cfg['launcher']} ({cfg['git']})")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 reps, 20 idle events, 10 s idle CPU (about 1.5 min)")
@@ -941,6 +963,8 @@ def main() -> int:
     p.add_argument("--host-only", action="store_true",
                    help="skip the rows under real keepalived and a real systemd (root only; about 5 min, "
                         "2.5 with --quick; measured from this checkout, whatever --launcher says)")
+    p.add_argument("--burst-only", action="store_true",
+                   help="only the launcher's burst (--reps of them): its CPU per event, drain and overhead rows")
     args = p.parse_args()
     LAUNCHER_CMD[0] = os.path.abspath(args.launcher)
     METRICS[0] = args.metrics
@@ -954,6 +978,8 @@ def main() -> int:
            "nap_s": args.nap, "quick": args.quick, "launcher": LAUNCHER_CMD[0], "git": git_state(),
            "metrics_file": args.metrics}
     root = Path(tempfile.mkdtemp(prefix="nl-bench-"))
+    if args.burst_only:
+        return burst_only(root, cfg, args.keep)
     t_start = time.monotonic()
     reps: list[dict[str, Any]] = []
     try:
