@@ -24,6 +24,7 @@ from notify_launcher.config import Settings
 from notify_launcher.events import Event
 from notify_launcher.identity import ProcessId
 from notify_launcher.journal import JournalWriter
+from notify_launcher.locks import WorkerLock
 from notify_launcher.log import Log
 from notify_launcher.statedir import ensure_state_dir
 from notify_launcher.worker import Worker
@@ -46,7 +47,9 @@ def one_round(events: int, handler: str) -> float:
             settings = Settings(handler=(handler,), state_dir=paths.root, log_file=os.path.join(root, "log"),
                                 linger=0)
             nobody = ProcessId(os.getpid(), -1)  # no reader to stand by for
-            worker = Worker(settings, paths, Log(settings.log_file, "worker"), "benchmark", nobody)
+            lock = WorkerLock(paths)
+            lock.take(lambda holder: None)
+            worker = Worker(settings, paths, Log(settings.log_file, "worker"), "benchmark", nobody, lock)
             before = resource.getrusage(resource.RUSAGE_SELF)
             worker.start()
             worker.run()
