@@ -28,6 +28,7 @@ Output = Callable[[str, str], None]  # (stream name, line)
 Note = Callable[[str], None]
 TICK = 1.0  # s: the longest wait while an action runs, so a stall of the worker is seen (and said)
 STALL = 1.0  # s: a wait that returns this much later than asked means the worker was not scheduled
+LISTED = 20  # processes named in one log line
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ class _Lines:
 
 def end_tree(proc: Child, box: Box, grace: float, note: Note) -> None:
     """SIGTERM the action, then every other process of its (the box's); after `grace` s SIGKILL
-    whatever is left, and go on killing what they forked meanwhile until nothing is left.
+    the action, then whatever else is left, and go on killing what they forked meanwhile until
+    nothing is left.
 
     The action itself is awaited through its Child handle, so its own exit status is not lost."""
     box.isolate()  # the worker out of the action's cgroup before anything in it is killed
@@ -143,15 +145,23 @@ def end_tree(proc: Child, box: Box, grace: float, note: Note) -> None:
     proc.send(signal.SIGTERM)  # the action first: a script whose child died first would run on (its next line)
     for pid in others:
         _signal(pid, signal.SIGTERM)
-    note("sent SIGTERM to " + ", ".join([str(proc.pid), *map(_describe, others)]))
+    note("sent SIGTERM to " + _listed([proc.pid, *others], named=True))
     deadline = time.monotonic() + grace
     proc.wait(timeout=grace)
     box.wait_gone(others, max(0.0, deadline - time.monotonic()))
-    survivors = sorted(box.members() - {proc.pid}) + ([proc.pid] if proc.poll() is None else [])
+    alive = proc.poll() is None
+    proc.send(signal.SIGKILL)  # first: an action that forks on cannot add to what is killed next
+    survivors = ([proc.pid] if alive else []) + sorted(box.members() - {proc.pid})
     if survivors:
-        note("still alive after the grace, sent SIGKILL to " + ", ".join(map(str, survivors)))
-    proc.send(signal.SIGKILL)
+        note("still alive after the grace, sent SIGKILL to " + _listed(survivors))
     box.end(note)  # until nothing is left: also what was forked while we looked
+
+
+def _listed(pids: list[int], named: bool = False, most: int = LISTED) -> str:
+    """The first `most` pids (the first one bare, the others with their command lines if `named`),
+    and how many more: a fork bomb's thousands of processes make no log line of megabytes."""
+    shown = [str(pids[0]), *(_describe(p) if named else str(p) for p in pids[1:most])] if pids else []
+    return ", ".join(shown) + (f" and {len(pids) - most} more" if len(pids) > most else "")
 
 
 def _signal(pid: int, signum: int) -> None:

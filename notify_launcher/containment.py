@@ -210,28 +210,33 @@ def _stat_fields(pid: int) -> list[bytes] | None:
 
 
 def end_all(find: Callable[[], set[int]], cgroup: str | None, note: Note, wait: float = KILL_WAIT) -> list[int]:
-    """SIGKILL everything `find()` and `cgroup` hold, and look again, until nothing is left or
-    `wait` s passed; what is still alive then (in uninterruptible sleep) is returned."""
+    """SIGKILL everything `find()` and `cgroup` hold, and look again, until nothing is left; give
+    up only when `wait` s pass without fewer processes left (they are in uninterruptible sleep),
+    and return those.  A SIGKILLed process on a busy machine may take a while to be scheduled and
+    exit: that is progress, not a reason to give up."""
     deadline = time.monotonic() + wait
-    left: set[int] = set()
+    fewest: int | None = None
     while True:
+        left: set[int] = set()
         if cgroup is not None:
             kill_cgroup(cgroup)
             wait_unpopulated(cgroup, min(0.5, max(0.0, deadline - time.monotonic())))
             left = set(cgroup_members(cgroup))
         found = find()
         if found - left:
-            note("SIGKILL to " + ", ".join(map(str, sorted(found - left))))
+            new = sorted(found - left)
+            note(f"SIGKILL to {len(new)} process(es): " + ", ".join(map(str, new[:20])) + (" ..." if len(new) > 20 else ""))
         for pid in found:
             left.add(pid)
             _signal(pid, signal.SIGKILL)
         if not left:
             return []
-        if time.monotonic() >= deadline:
+        if fewest is None or len(left) < fewest:
+            fewest, deadline = len(left), time.monotonic() + wait
+        elif time.monotonic() >= deadline:
             note("still alive after SIGKILL (uninterruptible sleep?): " + ", ".join(map(str, sorted(left))))
             return sorted(left)
-        wait_pids(left, 0.1)  # SIGKILL is delivered at once; a dying process leaves within microseconds
-        left = set()
+        wait_pids(left, 0.1)  # they leave as soon as they are scheduled
 
 
 class Cgroups:
