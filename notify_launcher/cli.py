@@ -31,16 +31,26 @@ def _early_term(signum: int, frame: object) -> None:
     EARLY_TERM.append(time.monotonic())
 
 
+def _run_as_notify_launcher() -> bool:
+    """This process is notify-launcher: `python -m notify_launcher`, or an installed script (whatever
+    its name or link) that imports us -- not a program that imports the package (a test runner)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return bool(spec.name == "notify_launcher.__main__")
+    try:
+        with open(getattr(main, "__file__", None) or "", "rb") as fh:
+            return b"notify_launcher" in fh.read(4096)
+    except OSError:
+        return False
+
+
 def starts_the_reader(argv: list[str]) -> bool:
-    """This process is notify-launcher (`python -m notify_launcher` or the installed script, not a
-    program that imports us) and its command line starts the reader."""
-    main = getattr(sys.modules.get("__main__"), "__spec__", None)
-    ours = (main is not None and main.name == "notify_launcher.__main__") or \
-        os.path.basename(argv[0] if argv else "") == "notify-launcher"
-    return ours and not (len(argv) > 1 and argv[1] in NOT_THE_READER)
+    """The command line `argv` (sys.argv) starts the reader: `[options] FIFO` or `serve`."""
+    return not (len(argv) > 1 and argv[1] in NOT_THE_READER)
 
 
-if starts_the_reader(sys.argv):
+if _run_as_notify_launcher() and starts_the_reader(sys.argv):
     signal.signal(signal.SIGTERM, _early_term)
 
 import argparse  # noqa: E402  (after the handler, on purpose)

@@ -319,18 +319,21 @@ def test_timeout_ends_wait_before_its_own_timeout(state: Path) -> None:
     assert res.returncode == 143, res.stderr
 
 
-def test_only_the_reader_takes_sigterm_while_it_starts() -> None:
-    """The early SIGTERM handler is the reader's: a program importing the package keeps the default."""
-    code = ("import signal, sys\n"
-            "import notify_launcher.cli as cli\n"
-            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,\n"
-            "      cli.starts_the_reader(['/usr/bin/notify-launcher', '--config', 'x.ini', '/run/k.fifo']),\n"
-            "      cli.starts_the_reader(['/usr/bin/notify-launcher', 'serve', '--fifo', '/run/k.fifo']),\n"
-            "      cli.starts_the_reader(['/usr/bin/notify-launcher', 'wait']),\n"
-            "      cli.starts_the_reader(['/usr/bin/python3', '/run/k.fifo']))\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert res.stdout.split() == ["True", "True", "True", "False", "False"], res.stderr
+def test_only_the_reader_takes_sigterm_while_it_starts(tmp_path: Path) -> None:
+    """The early SIGTERM handler is the reader's: an installed script under any name takes it when it
+    starts the reader, not for an operator command; a program importing the package keeps the default."""
+    report = ("import signal\n"
+              "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)\n")
+    script = tmp_path / "nl-renamed"  # as pip's console script, renamed by a symlink or a copy
+    script.write_text(f"#!{sys.executable}\nfrom notify_launcher.cli import main\n{report}")
+    script.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    caught = [subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60, env=env).stdout.strip()
+              for args in (["/run/k.fifo"], ["serve", "--fifo", "/run/k.fifo"], ["wait"])]
+    assert caught == ["True", "True", "False"]
+    res = subprocess.run([sys.executable, "-c", f"import notify_launcher.cli\n{report}", "/run/k.fifo"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.stdout.strip() == "False", res.stderr
 
 
 def test_history_into_a_closed_pipe_is_quiet(state: Path) -> None:
