@@ -17,7 +17,7 @@ from notify_launcher.totals import Totals
 
 RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
 KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
-PROGRESS_MAX = 512 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
+PROGRESS_MAX = 512 * 1024  # compact when idle, above this and twice the compacted size (progress.py; /run is RAM)
 
 
 def end_of(entry: Entry, result: str, ok: bool, worker: int) -> EndRecord:
@@ -39,6 +39,7 @@ class Ledger:
         paths = self.following.paths
         self._progress = ProgressLog(paths.progress)
         snap = replay(paths.progress, totals=self.totals)
+        self._progress.baseline = snap.compacted
         log = self.following.log
         if self._progress.cut:  # (cut before the replay: it is not among snap.damaged)
             cut = self._progress.cut
@@ -79,8 +80,8 @@ class Ledger:
                                     f"recorded the end in {self._progress.path} at last; the queue goes on")
 
     def compact(self) -> None:
-        """Keep the file small when it grew past PROGRESS_MAX (only when the queue is idle: the
-        caller's part).  Raises OSError."""
-        if self._progress.size() > PROGRESS_MAX:
+        """Keep the file small when it grew past PROGRESS_MAX and twice its compacted size (only when
+        the queue is idle: the caller's part).  Raises OSError."""
+        if self._progress.due(PROGRESS_MAX):
             self._progress.compact(KEEP_HISTORY)
             self.following.log.info(None, None, f"progress compacted to the last {KEEP_HISTORY} results")

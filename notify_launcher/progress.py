@@ -3,13 +3,20 @@
     {"op": "try",   "seq": 7, ...}   a worker took up the event (before anything that could fail)
     {"op": "start", "seq": 7, ...}   an action process was started (its pid and start time, the worker's)
     {"op": "end",   "seq": 7, ...}   the event is finished: action result, or why nothing ran
-    {"op": "totals", "seq": 7, ...}  first in a compacted file: the counters over every record up to 7 (totals.py)
+    {"op": "totals", "seq": 7, ...}  first in a compacted file: the counters over every record up to 7 (totals.py),
+                                     and `kept`, the bytes of the records the compaction kept after it
 
 Events run strictly in order, so "done" is a high-water mark: the largest seq with an `end`.  A
 `try` with no `end` after it is an event whose worker died; the next worker recovers it.  The
 `try` records are what bound a crash loop: every worker that takes up the event writes one first,
 so the number of workers that died on it is on disk, whatever killed them (segfault, OOM, SIGKILL).
-Replaying this file is how `status`, `wait` and a new worker learn the state.
+Replaying this file is how `status`, `wait` and a new worker learn the state; `Follower` reads it
+from where it stopped, so a `wait` poll costs what was appended since the last one, not the history.
+
+A compaction keeps each name's last end record and the last KEEP_HISTORY ends: with thousands of
+names that alone is megabytes.  So the worker compacts when the file is at least twice the size
+it had right after the last compaction (and above a floor): each compaction reads at most twice
+what was appended since the one before, O(1) per event however many names there are.
 
 Each record detects its own damage: its last key is `"crc"`, the CRC-32 of the record as written
 without it (8 hex digits), and a record is complete only with its newline.  A record that fails
@@ -90,12 +97,17 @@ class EndRecord(_EndFields, total=False):
     worker: int
 
 
-class TotalsRecord(TypedDict):
-    """First in a compacted file: the counters over every record up to `seq` (totals.py)."""
-
+class _TotalsFields(TypedDict):
     op: Literal["totals"]
     seq: int
     counts: dict[str, object]
+
+
+class TotalsRecord(_TotalsFields, total=False):
+    """First in a compacted file: the counters over every record up to `seq` (totals.py), and the
+    bytes of the records after it (`kept`: with this line's, the file's size after the compaction)."""
+
+    kept: int
 
 
 Record = Union[TryRecord, StartRecord, EndRecord]  # not `|`: Python 3.9 evaluates this line
@@ -138,6 +150,8 @@ class ProgressLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self.cut = b""
+        #: The file's size right after the last compaction (0: unknown; a replay's Snapshot.compacted).
+        self.baseline = 0
         self._fd = self._open()
 
     def _open(self) -> int:
@@ -179,6 +193,10 @@ class ProgressLog:
     def size(self) -> int:
         return os.fstat(self._fd).st_size
 
+    def due(self, floor: int) -> bool:
+        """Whether a compaction pays: the file is above `floor` and at least twice its compacted size."""
+        return self.size() > max(floor, 2 * self.baseline)
+
     def compact(self, keep_ends: int) -> None:
         """Rewrite the file with the last `keep_ends` end records and each instance's last one (all a
         replay needs when nothing runs), after the totals of every record read, so the counters do
@@ -187,10 +205,13 @@ class ProgressLog:
         totals = Totals()
         snap = replay(self.path, keep_ends, totals)
         records: dict[int, Record] = {r["seq"]: r for r in [*snap.last.values(), *snap.ends]}
-        summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *records]), counts=totals.record())
-        write_atomic(self.path, b"".join(encode(rec) for rec in [summary, *(records[seq] for seq in sorted(records))]))
+        kept = b"".join(encode(records[seq]) for seq in sorted(records))
+        summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *records]), counts=totals.record(),
+                               kept=len(kept))
+        write_atomic(self.path, encode(summary) + kept)
         os.close(self._fd)
         self._fd = self._open()
+        self.baseline = self.size()
 
 
 @dataclass
@@ -206,6 +227,8 @@ class Snapshot:
     ends: list[EndRecord] = field(default_factory=list)
     #: Lines that are no intact record (damaged, torn, or not a record this version writes).
     damaged: list[bytes] = field(default_factory=list)
+    #: The file's size right after its last compaction, from its totals record (0: not known).
+    compacted: int = 0
 
 
 _NUMBER = (int, float)
@@ -218,7 +241,8 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "end": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "result": str},
     "totals": {"seq": int, "counts": dict},
 }
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER, "worker": int, "cgroup": str, "stalled": _NUMBER}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER, "worker": int, "cgroup": str, "stalled": _NUMBER,
+                                                  "kept": int}
 
 
 def _no_constant(name: str) -> float:
@@ -239,45 +263,98 @@ def _well_formed(rec: object) -> bool:
     return all(k in rec and isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in checks)
 
 
-def replay(path: str, keep_ends: int = 0, totals: Totals | None = None) -> Snapshot:
-    """Fold the progress file into a Snapshot; keep the last `keep_ends` end records for history;
-    count every record into `totals` if given (the worker's metrics, in the same pass).
-    Lines that are not well-formed records are skipped (the journal still has their events)."""
-    snap = Snapshot()
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return snap
-    end = data.rfind(b"\n") + 1
-    checksummed = False
-    for line in data[:end].split(b"\n")[:-1]:
-        if not line:
-            continue
+class Follower:
+    """Folds the progress file into a Snapshot from where the last `read` stopped: only what was
+    appended since is read.  A compaction (or a removal) replaces the file; the open descriptor
+    keeps the old inode from being reused, so a new inode at the path means "start again".
+    `totals`, if given, counts every record read (meant for one read: a worker's replay)."""
+
+    def __init__(self, path: str, keep_ends: int = 0, totals: Totals | None = None) -> None:
+        self.path = path
+        self.keep_ends = keep_ends
+        self.totals = totals
+        self.snap = Snapshot()
+        #: Bytes read from the current file so far (a measure of the work done, for tests too).
+        self.bytes_read = 0
+        self._fd: int | None = None
+        self._partial = b""
+        self._checksummed = False
+
+    def read(self) -> Snapshot:
+        """The state after every complete record in the file now (a record still being written, with
+        no newline yet, waits for the next read).  Raises OSError but FileNotFoundError (no file: an
+        empty Snapshot)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self.close()
+            self.snap = Snapshot()
+            return self.snap
+        if self._fd is None or not os.path.samestat(st, os.fstat(self._fd)) or st.st_size < self.bytes_read:
+            self.close()
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.snap, self._partial, self._checksummed, self.bytes_read = Snapshot(), b"", False, 0
+        while True:
+            chunk = os.pread(self._fd, 1 << 20, self.bytes_read)
+            if not chunk:
+                return self.snap
+            self.bytes_read += len(chunk)
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()
+            for line in lines:
+                if line:
+                    self._fold(line)
+
+    @property
+    def partial(self) -> bytes:
+        """The bytes after the last newline: a record being written, or a torn one."""
+        return self._partial
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _fold(self, line: bytes) -> None:
+        snap = self.snap
         rec, crc = _decode(line)
-        if rec is None or (checksummed and not crc) or not _well_formed(rec):
+        if rec is None or (self._checksummed and not crc) or not _well_formed(rec):
             snap.damaged.append(line)  # the journal still has the event: it is run, not lost
-            continue
-        checksummed = checksummed or crc
-        if totals is not None:
-            totals.fold(rec)
-        if rec.get("op") == "try":
+            return
+        self._checksummed = self._checksummed or crc
+        if self.totals is not None:
+            self.totals.fold(rec)
+        if rec["op"] == "try":
             snap.tries = snap.tries + 1 if snap.trying == rec["seq"] else 1
             snap.trying = rec["seq"]
-        elif rec.get("op") == "start":
+        elif rec["op"] == "start":
             snap.running = rec
-        elif rec.get("op") == "end":
+        elif rec["op"] == "end":
             snap.done_seq = max(snap.done_seq, rec["seq"])
             if snap.running is not None and snap.running["seq"] == rec["seq"]:
                 snap.running = None
             if snap.trying == rec["seq"]:
                 snap.trying = snap.tries = 0
             snap.last[rec["key"]] = rec
-            if keep_ends:
+            if self.keep_ends:
                 snap.ends.append(rec)
-                del snap.ends[:-keep_ends]
-    if data[end:]:
-        snap.damaged.append(data[end:])  # torn: a record is complete only with its newline
+                del snap.ends[:-self.keep_ends]
+        elif rec["op"] == "totals":
+            snap.compacted = len(line) + 1 + rec.get("kept", 0)
+
+
+def replay(path: str, keep_ends: int = 0, totals: Totals | None = None) -> Snapshot:
+    """Fold the progress file into a Snapshot; keep the last `keep_ends` end records for history;
+    count every record into `totals` if given (the worker's metrics, in the same pass).
+    Lines that are not well-formed records are skipped (the journal still has their events); so is
+    a torn last one (a record is complete only with its newline), which is counted as damaged."""
+    follower = Follower(path, keep_ends, totals)
+    try:
+        snap = follower.read()
+    finally:
+        follower.close()
+    if follower.partial:
+        snap.damaged.append(follower.partial)
     return snap
 
 

@@ -1,0 +1,88 @@
+"""The progress file's cost stays flat in the number of names and the length of history.
+
+Measured in bytes (what a compaction reads, what a follower reads), never in time: the worker
+compacts only when the file doubled since its last compaction, and `wait` reads what was appended
+since its last poll.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_MAX
+from notify_launcher.progress import EndRecord, Follower, ProgressLog, StartRecord, TryRecord, encode, replay
+
+KINDS = ("INSTANCE", "GROUP", "RS")
+
+
+def _event(log: ProgressLog, seq: int, names: int) -> int:
+    """Write one event's try, start and end records, as a worker does; the bytes written."""
+    n = seq % names
+    key = f"{KINDS[n % 3]} name-{n}"
+    event, state = f'{key.split()[0]} "{key.split()[1]}" MASTER 100', "MASTER"
+    recs = [TryRecord(op="try", seq=seq, worker=4242),
+            StartRecord(op="start", seq=seq, t=1.7e9 + seq, key=key, event=event, state=state, pid=5000 + seq,
+                        pid_start_min=10, pid_start_max=11, worker=4242, worker_start=9),
+            EndRecord(op="end", seq=seq, t=1.7e9 + seq, key=key, event=event, state=state, result="exit 0",
+                      ok=True, duration=0.002, exit=0, signal=None, timed_out=False, worker=4242)]
+    for rec in recs:
+        assert log.record(rec) is None
+    return sum(len(encode(rec)) for rec in recs)
+
+
+def test_compaction_work_per_event_is_bounded_with_5000_names_and_100000_events(tmp_path: Path) -> None:
+    """Every compaction reads at most about twice what was written since the one before, so the total
+    read by compactions stays within a constant factor of what was written; and the file never exceeds
+    twice what a compaction must keep (each name's last end, the history) or the floor.  A worker
+    restarted half-way takes the baseline over from the file (its totals record)."""
+    path = str(tmp_path / "progress")
+    names, events = 5000, 100_000
+    log = ProgressLog(path)
+    written = compacted_bytes = compactions = 0
+    for seq in range(1, events + 1):
+        added = _event(log, seq, names)
+        written += added
+        if seq == events // 2:  # a new worker: it learns the baseline from the file, as Ledger.start does
+            log = ProgressLog(path)
+            log.baseline = replay(path).compacted
+            assert log.baseline > 0
+        # never more than twice what the last compaction kept (or the floor), plus this event
+        assert log.size() <= max(PROGRESS_MAX, 2 * log.baseline) + added, (seq, log.size(), log.baseline)
+        if log.due(PROGRESS_MAX):
+            compacted_bytes += log.size()  # what the compaction reads
+            compactions += 1
+            log.compact(KEEP_HISTORY)
+            # its cost is paid by what was appended since the last one
+            assert compacted_bytes <= 3 * written + PROGRESS_MAX, (seq, compacted_bytes, written)
+    snap = replay(path, keep_ends=KEEP_HISTORY)
+    assert len(snap.last) == names and len(snap.ends) == KEEP_HISTORY and snap.done_seq == events
+    assert 2 <= compactions <= 40, compactions
+    log.compact(KEEP_HISTORY)
+    assert os.path.getsize(path) == log.baseline == replay(path).compacted  # what a compaction must keep
+
+
+def test_a_follower_reads_only_what_was_appended_and_starts_again_after_a_compaction(tmp_path: Path) -> None:
+    """`wait` polls through a Follower: a poll reads the bytes appended since the last one, not the
+    history; after a compaction (a new file at the path) it reads the compacted file once, and its
+    state is the same as a full replay's."""
+    path = str(tmp_path / "progress")
+    log = ProgressLog(path)
+    for seq in range(1, 3001):
+        _event(log, seq, 50)
+    follower = Follower(path)
+    assert follower.read().done_seq == 3000
+    before = follower.bytes_read
+    added = _event(log, 3001, 50)
+    snap = follower.read()
+    assert snap.done_seq == 3001 and follower.bytes_read - before == added
+    polls_before = follower.bytes_read
+    assert follower.read().done_seq == 3001 and follower.bytes_read == polls_before  # nothing new: nothing read
+    log.compact(KEEP_HISTORY)
+    _event(log, 3002, 50)
+    snap = follower.read()
+    full = replay(path)
+    assert (snap.done_seq, snap.last, snap.running, snap.trying) == (full.done_seq, full.last, full.running,
+                                                                       full.trying)
+    assert follower.bytes_read == os.path.getsize(path)
+    follower.close()
