@@ -16,7 +16,6 @@ one write at start; the check of the other directory runs per event only while w
 from __future__ import annotations
 
 import os
-from urllib.parse import quote
 
 from notify_launcher import identity, pidfile, settingsfile
 from notify_launcher.config import Settings
@@ -31,8 +30,9 @@ REGISTRY = "/run/notify-launcher-fifos"
 
 
 def entry_path(fifo: str, registry: str = REGISTRY) -> str:
-    """The registry's file for `fifo` (its absolute path, quoted into one file name)."""
-    return os.path.join(registry, quote(os.path.abspath(fifo), safe=""))
+    """The registry's file for `fifo`: its absolute path as one file name ('%' and '/' escaped as
+    urllib would; not urllib itself, whose import the reader's start-up would pay)."""
+    return os.path.join(registry, os.path.abspath(fifo).replace("%", "%25").replace("/", "%2F"))
 
 
 class Predecessor:
@@ -53,6 +53,7 @@ class Predecessor:
             if previous != self.paths.root:
                 ensure_dir(self.registry)
                 write_atomic(path, self.paths.root.encode(), FILE_MODE, sync=False)
+                _prune(self.registry)
         except OSError as exc:
             self.log.warn(None, None, f"cannot record in {path} that {self.paths.root} serves {self.fifo} "
                                       f"({exc.strerror}): a reader started with another --state-dir will not "
@@ -96,6 +97,17 @@ class Predecessor:
         """Ring the other directory's worker (it lives: `journal` checked), so it reads its journal."""
         if self._doorbell is not None:
             self._doorbell.answered()
+
+
+def _prune(registry: str) -> None:
+    """Remove the entries of FIFOs that no longer exist (a stat each: a host has one or two FIFOs),
+    so the registry does not grow with every FIFO path ever served."""
+    for name in os.listdir(registry):
+        if not os.path.lexists(name.replace("%2F", "/").replace("%25", "%")):
+            try:
+                os.unlink(os.path.join(registry, name))
+            except FileNotFoundError:
+                pass
 
 
 def _read(path: str) -> str | None:

@@ -315,10 +315,15 @@ def test_the_registry_names_the_state_directory_that_served_a_fifo_and_trusts_on
     s, paths = _settings(tmp_path)
     registry = str(tmp_path / "fifos")
     fifo = str(tmp_path / "a fifo")
+    os.mkfifo(fifo)
+    gone = Path(entry_path(str(tmp_path / "gone%2F"), registry))
+    gone.parent.mkdir(mode=0o700)
+    gone.write_text("/somewhere")
     first = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
     first.start()
     entry = Path(entry_path(fifo, registry))
     assert entry.read_text() == paths.root and entry.stat().st_mode & 0o777 == 0o600
+    assert os.listdir(registry) == [entry.name], "the entry of a FIFO that no longer exists is removed"
     assert first.other is None and first.journal() is None, "no predecessor: our own journal"
     other = ensure_state_dir(str(tmp_path / "other"))
     entry.write_text(other.root)

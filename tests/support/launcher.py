@@ -36,7 +36,7 @@ def fill_file_system(filler: Path) -> None:
 
 def forget_fifos(directory: Path, registry: str = predecessor.REGISTRY) -> None:
     """Remove the registry's entries of the FIFOs in `directory` (a test's temp dir)."""
-    prefix = entry_path(str(directory) + "/", registry)
+    prefix = entry_path(str(directory), registry) + "%2F"
     try:
         names = os.listdir(registry)
     except OSError:
