@@ -133,7 +133,7 @@ def _work(other: StatePaths) -> tuple[bool, str] | None:
 
     try:
         status = read_status(other)
-    except OSError:
+    except Exception:  # its files cannot be read: nothing we could wait for (queueing must never stick)
         return None
     if status.idle:
         return None

@@ -83,7 +83,10 @@ class Reader:
 
     def run(self) -> int:
         try:
-            self.behind.start()
+            try:
+                self.behind.start()
+            except Exception as exc:  # never die of our own bug: keepalived would not restart us
+                self._unforeseen("previous state directory", exc)
             if self.stop.term_at is not None and not self.serve:  # stopped while we started
                 self.window.open(self.stop.term_at)
                 early = self.stop.at_start(self.fifo.path)
