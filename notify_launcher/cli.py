@@ -232,11 +232,14 @@ def _read_state(state_dir: str, read: Callable[[StatePaths], T]) -> T:
 def run_status(argv: list[str]) -> int:
     p = _state_parser("status", "Per instance/group: last state and action result; the running action; "
                       "pending events.", "notify-launcher status --json")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (every instance/group, and the "
+                   "summary)")
+    p.add_argument("--all", action="store_true", help="the table of every instance/group, also when there are "
+                   "more than 40 (default: a summary, and the table when it is short)")
     args = p.parse_args(argv)
     from notify_launcher.status import as_json, as_text, read_status
-    show = as_json if args.json else as_text
-    print(_read_state(args.state_dir, lambda paths: show(read_status(paths))))
+    print(_read_state(args.state_dir, lambda paths: as_json(read_status(paths)) if args.json
+                      else as_text(read_status(paths), every=args.all)))
     return 0
 
 
@@ -307,9 +310,13 @@ def run_wait(argv: list[str]) -> int:
                       "notify-launcher wait --timeout 30")
     p.add_argument("--timeout", metavar="SEC", type=float, default=None, help="give up after SEC (default never)")
     args = p.parse_args(argv)
-    from notify_launcher.status import read_status
+    from notify_launcher.status import StatusReader
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    while not _read_state(args.state_dir, lambda paths: read_status(paths).idle):
+    readers: dict[str, StatusReader] = {}  # one per state directory: each poll reads only what is new
+
+    def idle(paths: StatePaths) -> bool:
+        return readers.setdefault(paths.root, StatusReader(paths)).read().idle
+    while not _read_state(args.state_dir, idle):
         if deadline is not None and time.monotonic() >= deadline:
             raise LauncherError(f"still busy after {args.timeout:g}s; `notify-launcher status` shows what runs "
                                 f"and what is pending", EXIT_TIMEOUT)

@@ -1,7 +1,9 @@
 """What the state directory says: per instance/group state, pending events, the running action.
 
 Read-only: `status` and `wait` never take a lock, so they can be run at any time, even while a
-worker hangs.
+worker hangs.  `wait` polls through one StatusReader: each poll reads what was appended to the
+progress file since the last one (progress.Follower), and the journal, which holds only what is
+not done yet (the worker compacts it when idle).
 """
 
 from __future__ import annotations
@@ -9,13 +11,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import TypedDict
 
 from notify_launcher import identity
 from notify_launcher.events import READER_TYPE
 from notify_launcher.identity import ProcessId
 from notify_launcher.journal import Entry, read_all
-from notify_launcher.progress import EndRecord, Snapshot, StartRecord, replay
+from notify_launcher.progress import EndRecord, Follower, Snapshot, StartRecord, replay
 from notify_launcher.statedir import StatePaths
+
+
+TABLE_MAX = 40  # more names than this: the table only with `status --all`
+FAILED_SHOWN = 20
 
 
 @dataclass
@@ -29,12 +36,31 @@ class Status:
         return not self.pending and self.snapshot.running is None
 
 
+class StatusReader:
+    """The state directory's status, read again and again: the progress file is followed from where
+    the last read stopped (read from the start only when a compaction or a removal replaced it)."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self.progress = Follower(paths.progress)
+
+    def read(self) -> Status:
+        snap = self.progress.read()
+        entries = read_all(self.paths.journal)
+        running_seq = snap.running["seq"] if snap.running else None
+        pending = [e for e in entries if e.seq > snap.done_seq and e.seq != running_seq]
+        return Status(snap, pending, entries[-1].seq if entries else 0)
+
+    def close(self) -> None:
+        self.progress.close()
+
+
 def read_status(paths: StatePaths) -> Status:
-    snap = replay(paths.progress)
-    entries = read_all(paths.journal)
-    running_seq = snap.running["seq"] if snap.running else None
-    pending = [e for e in entries if e.seq > snap.done_seq and e.seq != running_seq]
-    return Status(snap, pending, entries[-1].seq if entries else 0)
+    reader = StatusReader(paths)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
 
 
 def _worker_alive(running: StartRecord) -> bool:
@@ -64,6 +90,7 @@ def as_json(status: Status) -> str:
         "last_seq": status.last_seq,
         "done_seq": status.snapshot.done_seq,
         "instances": status.snapshot.last,
+        "summary": summary({k: v for k, v in status.snapshot.last.items() if not k.startswith(READER_TYPE)}),
         "running": None if running is None else {**running, "elapsed": _elapsed(running),
                                                  "worker_alive": _worker_alive(running),
                                                  "worker_state": _worker_state(running)},
@@ -79,7 +106,40 @@ def _when(t: float) -> str:
         return "?"
 
 
-def as_text(status: Status) -> str:
+class Summary(TypedDict):
+    names: int
+    types: dict[str, int]
+    states: dict[str, int]
+    failed: list[str]
+
+
+def summary(last: dict[str, EndRecord]) -> Summary:
+    """What a site with thousands of names wants first: how many of each type, in which state, and
+    those whose last action failed (the per-name table is `--all`)."""
+    types: dict[str, int] = {}
+    states: dict[str, int] = {}
+    for key, rec in last.items():
+        types[key.split(" ", 1)[0]] = types.get(key.split(" ", 1)[0], 0) + 1
+        states[rec["state"]] = states.get(rec["state"], 0) + 1
+    return Summary(names=len(last), types=types, states=states,
+                   failed=sorted(key for key, rec in last.items() if not rec.get("ok", True)))
+
+
+def _summary_lines(table: dict[str, EndRecord]) -> list[str]:
+    if not table:
+        return []
+    s = summary(table)
+    types, states, failed = s["types"], s["states"], s["failed"]
+    out = [f"names: {len(table)} (" + ", ".join(f"{n} {t}" for t, n in sorted(types.items())) + "); states: "
+           + ", ".join(f"{n} {st}" for st, n in sorted(states.items()))]
+    if failed:
+        out.append(f"last action failed: {len(failed)}: " + ", ".join(failed[:FAILED_SHOWN])
+                   + (f" ... and {len(failed) - FAILED_SHOWN} more" if len(failed) > FAILED_SHOWN else ""))
+    return out
+
+
+def as_text(status: Status, every: bool = False) -> str:
+    """The summary; the table of every instance/group too with `every`, or when it is short."""
     snap = status.snapshot
     out = [f"events: {status.last_seq} journaled, {snap.done_seq} finished, {len(status.pending)} pending"]
     if snap.running is not None:
@@ -96,11 +156,14 @@ def as_text(status: Status) -> str:
     if reader is not None:
         out.append(f"last reader exit: {reader['state']} at {_when(reader['t'])} (#{reader['seq']}, {reader['result']})")
     table = {key: rec for key, rec in snap.last.items() if not key.startswith(READER_TYPE)}
-    if table:
+    out += _summary_lines(table)
+    if table and (every or len(table) <= TABLE_MAX):
         out.append("")
         out.append(f"{'INSTANCE/GROUP':<28} {'STATE':<20} {'SINCE':<20} {'SEQ':>6}  LAST ACTION")
         for key, rec in sorted(table.items()):
             out.append(f"{key:<28} {rec['state']:<20} {_when(rec['t']):<20} {rec['seq']:>6}  {rec['result']}")
+    elif table:
+        out.append(f"(`status --all` lists each of the {len(table)} with its state, since when and its last action)")
     if status.pending:
         out.append("")
         out.append("pending:")

@@ -7,11 +7,18 @@ since its last poll.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_MAX
 from notify_launcher.progress import EndRecord, Follower, ProgressLog, StartRecord, TryRecord, encode, replay
+from notify_launcher.statedir import StatePaths
+from notify_launcher.status import StatusReader
+from support import LAUNCHER
+from support.launcher import Launcher
+from support.recorder import SLEEPS, sleep_line
 
 KINDS = ("INSTANCE", "GROUP", "RS")
 
@@ -86,3 +93,69 @@ def test_a_follower_reads_only_what_was_appended_and_starts_again_after_a_compac
                                                                        full.trying)
     assert follower.bytes_read == os.path.getsize(path)
     follower.close()
+
+
+def test_status_and_wait_stay_right_across_a_compaction_between_two_polls(launcher: Launcher) -> None:
+    """A state directory with 840 KB of history; a poll sees the new event running, the real worker
+    finishes it and compacts the file (a new, smaller file at the path), and the next poll of the
+    same reader -- and a `wait` started while the action ran -- see it done: the follower starts
+    again from the compacted file's beginning, never from its old offset."""
+    launcher.unchecked = "the history written before the reader started is in no journal and no recorder"
+    launcher.state.mkdir(mode=0o700)
+    log = ProgressLog(str(launcher.state / "progress"))
+    for seq in range(1, 1201):
+        _event(log, seq, 50)
+    assert log.due(PROGRESS_MAX)
+    reader = StatusReader(StatePaths(str(launcher.state)))
+    assert reader.read().idle and reader.read().snapshot.done_seq == 1200
+    gate = launcher.dir / "gate"
+    (launcher.dir / SLEEPS).write_text(sleep_line("*", "MASTER", 0, until=gate))
+    k = launcher.keepalived()
+    k.start()
+    k.write('INSTANCE "VI_1" MASTER 100')
+    launcher.wait_for("the MASTER action to run", lambda: reader.read().snapshot.running is not None)
+    status = reader.read()
+    assert not status.idle and status.snapshot.running is not None and status.snapshot.running["seq"] == 1201
+    offset = reader.progress.bytes_read
+    waiting = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(launcher.state), "--timeout", "120"])
+    try:
+        gate.touch()
+        launcher.wait_for("the compaction", lambda: "progress compacted" in launcher.log_text())
+        status = reader.read()
+        assert waiting.wait(timeout=120) == 0
+    finally:
+        waiting.kill()
+        waiting.wait()
+    size = os.path.getsize(launcher.state / "progress")
+    assert size < offset and reader.progress.bytes_read == size  # read again from the start
+    full = replay(str(launcher.state / "progress"))
+    assert status.idle and status.snapshot.done_seq == full.done_seq == 1201
+    assert status.snapshot.last == full.last and status.snapshot.last["INSTANCE VI_1"]["seq"] == 1201
+    assert len(status.snapshot.last) == 51 and not status.snapshot.damaged
+    k.write('INSTANCE "VI_1" BACKUP 100')  # into the compacted file: the same reader sees it
+    launcher.wait_for("the BACKUP event's end", lambda: replay(str(launcher.state / "progress")).done_seq == 1202)
+    status = reader.read()
+    assert status.snapshot.done_seq == 1202 and status.snapshot.last["INSTANCE VI_1"]["state"] == "BACKUP"
+    reader.close()
+    k.stop([])
+
+
+def test_status_prints_a_summary_and_the_table_of_thousands_only_with_all(tmp_path: Path) -> None:
+    """3,000 names: `status` says how many are in which state and which last action failed, in a few
+    lines; `--all` lists every one; `--json` holds every one and the same summary."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    log = ProgressLog(str(state / "progress"))
+    for seq in range(1, 3001):
+        _event(log, seq, 3000)
+    log.record(EndRecord(op="end", seq=3001, t=1.8e9, key="RS broken", event="RS broken DOWN", state="DOWN",
+                         result="exit 1", ok=False))
+    run = [LAUNCHER, "status", "--state-dir", str(state)]
+    short = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert "names: 3001 (1000 GROUP, 1000 INSTANCE, 1001 RS); states: 1 DOWN, 3000 MASTER" in short, short
+    assert "last action failed: 1: RS broken" in short and len(short.splitlines()) < 10, short
+    every = subprocess.run([*run, "--all"], capture_output=True, text=True, check=True).stdout
+    assert len(every.splitlines()) > 3001 and "GROUP name-2998" in every
+    doc = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert len(doc["instances"]) == 3001 and doc["summary"]["failed"] == ["RS broken"]
+    assert doc["summary"]["types"] == {"GROUP": 1000, "INSTANCE": 1000, "RS": 1001}
