@@ -199,7 +199,8 @@ def _lvs_problems(path: str, vs_line: int, fifos: dict[str, tuple[int, str]],
                 f"(line {vs_line}): keepalived starts the script from its checker process only, and the "
                 f"reader lives and dies with the checker (the VRRP process writes into the same FIFO, "
                 f"without a script of its own): a checker restart ends that reader and keepalived starts "
-                f"another; better: {recommend}"]
+                f"another (journaled as RELOAD, no stop_action; lines written meanwhile wait in the pipe); "
+                f"better: {recommend}"]
     if "vrrp_notify_fifo" in with_script and lvs is None and "notify_fifo" not in fifos:
         return [f"{path}:{vs_line}: virtual_server blocks, but no lvs_notify_fifo: the checker's VS/RS "
                 f"events reach no FIFO; {recommend}"]

@@ -38,16 +38,17 @@ class ProcStat(NamedTuple):
     start: int
     pgrp: int
     state: str  # "Z": a zombie, dead but not reaped yet; "T": stopped (SIGSTOP); "t": traced
+    session: int
 
 
 def stat(pid: int) -> ProcStat | None:
-    """Parent, start time, process group and state of `pid`; None if there is no such process (or
+    """Parent, start time, process group, state and session of `pid`; None if there is no such process (or
     /proc cannot say).  The command name may hold spaces and parentheses: the fields start after
     its last ')'."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
-        return ProcStat(int(fields[1]), int(fields[19]), int(fields[2]), fields[0].decode())
+        return ProcStat(int(fields[1]), int(fields[19]), int(fields[2]), fields[0].decode(), int(fields[3]))
     except (OSError, IndexError, ValueError, OverflowError):
         return None
 

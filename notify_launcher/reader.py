@@ -29,11 +29,13 @@ from notify_launcher.events import READER_TYPE, Event
 from notify_launcher.fifo import Fifo
 from notify_launcher.intake import Intake
 from notify_launcher.journal import JournalWriter
+from notify_launcher.identity import ProcessId
 from notify_launcher.log import Log, Troubles
+from notify_launcher.owner import Starter
 from notify_launcher.predecessor import Predecessor
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
-from notify_launcher.stopping import StopClassifier, Verdict
+from notify_launcher.stopping import StopClassifier, Verdict, later_sibling
 from notify_launcher.window import StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
 
@@ -46,7 +48,8 @@ class Reader:
     keepalived stops it."""
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
-                 detach: Way, term_at: float | None = None, serve: bool = False) -> None:
+                 detach: Way, term_at: float | None = None, serve: bool = False,
+                 starter: ProcessId | None = None) -> None:
         self.settings, self.paths, self.log = settings, paths, log
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
         self.poller = select.poll()
@@ -56,7 +59,9 @@ class Reader:
                                      report=log.line)
         self.backlog = Backlog(self.journal, log)
         self.workers = WorkerLink(settings, paths, self.journal, self.poller, log, detach)
-        self.stop = StopClassifier(settings.stop_grace, term_at)
+        self.starter = Starter(starter)  # the keepalived process that started us: did it stop us, or die?
+        self.stop = StopClassifier(settings.stop_grace, term_at, respawn=self.starter.respawn,
+                                   next_reader=lambda: later_sibling(os.getpid(), self.starter.pid))
         self.behind = Predecessor(settings, paths, fifo_path, log)
         self.troubles = Troubles(log)
         self._term_logged = False
@@ -84,8 +89,13 @@ class Reader:
     def run(self) -> int:
         try:
             try:
-                self.behind.start()
+                if not self.serve:
+                    self.starter.start()
             except Exception as exc:  # never die of our own bug: keepalived would not restart us
+                self._unforeseen("keepalived process watch", exc)
+            try:
+                self.behind.start()
+            except Exception as exc:
                 self._unforeseen("previous state directory", exc)
             if self.stop.term_at is not None and not self.serve:  # stopped while we started
                 self.window.open(self.stop.term_at)
@@ -111,10 +121,14 @@ class Reader:
     def _loop(self) -> None:
         self.fifo.watch()
         self.poller.register(self._wake_r, select.POLLIN)
+        if self.starter.pidfd >= 0:
+            self.poller.register(self.starter.pidfd, select.POLLIN)
         self.workers.start()
         eof = False
         while not eof:
             if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
+                break
+            if self.stop.respawned is not None:
                 break
             try:
                 eof = self._step()
@@ -125,8 +139,11 @@ class Reader:
                 time.sleep(self._pause)
         if self.serve:
             self.log.info(None, None, f"service mode: SIGTERM, exiting ({self.intake.lines} lines read)")
-        else:
-            self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced))
+            return
+        if self.stop.respawned is not None and not eof:  # what the pipe holds now is ours; later lines wait
+            eof = not self.fifo.read(self._feed)           # for the next reader
+            self._feed(None)
+        self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced))
 
     def _step(self) -> bool:
         """One poll and what it brought; True at the FIFO's EOF (not in service mode)."""
@@ -143,6 +160,9 @@ class Reader:
                         self.fifo.writer_gone()
             elif self.workers.owns(fd):
                 self.workers.watched(fd, stopping=self.stop.term_at is not None)
+            elif fd == self.starter.pidfd:
+                self.poller.unregister(fd)  # readable for good now
+                self.stop.starter_exited()
         self.workers.tick()
         if self.fifo.recheck_at is not None and time.monotonic() >= self.fifo.recheck_at:
             self.fifo.recheck()

@@ -7,7 +7,11 @@ sends the same SIGTERM on a stop and on a reload (docs/keepalived.md, "Shutdown"
   other reader: the reader must catch those lines, then journal `READER reader STOP`;
 - on a reload it closes the FIFO (EOF, unless the FIFO is shared) and starts the same command
   again from the same parent, 17-34 ms later, on a new FIFO or on this very one: the reader must
-  leave the FIFO to that reader at once and journal `READER reader RELOAD`.
+  leave the FIFO to that reader at once and journal `READER reader RELOAD`;
+- when the keepalived child that started the reader dies (a crash; keepalived starts it again,
+  and it the next reader), the SIGTERM is that child's parent-death signal, or nothing comes at
+  all (owner.py): no STOP line follows, and the reader takes what the pipe holds, leaves at once
+  and journals `READER reader RELOAD` too.
 
 `StopClassifier` holds what the reader has seen since SIGTERM and gives two answers: `done()`
 (may the reader leave now?) and `verdict()` (what its leaving means), and `at_start()` for a SIGTERM
@@ -23,6 +27,7 @@ from typing import NamedTuple
 
 from notify_launcher import identity
 from notify_launcher.events import Event
+from notify_launcher.owner import starter_of
 
 FINAL_STATES = frozenset({"STOP", "DELETED"})
 #: After a SIGTERM that came while we started: how long keepalived may take to start the next reader
@@ -36,27 +41,36 @@ STOP_QUIET = 0.03
 SIBLING_CHECK = 0.02
 
 
-def later_sibling(pid: int) -> int | None:
-    """A process started after `pid` by the same parent with the same command line, if any: the
+def later_sibling(pid: int, starter: int | None = None) -> int | None:
+    """A process started after `pid` by the same keepalived process (`starter`, as seen when `pid`
+    started; default: `pid`'s now), in the same session, with the same command line, if any: the
     script keepalived starts again when it reloads (docs/keepalived.md, "Reload").
 
     This, not the FIFO, tells a reload from a stop after a SIGTERM without EOF: keepalived may
-    reuse the very same FIFO on reload, and a FIFO's timestamps move with every write.  Only
-    /proc/PID/stat is read for every process; a command line only for our parent's later children."""
+    reuse the very same FIFO on reload, and a FIFO's timestamps move with every write.  The starter
+    is our parent, or under `sh -c` (keepalived's checker with `--all`) our process group leader's
+    parent (owner.starter_of).  The session rules out our workers: forked (so with our command line)
+    into a session of their own, they become children of keepalived's main process (a child
+    subreaper).  Only /proc/PID/stat is read for every process; a command line only for the
+    starter's later children."""
     me = identity.stat(pid)
+    if starter is None:
+        starter = starter_of(pid)
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmdline = fh.read()
     except OSError:
         return None
-    if me is None:
+    if me is None or starter is None:
         return None
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == pid:
             continue
         other = identity.stat(int(name))
-        if other is None or other[0] != me[0] or (other[1], int(name) > pid) < (me[1], True):
-            continue  # another parent, or started before us (a clock tick is 10 ms: pids break ties)
+        if other is None or other.session != me.session or (other.start, int(name) > pid) < (me.start, True):
+            continue  # another session, or started before us (a clock tick is 10 ms: pids break ties)
+        if other.ppid != starter and starter_of(int(name)) != starter:
+            continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as fh:
                 if fh.read() == cmdline:
@@ -85,8 +99,12 @@ class StopClassifier:
     process); the clock is the caller's (monotonic seconds), so a test drives it."""
 
     def __init__(self, grace: float, term_at: float | None = None,
-                 next_reader: Callable[[], int | None] = lambda: later_sibling(os.getpid())) -> None:
+                 next_reader: Callable[[], int | None] = lambda: later_sibling(os.getpid()),
+                 respawn: Callable[[bool], str | None] = lambda term: None) -> None:
         self.grace = grace
+        self.respawn = respawn  # owner.Starter.respawn: why our end is a keepalived child's restart
+        self.respawned: str | None = None  # that reason, once found: we leave at once, as a RELOAD
+        self._respawn_checked = False
         self.term_at = term_at
         self.next_reader = next_reader
         self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
@@ -118,12 +136,21 @@ class StopClassifier:
         return Verdict("RELOAD", f"SIGTERM while starting, and keepalived started the next reader "
                                  f"(pid {self.sibling}): a reload; leaving {fifo_path} to it unread")
 
+    def starter_exited(self) -> None:
+        """The keepalived process that started us exited, with no SIGTERM to us (yet)."""
+        if self.term_at is None:
+            self.respawned = self.respawn(False)
+
     def done(self, now: float) -> bool:
-        """After SIGTERM: the grace is over; or, once the FIFO is quiet, every known instance/group
-        reported STOP (a stop), or keepalived started the next reader (a reload, which writes no STOP
-        lines and may hand it this very FIFO: reading beside it could journal lines out of order)."""
+        """After SIGTERM: the keepalived child that started us died (its restart: no STOP lines come);
+        the grace is over; or, once the FIFO is quiet, every known instance/group reported STOP (a
+        stop), or keepalived started the next reader (a reload, which writes no STOP lines and may
+        hand it this very FIFO: reading beside it could journal lines out of order)."""
         assert self.term_at is not None
-        if now >= self.term_at + self.grace:
+        if not self._respawn_checked:
+            self._respawn_checked = True  # at once: a stopping starter may exit while we read its STOP lines
+            self.respawned = self.respawn(True)
+        if self.respawned is not None or now >= self.term_at + self.grace:
             return True
         # keepalived writes its STOP lines in one burst; a line of an instance or group we have not
         # seen yet may follow the last one we know by a moment: leave once the burst is over.
@@ -146,6 +173,8 @@ class StopClassifier:
     def verdict(self, eof: bool, fifo_path: str, fifo_replaced: Callable[[], bool]) -> Verdict:
         """Why the reader leaves: keepalived closed the FIFO with no SIGTERM (EOF), a reload (SIGTERM and
         EOF, a next reader, or a new FIFO at our path), or keepalived stopping (none of these)."""
+        if self.respawned is not None:
+            return Verdict("RELOAD", f"{'SIGTERM, and ' if self.term_at is not None else ''}{self.respawned}")
         if self.term_at is None:
             return Verdict("EOF", "keepalived closed the FIFO")
         if eof:

@@ -5,8 +5,9 @@ prerequisite fails them.  Timings are printed as `TIMING ...` lines (visible wit
 asserted: that a reader left before keepalived's SIGKILL is read from what it did (it logged its
 own exit and journaled its STOP: a reader SIGKILLed at +1 s could do neither), not from a clock.
 
-keepalived's LVS checker needs IPVS, which these kernels lack (CONFIG_IP_VS is not set), so VS/RS
-lines cannot come from a real keepalived here: the stand-in tests cover them.
+keepalived's LVS checker needs IPVS for virtual servers, which these kernels lack (CONFIG_IP_VS is
+not set), so VS/RS lines cannot come from a real keepalived here: the stand-in tests cover them.
+With `--all` and no virtual_server the checker child runs all the same (test_lvs_*).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 import pytest
 
 from support import LAUNCHER, ROOT
+from support.invariants import check_run
 from support.marks import unavailable
 from support.realka import (IFACE, KILL_AFTER, Cluster, Node, StopTiming, exit_time, ip_binary,
                             keepalived_binary, missing_prerequisite)
@@ -272,3 +274,73 @@ def test_failover_benchmark_loses_no_event_with_either_reader() -> None:
         r = rep[case]
         assert (r["lost"], r["extra"]) == (0, 0), f"{case}: {r}\n{res.stderr[-6000:]}"
         assert r["keepalived_ms"] > 0 and r["reader_ms"] > 0, f"{case}: the action started before the write: {r}"
+
+
+def _reader_events(node: Node) -> list[str]:
+    """The READER events node's readers journaled, in order (RELOAD, STOP, EOF)."""
+    return re.findall(r"#\d+ READER reader (\w+) \| received", node.log_text())
+
+
+def _reader_other_than(node: Node, pid: int) -> bool:
+    """A live reader other than `pid` (False also while there is none: between two readers)."""
+    try:
+        return node.current_reader().pid != pid
+    except AssertionError:
+        return False
+
+
+def _respawned_checker(node: Node, old: int) -> int:
+    """Wait until keepalived started its checker child again (it writes its pid file); its pid."""
+    def new_checker() -> bool:
+        try:
+            pid = node.child_pid("checker")
+        except (OSError, ValueError):
+            return False
+        return pid != old and os.path.exists(f"/proc/{pid}")
+    node.wait_for("keepalived to start its checker again", new_checker)
+    return node.child_pid("checker")
+
+
+@pytest.mark.parametrize("form", ["vrrp+lvs", "global"])
+def test_lvs_checker_restart_reload_stop(real_cluster: Callable[..., Cluster], form: str) -> None:
+    """keepalived with its checker child (`--all`: virtual_server blocks would need IPVS, which these
+    kernels lack), the FIFO made before it starts (docs/keepalived.md, "LVS sites").  The README's
+    form (vrrp_notify_fifo + lvs_notify_fifo on one path): the reader is the VRRP child's, and a
+    checker SIGKILL (keepalived starts it again) does not touch it.  The global notify_fifo: the
+    reader is the checker's, run under `sh -c` with no parent-death signal, so the checker's death
+    tells it nothing; it sees it through a pidfd and leaves to the next reader as a RELOAD.  Then a
+    reload (RELOAD once more) and a stop: exactly one STOP, every event run once, in order."""
+    c = real_cluster(checker=True, fifo_form=form)
+    n1, _ = c.nodes
+    c.start()
+    c.wait_settled()
+    reader = n1.current_reader()
+    owner = "vrrp" if form == "vrrp+lvs" else "checker"
+    assert n1.child_pid(owner) in [p.pid for p in reader.parents()], n1.diagnostics()
+    checker = n1.child_pid("checker")
+    os.kill(checker, signal.SIGKILL)
+    _respawned_checker(n1, checker)
+    if form == "vrrp+lvs":
+        n1.wait_idle()
+        assert n1.current_reader().pid == reader.pid and _reader_events(n1) == [], n1.diagnostics()
+    else:
+        n1.wait_for("the old reader to leave as a RELOAD", lambda: _reader_events(n1) == ["RELOAD"])
+        n1.wait_for("the next reader", lambda: _reader_other_than(n1, reader.pid))
+        # Reload once it is up: a SIGHUP while it was still starting (~0.4 s after the respawn) left
+        # it running unsignalled and started no other in 2 of 5 runs (keepalived's side; not pursued).
+        nxt = n1.current_reader().pid
+        n1.wait_for("the next reader to start", lambda: f"reader[{nxt}] INFO  #- - | reader started" in n1.log_text())
+        assert "which started this reader, is gone while keepalived" in n1.log_text(), n1.diagnostics()
+    reloads = len(_reader_events(n1)) + 1
+    before = n1.current_reader().pid
+    n1.hup()
+    n1.wait_for("the reader of the reload", lambda: _reader_other_than(n1, before))
+    n1.wait_for("the old reader's RELOAD", lambda: len(_reader_events(n1)) == reloads)
+    n1.wait_idle()
+    stop = n1.term()
+    assert stop.reader_gone_after is not None, n1.diagnostics()
+    n1.wait_idle()
+    assert _reader_events(n1) == ["RELOAD"] * reloads + ["STOP"], n1.diagnostics()
+    assert n1.instance_states()[-1] == "STOP", n1.diagnostics()
+    ran_in_journal_order(n1)
+    check_run(n1.state, n1.dir, n1.log, stops=1)

@@ -65,9 +65,7 @@ child_wait_time 2
 global_defs {{
     router_id {name}
     # The user is named on notify_fifo too: see tests/support/realka.py (a reload would drop the FIFO).
-    notify_fifo {fifo} root
-    notify_fifo_script "{script}" root
-    enable_script_security
+{fifo_lines}    enable_script_security
     fifo_write_vrrp_states_on_reload
     vrrp_version 3
     vrrp_down_timer_adverts 1
@@ -92,6 +90,13 @@ vrrp_instance VI_1 {{
     }}
 }}
 """
+
+FIFO_LINES = {
+    "global": 'notify_fifo {fifo} root\n    notify_fifo_script "{script}" root\n',
+    # The README's form for LVS sites: one FIFO for both keepalived processes, the script the VRRP one's.
+    "vrrp+lvs": ('vrrp_notify_fifo {fifo} root\n    vrrp_notify_fifo_script "{script}" root\n'
+                 '    lvs_notify_fifo {fifo} root\n'),
+}
 
 LAUNCHER_INI = """\
 # notify-launcher.ini of {name}, written by tests/support/realka.py
@@ -196,6 +201,11 @@ class Node:
     ns: str
     dir: Path
     script: Script | None = None  # None: the launcher, as keepalived.conf.example runs it
+    # With a checker: keepalived runs `--all` (its checker child too; virtual_server blocks would need
+    # IPVS), FIFO_LINES[fifo_form] name the FIFO, made before keepalived starts (as the README tells
+    # LVS sites).  Without: `-P` (VRRP only) and the global notify_fifo.
+    checker: bool = False
+    fifo_form: str = "global"
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     _stop_kids: list[psutil.Process] | None = field(default=None, repr=False)
@@ -246,9 +256,11 @@ class Node:
         recorder.install(self.handler, records=self.rec, sleeps=self.dir / recorder.SLEEPS)
         self.ini.write_text(LAUNCHER_INI.format(name=self.name, handler=self.handler, state=self.state,
                                                 log=self.log, linger=linger, timeout=timeout))
-        self.conf.write_text(KEEPALIVED_CONF.format(
-            name=self.name, fifo=self.fifo, script=" ".join(self.script_argv()), iface=IFACE,
-            priority=self.priority, vip=VIP))
+        fifo_lines = "    " + FIFO_LINES[self.fifo_form].format(fifo=self.fifo, script=" ".join(self.script_argv()))
+        self.conf.write_text(KEEPALIVED_CONF.format(name=self.name, fifo_lines=fifo_lines, iface=IFACE,
+                                                    priority=self.priority, vip=VIP))
+        if self.checker and not self.fifo.exists():
+            os.mkfifo(self.fifo, 0o600)
 
     def script_argv(self) -> list[str]:
         """The notify_fifo_script's command line, before the FIFO keepalived appends."""
@@ -268,7 +280,7 @@ class Node:
         keepalived on this machine started without -b."""
         d = self.dir
         return [ip_binary() or "ip", "netns", "exec", self.ns, keepalived_binary() or "keepalived",
-                "-n", "-l", "-D", "-G", "-P", "-f", str(self.conf),
+                "-n", "-l", "-D", "-G", "--all" if self.checker else "-P", "-f", str(self.conf),
                 "-p", str(d / "keepalived.pid"), "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid"),
                 "-b", str(d / "bfd.pid")]
 
@@ -313,25 +325,30 @@ class Node:
         return StopTiming(t0, reader.pid, gone, exited, self.proc.returncode)
 
     def current_reader(self) -> psutil.Process:
-        """The live notify_fifo_script: a child of keepalived's VRRP process with our FIFO as its
-        last argument, as keepalived appends it (the newest, in a reload)."""
+        """The live notify_fifo_script: a descendant of keepalived (the VRRP child's child; with
+        `--all` and the global FIFO, the checker's, under `sh -c`) running the launcher with our FIFO
+        as its last argument, as keepalived appends it, in keepalived's session (a worker, forked
+        from a reader, has its own once detached) and not a fork of a reader.  The newest, in a
+        reload."""
         assert self.proc is not None
+        session = os.getsid(self.proc.pid)
         readers = []
-        for vrrp in psutil.Process(self.proc.pid).children():
-            try:
-                children = vrrp.children()
-            except psutil.Error:
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:  # an old reader may be a zombie now: its cmdline raises
+                cmd = p.cmdline()
+                if (cmd[-1:] == [str(self.fifo)] and "notify_launcher" in cmd and os.getsid(p.pid) == session
+                        and processes.running(p) and p.parent().cmdline() != cmd):  # not a worker being forked
+                    readers.append(p)
+            except (psutil.Error, OSError):
                 continue
-            for p in children:
-                try:  # an old reader may be a zombie now: its cmdline raises
-                    if p.cmdline()[-1:] == [str(self.fifo)] and processes.running(p):
-                        readers.append(p)
-                except psutil.Error:
-                    continue
         if not readers:
             raise AssertionError(f"{self.name}: no live reader under keepalived pid {self.proc.pid}\n"
                                  f"{self.diagnostics()}")
         return max(readers, key=lambda p: p.create_time())
+
+    def child_pid(self, which: str) -> int:
+        """keepalived's "vrrp" or "checker" child, from its pid file."""
+        return int((self.dir / ("vrrp.pid" if which == "vrrp" else "checkers.pid")).read_text().split()[0])
 
     def stop_keepalived(self, grace: float = 4.0) -> None:
         """Teardown: SIGTERM (unless `begin_stop` sent it), then SIGKILL to keepalived and its
@@ -461,7 +478,8 @@ class Cluster:
     """N keepalived nodes in namespaces; node K has address .K and priority 150, 100, 50, ..."""
 
     def __init__(self, count: int = 2, priorities: list[int] | None = None, linger: float = 600,
-                 timeout: float = 60, keep: bool | None = None, script: Script | None = None) -> None:
+                 timeout: float = 60, keep: bool | None = None, script: Script | None = None,
+                 checker: bool = False, fifo_form: str = "global") -> None:
         global _counter
         _counter += 1
         if not 2 <= count <= 9:
@@ -472,8 +490,8 @@ class Cluster:
         tag = f"{NS_PREFIX}{os.getpid()}c{_counter}"
         self.hub = f"{tag}hub" if count > 2 else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"{tag}-"))
-        self.nodes = [Node(i + 1, self.priorities[i], f"{tag}n{i + 1}", self.dir / f"node{i + 1}", script)
-                      for i in range(count)]
+        self.nodes = [Node(i + 1, self.priorities[i], f"{tag}n{i + 1}", self.dir / f"node{i + 1}", script,
+                           checker=checker, fifo_form=fifo_form) for i in range(count)]
         self._namespaces: list[str] = []
 
     def __enter__(self) -> Cluster:
