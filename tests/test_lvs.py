@@ -157,3 +157,23 @@ def test_stop_of_both_runs_stop_action_once_after_every_stop_line(site: Site) ->
     site.check(stops=1)
     ran = [" ".join(r.args) for r in site.launcher.starts()]
     assert ran[-1] == "READER reader STOP 0", ran
+
+
+def test_vrrp_restart_is_no_stop_for_the_reader_it_owns(launcher: Launcher) -> None:
+    """The README's form for LVS sites: the VRRP child owns the reader, and its crash and restart is
+    what a checker's is for the global FIFO: RELOAD, no stop_action, no line lost."""
+    site = Site(launcher, "vrrp")
+    try:
+        site.ka.start()
+        site.launcher.wait_started()
+        site.write("checker")
+        site.wait_journaled(3)
+        site.ka.crash("vrrp")
+        site.write("checker")
+        site.write("vrrp")
+        site.wait_journaled(10)
+        assert site.reader_events() == ["RELOAD"], site.launcher.log_text()[-3000:]
+        _stop(site)
+        site.check(stops=1)
+    finally:
+        site.ka.close()
