@@ -940,7 +940,7 @@ def burst_only(root: Path, cfg: dict[str, Any], keep: bool) -> int:
         print(f"burst {cfg['burst']}: {what:<42} median {statistics.median(values):.3f}  "
               f"({', '.join(f'{v:.3f}' for v in values)})" if values else f"{what}: no value")
     print(f"lost {sum(r['lost'] for r in rows)}, overlaps {sum(r['overlaps'] for r in rows)}, "
-          f"load average {os.getloadavg()[0]:.2f}; launcher {cfg['launcher']} ({cfg['git']})")
+          f"load average {os.getloadavg()[0]:.2f}; launcher {cfg['launcher']} (run.py's checkout: {cfg['git']})")
     return 0
 
 

@@ -2,7 +2,7 @@
 while being killed), a timeout and a recovering worker end every process it started before the
 next action runs; a wall-clock step or a stopped worker never turns into a wrong decision.
 
-Each launcher test runs twice: actions in cgroups (where cgroup v2 is writable) and found by the
+The containment tests run twice: actions in cgroups (where cgroup v2 is writable) and found by the
 mark, the subreaper and the session (NOTIFY_LAUNCHER_NO_CGROUPS=yes).  The fixture's invariants
 check (support.invariants) flags any overlap of two actions' trees and any tree left alive."""
 

@@ -143,7 +143,7 @@ def test_master_action_outlives_systemctl_stop(res: Result) -> None:
     assert master.start < marks["stop_begin"], f"the stop came before the MASTER action started\n{res.report()}"
     assert master.signal is None and master.end is not None, f"the MASTER action was killed\n{res.diagnostics()}"
     assert master.end > marks["stop_end"], f"the MASTER action did not outlive the stop\n{res.report()}"
-    assert re.fullmatch(WORKER_UNIT, master.cgroup), \
+    assert re.fullmatch(WORKER_UNIT, master.unit), \
         f"the MASTER action ran in {master.cgroup!r}, not in a transient worker unit\n{res.diagnostics()}"
 
 
@@ -155,7 +155,7 @@ def test_stop_action_runs_to_its_end(res: Result) -> None:
     assert stop.end is not None and stop.signal is None, f"the STOP action was killed\n{res.diagnostics()}"
     assert stop.end - stop.start >= STOP_SECONDS, f"the STOP action was cut short\n{res.report()}"
     assert master.end is not None and master.end <= stop.start, f"STOP started before MASTER ended\n{res.report()}"
-    assert re.fullmatch(WORKER_UNIT, stop.cgroup), f"the STOP action ran in {stop.cgroup!r}\n{res.diagnostics()}"
+    assert re.fullmatch(WORKER_UNIT, stop.unit), f"the STOP action ran in {stop.cgroup!r}\n{res.diagnostics()}"
 
 
 def test_reload_keeps_numbering(res: Result) -> None:

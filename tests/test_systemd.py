@@ -99,7 +99,7 @@ def test_stop_auto_actions_outlive_systemctl_stop(systemd_base: None, capsys: py
     assert [a.state for a in res.actions] == ["BACKUP", "MASTER", "STOP"], res.report()
 
     for a in res.actions:
-        assert re.fullmatch(r"/system\.slice/notify-launcher-worker-[\w.-]+\.service", a.cgroup), \
+        assert re.fullmatch(r"/system\.slice/notify-launcher-worker-[\w.-]+\.service", a.unit), \
             f"{a} ran in {a.cgroup!r}, not in a transient worker unit\n{res.diagnostics()}"
     log = res.text("launcher.log")
     assert re.search(r"worker started \(detached: systemd unit notify-launcher-worker-\S+\.service", log), \
@@ -122,7 +122,7 @@ def test_stop_daemon_action_killed_by_systemctl_stop(systemd_base: None,
 
     log = res.text("launcher.log")
     assert "worker started (detached: own session" in log, f"not the double-fork path\n{res.diagnostics()}"
-    assert master.cgroup == KEEPALIVED_UNIT, f"the action ran in {master.cgroup!r}\n{res.diagnostics()}"
+    assert master.unit == KEEPALIVED_UNIT, f"the action ran in {master.cgroup!r}\n{res.diagnostics()}"
     assert marks["settled"] - master.start >= SLOW + 1, f"did not wait long enough to see the end\n{res.report()}"
     assert master.end is None, f"the MASTER action was not killed\n{res.diagnostics()}"
     assert not [a for a in res.actions if a.end is not None and a.end > begin], \
@@ -194,7 +194,7 @@ def test_latency_lines_run_once_in_order_by_the_standby_unit(systemd_base: None,
         units = {f"/system.slice/{u}" for u in facts.get(f"standby_{name}", "").split()}
         assert units, f"{name}: no standby unit before the lines\n{res.diagnostics()}"
         ran = [a for a in res.actions if a.name.strip('"') == f"LAT_{name}"]
-        assert all(a.cgroup in units for a in ran), \
+        assert all(a.unit in units for a in ran), \
             f"{name}: actions outside the standby unit {units}: {[a.cgroup for a in ran]}\n{res.diagnostics()}"
     timing(capsys, "latency: median write -> action start " + ", ".join(
         f"{name} {p.median_ms:.2f} ms" for name, p in phases.items() if p.median_ms is not None)

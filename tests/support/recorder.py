@@ -38,6 +38,7 @@ sides run byte-identical handlers, each recording into its own directory).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,11 @@ class Action(_EventArgs):
     cgroup: str = ""
     signal: float | None = None  # when it got SIGTERM
 
+    @property
+    def unit(self) -> str:
+        """The cgroup of the unit it ran in: `cgroup` without the action cgroup the worker made for
+        it (notify_launcher/containment.py) where cgroup v2 is writable."""
+        return re.sub(r"/notify-launcher-[0-9a-f]{8}-\d+-\d+$", "", self.cgroup)
 
     def __str__(self) -> str:
         return f"#{'-' if self.seq is None else self.seq} {' '.join(self.args)}"
