@@ -66,40 +66,37 @@ def _file_id(fd_or_path: int | str) -> tuple[int, int]:
 
 
 class WorkerLock:
-    """worker.lock, held by the worker for its whole life.  Building one only stores the path."""
+    """worker.lock, held by the worker for its whole life.  Building one only stores the path.
+    Taken with flock on its own descriptor, not through filelock: a worker's first action must not
+    wait for filelock's import (logging, secrets, pathlib, decimal, ...: a third of a cold worker's
+    start-up), and a queued worker wakes the moment the lock is free instead of at filelock's next
+    50 ms poll."""
 
     def __init__(self, paths: StatePaths) -> None:
         self.path = paths.worker_lock
-        self._lock: FileLock | None = None
         self._pin = -1  # the locked file, kept open: its inode cannot be reused while we live
 
     def take(self, waiting: Callable[[identity.ProcessId | None], None]) -> None:
         """Take the lock; if another worker holds it, call `waiting(holder)` once, then wait for it."""
-        from filelock import Timeout
-
         self._pin = open_mode(self.path, os.O_RDONLY, FILE_MODE)
-        self._lock = _file_lock(self.path)
         try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
+            fcntl.flock(self._pin, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             waiting(lock_holder(self.path))
-            self._lock.acquire()
+            fcntl.flock(self._pin, fcntl.LOCK_EX)
 
     def ours(self) -> bool:
         """The file at worker.lock's path is still the one we locked (False once someone removed the
-        state directory: a new worker may own the new one).  By inode alone: a queued worker's
-        filelock (Debian 12's 3.9 opens with O_TRUNC) changes the file's times at every try."""
+        state directory: a new worker may own the new one).  By inode alone: an older worker queued
+        through filelock (Debian 12's 3.9 opens with O_TRUNC) changes the file's times at every try."""
         try:
             return _file_id(self.path) == _file_id(self._pin)
         except OSError:
             return False
 
     def release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
         if self._pin >= 0:
-            os.close(self._pin)
+            os.close(self._pin)  # (closing our only descriptor of it lets the lock go)
             self._pin = -1
 
 
