@@ -188,7 +188,12 @@ def _lvs_problems(path: str, vs_line: int, fifos: dict[str, tuple[int, str]],
                  "(docs/keepalived.md, \"LVS sites\")")
     vrrp, lvs = fifos.get("vrrp_notify_fifo"), fifos.get("lvs_notify_fifo")
     shared = vrrp is not None and lvs is not None and vrrp[1] == lvs[1]
-    if "vrrp_notify_fifo" in with_script and "lvs_notify_fifo" in with_script and not shared:
+    if "vrrp_notify_fifo" in with_script and "lvs_notify_fifo" in with_script and shared:
+        return [f"{path}:{with_script['lvs_notify_fifo']}: lvs_notify_fifo_script on the vrrp_notify_fifo's path: "
+                f"keepalived ignores it only from the first reload on (\"ignoring LVS FIFO script\"); at start "
+                f"its checker runs it too, so two readers share the FIFO until then and a stop journals a STOP "
+                f"per reader (stop_action twice); remove the lvs_notify_fifo_script line"]
+    if "vrrp_notify_fifo" in with_script and "lvs_notify_fifo" in with_script:
         return [f"{path}:{with_script['lvs_notify_fifo']}: vrrp_notify_fifo and lvs_notify_fifo are two "
                 f"FIFOs, each with a script: two readers, one per keepalived process; with one state "
                 f"directory each one's SIGTERM at a keepalived stop journals a STOP (stop_action twice); "

@@ -286,14 +286,24 @@ def test_lvs_site_with_the_global_fifo_is_told_the_checker_owns_the_reader(good:
     assert _check("--config", str(good), "--keepalived-conf", str(conf)).returncode == 0
 
 
-@pytest.mark.parametrize("lvs_script", ["", '    lvs_notify_fifo_script "{act}" root\n'])
-def test_lvs_site_with_one_shared_fifo_passes(good: Path, lvs_script: str) -> None:
-    """The recommended form, and the same with an lvs script keepalived ignores ("ignoring LVS FIFO
-    script"): one reader, the VRRP process's."""
+def test_lvs_site_with_one_shared_fifo_passes(good: Path) -> None:
+    """The recommended form: one reader, the VRRP process's."""
     conf = _lvs_conf(good, '    vrrp_notify_fifo {fifo} root\n    vrrp_notify_fifo_script "{act}" root\n'
-                           '    lvs_notify_fifo {fifo} root\n' + lvs_script)
+                           '    lvs_notify_fifo {fifo} root\n')
     res = _check("--config", str(good), "--keepalived-conf", str(conf))
     assert res.returncode == 0, res.stdout
+
+
+def test_lvs_script_on_the_shared_fifo_is_a_problem(good: Path) -> None:
+    """keepalived drops the checker's script on the VRRP FIFO's path only when it reloads (global_data.c
+    runs that check in the checker, which at start inherits the parent's data unchecked): at start
+    both processes run a reader (seen with keepalived 2.2.7, docs/keepalived.md "LVS sites")."""
+    conf = _lvs_conf(good, '    vrrp_notify_fifo {fifo} root\n    vrrp_notify_fifo_script "{act}" root\n'
+                           '    lvs_notify_fifo {fifo} root\n    lvs_notify_fifo_script "{act}" root\n')
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert (f"problem: {conf}:5: lvs_notify_fifo_script on the vrrp_notify_fifo's path: keepalived ignores it "
+            f"only from the first reload on" in res.stdout)
 
 
 def test_lvs_site_with_two_fifos_or_no_lvs_fifo_is_a_problem(good: Path) -> None:
