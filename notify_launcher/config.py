@@ -37,6 +37,8 @@ DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
 CrashPolicy = Literal["rerun", "skip"]
 DetachMode = Literal["auto", "daemon", "systemd"]
 LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
+RepeatPolicy = Literal["run", "skip"]
+REPEAT_POLICIES: Final[tuple[RepeatPolicy, ...]] = get_args(RepeatPolicy)
 ArgsMode = Literal["keepalived", "none"]
 ARGS_MODES: Final[tuple[ArgsMode, ...]] = get_args(ArgsMode)
 CRASH_POLICIES: Final[tuple[CrashPolicy, ...]] = get_args(CrashPolicy)
@@ -108,6 +110,7 @@ class Rule:
     timeout: float | None = None
     on_failure: tuple[str, ...] | None = None
     vs: str = "*"
+    repeat: RepeatPolicy | None = None
 
     def specificity(self, event: Event) -> int:
         """-1 if the rule does not cover `event`; else higher = more specific (vs > name > state > type)."""
@@ -138,6 +141,7 @@ class Settings:
     on_crash: CrashPolicy = "rerun"
     detach: DetachMode = "auto"
     coalesce: bool = False
+    repeat: RepeatPolicy = "run"
     quiet_states: tuple[str, ...] = VRRP_NOTICES  # run nothing unless a [match] rule names them
     on_failure: tuple[str, ...] = ()
     on_failure_timeout: float = 30.0
@@ -175,6 +179,15 @@ class Settings:
             command = command if rule.on_failure is None else rule.on_failure
         return command
 
+    def repeat_for(self, event: Event) -> RepeatPolicy:
+        """`skip`: an event whose state is the one its TYPE NAME's last completed action ran for is
+        logged, not run (a reload re-sends BACKUP: keepalived issue 1311).  The most specific
+        matching rule's `repeat`, else the [launcher] one."""
+        policy = self.repeat
+        for rule in self._matching(event) if event.type != READER_TYPE else []:
+            policy = policy if rule.repeat is None else rule.repeat
+        return policy
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -187,7 +200,8 @@ class Settings:
                               for r in data["rules"])
         for key in ("handler", "stop_action", "quiet_states", "on_failure"):
             data[key] = tuple(data[key])
-        for key, allowed in (("on_crash", CRASH_POLICIES), ("detach", DETACH_MODES), ("log_level", LOG_LEVELS)):
+        for key, allowed in (("on_crash", CRASH_POLICIES), ("detach", DETACH_MODES), ("log_level", LOG_LEVELS),
+                             ("repeat", REPEAT_POLICIES)):
             if data[key] not in allowed:  # the Literal types hold only if the file does
                 raise ValueError(f"{key}: {data[key]!r} is not one of {', '.join(allowed)}")
         return cls(**data)
@@ -206,13 +220,15 @@ _KEYS = {
     "on_crash": "one of " + ", ".join(CRASH_POLICIES),
     "detach": "one of " + ", ".join(DETACH_MODES),
     "coalesce": "yes or no",
+    "repeat": "run or skip (skip: an event in the state its instance's last completed action ran for is logged, "
+              "not run)",
     "quiet_states": "state names separated by spaces (may be empty)",
     "on_failure": "a command line run after an action failed, timed out or was skipped",
     "on_failure_timeout": "seconds, a number > 0",
     "metrics_file": "a file path (Prometheus text format, for node_exporter's textfile collector)",
     "metrics_mode": "an octal file mode, e.g. 0644 (no write bit for group or others)",
 }
-_RULE_KEYS = ("handler", "timeout", "on_failure")
+_RULE_KEYS = ("handler", "timeout", "on_failure", "repeat")
 #: Keys of one command in a [match] section: `handler` is the first command, `handler.2` the second, ...
 _COMMAND_KEYS = {"handler": "a command line (split like a shell does, run without one)",
                  "args": "keepalived (append TYPE NAME STATE PRIORITY [VS]) or none",
@@ -267,8 +283,8 @@ def _convert(key: str, text: str, where: str) -> object:
         return _BOOLS[text.lower()]
     if key == "quiet_states":
         return tuple(text.split())
-    if key in ("on_crash", "detach"):
-        if text not in (CRASH_POLICIES if key == "on_crash" else DETACH_MODES):
+    if key in ("on_crash", "detach", "repeat"):
+        if text not in {"on_crash": CRASH_POLICIES, "detach": DETACH_MODES, "repeat": REPEAT_POLICIES}[key]:
             raise bad
         return text
     if not text.startswith("/"):

@@ -17,7 +17,7 @@ from notify_launcher.following import Following
 from notify_launcher.journal import Entry, JournalFollower, damaged_seq, describe
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import Ended, OnFailureRunner
-from notify_launcher.progress import TryRecord
+from notify_launcher.progress import EndRecord, TryRecord
 from notify_launcher.publisher import MetricsPublisher
 
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
@@ -33,12 +33,17 @@ class Drain:
         self.runner, self.worker = runner, worker
         self.done_seq = 0
         self.reload_at = float("-inf")
+        #: TYPE NAME -> the state its last completed action ran for (ended ok, or nothing to run): `repeat = skip`
+        self.completed: dict[str, str] = {}
 
-    def start(self, done_seq: int) -> None:
-        """Follow the journal from here on; `done_seq` is where the progress file says we are."""
+    def start(self, done_seq: int, last: dict[str, EndRecord]) -> None:
+        """Follow the journal from here on; `done_seq` is where the progress file says we are, `last`
+        each TYPE NAME's last end record there."""
         self.journal = JournalFollower(self.following.paths.journal,
                                        report=lambda *said: self.following.log.line(*said))
         self.done_seq = done_seq
+        self.completed = {key: end["state"] for key, end in last.items()
+                          if end.get("ok") and not end.get("result", "").startswith("superseded")}
 
     def pending(self) -> bool:
         """The journal grew since the last read."""
@@ -105,11 +110,19 @@ class Drain:
         settings = self.following.settings
         try:
             settings = self.following.for_entry(entry)
-            if newest != entry.seq and entry.event.type != READER_TYPE and settings.coalesce:
-                self.following.log.info(entry.seq, entry.event, f"skipped: superseded by #{newest} (coalesce = yes)")
-                self.ledger.finish(end_of(entry, f"superseded by #{newest}", ok=True, worker=self.worker), entry.event)
+            event = entry.event
+            if newest != entry.seq and event.type != READER_TYPE and settings.coalesce:
+                self.following.log.info(entry.seq, event, f"skipped: superseded by #{newest} (coalesce = yes)")
+                self.ledger.finish(end_of(entry, f"superseded by #{newest}", ok=True, worker=self.worker), event)
+            elif self.completed.get(event.key) == event.state and settings.repeat_for(event) == "skip":
+                self.following.log.info(entry.seq, event, f"skipped: {event.key} is {event.state} already, as after "
+                                                          f"its last completed action (repeat = skip)")
+                self.ledger.finish(end_of(entry, f"skipped: {event.state} repeated (repeat = skip)", ok=True,
+                                          worker=self.worker), event)
             else:
-                self.runner.run(entry, settings)
+                self.completed.pop(event.key, None)  # until this event's end says otherwise
+                if self.runner.run(entry, settings):
+                    self.completed[event.key] = event.state
         except Exception as exc:
             self.following.log.exception(entry.seq, entry.event, "FAILED inside the launcher (the next event runs)", exc)
             end = end_of(entry, f"failed: {type(exc).__name__}: {exc}"[:200], ok=False, worker=self.worker)

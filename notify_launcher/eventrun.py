@@ -26,9 +26,10 @@ class EventRunner:
         self.containment, self.worker, self.environ = containment, worker, environ
         self.worker_start = 0  # set by the worker once it knows its own start time
 
-    def run(self, entry: Entry, settings: Settings) -> None:
+    def run(self, entry: Entry, settings: Settings) -> bool:
         """The event's commands one after the other (or why none runs), its end recorded: the first
-        failed command's result, else the last one's."""
+        failed command's result, else the last one's.  True when it completed: ended ok, or nothing
+        was to run."""
         seq, event, log = entry.seq, entry.event, self.following.log
         commands, timeout = settings.action_for(event)
         if not commands:
@@ -36,7 +37,7 @@ class EventRunner:
                 if event.state in settings.quiet_states else ""
             log.info(seq, event, f"no action configured for this event{quiet}")
             self.ledger.finish(end_of(entry, "no action", ok=True, worker=self.worker), event)
-            return
+            return True
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL)  # for on_failure
 
         def output(stream: str, text: str) -> None:
@@ -55,6 +56,7 @@ class EventRunner:
             end["stalled"] = round(stalled, 3)
         self.ledger.finish(end, event)
         self.on_failure.due(Ended(entry, end, tail, settings))
+        return result.ok
 
     def _command(self, entry: Entry, command: Command, timeout: float, kill_grace: float, output: actions.Output,
                  which: str) -> actions.Result:

@@ -49,7 +49,8 @@ def render(totals: Totals, pending: int, oldest_pending_age: float, rejected: in
     """The whole file's text."""
     out = _Text()
     out.family("actions_total", "counter", "Actions finished, by result (skipped: superseded by coalesce, "
-                                           "or after workers died on the event).")
+                                           "a state repeated under repeat = skip, or after workers died on the "
+                                           "event).")
     for result in RESULTS:
         out.sample("actions_total", totals.actions[result], _labels(result=result))
     out.family("action_duration_seconds", "histogram", "How long actions ran.")

@@ -145,7 +145,7 @@ class Worker:
             done_seq, skipped = self.recovery.recover(snap)
             if skipped is not None:
                 self.on_failure.due(skipped)
-        self.drain.start(done_seq)
+        self.drain.start(done_seq, snap.last)
 
     def _init_signals(self) -> None:
         """SIGTERM: finish the queue, then leave.  SIGCHLD: wake the lingering wait, so orphans an

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import processes
 from support.launcher import Launcher
 from support.marks import needs
 
@@ -107,3 +108,34 @@ def test_a_command_run_as_its_owner_is_trusted_for_that_user_only(tmp_path: Path
         f"chown it to root, or choose a path only root can change",
         f"[match * * MASTER] handler.2 {script} is not safe for root: {script} belongs to uid 65534 (nobody), not "
         f"root; chown it to root, or choose a path only root can change"]
+
+
+def test_repeat_skip_logs_a_state_its_last_completed_action_ran_for(launcher: Launcher) -> None:
+    """keepalived re-sends BACKUP at a reload (its issue 1311): with `repeat = skip` the event is
+    journaled and logged as skipped, not run -- also for a worker that starts after the first one
+    left (the last completed state comes from the progress file)."""
+    ini = launcher.dir / "nl.ini"
+    ini.write_text("[match INSTANCE VI_1 *]\nrepeat = skip\n")
+    k = launcher.keepalived("--config", str(ini))
+    k.start()
+    for state in ("BACKUP", "BACKUP", "MASTER", "MASTER", "BACKUP"):
+        assert k.write(f'INSTANCE "VI_1" {state} 100')
+    assert k.write('INSTANCE "VI_2" BACKUP 100')
+    assert k.write('INSTANCE "VI_2" BACKUP 100')  # no rule says skip for VI_2: it runs again
+    launcher.settle(7)
+    worker = launcher.wait_standby()
+    k.stop([])
+    launcher.wait_for("the worker to leave (linger 1)", lambda: not processes.running(worker))
+    k = launcher.keepalived("--config", str(ini))
+    k.start()
+    assert k.write('INSTANCE "VI_1" BACKUP 100')
+    assert k.write('INSTANCE "VI_1" MASTER 100')
+    launcher.settle(10)  # 8 is the first reader's STOP
+    k.stop([])
+    assert [(r.seq, r.args[1], r.args[2]) for r in launcher.starts()] == [
+        (1, "VI_1", "BACKUP"), (3, "VI_1", "MASTER"), (5, "VI_1", "BACKUP"), (6, "VI_2", "BACKUP"),
+        (7, "VI_2", "BACKUP"), (10, "VI_1", "MASTER")]
+    log = launcher.log_text()
+    for seq, state in ((2, "BACKUP"), (4, "MASTER"), (9, "BACKUP")):
+        assert f'#{seq} INSTANCE "VI_1" {state} 100 | skipped: INSTANCE VI_1 is {state} already, as after its ' \
+               f"last completed action (repeat = skip)" in log

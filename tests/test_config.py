@@ -153,6 +153,7 @@ def test_an_rs_rule_may_name_the_virtual_server(tmp_path: Path) -> None:
     ("[match * * MASTER]\nhandler =\nhandler.2 = /bin/x\n", "[match * * MASTER] handler: empty (run nothing) but"),
     ("[match INSTANCE VI_1 MASTER x]\nhandler = /bin/x\n", "or [match RS NAME STATE VS]"),
     ("[match * * MASTER]\nhandler.1 = /bin/x\n", "handler.1: unknown key"),
+    ("[match * * MASTER]\nrepeat = maybe\n", "[match * * MASTER] repeat: 'maybe' is not allowed; expected run or skip"),
 ])
 def test_errors_name_file_section_key_and_what_is_allowed(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(LauncherError) as exc:
@@ -209,3 +210,10 @@ def test_the_readmes_example_loads_as_written(tmp_path: Path) -> None:
 def test_a_hash_inside_a_word_is_not_a_comment(tmp_path: Path) -> None:
     s = _load(tmp_path, "[launcher]\nhandler = /bin/act --tag=a#1   # the comment\n")
     assert s.handler == ("/bin/act", "--tag=a#1")
+
+
+def test_repeat_from_the_most_specific_rule_else_the_launchers(tmp_path: Path) -> None:
+    s = _load(tmp_path, "[launcher]\nrepeat = skip\n[match INSTANCE VI_1 *]\nrepeat = run\n")
+    assert s.repeat_for(Event("INSTANCE", "VI_1", "BACKUP", 100)) == "run"
+    assert s.repeat_for(Event("INSTANCE", "VI_2", "BACKUP", 100)) == "skip"
+    assert _load(tmp_path, "").repeat_for(Event("GROUP", "G", "BACKUP", 0)) == "run"

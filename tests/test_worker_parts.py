@@ -69,7 +69,7 @@ class Parts:
             done, skipped = Recovery(self.following, self.ledger, self.containment, os.getpid()).recover(snap)
             if skipped is not None:
                 self.on_failure.due(skipped)
-        self.drain.start(done)
+        self.drain.start(done, snap.last)
         return done
 
 
