@@ -113,15 +113,17 @@ class Report:
 
 
 def check_run(state_dir: Path | str, records_dir: Path | str | None = None, log_file: LogFiles = None,
-              expect_lines: Iterable[str] | None = None, stops: int = 0, alive_ok: Iterable[int] = ()) -> Report:
+              expect_lines: Iterable[str] | None = None, stops: int = 0, alive_ok: Iterable[int] = (),
+              killed: Iterable[int] = ()) -> Report:
     """`inspect_run`, and an AssertionError listing every broken invariant if one broke."""
-    report = inspect_run(state_dir, records_dir, log_file, expect_lines, stops, alive_ok)
+    report = inspect_run(state_dir, records_dir, log_file, expect_lines, stops, alive_ok, killed)
     assert report, f"launcher invariants broken (docs/invariants.md):\n{report}"
     return report
 
 
 def inspect_run(state_dir: Path | str, records_dir: Path | str | None = None, log_file: LogFiles = None,
-                expect_lines: Iterable[str] | None = None, stops: int = 0, alive_ok: Iterable[int] = ()) -> Report:
+                expect_lines: Iterable[str] | None = None, stops: int = 0, alive_ok: Iterable[int] = (),
+                killed: Iterable[int] = ()) -> Report:
     """Check one finished run.
 
     `records_dir`: where the recorder's `records` file is (default: the state dir's parent);
@@ -130,7 +132,8 @@ def inspect_run(state_dir: Path | str, records_dir: Path | str | None = None, lo
     the test wrote that the reader must journal or log as dropped, in order (None: not checked);
     `stops`: how many times keepalived stopped the reader (each must journal a STOP and, when a
     stop_action is set, run it); `alive_ok`: pids the caller still runs on purpose (none of an
-    action's tree may be left alive)."""
+    action's tree may be left alive); `killed`: worker pids the caller killed (like a `worker pid N
+    died` line: each may leave its last event to be run again)."""
     paths = StatePaths(str(state_dir))
     base = Path(records_dir) if records_dir is not None else Path(state_dir).parent
     rec_path = base / recorder.RECORDS
@@ -141,7 +144,7 @@ def inspect_run(state_dir: Path | str, records_dir: Path | str | None = None, lo
     log = parse_log("".join(_read_log(f, report.notes) for f in files))
     records = recorder.read(rec_path)
     received = _check_numbering(report, paths, log)
-    _check_ends(report, paths, log, received, records)
+    _check_ends(report, paths, log, received, records, set(killed))
     _check_trees(report, rec_path, records, set(alive_ok))
     if expect_lines is not None:
         _check_drops(report, log, received, list(expect_lines))
@@ -198,19 +201,19 @@ def _check_numbering(report: Report, paths: StatePaths, log: list[LogLine]) -> d
 
 
 def _check_ends(report: Report, paths: StatePaths, log: list[LogLine], received: dict[int, list[LogLine]],
-                records: list[recorder.Record]) -> None:
+                records: list[recorder.Record], killed: set[int]) -> None:
     """Every number from 1 to the highest ends exactly once (a log line of the worker, or at least
     an end record), ends rise, and the recorder's actions start in order and end at most once each.
 
     A worker that died with the event in hand excuses one more end: killed after its action exited
     but before the end was recorded (or while a full disk kept it from recording), it leaves the
     next worker no way to know, and that one runs the event again (on_crash = rerun).  Such an end
-    is the last a dead worker logged (`worker pid N died` is in the log)."""
+    is the last a dead worker logged (`worker pid N died` is in the log, or the caller killed it)."""
     snap = replay(paths.progress, keep_ends=1 << 30)
     progress_ends = Counter(e["seq"] for e in snap.ends)
     ends: dict[int, list[LogLine]] = defaultdict(list)
     seen: set[int] = set(received) | set(progress_ends) | {e.seq for e in read_all(paths.journal)}
-    dead = {int(m[1]) for line in log if (m := _DIED.search(line.msg))}
+    dead = killed | {int(m[1]) for line in log if (m := _DIED.search(line.msg))}
     last_by_worker: dict[int, int] = {}
     for line in log:
         if line.seq is None:

@@ -84,6 +84,11 @@ class Keepalived:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      preexec_fn=_child_setup, close_fds=True)
 
+    def respawn(self) -> None:
+        """Start the script again on the same FIFO, still held open (a supervisor restarting a killed
+        script): what is in the pipe waits for the new one."""
+        self._spawn()
+
     def write(self, line: str) -> bool:
         """One non-blocking write, as keepalived does; False (and counted) if the pipe was full."""
         try:
