@@ -58,6 +58,8 @@ from support import LAUNCHER, ROOT, processes, realka, recorder
 from support.standin import Keepalived, StopReport
 from support.systemd import harness
 
+import scale  # noqa: E402  (beside this file; it imports this module back for its setups)
+
 LAUNCHER_CMD = [LAUNCHER]  # --launcher replaces it (A/B runs against another checkout)
 METRICS = [False]  # --metrics: the launcher writes a metrics file (what that costs per event)
 BASELINE = str(ROOT / "benchmarks" / "baseline-reader.sh")
@@ -754,8 +756,10 @@ def fmt(v: Any, unit: str = "", nd: int = 2) -> str:
     return f"{v}{unit}"
 
 
-def table(s: dict[str, dict[str, Any]], cfg: dict[str, Any],
-          real: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+def table(s: dict[str, dict[str, Any]], cfg: dict[str, Any], real: dict[str, Any] | None = None,
+          more: list[tuple[str, str, str, str, bool | None]] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The table; `more`: rows measured outside the reps' phases (the first event beside the bare
+    interpreter, scale.py's), with what they are beside in the baseline column."""
     rows: list[tuple[str, str, str, str, bool | None]] = []
     targets: list[dict[str, Any]] = []
 
@@ -841,6 +845,8 @@ def table(s: dict[str, dict[str, Any]], cfg: dict[str, Any],
     row("resident while idle (reader + standby), RSS", fmt(lres, " MB", 1),
         fmt(s["idle_resident_rss_mb"]["baseline"], " MB", 1), "<= 45 MB", lres <= 45)
 
+    for r in more or []:
+        row(*r)
     if real is not None:
         real_rows(real, row)
 
@@ -922,6 +928,29 @@ def git_state() -> str:
     return f"{head}{' + uncommitted edits in notify_launcher/' if dirty else ''}"
 
 
+def bare_python_ms(n: int = 5) -> float:
+    """The bare interpreter's start (fork to exit, median of `n`): what the first event's wait is
+    set beside, measured in the same rep."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def first_event_rows(reps: list[dict[str, Any]]) -> list[tuple[str, str, str, str, bool | None]]:
+    """The first event's whole wait (line written as the script starts -> its action's start),
+    beside the bare interpreter's start in the same reps."""
+    waits = [r["launcher"]["states"]["start_ms"] for r in reps if r["launcher"]["states"]["start_ms"] is not None]
+    bare = statistics.median(r["bare_python_ms"] for r in reps)
+    if not waits:
+        return [("first event, written as the script starts: wait", "-", f"bare python {bare:.1f} ms", "<= 40 ms", False)]
+    wait = statistics.median(waits)
+    return [("first event, written as the script starts: wait", f"{wait:.1f} ms",
+             f"bare python {bare:.1f} ms ({wait / bare:.1f}x)", "<= 40 ms", wait <= 40)]
+
+
 def burst_only(root: Path, cfg: dict[str, Any], keep: bool) -> int:
     """The launcher's side of the burst phase alone, `reps` times: a quick before/after of the
     resident processes' CPU per event (a change to the worker's hot path)."""
@@ -963,6 +992,8 @@ def main() -> int:
     p.add_argument("--host-only", action="store_true",
                    help="skip the rows under real keepalived and a real systemd (root only; about 5 min, "
                         "2.5 with --quick; measured from this checkout, whatever --launcher says)")
+    p.add_argument("--no-scale", action="store_true", help="without scale.py's rows (names, history: ~2 min)")
+    p.add_argument("--scale-only", action="store_true", help="only scale.py's rows, --reps times (default 3)")
     p.add_argument("--burst-only", action="store_true",
                    help="only the launcher's burst (--reps of them): its CPU per event, drain and overhead rows")
     args = p.parse_args()
@@ -978,6 +1009,8 @@ def main() -> int:
            "nap_s": args.nap, "quick": args.quick, "launcher": LAUNCHER_CMD[0], "git": git_state(),
            "metrics_file": args.metrics}
     root = Path(tempfile.mkdtemp(prefix="nl-bench-"))
+    if args.scale_only:
+        return scale.main(["--reps", str(args.reps or 3), "--launcher", LAUNCHER_CMD[0]])
     if args.burst_only:
         return burst_only(root, cfg, args.keep)
     t_start = time.monotonic()
@@ -1000,6 +1033,7 @@ def main() -> int:
             for side in order:
                 log(f"rep {rep + 1}/{cfg['reps']}: {side}: first events at start, past linger, after a reload")
                 r[side]["states"] = phase_states(root, side, f"states-r{rep}", args.nap)
+            r["bare_python_ms"] = bare_python_ms()
             for side in order:
                 log(f"rep {rep + 1}/{cfg['reps']}: {side}: burst of {cfg['burst']}")
                 r[side]["burst"] = phase_burst(root, side, f"burst-r{rep}", cfg["burst"], cfg["instances"], args.nap)
@@ -1009,6 +1043,7 @@ def main() -> int:
                     f"peak {b['peak_processes']} procs")
             r["machine_busy_pct"] = machine_busy(busy0)
             reps.append(r)
+        scaled = None if args.no_scale else scale.measure(cfg["reps"], 60, LAUNCHER_CMD[0])
         cpu = phase_idle_cpu(root, cfg["idle_cpu_s"], args.nap)
         load_end = os.getloadavg()
         real = None if args.host_only else phase_real(args.quick, args.wait_quiet)
@@ -1019,7 +1054,7 @@ def main() -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     summary = summarize(reps, cpu)
-    text, targets = table(summary, cfg, real)
+    text, targets = table(summary, cfg, real, first_event_rows(reps) + (scale.rows(scaled) if scaled else []))
     elapsed = time.monotonic() - t_start
     head = (f"notify-launcher benchmark: {cfg['reps']} reps, {cfg['idle_events']} idle events/rep "
             f"{cfg['spacing_s'] * 1000:.0f} ms apart (steady state, worker lingering), burst {cfg['burst']} "
@@ -1037,7 +1072,7 @@ def main() -> int:
     if ANOMALIES:
         text += "\nANOMALIES (temp dir kept: " + str(root) + "):\n" + "\n".join("  " + a for a in ANOMALIES)
     result = {"config": cfg, "elapsed_s": elapsed, "loadavg_start": load_start, "loadavg_end": load_end,
-              "summary": summary, "targets": targets, "reps": reps, "idle_cpu": cpu, "real": real,
+              "summary": summary, "targets": targets, "reps": reps, "idle_cpu": cpu, "real": real, "scale": scaled,
               "anomalies": ANOMALIES,
               "kept_dir": str(root) if ANOMALIES or args.keep else None}
     if args.json:
