@@ -22,11 +22,10 @@ import pytest
 from notify_launcher import containment
 from notify_launcher.containment import NO_CGROUPS, Containment
 from notify_launcher.progress import replay
-from support import LAUNCHER, processes, recorder
+from support import LAUNCHER, VI, processes, recorder
 from support.launcher import Launcher
 from support.marks import needs
 
-VI = 'INSTANCE "VI_1" {} 100'
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 CGROUPS = containment.own_cgroup() is not None and os.geteuid() == 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import ROOT, marks, recorder
+from support import ROOT, VI, marks, recorder
 from support.launcher import Launcher
 from support.recorder import check_order
 from support.standin import Keepalived
@@ -36,7 +36,6 @@ from support.systemd.rootfs import cache_dir
 DEBIAN12 = {"filelock": "3.9.0", "python-daemon": "2.3.2", "psutil": "5.9.4"}
 DEBIAN13 = {"filelock": "3.18.0", "python-daemon": "3.1.2", "psutil": "7.0.0"}
 PYTHON = "/usr/bin/python3"  # the distribution's Python, as the .deb uses it
-VI = 'INSTANCE "VI_1" {} 100'
 HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # as high as a test here can set it
 
 pytestmark = marks.needs(f"{PYTHON} with the venv module (scripts/setup installs python3-venv)",

@@ -10,11 +10,10 @@ import subprocess
 
 import pytest
 
-from support import LAUNCHER, processes
+from support import LAUNCHER, VI, processes
 from support.launcher import Launcher
 from support.standin import Keepalived
 
-VI = 'INSTANCE "VI_1" {} 100'
 DEV = {"PYTHONDEVMODE": "1", "PYTHONWARNINGS": "error"}
 
 

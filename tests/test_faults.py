@@ -11,12 +11,10 @@ import psutil
 import pytest
 from pathlib import Path
 
-from support import LAUNCHER
+from support import LAUNCHER, VI
 from support.launcher import Launcher, fill_file_system
 from support.marks import needs
 from support.recorder import check_order
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def _wait_for(predicate, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]

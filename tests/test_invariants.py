@@ -18,10 +18,9 @@ from notify_launcher.log import Log
 from notify_launcher.progress import EndRecord, ProgressLog
 from notify_launcher.settingsfile import publish
 from notify_launcher.statedir import StatePaths
-from support import invariants, processes, recorder
+from support import VI, invariants, processes, recorder
 from support.launcher import Launcher
 
-VI = 'INSTANCE "VI_1" {} 100'
 STOP = Event("READER", "reader", "STOP")
 
 

@@ -10,13 +10,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from support import LAUNCHER, processes, recorder
+from support import LAUNCHER, VI, processes, recorder
 from support.launcher import Launcher
 from support.recorder import check_order
 
 from notify_launcher.fifo import RECHECK
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def test_events_run_in_order_with_their_fields(launcher: Launcher) -> None:

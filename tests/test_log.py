@@ -6,10 +6,9 @@ import os
 import re
 from pathlib import Path
 
-from notify_launcher.events import Event
-from notify_launcher.log import Log, Troubles
+from support import VI_MASTER
 
-VI = Event("INSTANCE", "VI_1", "MASTER", 100)
+from notify_launcher.log import Log, Troubles
 
 
 def _lines(path: Path) -> list[str]:
@@ -44,7 +43,7 @@ def test_another_event_or_exception_is_logged_again(tmp_path: Path) -> None:
     log = tmp_path / "log"
     troubles = Troubles(Log(str(log), "test"))
     for seq in (5, 5, 6):
-        troubles.report("progress", seq, VI, "cannot record 'end'")
+        troubles.report("progress", seq, VI_MASTER, "cannot record 'end'")
     for exc in (ValueError("bad"), ValueError("bad"), KeyError("gone")):
         try:
             raise exc

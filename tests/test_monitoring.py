@@ -18,10 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from notify_launcher import metrics
 from notify_launcher.totals import BUCKETS, Totals
-from support import LAUNCHER, recorder
+from support import LAUNCHER, VI, recorder
 from support.launcher import Launcher
 
-VI = 'INSTANCE "VI_1" {} 100'
 #: VI_1 BACKUP fails, VI_1 FAULT hangs (times out), GROUP G1 MASTER kills its worker (skipped after
 #: the crash, on_crash = skip); every other action passes.
 MIXED = """case "$1 $2 $3" in

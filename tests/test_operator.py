@@ -16,14 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from support import LAUNCHER, ROOT
+from support import LAUNCHER, ROOT, VI
 from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import Entry, format_entry
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import subprocess
 
+from support import VI
 from support.launcher import Launcher
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def _echo_n(launcher: Launcher, text: str) -> None:

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 from notify_launcher.progress import replay
+from support import VI
 from support.launcher import Launcher
 from support.recorder import sleep_line
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def _hook(path: Path, runs: Path) -> Path:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 
-from support import recorder
+from support import VI, recorder
 from support.launcher import Launcher
 from support.marks import needs
 
 from notify_launcher.predecessor import entry_path
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 @needs("root (the readers record which state directory serves a FIFO under /run)", os.geteuid() == 0)

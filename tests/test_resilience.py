@@ -15,15 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support import LAUNCHER, recorder
+from support import LAUNCHER, VI, recorder
 from support.launcher import Launcher, fill_file_system
 from support.marks import needs
 from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
 from notify_launcher.stopping import later_sibling
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def _wait_for(predicate: Callable[[], object], what: str, timeout: float = 30) -> None:

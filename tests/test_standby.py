@@ -13,9 +13,8 @@ import signal
 
 import psutil
 
+from support import VI
 from support.launcher import Launcher
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def _action_workers(launcher: Launcher) -> list[int]:

@@ -25,13 +25,11 @@ from pathlib import Path
 
 import psutil
 
-from support import LAUNCHER, processes, recorder
+from support import LAUNCHER, VI, processes, recorder
 from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
 from support.standin import Keepalived
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 def _watched_by(pid: int) -> set[int]:

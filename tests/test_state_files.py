@@ -13,11 +13,11 @@ import sys
 
 import psutil
 
+from support import VI
 from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import sleep_line
 
-VI = 'INSTANCE "VI_1" {} 100'
 QUIET = 'INSTANCE "VI_1" MASTER_RX_LOWER_PRI 100'  # journaled and run through, no action: fast
 
 

@@ -37,8 +37,7 @@ from notify_launcher.stopping import SIBLING_CHECK, SIBLING_WAIT, STOP_QUIET, St
 from notify_launcher.upkeep import KICK_MIN, BackOff, StateRepair
 from notify_launcher.window import DEADLINE, StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
-
-VI = Event("INSTANCE", "VI_1", "MASTER", 100)
+from support import VI_MASTER
 
 
 # -- line splitting -----------------------------------------------------------------------------
@@ -109,10 +108,10 @@ def test_a_removed_state_directory_is_made_again(tmp_path: Path) -> None:
     s, paths = _settings(tmp_path)
     _listening(paths)
     reader = Reader(s, paths, -1, str(tmp_path / "fifo"), Log(s.log_file, "reader"), "daemon")
-    reader.submit(VI)
+    reader.submit(VI_MASTER)
     shutil.rmtree(paths.root)
-    reader.submit(VI)  # fails (no directory), repairs, holds
-    reader.submit(VI)
+    reader.submit(VI_MASTER)  # fails (no directory), repairs, holds
+    reader.submit(VI_MASTER)
     assert not reader.backlog
     assert os.stat(paths.root).st_mode & 0o777 == 0o700
     assert os.path.exists(paths.settings), "settings.json published again"
@@ -233,7 +232,7 @@ def test_an_unforeseen_state_word_is_warned_about_once(tmp_path: Path) -> None:
 def test_a_rejected_line_is_logged_with_its_number_and_counted(tmp_path: Path) -> None:
     s, paths = _settings(tmp_path)
     intake = Intake(paths, Log(s.log_file, "reader"))
-    assert [intake.line(raw) for raw in intake.split(b'INSTANCE "VI_1" MASTER 100\nhello\n')] == [[VI], []]
+    assert [intake.line(raw) for raw in intake.split(b'INSTANCE "VI_1" MASTER 100\nhello\n')] == [[VI_MASTER], []]
     assert intake.lines == 2
     assert "line 2 rejected (unknown type 'hello' (expected INSTANCE, GROUP, VS or RS)): hello" in \
         Path(s.log_file).read_text()
@@ -259,7 +258,7 @@ def test_a_line_glued_after_bytes_without_a_newline_is_cut_off_them(tmp_path: Pa
     intake = Intake(paths, Log(s.log_file, "reader"))
     stop = Event("INSTANCE", "VI_1", "STOP", 100)
     assert intake.line(b'helloINSTANCE "VI_1" STOP 100') == [stop]
-    assert intake.line(b'INSTANCE "VI_1" MASTER 100INSTANCE "VI_1" STOP 100') == [VI, stop]
+    assert intake.line(b'INSTANCE "VI_1" MASTER 100INSTANCE "VI_1" STOP 100') == [VI_MASTER, stop]
     assert intake.line(b'INSTANCE "VI_1" MASTER 100 INSTANCE "VI_1" STOP') == [], "no whole line at the end"
     assert intake.lines == 5
     log = Path(s.log_file).read_text()
@@ -336,7 +335,7 @@ def test_the_registry_names_the_state_directory_that_served_a_fifo_and_trusts_on
     third = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
     third.start()
     assert third.other is None and entry.read_text() == paths.root
-    JournalWriter(other.journal).append(VI, time.time(), 1)  # work, but no worker lives there to do it
+    JournalWriter(other.journal).append(VI_MASTER, time.time(), 1)  # work, but no worker lives there to do it
     entry.write_text(other.root)
     fourth = Predecessor(s, paths, fifo, Log(s.log_file, "reader"), registry)
     fourth.start()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+from support import VI
 
 from notify_launcher.config import Settings
 from notify_launcher.containment import Containment
@@ -28,8 +29,6 @@ from notify_launcher.publisher import METRICS_EVERY, MetricsPublisher
 from notify_launcher.recovery import MAX_TRIES, Recovery
 from notify_launcher.settingsfile import publish
 from notify_launcher.statedir import StatePaths, ensure_state_dir
-
-VI = 'INSTANCE "VI_1" {} 100'
 
 
 class Parts:

@@ -9,6 +9,8 @@
     processes    the one process scanner: a setup's processes by command line, and their teardown
     marks        `needs(what, available)`: skip outside CI, fail under CI=true
 
+Here: the paths of this checkout, and `VI` / `VI_MASTER`, the one VRRP instance most tests drive.
+
 On the path as the top-level package `support`: pytest puts tests/ there (setup.cfg,
 `[tool:pytest] pythonpath = tests`); the demo and the benchmarks are run with PYTHONPATH=tests
 (scripts/demo, the benchmark command in README.md).
@@ -18,5 +20,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from notify_launcher.events import Event
+
 ROOT = Path(__file__).resolve().parent.parent.parent  # the checkout
 LAUNCHER = str(ROOT / "bin" / "notify-launcher")  # the launcher as keepalived.conf.example runs it
+
+VI = 'INSTANCE "VI_1" {} 100'  # a FIFO line of instance VI_1 at priority 100: VI.format("MASTER")
+VI_MASTER = Event("INSTANCE", "VI_1", "MASTER", 100)  # the same instance's MASTER event, parsed
