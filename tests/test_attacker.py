@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from notify_launcher.security import refusal
 from support import LAUNCHER, attacker, processes
 from support.attacker import NOBODY
 from support.marks import needs
+from support.waiting import wait_for
 
 pytestmark = needs("root, setpriv, setfacl (Debian's acl package: scripts/setup installs it) and user nobody",
                    attacker.available())
@@ -204,10 +204,8 @@ def _start_reader(scene: Scene, fifo: Path) -> tuple[subprocess.Popen[str] | Non
     with open(err, "w") as fh:
         proc = subprocess.Popen([LAUNCHER, *scene.options(), str(fifo)], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=fh, text=True)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and not (scene.state / "worker.pid").exists():
-        assert time.monotonic() < deadline, "the reader neither refused nor started"
-        time.sleep(0.01)
+    wait_for("the reader to refuse or start",
+             lambda: proc.poll() is not None or (scene.state / "worker.pid").exists(), timeout=120)
     if proc.poll() is not None:
         return None, proc.returncode, err.read_text()
     return proc, None, ""
@@ -362,10 +360,8 @@ def test_the_worker_rereads_no_settings_nobody_could_write(arena: Path) -> None:
     fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     try:
         os.write(fd, EVENT.encode() + b"\n")
-        deadline = time.monotonic() + 60
-        while "#1 INSTANCE \"VI_1\" MASTER 100 | action ended" not in scene.log.read_text():
-            assert time.monotonic() < deadline, scene.log.read_text()
-            time.sleep(0.01)
+        wait_for("event #1's action to end", lambda: "#1 INSTANCE \"VI_1\" MASTER 100 | action ended"
+                 in scene.log.read_text(), timeout=60, diagnostics=scene.log.read_text)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -25,6 +25,7 @@ from notify_launcher.progress import replay
 from support import LAUNCHER, VI, processes, recorder
 from support.launcher import Launcher
 from support.marks import needs
+from support.waiting import wait_for
 
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 CGROUPS = containment.own_cgroup() is not None and os.geteuid() == 0
@@ -211,7 +212,8 @@ def test_end_recorded_finds_a_double_forked_setsid_process_by_its_mark(tmp_path:
     other = _start_marked(state, 8, f"echo $$ > {other_pid}; exec sleep 300")
     try:
         first.wait(30)
-        _wait(lambda: pidfile.exists() and pidfile.read_text().strip() and other_pid.exists())
+        wait_for("both marked processes' pids", lambda: pidfile.exists() and pidfile.read_text().strip()
+                 and other_pid.exists(), timeout=30)
         orphan = int(pidfile.read_text())
         os.environ[NO_CGROUPS] = "yes"
         try:
@@ -229,8 +231,3 @@ def test_end_recorded_finds_a_double_forked_setsid_process_by_its_mark(tmp_path:
         other.wait()
 
 
-def _wait(predicate: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)

@@ -17,13 +17,6 @@ from support.marks import needs
 from support.recorder import check_order
 
 
-def _wait_for(predicate, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def _worker_pid(launcher: Launcher) -> int:
     return int((launcher.state / "worker.pid").read_text().split()[0])
 
@@ -36,7 +29,7 @@ def test_worker_killed_mid_action_is_recovered_by_policy(launcher: Launcher, pol
     k = launcher.keepalived("--config", str(ini))
     k.start()
     k.write(VI.format("MASTER"))
-    _wait_for(lambda: launcher.records())
+    launcher.wait_for("the first action's start record", lambda: launcher.records(), timeout=20)
     action_pid = [p for p in psutil.Process(_worker_pid(launcher)).children()][0].pid
     dead = _worker_pid(launcher)
     os.kill(dead, signal.SIGKILL)
@@ -81,11 +74,11 @@ def test_worker_killed_with_no_further_event_is_noticed_by_the_reader(launcher: 
     k = launcher.keepalived()
     k.start()
     k.write(VI.format("MASTER"))
-    _wait_for(lambda: launcher.records())
+    launcher.wait_for("the first action's start record", lambda: launcher.records(), timeout=20)
     dead = _worker_pid(launcher)
     launcher.sleep_on("nothing", 0)
     os.kill(dead, signal.SIGKILL)
-    _wait_for(lambda: len(launcher.records()) == 3)  # start 1 (killed), start 1 (rerun), end 1
+    launcher.wait_for("three records", lambda: len(launcher.records()) == 3, timeout=20)  # start 1 (killed), start 1 (rerun), end 1
     launcher.settle(1)
     k.stop([])
     assert [(r.kind, r.seq) for r in launcher.records()] == [("start", 1), ("start", 1), ("end", 1)]
@@ -108,7 +101,8 @@ def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> No
         fill_file_system(filler)
         for n in range(150):  # tmpfs fills by pages: the journal's last page still takes a few lines
             k.write(f'INSTANCE "VI_1" {"MASTER" if n % 2 else "BACKUP"} {n}')
-        _wait_for(lambda: re.search(r"cannot write the journal \S+ \(No space left on device\)", launcher.log_text()))
+        launcher.wait_for("the full journal in the log", lambda: re.search(r"cannot write the journal \S+ \(No space left on device\)",
+                                                                        launcher.log_text()), timeout=20)
         time.sleep(0.5)
         assert k.proc is not None and k.proc.poll() is None  # the reader lives
         filler.unlink()
@@ -133,7 +127,7 @@ def test_unwritable_log_file_does_not_stop_actions(launcher: Launcher) -> None:
     k.start()
     k.write(VI.format("MASTER"))
     k.write(VI.format("BACKUP"))
-    _wait_for(lambda: len(launcher.records()) == 4)
+    launcher.wait_for("four records", lambda: len(launcher.records()) == 4, timeout=20)
     report = k.stop([])
     assert not report.killed
     assert [(r.kind, r.seq) for r in launcher.records()] == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]

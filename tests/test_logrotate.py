@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 
 from support import ROOT
 from support.launcher import Launcher
@@ -28,10 +27,7 @@ def test_rotation_while_an_action_writes(launcher: Launcher) -> None:
     k = launcher.keepalived()
     k.start()
     k.write('INSTANCE "VI_1" MASTER 100')
-    deadline = time.monotonic() + 30
-    while "out: line 50" not in launcher.log_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    launcher.wait_for("the action's 50th output line", lambda: "out: line 50" in launcher.log_text(), timeout=30)
     subprocess.run(["logrotate", "-f", "-s", str(launcher.dir / "lr.state"), str(conf)], check=True)
     launcher.settle(1)
     k.stop([])

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from support import LAUNCHER, ROOT, VI
 from support.launcher import Launcher
 from support.marks import needs
+from support.waiting import wait_for
 from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import Entry, format_entry
@@ -108,11 +108,7 @@ def test_wait_times_out_with_exit_1_while_an_action_runs(launcher: Launcher) -> 
     k.start()
     k.write(VI.format("MASTER"))
     launcher.wait_started()
-    import time
-    deadline = time.monotonic() + 10
-    while not launcher.records():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    launcher.wait_for("the action's start record", launcher.records, timeout=10)
     res = _run("wait", "--state-dir", str(launcher.state), "--timeout", "0.5")
     assert res.returncode == 1 and "still busy after 0.5s" in res.stderr
     status = _run("status", "--state-dir", str(launcher.state))
@@ -275,10 +271,7 @@ def test_ctrl_c_during_wait_is_one_line_and_exit_130(state: Path) -> None:
     # CI runner may start us) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(state)], stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 60
-    while not _in_sleep(proc.pid):  # past the imports: `wait` is polling (time.sleep between reads)
-        assert proc.poll() is None and time.monotonic() < deadline, "`wait` never got to its polling loop"
-        time.sleep(0.01)
+    _wait_polling(proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     _says(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130, "wait", "interrupted")
@@ -288,11 +281,14 @@ def _polling_wait(state: Path, *more: str) -> subprocess.Popen[str]:
     """`wait` on a state directory whose event #1 stays pending (nothing runs it), once it polls."""
     (state / "progress").write_text("")
     proc = subprocess.Popen([LAUNCHER, "wait", "--state-dir", str(state), *more], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not _in_sleep(proc.pid):  # past the imports: `wait` is polling (time.sleep between reads)
-        assert proc.poll() is None and time.monotonic() < deadline, "`wait` never got to its polling loop"
-        time.sleep(0.01)
+    _wait_polling(proc)
     return proc
+
+
+def _wait_polling(proc: subprocess.Popen[str]) -> None:
+    """Wait until `wait` is past its imports and polling (in time.sleep between reads)."""
+    wait_for("`wait` to get to its polling loop", lambda: proc.poll() is not None or _in_sleep(proc.pid), timeout=60)
+    assert proc.poll() is None, "`wait` ended before its polling loop"
 
 
 @pytest.mark.parametrize("more", [(), ("--timeout", "600")], ids=["no-timeout", "timeout"])

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from support import LAUNCHER, VI, recorder
@@ -22,13 +21,6 @@ from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
 from notify_launcher.stopping import later_sibling
-
-
-def _wait_for(predicate: Callable[[], object], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.01)
 
 
 def _history(launcher: Launcher) -> dict[int, dict[str, object]]:
@@ -167,7 +159,7 @@ def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launche
         (group / "cgroup.procs").write_text(f"{k.proc.pid}\n")
         os.kill(standby, signal.SIGKILL)  # the reader must fork a new one: refused
         k.write(VI.format("MASTER"))
-        _wait_for(lambda: "cannot start a worker" in launcher.log_text(), "the fork failure in the log")
+        launcher.wait_for("the fork failure in the log", lambda: "cannot start a worker" in launcher.log_text(), timeout=30)
         assert k.proc.poll() is None, "the reader died"
         (group / "pids.max").write_text("max\n")
         launcher.settle(1)
@@ -180,7 +172,7 @@ def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launche
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), "the test cgroup to empty")
+        launcher.wait_for("the test cgroup to empty", lambda: not (group / "cgroup.procs").read_text().strip(), timeout=30)
         group.rmdir()
 
 
@@ -220,10 +212,10 @@ def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reloa
     nxt = subprocess.Popen(k.script + [k.fifo], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, process_group=0)  # what keepalived's reload starts
     try:
-        _wait_for(lambda: launcher.log_text().count("reader started") == 2, "the next reader")
+        launcher.wait_for("the next reader", lambda: launcher.log_text().count("reader started") == 2, timeout=30)
         os.kill(first.pid, signal.SIGTERM)  # no EOF: keepalived still holds the FIFO open
         first.wait(timeout=30)
-        _wait_for(lambda: "READER reader" in launcher.log_text(), "the first reader's exit event")
+        launcher.wait_for("the first reader's exit event", lambda: "READER reader" in launcher.log_text(), timeout=30)
         launcher.wait_idle()
         log = launcher.log_text()
         assert "READER reader RELOAD" in log and "READER reader STOP" not in log, log[-2000:]
@@ -271,7 +263,7 @@ def test_a_lingering_worker_reaps_what_an_action_left_behind(launcher: Launcher)
     k.write(VI.format("MASTER"))
     launcher.settle(1)
     worker = int((launcher.state / "worker.pid").read_text().split()[0])
-    _wait_for(done.exists, "the background child to finish")
+    launcher.wait_for("the background child to finish", done.exists, timeout=30)
 
     def zombies() -> list[str]:
         try:
@@ -287,7 +279,7 @@ def test_a_lingering_worker_reaps_what_an_action_left_behind(launcher: Launcher)
                 pass
         return out
 
-    _wait_for(lambda: not zombies(), "the worker to reap its orphan", timeout=10)
+    launcher.wait_for("the worker to reap its orphan", lambda: not zombies(), timeout=10)
     assert Path(f"/proc/{worker}").exists(), "the worker left; it should linger"
     k.stop([])
 
@@ -311,8 +303,9 @@ def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Laun
         k.start()
         for state in ("BACKUP", "MASTER"):
             k.write(VI.format(state))
-        _wait_for(lambda: "cannot" in launcher.log_text() and "No space left on device" in launcher.log_text(),
-                  "the full disk in the log")
+        launcher.wait_for("the full disk in the log",
+                          lambda: "cannot" in launcher.log_text() and "No space left on device" in launcher.log_text(),
+                          timeout=30)
         assert k.proc is not None and k.proc.poll() is None, "the reader died"
         filler.unlink()
         launcher.settle(2)

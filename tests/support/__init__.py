@@ -8,6 +8,7 @@
     inorder      the one check that every journaled event ran exactly once, in order
     processes    the one process scanner: a setup's processes by command line, and their teardown
     marks        `needs(what, available)`: skip outside CI, fail under CI=true
+    waiting      `wait_for(what, cond)`: the one poll on a state, failing with what it waited for
 
 Here: the paths of this checkout, and `VI` / `VI_MASTER`, the one VRRP instance most tests drive.
 

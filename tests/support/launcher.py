@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import psutil
 
 from notify_launcher import containment, journal, predecessor, progress
 from notify_launcher.predecessor import entry_path
-from support import LAUNCHER, invariants, processes, recorder
+from support import LAUNCHER, invariants, processes, recorder, waiting
 from support.standin import Keepalived
 
 
@@ -121,17 +120,12 @@ class Launcher:
 
     def wait_started(self, timeout: float = 60) -> None:
         """Wait until the reader has logged that it reads the FIFO."""
-        deadline = time.monotonic() + timeout
-        while "reader started" not in self.log_text():
-            assert time.monotonic() < deadline, "the reader did not start"
-            time.sleep(0.01)
+        self.wait_for("the reader to start", lambda: "reader started" in self.log_text(), timeout)
 
     def wait_standby(self, timeout: float = 60) -> int:
         """Wait until the standby worker the reader spawns at start listens; return its pid."""
-        deadline = time.monotonic() + timeout
-        while not (self.state / "doorbell.sock").exists() or not (self.state / "worker.pid").exists():
-            assert time.monotonic() < deadline, f"no standby worker after {timeout}s:\n{self.log_text()[-3000:]}"
-            time.sleep(0.01)
+        self.wait_for("a standby worker", lambda: (self.state / "doorbell.sock").exists()
+                      and (self.state / "worker.pid").exists(), timeout)
         return int((self.state / "worker.pid").read_text().split()[0])
 
     def settle(self, events: int, timeout: float = 120) -> None:
@@ -139,11 +133,8 @@ class Launcher:
 
         Waits on sequence numbers, never on the journal's line count: the worker compacts the journal
         (keeps only its last entry) whenever it keeps up, and numbering never goes backwards."""
-        deadline = time.monotonic() + timeout
-        while (seen := self.last_seq()) < events:
-            assert time.monotonic() < deadline, \
-                f"event #{events} not journaled after {timeout}s (highest #{seen}):\n{self.log_text()[-3000:]}"
-            time.sleep(0.01)
+        waiting.wait_for(f"event #{events} journaled", lambda: self.last_seq() >= events, timeout,
+                         diagnostics=lambda: f"(highest #{self.last_seq()})\n{self.log_text()[-3000:]}")
         self.wait_idle(timeout)
 
     def last_seq(self) -> int:
@@ -152,11 +143,8 @@ class Launcher:
         return max(journal.last_seq(str(self.state / "journal")), progress.last_seq(str(self.state / "progress")))
 
     def wait_for(self, what: str, predicate: Callable[[], object], timeout: float = 60) -> None:
-        """Poll `predicate` until it holds; fail naming `what` (a timeout only turns a hang into a failure)."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}:\n{self.log_text()[-3000:]}"
-            time.sleep(0.01)
+        """`waiting.wait_for`, failing with the launcher log's tail."""
+        waiting.wait_for(what, predicate, timeout, diagnostics=lambda: self.log_text()[-3000:])
 
     def wait_idle(self, timeout: float = 120) -> None:
         res = subprocess.run([LAUNCHER, "wait", "--state-dir", str(self.state), "--timeout", str(timeout)],

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import psutil
 
-from support import LAUNCHER, inorder, processes, recorder
+from support import LAUNCHER, inorder, processes, recorder, waiting
 from support.launcher import forget_fifos
 from support.recorder import Action
 
@@ -439,12 +439,8 @@ class Node:
         assert res.returncode == 0, f"{self.name}: launcher not idle after {timeout}s\n{self.diagnostics()}"
 
     def wait_for(self, what: str, cond: Callable[[], object], timeout: float = 60) -> None:
-        """Poll `cond` until it holds (the timeout only turns a hang into a failure)."""
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: timed out after {timeout}s waiting for {what}\n{self.diagnostics()}")
-            time.sleep(0.02)
+        """`waiting.wait_for`, failing with this node's records and log tails."""
+        waiting.wait_for(f"{self.name}: {what}", cond, timeout, diagnostics=self.diagnostics, poll=0.02)
 
     def diagnostics(self) -> str:
         recs = self.rec.read_text() if self.rec.exists() else "(none)\n"
