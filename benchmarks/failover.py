@@ -171,8 +171,8 @@ def failover(case: Case, keep: bool | None) -> dict[str, Any]:
         lost, extra = lost_and_extra([(n1, True), (n2, False)])
         if lost or extra:
             log(f"{case.key}: {lost} events lost, {extra} run twice\n{c.diagnostics()}")
-        journaled = next((float(e[1]) for e in n2.journal()
-                          if e[3:6:2] == ["INSTANCE", "MASTER"] and float(e[1]) > term_at), None)
+        journaled = next((e.time for e in n2.journal()
+                          if (e.event.type, e.event.state) == ("INSTANCE", "MASTER") and e.time > term_at), None)
         return {"total_ms": (start - term_at) * 1000, "keepalived_ms": (written_at - term_at) * 1000,
                 "reader_ms": (start - written_at) * 1000, "idle_before_term_s": idle, "resident": resident,
                 "journaled_ms": None if journaled is None else (journaled - written_at) * 1000,

@@ -20,7 +20,6 @@ from support.marks import needs
 from support.realka import Cluster, Node
 
 from notify_launcher.config import load
-from notify_launcher.events import Event
 
 # -- conversion, exactly ----------------------------------------------------------------------------
 
@@ -319,7 +318,7 @@ def _journal_order(node: Node) -> list[str]:
     settings = load(str(node.ini), {})
     expected = []
     for entry in node.journal():
-        event = Event(entry[3], entry[4], entry[5], int(entry[6] or 0), entry[7] if len(entry) > 7 else "")
+        event = entry.event
         if event.type in ("INSTANCE", "GROUP"):
             commands, _ = settings.action_for(event)
             expected += [" ".join(c.for_event(event)[1:]) for c in commands]

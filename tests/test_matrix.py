@@ -165,11 +165,11 @@ def test_reload_keeps_numbering(res: Result) -> None:
     journal); the running action is not disturbed."""
     begin = res.timeline["reload_begin"]
     journal = inorder.journal_entries(res.text("journal"))
-    seqs = [int(e[0]) for e in journal]
+    seqs = [e.seq for e in journal]
     assert seqs == list(range(1, len(seqs) + 1)), f"journal numbered {seqs}\n{res.text('journal')}"
-    before = [int(e[0]) for e in journal if float(e[1]) < begin]
-    after = [int(e[0]) for e in journal if float(e[1]) >= begin]  # the old reader's READER RELOAD too
-    events_after = [e for e in journal if float(e[1]) >= begin and e[3] != "READER"]
+    before = [e.seq for e in journal if e.time < begin]
+    after = [e.seq for e in journal if e.time >= begin]  # the old reader's READER RELOAD too
+    events_after = [e for e in journal if e.time >= begin and e.event.type != "READER"]
     assert before and len(events_after) >= 2 * harness.BURST, f"not the events expected\n{res.text('journal')}"
     assert min(after) == max(before) + 1, f"the numbering did not carry on over the reload\n{res.text('journal')}"
     assert logged_at(res, r"\| reader started", begin) is not None, f"no new reader\n{res.diagnostics()}"

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import pytest
 
+from notify_launcher.journal import Entry
 from support import LAUNCHER, ROOT
 from support.invariants import check_run
 from support.marks import unavailable
@@ -45,6 +46,11 @@ def ran_in_journal_order(node: Node) -> None:
     assert not problems, f"{node.name}: " + "; ".join(problems) + "\n" + node.diagnostics()
 
 
+def _what(entry: Entry) -> tuple[str, str, str]:
+    """A journal entry's TYPE NAME STATE."""
+    return entry.event.type, entry.event.name, entry.event.state
+
+
 def left_in_order(node: Node, stop: StopTiming, why: str) -> int:
     """The reader keepalived signalled left by itself (not by keepalived's SIGKILL at +1 s): it is
     gone, it logged its own exit, and (when stopping) journaled its STOP last.  Returns the
@@ -53,7 +59,7 @@ def left_in_order(node: Node, stop: StopTiming, why: str) -> int:
     m = re.search(READER_EXIT.format(pid=stop.reader_pid, why=re.escape(why)), node.log_text())
     assert m, f"{node.name}'s reader did not log its own exit (killed?)\n{node.diagnostics()}"
     last = node.journal()[-1]
-    assert last[2] == str(stop.reader_pid) and last[3:6] == ["READER", "reader", "STOP"], \
+    assert last.reader_pid == stop.reader_pid and _what(last) == ("READER", "reader", "STOP"), \
         f"{node.name}'s reader did not journal its STOP last: {last}\n{node.diagnostics()}"
     return int(m.group(2))
 
@@ -173,7 +179,7 @@ def test_reload_during_long_action_new_reader_takes_over_numbering_intact(
                      n1.log_text()), n1.diagnostics()
     # fifo_write_vrrp_states_on_reload: keepalived 2.2.7 re-sends the sync group's state (not a
     # MASTER instance's) to the new reader
-    n1.wait_for("the new reader's first event", lambda: any(e[2] == str(new_pid) for e in n1.journal()))
+    n1.wait_for("the new reader's first event", lambda: any(e.reader_pid == new_pid for e in n1.journal()))
     new_started = re.search(rf"(\S+ \S+) reader\[{new_pid}\] INFO  #- - \| reader started", n1.log_text())
     assert new_started
     master = next(a for a in n1.actions() if (a.type, a.state) == ("INSTANCE", "MASTER"))
@@ -191,13 +197,13 @@ def test_reload_during_long_action_new_reader_takes_over_numbering_intact(
     assert master.end is not None and master.end - master.start >= 4.0, n1.diagnostics()
     # one numbering across the two readers: the old reader's entries, its RELOAD, then the new one's
     journal = n1.journal()
-    pids = [int(e[2]) for e in journal]
+    pids = [e.reader_pid for e in journal]
     split = pids.index(new_pid)
     assert set(pids[:split]) == {old_pid} and set(pids[split:]) == {new_pid}, journal
-    assert journal[split - 1][3:6] == ["READER", "reader", "RELOAD"]
-    assert journal[-1][3:6] == ["READER", "reader", "STOP"]
-    assert [e[3:6] for e in journal[split:-1]] == [["GROUP", "G1", "MASTER"], ["INSTANCE", "VI_1", "STOP"],
-                                                   ["GROUP", "G1", "STOP"]], journal
+    assert _what(journal[split - 1]) == ("READER", "reader", "RELOAD")
+    assert _what(journal[-1]) == ("READER", "reader", "STOP")
+    assert [_what(e) for e in journal[split:-1]] == [("GROUP", "G1", "MASTER"), ("INSTANCE", "VI_1", "STOP"),
+                                                     ("GROUP", "G1", "STOP")], journal
     ran_in_journal_order(n1)
     seqs = [a.seq for a in n1.actions()]
     assert len(seqs) == len(set(seqs))

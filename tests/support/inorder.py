@@ -6,24 +6,34 @@ from __future__ import annotations
 
 import re
 
+from notify_launcher import journal as journal_file
+from notify_launcher.events import READER_TYPE
+from notify_launcher.journal import Entry
 from support.recorder import Action
 
 
-def journal_entries(text: str) -> list[list[str]]:
-    """The launcher's journal file, entries split on tabs: SEQ TIME READER_PID TYPE NAME STATE PRIORITY VS."""
-    return [line.split("\t") for line in text.splitlines()]
+def journal_entries(text: str) -> list[Entry]:
+    """The launcher's journal file's entries, parsed by the package's own parser (journal.parse_entry:
+    fields, settings version, CRC); a damaged line fails the test, naming what it held."""
+    entries = []
+    for line in text.encode("utf-8").splitlines():
+        entry = journal_file.parse_entry(line)
+        assert entry is not None, f"damaged journal line: {journal_file.describe(line)}"
+        entries.append(entry)
+    return entries
 
 
-def problems(journal: list[list[str]], actions: list[Action], log: str) -> list[str]:
+def problems(journal: list[Entry], actions: list[Action], log: str) -> list[str]:
     """What breaks the promise: the journal is numbered 1..N without gap or duplicate (across
     readers: a reload or restart carries the numbering on), and the actions' NL_SEQ are those of
     its keepalived events (the readers' own READER entries run no action), each ended before the
     next started, each logged `action ended: exit 0`.  Empty when all holds."""
     found = []
-    seqs = [int(e[0]) for e in journal]
+    seqs = [e.seq for e in journal]
     if seqs != list(range(1, len(seqs) + 1)):
         found.append(f"journal numbered {seqs}")
-    expected = [(int(e[0]), e[3:7]) for e in journal if e[3] != "READER"]
+    expected = [(e.seq, [e.event.type, e.event.name, e.event.state, str(e.event.priority)])
+                for e in journal if e.event.type != READER_TYPE]
     if [(a.seq, a.args) for a in actions] != expected:
         found.append(f"actions {[str(a) for a in actions]} are not the journal's events {expected}")
     for i in range(1, len(actions)):  # pairs; not zip(strict=), which is Python 3.10+

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import psutil
 
+from notify_launcher.journal import Entry
 from support import LAUNCHER, inorder, processes, recorder, waiting
 from support.launcher import forget_fifos
 from support.recorder import Action
@@ -401,8 +402,8 @@ class Node:
     def ka_text(self) -> str:
         return self.ka_log.read_text(errors="replace") if self.ka_log.exists() else ""
 
-    def journal(self) -> list[list[str]]:
-        """Journal entries split on tabs: SEQ TIME READER_PID TYPE NAME STATE PRIORITY VS."""
+    def journal(self) -> list[Entry]:
+        """The journal's entries (inorder.journal_entries)."""
         path = self.state / "journal"
         return inorder.journal_entries(path.read_text()) if path.exists() else []
 
