@@ -5,10 +5,12 @@
 Every line carries time (ms), role and pid, level, the event's sequence number and the event
 (`#- -` when a line concerns no event).  Each line is one `write()` on an O_APPEND descriptor, so
 the reader, the worker and a second reader during a keepalived reload interleave whole lines.
-The file is reopened when logrotate moved it (the check of logging's WatchedFileHandler, done at
-most every ROTATE_CHECK seconds: lines written just after a rotation land at the end of the
-rotated file, none is lost).  The
-logging module is not used: the reader must start fast and stay small.
+The file is reopened when logrotate moved it: before every line, the path's identity (device,
+inode) is compared with the open file's, as logging's WatchedFileHandler does.  A stat costs about
+a microsecond; a timer between checks would put lines written after a rotation into the rotated
+file, which `compress` without `delaycompress` then loses, and a timer on the wall clock stops
+checking for as long as the clock was stepped back.  The logging module is not used: the reader
+must start fast and stay small.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from notify_launcher.security import insecure_reason
 from notify_launcher.statedir import open_mode
 
 LOG_MODE = 0o640
-ROTATE_CHECK = 0.1  # seconds between checks whether logrotate moved the file (a stat each)
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
 
 
@@ -38,7 +39,6 @@ class Log:
         self._ident: tuple[int, int] | None = None
         self._failed: str | None = None
         self._second, self._stamp = -1, ""
-        self._next_check = 0.0
         self._open()
 
     def _open(self) -> None:
@@ -99,9 +99,7 @@ class Log:
         if self.path is None:
             sys.stderr.write(text)
             return
-        if self._fd < 0 or now >= self._next_check:
-            self._next_check = now + ROTATE_CHECK
-            self._reopen_if_rotated()
+        self._reopen_if_rotated()
         if self._fd < 0:
             self._fallback(text)
             return

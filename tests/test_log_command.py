@@ -7,10 +7,8 @@ import gzip
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-from notify_launcher.log import ROTATE_CHECK
 from support import LAUNCHER, recorder
 from support.launcher import Launcher
 from support.marks import needs
@@ -49,11 +47,9 @@ echo "acting on $2 $3"
                     f"    notifempty\n    create 0640 root root\n}}\n")
 
     def rotate() -> None:
+        # The reader and the worker look for a rotation before every line (log.py): each one's next
+        # line goes to the new file, so each event's lines land in one known file.
         subprocess.run(["logrotate", "-f", "-s", str(launcher.dir / "lr.state"), str(conf)], check=True)
-        # The reader and the worker look for a rotation at most every ROTATE_CHECK s (log.py): once
-        # that has passed, each one's next line goes to the new file, so each event's lines land in
-        # one known file whatever the machine's speed.
-        time.sleep(ROTATE_CHECK * 2)
 
     def logged(seq: int) -> bool:
         """Both sides of event `seq` are in the current file: the reader's "received" (written after
