@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from support import LAUNCHER, invariants, processes, recorder
+from support import LAUNCHER, invariants, processes, recorder, tmpfs
 from support.marks import needs
 
 EVENTS = 2000
@@ -148,8 +148,11 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
     rng = random.Random(seed)
     print(f"\nchaos seed {seed} (NL_CHAOS_SEED={seed} replays it)")
     chaos = Chaos(tmp_path, rng)
-    chaos.state.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(chaos.state)], check=True)
+    with tmpfs.mounted(chaos.state, "4m"):
+        _drive(chaos, tmp_path, rng)
+
+
+def _drive(chaos: Chaos, tmp_path: Path, rng: random.Random) -> None:
     os.mkfifo(chaos.fifo, 0o600)
     wfd = os.open(chaos.fifo, os.O_RDWR | os.O_CLOEXEC)  # blocking writes: wait while no reader reads
     try:
@@ -224,4 +227,3 @@ def test_chaos_kills_and_a_full_disk_lose_nothing_journaled(tmp_path: Path) -> N
                 proc.kill()
                 proc.wait()
         processes.end_all(str(chaos.state))
-        subprocess.run(["umount", "-l", str(chaos.state)], check=False)

@@ -11,8 +11,8 @@ import psutil
 import pytest
 from pathlib import Path
 
-from support import LAUNCHER, VI
-from support.launcher import Launcher, fill_file_system
+from support import LAUNCHER, VI, tmpfs
+from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
 
@@ -89,16 +89,13 @@ def test_worker_killed_with_no_further_event_is_noticed_by_the_reader(launcher: 
 
 @needs("root (it mounts a tiny tmpfs)", os.geteuid() == 0)
 def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> None:
-    import subprocess
-    launcher.state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k,mode=0700", "tmpfs", str(launcher.state)], check=True)
-    try:
+    with tmpfs.mounted(launcher.state, "128k", before_unmount=launcher.end_processes):
         k = launcher.keepalived()
         k.start()
         k.write(VI.format("BACKUP"))
         launcher.settle(1)
         filler = launcher.state / "filler"
-        fill_file_system(filler)
+        tmpfs.fill_file_system(filler)
         for n in range(150):  # tmpfs fills by pages: the journal's last page still takes a few lines
             k.write(f'INSTANCE "VI_1" {"MASTER" if n % 2 else "BACKUP"} {n}')
         launcher.wait_for("the full journal in the log", lambda: re.search(r"cannot write the journal \S+ \(No space left on device\)",
@@ -113,11 +110,6 @@ def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> No
         assert problems == 0 and started == list(range(1, 152))
         assert [int(r.priority) for r in launcher.starts()][1:] == list(range(150))
         assert "received (journaled late, after" in launcher.log_text()
-    finally:
-        for p in launcher.processes():
-            p.kill()
-        time.sleep(0.2)
-        subprocess.run(["umount", "-l", str(launcher.state)], check=False)
 
 
 def test_unwritable_log_file_does_not_stop_actions(launcher: Launcher) -> None:

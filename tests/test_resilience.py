@@ -14,8 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from support import LAUNCHER, VI, recorder
-from support.launcher import Launcher, fill_file_system
+from support import LAUNCHER, VI, recorder, tmpfs
+from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
 from notify_launcher.events import Event
@@ -289,11 +289,9 @@ def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Laun
     """A full state file system when the reader starts used to end it without a log line: every
     event was lost.  Now it reads the FIFO, holds the events in order and journals them when space
     comes back."""
-    launcher.state.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(launcher.state)], check=True)
     filler = launcher.state / "filler"
-    try:
-        fill_file_system(filler)
+    with tmpfs.mounted(launcher.state, "64k", before_unmount=launcher.end_processes):
+        tmpfs.fill_file_system(filler)
         for name in ("a", "b", "c"):  # and no inode left for a small file either
             try:
                 (launcher.state / name).write_bytes(b"x" * 512)
@@ -311,8 +309,3 @@ def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Laun
         launcher.settle(2)
         k.stop([])
         assert [r.state for r in launcher.starts()] == ["BACKUP", "MASTER"]
-    finally:
-        for p in launcher.processes():
-            p.kill()
-        time.sleep(0.2)
-        subprocess.run(["umount", "-l", str(launcher.state)], check=False)

@@ -45,8 +45,8 @@ from typing import ClassVar
 
 import pytest
 
-from support import LAUNCHER, invariants, processes, recorder
-from support.launcher import Launcher, fill_file_system
+from support import LAUNCHER, invariants, processes, recorder, tmpfs
+from support.launcher import Launcher
 from support.marks import needs
 from support.standin import Keepalived
 
@@ -261,7 +261,7 @@ class Run:
 
     def fill(self) -> None:
         filler = self.setup.state / "filler"
-        fill_file_system(filler)
+        tmpfs.fill_file_system(filler)
         self.figures.filled_disks += 1
         for _ in range(self.rng.randint(1, 5)):
             self.event()
@@ -388,19 +388,15 @@ def test_random_interleavings_keep_every_invariant(tmp_path: Path) -> None:
         print(f"\nstateful run: NL_STATEFUL_SEED={seed}" + (f" NL_STATEFUL_BUGS={','.join(sorted(bugs))}" if bugs else ""))
         (tmp_path / f"run-{seed}").mkdir()
         setup = Launcher.in_dir(tmp_path / f"run-{seed}")
-        setup.state.mkdir(mode=0o700)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS},mode=0700", "tmpfs", str(setup.state)], check=True)
-        run = Run(setup, random.Random(f"{seed}:setup"), bugs, figures)
-        try:
-            run.drive(seed, OPERATIONS)
-            report = run.finish()
-        except AssertionError as exc:  # a wait that timed out: the run is judged all the same
-            run.log.append(f"FAILED: {str(exc)[:2000]}")
-            setup.end_processes()
-            report = run.judge()
-        finally:
-            setup.end_processes()
-            subprocess.run(["umount", "-l", str(setup.state)], check=False)
+        with tmpfs.mounted(setup.state, TMPFS, before_unmount=setup.end_processes):
+            run = Run(setup, random.Random(f"{seed}:setup"), bugs, figures)
+            try:
+                run.drive(seed, OPERATIONS)
+                report = run.finish()
+            except AssertionError as exc:  # a wait that timed out: the run is judged all the same
+                run.log.append(f"FAILED: {str(exc)[:2000]}")
+                setup.end_processes()
+                report = run.judge()
         figures.runs += 1
         figures.events += report.events
         figures.duplicates += len(report.duplicated)

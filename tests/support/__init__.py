@@ -9,6 +9,7 @@
     processes    the one process scanner: a setup's processes by command line, and their teardown
     marks        `needs(what, available)`: skip outside CI, fail under CI=true
     waiting      `wait_for(what, cond)`: the one poll on a state, failing with what it waited for
+    tmpfs        a small tmpfs state directory (mounted for a block, unmounted after) and filling it
 
 Here: the paths of this checkout, and `VI` / `VI_MASTER`, the one VRRP instance most tests drive.
 

@@ -20,19 +20,6 @@ from support import LAUNCHER, invariants, processes, recorder, waiting
 from support.standin import Keepalived
 
 
-def fill_file_system(filler: Path) -> None:
-    """Write zeros into `filler` until its file system is full (ENOSPC), in small pieces so that
-    little room is left."""
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        while os.write(fd, b"\0" * 512):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def forget_fifos(directory: Path, registry: str = predecessor.REGISTRY) -> None:
     """Remove the registry's entries of the FIFOs in `directory` (a test's temp dir)."""
     prefix = entry_path(str(directory), registry) + "%2F"
