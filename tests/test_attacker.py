@@ -317,6 +317,18 @@ def test_a_stop_action_not_yet_in_tmp(arena: Path) -> None:
     assert check.stdout == f"problem: {scene.safe / 'nl.ini'}: {message}\n"
 
 
+def _controlled_after_start(scene: Scene) -> tuple[subprocess.Popen[str], Path, subprocess.CompletedProcess[str]]:
+    """A safe setup whose reader starts; then nobody is given the control and uses it.  Returns
+    the reader, its FIFO and the exploit's result."""
+    scene.build()
+    scene.control_it(at_start=False)
+    fifo = scene.safe / "notify.fifo"
+    proc, code, err = _start_reader(scene, fifo)
+    assert proc is not None, f"the reader refused a safe setup: {code} {err}"
+    scene.grant()
+    return proc, fifo, scene.exploit()
+
+
 @pytest.mark.parametrize("control", [c for c in CONTROLS if c not in MISSING + ("symlink",)])
 @pytest.mark.parametrize("kind", COMMANDS)
 def test_checked_when_used(kind: str, control: str, arena: Path) -> None:
@@ -324,13 +336,7 @@ def test_checked_when_used(kind: str, control: str, arena: Path) -> None:
     The worker checks the command right before the spawn: the event fails, the log says why, and
     check-config, run now, names the same reason."""
     scene = Scene(arena, kind, control)
-    scene.build()
-    scene.control_it(at_start=False)
-    fifo = scene.safe / "notify.fifo"
-    proc, code, err = _start_reader(scene, fifo)
-    assert proc is not None, f"the reader refused a safe setup: {code} {err}"
-    scene.grant()
-    exploit = scene.exploit()
+    proc, fifo, exploit = _controlled_after_start(scene)
     _event_and_stop(scene, proc, fifo)
     assert not scene.marker.exists(), f"the worker ran nobody's {kind} as root"
     assert exploit.returncode == 0, exploit.stderr
@@ -350,13 +356,7 @@ def test_the_worker_rereads_no_settings_nobody_could_write(arena: Path) -> None:
     settings.json, which the lingering worker rereads before each batch.  It refuses the new file,
     says why, and runs the event with the settings it had."""
     scene = Scene(arena, "state_dir", "acl_file")
-    scene.build()
-    scene.control_it(at_start=False)
-    fifo = scene.safe / "notify.fifo"
-    proc, code, err = _start_reader(scene, fifo)
-    assert proc is not None, f"the reader refused a safe setup: {code} {err}"
-    scene.grant()
-    exploit = scene.exploit()
+    proc, fifo, exploit = _controlled_after_start(scene)
     fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     try:
         os.write(fd, EVENT.encode() + b"\n")

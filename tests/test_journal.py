@@ -6,7 +6,10 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkContext
 from pathlib import Path
 
 import pytest
@@ -143,6 +146,23 @@ def _hold_lock(path: str, ready: Connection, release: Connection) -> None:
     release.recv()
 
 
+@contextmanager
+def _lock_held(path: str) -> Iterator[ForkContext]:
+    """The journal's lock held by another process (_hold_lock) for the block; yields the fork
+    context for the block's own processes."""
+    ctx = multiprocessing.get_context("fork")
+    ready_r, ready_w = ctx.Pipe(False)
+    release_r, release_w = ctx.Pipe(False)
+    holder = ctx.Process(target=_hold_lock, args=(path, ready_w, release_r))
+    holder.start()
+    try:
+        assert ready_r.recv()
+        yield ctx
+    finally:
+        release_w.send(True)
+        holder.join()
+
+
 def _append_states(path: str, states: list[str]) -> None:
     writer = JournalWriter(path)
     for n, state in enumerate(states):
@@ -151,21 +171,12 @@ def _append_states(path: str, states: list[str]) -> None:
 
 def test_a_busy_lock_spills_and_the_writers_next_append_journals_in_order(tmp_path: Path) -> None:
     path = _journal(tmp_path, ["BACKUP"])
-    ctx = multiprocessing.get_context("fork")
-    ready_r, ready_w = ctx.Pipe(False)
-    release_r, release_w = ctx.Pipe(False)
-    holder = ctx.Process(target=_hold_lock, args=(path, ready_w, release_r))
-    holder.start()
-    try:
-        assert ready_r.recv()
+    with _lock_held(path):
         writer = JournalWriter(path)
         assert writer.append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, 7) is None
         assert writer.append(Event("INSTANCE", "VI_1", "FAULT", 100), 2.0, 7) is None
         spill = tmp_path / "spill" / str(os.getpid())
         assert len(spill.read_bytes().splitlines()) == 2
-    finally:
-        release_w.send(True)
-        holder.join()
     assert writer.append(Event("INSTANCE", "VI_1", "BACKUP", 100), 3.0, 7) == 4
     assert not spill.exists()
     entries, damaged = JournalFollower(path).read_new()
@@ -177,20 +188,11 @@ def test_the_worker_adopts_the_spill_of_a_writer_that_died(tmp_path: Path) -> No
     path = _journal(tmp_path, ["BACKUP"])
     follower = JournalFollower(path)
     assert [e.seq for e in follower.read_new()[0]] == [1]
-    ctx = multiprocessing.get_context("fork")
-    ready_r, ready_w = ctx.Pipe(False)
-    release_r, release_w = ctx.Pipe(False)
-    holder = ctx.Process(target=_hold_lock, args=(path, ready_w, release_r))
-    holder.start()
-    try:
-        assert ready_r.recv()
+    with _lock_held(path) as ctx:
         writer = ctx.Process(target=_append_states, args=(path, ["MASTER", "FAULT"]))
         writer.start()
         writer.join()
         assert writer.exitcode == 0
-    finally:
-        release_w.send(True)
-        holder.join()
     entries, damaged = follower.read_new()
     assert damaged == [] and [(e.seq, e.event.state) for e in entries] == [(2, "MASTER"), (3, "FAULT")]
     assert os.listdir(tmp_path / "spill") == []

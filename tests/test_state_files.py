@@ -32,10 +32,8 @@ def _stop_ran(launcher: Launcher) -> bool:
     return any(r.args[:3] == ["READER", "reader", "STOP"] for r in launcher.starts())
 
 
-def test_a_torn_journal_line_never_makes_the_next_event_look_done(launcher: Launcher) -> None:
-    """Power loss mid-append leaves '3' of the journal's last line (the reader's STOP, which the
-    progress file marks done); keepalived starts again.  The next event used to get #3, which the
-    worker took for done: it never ran, and nothing said so."""
+def _two_events_and_a_stop(launcher: Launcher) -> None:
+    """BACKUP, MASTER, then keepalived stops: three events run, and the worker has left."""
     k = launcher.keepalived()
     k.start()
     k.write(VI.format("BACKUP"))
@@ -44,6 +42,13 @@ def test_a_torn_journal_line_never_makes_the_next_event_look_done(launcher: Laun
     k.stop([])
     launcher.settle(3)  # + the reader's STOP
     launcher.wait_for("the worker to leave", lambda: not launcher.launcher_processes())
+
+
+def test_a_torn_journal_line_never_makes_the_next_event_look_done(launcher: Launcher) -> None:
+    """Power loss mid-append leaves '3' of the journal's last line (the reader's STOP, which the
+    progress file marks done); keepalived starts again.  The next event used to get #3, which the
+    worker took for done: it never ran, and nothing said so."""
+    _two_events_and_a_stop(launcher)
     journal = launcher.state / "journal"
     data = journal.read_bytes()
     journal.write_bytes(data[:data.rfind(b"\n", 0, len(data) - 1) + 2])  # '3' survived, its number unreadable
@@ -174,14 +179,7 @@ def test_damaged_and_torn_progress_records_are_said_and_never_glued_to_the_next(
     writing it): the next worker used to skip the one silently and append its first record to the
     torn bytes, damaging that one too.  Now it cuts the torn tail off, logs both with their event's
     number, and every record it writes is intact."""
-    k = launcher.keepalived()
-    k.start()
-    k.write(VI.format("BACKUP"))
-    k.write(VI.format("MASTER"))
-    launcher.settle(2)
-    k.stop([])
-    launcher.settle(3)  # + the reader's STOP
-    launcher.wait_for("the worker to leave", lambda: not launcher.launcher_processes())
+    _two_events_and_a_stop(launcher)
     progress = launcher.state / "progress"
     lines = progress.read_bytes().split(b"\n")
     first_end = next(n for n, line in enumerate(lines) if b'"op": "end", "seq": 1,' in line)
