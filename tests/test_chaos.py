@@ -27,6 +27,7 @@ from pathlib import Path
 
 from support import LAUNCHER, invariants, processes, recorder, tmpfs
 from support.marks import needs
+from support.waiting import wait_for
 
 EVENTS = 2000
 KILLS = 13  # planned, of the worker and of the reader each
@@ -111,6 +112,12 @@ class Chaos:
         return {pid for pid, _ in processes.scan(str(self.state))}
 
 
+def _drained(state: Path) -> bool:
+    """Nothing pending or running, and everything journaled done (`status --json`)."""
+    st = _status(state)
+    return not st["pending"] and st["running"] is None and st["last_seq"] == st["done_seq"]
+
+
 def _write_lines(fd: int, first: int, count: int) -> None:
     """Lines #first.. of the burst, with blocking writes (they wait while no reader reads)."""
     for i in range(first, first + count):
@@ -187,23 +194,14 @@ def _drive(chaos: Chaos, tmp_path: Path, rng: random.Random) -> None:
                 time.sleep(0.005)
         # Every line is in the pipe or read; wait until the queue drains (a kill may still be
         # recovering: the watch re-rings with back-off), then close the FIFO: EOF ends the reader.
-        deadline = time.monotonic() + 300
-        while True:
-            st = _status(chaos.state)
-            if not st["pending"] and st["running"] is None and st["last_seq"] == st["done_seq"]:
-                break
-            assert time.monotonic() < deadline, f"queue did not drain: {json.dumps(st)[:2000]}"
-            time.sleep(0.2)
+        wait_for("the queue to drain", lambda: _drained(chaos.state), timeout=300, poll=0.2,
+                 diagnostics=lambda: json.dumps(_status(chaos.state))[:2000])
         os.close(wfd)
         wfd = -1
         assert chaos.reader is not None
         chaos.reader.wait(timeout=30)
+        wait_for("the reader's EOF event to finish", lambda: _drained(chaos.state), timeout=60, poll=0.1)
         st = _status(chaos.state)
-        deadline = time.monotonic() + 60
-        while not (not st["pending"] and st["running"] is None and st["last_seq"] == st["done_seq"]):
-            assert time.monotonic() < deadline, "the reader's EOF event did not finish"
-            time.sleep(0.1)
-            st = _status(chaos.state)
         last_seq = int(str(st["last_seq"]))
         log = chaos.log.read_text()
         reader_seqs = {int(line.split("#", 1)[1].split()[0]) for line in log.splitlines() if "READER reader" in line
