@@ -234,7 +234,8 @@ class Snapshot:
 _NUMBER = (int, float)
 #: What each record must hold, with its type, for anyone reading a Snapshot (status, history, the
 #: recovering worker) to use it without a KeyError or a TypeError; optional keys are typed when present.
-_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
+#: Public so that a test holds it against the record TypedDicts (a renamed field cannot leave it behind).
+REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "try": {"seq": int, "worker": int},
     "start": {"seq": int, "t": _NUMBER, "key": str, "event": str, "state": str, "pid": int,
               "pid_start_min": int, "pid_start_max": int, "worker": int, "worker_start": int},
@@ -256,7 +257,7 @@ def _well_formed(rec: object) -> bool:
     version), and one bad record must not stop `status` or a worker's replay."""
     if not isinstance(rec, dict) or not isinstance(rec.get("op"), str):
         return False
-    required = _REQUIRED.get(rec["op"])
+    required = REQUIRED.get(rec["op"])
     if required is None:
         return False
     checks = [*required.items(), *((k, t) for k, t in _OPTIONAL.items() if k in rec)]

@@ -373,7 +373,7 @@ def test_replay_checks_only_keys_the_record_types_have() -> None:
     from notify_launcher import progress
 
     for op, kind in (("try", progress.TryRecord), ("start", progress.StartRecord), ("end", progress.EndRecord)):
-        assert set(progress._REQUIRED[op]) <= set(kind.__annotations__) - {"op"}, op
+        assert set(progress.REQUIRED[op]) <= set(kind.__annotations__) - {"op"}, op
 
 
 def test_the_worker_is_found_by_its_lock_when_it_has_no_pid_file(tmp_path: Path) -> None:
