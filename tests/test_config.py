@@ -196,8 +196,8 @@ def test_quiet_states_run_nothing_unless_a_rule_names_them(tmp_path: Path) -> No
 
 
 def test_the_readmes_example_loads_as_written(tmp_path: Path) -> None:
-    """An administrator copies README's INI example, inline comments and all (they used to become
-    part of the values: `timeout = 120   # seconds per action` was "not allowed")."""
+    """An administrator copies README's INI example, inline comments and all: an inline comment is
+    not part of the value (`timeout = 120   # seconds per action` is 120)."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     example = readme.split("```ini\n", 1)[1].split("```", 1)[0]
     s = _load(tmp_path, example)

@@ -204,9 +204,8 @@ def test_reload_two_readers_keep_numbering_and_order(launcher: Launcher) -> None
 
 def test_reload_on_the_same_fifo_the_old_reader_leaves_it_to_the_next(launcher: Launcher) -> None:
     """keepalived may hand the next reader the very FIFO the old one reads (it survived, and
-    keepalived holds it open): no EOF.  The old reader used to read on beside the new one until its
-    stop grace ran out (0.5 s, seen in every Debian release of the CI matrix); now it leaves as soon
-    as the next reader exists and the FIFO is quiet."""
+    keepalived holds it open): no EOF.  The old reader leaves as soon as the next reader exists and
+    the FIFO is quiet, not after its stop grace beside the new one."""
     k = launcher.keepalived("--stop-grace", "0.9")
     k.start()
     k.write(VI.format("MASTER"))
@@ -276,7 +275,8 @@ def test_service_mode_follows_the_fifo_across_keepalived_restarts(launcher: Laun
 
 def test_service_mode_says_once_that_the_fifo_path_is_no_fifo_and_when_it_is_one_again(launcher: Launcher) -> None:
     """`serve` looks at the path every RECHECK s while keepalived is silent: a plain file there must
-    not write a line each time (it did, every second, for as long as the file stayed)."""
+    not write a line each time: one complaint for as long as the file stays, then it reads the FIFO
+    made there."""
     launcher.fifo.write_text("")
     with _serving(launcher):
         launcher.wait_for("the complaint", lambda: "is not a FIFO" in launcher.log_text())

@@ -1,4 +1,4 @@
-"""The compatibility matrix (issue 12): the launcher on each Debian release it supports, installed the
+"""The compatibility matrix: the launcher on each Debian release it supports, installed the
 way that release's users install it, under that release's own systemd, keepalived and Python.
 
 Each cell of tests/support/systemd/cells.py MATRIX boots one container (the `cell` scenario of

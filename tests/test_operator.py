@@ -118,9 +118,9 @@ def test_wait_times_out_with_exit_1_while_an_action_runs(launcher: Launcher) -> 
 
 
 def test_reader_rejects_control_bytes_and_runs_unforeseen_words_warning_once(launcher: Launcher) -> None:
-    """A NUL inside a name used to be journaled and kill every worker at spawn; an unknown state word
-    or an odd priority used to be dropped.  Now: the first two are rejected before the journal, the
-    rest run in order, with one warning per new word."""
+    """A control byte (a NUL inside a name) is rejected before the journal, so no worker dies on it at
+    spawn; an unknown state word or an odd priority is not dropped: it runs in order, with one
+    warning per new word."""
     k = launcher.keepalived()
     k.start()
     launcher.wait_started()

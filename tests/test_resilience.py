@@ -1,4 +1,4 @@
-"""Nothing can stall, repeat or silently drop the queue: one test per way it used to (issue 10).
+"""Nothing can stall, repeat or silently drop the queue: one test per way a fault could make it.
 
 Real readers, workers, FIFOs and signals; faults injected for real (a poisoned journal entry, an
 action that kills its worker, a removed state directory, a pid limit on fork).
@@ -36,7 +36,7 @@ def _handler(launcher: Launcher, then: str) -> None:
 
 def test_an_event_that_cannot_be_spawned_fails_alone(launcher: Launcher) -> None:
     """A journal entry the worker cannot even spawn (a NUL inside the name: written by an older
-    version, or by hand) used to kill every worker at spawn; now it is that event's failure."""
+    version, or by hand) is that event's failure alone: the workers live and the next event runs."""
     k = launcher.keepalived()
     k.start()
     k.write(VI.format("BACKUP"))
@@ -72,7 +72,7 @@ def test_action_killed_by_a_realtime_signal_is_described_and_the_queue_goes_on(l
 
 def test_a_worker_that_keeps_dying_on_one_event_is_bounded_then_skipped(launcher: Launcher) -> None:
     """The action SIGKILLs its own worker (as an OOM kill or a segfault would end it), every time:
-    with on_crash = rerun that used to loop forever.  Three workers die, then the event is skipped
+    with on_crash = rerun the re-runs are bounded: three workers die, then the event is skipped
     with the reason and the next event runs."""
     _handler(launcher, '[ "$3" = MASTER ] && kill -9 $PPID && sleep 5')
     ini = launcher.dir / "rerun.ini"
@@ -144,9 +144,8 @@ PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
        os.geteuid() == 0 and (PIDS_CGROUP / "cgroup.procs").exists())
 def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launcher) -> None:
     """fork() failing (EAGAIN: a pids cgroup at its limit, met when the reader replaces its killed
-    standby worker) used to end the reader with a traceback
-    on /dev/null, losing every later event.  Now it is logged, retried with back-off, and once
-    the limit allows, the worker starts and the event runs."""
+    standby worker) does not end the reader: it is logged, retried with back-off, and once the
+    limit allows, the worker starts and the event runs."""
     group = PIDS_CGROUP / f"nl-test-{os.getpid()}-{time.time_ns()}"
     group.mkdir()
     k = launcher.keepalived()
@@ -194,8 +193,9 @@ def test_later_sibling_finds_the_next_reader_keepalived_started() -> None:
 
 def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reload(launcher: Launcher) -> None:
     """Two reloads close together: the first reload's reader gets SIGTERM but no EOF (the FIFO is
-    shared, or its EOF came before it opened it).  It used to journal READER STOP, and stop_action
-    ran while keepalived went on.  The next reader, started by the same parent, says: a reload."""
+    shared, or its EOF came before it opened it).  The next reader, started by the same parent,
+    says it is a reload: the reader journals READER RELOAD, not STOP, and no stop_action runs while
+    keepalived goes on."""
     marker = launcher.dir / "stopped"
     _handler(launcher, "")
     stop_action = launcher.dir / "stop.sh"
@@ -286,9 +286,8 @@ def test_a_lingering_worker_reaps_what_an_action_left_behind(launcher: Launcher)
 
 @needs("root (it mounts a tiny tmpfs)", os.geteuid() == 0)
 def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Launcher) -> None:
-    """A full state file system when the reader starts used to end it without a log line: every
-    event was lost.  Now it reads the FIFO, holds the events in order and journals them when space
-    comes back."""
+    """A full state file system when the reader starts does not end it: it logs it, reads the FIFO,
+    holds the events in order and journals them when space comes back."""
     filler = launcher.state / "filler"
     with tmpfs.mounted(launcher.state, "64k", before_unmount=launcher.end_processes):
         tmpfs.fill_file_system(filler)

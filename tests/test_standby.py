@@ -1,9 +1,10 @@
-"""A worker stands by whenever a reader lives (issue 11): no event after an idle of any length, nor
+"""A worker stands by whenever a reader lives: no event after an idle of any length, nor
 the first one after a reload, waits for a fork and the worker's imports.
 
 Real readers (the keepalived stand-in), real double-forked workers, real signals; the `launcher`
 fixture ends every process a test leaves.  Each test runs
-with `--linger 0`, where a worker used to leave the moment its queue was empty."""
+with `--linger 0`: the standby stays even though a lingering worker would leave the moment its
+queue is empty."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_the_standby_spawned_at_start_runs_every_event_however_long_the_idle(lau
     standby = launcher.wait_standby()
     for n, state in enumerate(["BACKUP", "MASTER", "BACKUP"], start=1):
         k.write(VI.format(state))
-        launcher.settle(n)  # idle now: with linger 0, the worker used to leave here
+        launcher.settle(n)  # idle: with linger 0, only standing by keeps the worker here
     assert _action_workers(launcher) == [standby] * 3
     k.stop([VI.format("STOP")])
 

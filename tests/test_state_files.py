@@ -46,8 +46,8 @@ def _two_events_and_a_stop(launcher: Launcher) -> None:
 
 def test_a_torn_journal_line_never_makes_the_next_event_look_done(launcher: Launcher) -> None:
     """Power loss mid-append leaves '3' of the journal's last line (the reader's STOP, which the
-    progress file marks done); keepalived starts again.  The next event used to get #3, which the
-    worker took for done: it never ran, and nothing said so."""
+    progress file marks done); keepalived starts again.  The next event is numbered above the torn
+    line's #3, so the worker does not take it for done: it runs."""
     _two_events_and_a_stop(launcher)
     journal = launcher.state / "journal"
     data = journal.read_bytes()
@@ -65,9 +65,9 @@ def test_a_torn_journal_line_never_makes_the_next_event_look_done(launcher: Laun
 
 def test_the_stop_is_journaled_while_a_stopped_process_holds_the_journal_lock(launcher: Launcher) -> None:
     """A process holding the journal's lock is stopped (SIGSTOP; a frozen cgroup, a paused VM do the
-    same).  The reader used to wait for the lock until keepalived's SIGKILL at +1 s: no STOP, no
-    stop_action, no log line.  Now its events go into its spill file after 50 ms, and the worker
-    journals and runs them once the lock is free."""
+    same).  The reader does not wait for the lock until keepalived's SIGKILL at +1 s: its events go
+    into its spill file after 50 ms, and the worker journals and runs them (the STOP, its
+    stop_action) once the lock is free."""
     _with_stop_action(launcher)
     k = launcher.keepalived("--linger", "600")
     k.start()
@@ -96,8 +96,8 @@ def test_the_stop_is_journaled_while_a_stopped_process_holds_the_journal_lock(la
 @needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
 def test_the_stop_is_journaled_while_a_compaction_waits_on_a_stalling_disk(launcher: Launcher) -> None:
     """The worker compacts the journal while the disk stalls its fsync for 5 s (strace's delay
-    injection).  The compaction used to hold the journal's lock across that fsync: the reader's
-    STOP waited for it until keepalived's SIGKILL at +1 s.  Now the lock covers only the rename."""
+    injection).  The compaction's lock covers only the rename, not that fsync: the reader's STOP is
+    journaled well before keepalived's SIGKILL at +1 s."""
     _with_stop_action(launcher)
     k = launcher.keepalived("--linger", "600")
     k.start()
@@ -124,9 +124,9 @@ def test_the_stop_is_journaled_while_a_compaction_waits_on_a_stalling_disk(launc
 
 def test_a_removed_doorbell_is_bound_again_and_the_next_event_runs(launcher: Launcher) -> None:
     """doorbell.sock removed while a worker stands by, then keepalived starts again: the new reader's
-    rings went nowhere, the worker it spawned queued behind the lock, and the event pended until the
-    old worker's linger ran out (10 minutes here), with no log line.  Now the reader wakes the worker
-    holding the lock, which binds a new socket, says so, and runs the event."""
+    rings go nowhere and the worker it spawns queues behind the lock.  The reader wakes the worker
+    holding the lock, which binds a new socket, says so, and runs the event, long before that
+    worker's linger (10 minutes here) would end it."""
     k = launcher.keepalived("--linger", "600")
     k.start()
     worker = launcher.wait_standby()
@@ -147,9 +147,9 @@ def test_a_removed_doorbell_is_bound_again_and_the_next_event_runs(launcher: Lau
 
 
 def test_events_journaled_before_a_reload_run_with_the_handler_they_were_journaled_under(launcher: Launcher) -> None:
-    """A reload that changes --handler while an event waits behind a running action: it used to run
-    with the new handler (the worker follows settings.json at its next batch); now each event runs
-    with the settings it was journaled under."""
+    """A reload that changes --handler while an event waits behind a running action: each event runs
+    with the settings it was journaled under, not the new handler the worker reads from
+    settings.json at its next batch."""
     first = launcher.handler
     second = launcher.dir / "second.sh"
     second.write_text(f"#!/bin/sh\nexec {first} second \"$@\"\n")
@@ -176,9 +176,8 @@ def test_events_journaled_before_a_reload_run_with_the_handler_they_were_journal
 
 def test_damaged_and_torn_progress_records_are_said_and_never_glued_to_the_next(launcher: Launcher) -> None:
     """A record changed on disk and a record torn at the end (a worker or the machine died while
-    writing it): the next worker used to skip the one silently and append its first record to the
-    torn bytes, damaging that one too.  Now it cuts the torn tail off, logs both with their event's
-    number, and every record it writes is intact."""
+    writing it): the next worker cuts the torn tail off rather than append to it, logs both with
+    their event's number rather than skip them silently, and every record it writes is intact."""
     _two_events_and_a_stop(launcher)
     progress = launcher.state / "progress"
     lines = progress.read_bytes().split(b"\n")
