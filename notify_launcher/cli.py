@@ -346,7 +346,7 @@ def run_log(argv: list[str]) -> int:
     p.add_argument("--log-file", metavar="PATH", help="the log file (default: the config's log_file, else "
                                                       "/var/log/notify-launcher.log)")
     args = p.parse_args(argv)
-    from notify_launcher.logview import Query, parse_seqs, parse_since, select
+    from notify_launcher.logview import Query, parse_seqs, parse_since, printable, select
     if args.seqs is None and args.since is None and not args.failed:
         p.error("say which lines: SEQ, SEQ-SEQ, --since or --failed")
     first, last = parse_seqs(args.seqs) if args.seqs is not None else (None, None)
@@ -356,7 +356,7 @@ def run_log(argv: list[str]) -> int:
     lines, span = select(log_file, Query(first, last, since, args.failed))
     shown = 0
     for line in lines:
-        sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+        sys.stdout.buffer.write(printable(line))
         shown += 1
     sys.stdout.flush()
     for error in span.errors:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from notify_launcher.log import escaped
+
 VRRP_TYPES = frozenset({"INSTANCE", "GROUP"})
 VRRP_STATES = frozenset({
     "MASTER", "BACKUP", "FAULT", "STOP", "DELETED",
@@ -97,7 +99,7 @@ class Rejected:
     def shown(self, limit: int = 120) -> str:
         """The line as printable text, cut to `limit` characters, for a log line."""
         text = self.raw[:limit].decode("utf-8", "backslashreplace")
-        text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+        text = escaped(text)
         return text + ("..." if len(self.raw) > limit else "")
 
 

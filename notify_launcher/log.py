@@ -11,6 +11,11 @@ a microsecond; a timer between checks would put lines written after a rotation i
 file, which `compress` without `delaycompress` then loses, and a timer on the wall clock stops
 checking for as long as the clock was stepped back.  The logging module is not used: the reader
 must start fast and stay small.
+
+A message is text from anywhere (a process's command line, an action's output): its control
+characters are written as backslash escapes (`escaped`), so one call is one line -- a newline in it
+cannot forge the lines `log`, `log --failed` and the invariants read -- and no terminal sequence
+reaches the administrator reading the log.
 """
 
 from __future__ import annotations
@@ -26,6 +31,19 @@ from notify_launcher.statedir import open_mode
 
 LOG_MODE = 0o640
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
+
+
+def escaped(text: str) -> str:
+    """`text` with every character that is not printable (C0 and C1 controls, DEL, ESC, line and
+    format separators) written as `\\xNN`, `\\uNNNN` or `\\UNNNNNNNN`: one printable line whatever it holds."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class Log:
@@ -95,7 +113,7 @@ class Log:
         stamp = self._stamp
         ms = int(now * 1000) % 1000
         text = (f"{stamp}.{ms:03d} {self.role}[{os.getpid()}] {level:<5} "
-                f"#{'-' if seq is None else seq} {event if event is not None else '-'} | {message}\n")
+                f"#{'-' if seq is None else seq} {event if event is not None else '-'} | {escaped(message)}\n")
         if self.path is None:
             sys.stderr.write(text)
             return

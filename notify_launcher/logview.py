@@ -5,6 +5,8 @@ rotations -- logrotate's numbered names (NAME.1, NAME.2.gz, ...: a higher number
 
 Lines are matched as bytes against the fixed layout log.py writes, and a time limit is compared as
 text (the stamp is fixed-width local time), so reading weeks of compressed log costs little.
+Lines are shown with their control characters escaped (`printable`), as log.py writes them now:
+a log file written before that, or by hand, sends no terminal sequence to whoever reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
+from notify_launcher.log import escaped
 
 #: `2026-11-25 15:02:17.480 worker[31438] INFO  #1 ...`: the time to the second, the level, the seq.
 _LINE = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.\d{3} \S+\[\d+\] (\w+) +#(\d+|-) ")
@@ -81,6 +84,12 @@ def log_files(path: str) -> list[str]:
                       key=lambda name: -int(name[len(base) + 1:].split(".")[0]))  # NAME.N[.gz]: higher is older
     found = [os.path.join(directory, name) for name in rotated]
     return found + [path] if base in names else found
+
+
+def printable(line: bytes) -> bytes:
+    """One log line (its newline dropped) as the terminal may see it: invalid UTF-8 and control
+    characters as backslash escapes, then a newline."""
+    return escaped(line.rstrip(b"\n").decode("utf-8", "backslashreplace")).encode() + b"\n"
 
 
 @dataclass

@@ -30,6 +30,7 @@ from notify_launcher.config import Settings
 from notify_launcher.security import refusal
 from support import LAUNCHER, attacker, processes
 from support.attacker import NOBODY
+from support.launcher import Launcher
 from support.marks import needs
 from support.waiting import wait_for
 
@@ -372,3 +373,65 @@ def test_the_worker_rereads_no_settings_nobody_could_write(arena: Path) -> None:
     assert (f"ERROR #- - | cannot follow the settings (settings.json {scene.state}/settings.json is not safe for "
             f"root: {scene.offender}") in log, log
     assert "action started: /bin/true INSTANCE VI_1 MASTER 100 " in log
+
+
+# What a command run as nobody (allowed: its file may be nobody's, README) sends into root's log.
+
+FORGED = "2026-12-05 04:59:59.000 worker[1] ERROR #1 INSTANCE VI_1 MASTER | FORGED BY NOBODY"
+
+
+def _nobodys_command(where: Path, script: str) -> Path:
+    """`script` as nobody's own file in nobody's own directory below `where`."""
+    home = where / "home"
+    home.mkdir(mode=0o755)
+    command = home / "h.sh"
+    command.write_text(script)
+    command.chmod(0o755)
+    os.chown(home, NOBODY, NOBODY)
+    os.chown(command, NOBODY, NOBODY)
+    return command
+
+
+def _run_as_nobody(launcher: Launcher, arena: Path, script: str, launcher_section: str = "",
+                   events: int = 1) -> str:
+    """One [match] command `script` run as nobody for VI_1 MASTER; the log once `events` actions ended."""
+    command = _nobodys_command(arena, script)
+    ini = launcher.dir / "nl.ini"
+    ini.write_text(f"[launcher]\n{launcher_section}[match INSTANCE VI_1 *]\nhandler = {command}\nuser = nobody\n")
+    launcher.extra_args += ["--config", str(ini)]
+    k = launcher.keepalived()
+    k.start()
+    launcher.wait_started()
+    k.write('INSTANCE "VI_1" MASTER 100')
+    launcher.wait_for("event 1 ended", lambda: "action ended" in launcher.log_text(), timeout=60)
+    return launcher.log_text()
+
+
+@pytest.mark.parametrize("how", ["timeout", "background"])
+def test_a_process_name_with_newlines_stays_inside_one_log_line(launcher: Launcher, arena: Path, how: str) -> None:
+    """The worker names an action's other processes by their command lines (after a timeout: "sent
+    SIGTERM to"; without one: "left running in the background"); a newline in a name nobody chose is
+    escaped, so no log line starts with nobody's text."""
+    launcher.unchecked = "asserted here"
+    last = "exec sleep 30" if how == "timeout" else "sleep 0.5; exit 0"
+    try:
+        log = _run_as_nobody(launcher, arena, "#!/bin/bash\n(trap '' TERM; exec -a $'sleep\\n" + FORGED
+                             + "\\n' sleep 5) &\n" + last + "\n", "timeout = 1\n")
+    finally:
+        launcher.end_processes()
+    assert not [line for line in log.splitlines() if line.startswith(FORGED[:23])], log
+    assert f"\\x0a{FORGED}\\x0a" in log, log
+
+
+def test_an_actions_output_reaches_the_log_and_log_command_without_control_characters(
+        launcher: Launcher, arena: Path) -> None:
+    """Output with an OSC title sequence, a CSI erase and a CR is logged with those escaped, and
+    `notify-launcher log` (run by root, on a terminal) shows it so."""
+    launcher.unchecked = "asserted here"
+    try:
+        log = _run_as_nobody(launcher, arena, "#!/bin/sh\nprintf 'ok\\033]0;owned-by-nobody\\007\\033[2K\\rFORGED\\n'\n")
+    finally:
+        launcher.end_processes()
+    assert "ok\\x1b]0;owned-by-nobody\\x07\\x1b[2K\\x0dFORGED" in log, log
+    shown = subprocess.run([LAUNCHER, "log", "--log-file", str(launcher.log), "1"], capture_output=True, timeout=60)
+    assert shown.returncode == 0 and b"\x1b" not in shown.stdout and b"\r" not in shown.stdout, shown.stdout

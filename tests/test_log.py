@@ -84,3 +84,14 @@ def test_pythons_own_warnings_and_ignored_exceptions_go_to_the_log(tmp_path: Pat
     assert "WARN  #- - | Python: DeprecationWarning: an old call (<string>:5)" in lines[0]
     assert "ERROR #- - | Python: Exception ignored in <socket.socket" in lines[1]
     assert "ResourceWarning: unclosed" in lines[1]
+
+
+def test_one_call_is_one_line_whatever_the_message_holds(tmp_path: Path) -> None:
+    """Newlines, CR, ESC, C1, DEL, Unicode line and format separators in a message are written as
+    backslash escapes: the file gets exactly one line, with no control character in it."""
+    path = tmp_path / "nl.log"
+    log = Log(str(path), "worker")
+    log.info(1, None, "a\nforged\r\x1b]0;t\x07\x9b\x7f\u2028\u202e\U000e0001\tz \\ é")
+    text = path.read_text()
+    assert text.count("\n") == 1 and text.endswith(
+        "| a\\x0aforged\\x0d\\x1b]0;t\\x07\\x9b\\x7f\\u2028\\u202e\\U000e0001\\x09z \\ é\n"), text

@@ -118,3 +118,14 @@ def test_log_errors_are_one_clear_line(tmp_path: Path) -> None:
         assert res.returncode == 2 and message in res.stderr, res.stderr
     res = subprocess.run([LAUNCHER, "log"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "say which lines: SEQ, SEQ-SEQ, --since or --failed" in res.stderr
+
+
+def test_log_shows_control_characters_in_a_log_file_escaped(tmp_path: Path) -> None:
+    """A log file that holds raw control characters (written by hand, or before they were escaped)
+    reaches the terminal with them as backslash escapes, invalid UTF-8 too."""
+    path = tmp_path / "nl.log"
+    path.write_bytes(b"2026-11-25 15:02:17.480 worker[1] INFO  #1 - | out: \x1b]52;c;cm0gLXJm\x07\x1b[2K\r\xc2\x9b\xff\n")
+    res = subprocess.run([LAUNCHER, "log", "--log-file", str(path), "1"], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == (b"2026-11-25 15:02:17.480 worker[1] INFO  #1 - | out: \\x1b]52;c;cm0gLXJm\\x07\\x1b[2K"
+                          b"\\x0d\\x9b\\xff\n")
