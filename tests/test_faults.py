@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
+import struct
+import termios
 import time
 
 import psutil
@@ -87,6 +90,11 @@ def test_worker_killed_with_no_further_event_is_noticed_by_the_reader(launcher: 
     assert f"worker pid {dead} died while this event's action" in log
 
 
+def _unread(fd: int) -> int:
+    """Bytes in the FIFO that no reader has read yet (FIONREAD)."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
 @needs("root (it mounts a tiny tmpfs)", os.geteuid() == 0)
 def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> None:
     with tmpfs.mounted(launcher.state, "128k", before_unmount=launcher.end_processes):
@@ -100,7 +108,7 @@ def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> No
             k.write(f'INSTANCE "VI_1" {"MASTER" if n % 2 else "BACKUP"} {n}')
         launcher.wait_for("the full journal in the log", lambda: re.search(r"cannot write the journal \S+ \(No space left on device\)",
                                                                         launcher.log_text()), timeout=20)
-        time.sleep(0.5)
+        launcher.wait_for("the reader to read every line off the FIFO", lambda: _unread(k.fd) == 0, timeout=20)
         assert k.proc is not None and k.proc.poll() is None  # the reader lives
         filler.unlink()
         launcher.settle(151)
