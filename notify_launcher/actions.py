@@ -198,6 +198,7 @@ def spawn(argv: list[str], env: dict[str, str], ids: tuple[int, int] | None = No
     """Start `argv` in a session of its own, stdin /dev/null, stdout and stderr into two pipes, as
     (uid, gid) `ids` if given; (the child, the pipes' read ends).  Raises OSError if it cannot be
     executed."""
+    env = nul_free(env)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -216,6 +217,15 @@ def spawn(argv: list[str], env: dict[str, str], ids: tuple[int, int] | None = No
         for fd in (devnull, out_w, err_w):
             os.close(fd)
     return Child(pid), out_r, err_r
+
+
+def nul_free(env: dict[str, str]) -> dict[str, str]:
+    """`env` with each NUL written as `\\x00`, as the log shows it: values made from an action's
+    output (NL_OUTPUT, NL_DETAIL) may hold any byte, and one NUL would make exec refuse the whole
+    environment (ValueError), so the command -- on_failure, the alert -- would never run."""
+    if not any("\0" in value for value in env.values()):
+        return env
+    return {name: value.replace("\0", "\\x00") for name, value in env.items()}
 
 
 def _fork_as(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]], ids: tuple[int, int]) -> int:

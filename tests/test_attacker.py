@@ -435,3 +435,21 @@ def test_an_actions_output_reaches_the_log_and_log_command_without_control_chara
     assert "ok\\x1b]0;owned-by-nobody\\x07\\x1b[2K\\x0dFORGED" in log, log
     shown = subprocess.run([LAUNCHER, "log", "--log-file", str(launcher.log), "1"], capture_output=True, timeout=60)
     assert shown.returncode == 0 and b"\x1b" not in shown.stdout and b"\r" not in shown.stdout, shown.stdout
+
+
+def test_on_failure_runs_when_the_failed_actions_output_holds_a_nul(launcher: Launcher, arena: Path) -> None:
+    """A failed command's output with a NUL byte reaches on_failure's NL_OUTPUT as `\\x00`: root's
+    alert runs, with the rest of the output."""
+    launcher.unchecked = "asserted here"
+    seen = arena / "seen"
+    alert = launcher.dir / "alert.sh"
+    alert.write_text(f"#!/bin/sh\nprintf '%s' \"$NL_OUTPUT\" > {seen}\n")
+    alert.chmod(0o755)
+    try:
+        _run_as_nobody(launcher, arena, "#!/bin/sh\nprintf 'disk\\000full\\n'\nexit 1\n", f"on_failure = {alert}\n")
+        launcher.wait_for("on_failure ended", lambda: "on_failure ended" in launcher.log_text()
+                          or "on_failure fail" in launcher.log_text(), timeout=60)
+    finally:
+        launcher.end_processes()
+    assert "on_failure ended: exit 0" in launcher.log_text(), launcher.log_text()
+    assert seen.read_text() == "disk\\x00full"
