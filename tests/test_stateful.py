@@ -63,6 +63,9 @@ BUGS = {
                        "cannot be written ('going on without it'); the worker is killed while it runs, the next "
                        "one finds no start record ('a worker died while preparing this event'), does not end "
                        "the orphan, and the re-run overlaps it",
+    "torn-both": "a power loss tears both files' last lines, the journal's event #N and the progress file's "
+                 "end of #N (it ran): the next worker ends #N's cgroup, finds no journal entry to re-run, records "
+                 "no end; #N stays 'running', `wait` never returns",
     "early-term": "keepalived stops or reloads the reader right after it started: a SIGTERM after cli.main read "
                   "EARLY_TERM and before Reader.run installed its handler is lost (the early handler's list is "
                   "no longer read); the reader reads the STOP lines but never leaves, keepalived SIGKILLs it at "
@@ -245,14 +248,18 @@ class Run:
         self.figures.reloads += 1
 
     def power_loss(self) -> None:
-        """Everything dies at once; the files' last lines are torn (written, never flushed)."""
+        """Everything dies at once; a file's last line is torn (written, never flushed): the journal's
+        or the progress file's (both: BUGS "torn-both")."""
         self.settle()
         assert self.k is not None and self.k.proc is not None
         self.mark_risky()
         self.killed |= set(self.workers())
         processes.end_all(str(self.setup.dir))
         self.figures.kills += 1
-        for name in ("journal", "progress"):
+        names = ["journal", "progress"]
+        if "torn-both" not in self.bugs:
+            del names[self.rng.randrange(2)]
+        for name in names:
             if _tear(self.setup.state / name, self.rng):
                 self.figures.torn_files += 1
         os.close(self.k.fd)  # keepalived starts again: a new FIFO, a new reader
