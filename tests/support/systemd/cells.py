@@ -36,15 +36,28 @@ class Release:
     # keywords of keepalived.conf.example this keepalived does not know: it logs "Unknown keyword"
     # and ignores them (`keepalived -t` too, exit 0), and nothing else may be said
     unknown: tuple[str, ...] = ()
+    # a suite named by its role (testing): the codename it has now, which /etc/debian_version names
+    codename: str = ""
+    # False: the archive's Release files may be past their Valid-Until (testing's are valid for a
+    # week, so a frozen mirror's expire), and apt in this release's root is told to accept them
+    check_valid_until: bool = True
+
+    @property
+    def debian_version(self) -> str:
+        """What /etc/debian_version starts with: "12." in bookworm, "forky/sid" in testing."""
+        return f"{self.codename}/sid" if self.codename else f"{self.number}."
 
     def __str__(self) -> str:
+        if self.codename:
+            return f"Debian {self.suite} ({self.codename}, to be {self.number})"
         return f"Debian {self.number} {self.suite}"
 
 
 BULLSEYE = Release("bullseye", 11, "2.1.5", "3.9", unknown=("fifo_write_vrrp_states_on_reload",))
 BOOKWORM = Release("bookworm", 12, "2.2.7", "3.11")
 TRIXIE = Release("trixie", 13, "2.3.3", "3.13")
-RELEASES = {r.suite: r for r in (BULLSEYE, BOOKWORM, TRIXIE)}
+TESTING = Release("testing", 14, "2.3.4", "3.14", codename="forky", check_valid_until=False)
+RELEASES = {r.suite: r for r in (BULLSEYE, BOOKWORM, TRIXIE, TESTING)}
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ class Cell:
         return f"{self.release} ({self.install})"
 
 
-MATRIX = (Cell(BULLSEYE, "venv"), Cell(BOOKWORM, "deb"), Cell(TRIXIE, "deb"))
+MATRIX = (Cell(BULLSEYE, "venv"), Cell(BOOKWORM, "deb"), Cell(TRIXIE, "deb"), Cell(TESTING, "deb"))
 DEFAULT = Cell(BOOKWORM, "venv")
 
 

@@ -53,8 +53,9 @@ Scenarios (scenario.sh, beside this file):
                  beside benchmarks/baseline-reader.sh as notify_fifo_script and the handler spawned
                  directly: benchmarks/systemd_states.py runs and reads it
 
-Host packages: debootstrap (one that knows trixie, and debian-archive-keyring with its keys: bookworm's
-do), systemd-container (systemd-nspawn); util-linux (unshare), coreutils (chroot) are always there.
+Host packages: debootstrap (one that knows trixie and testing, and debian-archive-keyring with their
+keys: bookworm's do), systemd-container (systemd-nspawn); util-linux (unshare), coreutils (chroot) are
+always there.
 Traffic: debootstrap, apt and pip reach the mirror/PyPI from the host (and the chroot, before the
 boot) when the cache lacks something; VRRP runs only on a veth pair inside the container's private
 network namespace.

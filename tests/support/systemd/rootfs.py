@@ -235,6 +235,11 @@ def ensure_root(release: Release, log: Log = quiet) -> Path:
               mirror], "debootstrap", work / "debootstrap.log")
         log(f"debootstrap done in {time.monotonic() - t0:.0f} s; updates, then the venv")
         (root / "etc" / "apt" / "sources.list").write_text(sources_list(release, mirror))
+        if not release.check_valid_until:
+            # debootstrap does not check Valid-Until; apt does, at every `apt-get update`
+            (root / "etc" / "apt" / "apt.conf.d" / "99notify-launcher-valid-until").write_text(
+                f"// {release.suite}'s Release files may be past their Valid-Until on a frozen mirror\n"
+                'Acquire::Check-Valid-Until "false";\n')
         for step in (("apt-get", "update"), ("apt-get", "-y", "dist-upgrade"), ("apt-get", "clean")):
             _chroot(root, *step, log_file=work / "apt.log")
         tools = root / "opt" / "notify-launcher" / "build-tools"
