@@ -29,7 +29,7 @@ from typing import Any, Final, Literal, get_args
 
 from notify_launcher.errors import EXIT_USAGE, LauncherError
 from notify_launcher.events import READER_TYPE, VRRP_NOTICES, Event
-from notify_launcher.security import refusal
+from notify_launcher.security import ROOT, refusal
 from notify_launcher.statedir import StatePaths
 
 DEFAULT_STATE_DIR = "/run/notify-launcher"
@@ -85,6 +85,16 @@ class Command:
             return entry.pw_uid, grp.getgrnam(self.group).gr_gid
         except KeyError:
             raise KeyError(f"group {self.group!r} does not exist") from None
+
+    def root_group(self, ids: tuple[int, int] | None) -> str | None:
+        """Why a command run as a non-root user must not run with gid `ids[1]`, or None: the trust
+        rule counts group root as root (security.py), so such a command could rewrite the
+        group-root-writable commands root runs."""
+        if ids is None or ids[0] == ROOT or ids[1] != ROOT:
+            return None
+        given = f"group {self.group!r}" if self.group is not None else f"user {self.user!r}'s primary group"
+        return (f"{given} is gid 0, which the trust rule counts as root: a command run as {self.user!r} "
+                f"in it could change root's group-writable files; choose another group")
 
     def base_environment(self, inherited: dict[str, str]) -> dict[str, str]:
         """What the command's environment starts from (the event's NL_* variables are added to it):
@@ -363,11 +373,15 @@ def _commands(path: str, section: str, numbered: dict[int, dict[str, str]]) -> t
                                 EXIT_USAGE)
         command = Command(argv, args, keys.get("user"), keys.get("group"))
         try:
-            command.run_as()
+            ids = command.run_as()
         except KeyError as exc:
             key = "group" if "group" in str(exc) else "user"
             raise LauncherError(f"{_where(path, section, key + suffix)}: {exc.args[0]} on this host",
                                 EXIT_USAGE) from None
+        root_group = command.root_group(ids)
+        if root_group:
+            key = "group" if command.group is not None else "user"
+            raise LauncherError(f"{_where(path, section, key + suffix)}: {root_group}", EXIT_USAGE)
         found.append(command)
     return tuple(found)
 

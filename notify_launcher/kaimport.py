@@ -129,10 +129,14 @@ def _plan(d: Directive, found: Found) -> Command | str:
     if isinstance(who, str):
         return f"ignored: {who}"
     user, group = who
+    command = Command(d.argv, user=user, group=group)
     try:
-        uid, gid = Command(d.argv, user=user, group=group).run_as() or (0, 0)
+        uid, gid = command.run_as() or (0, 0)
     except KeyError as exc:
         return f"ignored: {exc.args[0]} on this host: keepalived ignores the directive"
+    root_group = command.root_group((uid, gid))
+    if root_group:
+        return f"the launcher runs no command as another user in group root: {root_group}"
     exe = _keepalived_path(d.argv[0])
     if exe is None:
         return f"ignored: {d.argv[0]} not found (keepalived disables it)"

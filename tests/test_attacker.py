@@ -453,3 +453,22 @@ def test_on_failure_runs_when_the_failed_actions_output_holds_a_nul(launcher: La
         launcher.end_processes()
     assert "on_failure ended: exit 0" in launcher.log_text(), launcher.log_text()
     assert seen.read_text() == "disk\\x00full"
+
+
+def test_a_command_run_as_nobody_in_group_root_is_a_config_error(arena: Path) -> None:
+    """`group = root` beside `user = nobody` would let nobody's command rewrite a root:root 0775
+    command the trust rule passes (group root counts as root): the reader refuses the config with
+    the file, section and key, and check-config says the same."""
+    nob = _nobodys_command(arena, "#!/bin/sh\nexit 0\n")
+    ini = arena / "nl.ini"
+    ini.write_text(f"[launcher]\n[match INSTANCE VI_1 BACKUP]\nhandler = {nob}\nuser = nobody\ngroup = root\n")
+    expected = (f"{ini}: [match INSTANCE VI_1 BACKUP] group: group 'root' is gid 0, which the trust rule counts "
+                f"as root: a command run as 'nobody' in it could change root's group-writable files; choose "
+                f"another group")
+    fifo = arena / "notify.fifo"
+    os.mkfifo(fifo, 0o600)
+    reader = _launcher("--config", str(ini), "--state-dir", str(arena / "state"), "--log-file",
+                       str(arena / "nl.log"), str(fifo))
+    assert reader.returncode == 2 and expected in reader.stderr, reader.stderr
+    checked = _launcher("check-config", "--config", str(ini))
+    assert checked.returncode != 0 and expected in checked.stdout + checked.stderr, checked

@@ -47,7 +47,7 @@ handler = {who} state-script 'two words'
 args = none
 handler.2 = {who} generic
 user.2 = nobody
-group.2 = root
+group.2 = daemon
 handler.3 = {who} third
 user.3 = nobody
 """)
@@ -63,11 +63,11 @@ user.3 = nobody
     lines = [line.split("| out: ", 1)[1] for line in launcher.log_text().splitlines() if "| out: who " in line]
     assert lines == [
         "who 0 0 0 cwd=/ home=/root secret=keepalived-env args=state-script two words",
-        "who 65534 0 0 cwd=/ home=/nonexistent secret=none args=generic INSTANCE VI_1 MASTER 100",
+        "who 65534 1 1 cwd=/ home=/nonexistent secret=none args=generic INSTANCE VI_1 MASTER 100",
         "who 65534 65534 65534 cwd=/ home=/nonexistent secret=none args=third INSTANCE VI_1 MASTER 100",
     ], launcher.log_text()[-3000:]
     log = launcher.log_text()
-    assert f"action started (2 of 3): {who} generic INSTANCE VI_1 MASTER 100 as nobody:root (pid" in log
+    assert f"action started (2 of 3): {who} generic INSTANCE VI_1 MASTER 100 as nobody:daemon (pid" in log
     assert "action ended (3 of 3): exit 0" in log
 
 

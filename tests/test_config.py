@@ -40,7 +40,7 @@ handler = /bin/demote db
 args = none
 handler.2 = /bin/notify
 user.2 = nobody
-group.2 = root
+group.2 = daemon
 timeout = 7
 
 [match RS [192.168.1.11]:tcp:80 UP [10.0.0.1]:tcp:80]
@@ -105,10 +105,10 @@ def test_several_commands_with_their_arguments_and_users(tmp_path: Path) -> None
     backup = Event("INSTANCE", "VI_9", "BACKUP", 90)
     commands, timeout = s.action_for(backup)
     assert timeout == 7 and commands == (Command(("/bin/demote", "db"), "none"),
-                                         Command(("/bin/notify",), "keepalived", "nobody", "root"))
+                                         Command(("/bin/notify",), "keepalived", "nobody", "daemon"))
     assert [c.for_event(backup) for c in commands] == [["/bin/demote", "db"],
                                                        ["/bin/notify", "INSTANCE", "VI_9", "BACKUP", "90"]]
-    assert [c.run_as() for c in commands] == [None, (65534, 0)]
+    assert [c.run_as() for c in commands] == [None, (65534, 1)]
     assert Command(("/bin/x",), user="nobody").run_as() == (65534, 65534)
     inherited = {"SECRET": "keepalived's"}
     assert commands[0].base_environment(inherited) == inherited
@@ -150,6 +150,9 @@ def test_an_rs_rule_may_name_the_virtual_server(tmp_path: Path) -> None:
     ("[match * * MASTER]\nhandler = /bin/x\nuser = nobody\ngroup = no-such-group-here\n",
      "[match * * MASTER] group: group 'no-such-group-here' does not exist on this host"),
     ("[match * * MASTER]\nhandler = /bin/x\ngroup = root\n", "[match * * MASTER] group: a group needs a user"),
+    ("[match * * MASTER]\nhandler = /bin/x\nuser = nobody\ngroup = root\n",
+     "[match * * MASTER] group: group 'root' is gid 0, which the trust rule counts as root: a command run as "
+     "'nobody' in it could change root's group-writable files; choose another group"),
     ("[match * * MASTER]\nhandler =\nhandler.2 = /bin/x\n", "[match * * MASTER] handler: empty (run nothing) but"),
     ("[match INSTANCE VI_1 MASTER x]\nhandler = /bin/x\n", "or [match RS NAME STATE VS]"),
     ("[match * * MASTER]\nhandler.1 = /bin/x\n", "handler.1: unknown key"),

@@ -241,7 +241,7 @@ vrrp_instance VI_2 {{
     virtual_ipaddress {{
         192.168.77.101/24
     }}
-    notify "{rec} vi2-notify" nobody root
+    notify "{rec} vi2-notify" nobody daemon
 }}
 """
 
@@ -344,7 +344,7 @@ def test_imported_rules_run_what_keepalived_ran(real_cluster: Callable[..., Clus
             f"{name}: native {sorted(native[name])}\nconverted {sorted(converted[name])}")
     # something real ran: root with keepalived's convention, nobody with the directive's group
     assert "0 0 0 vi1-master two words" in native["node1"]
-    assert "65534 0 0 vi2-notify INSTANCE VI_2 BACKUP 100" in native["node2"]
+    assert "65534 1 1 vi2-notify INSTANCE VI_2 BACKUP 100" in native["node2"]
     assert "65534 65534 65534 vi1-backup" in native["node2"]
     assert any(r.startswith("0 0 0 vi1-stop") for r in native["node2"])
     for node in converted_cluster.nodes:  # the launcher's order is the FIFO's, event by event
