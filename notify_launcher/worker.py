@@ -188,7 +188,9 @@ class Worker:
     def _linger(self) -> bool:
         """Wait for a ring (True).  While a reader that rang lives we stand by without limit: its next
         event must not wait for a fork and imports; once none does, for `linger` s at most (at least
-        RELOAD_WAIT after a reload, for the next reader).  Orphans are reaped on SIGCHLD meanwhile."""
+        RELOAD_WAIT after a reload, for the next reader).  A reader that dies may have journaled an event
+        it never rang for (killed between the append and the ring): the journal is looked at then
+        (True if it grew).  Orphans are reaped on SIGCHLD meanwhile."""
         deadline = None
         while not self._stopping:
             if self.doorbell.readers:
@@ -199,8 +201,8 @@ class Worker:
             # once a day until a far deadline instead of crashing on it.
             left = None if deadline is None else min(LONGEST_WAIT, max(0.0, deadline - time.monotonic()))
             woke = self.doorbell.wait(left)
-            if woke == "ring":
-                return True
+            if woke == "ring" or (woke == "reader gone" and self.drain.pending()):
+                return True  # a reader may die between its journal append and its ring
             if woke == "timeout" and deadline is not None and time.monotonic() >= deadline:
                 return False
             if woke == "signal":

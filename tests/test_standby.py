@@ -76,3 +76,35 @@ def test_after_a_reload_the_same_standby_serves_the_new_reader(launcher: Launche
     launcher.settle(3)
     assert _action_workers(launcher) == [standby] * 2  # MASTER, BACKUP (the RELOAD record runs nothing)
     k.stop([VI.format("STOP")])
+
+
+def test_an_event_whose_reader_died_before_ringing_runs_at_once(launcher: Launcher) -> None:
+    """A reader SIGKILLed after it journaled an event but before its ring (strace kills it at its
+    first sendto): the standby worker, woken by the reader's pidfd, reads the journal then and runs
+    the event, instead of leaving it for `linger` (600 s here) to pass."""
+    import subprocess
+
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    launcher.wait_standby()
+    reader = k.proc.pid  # type: ignore[union-attr]
+    tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(reader), "-e", "trace=sendto",
+                               "-e", "inject=sendto:signal=KILL:when=1"])
+    try:
+        launcher.wait_for("strace attached", lambda: _traced(reader))
+        k.write(VI.format("MASTER"))
+        launcher.wait_for("#1 journaled", lambda: launcher.last_seq() >= 1)
+        tracer.wait(10)
+    finally:
+        if tracer.poll() is None:
+            tracer.terminate()
+            tracer.wait(5)
+    launcher.settle(1)
+    assert [r.seq for r in launcher.starts()] == [1]
+    launcher.unchecked = "the reader was SIGKILLed holding no line: nothing to check beyond #1's start"
+
+
+def _traced(pid: int) -> bool:
+    """A tracer is attached to `pid` (TracerPid in its status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in fh)
