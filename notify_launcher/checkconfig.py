@@ -18,7 +18,7 @@ import shlex
 import shutil
 import stat
 
-from notify_launcher.config import Settings, load
+from notify_launcher.config import COMMAND_PATH, Settings, load
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import Event
 from notify_launcher.security import check as security_check
@@ -28,8 +28,10 @@ _FIFO_KEYS = ("notify_fifo", "vrrp_notify_fifo", "lvs_notify_fifo")
 
 
 def executable_problem(exe: str) -> str | None:
-    """Why `exe` cannot be run by execve (as keepalived and the worker run it), or None."""
-    path = shutil.which(exe) if "/" not in exe else exe
+    """Why `exe` cannot be run by execve (as keepalived and the worker run it), or None.  A bare
+    name is looked up in config.COMMAND_PATH, as keepalived and the configuration's load do, never
+    in our own PATH; a relative one is the file the worker executes (security.command_path)."""
+    path = shutil.which(exe, path=COMMAND_PATH) if "/" not in exe else command_path(exe)
     if path is None or not os.path.exists(path):
         return f"{exe}: not found"
     if not stat.S_ISREG(os.stat(path).st_mode):

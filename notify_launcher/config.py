@@ -249,6 +249,27 @@ def _where(path: str, section: str, key: str) -> str:
     return f"{path}: [{section}] {key}"
 
 
+#: Where a command given without a slash is looked up when the configuration is loaded: keepalived's
+#: PATH under systemd, where keepalived looks up a directive's command (notify.c find_path).  Fixed,
+#: not the PATH of whoever runs check-config: the worker runs commands from / with no PATH search.
+COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def parse_executable(text: str, where: str) -> tuple[str, ...]:
+    """A command's words, the first looked up in COMMAND_PATH if it has no slash, so check-config,
+    the trust rule and the worker all see the one file the worker executes."""
+    argv = parse_command(text, where)
+    if not argv or "/" in argv[0]:
+        return argv
+    import shutil  # not at the reader's import: most configurations give absolute paths
+
+    found = shutil.which(argv[0], path=COMMAND_PATH)
+    if found is None:
+        raise LauncherError(f"{where}: {argv[0]!r} is not an executable in {COMMAND_PATH} (a command without a "
+                            f"slash is looked up there, as keepalived does); give its absolute path", EXIT_USAGE)
+    return (found, *argv[1:])
+
+
 def parse_command(text: str, where: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(text))
@@ -265,7 +286,7 @@ def _convert(key: str, text: str, where: str) -> object:
     """One value from text, checked; the error says what was given and what is allowed."""
     bad = LauncherError(f"{where}: {text!r} is not allowed; expected {_KEYS.get(key, key)}", EXIT_USAGE)
     if key in ("handler", "stop_action", "on_failure"):
-        return parse_command(text, where)
+        return parse_executable(text, where)
     if key == "metrics_mode":
         try:
             mode = int(text, 8)
@@ -358,7 +379,7 @@ def _commands(path: str, section: str, numbered: dict[int, dict[str, str]]) -> t
             raise LauncherError(f"{_where(path, section, 'handler' + ('' if expected == 1 else f'.{expected}'))}: "
                                 f"missing; commands are numbered handler, handler.2, handler.3, ... "
                                 f"without a gap, and args, user and group belong to one of them", EXIT_USAGE)
-        argv = parse_command(keys["handler"], where)
+        argv = parse_executable(keys["handler"], where)
         if not argv:
             if len(numbered) > 1 or len(keys) > 1:
                 raise LauncherError(f"{where}: empty (run nothing) but other commands or keys are set beside it",

@@ -26,13 +26,11 @@ import tempfile
 from dataclasses import dataclass, field
 
 from notify_launcher import kaconf, security
-from notify_launcher.config import Command, load
+from notify_launcher.config import COMMAND_PATH, Command, load
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import Event
 from notify_launcher.kaconf import Directive, Found
 
-#: keepalived's PATH under systemd, where it looks up a command given without a slash (find_path).
-KEEPALIVED_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FIFO = "/run/keepalived/notify.fifo"
 LVS_FIFO = "/run/keepalived-notify.fifo"  # made before keepalived starts (docs/keepalived.md "LVS sites")
 INSTANCE_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
@@ -74,7 +72,7 @@ def _keepalived_path(exe: str) -> str | None:
     """The path keepalived executes for `exe` (check_script_secure): looked up in its PATH when
     there is no slash; then resolved, but keeping the name written when it is the same file."""
     if "/" not in exe:
-        found = shutil.which(exe, path=KEEPALIVED_PATH)
+        found = shutil.which(exe, path=COMMAND_PATH)
         if found is None:
             return None
         exe = found

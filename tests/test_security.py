@@ -13,6 +13,7 @@ import pytest
 from support import attacker
 from support.launcher import Launcher
 from support.marks import needs
+from notify_launcher.config import COMMAND_PATH
 from notify_launcher.log import Log
 from notify_launcher.statedir import open_mode
 from notify_launcher.security import insecure_reason, parse_acl
@@ -289,3 +290,39 @@ def test_the_worker_checks_a_command_again_before_each_spawn(launcher: Launcher)
             f'not safe for root: {launcher.handler} is writable by uid {NOBODY} (nobody) through an ACL entry; '
             f'setfacl -x u:{NOBODY} it') in launcher.log_text()
     k.stop([])
+
+
+def test_a_bare_command_name_is_the_file_in_the_fixed_path_for_check_config_and_the_worker(
+        launcher: Launcher) -> None:
+    """`handler = logger ...` (no slash) is looked up in config.COMMAND_PATH when the configuration
+    is loaded (whatever PATH check-config runs with): check-config judges /usr/bin/logger and
+    passes it, and the worker runs that file.  A name not found there is a configuration
+    error in both."""
+    launcher.unchecked = "asserted here"
+    ini = launcher.dir / "nl.ini"
+    ini.write_text("[launcher]\nhandler = logger -t nl-test\n[match INSTANCE VI_2 *]\nhandler = no-such-command-nl\n")
+    checked = subprocess.run([*launcher.argv()[:1], "check-config", "--config", str(ini)], capture_output=True,
+                             text=True, timeout=60)
+    expected = (f"{ini}: [match INSTANCE VI_2 *] handler: 'no-such-command-nl' is not an executable in "
+                f"{COMMAND_PATH} (a command without a slash is looked up there, as keepalived does); give its "
+                f"absolute path")
+    assert checked.returncode != 0 and expected in checked.stdout + checked.stderr, checked
+    assert subprocess.run(launcher.argv("--config", str(ini), str(launcher.dir / "none.fifo")), capture_output=True,
+                          text=True, timeout=60).stderr.count(expected) >= 1
+    ini.write_text("[launcher]\nhandler = logger -t nl-test\n")
+    launcher.extra_args += ["--config", str(ini), "--handler", "logger -t nl-test"]  # (the last --handler wins)
+    checked = subprocess.run([*launcher.argv()[:1], "check-config", *launcher.argv()[1:]], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked
+    k = launcher.keepalived()
+    try:
+        k.start()
+        launcher.wait_started()
+        k.write('INSTANCE "VI_1" MASTER 100')
+        launcher.wait_for("event 1 ended", lambda: "action ended" in launcher.log_text(), timeout=60)
+    finally:
+        k.stop([]) if k.proc else None
+        launcher.end_processes()
+    ended = [line for line in launcher.log_text().splitlines() if "action ended" in line]
+    assert "INFO" in ended[0] and "exit 0" in ended[0], ended
+    assert "action started: /usr/bin/logger -t nl-test INSTANCE VI_1 MASTER 100" in launcher.log_text()
