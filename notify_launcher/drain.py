@@ -2,7 +2,8 @@
 
 One event can never stop the queue: whatever goes wrong while preparing, running or recording it is
 that event's failure (logged with its traceback, recorded, and the next event runs), and a worker
-that dies on it outright is counted by the `try` record written first (recovery.py).
+that dies on it outright is counted by the `try` record written first, which the queue waits for
+(recovery.py).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Drain:
         """One event, whatever happens: `try` first (so a death here is counted), then its action,
         with the settings it was journaled under (a reload changes what comes after it, never what
         came before); an exception is this event's failure, never the queue's."""
-        self.ledger.record(TryRecord(op="try", seq=entry.seq, worker=self.worker), entry.event)
+        self.ledger.insist(TryRecord(op="try", seq=entry.seq, worker=self.worker), entry.event)
         settings = self.following.settings
         try:
             settings = self.following.for_entry(entry)

@@ -1,8 +1,8 @@
 """The worker's side of the progress file: every record it writes, and what a failed write means.
 
-A `try` record comes before anything that could fail, so a worker that dies on an event is counted;
-an `end` record is what makes an event never run again, so until it is on disk (a full state file
-system) the queue waits for it.  The counters the metrics file shows are folded in as records are
+A `try` record comes before anything that could fail, so a worker that dies on an event is counted
+and its successor recovers it; an `end` record is what makes an event never run again.  So until
+either is on disk (a full state file system) the queue waits for it.  The counters the metrics file shows are folded in as records are
 written (totals.py).
 """
 
@@ -17,6 +17,7 @@ from notify_launcher.totals import Totals
 
 RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
 KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
+WAITED_FOR = ("try", "end")  # the records the queue waits for (Ledger.insist)
 PROGRESS_MAX = 512 * 1024  # compact when idle, above this and twice the compacted size (progress.py; /run is RAM)
 
 
@@ -64,20 +65,25 @@ class Ledger:
         seq, op, path = rec["seq"], rec["op"], self._progress.path
         self.following.troubles.report(
             "progress", seq, subject, f"cannot record {op!r} in {path} ({failed}); "
-            + ("the queue waits until it can (retrying)" if op == "end" else "going on without it"))
+            + ("the queue waits until it can (retrying)" if op in WAITED_FOR else "going on without it"))
         return False
 
     def finish(self, end: EndRecord, subject: object) -> None:
         """Record the end, retrying until it is on disk: a crash then re-runs at most the one event
         it interrupted, never one that ended."""
+        self.insist(end, subject)
+
+    def insist(self, rec: Record, subject: object) -> None:
+        """Append `rec`, retrying until it is on disk (the queue waits meanwhile, logged once): a
+        `try` so that a worker dying on the event is always recovered, an `end` (`finish`)."""
         pause = RECORD_RETRY_MIN
-        while not self.record(end, subject):
+        while not self.record(rec, subject):
             time.sleep(pause)
             pause = min(RECORD_RETRY_MAX, pause * 2)
             self._progress.follow()
         if pause > RECORD_RETRY_MIN:
-            self.following.log.info(end["seq"], subject,
-                                    f"recorded the end in {self._progress.path} at last; the queue goes on")
+            self.following.log.info(rec["seq"], subject,
+                                    f"recorded {rec['op']!r} in {self._progress.path} at last; the queue goes on")
 
     def compact(self) -> None:
         """Keep the file small when it grew past PROGRESS_MAX and twice its compacted size (only when

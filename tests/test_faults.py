@@ -197,3 +197,35 @@ def test_unreadable_fifo_is_a_clear_error() -> None:
     assert res.returncode == 3, res.stderr
     assert (f"FIFO {fifo}: cannot open for reading: Permission denied (keepalived makes it 0600, owned by "
             f"the script user)") in res.stderr
+
+
+@needs("root (it mounts a tiny tmpfs)", os.geteuid() == 0)
+def test_no_action_starts_before_its_try_record_is_on_disk(launcher: Launcher) -> None:
+    """On a full state file system the `try` record of an event cannot be written: the queue waits
+    (logged) and its action does not start until the disk takes the record, so a worker killed
+    while the action runs always leaves its successor a record to recover the event by."""
+    with tmpfs.mounted(launcher.state, "256k", before_unmount=launcher.end_processes):
+        launcher.sleep_on("MASTER", 0)
+        k = launcher.keepalived()
+        k.start()
+        worker = launcher.wait_standby()
+        os.kill(worker, signal.SIGSTOP)
+        k.write(VI.format("MASTER"))
+        launcher.wait_for("#1 journaled", lambda: launcher.last_seq() >= 1)
+        filler = launcher.state / "filler"
+        tmpfs.fill_file_system(filler)
+        for name in ("a", "b", "c"):  # tmpfs fills by pages: the last one still takes a few bytes
+            try:
+                (launcher.state / name).write_bytes(b"x" * 512)
+            except OSError:
+                break
+        os.kill(worker, signal.SIGCONT)
+        launcher.wait_for("the unwritable try in the log", lambda: "cannot record 'try'" in launcher.log_text())
+        assert "the queue waits until it can" in launcher.log_text()
+        assert launcher.starts() == []
+        filler.unlink()
+        launcher.settle(1)
+        assert [r.seq for r in launcher.starts()] == [1]
+        assert "recorded 'try'" in launcher.log_text()
+        k.stop([])
+        launcher.settle(2)
