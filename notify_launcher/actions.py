@@ -106,6 +106,10 @@ def _name(pid: int) -> str:
         return "?"
 
 
+#: What a finished action left running is released: no longer its tree (README, docs/invariants.md).
+RELEASED = "left running in the background (released: not killed, no longer contained)"
+
+
 def _describe(pid: int) -> str:
     name = _name(pid)
     return f"{pid} ({'gone' if name == '?' else name})"
@@ -301,9 +305,9 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         os.close(out)
         os.close(err)
     duration = time.monotonic() - t0
-    leftovers = box.leftovers()
+    leftovers = box.leftovers(release=not timed_out)
     if leftovers and not timed_out:
-        note("left running in the background (not killed): " + ", ".join(map(_describe, leftovers)))
+        note(f"{RELEASED}: " + ", ".join(map(_describe, leftovers)))
     rc = proc.returncode
     assert rc is not None
     return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out, stalled=stalled)

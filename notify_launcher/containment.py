@@ -11,9 +11,9 @@ nothing is left, never one pass over a list read once.  Four mechanisms find tho
   before being moved), ends it with `cgroup.kill` and waits for `populated 0` in cgroup.events.
   Catches everything -- setsid, double fork, re-exec, a cleared environment, forks racing the
   kill -- except a process that root moves out of the cgroup on purpose.  The cgroup is made under
-  the worker's own (keepalived.service's, a transient unit's, or the root) and reused while the
-  actions leave nothing behind; one an action left processes in is left to them and removed
-  later.  Its path is in the `start` record, so a recovering worker in another cgroup finds it.
+  the worker's own (keepalived.service's, a transient unit's, or the root) and reused: what an
+  action leaves running after a normal exit is released (moved into the worker's cgroup, no
+  longer contained); one a killed action left processes in is left to them and removed later.  Its path is in the `start` record, so a recovering worker in another cgroup finds it.
 - **The mark**: NOTIFY_LAUNCHER_ACTION (the state directory and the event's number) in every action's
   environment, inherited by whatever it starts and read back from /proc/PID/environ.  Catches
   setsid, double fork and re-exec; not a process that clears its environment (`env -i`) or
@@ -37,6 +37,7 @@ code of its own).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import select
@@ -51,6 +52,7 @@ MARK = "NOTIFY_LAUNCHER_ACTION"
 KILL_WAIT = 5.0  # s: how long the kill loop waits for SIGKILLed processes to be gone
 CGROUP_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 CGROUP_PREFIX = "notify-launcher-"
+RELEASE_PASSES = 20  # moves of a finished action's leftovers out of its cgroup, before it is left to them
 #: In the worker's environment, "yes" keeps it out of cgroups (a host where it must not move between
 #: cgroups; the tests of the other mechanisms).
 NO_CGROUPS = "NOTIFY_LAUNCHER_NO_CGROUPS"
@@ -295,6 +297,23 @@ class Cgroups:
             _write(self.home + "/cgroup.procs", b"0")
             self.inside = False
 
+    def release(self, slot: str) -> set[int]:
+        """Move every process in `slot` but us into our own cgroup (their forks racing the move are
+        moved by the next pass); the pids moved.  Raises OSError if some cannot be moved."""
+        assert self.home is not None
+        moved: set[int] = set()
+        for _ in range(RELEASE_PASSES):
+            pids = [pid for pid in cgroup_members(slot) if pid != os.getpid()]
+            if not pids:
+                return moved
+            for pid in pids:
+                try:
+                    _write(self.home + "/cgroup.procs", str(pid).encode())
+                    moved.add(pid)
+                except ProcessLookupError:
+                    pass  # gone meanwhile
+        raise OSError(errno.EBUSY, f"processes still forking in {slot}")
+
     def retire(self) -> None:
         """Leave the slot to the processes an action left in it; the next spawn is from a new one."""
         self.leave()
@@ -425,19 +444,27 @@ class Box:
             return end_all(set, self.cgroup, note)
         return end_all(self._scan().find, None, note)
 
-    def leftovers(self) -> list[int]:
-        """After the action exited: what it left running (reported, not killed).  Its orphans are
-        re-parented to the worker (the subreaper), so they are our new children.  A cgroup with
-        any in it is left to them; the worker spawns the next action from another."""
-        left = sorted(children() - self._before - {self.pid})
+    def leftovers(self, release: bool) -> list[int]:
+        """After the action exited: what it left running.  Its orphans are re-parented to the worker
+        (the subreaper), so they are our new children; in a cgroup, every member but the worker.
+        `release` (a normal exit): they are no longer the action's -- moved out of its cgroup into
+        the worker's own, so that no timeout nor recovering worker ends them (an action may start
+        a daemon: `haproxy -D`).  A cgroup still holding any (not released, or a move failed) is
+        left to them; the worker spawns the next action from another."""
+        left = children() - self._before - {self.pid}
         if self.cgroup is not None and self.cgroups is not None:
             try:
-                if left or (not self.cgroups.inside and populated(self.cgroup)):
+                if release:
+                    try:
+                        left |= self.cgroups.release(self.cgroup)
+                    except OSError:
+                        release = False  # what could not be moved keeps the cgroup
+                if (left and not release) or (not self.cgroups.inside and populated(self.cgroup)):
                     self.cgroups.retire()
                 self.cgroups.enter()
             except OSError:
                 pass  # the next spawn tries again, and scans if it cannot
-        return left
+        return sorted(left)
 
 
 class Containment:

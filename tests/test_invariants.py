@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from notify_launcher.actions import RELEASED
 from notify_launcher.config import Settings
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
@@ -128,6 +129,30 @@ def test_overlapping_and_surviving_trees_are_named(tmp_path: Path) -> None:
         for pid, _, _ in invariants.tree_holders(run.rec.with_name(run.rec.name + recorder.TREE)):
             processes.kill([processes.psutil.Process(pid)])
     assert not run.report().left_alive
+
+
+def test_a_released_leftover_is_no_overlap_but_an_unreleased_one_is(tmp_path: Path) -> None:
+    """What an action that exited normally left running is released when the worker's log names it
+    (actions.RELEASED): the next action beside it is no overlap, and it alive at the end is not
+    left alive.  The same leftover with no such line (a timed-out action's) stays both."""
+    run = Run(tmp_path)
+    for state in ("BACKUP", "MASTER"):
+        run.receive(_vi(state))
+    pidfile = tmp_path / "leftover.pid"
+    leaver = recorder.install(tmp_path / "leaver.sh", records=run.rec,
+                              then=f"setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {pidfile}")
+    subprocess.run([str(leaver), *_vi("BACKUP").fields()], env=dict(os.environ, NL_SEQ="1"), check=True)
+    run.end(1, _vi("BACKUP"))
+    try:
+        run.act(2, _vi("MASTER"))
+        unreleased = run.report()
+        assert unreleased.overlaps and unreleased.left_alive, unreleased
+        run.worker.warn(1, _vi("BACKUP"), f"{RELEASED}: {pidfile.read_text().strip()} (sleep)")
+        released = run.report()
+        assert not released.overlaps and not released.left_alive, released
+    finally:
+        for pid, _, _ in invariants.tree_holders(run.rec.with_name(run.rec.name + recorder.TREE)):
+            processes.kill([processes.psutil.Process(pid)])
 
 
 def test_lines_dropped_without_a_log_line_are_named(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from support import LAUNCHER, VI, processes, recorder
 from support.launcher import Launcher
 from support.recorder import check_order
 
+from notify_launcher.actions import RELEASED
 from notify_launcher.fifo import RECHECK
 
 
@@ -296,6 +297,24 @@ def test_service_mode_says_once_that_the_fifo_path_is_no_fifo_and_when_it_is_one
     assert [r.priority for r in launcher.starts()] == ["100"]
 
 
+def test_the_next_action_runs_beside_what_a_finished_action_released(launcher: Launcher) -> None:
+    """A background child left by an action that exited 0 is released (logged with its pid, moved
+    out of the action's containment, not killed): the next action starts beside it, and the
+    invariants checker (the fixture's teardown) counts that no overlap, as docs/invariants.md §2 says."""
+    launcher.handler = recorder.install(launcher.dir / "handler2.sh", records=launcher.rec,
+                                        then='[ "$3" = MASTER ] && { sleep 4 & }; true')
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    k.stop([])
+    launcher.settle(3)
+    assert f"#1 INSTANCE \"VI_1\" MASTER 100 | {RELEASED}: " in launcher.log_text()
+    assert [r.kind for r in launcher.records()].count("overlap") == 1  # the recorder saw #2 beside it
+
+
 def test_background_process_left_by_a_finished_action_is_reported_not_killed(launcher: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
     act = tmp_path / "bg.sh"
     pidfile = tmp_path / "bg.pid"
@@ -310,7 +329,7 @@ def test_background_process_left_by_a_finished_action_is_reported_not_killed(lau
     bg = int(pidfile.read_text())
     try:
         assert processes.running(bg)
-        assert f"left running in the background (not killed): {bg} (" in launcher.log_text()  # name: fork or exec
+        assert f"{RELEASED}: {bg} (" in launcher.log_text()  # name: fork or exec
         assert "action ended: exit 0" in launcher.log_text()
     finally:
         os.kill(bg, 9)

@@ -27,6 +27,7 @@ from notify_launcher import settingsfile
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import READER_TYPE, Rejected, parse_line
 from notify_launcher.journal import read_all
+from notify_launcher.actions import RELEASED
 from notify_launcher.logview import log_files
 from notify_launcher.progress import replay
 from notify_launcher.statedir import StatePaths
@@ -44,6 +45,8 @@ _RECOVERED = re.compile(r"^(worker pid \d+ died while this event's action|a work
 _DIED = re.compile(r"\bworker pid (\d+) died")
 #: The reader's messages that admit a drop (reader.py), and what they count.
 _DROPS = re.compile(r"^(DROPPED: |LOST: (?P<n>\d+) events|line \d+ rejected )")
+#: A pid the worker names in its RELEASED line: "PID (name)".
+_RELEASED_PID = re.compile(r"(?:^: |, )(\d+) \(")
 LogFiles = Union[Path, str, Sequence[Union[Path, str]], None]  # not `|`: Python 3.9 evaluates this line
 _SHOWN = 12  # seqs named per problem before "... and N more"
 
@@ -145,7 +148,7 @@ def inspect_run(state_dir: Path | str, records_dir: Path | str | None = None, lo
     records = recorder.read(rec_path)
     received = _check_numbering(report, paths, log)
     _check_ends(report, paths, log, received, records, set(killed))
-    _check_trees(report, rec_path, records, set(alive_ok))
+    _check_trees(report, rec_path, records, set(alive_ok), log)
     if expect_lines is not None:
         _check_drops(report, log, received, list(expect_lines))
     _check_stops(report, paths, log, received, stops)
@@ -278,19 +281,37 @@ def _check_records(report: Report, records: list[recorder.Record], log: list[Log
     report.duplicated.extend(_more(twice))
 
 
-def _check_trees(report: Report, rec_path: Path, records: list[recorder.Record], alive_ok: set[int]) -> None:
-    """No action started beside another's live tree (the recorder's overlap lines); none left alive."""
+def _check_trees(report: Report, rec_path: Path, records: list[recorder.Record], alive_ok: set[int],
+                 log: list[LogLine]) -> None:
+    """No action started beside another's live tree (the recorder's overlap lines); none left alive.
+    What an action that exited normally left running and the worker logged as released is no
+    longer its tree: not an overlap, not left alive."""
     lock = rec_path.with_name(rec_path.name + recorder.TREE)
     if not lock.exists():
         report.notes.append(f"tree tracking off ({lock} missing): overlaps and left-alive trees not checked")
         return
+    released = _released(log)
     for r in records:
         if r.kind == "overlap":
             owner = r.args[0] if r.args else "-"
+            if owner.isdigit() and int(owner) in released:
+                report.notes.append(f"#{r.seq} started beside what #{owner}'s action released: "
+                                    f"{sorted(released[int(owner)])}")
+                continue
             report.overlaps.append(f"#{r.seq} started while the process tree of #{owner} was alive")
     for pid, cmd, seq in tree_holders(lock):
-        if pid not in alive_ok:
+        if pid not in alive_ok and not (seq.isdigit() and pid in released.get(int(seq), ())):
             report.left_alive.append(f"pid {pid} of #{seq}'s action tree still alive: {' '.join(cmd)[:200]}")
+
+
+def _released(log: list[LogLine]) -> dict[int, set[int]]:
+    """SEQ -> the pids the worker released after that event's action exited normally (actions.RELEASED)."""
+    out: dict[int, set[int]] = defaultdict(set)
+    for line in log:
+        at = line.msg.find(RELEASED + ": ")  # (on_failure's: "on_failure: " first)
+        if line.role == "worker" and line.seq is not None and at >= 0:
+            out[line.seq].update(int(pid) for pid in _RELEASED_PID.findall(line.msg[at + len(RELEASED):]))
+    return out
 
 
 def tree_holders(lock: Path) -> list[tuple[int, list[str], str]]:
