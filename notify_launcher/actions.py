@@ -97,8 +97,10 @@ class Child:
 
 
 def _name(pid: int) -> str:
-    import psutil  # here: a worker's first spawn must not wait for its import (~15 ms)
-
+    try:
+        import psutil  # here: a worker's first spawn must not wait for its import (~15 ms)
+    except ImportError:  # a half-installed system: say so where the name would be, go on
+        return "? (psutil is not installed)"
     try:
         p = psutil.Process(pid)
         return " ".join(p.cmdline())[:200] or p.name()

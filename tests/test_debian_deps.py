@@ -5,7 +5,8 @@ so the code paths those versions need run on every CI run, not only in the matri
 
 filelock 3.9 takes no `mode=`: before locks.py every worker died at its first line, and nothing
 said so anywhere (a worker's stderr is /dev/null).  A worker that cannot start must log why: the
-second test starts one whose venv lacks psutil, as a half-installed system would.
+second test starts one whose venv lacks python-daemon (what a worker imports first), as a
+half-installed system would.
 
 python-daemon 2.3.2 keeps a set of every fd number below the hard RLIMIT_NOFILE (524,288 under
 systemd: ~40 MB in a worker that stands by for days; process.trim_fd_set): the worker's size must
@@ -110,7 +111,7 @@ def test_runs_on_debian_versions_of_its_dependencies(launcher: Launcher, release
 
 
 def test_a_worker_that_cannot_start_says_why_in_the_log(launcher: Launcher) -> None:
-    venv = _venv("no-psutil", {p: v for p, v in DEBIAN12.items() if p != "psutil"})
+    venv = _venv("no-daemon", {p: v for p, v in DEBIAN12.items() if p != "python-daemon"})
     launcher.unchecked = "no worker can start: its event never runs, on purpose"
     k = _keepalived(launcher, venv)
     k.start()
@@ -118,7 +119,7 @@ def test_a_worker_that_cannot_start_says_why_in_the_log(launcher: Launcher) -> N
     launcher.wait_for("the worker's failure in the log", lambda: "worker failed" in launcher.log_text())
     k.stop([])
     log = launcher.log_text()
-    assert re.search(r"worker\[\d+\] ERROR #- - \| worker failed: ModuleNotFoundError: No module named 'psutil'",
+    assert re.search(r"worker\[\d+\] ERROR #- - \| worker failed: ModuleNotFoundError: No module named 'daemon'",
                      log), log
     assert launcher.starts() == []
 
