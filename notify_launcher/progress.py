@@ -264,10 +264,14 @@ def _well_formed(rec: object) -> bool:
     return all(k in rec and isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in checks)
 
 
+_TAIL_CHECK = 256
+
+
 class Follower:
     """Folds the progress file into a Snapshot from where the last `read` stopped: only what was
     appended since is read.  A compaction (or a removal) replaces the file; the open descriptor
-    keeps the old inode from being reused, so a new inode at the path means "start again".
+    keeps the old inode from being reused, so a new inode at the path means "start again", and so
+    does a file shorter than what was read or whose last bytes read changed (cut and rewritten in place).
     `totals`, if given, counts every record read (meant for one read: a worker's replay)."""
 
     def __init__(self, path: str, keep_ends: int = 0, totals: Totals | None = None) -> None:
@@ -280,6 +284,9 @@ class Follower:
         self._fd: int | None = None
         self._partial = b""
         self._checksummed = False
+        #: The last bytes read, checked again at the next read: a file cut and written again in
+        #: place (a torn record cut off by a new worker, then records appended) starts over too.
+        self._tail = b""
 
     def read(self) -> Snapshot:
         """The state after every complete record in the file now (a record still being written, with
@@ -291,15 +298,17 @@ class Follower:
             self.close()
             self.snap = Snapshot()
             return self.snap
-        if self._fd is None or not os.path.samestat(st, os.fstat(self._fd)) or st.st_size < self.bytes_read:
+        if self._fd is None or not os.path.samestat(st, os.fstat(self._fd)) or st.st_size < self.bytes_read \
+                or os.pread(self._fd, len(self._tail), self.bytes_read - len(self._tail)) != self._tail:
             self.close()
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            self.snap, self._partial, self._checksummed, self.bytes_read = Snapshot(), b"", False, 0
+            self.snap, self._partial, self._checksummed, self.bytes_read, self._tail = Snapshot(), b"", False, 0, b""
         while True:
             chunk = os.pread(self._fd, 1 << 20, self.bytes_read)
             if not chunk:
                 return self.snap
             self.bytes_read += len(chunk)
+            self._tail = (self._tail + chunk)[-_TAIL_CHECK:]
             lines = (self._partial + chunk).split(b"\n")
             self._partial = lines.pop()
             for line in lines:

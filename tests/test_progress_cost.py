@@ -159,3 +159,23 @@ def test_status_prints_a_summary_and_the_table_of_thousands_only_with_all(tmp_pa
     doc = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True, check=True).stdout)
     assert len(doc["instances"]) == 3001 and doc["summary"]["failed"] == ["RS broken"]
     assert doc["summary"]["types"] == {"GROUP": 1000, "INSTANCE": 1000, "RS": 1001}
+
+
+def test_a_follower_starts_again_when_a_torn_record_is_cut_and_the_file_grows_past_where_it_was(
+        tmp_path: Path) -> None:
+    """A worker dies mid-record; a poll reads the torn bytes; the next worker cuts them off (same
+    file, ProgressLog) and appends its own records, past the old offset before the next poll.  The
+    follower must see the new records, not glue the torn bytes to what follows its offset."""
+    path = tmp_path / "progress"
+    log = ProgressLog(str(path))
+    _event(log, 1, 10)
+    with open(path, "ab") as fh:
+        fh.write(encode(TryRecord(op="try", seq=2, worker=1))[:-20])  # torn
+    follower = Follower(str(path))
+    assert follower.read().done_seq == 1
+    log = ProgressLog(str(path))  # the next worker: cuts the torn bytes
+    assert log.cut
+    _event(log, 2, 10)
+    snap = follower.read()
+    assert snap.done_seq == 2 and not snap.damaged and snap.trying == 0, snap
+    follower.close()
