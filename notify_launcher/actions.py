@@ -148,10 +148,11 @@ def end_tree(proc: Child, box: Box, grace: float, note: Note) -> None:
     The action itself is awaited through its Child handle, so its own exit status is not lost."""
     box.isolate()  # the worker out of the action's cgroup before anything in it is killed
     others = sorted(box.members() - {proc.pid})
+    listed = _listed([proc.pid, *others], named=True)  # named while they live (psutil's import may come first)
     proc.send(signal.SIGTERM)  # the action first: a script whose child died first would run on (its next line)
     for pid in others:
         _signal(pid, signal.SIGTERM)
-    note("sent SIGTERM to " + _listed([proc.pid, *others], named=True))
+    note("sent SIGTERM to " + listed)
     deadline = time.monotonic() + grace
     proc.wait(timeout=grace)
     box.wait_gone(others, max(0.0, deadline - time.monotonic()))
