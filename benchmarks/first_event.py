@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run  # noqa: E402  (the benchmark's setups: stand-in, recorder handler, cleanup by PID)
+import run  # (beside this file: the benchmark's setups: stand-in, recorder handler, cleanup by PID)
 
 
 def first_event_ms(root: Path, label: str) -> float | None:

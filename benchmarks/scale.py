@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run  # noqa: E402  (the benchmark's setups: stand-in, recorder handler, cleanup by PID)
+import run  # (beside this file: the benchmark's setups: stand-in, recorder handler, cleanup by PID)
 from support import recorder  # noqa: E402
 
 from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_MAX  # noqa: E402
