@@ -13,7 +13,10 @@ nothing is left, never one pass over a list read once.  Four mechanisms find tho
   kill -- except a process that root moves out of the cgroup on purpose.  The cgroup is made under
   the worker's own (keepalived.service's, a transient unit's, or the root) and reused: what an
   action leaves running after a normal exit is released (moved into the worker's cgroup, no
-  longer contained); one a killed action left processes in is left to them and removed later.  Its path is in the `start` record, so a recovering worker in another cgroup finds it.
+  longer contained); one a killed action left processes in is left to them and removed later.  Its path is in the `start` record, so a recovering worker in another cgroup finds it;
+  and its name (the state directory's hash, the worker's pid) lets every starting worker end what
+  a dead worker of its state directory left in one, with no record at all (`end_orphaned`:
+  on_failure after the end record, an action spawned before its `start` record).
 - **The mark**: NOTIFY_LAUNCHER_ACTION (the state directory and the event's number) in every action's
   environment, inherited by whatever it starts and read back from /proc/PID/environ.  Catches
   setsid, double fork and re-exec; not a process that clears its environment (`env -i`) or
@@ -209,6 +212,12 @@ def _stat_fields(pid: int) -> list[bytes] | None:
             return fh.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _lives(pid: int) -> bool:
+    """`pid` is a process that runs (not a zombie)."""
+    st = identity.stat(pid)
+    return st is not None and st.state not in ("Z", "X")
 
 
 def end_all(find: Callable[[], set[int]], cgroup: str | None, note: Note, wait: float = KILL_WAIT) -> list[int]:
@@ -490,6 +499,33 @@ class Containment:
 
     def box(self, seq: int, role: str = "action") -> Box:
         return Box(self.cgroups if self.cgroups.home is not None else None, mark(self.state_dir, seq, role))
+
+    def end_orphaned(self, note: Note) -> list[int]:
+        """End everything in the action cgroups of this state directory (found by name in our own
+        cgroup: cgroup_prefix, then the worker's pid) whose worker is gone: an action, a command of
+        a rule, on_failure or stop_action a SIGKILLed worker left, with or without any record of
+        it.  (What actions released is not in them.)  Returns what could not be ended."""
+        home = own_cgroup()
+        if home is None or os.environ.get(NO_CGROUPS) == "yes":
+            return []
+        token, left = cgroup_prefix(self.state_dir), []
+        try:
+            names = os.listdir(home)
+        except OSError:
+            return []
+        for name in names:
+            worker = name[len(token):].split("-")[0]
+            path = f"{home}/{name}"
+            if not name.startswith(token) or not worker.isdigit() or _lives(int(worker)):
+                continue
+            if populated(path):
+                note(f"worker pid {worker} is gone; ending what it left running in its action cgroup {path}")
+                left += end_all(set, path, note)
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        return left
 
     def end_recorded(self, seq: int, pid: int | None, started: tuple[int, int] | None, cgroup: str | None,
                      note: Note) -> list[int]:

@@ -136,11 +136,13 @@ class Worker:
 
     def open_state(self) -> None:
         """The settings we follow, the journal and the progress file; replaying the latter says where
-        the queue stands and whether a dead worker left an event half-done (recovered here)."""
+        the queue stands and whether a dead worker left an event half-done (recovered here).  What
+        dead workers left running in their action cgroups is ended first, recorded or not."""
         self.following.start()
         snap = self.ledger.start()
         done_seq = snap.done_seq
         self.log.info(None, None, f"worker started ({self.how}; lock taken); last finished event #{done_seq}")
+        self.containment.end_orphaned(lambda text: self.log.warn(None, None, text))  # before anything runs
         if snap.trying or snap.running is not None:
             done_seq, skipped = self.recovery.recover(snap)
             if skipped is not None:

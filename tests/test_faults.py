@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import signal
 import struct
 import termios
@@ -14,7 +15,7 @@ import psutil
 import pytest
 from pathlib import Path
 
-from support import LAUNCHER, VI, tmpfs
+from support import LAUNCHER, VI, processes, recorder, tmpfs
 from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
@@ -229,3 +230,69 @@ def test_no_action_starts_before_its_try_record_is_on_disk(launcher: Launcher) -
         assert "recorded 'try'" in launcher.log_text()
         k.stop([])
         launcher.settle(2)
+
+
+def test_on_failure_of_a_killed_worker_is_ended_before_the_next_action(launcher: Launcher) -> None:
+    """on_failure runs after its event's end record: no record names it.  SIGKILL the worker while
+    it runs: the next worker finds it in the dead worker's action cgroup (by name, no record
+    needed) and ends it before anything else runs, so it never lives past its on_failure_timeout
+    nor beside the next action (the recorder's tree lock, taken by on_failure too)."""
+    ofpid = launcher.dir / "of.pid"
+    hook = launcher.dir / "onfail.sh"
+    hook.write_text(f'#!/bin/bash\nexec 9>>"{launcher.rec}.tree"\nflock 9\necho $$ > "{ofpid}.tmp"\n'
+                    f'mv "{ofpid}.tmp" "{ofpid}"\nsleep 60\n')
+    hook.chmod(0o755)
+    launcher.handler = recorder.install(launcher.dir / "handler2.sh", records=launcher.rec,
+                                        then='[ "$3" = MASTER ] && exit 1; true')
+    ini = launcher.dir / "of.ini"
+    ini.write_text(f"[launcher]\non_failure = {hook}\non_failure_timeout = 30\n")
+    k = launcher.keepalived("--config", str(ini))
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("on_failure to start", ofpid.exists)
+    hook_pid = int(ofpid.read_text())
+    os.kill(_worker_pid(launcher), signal.SIGKILL)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    assert not processes.running(hook_pid)
+    assert "is gone; ending what it left running in its action cgroup" in launcher.log_text()
+    assert [r.kind for r in launcher.records()].count("overlap") == 0
+    k.stop([])
+    launcher.settle(3)
+
+
+@needs("strace", shutil.which("strace") is not None)
+def test_a_worker_dead_before_its_start_record_leaves_no_process_of_the_action(launcher: Launcher) -> None:
+    """The worker is killed (strace, at its second write to the progress file: `try` went through,
+    `start` did not) right after it spawned the action, whose grandchild clears its environment
+    (no mark), calls setsid and leaves its parent chain.  The next worker ends it all the same (it
+    sits in the dead worker's action cgroup, found by name) before the event runs again."""
+    import subprocess
+    escaped = launcher.dir / "escaped.pid"
+    then = ('if [ "$3" = MASTER ] && [ ! -e "%s" ]; then\n'
+            '  ( exec env -i setsid sh -c \'echo $$ > "%s.tmp"; mv "%s.tmp" "%s"; exec sleep 60\' & )\n'
+            '  sleep 60\nfi\n') % (escaped, escaped, escaped, escaped)
+    launcher.handler = recorder.install(launcher.dir / "handler2.sh", records=launcher.rec, then=then)
+    k = launcher.keepalived()
+    k.start()
+    worker = launcher.wait_standby()
+    tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(worker), "-e", "trace=write",
+                               "-P", str(launcher.state / "progress"), "-e", "inject=write:signal=KILL:when=2"])
+    try:
+        launcher.wait_for("strace attached", lambda: _traced(worker))
+        time.sleep(0.5)  # TracerPid is set before strace has set up its injection
+        k.write(VI.format("MASTER"))
+        launcher.wait_for("the worker to die", lambda: not processes.running(worker))
+    finally:
+        tracer.wait(10)
+    launcher.settle(1)
+    assert "a worker died while preparing this event" in launcher.log_text()
+    assert not processes.running(int(escaped.read_text()))
+    k.stop([])
+    launcher.settle(2)
+
+
+def _traced(pid: int) -> bool:
+    """A tracer is attached to `pid` (TracerPid in its status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in fh)
