@@ -50,13 +50,12 @@ def starts_the_reader(argv: list[str]) -> bool:
     return not (len(argv) > 1 and argv[1] in NOT_THE_READER)
 
 
-from notify_launcher.identity import ProcessId  # noqa: E402
-from notify_launcher.owner import early  # noqa: E402
+from notify_launcher.owner import Seen, early  # noqa: E402
 
-STARTER: ProcessId | None = None  # the keepalived process that started the reader, looked up at once
+STARTER: Seen | None = None  # the keepalived process that started the reader, and keepalived, looked up at once
 if _run_as_notify_launcher() and starts_the_reader(sys.argv):
+    STARTER = early()  # first: once SIGTERM is caught, the reader counts on it being known
     signal.signal(signal.SIGTERM, _early_term)
-    STARTER = early()
 
 import argparse  # noqa: E402  (after the handler, on purpose)
 import errno  # noqa: E402
@@ -174,8 +173,7 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
     handler = " ".join(settings.handler) or "(none: events are only logged)"
     log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}; "
                          f"workers: {detach} ({why})")
-    term = EARLY_TERM[0] if EARLY_TERM else None
-    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, term, serve, STARTER)
+    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM, serve, STARTER)
     return reader.run()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import select
+from typing import NamedTuple
 
 from notify_launcher import identity
 from notify_launcher.identity import ProcessId
@@ -53,46 +54,78 @@ def _exited(pidfd: int) -> bool:
     return pidfd < 0 or bool(select.select([pidfd], [], [], 0)[0])
 
 
-def early() -> ProcessId | None:
-    """Our starter, looked up at once: under `sh -c` keepalived's SIGTERM kills our process group's
-    leader, and with it the way from us to the starter, maybe before the reader runs."""
+class Seen(NamedTuple):
+    """What `early()` found: our starter and keepalived's main process above it, each with its start
+    time, so the decision holds even if both are gone (and their pids reused) by the time we look."""
+
+    starter: ProcessId
+    keepalived: ProcessId
+
+
+def early() -> Seen | None:
+    """Our starter and keepalived's main process, looked up at once (before any heavy import): under
+    `sh -c` keepalived's SIGTERM kills our process group's leader, and with it the way from us to
+    the starter, and a starter that crashes while we start is reaped by keepalived, which then starts
+    it again: a restart we can tell only if we knew both before.  None: no keepalived child (a fork
+    of a process running the same executable) started us."""
     pid = starter_of(os.getpid())
-    return None if pid is None else identity.of(pid)
+    st = None if pid is None else identity.stat(pid)
+    if pid is None or st is None or not _same_program(pid, st.ppid):
+        return None
+    main = identity.of(st.ppid)
+    return None if main is None else Seen(ProcessId(pid, st.start), main)
+
+
+def _watch(ident: ProcessId) -> int:
+    """A pidfd on `ident` if it still runs, else -1 (gone, or its pid is another process's now)."""
+    try:
+        fd = os.pidfd_open(ident.pid)
+    except OSError:
+        return -1
+    if not identity.is_running(ident):  # checked after the open: the fd cannot name a later process
+        os.close(fd)
+        return -1
+    return fd
 
 
 class Starter:
     """Watch the process that started us and keepalived's main process above it.
 
-    Building one only stores state (`seen`: the starter as `early()` found it, if it was called);
-    `start()` looks the processes up and opens their pidfds."""
+    Building one only stores state (`seen`: what `early()` found, if it was called); `start()` opens
+    their pidfds.  A starter already gone then still counts: keepalived reaped and restarts it."""
 
-    def __init__(self, seen: ProcessId | None = None) -> None:
+    def __init__(self, seen: Seen | None = None) -> None:
         self.seen = seen
         self.direct = False
         self.starter: ProcessId | None = None
         self.keepalived: ProcessId | None = None
-        self.pidfd = -1  # the starter's: readable once it exited
+        self.pidfd = -1  # the starter's: readable once it exited; -1 once known: gone before we looked
         self._main_fd = -1
 
     def start(self) -> None:
         self.direct = os.getpgrp() == os.getpid()
-        starter = self.seen or early()
-        above = None if starter is None else identity.stat(starter.pid)
-        if starter is None or above is None or above.start != starter.start \
-                or not _same_program(starter.pid, above.ppid):
-            return  # no keepalived child (a fork of keepalived's main process) started us, or it is gone
-        try:
-            self.pidfd = os.pidfd_open(starter.pid)
-            self._main_fd = os.pidfd_open(above.ppid)
-        except OSError:
-            self.close()
-            return
-        self.starter, self.keepalived = starter, identity.of(above.ppid)
+        seen = self.seen or early()
+        if seen is None:
+            return  # no keepalived child (a fork of keepalived's main process) started us
+        self.starter, self.keepalived = seen
+        self.pidfd, self._main_fd = _watch(seen.starter), _watch(seen.keepalived)
+
+    @property
+    def gone(self) -> bool:
+        """Our starter had exited before `start()` could watch it."""
+        return self.starter is not None and self.pidfd < 0
 
     @property
     def pid(self) -> int | None:
         """The starter's pid, as seen at start (None: no keepalived process started us)."""
         return None if self.starter is None else self.starter.pid
+
+    def restarted(self) -> ProcessId | None:
+        """keepalived's main process, once our starter is gone while it runs on: the next reader may
+        then be a child of the starter keepalived started in its place (None: not that case)."""
+        if self.keepalived is None or not _exited(self.pidfd) or not identity.is_running(self.keepalived):
+            return None
+        return self.keepalived
 
     def close(self) -> None:
         for fd in (self.pidfd, self._main_fd):

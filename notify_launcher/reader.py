@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Sequence
 
 from notify_launcher import settingsfile
 from notify_launcher.backlog import RETRY_INTERVAL, Backlog
@@ -29,9 +30,8 @@ from notify_launcher.events import READER_TYPE, Event
 from notify_launcher.fifo import Fifo
 from notify_launcher.intake import Intake
 from notify_launcher.journal import JournalWriter
-from notify_launcher.identity import ProcessId
 from notify_launcher.log import Log, Troubles
-from notify_launcher.owner import Starter
+from notify_launcher.owner import Seen, Starter
 from notify_launcher.predecessor import Predecessor
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
@@ -48,8 +48,8 @@ class Reader:
     keepalived stops it."""
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
-                 detach: Way, term_at: float | None = None, serve: bool = False,
-                 starter: ProcessId | None = None) -> None:
+                 detach: Way, early_term: Sequence[float] = (), serve: bool = False,
+                 starter: Seen | None = None) -> None:
         self.settings, self.paths, self.log = settings, paths, log
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
         self.poller = select.poll()
@@ -60,8 +60,10 @@ class Reader:
         self.backlog = Backlog(self.journal, log)
         self.workers = WorkerLink(settings, paths, self.journal, self.poller, log, detach)
         self.starter = Starter(starter)  # the keepalived process that started us: did it stop us, or die?
-        self.stop = StopClassifier(settings.stop_grace, term_at, respawn=self.starter.respawn,
-                                   next_reader=lambda: later_sibling(os.getpid(), self.starter.pid))
+        self.early_term = early_term  # cli's early handler's SIGTERMs: read once ours is installed
+        self.stop = StopClassifier(settings.stop_grace, respawn=self.starter.respawn,
+                                   next_reader=lambda: later_sibling(os.getpid(), self.starter.pid,
+                                                                     self.starter.restarted()))
         self.behind = Predecessor(settings, paths, fifo_path, log)
         self.troubles = Troubles(log)
         self._term_logged = False
@@ -72,7 +74,8 @@ class Reader:
 
     def init_signals(self) -> None:
         """SIGTERM notes the time (the loop acts on it) and opens the stop window (which ends any wait
-        at its deadline); the wakeup pipe ends poll() at once."""
+        at its deadline); the wakeup pipe ends poll() at once.  Installed first thing in `run()`: a
+        SIGTERM that came before (cli's early handler noted it in `early_term`) is read only after."""
         self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -80,14 +83,17 @@ class Reader:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps spawn_detached's children
 
-    def _on_term(self, signum: int, frame: object) -> None:
-        self.stop.sigterm(time.monotonic())
+    def _on_term(self, signum: int, frame: object, at: float | None = None) -> None:
+        self.stop.sigterm(time.monotonic() if at is None else at)
         if not self.serve:  # service mode leaves at once: no window to keep
             assert self.stop.term_at is not None
             self.window.open(self.stop.term_at)
 
     def run(self) -> int:
         try:
+            self.init_signals()
+            if self.early_term:  # after our handler is in place: no SIGTERM can fall between the two
+                self._on_term(signal.SIGTERM, None, self.early_term[0])
             try:
                 if not self.serve:
                     self.starter.start()
@@ -98,12 +104,10 @@ class Reader:
             except Exception as exc:
                 self._unforeseen("previous state directory", exc)
             if self.stop.term_at is not None and not self.serve:  # stopped while we started
-                self.window.open(self.stop.term_at)
                 early = self.stop.at_start(self.fifo.path)
                 if early is not None:
                     self.finish_with(early)
                     return 0
-            self.init_signals()
             self._loop()
         except WindowClosed as closed:
             self.window.last_words()  # bounds the lines that say what is lost
@@ -123,6 +127,8 @@ class Reader:
         self.poller.register(self._wake_r, select.POLLIN)
         if self.starter.pidfd >= 0:
             self.poller.register(self.starter.pidfd, select.POLLIN)
+        elif self.starter.gone:  # it died while we started (keepalived reaped it): no pidfd will say so
+            self.stop.starter_exited()
         self.workers.start()
         eof = False
         while not eof:

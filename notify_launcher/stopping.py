@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from notify_launcher import identity
 from notify_launcher.events import Event
+from notify_launcher.identity import ProcessId
 from notify_launcher.owner import starter_of
 
 FINAL_STATES = frozenset({"STOP", "DELETED"})
@@ -41,18 +42,21 @@ STOP_QUIET = 0.03
 SIBLING_CHECK = 0.02
 
 
-def later_sibling(pid: int, starter: int | None = None) -> int | None:
+def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | None = None) -> int | None:
     """A process started after `pid` by the same keepalived process (`starter`, as seen when `pid`
     started; default: `pid`'s now), in the same session, with the same command line, if any: the
-    script keepalived starts again when it reloads (docs/keepalived.md, "Reload").
+    script keepalived starts again when it reloads (docs/keepalived.md, "Reload").  With
+    `keepalived` (its main process, given once our starter is gone): also one started by a child of
+    keepalived started after us, the child keepalived started in place of the one that died.
 
     This, not the FIFO, tells a reload from a stop after a SIGTERM without EOF: keepalived may
     reuse the very same FIFO on reload, and a FIFO's timestamps move with every write.  The starter
     is our parent, or under `sh -c` (keepalived's checker with `--all`) our process group leader's
     parent (owner.starter_of).  The session rules out our workers: forked (so with our command line)
     into a session of their own, they become children of keepalived's main process (a child
-    subreaper).  Only /proc/PID/stat is read for every process; a command line only for the
-    starter's later children."""
+    subreaper); a worker's first fork, before its setsid(), is still in ours, but it is our child,
+    which no next reader is.  Only /proc/PID/stat is read for every process; a command line only
+    for the starter's later children."""
     me = identity.stat(pid)
     if starter is None:
         starter = starter_of(pid)
@@ -69,7 +73,9 @@ def later_sibling(pid: int, starter: int | None = None) -> int | None:
         other = identity.stat(int(name))
         if other is None or other.session != me.session or (other.start, int(name) > pid) < (me.start, True):
             continue  # another session, or started before us (a clock tick is 10 ms: pids break ties)
-        if other.ppid != starter and starter_of(int(name)) != starter:
+        if other.ppid == pid:
+            continue  # our own fork: a worker being detached, before its setsid()
+        if other.ppid != starter and not _started_by(int(name), starter, keepalived, me.start):
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as fh:
@@ -78,6 +84,17 @@ def later_sibling(pid: int, starter: int | None = None) -> int | None:
         except OSError:
             continue
     return None
+
+
+def _started_by(pid: int, starter: int, keepalived: ProcessId | None, since: int) -> bool:
+    """`pid`'s starter is `starter`, or (with `keepalived`) a child of keepalived's main process
+    started at `since` or later."""
+    other = starter_of(pid)
+    if other == starter:
+        return True
+    st = None if keepalived is None or other is None else identity.stat(other)
+    return st is not None and keepalived is not None and identity.is_running(keepalived) \
+        and st.ppid == keepalived.pid and st.start >= since
 
 
 class Verdict(NamedTuple):
@@ -113,8 +130,9 @@ class StopClassifier:
         self._sibling_check = 0.0  # when to look for it next
 
     def sigterm(self, now: float) -> None:
-        """keepalived's SIGTERM (only the first one counts: the grace runs from it)."""
-        if self.term_at is None:
+        """keepalived's SIGTERM (only the earliest counts: the grace runs from it; cli's early handler's
+        may be noted after a later one caught here)."""
+        if self.term_at is None or now < self.term_at:
             self.term_at = now
 
     def saw(self, events: list[Event], now: float) -> None:

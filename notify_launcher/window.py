@@ -36,8 +36,8 @@ class StopWindow:
         self.deadline: float | None = None
 
     def open(self, term_at: float) -> None:
-        """Arm the timer (once: the first SIGTERM counts)."""
-        if self.deadline is None:
+        """Arm the timer (the earliest SIGTERM counts)."""
+        if self.deadline is None or term_at + DEADLINE < self.deadline:
             self.deadline = term_at + DEADLINE
             signal.signal(signal.SIGALRM, _closed)
             _arm(self.deadline)
