@@ -10,10 +10,13 @@ nothing is left, never one pass over a list read once.  Four mechanisms find tho
   cgroup around posix_spawn and back (so the child *starts* inside: no window in which it could fork
   before being moved), ends it with `cgroup.kill` and waits for `populated 0` in cgroup.events.
   Catches everything -- setsid, double fork, re-exec, a cleared environment, forks racing the
-  kill -- except a process that root moves out of the cgroup on purpose.  The cgroup is made under
+  kill -- except a process that root moves out of the cgroup on purpose (the three below are
+  looked at too, on a timeout as in recovery, so it is still found while it keeps the mark, the
+  session or its parent chain).  The cgroup is made under
   the worker's own (keepalived.service's, a transient unit's, or the root) and reused: what an
   action leaves running after a normal exit is released (moved into the worker's cgroup, no
-  longer contained); one a killed action left processes in is left to them and removed later.  Its path is in the `start` record, so a recovering worker in another cgroup finds it;
+  longer contained); one a killed action left processes in is left to them and removed later.
+  Its path is in the `start` record, so a recovering worker in another cgroup finds it;
   and its name (the state directory's hash, the worker's pid) lets every starting worker end what
   a dead worker of its state directory left in one, with no record at all (`end_orphaned`:
   on_failure after the end record, an action spawned before its `start` record).
@@ -435,10 +438,13 @@ class Box:
                 self.cgroups.home, self.cgroup = None, None
 
     def members(self) -> set[int]:
-        """Every live process of the action's, the action itself included while it runs."""
+        """Every live process of the action's, the action itself included while it runs: its
+        cgroup's, and -- on every way, as a recovering worker looks -- what carries its mark, is in
+        its session or descends from it (root may move a process out of the cgroup; it keeps those)."""
+        found = self._scan().find()
         if self.cgroup is not None:
-            return set(cgroup_members(self.cgroup)) - {os.getpid()}
-        return self._scan().find()
+            found |= set(cgroup_members(self.cgroup))
+        return found - {os.getpid()}
 
     def wait_gone(self, pids: Iterable[int], timeout: float) -> None:
         if self.cgroup is not None and self.cgroups is not None and not self.cgroups.inside:
@@ -449,9 +455,7 @@ class Box:
     def end(self, note: Note) -> list[int]:
         """SIGKILL every process of the action's until none is left (see end_all)."""
         self.isolate()
-        if self.cgroup is not None:
-            return end_all(set, self.cgroup, note)
-        return end_all(self._scan().find, None, note)
+        return end_all(self._scan().find, self.cgroup, note)
 
     def leftovers(self, release: bool) -> list[int]:
         """After the action exited: what it left running.  Its orphans are re-parented to the worker

@@ -116,6 +116,32 @@ def _status(launcher: Launcher) -> str:
                           text=True, check=True).stdout
 
 
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_timeout_ends_a_child_that_moved_itself_out_of_the_actions_cgroup(launcher: Launcher) -> None:
+    """A child (root) moves itself from the action's cgroup into the worker's: it keeps the action's
+    mark, session and parent chain, which a timeout looks at beside the cgroup, so it is ended
+    with the action and the next action does not start beside it."""
+    moved = launcher.dir / "moved.pid"
+    then = ('if [ "$3" = MASTER ]; then\n'
+            '  ( cg=$(grep "^0::" /proc/self/cgroup | cut -d: -f3-)\n'
+            '    for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do\n'
+            '      [ -e "$root$cg/cgroup.procs" ] && echo $BASHPID > "$root${cg%/*}/cgroup.procs"; done\n'
+            f'    echo $BASHPID > "{moved}.tmp"; mv "{moved}.tmp" "{moved}"; exec sleep 60 ) &\n'
+            '  sleep 60\nfi\n')
+    launcher.handler = recorder.install(launcher.dir / "handler2.sh", records=launcher.rec, then=then)
+    ini = launcher.dir / "t.ini"
+    ini.write_text("[launcher]\ntimeout = 2\nkill_grace = 0.2\n")
+    k = launcher.keepalived("--config", str(ini))
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("the child to move", moved.exists)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(2)
+    assert not processes.running(int(moved.read_text()))
+    k.stop([])
+    launcher.settle(3)
+
+
 def test_a_worker_stopped_past_the_deadline_records_the_actions_own_exit(launcher: Launcher) -> None:
     """The worker is not scheduled (SIGSTOP) from its action's start until well past the action's
     timeout; the action itself exited 0 meanwhile.  Recorded: exit 0, not a timeout; on_failure does
