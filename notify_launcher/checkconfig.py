@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import shlex
 import shutil
 import stat
@@ -106,34 +105,43 @@ def _script_user(words: list[str]) -> tuple[str, int | None]:
 
 
 def check_keepalived_conf(path: str) -> list[str]:
-    """The notify_fifo / notify_fifo_script lines of keepalived.conf (no `include` following)."""
+    """The notify_fifo / notify_fifo_script lines of keepalived.conf's global_defs, read as
+    keepalived reads them (kaconf: includes, `@` conditionals, `$` definitions, `{ }` anywhere), and
+    the virtual_server blocks that make keepalived run its checker process."""
+    from notify_launcher import kaconf
+
+    top = os.path.abspath(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        return [f"{path}: cannot read: {exc.strerror}"]
-    problems: list[str] = []
-    fifos: dict[str, tuple[int, str]] = {}
-    scripts: list[tuple[int, str, str]] = []
-    userless: list[tuple[int, str]] = []
+        config = kaconf.read(top)
+    except LauncherError as exc:
+        return [str(exc)]
+
+    def at(where: kaconf.Where) -> str:
+        return f"{path if where.file == top else where.file}:{where.line}"
+
+    problems = [f"{at(p.where)}: {p.reason}; check-config cannot check what it leads to"
+                for p in config.problems if not p.same]
+    fifos: dict[str, tuple[str, str]] = {}  # key -> (file:line, path)
+    scripts: list[tuple[str, str, str]] = []  # (file:line, FIFO key, the rest of the line)
+    userless: list[tuple[str, str]] = []
     security = script_user = False
-    virtual_server = 0  # line of the first virtual_server block: keepalived then runs its checker process
-    for n, raw in enumerate(lines, 1):
-        line = re.split(r"[#!]", raw, maxsplit=1)[0].strip()
-        key, _, rest = line.partition(" ")
-        rest = rest.strip()
-        if key in ("virtual_server", "virtual_server_group") and not virtual_server:
-            virtual_server = n
-        security |= key == "enable_script_security"
-        script_user |= key == "script_user"
-        if key in _FIFO_KEYS:
-            fifos[key] = (n, rest.split()[0] if rest else "")
-            if len(rest.split()) == 1:
-                userless.append((n, key))
-        elif key in tuple(f"{k}_script" for k in _FIFO_KEYS):
-            scripts.append((n, key[: -len("_script")], rest))
-    for n, fifo_key, rest in scripts:
-        where = f"{path}:{n}"
+    virtual_server = None  # the first virtual_server block: keepalived then runs its checker process
+    for node in config.nodes:
+        if node.keyword in ("virtual_server", "virtual_server_group") and virtual_server is None:
+            virtual_server = node.where
+        if node.keyword != "global_defs":
+            continue
+        for n in node.block or []:
+            key, rest = n.keyword, n.text[len(n.keyword):].strip()
+            security |= key == "enable_script_security"
+            script_user |= key == "script_user"
+            if key in _FIFO_KEYS:
+                fifos[key] = (at(n.where), n.words[1] if len(n.words) > 1 else "")
+                if len(n.words) == 2:
+                    userless.append((at(n.where), key))
+            elif key in tuple(f"{k}_script" for k in _FIFO_KEYS):
+                scripts.append((at(n.where), key[: -len("_script")], rest))
+    for where, fifo_key, rest in scripts:
         if rest.count('"') > 2:
             problems.append(f"{where}: nested double quotes in the script command: keepalived ends the command "
                             f"at the second quote and reads the rest as the user name; use single quotes inside")
@@ -162,26 +170,45 @@ def check_keepalived_conf(path: str) -> list[str]:
             continue
         fifo = fifos[fifo_key][1]
         if os.path.exists(fifo) and os.stat(fifo).st_uid != uid:
-            problems.append(f"{path}:{fifos[fifo_key][0]}: FIFO {fifo} belongs to uid {os.stat(fifo).st_uid}, "
+            problems.append(f"{fifos[fifo_key][0]}: FIFO {fifo} belongs to uid {os.stat(fifo).st_uid}, "
                             f"but the script runs as {user} (uid {uid}): it cannot open it; remove the FIFO and "
                             f"restart keepalived, or set the script user")
     if security and not script_user and _script_user([])[0] != "keepalived_script":
-        for n, key in userless:
-            problems.append(f"{path}:{n}: {key} without a user: with enable_script_security, keepalived 2.2.7 "
+        for where, key in userless:
+            problems.append(f"{where}: {key} without a user: with enable_script_security, keepalived 2.2.7 "
                             f"looks up the user keepalived_script again at every reload, fails (it does not "
                             f"exist) and drops the FIFO; write `{key} PATH root`")
+    problems += _same_path_twice(fifos)
     if not scripts:
         problems.append(f"{path}: no notify_fifo_script line (fine for `notify-launcher serve`)")
-    elif virtual_server:
-        problems += _lvs_problems(path, virtual_server, fifos, scripts)
+    elif virtual_server is not None:
+        vs = f"line {virtual_server.line}" if virtual_server.file == top else at(virtual_server)
+        problems += _lvs_problems(at(virtual_server), vs, fifos, scripts)
     return problems
 
 
-def _lvs_problems(path: str, vs_line: int, fifos: dict[str, tuple[int, str]],
-                  scripts: list[tuple[int, str, str]]) -> list[str]:
+def _same_path_twice(fifos: dict[str, tuple[str, str]]) -> list[str]:
+    """`vrrp_notify_fifo` or `lvs_notify_fifo` on the global `notify_fifo`'s path: keepalived drops
+    the second one only in the child's own init_global_data, which at start runs in the parent
+    (docs/keepalived.md, "LVS sites"): until the first reload that child holds the FIFO twice."""
+    glob = fifos.get("notify_fifo")
+    problems = []
+    for key, child, lines in (("vrrp_notify_fifo", "VRRP", "INSTANCE/GROUP"), ("lvs_notify_fifo", "checker", "VS/RS")):
+        own = fifos.get(key)
+        if glob is not None and own is not None and own[1] == glob[1]:
+            problems.append(f"{own[0]}: {key} on the notify_fifo's path: keepalived's {child} process ignores it "
+                            f"only from its first reload on; from its start until then it has the FIFO open twice "
+                            f"and writes every {lines} line twice, so each is journaled and its action run twice; "
+                            f"remove the {key} line (and any {key}_script)")
+    return problems
+
+
+def _lvs_problems(vs_at: str, vs_line: str, fifos: dict[str, tuple[str, str]],
+                  scripts: list[tuple[str, str, str]]) -> list[str]:
     """With virtual_server blocks keepalived runs a checker process beside the VRRP process, and who
-    starts the script depends on the keywords (docs/keepalived.md, "LVS sites")."""
-    with_script = {key: n for n, key, _ in scripts}
+    starts the script depends on the keywords (docs/keepalived.md, "LVS sites").  `vs_at`: the first
+    block's file:line; `vs_line`: the same, said inside a sentence."""
+    with_script = {key: where for where, key, _ in scripts}
     recommend = ("write `vrrp_notify_fifo PATH root`, `vrrp_notify_fifo_script \"...\" root` and "
                  "`lvs_notify_fifo PATH root` (the same PATH, no lvs_notify_fifo_script): one reader, "
                  "started by the VRRP process, which checker restarts do not touch, reading both "
@@ -191,25 +218,25 @@ def _lvs_problems(path: str, vs_line: int, fifos: dict[str, tuple[int, str]],
     vrrp, lvs = fifos.get("vrrp_notify_fifo"), fifos.get("lvs_notify_fifo")
     shared = vrrp is not None and lvs is not None and vrrp[1] == lvs[1]
     if "vrrp_notify_fifo" in with_script and "lvs_notify_fifo" in with_script and shared:
-        return [f"{path}:{with_script['lvs_notify_fifo']}: lvs_notify_fifo_script on the vrrp_notify_fifo's path: "
+        return [f"{with_script['lvs_notify_fifo']}: lvs_notify_fifo_script on the vrrp_notify_fifo's path: "
                 f"keepalived ignores it only from the first reload on (\"ignoring LVS FIFO script\"); at start "
                 f"its checker runs it too, so two readers share the FIFO until then and a stop journals a STOP "
                 f"per reader (stop_action twice); remove the lvs_notify_fifo_script line"]
     if "vrrp_notify_fifo" in with_script and "lvs_notify_fifo" in with_script:
-        return [f"{path}:{with_script['lvs_notify_fifo']}: vrrp_notify_fifo and lvs_notify_fifo are two "
+        return [f"{with_script['lvs_notify_fifo']}: vrrp_notify_fifo and lvs_notify_fifo are two "
                 f"FIFOs, each with a script: two readers, one per keepalived process; with one state "
                 f"directory each one's SIGTERM at a keepalived stop journals a STOP (stop_action twice); "
                 f"{recommend}"]
     checker_key = next((k for k in ("notify_fifo", "lvs_notify_fifo") if k in with_script), None)
     if checker_key is not None and not ("vrrp_notify_fifo" in with_script and shared):
-        return [f"{path}:{with_script[checker_key]}: {checker_key}_script with virtual_server blocks "
-                f"(line {vs_line}): keepalived starts the script from its checker process only, and the "
+        return [f"{with_script[checker_key]}: {checker_key}_script with virtual_server blocks "
+                f"({vs_line}): keepalived starts the script from its checker process only, and the "
                 f"reader lives and dies with the checker (the VRRP process writes into the same FIFO, "
                 f"without a script of its own): a checker restart ends that reader and keepalived starts "
                 f"another (journaled as RELOAD, no stop_action; lines written meanwhile wait in the pipe); "
                 f"better: {recommend}"]
     if "vrrp_notify_fifo" in with_script and lvs is None and "notify_fifo" not in fifos:
-        return [f"{path}:{vs_line}: virtual_server blocks, but no lvs_notify_fifo: the checker's VS/RS "
+        return [f"{vs_at}: virtual_server blocks, but no lvs_notify_fifo: the checker's VS/RS "
                 f"events reach no FIFO; {recommend}"]
     return []
 

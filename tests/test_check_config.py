@@ -334,3 +334,71 @@ def test_a_notify_directive_for_an_event_the_launcher_handles_is_a_problem(good:
         f"lists what to remove)"]
     good.write_text(good.read_text() + "[match INSTANCE VI_1 MASTER]\nhandler =\n")
     assert _check("--config", str(good), "--keepalived-conf", str(conf)).returncode == 0
+
+
+GLOBAL = "global_defs {{\n    notify_fifo {fifo} root\n    notify_fifo_script \"{act}\" root\n}}\n"
+VS = "virtual_server 10.0.0.10 80 {\n    protocol TCP\n}\n"
+
+
+@pytest.mark.parametrize("form", ["inline", "include", "at-conditional", "dollar-definition"])
+def test_virtual_server_keepalived_reads_anywhere_makes_the_checker_the_owner(good: Path, form: str) -> None:
+    """check-config reads keepalived.conf as keepalived does (kaconf): a virtual_server in an
+    included file (Debian's conf.d), behind an `@^host` line, or built from a `$` definition
+    makes keepalived run its checker, which then owns the global FIFO's reader: it is said, with
+    the block's file:line when it is in another file."""
+    conf = good.parent / "keepalived.conf"
+    head = GLOBAL.format(fifo=good.parent / "n.fifo", act=good.parent / "act.sh")
+    if form == "inline":
+        conf.write_text(head + VS)
+    elif form == "include":
+        (good.parent / "conf.d").mkdir()
+        (good.parent / "conf.d" / "lvs.conf").write_text(VS)
+        conf.write_text(head + f"include {good.parent}/conf.d/*.conf\n")
+    elif form == "at-conditional":
+        conf.write_text(head + "@^nosuchhost " + VS)  # every host but `nosuchhost` reads it
+    else:
+        conf.write_text("$VS=virtual_server 10.0.0.10 80\n" + head + "$VS {\n    protocol TCP\n}\n")
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    line = 4 if form == "dollar-definition" else 3
+    vs = f"{good.parent}/conf.d/lvs.conf:1" if form == "include" else f"line {line + 2}"
+    assert f"problem: {conf}:{line}: notify_fifo_script with virtual_server blocks ({vs})" in res.stdout, res.stdout
+
+
+def test_fifo_lines_in_an_include_are_checked_where_they_are(good: Path) -> None:
+    """global_defs in an included file: its lines are checked and reported at that file's lines (the
+    two-readers form here), not "no notify_fifo_script line"."""
+    fifo, act = good.parent / "n.fifo", good.parent / "act.sh"
+    inc = good.parent / "global.inc"
+    inc.write_text(f"global_defs {{\n    vrrp_notify_fifo {fifo} root\n    vrrp_notify_fifo_script \"{act}\" root\n"
+                   f"    lvs_notify_fifo {fifo} root\n    lvs_notify_fifo_script \"{act}\" root\n}}\n")
+    conf = good.parent / "keepalived.conf"
+    conf.write_text(f"include {inc}\n" + VS)
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert f"problem: {inc}:5: lvs_notify_fifo_script on the vrrp_notify_fifo's path" in res.stdout, res.stdout
+    assert "no notify_fifo_script line" not in res.stdout
+
+
+@pytest.mark.parametrize("key", ["vrrp_notify_fifo", "lvs_notify_fifo"])
+@pytest.mark.parametrize("one_line", [False, True], ids=["block", "one-line-global_defs"])
+def test_a_child_fifo_on_the_global_fifos_path_is_told_lines_come_twice(good: Path, key: str, one_line: bool) -> None:
+    """`notify_fifo P` with `vrrp_notify_fifo P` (or `lvs_notify_fifo P`): keepalived drops the
+    second only in the child's own init_global_data (global_data.c, 2.2.7: the VRRP check 300-311
+    under prog_type == PROG_TYPE_VRRP, the LVS one 316-326 under PROG_TYPE_CHECKER), which at start
+    runs in the parent (main.c:2567), in the child only when it reloads: until then the child has
+    two fds on P and writes each line to both (vrrp_notify.c:138-143; check/ipwrapper.c:120-124).
+    Seen with 2.2.7 for VRRP (each INSTANCE line read twice; after a SIGHUP "ignoring vrrp FIFO" and
+    one fd).  check-config says so, also with `global_defs { notify_fifo ...` on one line."""
+    fifo, act = good.parent / "n.fifo", good.parent / "act.sh"
+    conf = good.parent / "keepalived.conf"
+    first = "global_defs { " if one_line else "global_defs {\n    "
+    conf.write_text(f"{first}notify_fifo {fifo} root\n    notify_fifo_script \"{act}\" root\n"
+                    f"    {key} {fifo} root\n}}\n")
+    res = _check("--config", str(good), "--keepalived-conf", str(conf))
+    assert res.returncode == 2
+    assert f"problem: {conf}:{3 if one_line else 4}: {key} on the notify_fifo's path" in res.stdout, res.stdout
+    assert "writes every" in res.stdout and "line twice" in res.stdout
+    conf.write_text(conf.read_text().replace(f"{key} {fifo} root", f"{key} {fifo}.other root"))
+    assert f"{key} on the notify_fifo's path" not in _check("--config", str(good), "--keepalived-conf",
+                                                           str(conf)).stdout
