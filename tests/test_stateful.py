@@ -66,11 +66,10 @@ BUGS = {
     "torn-both": "a power loss tears both files' last lines, the journal's event #N and the progress file's "
                  "end of #N (it ran): the next worker ends #N's cgroup, finds no journal entry to re-run, records "
                  "no end; #N stays 'running', `wait` never returns",
-    "early-term": "keepalived stops or reloads the reader right after it started: a SIGTERM after cli.main read "
-                  "EARLY_TERM and before Reader.run installed its handler is lost (the early handler's list is "
-                  "no longer read); the reader reads the STOP lines but never leaves, keepalived SIGKILLs it at "
-                  "+1 s: no STOP journaled, stop_action not run (before Python installs any handler, a SIGTERM "
-                  "kills it silently, with the lines in its pipe)",
+    "early-term": "keepalived stops or reloads the reader right after it started, before Python installed cli's "
+                  "early SIGTERM handler: the SIGTERM kills it silently, with the lines in its pipe: no STOP "
+                  "journaled, stop_action not run (a stated limit: docs/invariants.md, \"Before the reader "
+                  "catches SIGTERM\")",
 }
 
 
@@ -164,7 +163,7 @@ class Run:
 
     def reader_started(self) -> None:
         """Wait until the current reader waits in its main loop's poll(), past its start-up: a SIGTERM
-        before is lost or kills it (BUGS "early-term")."""
+        before Python installed cli's early handler kills it (BUGS "early-term")."""
         if "early-term" not in self.bugs:
             pid = self.reader()
             self.setup.wait_for(f"reader {pid} to start", lambda: f"reader[{pid}] INFO  #- - | reader started"
