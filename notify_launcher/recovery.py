@@ -5,8 +5,9 @@ died on it) and whether its action had started.  Every process of the dead worke
 first (containment.py: its cgroup, its mark, and its session while its pid is still the action by
 start time -- never a guess from the wall clock), also when no start record was written (the worker
 died right after the spawn); then the event runs again, or is skipped -- by policy (`on_crash =
-skip`) after an action was killed, and always once MAX_TRIES workers died on it, so one poisonous
-event cannot stop the queue.
+skip`) after an action was killed, always once MAX_TRIES workers died on it, so one poisonous
+event cannot stop the queue, and always when the journal no longer holds it (a torn last line, a
+removed journal): an event that cannot run again must still end, or `wait` would never return.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Recovery:
         self._end_action(seq, running, subject)
         if tries >= MAX_TRIES:
             why = f"skipped: {tries} workers died on this event"
+        elif entry is None:  # torn off by a power loss, or removed: nothing left to run again
+            why = "skipped: its journal entry is lost (torn or removed), so it cannot run again"
         elif running is not None and settings.on_crash == "skip":
             why = "skipped after worker crash"
         else:
