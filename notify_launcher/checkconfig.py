@@ -21,7 +21,7 @@ from notify_launcher.config import COMMAND_PATH, Settings, load
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import Event
 from notify_launcher.security import check as security_check
-from notify_launcher.security import command_path, commands, refusal
+from notify_launcher.security import command_path, commands, fifo_refusal, refusal
 
 _FIFO_KEYS = ("notify_fifo", "vrrp_notify_fifo", "lvs_notify_fifo")
 
@@ -169,7 +169,10 @@ def check_keepalived_conf(path: str) -> list[str]:
             problems.append(f"{where}: script user {user!r} does not exist")
             continue
         fifo = fifos[fifo_key][1]
-        if os.path.exists(fifo) and os.stat(fifo).st_uid != uid:
+        refused = fifo_refusal(fifo, uid)
+        if refused:
+            problems.append(f"{fifos[fifo_key][0]}: {refused}")
+        elif os.path.exists(fifo) and os.stat(fifo).st_uid != uid:
             problems.append(f"{fifos[fifo_key][0]}: FIFO {fifo} belongs to uid {os.stat(fifo).st_uid}, "
                             f"but the script runs as {user} (uid {uid}): it cannot open it; remove the FIFO and "
                             f"restart keepalived, or set the script user")

@@ -13,14 +13,16 @@ import stat
 import time
 from collections.abc import Callable
 
-from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
+from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
 from notify_launcher.log import Log, Troubles
+from notify_launcher.security import fifo_refusal
 
 RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
 
 
 def open_fifo(path: str) -> int:
-    """Open keepalived's FIFO for reading without waiting for a writer (so SIGTERM is never missed)."""
+    """Open keepalived's FIFO for reading without waiting for a writer (so SIGTERM is never missed),
+    once the trust rule passed it (security.fifo_refusal): its lines decide what root runs."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -29,11 +31,19 @@ def open_fifo(path: str) -> int:
     if not stat.S_ISFIFO(st.st_mode):
         raise LauncherError(f"{path} is not a FIFO (keepalived passes its notify_fifo path as the last argument)",
                             EXIT_UNUSABLE)
+    refused = fifo_refusal(path, os.geteuid())
+    if refused:
+        raise LauncherError(refused, EXIT_USAGE)
     try:
-        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise LauncherError(f"FIFO {path}: cannot open for reading: {exc.strerror} "
                             f"(keepalived makes it 0600, owned by the script user)", EXIT_UNUSABLE) from None
+    opened = os.fstat(fd)
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):  # swapped since it was judged
+        os.close(fd)
+        raise LauncherError(f"FIFO {path} was replaced while it was being opened; try again", EXIT_UNUSABLE)
+    return fd
 
 
 class Fifo:

@@ -55,7 +55,6 @@ _NFS4_ACL_XATTR = "system.nfs4_acl"
 _ACL_VERSION = 2
 _ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _ACL_TAGS = (_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER)
-_ACL_WRITE = 0x02
 _ACL_ENTRY = struct.Struct("<HHI")
 
 
@@ -133,24 +132,43 @@ def parse_acl(raw: bytes) -> list[tuple[int, int, int]]:
     return entries
 
 
-def _writer(path: str, st: os.stat_result, owners: tuple[int, ...]) -> tuple[str, str] | None:
-    """(who besides root may write to this inode, what to do), or None.  With a POSIX ACL, the
-    mode's group bits are its mask: without their write bit no entry grants write (so the ACL is
-    read only with it), and with it the ACL's entries say who the group class really is."""
+class _Access(NamedTuple):
+    """One kind of access others must not have: its mode bits (others, group), its ACL perm bit, the
+    word for it, and what to do about a mode or an owning group's ACL entry that grants it."""
+
+    other: int
+    group: int
+    acl: int
+    word: str
+    remedy_mode: str
+    remedy_group_obj: str
+
+
+_WRITE = _Access(stat.S_IWOTH, stat.S_IWGRP, 0x02, "writable", _REMEDY_MODE,
+                 "setfacl -m g::r-x it, or choose a path only root can change")
+_READ = _Access(stat.S_IROTH, stat.S_IRGRP, 0x04, "readable", "chmod go-rw it (keepalived makes it 0600)",
+                "setfacl -m g::- it")
+
+
+def _writer(path: str, st: os.stat_result, owners: tuple[int, ...], access: _Access = _WRITE) -> tuple[str, str] | None:
+    """(who besides root may write to -- or, with `access` _READ, read -- this inode, what to do), or
+    None.  With a POSIX ACL, the mode's group bits are its mask: without the access's bit there no
+    entry grants it (so the ACL is read only with it), and with it the ACL's entries say who the
+    group class really is."""
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_mode & stat.S_IWOTH:
-        return f"others (mode {mode:04o})", _REMEDY_MODE
+    if st.st_mode & access.other:
+        return f"others (mode {mode:04o})", access.remedy_mode
     if _nfs4_acls(path, st):
         raise _Unjudgeable("it is on a file system with NFSv4 ACLs, which the launcher cannot judge", path)
-    if not st.st_mode & stat.S_IWGRP:
+    if not st.st_mode & access.group:
         return None
     acl = acl_entries(path)
     if acl is None:
-        if st.st_mode & stat.S_IWGRP and st.st_gid != ROOT:
-            return f"{_named('gid', st.st_gid)} (mode {mode:04o})", _REMEDY_MODE
+        if st.st_gid != ROOT:
+            return f"{_named('gid', st.st_gid)} (mode {mode:04o})", access.remedy_mode
         return None
     for tag, perm, ident in acl:
-        if not perm & _ACL_WRITE:
+        if not perm & access.acl:
             continue
         if tag == _ACL_USER and ident not in owners:
             return (f"{_named('uid', ident)} through an ACL entry",
@@ -159,8 +177,7 @@ def _writer(path: str, st: os.stat_result, owners: tuple[int, ...]) -> tuple[str
             return (f"{_named('gid', ident)} through an ACL entry",
                     f"setfacl -x g:{ident} it, or choose a path only root can change")
         if tag == _ACL_GROUP_OBJ and st.st_gid != ROOT:
-            return (f"{_named('gid', st.st_gid)} through its ACL's group entry",
-                    "setfacl -m g::r-x it, or choose a path only root can change")
+            return f"{_named('gid', st.st_gid)} through its ACL's group entry", access.remedy_group_obj
     return None
 
 
@@ -268,6 +285,27 @@ def refusal(what: str, path: str, created: bool = False, user: int = ROOT) -> st
         return None
     why = insecure_reason(path, created, user)
     return None if why is None else f"{what} {path} is not safe for root: {why}"
+
+
+def fifo_refusal(path: str, user: int = ROOT) -> str | None:
+    """`notify_fifo PATH is not safe for root: ...`, or None (safe, or we are not root).  The FIFO's
+    lines decide what root runs and with which arguments, and a line another reader takes is lost:
+    the path is judged as any path root trusts (a FIFO not made yet by the directory it would
+    appear in), and the FIFO itself belongs to root or `user` (keepalived's script user) and no one
+    else may read it either."""
+    if os.geteuid() != ROOT:
+        return None
+    why = insecure_reason(path, user=user)
+    if why is None:
+        try:
+            st = os.stat(path)
+            reader = _writer(path, st, (ROOT, user), _READ) if stat.S_ISFIFO(st.st_mode) else None
+            why = None if reader is None else f"{path} is {_READ.word} by {reader[0]}; {reader[1]}"
+        except OSError:  # gone, or not a FIFO: said by whoever opens it
+            pass
+        except _Unjudgeable as exc:
+            why = f"{exc.args[1]} cannot be judged: {exc.args[0]}; refusing it"
+    return None if why is None else f"notify_fifo {path} is not safe for root: {why}"
 
 
 def command_path(exe: str) -> str:

@@ -22,11 +22,17 @@ from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
 from notify_launcher.events import Rejected, parse_line
 from notify_launcher.handoff import Doorbell
 from notify_launcher.journal import JournalWriter
+from notify_launcher.security import fifo_refusal
 from notify_launcher.statedir import StatePaths
 
 
 def send_fifo(path: str, line: str) -> str:
-    """Write `line` (the argument's bytes as given, see os.fsencode) and a newline into the FIFO."""
+    """Write `line` (the argument's bytes as given, see os.fsencode) and a newline into the FIFO,
+    once the trust rule passed it (security.fifo_refusal): root writes no event where someone
+    else reads it or made it."""
+    refused = fifo_refusal(path)
+    if refused:
+        raise LauncherError(refused, EXIT_USAGE)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:

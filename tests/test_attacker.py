@@ -472,3 +472,63 @@ def test_a_command_run_as_nobody_in_group_root_is_a_config_error(arena: Path) ->
     assert reader.returncode == 2 and expected in reader.stderr, reader.stderr
     checked = _launcher("check-config", "--config", str(ini))
     assert checked.returncode != 0 and expected in checked.stdout + checked.stderr, checked
+
+
+# keepalived's FIFO: its lines decide what root runs; a line another process reads is lost.
+
+FIFO_CONTROLS = {
+    "nobody_made_it": "belongs to uid 65534 (nobody), not root",  # mkfifo -m 0666 first, in a sticky directory
+    "others_write": "is writable by others (mode 0622)",
+    "others_read": "is readable by others (mode 0644); chmod go-rw it",  # mkfifo under umask 022
+    "acl_read": "is readable by uid 65534 (nobody) through an ACL entry",
+}
+
+
+def _fifo_with(arena: Path, control: str) -> Path:
+    where = arena / "run"
+    where.mkdir(mode=0o1777)
+    where.chmod(0o1777)  # like /tmp
+    fifo = where / "keepalived.fifo"
+    if control == "nobody_made_it":
+        assert attacker.nobody_sh(f"umask 0; mkfifo -m 0666 {fifo}").returncode == 0
+    else:
+        os.mkfifo(fifo, 0o600)
+        fifo.chmod({"others_write": 0o622, "others_read": 0o644, "acl_read": 0o640}[control])
+        if control == "acl_read":
+            attacker.setfacl("-m", f"u:{NOBODY}:r", str(fifo))
+    return fifo
+
+
+@pytest.mark.parametrize("control", list(FIFO_CONTROLS))
+def test_a_fifo_others_made_write_or_read_is_refused_by_the_reader_check_config_and_send(
+        control: str, arena: Path) -> None:
+    """The reader refuses to start on it (exit 2, before reading a line), check-config's
+    --keepalived-conf names it for notify_fifo, and `send --fifo` writes nothing into it: one
+    message, `notify_fifo PATH is not safe for root: ...`."""
+    fifo = _fifo_with(arena, control)
+    expected = f"notify_fifo {fifo} is not safe for root: {fifo} {FIFO_CONTROLS[control]}"
+    reader = _launcher("--state-dir", str(arena / "state"), "--log-file", str(arena / "nl.log"),
+                       "--handler", "/bin/true", str(fifo))
+    assert reader.returncode == 2 and expected in reader.stderr, reader.stderr
+    assert not (arena / "state" / "worker.pid").exists()
+    conf = arena / "keepalived.conf"
+    conf.write_text(f"global_defs {{\n    notify_fifo {fifo} root\n    notify_fifo_script /bin/true root\n}}\n")
+    checked = _launcher("check-config", "--handler", "/bin/true", "--keepalived-conf", str(conf))
+    assert checked.returncode == 2 and f"problem: {conf}:2: {expected}" in checked.stdout, checked.stdout
+    sent = _launcher("send", "--fifo", str(fifo), EVENT)
+    assert sent.returncode == 2 and sent.stderr.startswith(f"notify-launcher send: {expected}"), sent.stderr
+
+
+def test_a_fifo_not_made_yet_in_a_directory_others_can_write_is_refused_by_check_config(arena: Path) -> None:
+    """keepalived uses the FIFO it finds at its notify_fifo path: in a directory others can write
+    (sticky or not), they can make it first; check-config says so before keepalived starts."""
+    (arena / "run").mkdir(mode=0o1777)
+    (arena / "run").chmod(0o1777)
+    fifo = arena / "run" / "keepalived.fifo"
+    conf = arena / "keepalived.conf"
+    conf.write_text(f"global_defs {{\n    notify_fifo {fifo} root\n    notify_fifo_script /bin/true root\n}}\n")
+    checked = _launcher("check-config", "--handler", "/bin/true", "--keepalived-conf", str(conf))
+    assert checked.returncode == 2 and (
+        f"problem: {conf}:2: notify_fifo {fifo} is not safe for root: {fifo} does not exist; its directory "
+        f"{arena}/run is writable by others (mode 1777): refused (whoever can write there can create it)"
+        in checked.stdout), checked.stdout

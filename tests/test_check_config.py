@@ -188,14 +188,14 @@ def test_keepalived_conf_mistakes(good: Path, script: str, message: str) -> None
 @needs_root
 def test_keepalived_conf_fifo_owner_must_be_the_script_user(good: Path) -> None:
     fifo = good.parent / "n.fifo"
-    os.mkfifo(fifo)
+    os.mkfifo(fifo, 0o600)
     os.chown(fifo, 1234, 1234)
     conf = good.parent / "keepalived.conf"
     conf.write_text(KA.format(fifo=fifo, script=f'"{good.parent}/act.sh" root'))
     res = _check("--config", str(good), "--keepalived-conf", str(conf))
     assert res.returncode == 2
-    assert (f"problem: {conf}:2: FIFO {fifo} belongs to uid 1234, but the script runs as root (uid 0)"
-            in res.stdout)
+    assert (f"problem: {conf}:2: notify_fifo {fifo} is not safe for root: {fifo} belongs to uid 1234, not root"
+            in res.stdout), res.stdout
     conf.write_text(f"global_defs {{\n    notify_fifo_script \"{good.parent}/act.sh\"\n}}\n")
     res = _check("--config", str(good), "--keepalived-conf", str(conf))
     assert "notify_fifo_script without notify_fifo: keepalived writes no events" in res.stdout

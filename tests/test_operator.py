@@ -56,7 +56,7 @@ def test_send_through_fifo_and_state_dir_then_history(launcher: Launcher) -> Non
 def test_send_errors_are_clear(launcher: Launcher) -> None:
     launcher.fifo.parent.mkdir(exist_ok=True)
     import os
-    os.mkfifo(launcher.fifo)
+    os.mkfifo(launcher.fifo, 0o600)
     res = _run("send", "--fifo", str(launcher.fifo), VI.format("MASTER"))
     assert res.returncode == 3
     assert "no reader has it open" in res.stderr

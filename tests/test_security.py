@@ -71,7 +71,7 @@ def test_sticky_directory_on_the_way_is_fine_but_a_symlink_target_is_checked(tmp
 
 def test_reader_refuses_to_start_with_an_insecure_handler_or_config(launcher: Launcher) -> None:
     launcher.handler.chmod(0o777)
-    os.mkfifo(launcher.fifo)
+    os.mkfifo(launcher.fifo, 0o600)
     res = subprocess.run(launcher.argv(str(launcher.fifo)), capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert f"handler {launcher.handler} is not safe for root: {launcher.handler} is writable by others (mode 0777)" in res.stderr
@@ -89,7 +89,7 @@ def test_reader_refuses_to_start_with_an_insecure_handler_or_config(launcher: La
 def _reader(launcher: Launcher, *args: str) -> subprocess.CompletedProcess[str]:
     """Start the reader (FIFO last, as keepalived does); it must refuse, not start reading."""
     if not launcher.fifo.exists():
-        os.mkfifo(launcher.fifo)
+        os.mkfifo(launcher.fifo, 0o600)
     try:
         return subprocess.run(launcher.argv(*args, str(launcher.fifo)), capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
