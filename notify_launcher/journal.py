@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -168,6 +169,7 @@ class JournalWriter:
         self._last = 0
         self._floor_seen = 0
         self._spill_fd = -1  # our spill file, while it holds events not journaled yet
+        self._strays: set[str] = set()  # entries of spill/ that are no spill file, said once
         self.created = False
 
     def close(self) -> None:
@@ -343,21 +345,43 @@ class JournalWriter:
             names = sorted(os.listdir(self.paths.spill))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            self._stray("", f"cannot be listed ({exc.strerror})")
+            return []
         damaged: list[bytes] = []
         for name in names:
+            path = os.path.join(self.paths.spill, name)
             try:
-                fd = os.open(os.path.join(self.paths.spill, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                self._stray(name, "is a symbolic link" if exc.errno == errno.ELOOP
+                            else f"cannot be opened ({exc.strerror})")
+                continue
             try:
+                mode = os.fstat(fd).st_mode
+                if not stat.S_ISREG(mode):
+                    self._stray(name, f"is {_kind(mode)}, not a spill file")
+                    continue
                 self._lock(None)
                 try:
-                    damaged += self._adopt_one(fd, os.path.join(self.paths.spill, name))
+                    damaged += self._adopt_one(fd, path)
+                except OSError as exc:  # (EIO, a file system gone read-only): the queue goes on without it
+                    self._stray(name, f"cannot be read or removed ({exc.strerror})")
                 finally:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)  # and its lock
         return damaged
+
+    def _stray(self, name: str, what: str) -> None:
+        """Say once per name that an entry of spill/ is left alone (its events, if any, are not run)."""
+        if name not in self._strays:
+            self._strays.add(name)
+            self.report("ERROR", None, None, f"{os.path.join(self.paths.spill, name)} {what}: left alone, not "
+                                             f"adopted; events in it are not run (move it away once you have "
+                                             f"looked at it)")
 
     def _adopt_one(self, fd: int, path: str) -> list[bytes]:
         if not _flock_within(fd, 0) or not os.fstat(fd).st_nlink:
@@ -425,7 +449,7 @@ class JournalFollower:
 
     def pending(self) -> bool:
         """Bytes appended since the last read, a new journal at the path, or a spill file to adopt."""
-        if os.path.isdir(self.paths.spill) and os.listdir(self.paths.spill):
+        if spill_files(self.paths):
             return True
         if self._fd < 0:
             return os.path.exists(self.path)
@@ -523,14 +547,36 @@ class JournalFollower:
         return entries, damaged
 
 
+def spill_files(paths: StatePaths) -> list[str]:
+    """The names in spill/ that are regular files (links not followed); anything else there (a
+    directory, a symlink someone put there) is no spill file: adopt() says so once and leaves it."""
+    try:
+        with os.scandir(paths.spill) as found:
+            return sorted(item.name for item in found if _regular(item))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _regular(item: os.DirEntry[str]) -> bool:
+    try:
+        return item.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for the log."""
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def _spilled_versions(paths: StatePaths) -> set[str]:
     """The settings versions the spill files' events name (kept by a compaction)."""
-    try:
-        names = os.listdir(paths.spill)
-    except FileNotFoundError:
-        return set()
     out = set()
-    for name in names:
+    for name in spill_files(paths):
         try:
             with open(os.path.join(paths.spill, name), "rb") as fh:
                 out |= {e.settings for e in _lines(fh.read())[0]}

@@ -198,6 +198,33 @@ def test_the_worker_adopts_the_spill_of_a_writer_that_died(tmp_path: Path) -> No
     assert os.listdir(tmp_path / "spill") == []
 
 
+def test_anything_in_spill_that_is_no_regular_file_is_said_once_and_left_alone(tmp_path: Path) -> None:
+    """A directory, a symlink and a FIFO in spill/ never raise on the worker's read: each is logged
+    once by name and kind, left where it is, and the journal's events are read on; pending() is
+    not fooled into a read that never ends."""
+    path = _journal(tmp_path, ["BACKUP"])
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    (spill / "999").mkdir()
+    (spill / "998").symlink_to("/etc/passwd")
+    os.mkfifo(spill / "997")
+    said: list[tuple[str, str]] = []
+    follower = JournalFollower(path, report=lambda level, seq, event, text: said.append((level, text)))
+    for _ in range(2):
+        entries, damaged = follower.read_new()
+        assert damaged == [] and [e.seq for e in entries] in ([1], [])
+    assert not follower.pending()
+    assert sorted(said) == [("ERROR", f"{spill}/997 is a FIFO, not a spill file: left alone, not adopted; "
+                                      f"events in it are not run (move it away once you have looked at it)"),
+                            ("ERROR", f"{spill}/998 is a symbolic link: left alone, not adopted; events in it "
+                                      f"are not run (move it away once you have looked at it)"),
+                            ("ERROR", f"{spill}/999 is a directory, not a spill file: left alone, not adopted; "
+                                      f"events in it are not run (move it away once you have looked at it)")]
+    assert sorted(os.listdir(spill)) == ["997", "998", "999"]
+    JournalWriter(path).append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, 1)
+    assert follower.pending() and [e.seq for e in follower.read_new()[0]] == [2]
+
+
 def test_each_entry_names_its_settings_and_compaction_removes_versions_nothing_names(tmp_path: Path) -> None:
     paths = StatePaths(str(tmp_path))
     old, new = Settings(handler=("/bin/old",)), Settings(handler=("/bin/new",))

@@ -195,3 +195,18 @@ def test_damaged_and_torn_progress_records_are_said_and_never_glued_to_the_next(
     after = progress.read_bytes().split(b"\n")
     assert after[-1] == b"" and all(line.endswith(b'"}') for line in after[:-1] if line != lines[first_end]), after
     again.stop([])
+
+
+def test_a_directory_in_spill_never_stops_the_queue(launcher: Launcher) -> None:
+    """A directory in spill/ (an operator's mkdir, a restore) is logged and left alone: the worker
+    reads its journal on, and the next event runs."""
+    k = launcher.keepalived()
+    k.start()
+    assert k.write(VI.format("BACKUP"))
+    launcher.wait_for("BACKUP's action", lambda: any(r.state == "BACKUP" for r in launcher.starts()))
+    (launcher.state / "spill" / "999").mkdir(parents=True)
+    assert k.write(VI.format("MASTER"))
+    launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()))
+    k.stop([])
+    launcher.wait_idle()
+    assert f"{launcher.state}/spill/999 is a directory, not a spill file: left alone" in launcher.log_text()
