@@ -220,9 +220,10 @@ class Snapshot:
 
     done_seq: int = 0
     running: StartRecord | None = None
-    #: The unfinished event workers took up (0: none), and how many workers took it up.
+    #: The unfinished event workers took up (0: none), how many workers took it up, and the last one.
     trying: int = 0
     tries: int = 0
+    trying_worker: int = 0
     last: dict[str, EndRecord] = field(default_factory=dict)
     ends: list[EndRecord] = field(default_factory=list)
     #: Lines that are no intact record (damaged, torn, or not a record this version writes).
@@ -336,7 +337,7 @@ class Follower:
             self.totals.fold(rec)
         if rec["op"] == "try":
             snap.tries = snap.tries + 1 if snap.trying == rec["seq"] else 1
-            snap.trying = rec["seq"]
+            snap.trying, snap.trying_worker = rec["seq"], rec["worker"]
         elif rec["op"] == "start":
             snap.running = rec
         elif rec["op"] == "end":

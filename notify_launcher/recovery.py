@@ -46,7 +46,8 @@ class Recovery:
                                     f"(pid {running['pid']}) ran; policy on_crash={settings.on_crash}")
         else:
             running = None
-            log.error(seq, subject, f"a worker died while preparing this event (attempt {tries} of {MAX_TRIES})")
+            log.error(seq, subject, f"worker pid {snap.trying_worker} died while preparing this event "
+                                    f"(attempt {tries} of {MAX_TRIES})")
         self._end_action(seq, running, subject)
         if tries >= MAX_TRIES:
             why = f"skipped: {tries} workers died on this event"

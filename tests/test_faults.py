@@ -286,7 +286,7 @@ def test_a_worker_dead_before_its_start_record_leaves_no_process_of_the_action(l
     finally:
         tracer.wait(10)
     launcher.settle(1)
-    assert "a worker died while preparing this event" in launcher.log_text()
+    assert re.search(r"worker pid \d+ died while preparing this event", launcher.log_text())
     assert not processes.running(int(escaped.read_text()))
     k.stop([])
     launcher.settle(2)

@@ -61,7 +61,7 @@ TMPFS = "256k"
 BUGS = {
     "full-disk-start": "an action starts while the state file system is full: its try and start records "
                        "cannot be written ('going on without it'); the worker is killed while it runs, the next "
-                       "one finds no start record ('a worker died while preparing this event'), does not end "
+                       "one finds no start record ('worker pid N died while preparing this event'), does not end "
                        "the orphan, and the re-run overlaps it",
     "early-term": "keepalived stops or reloads the reader right after it started, before Python installed cli's "
                   "early SIGTERM handler: the SIGTERM kills it silently, with the lines in its pipe: no STOP "

@@ -40,7 +40,7 @@ LOG_LINE = re.compile(r"^(?P<time>\S+ \S+) (?P<role>[\w-]+)\[(?P<pid>\d+)\] (?P<
 _END = re.compile(r"^(action ended: |no action configured for this event|skipped: superseded by #"
                   r"|FAILED inside the launcher \(the next event runs\)|skipped.*; the queue goes on$)")
 #: The worker's messages that recover an event a dead worker had in hand (worker.py).
-_RECOVERED = re.compile(r"^(worker pid \d+ died while this event's action|a worker died while preparing this event)")
+_RECOVERED = re.compile(r"^worker pid \d+ died while (this event's action|preparing this event)")
 #: Any process's word that a worker died (the reader's watch, a recovering worker).
 _DIED = re.compile(r"\bworker pid (\d+) died")
 #: The reader's messages that admit a drop (reader.py), and what they count.
