@@ -17,7 +17,9 @@ so the next sequence number is read from the file's tail under a short `flock`, 
 written under the same lock.  A follower therefore never sees #12 before #11.  A torn last line
 (a writer or the machine died mid-write) is cut off by the next appender, which holds the lock,
 and reported with what it held.  Numbering never goes back: the next number is above the highest
-of the journal's last intact entry, a torn or damaged last line's number (when it can be read),
+of the journal's last intact entry plus one per line appended after it that is damaged or torn
+(appends are in order, so each took a number above it, whatever its damaged digits read; a
+changed newline joins two), such a line's number (when it can be read),
 the last number this writer gave, and the floor (the progress file's highest seq: progress.py),
 which is read once per opened journal file and again when damage is found, not per append.
 
@@ -115,6 +117,12 @@ def damaged_seq(line: bytes) -> int | None:
     spilled event's, is no number)."""
     first, tab, _ = line.partition(b"\t")
     return int(first) or None if tab and first.isdigit() and len(first) < 20 else None
+
+
+def _entries_in(line: bytes) -> int:
+    """How many appended lines a damaged line holds: one, or more when a changed newline joined
+    them (a line has 9 tabs; a changed byte adds or removes at most one)."""
+    return max(1, (line.count(b"\t") + 4) // 9)
 
 
 def describe(line: bytes) -> str:
@@ -262,12 +270,13 @@ class JournalWriter:
             self.report("ERROR", None, None, f"{self.path}: its last line was torn (a writer or the machine died while "
                                  f"writing it) and is cut off: {describe(torn)}; numbering goes on above it")
         lines = tail[:end].split(b"\n")[:-1]
+        after = int(damaged)  # damaged lines after the last intact one: each took a number above it
         for line in reversed(lines[1:] if start else lines):  # (the first may be cut by the window)
             entry = parse_entry(line)
             if entry is not None:
-                highest = max(highest, entry.seq)
+                highest = max(highest, entry.seq + after)
                 break
-            damaged = True  # reported by the worker, which reads it; its number counts here
+            damaged, after = True, after + _entries_in(line)  # reported by the worker, which reads it
             highest = max(highest, damaged_seq(line) or 0)
         if damaged:
             self._floor_seen = max(self._floor_seen, self.floor())

@@ -115,6 +115,24 @@ def test_a_line_cut_short_or_changed_that_still_parses_is_damage(tmp_path: Path)
     assert len(damaged) == 1 and describe(damaged[0]).startswith("event #2 (")
 
 
+def test_each_damaged_line_after_the_last_intact_one_counts_as_a_number_given(tmp_path: Path) -> None:
+    """Every single-bit flip of the last two lines of a journal (#11 and #12 pending, nothing done):
+    the next event is numbered above #12, whatever the damaged digits read."""
+    path = _journal(tmp_path, ["BACKUP", "MASTER"] * 6)
+    clean = Path(path).read_bytes()
+    first = clean.rfind(b"\n", 0, clean.rfind(b"\n", 0, len(clean) - 1)) + 1
+    reused = []
+    for at in range(first, len(clean) - 1):  # (the last newline kept: a torn line is another test)
+        for bit in range(8):
+            data = bytearray(clean)
+            data[at] ^= 1 << bit
+            Path(path).write_bytes(bytes(data))
+            seq = JournalWriter(path).append(Event("INSTANCE", "VI_1", "FAULT", 100), 13.0, 1)
+            if seq is None or seq <= 12:
+                reused.append((at, bit, seq))
+    assert reused == []
+
+
 def test_numbering_is_above_the_progress_file_though_the_journal_has_intact_lines(tmp_path: Path) -> None:
     """The journal's last line torn so early that its number is lost, the progress file has #6 done:
     the next event is #7 (it was #6, which the worker took for done and never ran)."""
