@@ -509,18 +509,9 @@ class Containment:
         cgroup: cgroup_prefix, then the worker's pid) whose worker is gone: an action, a command of
         a rule, on_failure or stop_action a SIGKILLed worker left, with or without any record of
         it.  (What actions released is not in them.)  Returns what could not be ended."""
-        home = own_cgroup()
-        if home is None or os.environ.get(NO_CGROUPS) == "yes":
-            return []
-        token, left = cgroup_prefix(self.state_dir), []
-        try:
-            names = os.listdir(home)
-        except OSError:
-            return []
-        for name in names:
-            worker = name[len(token):].split("-")[0]
-            path = f"{home}/{name}"
-            if not name.startswith(token) or not worker.isdigit() or _lives(int(worker)):
+        left: list[int] = []
+        for path, worker in self._named():
+            if _lives(worker):
                 continue
             if populated(path):
                 note(f"worker pid {worker} is gone; ending what it left running in its action cgroup {path}")
@@ -530,6 +521,26 @@ class Containment:
             except OSError:
                 pass
         return left
+
+    def live_workers(self) -> set[int]:
+        """Other workers of this state directory's path that run: each lives in an action cgroup
+        named by its pid (Cgroups), found in our own cgroup.  There are any only when someone
+        removed worker.lock (or the whole directory) under a live worker: it leaves once its
+        action ends (Worker._owner), and two workers must never run actions at once."""
+        return {worker for path, worker in self._named() if worker != os.getpid() and worker in cgroup_members(path)}
+
+    def _named(self) -> list[tuple[str, int]]:
+        """(path, worker pid) of this state directory's action cgroups in our own cgroup."""
+        home = own_cgroup()
+        if home is None or os.environ.get(NO_CGROUPS) == "yes":
+            return []
+        token = cgroup_prefix(self.state_dir)
+        try:
+            names = os.listdir(home)
+        except OSError:
+            return []
+        workers = ((name, name[len(token):].split("-")[0]) for name in names if name.startswith(token))
+        return [(f"{home}/{name}", int(worker)) for name, worker in workers if worker.isdigit()]
 
     def end_recorded(self, seq: int, pid: int | None, started: tuple[int, int] | None, cgroup: str | None,
                      note: Note) -> list[int]:

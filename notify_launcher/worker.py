@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from notify_launcher import actions, pidfile, settingsfile
 from notify_launcher.config import Settings
-from notify_launcher.containment import Containment
+from notify_launcher.containment import Containment, wait_pids
 from notify_launcher.drain import Drain
 from notify_launcher.eventrun import EventRunner
 from notify_launcher.following import Following
@@ -137,7 +137,9 @@ class Worker:
     def open_state(self) -> None:
         """The settings we follow, the journal and the progress file; replaying the latter says where
         the queue stands and whether a dead worker left an event half-done (recovered here).  What
-        dead workers left running in their action cgroups is ended first, recorded or not."""
+        dead workers left running in their action cgroups is ended first, recorded or not; a live
+        worker of this state directory's path (its worker.lock removed under it) is waited for."""
+        self._wait_for_live_workers()
         self.following.start()
         snap = self.ledger.start()
         done_seq = snap.done_seq
@@ -148,6 +150,20 @@ class Worker:
             if skipped is not None:
                 self.on_failure.due(skipped)
         self.drain.start(done_seq, snap.last)
+
+    def _wait_for_live_workers(self) -> None:
+        """Until no other worker of this path runs (Containment.live_workers): one whose worker.lock
+        or state directory was removed under it still runs its action, and records it."""
+        others = self.containment.live_workers()
+        if not others:
+            return
+        self.log.warn(None, None, f"worker pid {', '.join(map(str, sorted(others)))} of {self.paths.root} still runs "
+                                  f"(its worker.lock was removed or replaced); waiting for it to leave before "
+                                  f"running anything")
+        while others:
+            wait_pids(others, LONGEST_WAIT)
+            others = self.containment.live_workers()
+        self.log.info(None, None, "the other worker left; going on")
 
     def _init_signals(self) -> None:
         """SIGTERM: finish the queue, then leave.  SIGCHLD: wake the lingering wait, so orphans an

@@ -13,6 +13,7 @@ import sys
 
 import psutil
 
+from notify_launcher import containment
 from support import VI
 from support.launcher import Launcher
 from support.marks import needs
@@ -210,3 +211,56 @@ def test_a_directory_in_spill_never_stops_the_queue(launcher: Launcher) -> None:
     k.stop([])
     launcher.wait_idle()
     assert f"{launcher.state}/spill/999 is a directory, not a spill file: left alone" in launcher.log_text()
+
+
+CGROUPS = containment.own_cgroup() is not None and os.geteuid() == 0
+
+
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_state_directory_removed_mid_action_never_runs_two_actions(launcher: Launcher) -> None:
+    """The state directory is removed while #1's action runs; the reader makes it again, journals
+    #2 and spawns a worker for the new worker.lock.  That worker finds the first one alive in its
+    action cgroup (named by the state directory's path) and waits for it to finish #1 and leave
+    before it runs #2: never two actions at once (the fixture's checker: no overlap)."""
+    gate = launcher.dir / "gate"
+    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.wait_for("#1's action", lambda: launcher.starts())
+    shutil.rmtree(launcher.state)
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("the second worker to wait", lambda: "waiting for it to leave" in launcher.log_text())
+    assert [r.state for r in launcher.starts()] == ["BACKUP"]
+    gate.touch()
+    launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()))
+    k.stop([])
+    launcher.wait_idle()
+    launcher.unchecked = ("the state directory was removed: the new one numbers from #1 again; "
+                          "the overlap the checker would see is asserted on here")
+    assert [r.kind for r in launcher.records()].count("overlap") == 0
+
+
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_removed_worker_lock_never_makes_a_live_worker_look_dead(launcher: Launcher) -> None:
+    """worker.lock and doorbell.sock are removed while #1's action runs; keepalived reloads.  The
+    new reader spawns a worker for a new worker.lock; it finds the first worker alive in its action
+    cgroup, waits for it to finish #1 and leave, and never calls it dead: #1 runs once."""
+    gate = launcher.dir / "gate"
+    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.wait_for("#1's action", lambda: launcher.starts())
+    first = int((launcher.state / "worker.pid").read_text().split()[0])
+    (launcher.state / "worker.lock").unlink()
+    (launcher.state / "doorbell.sock").unlink()
+    k.reload()
+    launcher.wait_for("the new reader", lambda: launcher.log_text().count("reader started") == 2)
+    launcher.wait_for("the second worker to wait", lambda: "waiting for it to leave" in launcher.log_text())
+    assert psutil.pid_exists(first)
+    gate.touch()
+    k.stop([])
+    launcher.settle(3)
+    assert [r.seq for r in launcher.starts() if r.seq == 1] == [1]
+    assert "died while this event's action" not in launcher.log_text()
