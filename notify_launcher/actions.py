@@ -117,13 +117,33 @@ def _describe(pid: int) -> str:
     return f"{pid} ({'gone' if name == '?' else name})"
 
 
-class _Lines:
-    """Splits a stream's bytes into log lines (long lines are cut at MAX_OUTPUT_LINE)."""
+class _Budget:
+    """The bytes of output one action may still put into the log (output_limit, both streams
+    together), and how many more it wrote: the log is root's disk, the output may be anyone's."""
 
-    def __init__(self, name: str, output: Output) -> None:
-        self.name, self.output, self.buf = name, output, b""
+    def __init__(self, limit: int) -> None:
+        self.left, self.dropped = limit, 0
+
+    def take(self, size: int) -> bool:
+        """Whether `size` more bytes are logged; once one is not, nothing more is."""
+        if self.dropped or size > self.left:
+            self.left, self.dropped = 0, self.dropped + size
+            return False
+        self.left -= size
+        return True
+
+
+class _Lines:
+    """Splits a stream's bytes into log lines (long lines are cut at MAX_OUTPUT_LINE); past the
+    budget, bytes are only counted (the pipe is still drained: the action never blocks on it)."""
+
+    def __init__(self, name: str, output: Output, budget: _Budget) -> None:
+        self.name, self.output, self.budget, self.buf = name, output, budget, b""
 
     def feed(self, data: bytes) -> None:
+        if self.budget.dropped:
+            self.budget.dropped += len(data)
+            return
         self.buf += data
         while True:
             cut = self.buf.find(b"\n")
@@ -131,13 +151,19 @@ class _Lines:
                 if len(self.buf) < MAX_OUTPUT_LINE:
                     return
                 cut = MAX_OUTPUT_LINE
-            self.output(self.name, self.buf[:cut].decode("utf-8", "backslashreplace").rstrip("\r"))
-            self.buf = self.buf[cut + 1 if self.buf[cut:cut + 1] == b"\n" else cut:]
+            end = cut + 1 if self.buf[cut:cut + 1] == b"\n" else cut
+            if self.budget.take(end):
+                self.output(self.name, self.buf[:cut].decode("utf-8", "backslashreplace").rstrip("\r"))
+                self.buf = self.buf[end:]
+            else:
+                self.budget.dropped += len(self.buf) - end
+                self.buf = b""
+                return
 
     def flush(self) -> None:
-        if self.buf:
+        if self.buf and self.budget.take(len(self.buf)):
             self.output(self.name, self.buf.decode("utf-8", "backslashreplace"))
-            self.buf = b""
+        self.buf = b""
 
 
 def end_tree(proc: Child, box: Box, grace: float, note: Note) -> None:
@@ -280,10 +306,11 @@ def _fork_as(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]], i
 
 
 def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace: float, output: Output,
-               note: Note, started: Callable[[int], None], box: Box, ids: tuple[int, int] | None = None) -> Result:
+               note: Note, started: Callable[[int], None], box: Box, output_limit: int,
+               ids: tuple[int, int] | None = None) -> Result:
     """Run `argv` (as (uid, gid) `ids` if given) to completion or timeout, its processes kept in
-    `box` (containment.py); report output lines and facts through the callbacks (`started(pid)`
-    right after the spawn).  As root, a command someone else could have changed since the reader
+    `box` (containment.py); report output lines (the first `output_limit` bytes; the rest counted
+    in one note) and facts through the callbacks (`started(pid)` right after the spawn).  As root, a command someone else could have changed since the reader
     checked it is not run: that is the event's failure (security.py; the user it runs as may own it)."""
     refused = security.command_problem(argv, user=security.ROOT if ids is None else ids[0])
     if refused is not None:
@@ -296,8 +323,9 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         return Result(None, None, time.monotonic() - t0, error=f"{argv[0]}: {exc.strerror}")
     box.started(proc.pid)
     try:
-        timed_out, stalled = _supervise(proc, {out: _Lines("out", output), err: _Lines("err", output)}, box, t0,
-                                        timeout, kill_grace, note, started)
+        budget = _Budget(output_limit)
+        timed_out, stalled = _supervise(proc, {out: _Lines("out", output, budget), err: _Lines("err", output, budget)},
+                                        box, t0, timeout, kill_grace, note, started)
     except BaseException:
         # Whatever failed on our side (a callback, the log, a full disk), the action must not run
         # on unsupervised: end its tree before the error becomes this event's failure.
@@ -308,6 +336,8 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         os.close(out)
         os.close(err)
     duration = time.monotonic() - t0
+    if budget.dropped:
+        note(f"output truncated: {budget.dropped} more bytes not logged (output_limit {output_limit})")
     leftovers = box.leftovers(release=not timed_out)
     if leftovers and not timed_out:
         note(f"{RELEASED}: " + ", ".join(map(_describe, leftovers)))

@@ -157,6 +157,7 @@ class Settings:
     on_failure_timeout: float = 30.0
     metrics_file: str | None = None
     metrics_mode: int = 0o644
+    output_limit: int = 1 << 20  # bytes of one command's output logged; the rest is counted, not logged
     config_file: str | None = None
 
     def _matching(self, event: Event) -> list[Rule]:
@@ -237,6 +238,8 @@ _KEYS = {
     "on_failure_timeout": "seconds, a number > 0",
     "metrics_file": "a file path (Prometheus text format, for node_exporter's textfile collector)",
     "metrics_mode": "an octal file mode, e.g. 0644 (no write bit for group or others)",
+    "output_limit": "bytes of one command's output written to the log, a whole number >= 0 (the rest is "
+                    "counted in one line, not logged)",
 }
 _RULE_KEYS = ("handler", "timeout", "on_failure", "repeat")
 #: Keys of one command in a [match] section: `handler` is the first command, `handler.2` the second, ...
@@ -295,6 +298,10 @@ def _convert(key: str, text: str, where: str) -> object:
         if not 0 <= mode <= 0o755 or mode & 0o022 or not mode & 0o400:
             raise bad  # root writes it: nobody else may; and it must stay readable for the collector
         return mode
+    if key == "output_limit":
+        if not text.isdigit():
+            raise bad
+        return int(text)
     if key in _SECONDS:
         low, high, strict = _SECONDS[key]
         try:

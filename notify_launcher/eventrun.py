@@ -44,7 +44,7 @@ class EventRunner:
             log.info(seq, event, f"{stream}: {text}")
             tail.append(text)
 
-        results = [self._command(entry, command, timeout, settings.kill_grace, output,
+        results = [self._command(entry, command, timeout, settings.kill_grace, settings.output_limit, output,
                                  f" ({number} of {len(commands)})" if len(commands) > 1 else "")
                    for number, command in enumerate(commands, 1)]
         result = next((r for r in results if not r.ok), results[-1])
@@ -58,8 +58,8 @@ class EventRunner:
         self.on_failure.due(Ended(entry, end, tail, settings))
         return result.ok
 
-    def _command(self, entry: Entry, command: Command, timeout: float, kill_grace: float, output: actions.Output,
-                 which: str) -> actions.Result:
+    def _command(self, entry: Entry, command: Command, timeout: float, kill_grace: float, output_limit: int,
+                 output: actions.Output, which: str) -> actions.Result:
         """One of the event's commands, as its user if it names one, with its start recorded."""
         seq, event, log = entry.seq, entry.event, self.following.log
         delay = time.time() - entry.time  # for the log line only
@@ -89,7 +89,7 @@ class EventRunner:
             spawning = ticks()
             result = actions.run_action(argv, env, timeout, kill_grace, output=output,
                                         note=lambda text: log.warn(seq, event, text), started=started, box=box,
-                                        ids=ids)
+                                        output_limit=output_limit, ids=ids)
         log.line("INFO" if result.ok else "ERROR", seq, event,
                  f"action ended{which}: {result.describe()} after {result.duration:.3f}s")
         return result

@@ -69,7 +69,7 @@ class OnFailureRunner:
                 note=lambda text: log.warn(seq, event, f"on_failure: {text}"),
                 started=lambda pid: log.info(seq, event, f"on_failure started ({result}): {' '.join(argv)} "
                                                          f"(pid {pid}, timeout {timeout:g}s)"),
-                box=self.containment.box(seq, "on_failure"))
+                box=self.containment.box(seq, "on_failure"), output_limit=settings.output_limit)
         except Exception as exc:
             log.exception(seq, event, "on_failure failed inside the launcher (not retried)", exc)
             return

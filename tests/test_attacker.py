@@ -532,3 +532,29 @@ def test_a_fifo_not_made_yet_in_a_directory_others_can_write_is_refused_by_check
         f"problem: {conf}:2: notify_fifo {fifo} is not safe for root: {fifo} does not exist; its directory "
         f"{arena}/run is writable by others (mode 1777): refused (whoever can write there can create it)"
         in checked.stdout), checked.stdout
+
+
+def test_an_actions_output_past_output_limit_is_counted_not_logged(launcher: Launcher, arena: Path) -> None:
+    """`output_limit` bytes of a command's output (both streams) are logged, then one WARN line
+    counts the rest; the pipes are still drained, so the command ends on its own."""
+    launcher.unchecked = "asserted here"
+    try:
+        log = _run_as_nobody(launcher, arena, "#!/bin/sh\nfor n in 1 2 3 4 5; do echo line; done\n",
+                             "output_limit = 12\n")
+    finally:
+        launcher.end_processes()
+    assert log.count("| out: line") == 2, log
+    assert "output truncated: 15 more bytes not logged (output_limit 12)" in log, log
+    assert "action ended: exit 0" in log, log
+
+
+def test_thirty_megabytes_of_output_make_no_thirty_megabytes_of_log(launcher: Launcher, arena: Path) -> None:
+    """With the default output_limit (1 MiB), a command run as nobody that writes 30 MB within its
+    timeout puts 1 MiB of it into root's log (under 5 MB with each line's stamp)."""
+    launcher.unchecked = "asserted here"
+    try:
+        log = _run_as_nobody(launcher, arena, "#!/bin/sh\nyes 'nobody was here, on root s disk' | head -c 30000000\n")
+    finally:
+        launcher.end_processes()
+    assert launcher.log.stat().st_size < 5_000_000, launcher.log.stat().st_size  # 1 MiB of short lines, stamped
+    assert re.search(r"output truncated: \d{8} more bytes not logged \(output_limit 1048576\)", log), log[-2000:]
