@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from support.launcher import Launcher
 
 VI = 'INSTANCE "VI_{}" {} 100'
@@ -69,3 +71,31 @@ def test_a_rejected_line_during_the_stop_does_not_wait_for_the_rejected_count(la
     launcher.settle(3)  # MASTER, STOP, READER STOP
     assert [r.args[:3] for r in launcher.starts()] == [["INSTANCE", "VI_1", "MASTER"], ["INSTANCE", "VI_1", "STOP"]]
     assert "line 2 rejected (unknown type 'garbage'" in launcher.log_text()
+
+
+@pytest.mark.xfail(strict=True, reason="stated limit (docs/invariants.md §5): only a live reader replaces a dead "
+                                       "worker, and after keepalived's stop none lives")
+def test_a_worker_killed_during_stop_action_after_the_reader_left_ends_the_stop(launcher: Launcher) -> None:
+    """The worker is SIGKILLed while stop_action runs, after keepalived stopped (no reader lives):
+    the STOP would have to end (stop_action re-run or skipped) without keepalived starting again."""
+    import signal
+    import subprocess
+
+    from support import LAUNCHER, VI
+    started = launcher.dir / "stop.started"
+    stop = launcher.dir / "stop.sh"
+    stop.write_text(f'#!/bin/sh\ntouch "{started}"\nsleep 2\n')
+    stop.chmod(0o755)
+    ini = launcher.dir / "s.ini"
+    ini.write_text(f"[launcher]\nstop_action = {stop}\n")
+    k = launcher.keepalived("--config", str(ini))
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.stop([])
+    launcher.wait_for("stop_action to start", started.exists)
+    os.kill(int((launcher.state / "worker.pid").read_text().split()[0]), signal.SIGKILL)
+    launcher.unchecked = "asserted here (the STOP never ends: the checker would wait for it)"
+    res = subprocess.run([LAUNCHER, "wait", "--state-dir", str(launcher.state), "--timeout", "8"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "#2 READER reader STOP | action ended" in launcher.log_text()
