@@ -11,6 +11,8 @@ pending), journals its events into that directory's journal, behind that work (r
 worker, in order, under our settings: the entries name our settings version), until it is idle;
 from then on into its own.  The log says which, and when it ends.  This costs one file read and
 one write at start; the check of the other directory runs per event only while we queue behind it.
+Entries are never pruned: one of a few dozen bytes per FIFO path ever served, and a FIFO that does
+not exist now may be one keepalived is re-creating in a reload.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ class Predecessor:
             if previous != self.paths.root:
                 ensure_dir(self.registry)
                 write_atomic(path, self.paths.root.encode(), FILE_MODE, sync=False)
-                _prune(self.registry)
         except OSError as exc:
             self.log.warn(None, None, f"cannot record in {path} that {self.paths.root} serves {self.fifo} "
                                       f"({exc.strerror}): a reader started with another --state-dir will not "
@@ -97,17 +98,6 @@ class Predecessor:
         """Ring the other directory's worker (it lives: `journal` checked), so it reads its journal."""
         if self._doorbell is not None:
             self._doorbell.answered()
-
-
-def _prune(registry: str) -> None:
-    """Remove the entries of FIFOs that no longer exist (a stat each: a host has one or two FIFOs),
-    so the registry does not grow with every FIFO path ever served."""
-    for name in os.listdir(registry):
-        if not os.path.lexists(name.replace("%2F", "/").replace("%25", "%")):
-            try:
-                os.unlink(os.path.join(registry, name))
-            except FileNotFoundError:
-                pass
 
 
 def _read(path: str) -> str | None:

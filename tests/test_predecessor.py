@@ -5,10 +5,13 @@ earlier), and the log says so.  Real readers, workers and actions, through the s
 from __future__ import annotations
 
 import os
+import threading
 
 from support import VI, recorder
 from support.launcher import Launcher
 from support.marks import needs
+from support.recorder import sleep_line
+from support.standin import Keepalived, _await_or_kill
 
 from notify_launcher.predecessor import entry_path
 
@@ -45,3 +48,45 @@ def test_a_reload_with_another_state_dir_queues_behind_the_old_directorys_action
     assert os.path.exists(entry_path(str(launcher.fifo)))  # (removed by the fixture: /run outlives the test)
     k.stop([])
     launcher.unchecked = "two state directories in one log: their numbers overlap, checked above"
+
+
+@needs("root (the readers record which state directory serves a FIFO under /run)", os.geteuid() == 0)
+def test_another_readers_start_during_a_reload_gap_never_forgets_the_previous_state_dir(launcher: Launcher) -> None:
+    """keepalived's reload unlinks the FIFO and makes a new one (support.standin); a reader of
+    another keepalived on the host starts in that gap.  Our reload changed --state-dir to B while
+    A's action runs: B's reader still finds A in the registry and queues behind it, so no two
+    actions run at once."""
+    gate = launcher.dir / "gate"
+    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.wait_for("#1's action", lambda: launcher.starts())
+    # keepalived's reload, by hand: SIGTERM + EOF, the FIFO unlinked ...
+    proc, t0 = k._term_then_kill()
+    os.close(k.fd)
+    os.unlink(k.fifo)
+    threading.Thread(target=_await_or_kill, args=(proc, t0), daemon=True).start()
+    # ... the other instance's reader starts in the gap ...
+    other_dir = launcher.dir / "other"
+    other_dir.mkdir()
+    other = Keepalived([*launcher.argv()[:1], "--handler", "/bin/true", "--state-dir", str(other_dir / "state"),
+                        "--log-file", str(other_dir / "log"), "--linger", "1"], str(other_dir / "notify.fifo"))
+    other.start()
+    other_log = other_dir / "log"
+    launcher.wait_for("the other reader", lambda: other_log.exists() and "reader started" in other_log.read_text())
+    # ... and ours, with --state-dir B, on the new FIFO
+    argv = launcher.argv()
+    argv[argv.index(str(launcher.state))] = str(launcher.dir / "state-b")
+    k.script = argv
+    k.start()
+    launcher.wait_for("B's reader", lambda: launcher.log_text().count("reader started") == 2)
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("MASTER queued behind A", lambda: "MASTER 100 | received (journaled into" in launcher.log_text())
+    gate.touch()
+    launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()), timeout=10)
+    k.stop([])
+    other.stop([])
+    launcher.unchecked = "two state directories in one log: checked here"
+    overlaps = [r for r in launcher.records() if r.kind == "overlap"]
+    assert not overlaps, f"{overlaps}\n{launcher.log_text()[-3000:]}"
