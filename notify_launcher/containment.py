@@ -20,8 +20,10 @@ nothing is left, never one pass over a list read once.  Four mechanisms find tho
   and its name (the state directory's hash, the worker's pid) lets every starting worker end what
   a dead worker of its state directory left in one, with no record at all (`end_orphaned`:
   on_failure after the end record, an action spawned before its `start` record).
-- **The mark**: NOTIFY_LAUNCHER_ACTION (the state directory and the event's number) in every action's
-  environment, inherited by whatever it starts and read back from /proc/PID/environ.  Catches
+- **The mark**: NOTIFY_LAUNCHER_ACTION (the event's number and a random token, recorded in the
+  state directory's MARK_FILE before the spawn) in every action's environment, inherited by
+  whatever it starts and read back from /proc/PID/environ as one whole entry: no other user can
+  guess it and have root signal their processes.  Catches
   setsid, double fork and re-exec; not a process that clears its environment (`env -i`) or
   overwrites its initial environment in memory, and not processes of another user when the worker
   is not root (their environ is unreadable).
@@ -66,9 +68,28 @@ Note = Callable[[str], None]
 T = TypeVar("T")
 
 
-def mark(state_dir: str, seq: int, role: str = "action") -> str:
-    """The NOTIFY_LAUNCHER_ACTION of `seq`'s action (role "on_failure" for its on_failure command)."""
-    return f"{role} #{seq} {state_dir}"
+#: In the state directory (root's alone): `SEQ MARK` of the action the worker spawns last, written
+#: before the spawn, so a worker recovering from a dead one finds its processes by their mark.
+MARK_FILE = "action.mark"
+
+
+def mark(seq: int, role: str = "action") -> str:
+    """A new NOTIFY_LAUNCHER_ACTION for `seq`'s action (role "on_failure" for its on_failure
+    command): a random token, so no other user can give their processes an action's mark and have
+    root's timeout or recovery signal them and wait for them."""
+    import secrets  # not at the reader's import
+
+    return f"{role} #{seq} {secrets.token_hex(16)}"
+
+
+def recorded_mark(state_dir: str, seq: int) -> str | None:
+    """The mark MARK_FILE holds for `seq`'s action, or None (another action's, or none)."""
+    try:
+        with open(os.path.join(state_dir, MARK_FILE), encoding="ascii", errors="replace") as fh:
+            number, _, value = fh.read().partition(" ")
+    except OSError:
+        return None
+    return value if number == str(seq) and value else None
 
 
 def _write(path: str, data: bytes) -> None:
@@ -170,7 +191,7 @@ class Scan:
     one recorded, and what the worker's subreaper inherited since it started)."""
 
     def __init__(self, mark_value: str | None, session: int | None, roots: Iterable[int]) -> None:
-        self.needle = None if mark_value is None else f"{MARK}={mark_value}\0".encode()
+        self.needle = None if mark_value is None else f"\0{MARK}={mark_value}\0".encode()
         self.session, self.roots = session, set(roots)
 
     def find(self) -> set[int]:
@@ -203,7 +224,7 @@ class Scan:
     def _marked(self, pid: int) -> bool:
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
-                return self.needle in b"\0" + fh.read()  # type: ignore[operator]
+                return self.needle in b"\0" + fh.read()  # type: ignore[operator]  # one whole NAME=VALUE
         except OSError:
             return False
 
@@ -502,7 +523,21 @@ class Containment:
         return f"actions contained by their {MARK} mark, the subreaper and their session (no cgroup: {why_not})"
 
     def box(self, seq: int, role: str = "action") -> Box:
-        return Box(self.cgroups if self.cgroups.home is not None else None, mark(self.state_dir, seq, role))
+        """Event `seq`'s action's (or on_failure's) box, with a new mark; an action's is recorded in
+        MARK_FILE first (a state directory that cannot be written then loses only that fallback of
+        recovery without cgroups: the start record's pid and session remain)."""
+        value = mark(seq, role)
+        if role == "action":
+            try:
+                fd = os.open(os.path.join(self.state_dir, MARK_FILE),
+                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, f"{seq} {value}".encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+        return Box(self.cgroups if self.cgroups.home is not None else None, value)
 
     def end_orphaned(self, note: Note) -> list[int]:
         """End everything in the action cgroups of this state directory (found by name in our own
@@ -552,7 +587,7 @@ class Containment:
         if pid is not None and started is not None and identity.started_between(pid, *started):
             note(f"ending the dead worker's action pid {pid}")
             session = pid
-        scan = Scan(mark(self.state_dir, seq), session, [session] if session is not None else [])
+        scan = Scan(recorded_mark(self.state_dir, seq), session, [session] if session is not None else [])
         live = cgroup if cgroup is not None and os.path.isdir(cgroup) else None
         if live is not None:
             note(f"ending everything in its cgroup {live}")

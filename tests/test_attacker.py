@@ -558,3 +558,39 @@ def test_thirty_megabytes_of_output_make_no_thirty_megabytes_of_log(launcher: La
         launcher.end_processes()
     assert launcher.log.stat().st_size < 5_000_000, launcher.log.stat().st_size  # 1 MiB of short lines, stamped
     assert re.search(r"output truncated: \d{8} more bytes not logged \(output_limit 1048576\)", log), log[-2000:]
+
+
+def test_no_other_user_can_carry_an_actions_containment_mark(launcher: Launcher, arena: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without cgroups, an action's processes are found by their NOTIFY_LAUNCHER_ACTION mark: a
+    random value per action, matched as one whole NAME=VALUE entry.  Processes of nobody's that
+    carry what the mark once was (`action #1 STATE_DIR`), exactly or inside another variable, are
+    not the action's: its timeout signals and names none of them."""
+    monkeypatch.setenv("NOTIFY_LAUNCHER_NO_CGROUPS", "yes")
+    launcher.unchecked = "asserted here"
+    slow = launcher.dir / "slow.sh"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    launcher.handler = slow
+    launcher.extra_args += ["--timeout", "1"]
+    guessed = f"action #1 {launcher.state}"
+    spoofers = [subprocess.Popen([*attacker.AS_NOBODY, "env", "-i", f"{name}={guessed}", "sleep", "300"],
+                                 stdin=subprocess.DEVNULL) for name in ("NOTIFY_LAUNCHER_ACTION", "X1NOTIFY_LAUNCHER_ACTION")]
+    k = launcher.keepalived()
+    try:
+        wait_for("nobody's processes to carry the guessed mark", lambda: all(
+            f"={guessed}".encode() in Path(f"/proc/{p.pid}/environ").read_bytes() for p in spoofers), timeout=30)
+        k.start()
+        launcher.wait_started()
+        k.write('INSTANCE "VI_1" MASTER 100')
+        launcher.wait_for("event 1 ended", lambda: "action ended" in launcher.log_text(), timeout=60)
+        log = launcher.log_text()
+        assert "timed out" in log or "timeout of 1s reached" in log, log
+        assert [p.poll() for p in spoofers] == [None, None], log
+        assert not any(str(p.pid) in line for p in spoofers for line in log.splitlines() if "SIG" in line), log
+    finally:
+        for p in spoofers:
+            p.kill()
+            p.wait(10)
+        k.stop([]) if k.proc else None
+        launcher.end_processes()

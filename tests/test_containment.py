@@ -223,30 +223,31 @@ def _faked_time(faked: dict[str, str]) -> float:
 
 # -- the parts, directly ------------------------------------------------------------------------
 
-def _start_marked(state_dir: str, seq: int, script: str) -> subprocess.Popen[bytes]:
+def _start_marked(contained: Containment, seq: int, script: str) -> subprocess.Popen[bytes]:
     """A process carrying `seq`'s mark, as the worker's action would (for end_recorded)."""
-    env = dict(os.environ, **{containment.MARK: containment.mark(state_dir, seq)})
+    env = contained.box(seq).environment(dict(os.environ))
     return subprocess.Popen(["sh", "-c", script], env=env, start_new_session=True)
 
 
 def test_end_recorded_finds_a_double_forked_setsid_process_by_its_mark(tmp_path: Path) -> None:
     """Recovery without cgroups: the dead worker's action double-forked a setsid'd process and
     exited; only the mark can find it.  Another event's process is left alone."""
-    state = str(tmp_path / "state")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
     pidfile, other_pid = tmp_path / "pid", tmp_path / "other"
-    first = _start_marked(state, 7, f"(setsid sleep 300 & echo $! > {pidfile}) & wait")
-    other = _start_marked(state, 8, f"echo $$ > {other_pid}; exec sleep 300")
+    os.environ[NO_CGROUPS] = "yes"
+    try:
+        contained = Containment(str(state))
+        contained.start()
+    finally:
+        del os.environ[NO_CGROUPS]
+    other = _start_marked(contained, 6, f"echo $$ > {other_pid}; exec sleep 300")
+    first = _start_marked(contained, 7, f"(setsid sleep 300 & echo $! > {pidfile}) & wait")
     try:
         first.wait(30)
         wait_for("both marked processes' pids", lambda: pidfile.exists() and pidfile.read_text().strip()
                  and other_pid.exists(), timeout=30)
         orphan = int(pidfile.read_text())
-        os.environ[NO_CGROUPS] = "yes"
-        try:
-            contained = Containment(state)
-            contained.start()
-        finally:
-            del os.environ[NO_CGROUPS]
         notes: list[str] = []
         assert contained.end_recorded(7, None, None, None, notes.append) == []
         assert not processes.running(orphan)
