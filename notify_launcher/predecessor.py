@@ -4,8 +4,9 @@
 The workers of two state directories know nothing of each other: each runs its own journal, one
 action at a time.  So after a reload that changed `--state-dir` (the same FIFO, a new command
 line), the new reader's events would run while the old directory's slow action still runs, and
-before the events journaled there earlier.  Each reader therefore records, host-wide, which state
-directory serves its FIFO (REGISTRY, one file per FIFO path, its writer's alone); a reader that
+before the events journaled there earlier.  Each reader therefore records, host-wide, the state
+directory its FIFO's events are journaled into (REGISTRY, one file per FIFO path, its writer's
+alone): the other one while it queues behind it, its own once that is idle; a reader that
 finds another one there, whose worker lives and still has work (an action running, events
 pending), journals its events into that directory's journal, behind that work (run by that
 worker, in order, under our settings: the entries name our settings version), until it is idle;
@@ -48,17 +49,28 @@ class Predecessor:
         self._doorbell: Doorbell | None = None
 
     def start(self) -> None:
-        """Find the directory that served our FIFO before us, and name ours in its place."""
-        path = entry_path(self.fifo, self.registry)
-        previous = _read(path)
+        """Find the directory where our FIFO's events were journaled before us, and name the one
+        ours go to in its place: that one while we queue behind its work, else ours."""
+        previous = _read(entry_path(self.fifo, self.registry))
         try:
-            if previous != self.paths.root:
-                ensure_dir(self.registry)
-                write_atomic(path, self.paths.root.encode(), FILE_MODE, sync=False)
+            self._queue_behind(previous)
+        finally:
+            self._record(previous, self.paths.root if self.other is None else self.other.root)
+
+    def _record(self, previous: str | None, root: str) -> None:
+        """Name `root` in the registry as where this FIFO's events are journaled (pending work lives)."""
+        path = entry_path(self.fifo, self.registry)
+        if previous == root:
+            return
+        try:
+            ensure_dir(self.registry)
+            write_atomic(path, root.encode(), FILE_MODE, sync=False)
         except OSError as exc:
-            self.log.warn(None, None, f"cannot record in {path} that {self.paths.root} serves {self.fifo} "
+            self.log.warn(None, None, f"cannot record in {path} that {root} serves {self.fifo} "
                                       f"({exc.strerror}): a reader started with another --state-dir will not "
                                       f"know to queue behind this one's work")
+
+    def _queue_behind(self, previous: str | None) -> None:
         if previous is None or previous == self.paths.root or not os.path.isdir(previous):
             return
         other = StatePaths(previous)
@@ -91,6 +103,7 @@ class Predecessor:
             return self._writer
         self.log.info(None, None, f"the state directory {self.other.root} is idle: our events go into "
                                   f"{self.paths.root} from now on")
+        self._record(self.other.root, self.paths.root)
         self.other = None
         return None
 

@@ -90,3 +90,37 @@ def test_another_readers_start_during_a_reload_gap_never_forgets_the_previous_st
     launcher.unchecked = "two state directories in one log: checked here"
     overlaps = [r for r in launcher.records() if r.kind == "overlap"]
     assert not overlaps, f"{overlaps}\n{launcher.log_text()[-3000:]}"
+
+
+@needs("root (the readers record which state directory serves a FIFO under /run)", os.geteuid() == 0)
+def test_a_second_reload_keeps_queueing_behind_the_previous_state_dir(launcher: Launcher) -> None:
+    """A's action runs; keepalived is reloaded with --state-dir B (B's reader queues behind A,
+    journaling into A), then reloaded again with the same command line: the third reader queues
+    behind A too, so its event runs after A's work, in order, never beside A's action."""
+    gate = launcher.dir / "gate"
+    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.wait_for("#1's action", lambda: launcher.starts())
+    state_b = launcher.dir / "state-b"
+    argv = launcher.argv()
+    argv[argv.index(str(launcher.state))] = str(state_b)
+    k.script = argv
+    k.reload()
+    launcher.wait_for("B's reader", lambda: "queue behind it" in launcher.log_text())
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("MASTER journaled", lambda: "MASTER 100 | received" in launcher.log_text())
+    k.reload()  # the same command line again
+    launcher.wait_for("the third reader", lambda: launcher.log_text().count("reader started") == 3)
+    k.write(VI.format("FAULT"))
+    launcher.wait_for("FAULT queued behind A", lambda: "FAULT 100 | received (journaled into" in launcher.log_text())
+    gate.touch()
+    launcher.wait_for("three actions", lambda: len([r for r in launcher.records() if r.kind == "end"]) == 3)
+    k.stop([])
+    launcher.unchecked = "two state directories in one log: checked here"
+    records = launcher.records()
+    overlaps = [r for r in records if r.kind == "overlap"]
+    order = [r.state for r in launcher.starts()]
+    assert not overlaps and order[:3] == ["BACKUP", "MASTER", "FAULT"], \
+        f"overlaps: {overlaps}; actions started in the order {order}\n{launcher.log_text()[-3000:]}"
