@@ -115,11 +115,20 @@ def _ini_safe(text: str) -> bool:
     return text.isprintable() and not any(text[i] == "#" and text[i - 1].isspace() for i in range(1, len(text)))
 
 
+def _untrusted_file(path: str) -> str | None:
+    """Why someone other than root could change `path` -- keepalived.conf or a file it includes --
+    or None: as root, the commands written from it would be root's (security.py)."""
+    return security.insecure_reason(path) if os.geteuid() == 0 else None
+
+
 def _plan(d: Directive, found: Found) -> Command | str:
     """The launcher's command for `d`, or (a str) why it is not converted: 'ignored: ...' when
     keepalived does not run it either, else the reason the launcher cannot run it the same way."""
     if d.ignored is not None:
         return f"ignored: {d.ignored}"
+    untrusted = _untrusted_file(d.where.file)
+    if untrusted is not None:
+        return f"{d.where.file}: the launcher takes no command from a file someone else could change: {untrusted}"
     if d.argv != d.argv_before_232:
         return (f"its argv depends on the keepalived release (2.1.5-2.3.1 unescape the line twice): "
                 f"{list(d.argv_before_232)} there, {list(d.argv)} from 2.3.2 on")

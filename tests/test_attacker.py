@@ -594,3 +594,26 @@ def test_no_other_user_can_carry_an_actions_containment_mark(launcher: Launcher,
             p.wait(10)
         k.stop([]) if k.proc else None
         launcher.end_processes()
+
+
+def test_import_converts_no_directive_from_an_included_file_nobody_owns(arena: Path) -> None:
+    """`import` follows keepalived.conf's includes; a notify directive in a file user nobody owns
+    (or in a directory nobody can write) is not written into root's INI: it is listed as not
+    converted, naming the file and why, and the exit code says so (EXIT_PARTIAL)."""
+    drop = arena / "conf.d"
+    drop.mkdir(mode=0o755)
+    os.chown(drop, NOBODY, NOBODY)
+    payload = f"/bin/sh -c 'touch {arena}/marks-pwned'"
+    made = attacker.nobody_sh(f"cat > {drop}/vi.conf <<'X'\nvrrp_instance VI_1 {{\n    state BACKUP\n"
+                              f"    interface lo\n    virtual_router_id 51\n    priority 100\n"
+                              f"    notify_master \"{payload}\" root\n}}\nX\n")
+    assert made.returncode == 0, made.stderr
+    conf = arena / "keepalived.conf"
+    conf.write_text(f"global_defs {{\n    script_user root\n}}\ninclude {drop}/*.conf\n")
+    ini = arena / "nl.ini"
+    done = _launcher("import", str(conf), "--write", str(ini))
+    text = ini.read_text() if ini.exists() else ""
+    assert "marks-pwned" not in text, text
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert (f"{drop}/vi.conf:6  notify_master: {drop}/vi.conf: the launcher takes no command from a file someone "
+            f"else could change: {drop} belongs to uid {NOBODY} (nobody), not root") in done.stdout, done.stdout
