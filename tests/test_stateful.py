@@ -59,10 +59,6 @@ TMPFS = "256k"
 
 #: Operations that trigger a bug of issue 19 still open on main: off unless NL_STATEFUL_BUGS names them.
 BUGS = {
-    "full-disk-start": "an action starts while the state file system is full: its try and start records "
-                       "cannot be written ('going on without it'); the worker is killed while it runs, the next "
-                       "one finds no start record ('worker pid N died while preparing this event'), does not end "
-                       "the orphan, and the re-run overlaps it",
     "early-term": "keepalived stops or reloads the reader right after it started, before Python installed cli's "
                   "early SIGTERM handler: the SIGTERM kills it silently, with the lines in its pipe: no STOP "
                   "journaled, stop_action not run (a stated limit: docs/invariants.md, \"Before the reader "
@@ -268,8 +264,6 @@ class Run:
             self.event()
         time.sleep(self.rng.uniform(0.1, 0.8))  # how long the disk stays full: a schedule
         filler.unlink()
-        if "full-disk-start" not in self.bugs:
-            self.settle()  # every action started on the full disk has ended before the next kill
 
     def settle(self) -> None:
         """Until every line written is journaled (or was at risk), the queue is drained, and every
