@@ -488,7 +488,7 @@ class Box:
         left = children() - self._before - {self.pid}
         if self.cgroup is not None and self.cgroups is not None:
             try:
-                if release:
+                if release and left:  # (something left has an orphan, re-parented to us: none, no read)
                     try:
                         left |= self.cgroups.release(self.cgroup)
                     except OSError:
