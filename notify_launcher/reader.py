@@ -40,6 +40,10 @@ from notify_launcher.window import StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
 
 
+#: The pause between tries to journal what waits once keepalived's stop window is open (s).
+STOP_RETRY = 0.02
+
+
 class Reader:
     """One reader per keepalived process (two for a moment during a reload): the loop that composes
     the FIFO, the intake, the backlog, the worker link and the stop classifier.
@@ -222,6 +226,9 @@ class Reader:
         the journal takes it) and log the exit."""
         self._verdict = verdict
         self.submit(Event(READER_TYPE, "reader", verdict.state))
+        while self.backlog and self.window.deadline is not None:  # keepalived's window: try again until it
+            time.sleep(STOP_RETRY)                                 # closes (WindowClosed), a full disk may
+            self.submit(None)                                      # take writes again meanwhile
         if self.backlog:
             self.backlog.lost(f"the journal cannot be written, and the reader exits; {self.intake.lines} lines read",
                               verdict.state)

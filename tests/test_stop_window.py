@@ -7,6 +7,8 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.launcher import Launcher
+from support.marks import needs
 
 VI = 'INSTANCE "VI_{}" {} 100'
 
@@ -99,3 +102,35 @@ def test_a_worker_killed_during_stop_action_after_the_reader_left_ends_the_stop(
     res = subprocess.run([LAUNCHER, "wait", "--state-dir", str(launcher.state), "--timeout", "8"],
                          capture_output=True, text=True)
     assert res.returncode == 0 and "#2 READER reader STOP | action ended" in launcher.log_text()
+
+
+def _traced(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as fh:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in fh)
+
+
+@needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+def test_a_failed_write_of_the_stop_is_tried_again_within_the_window(launcher: Launcher) -> None:
+    """The STOP's journal write fails once (ENOSPC, injected by strace); the reader tries again
+    within keepalived's window, the STOP is journaled and stop_action runs (the checker's stop
+    window invariant)."""
+    ini = launcher.dir / "nl.ini"
+    ini.write_text(f"[launcher]\nstop_action = {launcher.handler}\n")
+    launcher.extra_args += ["--config", str(ini)]
+    k = launcher.keepalived()
+    k.start()
+    assert k.write(VI.format(1, "BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    # the reader's writes from now on: 1 the signal wakeup byte, 2 the log's "SIGTERM: catching STOP
+    # lines", 3 the STOP's journal line
+    tracer = subprocess.Popen(["strace", "-qq", "-p", str(k.proc.pid), "-e", "trace=write",
+                               "-e", "inject=write:error=ENOSPC:when=3", "-o", "/dev/null"])
+    try:
+        launcher.wait_for("strace attached", lambda: _traced(k.proc.pid) if k.proc else False)
+        report = k.stop([])
+    finally:
+        tracer.terminate()
+        tracer.wait()
+    assert not report.killed, report
+    launcher.settle(2)
