@@ -26,14 +26,14 @@ from notify_launcher.config import load
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _readme_blocks() -> tuple[str, str]:
-    """The README's migration example: the keepalived.conf before, and what `import` prints after."""
-    text = (ROOT / "README.md").read_text().split("## Migrating from notify directives", 1)[1]
+def _example_blocks() -> tuple[str, str]:
+    """docs/migrating.md's example: the keepalived.conf before, and what `import` prints after."""
+    text = (ROOT / "docs" / "migrating.md").read_text()
     blocks = re.findall(r"```(?:ini)?\n(.*?)```", text, re.S)
     return blocks[0], blocks[1]
 
 
-README_BEFORE = _readme_blocks()[0]
+EXAMPLE_BEFORE = _example_blocks()[0]
 
 
 def _import(tmp_path: Path, conf: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,16 +56,16 @@ def scripts() -> Iterator[Path]:
 
 @needs("root (the trust rule and users are root's)", os.geteuid() == 0)
 @needs("root (the trust rule and users are root's)", os.geteuid() == 0)
-def test_the_readme_shows_what_import_prints_for_its_example(tmp_path: Path, scripts: Path) -> None:
-    res = _import(tmp_path, README_BEFORE.replace("/usr/local/sbin", str(scripts)), "--config-id", "n1")
+def test_the_migration_doc_shows_what_import_prints_for_its_example(tmp_path: Path, scripts: Path) -> None:
+    res = _import(tmp_path, EXAMPLE_BEFORE.replace("/usr/local/sbin", str(scripts)), "--config-id", "n1")
     printed = res.stdout.replace(str(scripts), "/usr/local/sbin").replace(str(tmp_path / "keepalived.conf"),
                                                                              "/etc/keepalived/keepalived.conf")
-    for part in _readme_blocks()[1].split("...\n"):
+    for part in _example_blocks()[1].split("...\n"):
         assert part in printed, part
 
 
-def test_the_readme_example_converts_exactly(tmp_path: Path, scripts: Path) -> None:
-    res = _import(tmp_path, README_BEFORE.replace("/usr/local/sbin", str(scripts)), "--config-id", "n1")
+def test_the_migration_doc_example_converts_exactly(tmp_path: Path, scripts: Path) -> None:
+    res = _import(tmp_path, EXAMPLE_BEFORE.replace("/usr/local/sbin", str(scripts)), "--config-id", "n1")
     conf = tmp_path / "keepalived.conf"
     s = scripts
     assert (res.returncode, res.stderr) == (0, "")
