@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from notify_launcher import actions, pidfile, settingsfile
+from notify_launcher import actions, journal, pidfile, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.containment import Containment, wait_pids
 from notify_launcher.drain import Drain
@@ -122,6 +122,15 @@ class Worker:
         self._name_self()
         self.open_state()
 
+    def _progress_missing(self) -> None:
+        """Without the progress file nothing says which journaled events finished: they run again.
+        Said at ERROR, with their numbers (the journal is read whole, only in this case)."""
+        seqs = [e.seq for e in journal.read_all(self.paths.journal)]
+        if seqs:
+            self.log.error(None, None, f"progress file missing: events #{seqs[0]}..#{seqs[-1]} journaled before it "
+                                       f"will run again ({self.paths.progress} was removed; nothing else records "
+                                       f"which of them finished)")
+
     def _name_self(self) -> None:
         """worker.pid, and what tells our process from a later one."""
         self.runner.worker_start = me().start
@@ -141,9 +150,12 @@ class Worker:
         worker of this state directory's path (its worker.lock removed under it) is waited for."""
         self._wait_for_live_workers()
         self.following.start()
+        missing = not os.path.exists(self.paths.progress)
         snap = self.ledger.start()
         done_seq = snap.done_seq
         self.log.info(None, None, f"worker started ({self.how}; lock taken); last finished event #{done_seq}")
+        if missing and not done_seq:
+            self._progress_missing()
         self.containment.end_orphaned(lambda text: self.log.warn(None, None, text))  # before anything runs
         if snap.trying or snap.running is not None:
             done_seq, skipped = self.recovery.recover(snap)

@@ -264,3 +264,25 @@ def test_a_removed_worker_lock_never_makes_a_live_worker_look_dead(launcher: Lau
     launcher.settle(3)
     assert [r.seq for r in launcher.starts() if r.seq == 1] == [1]
     assert "died while this event's action" not in launcher.log_text()
+
+
+def test_a_removed_progress_file_is_said_with_the_events_that_run_again(launcher: Launcher) -> None:
+    """The progress file is removed while the queue is idle: the next worker cannot know which
+    journaled events finished; it says at ERROR which numbers run again before it runs them."""
+    k = launcher.keepalived()
+    k.start()
+    assert k.write(VI.format("BACKUP"))
+    assert k.write(VI.format("MASTER"))
+    launcher.settle(2)
+    k.stop([])
+    launcher.settle(3)
+    launcher.wait_for("the worker to leave", lambda: not launcher.launcher_processes())
+    (launcher.state / "progress").unlink()
+    again = launcher.keepalived()
+    again.start()
+    launcher.wait_started()
+    assert again.write(VI.format("FAULT"))
+    launcher.wait_for("FAULT's action", lambda: any(r.state == "FAULT" for r in launcher.starts()))
+    again.stop([])
+    assert "ERROR #- - | progress file missing: events #" in launcher.log_text()
+    launcher.unchecked = "the events before the removal run again: the stated limit (docs/invariants.md, 1)"
