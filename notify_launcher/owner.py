@@ -77,10 +77,11 @@ def early() -> Seen | None:
 
 
 def _watch(ident: ProcessId) -> int:
-    """A pidfd on `ident` if it still runs, else -1 (gone, or its pid is another process's now)."""
+    """A pidfd on `ident` if it still runs, else -1 (gone, or its pid is another process's now).
+    Any other failure (no pidfd_open, no fd left) is raised: that says nothing of the process."""
     try:
         fd = os.pidfd_open(ident.pid)
-    except OSError:
+    except ProcessLookupError:
         return -1
     if not identity.is_running(ident):  # checked after the open: the fd cannot name a later process
         os.close(fd)
@@ -107,8 +108,13 @@ class Starter:
         seen = self.seen or early()
         if seen is None:
             return  # no keepalived child (a fork of keepalived's main process) started us
+        try:
+            self.pidfd, self._main_fd = _watch(seen.starter), -1
+            self._main_fd = _watch(seen.keepalived)
+        except OSError:
+            self.close()
+            return  # nothing watched: every end is taken as keepalived's, as for a reader nobody started
         self.starter, self.keepalived = seen
-        self.pidfd, self._main_fd = _watch(seen.starter), _watch(seen.keepalived)
 
     @property
     def gone(self) -> bool:
