@@ -161,25 +161,26 @@ class StopClassifier:
 
     def done(self, now: float) -> bool:
         """After SIGTERM: the keepalived child that started us died (its restart: no STOP lines come);
-        the grace is over; or, once the FIFO is quiet, every known instance/group reported STOP (a
-        stop), or keepalived started the next reader (a reload, which writes no STOP lines and may
-        hand it this very FIFO: reading beside it could journal lines out of order)."""
+        the grace is over; keepalived started the next reader (a reload, which writes no STOP lines
+        and may hand it this very FIFO: reading beside it could journal lines out of order), looked
+        for every SIBLING_CHECK even while lines come; or, once the FIFO is quiet, every known
+        instance/group reported STOP (a stop)."""
         assert self.term_at is not None
         if not self._respawn_checked:
             self._respawn_checked = True  # at once: a stopping starter may exit while we read its STOP lines
             self.respawned = self.respawn(True)
         if self.respawned is not None or now >= self.term_at + self.grace:
             return True
+        if self.sibling is None and now >= self._sibling_check:  # also while lines come: a busy shared
+            self._sibling_check = now + SIBLING_CHECK              # FIFO must not keep us beside the next reader
+            self.sibling = self.next_reader()
+        if self.sibling is not None:
+            return True
         # keepalived writes its STOP lines in one burst; a line of an instance or group we have not
         # seen yet may follow the last one we know by a moment: leave once the burst is over.
         if now < self.last_line_at + STOP_QUIET:
             return False
-        if self.states and all(s in FINAL_STATES for s in self.states.values()):
-            return True
-        if self.sibling is None and now >= self._sibling_check:
-            self._sibling_check = now + SIBLING_CHECK
-            self.sibling = self.next_reader()
-        return self.sibling is not None
+        return bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
 
     def wake_in(self, now: float) -> float | None:
         """Seconds until `done` may change without a new line (None: not stopping)."""

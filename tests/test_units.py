@@ -144,6 +144,25 @@ def test_stop_grace_ends_early_once_every_instance_reported_stop() -> None:
     assert stop.verdict(False, "fifo", lambda: False) == Verdict("STOP", "SIGTERM: keepalived is stopping")
 
 
+def test_a_next_reader_on_a_busy_fifo_ends_the_grace_at_once() -> None:
+    """A reload during a burst on a shared FIFO: lines keep coming (never STOP_QUIET apart), and the
+    next reader keepalived started must be seen anyway, or both readers read the FIFO side by side
+    until the grace ends and one writer's lines are journaled out of order."""
+    sibling: list[int] = []
+    stop = StopClassifier(grace=0.5, next_reader=lambda: sibling[0] if sibling else None)
+    stop.sigterm(100.0)
+    stop.saw([_parsed('INSTANCE "B_1" MASTER 100')], 100.0)
+    assert not stop.done(100.0)
+    sibling.append(4242)  # keepalived started the next reader; the burst goes on
+    for i in range(2, 6):
+        now = 100.0 + i * 0.01
+        stop.saw([_parsed(f'INSTANCE "B_{i}" MASTER 100')], now)
+        if stop.done(now):
+            break
+    assert stop.done(now) and now < 100.0 + STOP_QUIET + SIBLING_CHECK, now
+    assert stop.verdict(False, "fifo", lambda: False).state == "RELOAD"
+
+
 def test_stop_grace_ends_when_it_is_over_whatever_came() -> None:
     stop = StopClassifier(grace=0.5, next_reader=lambda: None)
     stop.sigterm(100.0)
