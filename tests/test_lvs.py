@@ -363,12 +363,20 @@ def _readers(node: Node) -> list[int]:
     return out
 
 
-def _new_child(node: Node, which: str, old: int) -> bool:
-    try:
-        pid = node.child_pid(which)
-    except (OSError, ValueError):
-        return False
-    return pid != old and os.path.exists(f"/proc/{pid}")
+def _respawned(node: Node, which: str, old: int) -> int:
+    """Wait until keepalived started its `which` child again (a pid file being written may be
+    empty for a moment); its pid."""
+    found: list[int] = []
+
+    def new_child() -> bool:
+        try:
+            pid = node.child_pid(which)
+        except (OSError, ValueError, IndexError):
+            return False
+        found[:] = [pid]
+        return pid != old and os.path.exists(f"/proc/{pid}")
+    node.wait_for(f"keepalived's {which} child again", new_child)
+    return found[0]
 
 
 def _one_new_reader(node: Node, old: set[int]) -> None:
@@ -397,8 +405,7 @@ def test_owner_crash_right_after_its_reader_started_leaves_one_reader(
         old = set(_readers(n1))
         started = n1.log_text().count("reader started")
         os.kill(child, signal.SIGKILL)
-        n1.wait_for(f"keepalived's {which} child again", lambda old=child: _new_child(n1, which, old))
-        child = n1.child_pid(which)
+        child = _respawned(n1, which, child)
         if crash < 2:
             deadline = time.monotonic() + 10
             while n1.log.read_text().count("reader started") <= started:  # polled without a pause: hit the moment
@@ -426,14 +433,13 @@ def test_owner_crash_while_its_reader_imports_is_a_restart(real_cluster: Callabl
     child = n1.child_pid(which)
     before = n1.current_reader().pid
     os.kill(child, signal.SIGKILL)  # a first crash, so the reader held below is a restarted child's
-    n1.wait_for(f"keepalived's {which} child again", lambda: _new_child(n1, which, child))
-    child = n1.child_pid(which)
+    child = _respawned(n1, which, child)
     n1.wait_for("the next reader", lambda: _reader_other_than(n1, before))
     reader = n1.current_reader().pid
     n1.wait_for("the reader to catch SIGTERM", lambda: _catches_sigterm(reader))
     os.kill(reader, signal.SIGSTOP)
     os.kill(child, signal.SIGKILL)
-    n1.wait_for(f"keepalived's {which} child again", lambda: _new_child(n1, which, child))
+    _respawned(n1, which, child)
     n1.wait_for("the dead child reaped", lambda: not os.path.exists(f"/proc/{child}"))
     os.kill(reader, signal.SIGCONT)
     n1.wait_for("the held reader gone", lambda: _gone(reader))
