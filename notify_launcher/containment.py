@@ -558,11 +558,16 @@ class Containment:
         return left
 
     def live_workers(self) -> set[int]:
-        """Other workers of this state directory's path that run: each lives in an action cgroup
+        """Other workers of this state directory's path running an action: each lives in an action cgroup
         named by its pid (Cgroups), found in our own cgroup.  There are any only when someone
         removed worker.lock (or the whole directory) under a live worker: it leaves once its
         action ends (Worker._owner), and two workers must never run actions at once."""
-        return {worker for path, worker in self._named() if worker != os.getpid() and worker in cgroup_members(path)}
+        found = set()
+        for path, worker in self._named():
+            members = cgroup_members(path) if worker != os.getpid() else []
+            if worker in members and len(members) > 1:  # it runs an action (idle, it starts none: its lock is gone)
+                found.add(worker)
+        return found
 
     def _named(self) -> list[tuple[str, int]]:
         """(path, worker pid) of this state directory's action cgroups in our own cgroup."""

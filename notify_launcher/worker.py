@@ -173,7 +173,7 @@ class Worker:
                                   f"(its worker.lock was removed or replaced); waiting for it to leave before "
                                   f"running anything")
         while others:
-            wait_pids(others, LONGEST_WAIT)
+            wait_pids(others, 1.0)  # or its action ended (it leaves then)
             others = self.containment.live_workers()
         self.log.info(None, None, "the other worker left; going on")
 
