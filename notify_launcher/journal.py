@@ -164,6 +164,11 @@ class JournalWriter:
     journal file is opened); `report` says what the log must hear.  A removed journal is created
     again on the next append; `created` then says so, so the reader knows the worker it rang before
     may be following a file that no longer exists.
+
+    Why it is larger than the package's other classes (~250 lines): numbering, appending and
+    spilling share one lock, one open file and one floor, and each append must decide between them
+    in one bounded step (keepalived's window); the spill file and the settings versions are the
+    parts to move into classes of their own when this grows again.
     """
 
     def __init__(self, path: str, floor: Callable[[], int] | None = None,

@@ -255,7 +255,11 @@ def default_config_id() -> str:
 
 
 class _Reader:
-    """Files -> logical lines -> nodes, with keepalived's include, @, $ and brace rules."""
+    """Files -> logical lines -> nodes, with keepalived's include, @, $ and brace rules.
+
+    Why one class of ~200 lines: keepalived applies these rules in one pass with shared state (the
+    `$` definitions, the include depth, the open blocks), and each method is one of its rules; the
+    tokenizer underneath is the module's pure functions, tested on their own."""
 
     def __init__(self, config_id: str | None) -> None:
         self.config_id = config_id

@@ -89,7 +89,9 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader
 
 class Worker:
     """Holds worker.lock for its whole life.  Building one only stores state; `start()` does what a
-    worker owes the state directory before its first event, `run()` serves events until idle."""
+    worker owes the state directory before its first event, `run()` serves events until idle.
+    Its ~160 lines are the composition (the parts below are built here and handed to each other)
+    and the linger loop; each job is a class of its own (drain, recovery, ledger, publisher, ...)."""
 
     def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str,
                  reader: ProcessId, lock: WorkerLock) -> None:
