@@ -273,9 +273,10 @@ def test_repeated_fast_crashes_of_the_owner_are_no_stop(site: Site) -> None:
     assert site.reader_events()[-1] == "STOP", site.reader_events()
 
 
-@pytest.mark.xfail(strict=True, reason="a stated limit (docs/invariants.md, \"Before the reader catches "
+@pytest.mark.xfail(strict=False, reason="a stated limit (docs/invariants.md, \"Before the reader catches "
                    "SIGTERM\"): a SIGTERM in the new reader's Python start-up, before cli installs its "
-                   "early handler, kills it unlogged: no READER STOP, no stop_action, its STOP lines unread")
+                   "early handler, kills it unlogged: no READER STOP, no stop_action, its STOP lines unread. "
+                   "Not strict: on a slow or busy machine the stop may land after the handler (then it passes)")
 def test_stop_while_the_owner_restarts_journals_the_stop(site: Site) -> None:
     """The owner crashes and keepalived stops while the next reader is still starting up (Python
     importing): the stop should still journal the STOP lines and one READER STOP."""

@@ -177,10 +177,12 @@ def test_fork_refused_at_the_pid_limit_does_not_end_the_reader(launcher: Launche
 
 def test_later_sibling_finds_the_next_reader_keepalived_started() -> None:
     """How a reader tells a reload from a stop: keepalived starts the same command again, from the
-    same parent (the FIFO may be the very same one, so it cannot tell)."""
-    first = subprocess.Popen(["sleep", "30"])
-    second = subprocess.Popen(["sleep", "30"])
-    other = subprocess.Popen(["sleep", "31"])
+    same parent (the FIFO may be the very same one, so it cannot tell).  Each is started as
+    keepalived starts a script, leading a process group of its own: then its starter is its parent,
+    whatever process group the test itself runs in."""
+    first = subprocess.Popen(["sleep", "30"], preexec_fn=os.setpgrp)
+    second = subprocess.Popen(["sleep", "30"], preexec_fn=os.setpgrp)
+    other = subprocess.Popen(["sleep", "31"], preexec_fn=os.setpgrp)
     try:
         assert later_sibling(first.pid) == second.pid
         assert later_sibling(second.pid) is None
