@@ -205,6 +205,19 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _no_stop_until_the_real_one(site: Site, first: int) -> None:
+    """After the owner's crash: both children's lines are journaled by the next reader, the `first`
+    reader leaves without a READER STOP, and keepalived's real stop journals exactly one."""
+    site.write("vrrp")
+    site.write("checker")
+    site.launcher.wait_started()
+    site.wait_journaled(6)
+    site.launcher.wait_for("the first reader gone", lambda: _gone(first))
+    assert "STOP" not in site.reader_events(), site.launcher.log_text()[-3000:]
+    _stop(site)
+    site.check(stops=1)
+
+
 def test_owner_crash_while_its_reader_starts_is_a_restart(site: Site) -> None:
     """The owner child crashes while its reader is still starting (held with SIGSTOP after cli noted
     its starter, so the moment is deterministic), and is reaped and started again, with the next
@@ -217,14 +230,7 @@ def test_owner_crash_while_its_reader_starts_is_a_restart(site: Site) -> None:
     os.kill(first, signal.SIGSTOP)
     site.ka.crash(site.ka.owner)
     os.kill(first, signal.SIGCONT)
-    site.write("vrrp")
-    site.write("checker")
-    site.launcher.wait_started()
-    site.wait_journaled(6)
-    site.launcher.wait_for("the first reader gone", lambda: _gone(first))
-    assert "STOP" not in site.reader_events(), site.launcher.log_text()[-3000:]
-    _stop(site)
-    site.check(stops=1)
+    _no_stop_until_the_real_one(site, first)
     assert site.reader_events()[-1] == "STOP"
 
 
@@ -239,14 +245,7 @@ def test_checker_crash_shortly_after_it_started_its_reader_is_no_stop(launcher: 
         first = site.ka.scripts()[-1]
         time.sleep(delay)  # the moment of the crash is the parameter, not a wait for something
         site.ka.crash("checker")
-        site.write("vrrp")
-        site.write("checker")
-        site.launcher.wait_started()
-        site.wait_journaled(6)
-        site.launcher.wait_for("the first reader gone", lambda: _gone(first))
-        assert "STOP" not in site.reader_events(), site.launcher.log_text()[-3000:]
-        _stop(site)
-        site.check(stops=1)
+        _no_stop_until_the_real_one(site, first)
     finally:
         site.ka.close()
 
