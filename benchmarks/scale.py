@@ -9,9 +9,10 @@
   stand-in, each for one of those names: the worker's CPU per event (its utime+stime over the
   events / their number) and event -> action start (the stand-in's write -> the recorder's start).
   The worker is idle between events, so each idle moment is one where it may compact.
-- history: progress files of 100 and 100,000 events (10 names, compacted as the worker does):
-  `status --json` (fork to exit) and one `wait` poll after one more event (status.StatusReader,
-  in process), beside a full replay of the file (what every poll cost before).
+- history: state directories after 100, 10,000 and 100,000 events (10 names, compacted as the
+  worker does): `status --json` (fork to exit) and one `wait` poll after one more event
+  (status.StatusReader, in process), beside a full replay of the progress file.  "Equal within
+  noise": the median at N events within NOISE of the median at 100 (the spread of the reps shown).
 Medians over `--reps`; every figure of one row comes from the same run.
 """
 
@@ -32,13 +33,15 @@ from typing import Any
 import run  # (beside this file: the benchmark's setups: stand-in, recorder handler, cleanup by PID)
 from support import recorder  # noqa: E402
 
-from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_MAX  # noqa: E402
+from notify_launcher.history import History  # noqa: E402
+from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_FLOOR  # noqa: E402
 from notify_launcher.progress import EndRecord, ProgressLog, StartRecord, TryRecord, replay  # noqa: E402
 from notify_launcher.statedir import StatePaths  # noqa: E402
 from notify_launcher.status import StatusReader  # noqa: E402
 
 NAMES = (10, 1000, 5000)
 HISTORY = (100, 10_000, 100_000)
+NOISE = 1.15  # "equal within noise": at most this ratio of the medians
 
 
 def line_of(i: int, state: str) -> tuple[str, tuple[str, str, str]]:
@@ -53,9 +56,9 @@ def line_of(i: int, state: str) -> tuple[str, tuple[str, str, str]]:
 
 
 def write_history(path: str, events: int, names: int) -> None:
-    """The progress file a worker leaves after `events` events over `names` names (one try, start
-    and end each), compacted by the worker's own rule."""
-    log = ProgressLog(path)
+    """The progress and history files a worker leaves after `events` events over `names` names (one
+    try, start and end each), compacted by the worker's own rule."""
+    log, history = ProgressLog(path), History(os.path.join(os.path.dirname(path), "history"), KEEP_HISTORY)
     for seq in range(1, events + 1):
         text, (kind, name, state) = line_of(seq % names, "MASTER" if seq // names % 2 == 0 else "BACKUP")
         key, event = f"{kind} {name}", text
@@ -64,8 +67,8 @@ def write_history(path: str, events: int, names: int) -> None:
                                pid_start_min=1, pid_start_max=1, worker=1, worker_start=1))
         log.record(EndRecord(op="end", seq=seq, t=time.time(), key=key, event=event, state=state, result="exit 0",
                              ok=True, duration=0.002, exit=0, signal=None, timed_out=False, worker=1))
-        if log.due(PROGRESS_MAX):
-            log.compact(KEEP_HISTORY)
+        if log.due(PROGRESS_FLOOR):
+            log.compact(history)
 
 
 def worker_cpu(state: Path) -> float:
@@ -148,7 +151,8 @@ def phase_history(root: Path, events: int, reps: int) -> dict[str, Any]:
         replay_ms.append((time.perf_counter() - t0) * 1000)
     reader.close()
     return {"status_json_ms": statistics.median(status_ms), "wait_poll_ms": statistics.median(poll_ms),
-            "full_replay_ms": statistics.median(replay_ms), "progress_bytes": os.path.getsize(progress)}
+            "full_replay_ms": statistics.median(replay_ms), "progress_bytes": os.path.getsize(progress),
+            "status_json_spread": [min(status_ms), max(status_ms)], "wait_poll_spread": [min(poll_ms), max(poll_ms)]}
 
 
 def measure(reps: int, events: int, launcher: str | None = None) -> dict[str, Any]:
@@ -189,11 +193,14 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, bool | None]]:
     a = h[HISTORY[0]]
     for events in HISTORY[1:]:
         b = h[events]
-        out.append((f"status --json, {events} events of history", f"{b['status_json_ms']:.1f} ms",
-                    f"{HISTORY[0]} events: {a['status_json_ms']:.1f} ms", "equal within noise", None))
-        out.append((f"one wait poll, {events} events of history", f"{b['wait_poll_ms']:.3f} ms",
-                    f"{HISTORY[0]} events: {a['wait_poll_ms']:.3f} ms", "equal within noise", None))
-        out.append((f"  a full replay (each poll before): {events} events", f"{b['full_replay_ms']:.2f} ms",
+        for key, label, digits in (("status_json", "status --json", 1), ("wait_poll", "one wait poll", 3)):
+            lo, hi = b[f"{key}_spread"]
+            alo, ahi = a[f"{key}_spread"]
+            out.append((f"{label}, {events} events of history",
+                        f"{b[f'{key}_ms']:.{digits}f} ms ({lo:.{digits}f}-{hi:.{digits}f})",
+                        f"{HISTORY[0]} events: {a[f'{key}_ms']:.{digits}f} ({alo:.{digits}f}-{ahi:.{digits}f})",
+                        f"equal within noise (<= {NOISE}x)", b[f"{key}_ms"] <= NOISE * a[f"{key}_ms"]))
+        out.append((f"  a full replay of the progress file: {events} events", f"{b['full_replay_ms']:.2f} ms",
                     f"{HISTORY[0]} events: {a['full_replay_ms']:.2f} ms", "", None))
     return out
 
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(args.reps, args.events)
     print(f"scale ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; launcher {run.LAUNCHER_CMD[0]})")
     for label, value, beside, target, met in rows(res):
-        print(f"{label:<48} {value:>12}   {beside:<24} {target:<22} {'' if met is None else 'met' if met else 'NOT MET'}")
+        print(f"{label:<48} {value:>24}   {beside:<30} {target:<28} {'' if met is None else 'met' if met else 'NOT MET'}")
     if args.json:
         print(json.dumps(res, indent=2))
     return 0

@@ -20,7 +20,7 @@ and reported with what it held.  Numbering never goes back: the next number is a
 of the journal's last intact entry plus one per line appended after it that is damaged or torn
 (appends are in order, so each took a number above it, whatever its damaged digits read; a
 changed newline joins two), such a line's number (when it can be read),
-the last number this writer gave, and the floor (the progress file's highest seq: progress.py),
+the last number this writer gave, and the floor (the progress and history files' highest seq: progress.py),
 which is read once per opened journal file and again when damage is found, not per append.
 
 Nobody waits long for the lock: the worker's compaction writes the new file (and fsyncs it)
@@ -159,7 +159,8 @@ def _ignore(level: str, seq: int | None, event: object, text: str) -> None:
 class JournalWriter:
     """The readers' side: number and append events.
 
-    `floor()` is the highest seq recorded elsewhere (default: the progress file beside the journal);
+    `floor()` is the highest seq recorded elsewhere (default: the progress and history files beside
+    the journal: a removed progress file must not restart numbering below the history's);
     `version` the settings version the events are journaled under (written into settings.d when a
     journal file is opened); `report` says what the log must hear.  A removed journal is created
     again on the next append; `created` then says so, so the reader knows the worker it rang before
@@ -175,7 +176,7 @@ class JournalWriter:
                  version: settingsfile.Version | None = None, report: Report = _ignore) -> None:
         self.path = path
         self.paths = StatePaths(os.path.dirname(path) or ".")
-        self.floor = floor or (lambda: recorded_seq(self.paths.progress))
+        self.floor = floor or (lambda: max(recorded_seq(self.paths.progress), recorded_seq(self.paths.history)))
         self.version, self.report = version, report
         self._fd = -1  # opened by the first append: a full disk at start-up must not stop the reader
         self._size = -1

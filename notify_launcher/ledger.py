@@ -11,14 +11,17 @@ from __future__ import annotations
 import time
 
 from notify_launcher.following import Following
+from notify_launcher.history import History
 from notify_launcher.journal import Entry
 from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, damaged_seq, replay
 from notify_launcher.totals import Totals
 
 RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
-KEEP_HISTORY = 1000  # end records kept by a compaction, for `status` and history
+KEEP_HISTORY = 1000  # end records the history file keeps at least (history.py)
 WAITED_FOR = ("try", "end")  # the records the queue waits for (Ledger.insist)
-PROGRESS_MAX = 512 * 1024  # compact when idle, above this and twice the compacted size (progress.py; /run is RAM)
+#: Compact when idle, above this and twice the compacted size (progress.py; /run is RAM).  Small: it
+#: bounds what `status` reads with few names, whatever the history's length.
+PROGRESS_FLOOR = 64 * 1024
 
 
 def end_of(entry: Entry, result: str, ok: bool, worker: int) -> EndRecord:
@@ -41,6 +44,8 @@ class Ledger:
         self._progress = ProgressLog(paths.progress)
         snap = replay(paths.progress, totals=self.totals)
         self._progress.baseline = snap.compacted
+        self._history = History(paths.history, KEEP_HISTORY)
+        self._history.kept = snap.history_kept
         log = self.following.log
         if self._progress.cut:  # (cut before the replay: it is not among snap.damaged)
             cut = self._progress.cut
@@ -86,8 +91,9 @@ class Ledger:
                                     f"recorded {rec['op']!r} in {self._progress.path} at last; the queue goes on")
 
     def compact(self) -> None:
-        """Keep the file small when it grew past PROGRESS_MAX and twice its compacted size (only when
+        """Keep the file small when it grew past PROGRESS_FLOOR and twice its compacted size (only when
         the queue is idle: the caller's part).  Raises OSError."""
-        if self._progress.due(PROGRESS_MAX):
-            self._progress.compact(KEEP_HISTORY)
-            self.following.log.info(None, None, f"progress compacted to the last {KEEP_HISTORY} results")
+        if self._progress.due(PROGRESS_FLOOR):
+            self._progress.compact(self._history)
+            self.following.log.info(None, None, f"progress compacted (results moved to {self._history.path}, "
+                                                f"which keeps the last {KEEP_HISTORY} or more)")

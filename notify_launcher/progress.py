@@ -4,7 +4,8 @@
     {"op": "start", "seq": 7, ...}   an action process was started (its pid and start time, the worker's)
     {"op": "end",   "seq": 7, ...}   the event is finished: action result, or why nothing ran
     {"op": "totals", "seq": 7, ...}  first in a compacted file: the counters over every record up to 7 (totals.py),
-                                     and `kept`, the bytes of the records the compaction kept after it
+                                     `kept`, the bytes of the records the compaction kept after it, and
+                                     `history`, the history file's size after its last trim (history.py)
 
 Events run strictly in order, so "done" is a high-water mark: the largest seq with an `end`.  A
 `try` with no `end` after it is an event whose worker died; the next worker recovers it.  The
@@ -13,10 +14,12 @@ so the number of workers that died on it is on disk, whatever killed them (segfa
 Replaying this file is how `status`, `wait` and a new worker learn the state; `Follower` reads it
 from where it stopped, so a `wait` poll costs what was appended since the last one, not the history.
 
-A compaction keeps each name's last end record and the last KEEP_HISTORY ends: with thousands of
-names that alone is megabytes.  So the worker compacts when the file is at least twice the size
-it had right after the last compaction (and above a floor): each compaction reads at most twice
-what was appended since the one before, O(1) per event however many names there are.
+A compaction moves the end records to the history file (history.py: `history` reads them there)
+and keeps each name's last end record: with thousands of names that alone is megabytes.  So the
+worker compacts when the file is at least twice the size it had right after the last compaction
+(and above a floor): each compaction reads at most twice what was appended since the one before,
+O(1) per event however many names there are; and `status`, which replays this file whole, reads
+the same bytes after 100 events as after millions.
 
 Each record detects its own damage: its last key is `"crc"`, the CRC-32 of the record as written
 without it (8 hex digits), and a record is complete only with its newline.  A record that fails
@@ -34,10 +37,13 @@ import os
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
 from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 from notify_launcher.totals import Totals
+
+if TYPE_CHECKING:
+    from notify_launcher.history import History
 
 
 class TryRecord(TypedDict):
@@ -104,10 +110,12 @@ class _TotalsFields(TypedDict):
 
 
 class TotalsRecord(_TotalsFields, total=False):
-    """First in a compacted file: the counters over every record up to `seq` (totals.py), and the
-    bytes of the records after it (`kept`: with this line's, the file's size after the compaction)."""
+    """First in a compacted file: the counters over every record up to `seq` (totals.py), the
+    bytes of the records after it (`kept`: with this line's, the file's size after the compaction),
+    and the history file's size after its last trim (`history`: when to trim it next)."""
 
     kept: int
+    history: int
 
 
 Record = Union[TryRecord, StartRecord, EndRecord]  # not `|`: Python 3.9 evaluates this line
@@ -137,10 +145,32 @@ def _decode(line: bytes) -> tuple[Any, bool]:
         return None, checksummed
 
 
+def parse_end(line: bytes) -> EndRecord | None:
+    """The end record a line of the history file holds (it is written only with CRCs); None if it
+    holds none intact."""
+    rec, crc = _decode(line)
+    return rec if crc and _well_formed(rec) and rec["op"] == "end" else None
+
+
 def damaged_seq(line: bytes) -> int | None:
     """The number a damaged or torn record seems to be about, if it can be read."""
     match = _SEQ.search(line)
     return int(match.group(1)) if match else None
+
+
+def open_appending(path: str) -> tuple[int, bytes]:
+    """Open a file of records for appending (made if missing), cutting off a torn last record (a
+    writer died in it; only the caller writes the file): the descriptor and the bytes cut."""
+    fd = open_mode(path, os.O_RDWR | os.O_APPEND, FILE_MODE)
+    size = os.fstat(fd).st_size
+    start = max(0, size - 8192)
+    tail = os.pread(fd, size - start, start)
+    end = start + tail.rfind(b"\n") + 1
+    if tail and end != size:
+        cut = os.pread(fd, size - end, end)
+        os.ftruncate(fd, end)
+        return fd, cut
+    return fd, b""
 
 
 class ProgressLog:
@@ -155,14 +185,8 @@ class ProgressLog:
         self._fd = self._open()
 
     def _open(self) -> int:
-        fd = open_mode(self.path, os.O_RDWR | os.O_APPEND, FILE_MODE)
-        size = os.fstat(fd).st_size
-        start = max(0, size - 8192)
-        tail = os.pread(fd, size - start, start)
-        end = start + tail.rfind(b"\n") + 1
-        if tail and end != size:
-            self.cut += os.pread(fd, size - end, end)
-            os.ftruncate(fd, end)
+        fd, cut = open_appending(self.path)
+        self.cut += cut
         return fd
 
     def follow(self) -> bool:
@@ -197,17 +221,21 @@ class ProgressLog:
         """Whether a compaction pays: the file is above `floor` and at least twice its compacted size."""
         return self.size() > max(floor, 2 * self.baseline)
 
-    def compact(self, keep_ends: int) -> None:
-        """Rewrite the file with the last `keep_ends` end records and each instance's last one (all a
-        replay needs when nothing runs), after the totals of every record read, so the counters do
-        not go back (totals.py).  Only the worker holding worker.lock writes this file; it compacts
-        only when the queue is idle."""
+    def compact(self, history: History) -> None:
+        """Move the end records to the history file (which keeps the last `history.keep` of them) and
+        rewrite this file with each instance's last end record (all a replay needs when nothing
+        runs), after the totals of every record read, so the counters do not go back (totals.py).
+        Only the worker holding worker.lock writes these files; it compacts only when the queue is
+        idle.  Crash-safe at every step: the ends are in the history file, fsync'ed, before this
+        file is replaced (atomically) without them; ends in both are appended once (history.py)."""
         totals = Totals()
-        snap = replay(self.path, keep_ends, totals)
-        records: dict[int, Record] = {r["seq"]: r for r in [*snap.last.values(), *snap.ends]}
-        kept = b"".join(encode(records[seq]) for seq in sorted(records))
-        summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *records]), counts=totals.record(),
-                               kept=len(kept))
+        snap = replay(self.path, 1 << 62, totals)  # every end: the file is at most twice its compacted size
+        history.append(snap.ends)
+        history.trim()
+        records = sorted(snap.last.values(), key=lambda r: r["seq"])
+        kept = b"".join(encode(r) for r in records)
+        summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *(r["seq"] for r in records)]),
+                               counts=totals.record(), kept=len(kept), history=history.kept)
         write_atomic(self.path, encode(summary) + kept)
         os.close(self._fd)
         self._fd = self._open()
@@ -230,6 +258,8 @@ class Snapshot:
     damaged: list[bytes] = field(default_factory=list)
     #: The file's size right after its last compaction, from its totals record (0: not known).
     compacted: int = 0
+    #: The history file's size right after its last trim, from the totals record (0: not known).
+    history_kept: int = 0
 
 
 _NUMBER = (int, float)
@@ -244,7 +274,7 @@ REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "totals": {"seq": int, "counts": dict},
 }
 _OPTIONAL: dict[str, type | tuple[type, ...]] = {"duration": _NUMBER, "worker": int, "cgroup": str, "stalled": _NUMBER,
-                                                  "kept": int}
+                                                  "kept": int, "history": int}
 
 
 def _no_constant(name: str) -> float:
@@ -352,6 +382,7 @@ class Follower:
                 del snap.ends[:-self.keep_ends]
         elif rec["op"] == "totals":
             snap.compacted = len(line) + 1 + rec.get("kept", 0)
+            snap.history_kept = rec.get("history", 0)
 
 
 def replay(path: str, keep_ends: int = 0, totals: Totals | None = None) -> Snapshot:

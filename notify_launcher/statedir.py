@@ -34,6 +34,11 @@ class StatePaths:
         return os.path.join(self.root, "progress")
 
     @property
+    def history(self) -> str:
+        """The finished events' end records a progress compaction moved out (history.py)."""
+        return os.path.join(self.root, "history")
+
+    @property
     def worker_lock(self) -> str:
         """Held by the one worker that runs actions."""
         return os.path.join(self.root, "worker.lock")

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import TypedDict
 
-from notify_launcher import identity
+from notify_launcher import history, identity
 from notify_launcher.events import READER_TYPE
 from notify_launcher.identity import ProcessId
 from notify_launcher.journal import Entry, read_all
-from notify_launcher.progress import EndRecord, Follower, Snapshot, StartRecord, replay
+from notify_launcher.progress import EndRecord, Follower, Snapshot, StartRecord
 from notify_launcher.statedir import StatePaths
 
 
@@ -174,7 +174,7 @@ def as_text(status: Status, every: bool = False) -> str:
 
 
 def _history(paths: StatePaths, n: int) -> list[EndRecord]:
-    return replay(paths.progress, keep_ends=n).ends
+    return history.last(paths.history, paths.progress, n)
 
 
 def history_json(paths: StatePaths, n: int) -> str:

@@ -12,8 +12,13 @@ import os
 import subprocess
 from pathlib import Path
 
-from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_MAX
-from notify_launcher.progress import EndRecord, Follower, ProgressLog, StartRecord, TryRecord, encode, replay
+from notify_launcher import history
+from notify_launcher.history import TRIM_FLOOR, History
+from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_FLOOR
+from notify_launcher.events import Event
+from notify_launcher.journal import JournalWriter
+from notify_launcher.progress import (EndRecord, Follower, ProgressLog, StartRecord, TotalsRecord, TryRecord, encode,
+                                      replay)
 from notify_launcher.statedir import StatePaths
 from notify_launcher.status import StatusReader
 from support import LAUNCHER
@@ -38,35 +43,76 @@ def _event(log: ProgressLog, seq: int, names: int) -> int:
     return sum(len(encode(rec)) for rec in recs)
 
 
+def _compact_as_the_worker_does(log: ProgressLog, hist: History) -> bool:
+    if log.due(PROGRESS_FLOOR):
+        log.compact(hist)
+        return True
+    return False
+
+
 def test_compaction_work_per_event_is_bounded_with_5000_names_and_100000_events(tmp_path: Path) -> None:
     """Every compaction reads at most about twice what was written since the one before, so the total
-    read by compactions stays within a constant factor of what was written; and the file never exceeds
-    twice what a compaction must keep (each name's last end, the history) or the floor.  A worker
-    restarted half-way takes the baseline over from the file (its totals record)."""
-    path = str(tmp_path / "progress")
+    read by compactions stays within a constant factor of what was written; the progress file never
+    exceeds twice what a compaction must keep (each name's last end) or the floor, and the history
+    file never twice what it must keep (the last KEEP_HISTORY ends) or its floor.  A worker
+    restarted half-way takes both baselines over from the file (its totals record)."""
+    path, hist_path = str(tmp_path / "progress"), str(tmp_path / "history")
     names, events = 5000, 100_000
-    log = ProgressLog(path)
+    log, hist = ProgressLog(path), History(hist_path, KEEP_HISTORY)
     written = compacted_bytes = compactions = 0
     for seq in range(1, events + 1):
         added = _event(log, seq, names)
         written += added
-        if seq == events // 2:  # a new worker: it learns the baseline from the file, as Ledger.start does
-            log = ProgressLog(path)
-            log.baseline = replay(path).compacted
-            assert log.baseline > 0
+        if seq == events // 2:  # a new worker: it learns the baselines from the file, as Ledger.start does
+            log, hist = ProgressLog(path), History(hist_path, KEEP_HISTORY)
+            snap = replay(path)
+            log.baseline, hist.kept = snap.compacted, snap.history_kept
+            assert log.baseline > 0 and hist.kept > 0
         # never more than twice what the last compaction kept (or the floor), plus this event
-        assert log.size() <= max(PROGRESS_MAX, 2 * log.baseline) + added, (seq, log.size(), log.baseline)
-        if log.due(PROGRESS_MAX):
-            compacted_bytes += log.size()  # what the compaction reads
+        assert log.size() <= max(PROGRESS_FLOOR, 2 * log.baseline) + added, (seq, log.size(), log.baseline)
+        size = log.size()
+        if _compact_as_the_worker_does(log, hist):
+            compacted_bytes += size  # what the compaction reads
             compactions += 1
-            log.compact(KEEP_HISTORY)
             # its cost is paid by what was appended since the last one
-            assert compacted_bytes <= 3 * written + PROGRESS_MAX, (seq, compacted_bytes, written)
-    snap = replay(path, keep_ends=KEEP_HISTORY)
-    assert len(snap.last) == names and len(snap.ends) == KEEP_HISTORY and snap.done_seq == events
-    assert 2 <= compactions <= 40, compactions
-    log.compact(KEEP_HISTORY)
+            assert compacted_bytes <= 3 * written + PROGRESS_FLOOR, (seq, compacted_bytes, written)
+            assert os.path.getsize(hist_path) <= max(TRIM_FLOOR, 2 * hist.kept), (seq, hist.kept)
+    snap = replay(path)
+    assert len(snap.last) == names and snap.done_seq == events
+    assert [e["seq"] for e in history.last(hist_path, path, KEEP_HISTORY)] == list(range(events - 999, events + 1))
+    # what the history file must keep: its last trim kept KEEP_HISTORY ends (~300 bytes each here)
+    assert KEEP_HISTORY * 200 <= hist.kept <= KEEP_HISTORY * 400, hist.kept
+    assert 2 <= compactions <= 60, compactions
+    log.compact(hist)
     assert os.path.getsize(path) == log.baseline == replay(path).compacted  # what a compaction must keep
+
+
+def _state_after(state: Path, events: int, names: int) -> StatePaths:
+    """A state directory after `events` events over `names` names, compacted as the worker does."""
+    state.mkdir(mode=0o700)
+    paths = StatePaths(str(state))
+    log, hist = ProgressLog(paths.progress), History(paths.history, KEEP_HISTORY)
+    for seq in range(1, events + 1):
+        _event(log, seq, names)
+        _compact_as_the_worker_does(log, hist)
+    return paths
+
+
+def test_status_reads_as_much_after_100000_events_as_after_100(tmp_path: Path) -> None:
+    """`status` replays the progress file whole: it must hold no more after 100,000 events than
+    after 100 (10 names) -- the history is in the history file, which `status` does not read.  The
+    bytes read through status's reader, not a time; `history` still shows the last ones."""
+    read = {}
+    for events in (100, 100_000):
+        paths = _state_after(tmp_path / str(events), events, 10)
+        reader = StatusReader(paths)
+        status = reader.read()
+        reader.close()
+        assert status.snapshot.done_seq == events and len(status.snapshot.last) == 10
+        read[events] = reader.progress.bytes_read
+        shown = history.last(paths.history, paths.progress, 50)
+        assert [e["seq"] for e in shown] == list(range(events - 49, events + 1))
+    assert read[100_000] <= 1.25 * read[100], read
 
 
 def test_a_follower_reads_only_what_was_appended_and_starts_again_after_a_compaction(tmp_path: Path) -> None:
@@ -85,7 +131,7 @@ def test_a_follower_reads_only_what_was_appended_and_starts_again_after_a_compac
     assert snap.done_seq == 3001 and follower.bytes_read - before == added
     polls_before = follower.bytes_read
     assert follower.read().done_seq == 3001 and follower.bytes_read == polls_before  # nothing new: nothing read
-    log.compact(KEEP_HISTORY)
+    log.compact(History(str(tmp_path / "history"), KEEP_HISTORY))
     _event(log, 3002, 50)
     snap = follower.read()
     full = replay(path)
@@ -105,7 +151,7 @@ def test_status_and_wait_stay_right_across_a_compaction_between_two_polls(launch
     log = ProgressLog(str(launcher.state / "progress"))
     for seq in range(1, 1201):
         _event(log, seq, 50)
-    assert log.due(PROGRESS_MAX)
+    assert log.due(PROGRESS_FLOOR)
     reader = StatusReader(StatePaths(str(launcher.state)))
     assert reader.read().idle and reader.read().snapshot.done_seq == 1200
     gate = launcher.dir / "gate"
@@ -179,3 +225,68 @@ def test_a_follower_starts_again_when_a_torn_record_is_cut_and_the_file_grows_pa
     snap = follower.read()
     assert snap.done_seq == 2 and not snap.damaged and snap.trying == 0, snap
     follower.close()
+
+
+def _end(seq: int, names: int) -> EndRecord:
+    key = f"{KINDS[seq % names % 3]} name-{seq % names}"
+    return EndRecord(op="end", seq=seq, t=1.7e9 + seq, key=key, event=f"{key} MASTER", state="MASTER",
+                     result="exit 0", ok=True)
+
+
+def test_a_progress_file_an_older_version_compacted_reads_right_and_its_history_moves_over(tmp_path: Path) -> None:
+    """An older version's compacted file holds the last 1000 ends with each name's last and no
+    `history` key in its totals record: status and history read it as before; the next
+    compaction moves its ends into the history file, none twice, the last KEEP_HISTORY kept."""
+    paths = StatePaths(str(tmp_path))
+    ends = {seq: _end(seq, 30) for seq in range(1, 1501)}
+    kept = sorted({*range(501, 1501), *(max(s for s in ends if s % 30 == n) for n in range(30))})
+    body = b"".join(encode(ends[seq]) for seq in kept)
+    totals = TotalsRecord(op="totals", seq=1500, counts={}, kept=len(body))
+    Path(paths.progress).write_bytes(encode(totals) + body)
+    log = ProgressLog(paths.progress)
+    for seq in range(1501, 1521):
+        assert log.record(_end(seq, 30)) is None
+    reader = StatusReader(paths)
+    snap = reader.read().snapshot
+    reader.close()
+    assert snap.done_seq == 1520 and len(snap.last) == 30 and not snap.damaged
+    assert [e["seq"] for e in history.last(paths.history, paths.progress, 2000)] == list(range(501, 1521))
+    log.compact(History(paths.history, KEEP_HISTORY))  # 1,020 ends appended, then trimmed to the last 1,000
+    assert [e["seq"] for e in history.read(paths.history)] == list(range(521, 1521))
+    assert replay(paths.progress).last == snap.last and len(replay(paths.progress, keep_ends=1 << 30).ends) == 30
+    assert [e["seq"] for e in history.last(paths.history, paths.progress, 2000)] == list(range(521, 1521))
+
+
+def test_a_compaction_cut_short_anywhere_loses_no_history_and_repeats_none(tmp_path: Path) -> None:
+    """A worker dies after appending the ends to the history file but before replacing the progress
+    file; the next one dies half-way through its own append (a torn record): the ends are then in
+    both files, and the third worker's compaction appends each once, cutting the torn bytes.  The
+    history shown meanwhile is the same at every step."""
+    paths = StatePaths(str(tmp_path))
+    log = ProgressLog(paths.progress)
+    for seq in range(1, 301):
+        assert log.record(_end(seq, 10)) is None
+    History(paths.history, KEEP_HISTORY).append(replay(paths.progress, keep_ends=1 << 30).ends)  # then it died
+    shown = [e["seq"] for e in history.last(paths.history, paths.progress, 1000)]
+    assert shown == list(range(1, 301))
+    for seq in range(301, 311):
+        assert log.record(_end(seq, 10)) is None
+    with open(paths.history, "ab") as fh:
+        fh.write(encode(_end(301, 10))[:-30])  # the next worker died in its append
+    assert [e["seq"] for e in history.last(paths.history, paths.progress, 1000)] == list(range(1, 311))
+    ProgressLog(paths.progress).compact(History(paths.history, KEEP_HISTORY))
+    assert [e["seq"] for e in history.read(paths.history)] == list(range(1, 311))
+    assert Path(paths.history).read_bytes().endswith(b"\n")
+    assert [e["seq"] for e in history.last(paths.history, paths.progress, 1000)] == list(range(1, 311))
+
+
+def test_numbering_does_not_restart_below_the_history_when_journal_and_progress_are_removed(tmp_path: Path) -> None:
+    """The history file outlives a removed journal and progress file: the next event's number is
+    above its last end, so the history goes on in order (an append skips ends at or below its last)."""
+    paths = StatePaths(str(tmp_path))
+    log = ProgressLog(paths.progress)
+    for seq in range(1, 21):
+        assert log.record(_end(seq, 10)) is None
+    log.compact(History(paths.history, KEEP_HISTORY))
+    os.unlink(paths.progress)
+    assert JournalWriter(paths.journal).append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, 1) == 21

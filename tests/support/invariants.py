@@ -2,7 +2,7 @@
 
 `check_run(state_dir, records_dir=..., log_file=...)` reads what one run left -- the recorder's
 records (support.recorder), the state directory through the package's own readers
-(journal.read_all, progress.replay, settingsfile.read), the log, and the process table -- and
+(journal.read_all, progress.replay, history.read, settingsfile.read), the log, and the process table -- and
 raises AssertionError naming every broken invariant, with the evidence; `inspect_run` (same
 arguments) returns the Report without raising (the property test counts with it).
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from notify_launcher import settingsfile
+from notify_launcher import history, settingsfile
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import READER_TYPE, Rejected, parse_line
 from notify_launcher.journal import read_all
@@ -213,7 +213,9 @@ def _check_ends(report: Report, paths: StatePaths, log: list[LogLine], received:
     next worker no way to know, and that one runs the event again (on_crash = rerun).  Such an end
     is the last a dead worker logged (`worker pid N died` is in the log, or the caller killed it)."""
     snap = replay(paths.progress, keep_ends=1 << 30)
-    progress_ends = Counter(e["seq"] for e in snap.ends)
+    moved = history.read(paths.history)  # what compactions moved out, each once (above it: the progress file's)
+    after = moved[-1]["seq"] if moved else 0
+    progress_ends = Counter(e["seq"] for e in [*moved, *(e for e in snap.ends if e["seq"] > after)])
     ends: dict[int, list[LogLine]] = defaultdict(list)
     seen: set[int] = set(received) | set(progress_ends) | {e.seq for e in read_all(paths.journal)}
     dead = killed | {int(m[1]) for line in log if (m := _DIED.search(line.msg))}

@@ -1,0 +1,92 @@
+"""The history file: finished events' end records, oldest first, for `notify-launcher history`.
+
+The progress file is what `status` and `wait` replay, whole; were the history in it, they would
+read more the longer the history.  So a compaction moves the progress file's end records here
+(ProgressLog.compact), and the progress file keeps each name's last end and what came since.
+The worker holding worker.lock is the only writer, at a compaction: it appends the ends, fsync'ed,
+before the progress file is replaced without them.  A crash in between leaves ends in both files:
+ends rise, so an append skips those at or below the file's last seq, and a reader takes the
+progress file's ends only above it.  Nothing promised is lost, nothing shown twice.
+
+The file is trimmed to the last `keep` ends when it grew past twice its size after the last trim
+(`kept`, carried in the progress file's totals record), so a trim's cost is paid by what was
+appended since the one before: amortized O(1) per event.  Records are the progress file's, with
+their CRC; a damaged one is skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from notify_launcher.progress import EndRecord, encode, open_appending, parse_end, replay
+from notify_launcher.statedir import write_atomic
+
+TRIM_FLOOR = 64 * 1024  # bytes: below this the file is never trimmed (before a trim says its size)
+
+
+class History:
+    """The worker's writer: `kept` is the file's size after its last trim (0: not known)."""
+
+    def __init__(self, path: str, keep: int) -> None:
+        self.path = path
+        self.keep = keep
+        self.kept = 0
+
+    def append(self, ends: list[EndRecord]) -> None:
+        """Append the ends above the file's last one, and fsync: only then may the progress file
+        drop them.  A torn last record (a crash in an earlier append, its end still in the progress
+        file) is cut first.  Raises OSError (a full disk: the progress file keeps them, and the
+        caller tries again later)."""
+        fd, _ = open_appending(self.path)
+        try:
+            after = _last_seq(fd)
+            data = b"".join(encode(e) for e in ends if e["seq"] > after)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def trim(self) -> None:
+        """Keep the last `keep` ends when the file is at least twice its size after the last trim."""
+        size = os.path.getsize(self.path)
+        if size <= max(TRIM_FLOOR, 2 * self.kept):
+            return
+        with open(self.path, "rb") as fh:
+            lines = [line + b"\n" for line in fh.read().split(b"\n")[:-1] if parse_end(line) is not None]
+        data = b"".join(lines[-self.keep:])
+        write_atomic(self.path, data)
+        self.kept = len(data)
+
+
+def _last_seq(fd: int) -> int:
+    """The seq of the file's last intact record (0: none)."""
+    size = os.fstat(fd).st_size
+    start = max(0, size - 65536)
+    for line in reversed(os.pread(fd, size - start, start).split(b"\n")[:-1]):
+        rec = parse_end(line)
+        if rec is not None:
+            return rec["seq"]
+    return 0
+
+
+def read(path: str) -> list[EndRecord]:
+    """Every intact end record in the history file (none if there is no file)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    return [rec for rec in map(parse_end, data.split(b"\n")[:-1]) if rec is not None]
+
+
+def last(history_path: str, progress_path: str, n: int) -> list[EndRecord]:
+    """The last `n` ends: the history file's, then the progress file's above them."""
+    ends = read(history_path)
+    after = ends[-1]["seq"] if ends else 0
+    return [*ends, *(e for e in replay(progress_path, keep_ends=n).ends if e["seq"] > after)][-n:]
