@@ -83,7 +83,8 @@ def ensure_state_dir(root: str) -> StatePaths:
     """Create `root` 0700 if missing; refuse a symlink or another owner's directory, and, as root, a
     directory someone else could swap (security.py's check of it and every directory above it).
     That check runs again here, after creating: a directory planted on the way since the reader's
-    first check is caught too."""
+    first check is caught too.  Before its first event (no journal yet) an empty progress file is
+    made: a worker that then finds none knows someone removed it, and that events may run again."""
     try:
         os.makedirs(root, mode=0o700, exist_ok=True)
         st = os.lstat(root)
@@ -103,7 +104,13 @@ def ensure_state_dir(root: str) -> StatePaths:
     why = refusal("state_dir", root, created=True)
     if why:
         raise LauncherError(why, EXIT_UNUSABLE)
-    return StatePaths(root)
+    paths = StatePaths(root)
+    try:
+        if not os.path.exists(paths.journal):
+            os.close(open_mode(paths.progress, os.O_WRONLY, FILE_MODE))
+    except OSError:
+        pass  # a read-only or full disk: the reader's events wait in memory; at worst a needless ERROR later
+    return paths
 
 
 def open_mode(path: str, flags: int, mode: int) -> int:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from notify_launcher import containment
 from support import VI
@@ -264,6 +265,22 @@ def test_a_removed_worker_lock_never_makes_a_live_worker_look_dead(launcher: Lau
     launcher.settle(3)
     assert [r.seq for r in launcher.starts() if r.seq == 1] == [1]
     assert "died while this event's action" not in launcher.log_text()
+
+
+@pytest.mark.parametrize("made_by", ["the reader", "systemd"])
+def test_a_brand_new_state_directory_logs_no_error(launcher: Launcher, made_by: str) -> None:
+    """A fresh install: the reader makes the state directory (or finds it empty, as systemd's
+    RuntimeDirectory= leaves it) and journals its first line before any worker ran.  The first
+    worker finds no progress file, but none was ever written: nothing may say ERROR."""
+    if made_by == "systemd":
+        launcher.state.mkdir(mode=0o755)
+    k = launcher.keepalived()
+    k.start()
+    assert k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.stop([])
+    log = launcher.log_text()
+    assert "ERROR" not in log and "progress file missing" not in log, log
 
 
 def test_a_removed_progress_file_is_said_with_the_events_that_run_again(launcher: Launcher) -> None:
