@@ -96,22 +96,44 @@ def _unread(fd: int) -> int:
     return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
 
+def _in_poll(pid: int) -> bool:
+    """The process sleeps in poll(2) (its wchan, in the kernel's poll_schedule_timeout)."""
+    with open(f"/proc/{pid}/wchan") as fh:
+        return "poll" in fh.read()
+
+
 @needs("root (it mounts a tiny tmpfs)", os.geteuid() == 0)
 def test_full_disk_holds_events_in_memory_and_recovers(launcher: Launcher) -> None:
+    """The reader holds what it cannot journal in memory, in order, and journals it late once the
+    disk has room.  The disk stays full until the test frees it, and the test frees it only once the
+    reader has tried every line it read: (1) the worker is held inside the first burst event's action
+    from before the disk is filled (every action rewrites action.mark, O_TRUNC then a write: a page
+    free for a moment, which the reader's next append may take); (2) the filler goes only once the
+    reader, the FIFO empty, waits in poll(2) again (not while it still handles what it read: that
+    line's append would succeed at once, and nothing would be journaled late)."""
+    gate = launcher.dir / "gate"
     with tmpfs.mounted(launcher.state, "128k", before_unmount=launcher.end_processes):
         k = launcher.keepalived()
         k.start()
         k.write(VI.format("BACKUP"))
         launcher.settle(1)
+        (launcher.dir / recorder.SLEEPS).write_text(recorder.sleep_line("*", "BACKUP", 0, gate))
+        k.write('INSTANCE "VI_1" BACKUP 0')
+        launcher.wait_for("the worker held in action #2", lambda: [r.seq for r in launcher.starts()] == [1, 2])
         filler = launcher.state / "filler"
         tmpfs.fill_file_system(filler)
-        for n in range(150):  # tmpfs fills by pages: the journal's last page still takes a few lines
+        for n in range(1, 150):  # tmpfs fills by pages: the journal's last page still takes a few lines
             k.write(f'INSTANCE "VI_1" {"MASTER" if n % 2 else "BACKUP"} {n}')
         launcher.wait_for("the full journal in the log", lambda: re.search(r"cannot write the journal \S+ \(No space left on device\)",
                                                                         launcher.log_text()), timeout=20)
-        launcher.wait_for("the reader to read every line off the FIFO", lambda: _unread(k.fd) == 0, timeout=20)
-        assert k.proc is not None and k.proc.poll() is None  # the reader lives
+        assert k.proc is not None
+        reader = k.proc.pid
+        launcher.wait_for("the reader back in poll(2), every line read off the FIFO and tried",
+                          lambda: _unread(k.fd) == 0 and _in_poll(reader), timeout=20)
+        assert k.proc.poll() is None and launcher.last_seq() < 151  # the reader lives, holding events
         filler.unlink()
+        launcher.wait_for("the held events journaled", lambda: launcher.last_seq() >= 151, timeout=20)
+        gate.touch()
         launcher.settle(151)
         k.stop([])
         launcher.settle(152)
