@@ -50,6 +50,7 @@ import hashlib
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -274,6 +275,41 @@ def end_all(find: Callable[[], set[int]], cgroup: str | None, note: Note, wait: 
         wait_pids(left, 0.1)  # they leave as soon as they are scheduled
 
 
+class BackgroundWrite:
+    """One write(2) to `path` in a thread of its own, for a write that waits in the kernel; `wait()`
+    raises what the open or the write raised.  The thread makes no other system call: after each
+    one a thread waits for the GIL, up to 5 ms while the main thread runs (sys.getswitchinterval)."""
+
+    def __init__(self, path: str, data: bytes) -> None:
+        self.path, self.data = path, data
+        self.error: OSError | None = None
+        self._fd = -1
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.error = exc
+            return
+        self._thread = threading.Thread(target=self._write, name="cgroup move", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        try:
+            os.write(self._fd, self.data)
+        except OSError as exc:
+            self.error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            os.close(self._fd)
+        if self.error is not None:
+            raise self.error
+
+
 class Cgroups:
     """The action cgroups of one worker, made under its own cgroup; one in use at a time (`slot`).
 
@@ -283,7 +319,8 @@ class Cgroups:
     and spawns from there (the child starts inside: no window to fork before a move), and moves
     only when it must: out, before it kills the slot (a timeout), and into a new slot when an
     action left processes behind (the old slot is left to them, removed once empty).  An event
-    whose action leaves nothing costs no move at all."""
+    whose action leaves nothing costs no move at all, and the first move is made in the background
+    (`start`) while the worker starts."""
 
     def __init__(self, state_dir: str) -> None:
         self.token = cgroup_prefix(state_dir)
@@ -291,19 +328,37 @@ class Cgroups:
         self.slot: str | None = None
         self.inside = False
         self._made = 0
+        self._moving: BackgroundWrite | None = None
 
-    def start(self) -> str | None:
-        """Find our cgroup and make a slot; None if cgroups can be used, else why not."""
-        home = own_cgroup()
+    def start(self, home: str | None) -> str | None:
+        """Make a slot under `home` (our own cgroup, own_cgroup()) and begin moving into it; None if
+        cgroups can be used, else why not.  The move is one write in a thread of its own, waited for
+        by the next `enter()`."""
         if home is None:
             return "no cgroup v2 hierarchy mounted"
         self.home = home
         try:
-            self._new_slot()
+            slot = self._new_slot()
         except OSError as exc:
             self.home = self.slot = None
             return f"cannot make a cgroup in {home} ({exc.strerror})"
+        self._moving = BackgroundWrite(slot + "/cgroup.procs", b"0")
+        self._moving.start()
         return None
+
+    def _settle(self) -> None:
+        """Wait for the move `start()` began; raises what it raised, but for a slot removed before
+        we got in (a leaving worker's sweep saw it empty): then the caller makes another."""
+        moving, self._moving = self._moving, None
+        if moving is None:
+            return
+        try:
+            moving.wait()
+            self.inside = True
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
+            self.slot = None
 
     def _new_slot(self) -> str:
         assert self.home is not None
@@ -317,6 +372,7 @@ class Cgroups:
     def enter(self) -> str:
         """Be in the slot (a new one if the last was left to an action's processes); raises OSError."""
         assert self.home is not None
+        self._settle()
         slot = self.slot or self._new_slot()
         if not self.inside:
             _write(slot + "/cgroup.procs", b"0")
@@ -372,6 +428,7 @@ class Cgroups:
         if self.home is None:
             return
         try:
+            self._settle()
             self.retire()
             self.sweep()
         except OSError:
@@ -502,25 +559,42 @@ class Box:
 
 
 class Containment:
-    """A worker's way of containing its actions: `start()` picks it (cgroups where they can be used)
-    and says which; `box(seq)` is one action's; `end_recorded` ends a dead worker's action."""
+    """A worker's way of containing its actions: `start()` picks it (cgroups where they can be used),
+    `way()` says which; `box(seq)` is one action's; `end_recorded` ends a dead worker's action."""
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.cgroups = Cgroups(state_dir)
+        self.home: str | None = None  # our own cgroup, as found before moving into a slot
+        self._why_not: str | None = None
+        self._way = ""
 
-    def start(self) -> str:
-        """Pick the way (cgroups if one can be made and entered); one line for the log saying it.
-        Called after the handover: entering a cgroup may wait for an RCU grace period."""
-        why_not = f"{NO_CGROUPS}=yes" if os.environ.get(NO_CGROUPS) == "yes" else self.cgroups.start()
+    def start(self) -> None:
+        """Pick the way: cgroups if a slot can be made and entered.  Entering one waits for an RCU
+        grace period (Cgroups: 11-28 ms), so the move runs in the background while the worker goes
+        on with its imports, its lock and its state files, none of which needs it: called first
+        thing in a worker's life.  `way()`, and any spawn, waits for it."""
+        if os.environ.get(NO_CGROUPS) == "yes":
+            self._why_not = f"{NO_CGROUPS}=yes"
+            return
+        self.home = own_cgroup()
+        self._why_not = self.cgroups.start(self.home)
+
+    def way(self) -> str:
+        """Once the move is done: one line for the log saying how actions are contained."""
+        if self._way:
+            return self._way
+        why_not = self._why_not
         if why_not is None:
             try:
                 self.cgroups.enter()
-                return f"actions contained in cgroups under {self.cgroups.home}"
+                self._way = f"actions contained in cgroups under {self.cgroups.home}"
+                return self._way
             except OSError as exc:
                 why_not = f"cannot enter {self.cgroups.slot} ({exc.strerror})"
                 self.cgroups.home = None
-        return f"actions contained by their {MARK} mark, the subreaper and their session (no cgroup: {why_not})"
+        self._way = f"actions contained by their {MARK} mark, the subreaper and their session (no cgroup: {why_not})"
+        return self._way
 
     def box(self, seq: int, role: str = "action") -> Box:
         """Event `seq`'s action's (or on_failure's) box, with a new mark; an action's is recorded in
@@ -571,8 +645,8 @@ class Containment:
 
     def _named(self) -> list[tuple[str, int]]:
         """(path, worker pid) of this state directory's action cgroups in our own cgroup."""
-        home = own_cgroup()
-        if home is None or os.environ.get(NO_CGROUPS) == "yes":
+        home = self.home  # (own_cgroup() names our slot once we moved into it)
+        if home is None:
             return []
         token = cgroup_prefix(self.state_dir)
         try:

@@ -54,8 +54,11 @@ def spawn_worker(mode: Way, settings: Settings, standby_fd: int, hello_fd: int) 
     reader = identity.me()
 
     def work() -> int:
-        from notify_launcher.worker import run_forked_worker  # psutil, filelock: the worker's imports only
-        return run_forked_worker(settings, standby_fd, hello_fd, reader)
+        from notify_launcher.containment import Containment
+        containment = Containment(settings.state_dir)
+        containment.start()  # first: moving into a cgroup waits for the kernel, meanwhile the imports
+        from notify_launcher.worker import run_forked_worker  # the worker's imports only
+        return run_forked_worker(settings, standby_fd, hello_fd, reader, containment)
 
     def report(exc: Exception) -> None:
         """Why it died, traceback and all: the log is the only place anyone will see it."""

@@ -41,19 +41,23 @@ RELOAD_WAIT = 10.0
 LONGEST_WAIT = 86400.0  # s: the longest single wait for a ring (a far linger deadline is waited for in days)
 
 
-def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: ProcessId) -> int:
+def run_forked_worker(settings: Settings, standby_fd: int, hello_fd: int, reader: ProcessId,
+                      containment: Containment) -> int:
     """Inside the daemonized child: `standby_fd` holds standby.lock, `hello_fd` tells the reader our
-    pid once we hold worker.lock (see handoff.py); we stand by while `reader` (pid, start time) lives."""
+    pid once we hold worker.lock (see handoff.py); we stand by while `reader` (pid, start time) lives.
+    `containment` was started before this module's imports (detach.py)."""
 
     def handed_over() -> None:
         say_hello(hello_fd)
         release_standby(standby_fd)
 
-    return _serve(settings, f"detached: own session {os.getsid(0)}, double fork", handed_over, reader)
+    return _serve(settings, f"detached: own session {os.getsid(0)}, double fork", handed_over, reader, containment)
 
 
 def run_unit_worker(state_dir: str, unit: str, reader: ProcessId) -> int:
     """Inside a transient systemd unit (systemd_unit.py): queue on standby.lock ourselves."""
+    containment = Containment(state_dir)
+    containment.start()  # first: it waits for the kernel meanwhile
     paths = StatePaths(state_dir)
     settings = settingsfile.read(paths)  # what fails before this line is in the unit's journal
     try:
@@ -63,13 +67,14 @@ def run_unit_worker(state_dir: str, unit: str, reader: ProcessId) -> int:
                 None, None, f"unit {unit}: another worker is queued already; exiting")
             return 0
         return _serve(settings, f"detached: systemd unit {unit}.service, out of keepalived's cgroup",
-                      release, reader)
+                      release, reader, containment)
     except Exception as exc:  # as detach.spawn_worker's report: the log is where anyone looks
         Log(settings.log_file, "worker", settings.log_level).exception(None, None, "worker failed", exc)
         raise
 
 
-def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: ProcessId) -> int:
+def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader: ProcessId,
+           containment: Containment) -> int:
     """Take worker.lock, start, tell whoever spawned us (`handed_over`), run until idle: until no
     reader we know of (`reader`, who spawned us, and all that ring) lives and `linger` is over."""
     log = Log(settings.log_file, "worker", settings.log_level)
@@ -77,7 +82,7 @@ def _serve(settings: Settings, how: str, handed_over: Callable[[], None], reader
     lock = WorkerLock(paths)
     lock.take(lambda holder: log.info(None, None, "waiting for the worker lock (held by "
                                                   f"{f'pid {holder.pid}' if holder else 'another worker'})"))
-    worker = Worker(settings, paths, log, how, reader, lock)
+    worker = Worker(settings, paths, log, how, reader, lock, containment)
     python_problems_to(lambda: worker.log)
     try:
         worker.start()
@@ -94,12 +99,12 @@ class Worker:
     and the linger loop; each job is a class of its own (drain, recovery, ledger, publisher, ...)."""
 
     def __init__(self, settings: Settings, paths: StatePaths, log: Log, how: str,
-                 reader: ProcessId, lock: WorkerLock) -> None:
+                 reader: ProcessId, lock: WorkerLock, containment: Containment) -> None:
         self.paths, self.how, self.reader, self.lock = paths, how, reader, lock
         self.following = Following(paths, settings, log)
         self.pid = os.getpid()
         environ = dict(os.environ)  # each action's environment starts from it (decoded once)
-        self.containment = Containment(paths.root)
+        self.containment = containment  # started: it picks its way meanwhile
         self.ledger = Ledger(self.following)
         self.on_failure = OnFailureRunner(self.following, self.containment, environ)
         self.publisher = MetricsPublisher(self.following, self.ledger.totals)
@@ -195,7 +200,7 @@ class Worker:
     def run(self) -> int:
         """Drain, linger on the doorbell, drain again; leave only after a final re-read, done once the
         doorbell is closed, finds nothing (handoff.py: a ring may have come just before the close)."""
-        self.log.info(None, None, self.containment.start())  # after the handover: it may wait for the kernel
+        self.log.info(None, None, self.containment.way())  # after the handover: it may still wait for the kernel
         self.on_failure.run()  # of an event recovery skipped: after start(), not to hold up the handover
         while self.drain.drain(self._owner):
             self.drain.compact()
