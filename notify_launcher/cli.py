@@ -57,18 +57,21 @@ if _run_as_notify_launcher() and starts_the_reader(sys.argv):
     STARTER = early()  # first: once SIGTERM is caught, the reader counts on it being known
     signal.signal(signal.SIGTERM, _early_term)
 
-import argparse  # noqa: E402  (after the handler, on purpose)
-import errno  # noqa: E402
+import errno  # noqa: E402  (after the handler, on purpose)
 import stat  # noqa: E402
 import syslog  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from typing import TypeVar  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+from typing import TYPE_CHECKING, Any, TypeVar  # noqa: E402
 
 from notify_launcher import __version__  # noqa: E402
 from notify_launcher.config import DEFAULT_STATE_DIR, load  # noqa: E402
 from notify_launcher.errors import (EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_PARTIAL, EXIT_SOFTWARE,  # noqa: E402
                                     EXIT_TERMINATED, EXIT_TIMEOUT, EXIT_UNUSABLE, EXIT_USAGE, LauncherError)
 from notify_launcher.statedir import StatePaths, ensure_state_dir  # noqa: E402
+
+if TYPE_CHECKING:
+    import argparse
 
 T = TypeVar("T")
 COMMANDS = ("serve", *NOT_THE_READER)
@@ -97,10 +100,20 @@ example: notify-launcher serve --fifo /run/keepalived/notify.fifo --config /etc/
 """
 
 
+def _parser(prog: str, raw: bool = False, **kwargs: Any) -> argparse.ArgumentParser:
+    """An ArgumentParser, argparse imported only now: keepalived's command line for the reader does
+    without it (`_keepalived_args`).  `raw`: the epilog keeps its line breaks."""
+    import argparse
+
+    if raw:
+        kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter
+    return argparse.ArgumentParser(prog=prog, **kwargs)
+
+
 def _reader_parser(serve: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="notify-launcher serve" if serve else "notify-launcher",
-        epilog=SERVE_EPILOG if serve else READER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _parser(
+        "notify-launcher serve" if serve else "notify-launcher", raw=True,
+        epilog=SERVE_EPILOG if serve else READER_EPILOG,
         description="Read keepalived's notify FIFO and run an action for every event: detached from "
                     "keepalived, one at a time, strictly in order, logged.")
     p.add_argument("--version", action="version", version=f"notify-launcher {__version__}")
@@ -145,8 +158,33 @@ def _fatal(message: str, log_file: str | None) -> None:
         Log(log_file, "reader").error(None, None, message)
 
 
+def _keepalived_args(argv: list[str]) -> SimpleNamespace | None:
+    """The reader's command line as keepalived runs it -- `--OPTION VALUE` or `--OPTION=VALUE` for
+    --config and the settings, and the FIFO -- read without argparse, whose import and parser cost
+    every start ~5 ms.  None for anything else (--help, --version, an abbreviated or unknown option,
+    a value that looks like an option, not one FIFO): argparse reads that, and says what is wrong."""
+    names = {"--" + name.replace("_", "-"): name for name in ("config", *SETTING_OPTIONS)}
+    values: dict[str, str | None] = dict.fromkeys(names.values())
+    fifos = []
+    words = iter(argv)
+    for word in words:
+        option, equals, value = word.partition("=")
+        if equals and option in names:
+            values[names[option]] = value
+        elif word in names:
+            value = next(words, "-")
+            if value.startswith("-"):
+                return None
+            values[names[word]] = value
+        elif word.startswith("-"):
+            return None
+        else:
+            fifos.append(word)
+    return SimpleNamespace(fifo=fifos[0], **values) if len(fifos) == 1 else None
+
+
 def run_reader(argv: list[str], serve: bool = False) -> int:
-    args = _reader_parser(serve).parse_args(argv)
+    args = (None if serve else _keepalived_args(argv)) or _reader_parser(serve).parse_args(argv)
     overrides = {k: getattr(args, k) for k in SETTING_OPTIONS}
     log_file = args.log_file
     try:
@@ -189,8 +227,7 @@ def _refuse_foreign_state_dir(paths: StatePaths) -> None:
 
 
 def _state_parser(name: str, description: str, example: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"notify-launcher {name}", description=description,
-                                epilog=f"example: {example}")
+    p = _parser(f"notify-launcher {name}", description=description, epilog=f"example: {example}")
     p.add_argument("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR,
                    help=f"the launcher's state directory (default {DEFAULT_STATE_DIR})")
     return p
@@ -247,8 +284,8 @@ def run_status(argv: list[str]) -> int:
 
 
 def run_check_config(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="notify-launcher check-config", description="Check the INI file, every action it names (exists, "
+    p = _parser(
+        "notify-launcher check-config", description="Check the INI file, every action it names (exists, "
         "executable, #! line, safe for root), the state and log paths, and optionally keepalived.conf's "
         "notify_fifo lines (nested quotes, FIFO owner vs script user, the script itself) and its notify "
         "directives that would run an action twice (keepalived's and the launcher's). Exit 0 only when "
@@ -288,8 +325,8 @@ def run_history(argv: list[str]) -> int:
 
 
 def run_send(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="notify-launcher send", description="Inject an event as keepalived would, to test actions "
+    p = _parser(
+        "notify-launcher send", description="Inject an event as keepalived would, to test actions "
         "without a failover: into keepalived's FIFO (--fifo), or straight into the journal (--state-dir).",
         epilog="example: notify-launcher send --state-dir /run/notify-launcher 'INSTANCE \"VI_1\" MASTER 100'")
     where = p.add_mutually_exclusive_group(required=True)
@@ -328,8 +365,8 @@ def run_wait(argv: list[str]) -> int:
 
 
 def run_log(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="notify-launcher log", description="The log lines of one event or a range of events (found by the "
+    p = _parser(
+        "notify-launcher log", description="The log lines of one event or a range of events (found by the "
         "#SEQ in every line), of a period, or of the failed events: from the log file and its rotated (and "
         "gzip-compressed) copies, oldest first.  Exit 1 when no line matches.",
         epilog="examples: notify-launcher log 1234;  notify-launcher log 12-20;  "
@@ -378,7 +415,7 @@ def run_serve(argv: list[str]) -> int:
 
 def run_unit_worker(argv: list[str]) -> int:
     """Internal: the worker inside a transient systemd unit (see systemd_unit.py)."""
-    p = argparse.ArgumentParser(prog="notify-launcher _worker")
+    p = _parser("notify-launcher _worker")
     p.add_argument("--state-dir", required=True)
     p.add_argument("--unit", required=True)
     p.add_argument("--reader", type=int, required=True)
@@ -398,8 +435,8 @@ example: notify-launcher import /etc/keepalived/keepalived.conf --write /etc/kee
 
 
 def run_import(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="notify-launcher import", epilog=IMPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _parser(
+        "notify-launcher import", raw=True, epilog=IMPORT_EPILOG,
         description="Convert keepalived's notify directives (notify_master, notify, notify_up, quorum_up, ... of "
                     "every block) into [match] rules. Exit 0 when every directive was converted, 4 when some "
                     "could not be (they are listed: keep them in keepalived.conf).")

@@ -1,0 +1,71 @@
+"""What keeps the reader's start-up short, asserted as structure, never as a time: keepalived
+writes an address owner's MASTER before its notify_fifo_script runs, so that event waits for the
+reader's whole start (benchmarks/first_event.py measures it).
+
+Real readers (the keepalived stand-in) and real workers; the `launcher` fixture ends every process
+a test leaves."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from support import VI
+from support.launcher import Launcher
+
+from notify_launcher import cli
+
+#: Modules the reader's start-up does without, and what they would cost every start (figures:
+#: benchmarks/README.md, "The first event"): argparse's import and parser (~5 ms; keepalived's
+#: command line is read by cli._keepalived_args), the socket module (~2 ms; the doorbell is
+#: _socket's, handoff._datagram_socket).
+NOT_IMPORTED = {"argparse", "socket"}
+
+
+def _imported(importtime: str) -> set[str]:
+    """The modules a `python -X importtime` run's stderr names."""
+    return {line.rsplit("|", 1)[1].strip() for line in importtime.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_a_reader_started_as_keepalived_starts_it_imports_neither_argparse_nor_socket(launcher: Launcher) -> None:
+    """The new reader of a reload, under -X importtime, through its first event and its stop.  The
+    worker stands by for it (linger 600 s), so the new reader forks none, and every line of
+    its stderr is its own (a worker's child imports python-daemon, which imports socket)."""
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    importtime = launcher.dir / "importtime"
+    k.script = ["sh", "-c", f'PYTHONPROFILEIMPORTTIME=1 exec "$0" "$@" 2>{importtime}', *k.script]
+    k.reload().join()
+    launcher.wait_for("the RELOAD record of the old reader", lambda: launcher.last_seq() >= 2)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(3)
+    k.stop([VI.format("STOP")])
+    modules = _imported(importtime.read_text())
+    assert "notify_launcher.reader" in modules, "no -X importtime output from the new reader"
+    assert "daemon" not in modules, "the new reader spawned a worker: its stderr holds the worker's imports too"
+    assert not modules & NOT_IMPORTED, f"the reader imported {sorted(modules & NOT_IMPORTED)}"
+
+
+_WORDS = st.sampled_from(["--config", "--handler", "--timeout", "--linger", "--log-file", "--hand", "--timeout=5",
+                          "--handler=/bin/x y", "--state-dir=", "--on-failure", "--help", "--version", "-h", "--",
+                          "-1", "-", "/run/k.fifo", "/other fifo", "a=b", "--bogus", "600", ""])
+
+
+@given(st.lists(_WORDS, max_size=7))
+def test_keepalived_command_lines_read_without_argparse_read_as_argparse_reads_them(argv: list[str]) -> None:
+    """`_keepalived_args` reads a command line only as argparse would, else leaves it to argparse."""
+    fast = cli._keepalived_args(argv)
+    if fast is None:
+        return
+    try:
+        slow = cli._reader_parser(serve=False).parse_args(argv)
+    except SystemExit:
+        raise AssertionError(f"argparse refuses {argv}, read as {fast}") from None
+    assert vars(fast) == vars(slow)
+
+
+def test_the_command_line_keepalived_runs_is_read_without_argparse() -> None:
+    argv = ["--config", "/etc/keepalived/notify-launcher.ini", "/run/keepalived/notify.fifo"]
+    assert cli._keepalived_args(argv) is not None
