@@ -126,8 +126,7 @@ def test_overlapping_and_surviving_trees_are_named(tmp_path: Path) -> None:
         assert report.overlaps == ["#2 started while the process tree of #1 was alive"], report
         assert len(report.left_alive) == 1 and "of #1's action tree" in report.left_alive[0], report
     finally:
-        for pid, _, _ in invariants.tree_holders(run.rec.with_name(run.rec.name + recorder.TREE)):
-            processes.kill([processes.psutil.Process(pid)])
+        _end_trees(run)
     assert not run.report().left_alive
 
 
@@ -151,8 +150,20 @@ def test_a_released_leftover_is_no_overlap_but_an_unreleased_one_is(tmp_path: Pa
         released = run.report()
         assert not released.overlaps and not released.left_alive, released
     finally:
-        for pid, _, _ in invariants.tree_holders(run.rec.with_name(run.rec.name + recorder.TREE)):
-            processes.kill([processes.psutil.Process(pid)])
+        _end_trees(run)
+
+
+def _end_trees(run: Run) -> None:
+    """SIGKILL every process holding the run's tree lock, and wait until they are gone (a killed
+    process holds the lock until it has exited)."""
+    holders = []
+    for pid, _, _ in invariants.tree_holders(run.rec.with_name(run.rec.name + recorder.TREE)):
+        try:
+            holders.append(processes.psutil.Process(pid))
+        except processes.psutil.NoSuchProcess:
+            pass
+    processes.kill(holders)
+    processes.wait_gone(holders, 30)
 
 
 def test_lines_dropped_without_a_log_line_are_named(tmp_path: Path) -> None:
