@@ -631,14 +631,24 @@ class Containment:
         return left
 
     def live_workers(self) -> set[int]:
-        """Other workers of this state directory's path running an action: each lives in an action cgroup
-        named by its pid (Cgroups), found in our own cgroup.  There are any only when someone
-        removed worker.lock (or the whole directory) under a live worker: it leaves once its
-        action ends (Worker._owner), and two workers must never run actions at once."""
+        """Other workers of this state directory's path with an action's processes alive: each lives in
+        an action cgroup named by its pid (Cgroups), found in our own cgroup.  There are any only
+        when someone removed worker.lock (or the whole directory) under a live worker: it leaves
+        once its action ends (Worker._owner), and two workers must never run actions at once.  A
+        worker ending a timed-out action has left its slot (Box.isolate) while the action's tree
+        lives on through kill_grace: it counts while it lives, in the slot or back in our cgroup
+        (so a pid reused by another process is not taken for it)."""
         found = set()
+        home: list[int] | None = None
         for path, worker in self._named():
-            members = cgroup_members(path) if worker != os.getpid() else []
-            if worker in members and len(members) > 1:  # it runs an action (idle, it starts none: its lock is gone)
+            if worker == os.getpid():
+                continue
+            members = cgroup_members(path)
+            if not set(members) - {worker}:  # empty, or the worker idle in it (it starts nothing: its lock is gone)
+                continue
+            if worker not in members and home is None:
+                home = cgroup_members(self.home) if self.home is not None else []
+            if worker in members or (home is not None and worker in home):
                 found.add(worker)
         return found
 

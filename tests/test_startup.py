@@ -7,9 +7,13 @@ a test leaves."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
-from support import VI
+from support import LAUNCHER, VI
 from support.launcher import Launcher
 
 from notify_launcher import cli
@@ -69,3 +73,28 @@ def test_keepalived_command_lines_read_without_argparse_read_as_argparse_reads_t
 def test_the_command_line_keepalived_runs_is_read_without_argparse() -> None:
     argv = ["--config", "/etc/keepalived/notify-launcher.ini", "/run/keepalived/notify.fifo"]
     assert cli._keepalived_args(argv) is not None
+
+
+def test_the_checkout_wrapper_runs_through_a_symlinked_bin_directory(tmp_path: Path) -> None:
+    """bin/notify-launcher finds its checkout through any symlink on the way, a directory's too
+    (here the checkout's bin/, linked as `nl`), run from / as keepalived runs it.  Resolving only
+    the file itself left `top` without /bin/: python3 from PATH ran without the checkout (exit 1:
+    no module named notify_launcher).  (Red team, 2026-12-05.)"""
+    link = tmp_path / "nl"
+    link.symlink_to(os.path.dirname(os.path.realpath(LAUNCHER)))
+    res = subprocess.run([str(link / "notify-launcher"), "--version"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/root"}, cwd="/")
+    assert res.returncode == 0 and res.stdout.startswith("notify-launcher "), (res.returncode, res.stdout, res.stderr)
+
+
+def test_the_checkout_wrapper_never_imports_from_the_working_directory(tmp_path: Path) -> None:
+    """docs/security.md: root runs nothing a non-root user can change.  `python -m` puts the working
+    directory first on sys.path, so root running an operator command from a directory another user
+    writes ran that user's notify_launcher/__main__.py.  (Red team, 2026-12-05.)"""
+    planted = tmp_path / "notify_launcher"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("")
+    (planted / "__main__.py").write_text("print('PLANTED CODE RAN')\n")
+    (tmp_path / "runpy.py").write_text("print('PLANTED CODE RAN')\n")
+    res = subprocess.run([LAUNCHER, "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and "PLANTED" not in res.stdout + res.stderr, (res.stdout, res.stderr)

@@ -18,6 +18,7 @@ from notify_launcher import containment
 from support import VI
 from support.launcher import Launcher
 from support.marks import needs
+from support import recorder
 from support.recorder import sleep_line
 
 QUIET = 'INSTANCE "VI_1" MASTER_RX_LOWER_PRI 100'  # journaled and run through, no action: fast
@@ -240,6 +241,35 @@ def test_a_state_directory_removed_mid_action_never_runs_two_actions(launcher: L
     launcher.unchecked = ("the state directory was removed: the new one numbers from #1 again; "
                           "the overlap the checker would see is asserted on here")
     assert [r.kind for r in launcher.records()].count("overlap") == 0
+
+
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_new_worker_waits_for_the_old_one_through_its_timeouts_kill_grace(launcher: Launcher) -> None:
+    """As above, but #1 times out and ignores SIGTERM: its worker leaves its action cgroup to end it
+    (so that killing the cgroup cannot kill the worker) and the tree lives on through kill_grace.
+    The new worker must wait through that too, not take the worker's leaving its cgroup for the
+    action's end: before, it ran #2 while #1's tree was alive (records: `overlap 2 ... 1`).
+    (Red team, 2026-12-05.)"""
+    recorder.install(launcher.handler, records=launcher.rec, sleeps=launcher.dir / "sleeps",
+                     then='if [ "$3" = BACKUP ]; then trap "" TERM; sleep 600; fi')
+    ini = launcher.dir / "nl.ini"
+    ini.write_text("[launcher]\nkill_grace = 5\n")
+    launcher.extra_args += ["--config", str(ini), "--timeout", "2"]
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.wait_for("#1's action", lambda: launcher.starts())
+    shutil.rmtree(launcher.state)
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("the second worker to wait", lambda: "waiting for it to leave" in launcher.log_text())
+    launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()), 60)
+    k.stop([])
+    launcher.wait_idle()
+    launcher.unchecked = ("the state directory was removed: the new one numbers from #1 again; "
+                          "the overlap the checker would see is asserted on here")
+    log = launcher.log_text()
+    assert "timeout of 2s reached" in log
+    assert [r for r in launcher.records() if r.kind == "overlap"] == [], log
 
 
 @needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
