@@ -1,10 +1,9 @@
 """The launcher under REAL keepalived 2.2.7: two VRRP nodes in network namespaces (tests/support/realka.py).
 
 Root with keepalived and iproute2 installed; elsewhere these tests skip, but under CI=true a missing
-prerequisite fails them.  Timings are printed as `TIMING ...` lines (visible without -s, in one
-pytest process: `sh scripts/test`'s pytest-xdist workers do not pass them on), never asserted:
-that a reader left before keepalived's SIGKILL is read from what it did (it logged its own exit
-and journaled its STOP: a reader SIGKILLed at +1 s could do neither), not from a clock.
+prerequisite fails them.  Timings are printed as `TIMING ...` lines (visible without -s), never
+asserted: that a reader left before keepalived's SIGKILL is read from what it did (it logged its
+own exit and journaled its STOP: a reader SIGKILLed at +1 s could do neither), not from a clock.
 
 keepalived's LVS checker needs IPVS for virtual servers, which these kernels lack (CONFIG_IP_VS is
 not set), so VS/RS lines cannot come from a real keepalived here: the stand-in tests cover them.
