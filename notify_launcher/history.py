@@ -86,7 +86,14 @@ def read(path: str) -> list[EndRecord]:
 
 
 def last(history_path: str, progress_path: str, n: int) -> list[EndRecord]:
-    """The last `n` ends: the history file's, then the progress file's above them."""
+    """The last `n` ends: the history file's, then the progress file's above them.
+
+    The progress file is read first.  A compaction appends to the history file before it replaces
+    the progress file, and a trim keeps the newest ends: so the history file read after holds every
+    end the progress file read before held and moved since.  Read the other way round, a compaction
+    between the two reads moves ends into the history file already read, out of the progress file
+    not read yet: they would be in neither."""
+    recent = replay(progress_path, keep_ends=n).ends
     ends = read(history_path)
     after = ends[-1]["seq"] if ends else 0
-    return [*ends, *(e for e in replay(progress_path, keep_ends=n).ends if e["seq"] > after)][-n:]
+    return [*ends, *(e for e in recent if e["seq"] > after)][-n:]
