@@ -87,7 +87,8 @@ class Drain:
                 log.info(None, None, f"journal compacted (everything up to #{self.done_seq} is done)")
             self.ledger.compact()
         except OSError as exc:
-            log.warn(None, None, f"cannot compact the state directory ({exc.strerror}); will try again")
+            where = f"{exc.filename}: " if exc.filename else ""
+            log.warn(None, None, f"cannot compact the state directory ({where}{exc.strerror}); will try again")
 
     def _follow_state_files(self, first: Entry) -> None:
         """Before a batch: the newest settings, and state files someone removed (journal, progress)."""

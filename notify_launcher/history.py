@@ -26,18 +26,41 @@ TRIM_FLOOR = 64 * 1024  # bytes: below this the file is never trimmed (before a 
 
 
 class History:
-    """The worker's writer: `kept` is the file's size after its last trim (0: not known)."""
+    """The worker's writer: `kept` is the file's size after its last trim (0: not known); `trouble`
+    what kept the last `move` from writing the file (None: nothing), for the worker's log."""
 
     def __init__(self, path: str, keep: int) -> None:
         self.path = path
         self.keep = keep
         self.kept = 0
+        self.trouble: str | None = None
+
+    def move(self, ends: list[EndRecord]) -> None:
+        """Append the ends, then trim; never raises.  The history only serves `history N`, while the
+        compaction that calls this keeps the progress file -- in RAM, replayed whole by `status` and
+        `wait` -- small: a history file that cannot be written (a full disk, EIO, a symlink or a
+        directory at its path) costs the ends it would have got, never the compaction.  What failed
+        is in `trouble`, worded to stay the same while it lasts (the worker logs it once)."""
+        try:
+            self.append(ends)
+        except OSError as exc:
+            self.trouble = (f"cannot append to {self.path} ({exc.strerror}): compactions of the progress file go on, "
+                            f"and the results they move out are left out of the history (`history` does not show them; "
+                            f"what is done stays done); make {self.path} a regular file the worker can write, or free "
+                            f"space on its file system")
+            return
+        try:
+            self.trim()
+        except OSError as exc:
+            self.trouble = (f"cannot trim {self.path} ({exc.strerror}): it grows until it can be trimmed; compactions "
+                            f"of the progress file go on and no result is lost")
+            return
+        self.trouble = None
 
     def append(self, ends: list[EndRecord]) -> None:
         """Append the ends above the file's last one, and fsync: only then may the progress file
         drop them.  A torn last record (a crash in an earlier append, its end still in the progress
-        file) is cut first.  Raises OSError (a full disk: the progress file keeps them, and the
-        caller tries again later)."""
+        file) is cut first.  Raises OSError."""
         fd, _ = open_appending(self.path)
         try:
             after = _last_seq(fd)

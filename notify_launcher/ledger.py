@@ -94,6 +94,14 @@ class Ledger:
         """Keep the file small when it grew past PROGRESS_FLOOR and twice its compacted size (only when
         the queue is idle: the caller's part).  Raises OSError."""
         if self._progress.due(PROGRESS_FLOOR):
-            self._progress.compact(self._history)
-            self.following.log.info(None, None, f"progress compacted (results moved to {self._history.path}, "
-                                                f"which keeps the last {KEEP_HISTORY} or more)")
+            log, history, was = self.following.log, self._history, self._history.trouble
+            self._progress.compact(history)
+            if history.trouble is None:
+                if was is not None:
+                    log.info(None, None, f"{history.path} can be written again: compactions move results to it")
+                log.info(None, None, f"progress compacted (results moved to {history.path}, "
+                                     f"which keeps the last {KEEP_HISTORY} or more)")
+                return
+            if history.trouble != was:
+                log.warn(None, None, history.trouble)
+            log.info(None, None, f"progress compacted (see the warning about {history.path})")

@@ -227,11 +227,11 @@ class ProgressLog:
         runs), after the totals of every record read, so the counters do not go back (totals.py).
         Only the worker holding worker.lock writes these files; it compacts only when the queue is
         idle.  Crash-safe at every step: the ends are in the history file, fsync'ed, before this
-        file is replaced (atomically) without them; ends in both are appended once (history.py)."""
+        file is replaced (atomically) without them; ends in both are appended once (history.py).
+        A history file that cannot be written loses its ends, not this compaction (`history.trouble`)."""
         totals = Totals()
         snap = replay(self.path, 1 << 62, totals)  # every end: the file is at most twice its compacted size
-        history.append(snap.ends)
-        history.trim()
+        history.move(snap.ends)
         records = sorted(snap.last.values(), key=lambda r: r["seq"])
         kept = b"".join(encode(r) for r in records)
         summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *(r["seq"] for r in records)]),

@@ -4,11 +4,18 @@ history file the worker cannot append to (history.py, progress.py's compaction, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from notify_launcher import history
+from notify_launcher.history import History
+from notify_launcher.ledger import KEEP_HISTORY
+from notify_launcher.progress import EndRecord, ProgressLog
+from notify_launcher.statedir import StatePaths
 from support import LAUNCHER
 from support.launcher import Launcher
 
@@ -56,3 +63,79 @@ def test_history_read_across_a_compaction_shows_every_result(launcher: Launcher,
     k.stop([])
     assert not missing, f"history shows #{seqs[0]}..#{seqs[-1]} but not {len(missing)} of them: " \
                         f"#{missing[0]}..#{missing[-1]}"
+
+
+@pytest.mark.parametrize("what", ["symlink", "directory"])
+def test_a_history_file_that_cannot_be_appended_to_does_not_stop_the_progress_compaction(launcher: Launcher,
+                                                                                        what: str) -> None:
+    """The history file only serves `history N`; the progress compaction keeps `status` and `wait`
+    flat and /run (RAM) small.  A history path the worker refuses (a symlink: O_NOFOLLOW, as the
+    trust rule wants) or cannot append to (a directory; EIO, a full disk do the same) must not stop
+    the compactions: the progress file stays small, the ends they move are left out of the history
+    (one WARN naming the file while it lasts), and once the path is writable again an INFO says so
+    and the history goes on."""
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    launcher.wait_started()
+    history_path = launcher.state / "history"
+    if what == "symlink":
+        (launcher.dir / "elsewhere").write_bytes(b"")
+        history_path.symlink_to(launcher.dir / "elsewhere")
+    else:
+        history_path.mkdir()
+    sent = 0
+    for _ in range(8):
+        _burst(k, sent, 150)
+        sent += 150
+        launcher.settle(sent)
+    size = (launcher.state / "progress").stat().st_size
+    text = launcher.log_text()
+    # with a writable history file the progress file stays under ~2 x max(64 KiB, its compacted size)
+    assert size < 256 * 1024, f"progress file {size} bytes after {sent} events; compactions: " \
+        f"{text.count('progress compacted')}, failed: {text.count('cannot compact')}"
+    assert text.count(f"cannot append to {history_path}") == 1, text
+    if what == "symlink":
+        assert (launcher.dir / "elsewhere").read_bytes() == b"", "the worker wrote through a symlink"
+        history_path.unlink()
+    else:
+        history_path.rmdir()
+    before = text.count("progress compacted")
+    while launcher.log_text().count("progress compacted") == before:
+        _burst(k, sent, 150)
+        sent += 150
+        launcher.settle(sent)
+    k.stop([])
+    launcher.settle(sent + 1)
+    assert f"{history_path} can be written again" in launcher.log_text()
+    out = subprocess.run([LAUNCHER, "history", "--state-dir", str(launcher.state), "-n", "100000", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    seqs = [e["seq"] for e in json.loads(out)]
+    assert seqs[-1] == sent + 1 and seqs == sorted(set(seqs))
+
+
+def _end(seq: int) -> EndRecord:
+    key = f"INSTANCE VI_{seq % NAMES}"
+    return EndRecord(op="end", seq=seq, t=1.7e9 + seq, key=key, event=f"{key} MASTER", state="MASTER",
+                     result="exit 0", ok=True)
+
+
+def test_a_history_trim_that_fails_does_not_stop_the_progress_compaction(tmp_path: Path) -> None:
+    """A trim rewrites the history file beside it (history.PID.new); when that fails (here a
+    directory in its way, as a full disk would), the compaction goes on with every end appended,
+    `trouble` says so, and the next compaction trims."""
+    paths = StatePaths(str(tmp_path))
+    log, hist = ProgressLog(paths.progress), History(paths.history, KEEP_HISTORY)
+    for seq in range(1, 1501):
+        assert log.record(_end(seq)) is None
+    in_the_way = Path(f"{paths.history}.{os.getpid()}.new")
+    in_the_way.mkdir()
+    log.compact(hist)
+    assert hist.trouble is not None and hist.trouble.startswith(f"cannot trim {paths.history}"), hist.trouble
+    assert [e["seq"] for e in history.read(paths.history)] == list(range(1, 1501))
+    assert log.size() < 4096 and log.size() == log.baseline
+    in_the_way.rmdir()
+    for seq in range(1501, 1601):
+        assert log.record(_end(seq)) is None
+    log.compact(hist)
+    assert hist.trouble is None
+    assert [e["seq"] for e in history.read(paths.history)] == list(range(601, 1601))
