@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 
+from notify_launcher import identity
 from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
 from notify_launcher.security import refusal
 
@@ -160,6 +162,33 @@ def write_temp(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True)
         raise
     os.close(fd)
     return tmp
+
+
+_TEMP = re.compile(r".\.(\d{1,9})\.new\Z")
+
+
+def sweep_temps(root: str) -> dict[str, int]:
+    """Remove the temporary files (write_temp's NAME.PID.new) that processes killed between write and
+    rename left in `root`, a state directory in /run (RAM) where nothing else would: those of a PID
+    no process has, or a zombie (a live one -- a worker whose worker.lock was removed, a reader
+    writing settings.json -- may be writing its own).  Returns the names removed, with their sizes."""
+    removed = {}
+    for name in os.listdir(root):
+        match = _TEMP.search(name)
+        if match is None:
+            continue
+        proc = identity.stat(int(match.group(1)))
+        if proc is not None and proc.state != "Z":
+            continue
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.unlink(path)
+                removed[name] = st.st_size
+        except OSError:  # gone meanwhile, or not ours to remove: the next worker tries again
+            continue
+    return removed
 
 
 def discard(path: str) -> None:

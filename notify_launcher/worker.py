@@ -32,7 +32,7 @@ from notify_launcher.onfailure import OnFailureRunner
 from notify_launcher.process import drain
 from notify_launcher.publisher import MetricsPublisher
 from notify_launcher.recovery import Recovery
-from notify_launcher.statedir import StatePaths
+from notify_launcher.statedir import StatePaths, sweep_temps
 
 PR_SET_CHILD_SUBREAPER = 36
 #: After a reader journaled its RELOAD: how long we stand by for the next reader, whatever `linger`
@@ -156,6 +156,7 @@ class Worker:
         dead workers left running in their action cgroups is ended first, recorded or not; a live
         worker of this state directory's path (its worker.lock removed under it) is waited for."""
         self._wait_for_live_workers()
+        self._sweep_temps()
         self.following.start()
         missing = not os.path.exists(self.paths.progress)
         snap = self.ledger.start()
@@ -169,6 +170,19 @@ class Worker:
             if skipped is not None:
                 self.on_failure.due(skipped)
         self.drain.start(done_seq, snap.last)
+
+    def _sweep_temps(self) -> None:
+        """What workers killed in a compaction (or readers killed in a write) left behind."""
+        try:
+            removed = sweep_temps(self.paths.root)
+        except OSError as exc:
+            self.log.warn(None, None, f"cannot list {self.paths.root} for temporary files dead processes "
+                                      f"left ({exc.strerror}); going on")
+            return
+        if removed:
+            left = ", ".join(f"{name} ({size} bytes)" for name, size in sorted(removed.items()))
+            self.log.info(None, None, f"removed the temporary files processes killed in a write left in "
+                                      f"{self.paths.root}: {left}")
 
     def _wait_for_live_workers(self) -> None:
         """Until no other worker of this path runs (Containment.live_workers): one whose worker.lock

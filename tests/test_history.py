@@ -9,13 +9,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from notify_launcher import history
+from notify_launcher import history, identity
 from notify_launcher.history import History
 from notify_launcher.ledger import KEEP_HISTORY
 from notify_launcher.progress import EndRecord, ProgressLog
-from notify_launcher.statedir import StatePaths
+from notify_launcher.statedir import StatePaths, sweep_temps
 from support import LAUNCHER
 from support.launcher import Launcher
 
@@ -139,3 +140,66 @@ def test_a_history_trim_that_fails_does_not_stop_the_progress_compaction(tmp_pat
     log.compact(hist)
     assert hist.trouble is None
     assert [e["seq"] for e in history.read(paths.history)] == list(range(601, 1601))
+
+
+def _history_seqs(launcher: Launcher) -> list[int]:
+    out = subprocess.run([LAUNCHER, "history", "--state-dir", str(launcher.state), "-n", "100000", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return [e["seq"] for e in json.loads(out)]
+
+
+@pytest.mark.parametrize("where", ["rename-history", "rename-progress"])
+def test_a_worker_killed_in_a_compaction_leaves_no_temporary_file_behind(launcher: Launcher, where: str) -> None:
+    """The worker is SIGKILLed (OOM killer, an administrator) at the rename that ends a history
+    trim or a progress rewrite (strace attached to the worker alone, its signal injection).  What
+    the compaction promised holds (`history` shows every end once, in order; the checker passes),
+    and the next worker removes the temporary file (`history.PID.new`: the whole kept history,
+    ~250 KB; `progress.PID.new`) from the state directory -- /run, RAM -- saying so."""
+    syscall, name = where.split("-")
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    pid = launcher.wait_standby()
+    temp = launcher.state / f"{name}.{pid}.new"
+    tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(pid), "-P", str(temp),
+                               "-e", "trace=rename,renameat,renameat2",
+                               "-e", "inject=rename,renameat,renameat2:signal=KILL:when=1"])
+    time.sleep(1)  # attached
+    sent = 0
+    for _ in range(8):  # the kill, then a new worker's compactions and trims
+        _burst(k, sent, 150)
+        sent += 150
+        launcher.settle(sent)
+    k.stop([])
+    launcher.settle(sent + 1)
+    if tracer.poll() is None:
+        tracer.kill()
+    tracer.wait()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, "not killed"
+    seqs = _history_seqs(launcher)
+    assert seqs == list(range(seqs[0], sent + 2))
+    left = {p.name: p.stat().st_size for p in launcher.state.iterdir() if p.name.endswith(".new")}
+    assert not left, f"left in the state directory after the next worker's compactions: {left}"
+    assert f"{temp.name} (" in launcher.log_text()
+
+
+def test_the_sweep_removes_only_the_temporary_files_of_dead_processes(tmp_path: Path) -> None:
+    """A live process's NAME.PID.new may be being written (a worker whose worker.lock was removed,
+    a reader writing settings.json): only a dead PID's, or a zombie's, go.  Other names stay."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    zombie = subprocess.Popen(["true"])
+    try:
+        while (st := identity.stat(zombie.pid)) is not None and st.state != "Z":
+            time.sleep(0.01)  # until it exited (not reaped: we do not wait for it yet)
+        names = {f"progress.{dead.pid}.new": b"12", f"history.{zombie.pid}.new": b"345",
+                 f"settings.json.{os.getpid()}.new": b"live", "progress": b"x", "progress.new": b"x",
+                 f"journal.{dead.pid}.new.keep": b"x"}
+        for name, data in names.items():
+            (tmp_path / name).write_bytes(data)
+        (tmp_path / f"journal.{dead.pid}.new").mkdir()
+        assert sweep_temps(str(tmp_path)) == {f"progress.{dead.pid}.new": 2, f"history.{zombie.pid}.new": 3}
+    finally:
+        zombie.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"settings.json.{os.getpid()}.new", "progress", "progress.new", f"journal.{dead.pid}.new.keep",
+         f"journal.{dead.pid}.new"])
