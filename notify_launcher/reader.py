@@ -112,6 +112,7 @@ class Reader:
             if self.stop.term_at is not None and not self.serve:  # stopped while we started
                 early = self.stop.at_start(self.fifo.path)
                 if early is not None:
+                    self._read_what_is_ours()
                     self.finish_with(early)
                     return 0
             self._loop()
@@ -152,10 +153,21 @@ class Reader:
         if self.serve:
             self.log.info(None, None, f"service mode: SIGTERM, exiting ({self.intake.lines} lines read)")
             return
-        if self.stop.respawned is not None and not eof:  # what the pipe holds now is ours; later lines wait
-            eof = not self.fifo.read(self._feed)           # for the next reader
-            self._feed(None)
+        if not eof:
+            eof = self._read_what_is_ours()
         self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced))
+
+    def _read_what_is_ours(self) -> bool:
+        """Leaving before EOF: what the pipe holds now is ours when keepalived's child that started us
+        died (later lines wait for the next reader) or keepalived made a new FIFO at our path for the
+        next reader (nobody else will ever read this one: what keepalived wrote before its reload is
+        in it, a last line without its newline too).  Read it, or leave it (a FIFO we share with the
+        next reader is its to read); True at EOF."""
+        if self.stop.respawned is None and not self.fifo.replaced():
+            return False
+        eof = not self.fifo.read(self._feed)
+        self._feed(None)
+        return eof
 
     def _step(self) -> bool:
         """One poll and what it brought; True at the FIFO's EOF (not in service mode)."""

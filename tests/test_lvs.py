@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
+from support import processes
 from support.invariants import check_run
 from support.launcher import Launcher
 from support.realka import Cluster, Node
@@ -187,16 +188,6 @@ def test_vrrp_restart_is_no_stop_for_the_reader_it_owns(launcher: Launcher) -> N
         site.ka.close()
 
 
-def _catches_sigterm(pid: int) -> bool:
-    """`pid` has a SIGTERM handler: cli's early one, installed right after the starter is noted."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            caught = next(int(line.split()[1], 16) for line in fh if line.startswith("SigCgt:"))
-    except (OSError, StopIteration):
-        return False
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
-
-
 def _gone(pid: int) -> bool:
     """`pid` has exited (a zombie counts)."""
     try:
@@ -226,7 +217,7 @@ def test_owner_crash_while_its_reader_starts_is_a_restart(site: Site) -> None:
     no READER STOP and no stop_action until keepalived really stops."""
     site.ka.start()
     first = site.ka.scripts()[-1]
-    site.launcher.wait_for("the reader to catch SIGTERM", lambda: _catches_sigterm(first))
+    site.launcher.wait_for("the reader to catch SIGTERM", lambda: processes.catches_sigterm(first))
     os.kill(first, signal.SIGSTOP)
     site.ka.crash(site.ka.owner)
     os.kill(first, signal.SIGCONT)
@@ -448,7 +439,7 @@ def test_owner_crash_while_its_reader_imports_is_a_restart(real_cluster: Callabl
     child = _respawned(n1, which, child)
     n1.wait_for("the next reader", lambda: _reader_other_than(n1, before))
     reader = n1.current_reader().pid
-    n1.wait_for("the reader to catch SIGTERM", lambda: _catches_sigterm(reader))
+    n1.wait_for("the reader to catch SIGTERM", lambda: processes.catches_sigterm(reader))
     os.kill(reader, signal.SIGSTOP)
     os.kill(child, signal.SIGKILL)
     _respawned(n1, which, child)

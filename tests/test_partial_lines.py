@@ -4,9 +4,10 @@ each line whole, with one write; an administrator's `echo -n` does not)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
-from support import VI
+from support import VI, processes
 from support.launcher import Launcher
 
 
@@ -71,6 +72,24 @@ def test_bytes_without_a_newline_before_a_reload_are_not_dropped(launcher: Launc
     k = launcher.keepalived()
     k.start()
     launcher.wait_started()
+    k.write_raw(VI.format("FAULT").encode())
+    k.reload().join()
+    launcher.settle(2)  # FAULT, READER RELOAD
+    assert _actions(launcher) == [["INSTANCE", "VI_1", "FAULT"]]
+    k.stop([])
+def test_bytes_written_before_a_reload_while_the_reader_starts_are_not_dropped(launcher: Launcher) -> None:
+    """keepalived reloads (SIGTERM, EOF, a new FIFO for the next reader) while the reader is still
+    starting: the FIFO open, its loop not yet.  What keepalived wrote before the
+    reload is in the old FIFO, which no other reader will ever open: the reader reads it before it
+    leaves.  Before, seeing the next reader, it left the FIFO unread: the event was lost without a
+    log line (red team, CI under load, 2026-12-05).  Whether the reload lands before the loop
+    depends on the machine (that is when it failed); either way the event must run.  (Before the
+    reader opens the FIFO nothing can be done: keepalived's close of the old one discards what it held.)"""
+    k = launcher.keepalived()
+    k.start()
+    assert k.proc is not None
+    fifo = os.path.realpath(k.fifo)
+    launcher.wait_for("the reader to open the FIFO", lambda: fifo in processes.open_files(k.proc.pid))
     k.write_raw(VI.format("FAULT").encode())
     k.reload().join()
     launcher.settle(2)  # FAULT, READER RELOAD

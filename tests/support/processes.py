@@ -107,3 +107,29 @@ def end_all(needle: str, term_grace: float = 0.0, timeout: float = 30.0) -> None
             term = False
         kill(procs)
         wait_gone(procs, 5)
+
+
+
+def open_files(pid: int) -> set[str]:
+    """What `pid`'s descriptors point at now (/proc/PID/fd)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    out = set()
+    for name in names:
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    return out
+
+def catches_sigterm(pid: int) -> bool:
+    """`pid` has a SIGTERM handler (SigCgt in /proc/PID/status): for a reader, cli's early one,
+    installed right after its starter is noted, long before its loop."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            caught = next(int(line.split()[1], 16) for line in fh if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
