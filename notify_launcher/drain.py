@@ -20,6 +20,7 @@ from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import Ended, OnFailureRunner
 from notify_launcher.progress import EndRecord, TryRecord
 from notify_launcher.publisher import MetricsPublisher
+from notify_launcher.statedir import Superseded
 
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
 
@@ -79,13 +80,18 @@ class Drain:
                 self.publisher.publish(entries[n:])
                 self.on_failure.run()
 
-    def compact(self) -> None:
-        """Keep the state directory small when the queue is idle: it usually lives in /run, which is RAM."""
+    def compact(self, still_ours: Callable[[], bool]) -> None:
+        """Keep the state directory small when the queue is idle: it usually lives in /run, which is RAM.
+        `still_ours` (the worker's lock check) is asked right before each file is replaced: a worker
+        whose worker.lock was removed while it compacted (a slow fsync) must not put its old copy
+        over the files of the worker that owns them now; it leaves at its next drain."""
         log = self.following.log
         try:
-            if _size(self.following.paths.journal) > JOURNAL_MAX and self.journal.compact():
+            if _size(self.following.paths.journal) > JOURNAL_MAX and self.journal.compact(still_ours):
                 log.info(None, None, f"journal compacted (everything up to #{self.done_seq} is done)")
-            self.ledger.compact()
+            self.ledger.compact(still_ours)
+        except Superseded:
+            pass
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             log.warn(None, None, f"cannot compact the state directory ({where}{exc.strerror}); will try again")

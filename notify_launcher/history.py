@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 from notify_launcher.progress import EndRecord, encode, open_appending, parse_end, replay
 from notify_launcher.statedir import write_atomic
@@ -35,7 +36,7 @@ class History:
         self.kept = 0
         self.trouble: str | None = None
 
-    def move(self, ends: list[EndRecord]) -> None:
+    def move(self, ends: list[EndRecord], still_ours: Callable[[], bool] | None = None) -> None:
         """Append the ends, then trim; never raises.  The history only serves `history N`, while the
         compaction that calls this keeps the progress file -- in RAM, replayed whole by `status` and
         `wait` -- small: a history file that cannot be written (a full disk, EIO, a symlink or a
@@ -50,7 +51,7 @@ class History:
                             f"space on its file system")
             return
         try:
-            self.trim()
+            self.trim(still_ours)
         except OSError as exc:
             self.trouble = (f"cannot trim {self.path} ({exc.strerror}): it grows until it can be trimmed; compactions "
                             f"of the progress file go on and no result is lost")
@@ -75,15 +76,16 @@ class History:
         finally:
             os.close(fd)
 
-    def trim(self) -> None:
-        """Keep the last `keep` ends when the file is at least twice its size after the last trim."""
+    def trim(self, still_ours: Callable[[], bool] | None = None) -> None:
+        """Keep the last `keep` ends when the file is at least twice its size after the last trim
+        (`still_ours`: statedir.write_atomic)."""
         size = os.path.getsize(self.path)
         if size <= max(TRIM_FLOOR, 2 * self.kept):
             return
         with open(self.path, "rb") as fh:
             lines = [line + b"\n" for line in fh.read().split(b"\n")[:-1] if parse_end(line) is not None]
         data = b"".join(lines[-self.keep:])
-        write_atomic(self.path, data)
+        write_atomic(self.path, data, still_ours=still_ours)
         self.kept = len(data)
 
 

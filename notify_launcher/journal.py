@@ -476,12 +476,14 @@ class JournalFollower:
         except FileNotFoundError:
             return False  # removed: the next append creates it, and we follow then
 
-    def compact(self) -> bool:
+    def compact(self, still_ours: Callable[[], bool] | None = None) -> bool:
         """If everything was read, replace the journal by its last entry (a new file) and remove the
         settings versions nothing names any more; False if a writer appended meanwhile or held the
         lock longer than LOCK_WAIT.  The new file is written and fsync'ed before the lock is taken:
         the lock covers only the check that nothing was appended and the rename, so an append never
-        waits for a disk.  Only the worker holding worker.lock calls this."""
+        waits for a disk.  Only the worker holding worker.lock calls this; `still_ours` (asked under
+        the lock, after the fsync): False once another worker owns the state files, then nothing is
+        replaced."""
         if self._fd < 0:
             return False
         ino = os.fstat(self._fd).st_ino
@@ -495,7 +497,7 @@ class JournalFollower:
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 if not _flock_within(fd, LOCK_WAIT) or os.fstat(fd).st_ino != ino \
-                        or os.fstat(fd).st_size != self.offset:
+                        or os.fstat(fd).st_size != self.offset or (still_ours is not None and not still_ours()):
                     return False
                 kept = parse_entry(last[:-1])
                 settingsfile.collect(self.paths, ({kept.settings} if kept else set()) | _spilled_versions(self.paths))

@@ -9,6 +9,7 @@ written (totals.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from notify_launcher.following import Following
 from notify_launcher.history import History
@@ -90,12 +91,13 @@ class Ledger:
             self.following.log.info(rec["seq"], subject,
                                     f"recorded {rec['op']!r} in {self._progress.path} at last; the queue goes on")
 
-    def compact(self) -> None:
+    def compact(self, still_ours: Callable[[], bool]) -> None:
         """Keep the file small when it grew past PROGRESS_FLOOR and twice its compacted size (only when
-        the queue is idle: the caller's part).  Raises OSError."""
+        the queue is idle: the caller's part; `still_ours`: statedir.write_atomic).  Raises OSError,
+        Superseded."""
         if self._progress.due(PROGRESS_FLOOR):
             log, history, was = self.following.log, self._history, self._history.trouble
-            self._progress.compact(history)
+            self._progress.compact(history, still_ours)
             if history.trouble is None:
                 if was is not None:
                     log.info(None, None, f"{history.path} can be written again: compactions move results to it")

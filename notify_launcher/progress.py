@@ -36,6 +36,7 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
@@ -221,22 +222,23 @@ class ProgressLog:
         """Whether a compaction pays: the file is above `floor` and at least twice its compacted size."""
         return self.size() > max(floor, 2 * self.baseline)
 
-    def compact(self, history: History) -> None:
+    def compact(self, history: History, still_ours: Callable[[], bool] | None = None) -> None:
         """Move the end records to the history file (which keeps the last `history.keep` of them) and
         rewrite this file with each instance's last end record (all a replay needs when nothing
         runs), after the totals of every record read, so the counters do not go back (totals.py).
         Only the worker holding worker.lock writes these files; it compacts only when the queue is
         idle.  Crash-safe at every step: the ends are in the history file, fsync'ed, before this
         file is replaced (atomically) without them; ends in both are appended once (history.py).
-        A history file that cannot be written loses its ends, not this compaction (`history.trouble`)."""
+        A history file that cannot be written loses its ends, not this compaction (`history.trouble`).
+        `still_ours`: statedir.write_atomic (raises Superseded: another worker owns the files now)."""
         totals = Totals()
         snap = replay(self.path, 1 << 62, totals)  # every end: the file is at most twice its compacted size
-        history.move(snap.ends)
+        history.move(snap.ends, still_ours)
         records = sorted(snap.last.values(), key=lambda r: r["seq"])
         kept = b"".join(encode(r) for r in records)
         summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *(r["seq"] for r in records)]),
                                counts=totals.record(), kept=len(kept), history=history.kept)
-        write_atomic(self.path, encode(summary) + kept)
+        write_atomic(self.path, encode(summary) + kept, still_ours=still_ours)
         os.close(self._fd)
         self._fd = self._open()
         self.baseline = self.size()

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from notify_launcher import identity
@@ -199,13 +200,23 @@ def discard(path: str) -> None:
         pass
 
 
-def write_atomic(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True) -> None:
+class Superseded(Exception):
+    """The state files are another worker's now (our worker.lock was removed or replaced under us)."""
+
+
+def write_atomic(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True,
+                 still_ours: Callable[[], bool] | None = None) -> None:
     """Replace `path` with `data`, all or nothing: a temporary file beside it, every write checked
     (a short write is a full disk, not success), fsync, then rename.  Whatever fails, the old file
     stays as it was -- a compaction cut short must never lose or repeat a finished event.
     `sync=False` leaves out the fsync, for a file that is only a view, rewritten from durable state
-    (the metrics file): readers still see the old or the new file whole."""
+    (the metrics file): readers still see the old or the new file whole.  `still_ours`: asked after
+    the fsync, which a slow disk may stretch to seconds, right before the rename; False raises
+    Superseded and leaves `path` alone (a worker must not put its old copy over the new worker's)."""
     tmp = write_temp(path, data, mode, sync)
+    if still_ours is not None and not still_ours():
+        discard(tmp)
+        raise Superseded(path)
     try:
         os.replace(tmp, path)
     except BaseException:

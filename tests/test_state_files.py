@@ -6,6 +6,7 @@ injection; the invariants checker runs after each (the launcher fixture).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 from notify_launcher import containment
-from support import VI
+from support import LAUNCHER, VI
 from support.launcher import Launcher
 from support.marks import needs
 from support import recorder
@@ -270,6 +271,53 @@ def test_a_new_worker_waits_for_the_old_one_through_its_timeouts_kill_grace(laun
     log = launcher.log_text()
     assert "timeout of 2s reached" in log
     assert [r for r in launcher.records() if r.kind == "overlap"] == [], log
+
+
+def _traced(pid: int) -> bool:
+    """A tracer (strace) is attached to `pid`."""
+    with open(f"/proc/{pid}/status") as fh:
+        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in fh)
+
+
+@needs("strace", shutil.which("strace") is not None)
+def test_a_worker_whose_lock_was_removed_mid_compaction_leaves_the_new_workers_files_alone(launcher: Launcher) -> None:
+    """worker.lock and doorbell.sock are removed while the first worker compacts the progress file
+    and its fsync stalls (a slow disk: strace delays it 8 s); keepalived reloads, and the new worker
+    runs five new events meanwhile.  The first worker must not rename its copy, built before them,
+    over the new worker's progress file: it asks right before the rename whether worker.lock is
+    still its own.  Before, it did: `status` said done #N-6 though #N ran, and `wait` never
+    returned (the journal's last event above the progress file's done mark; a later worker would
+    run it again).  (Red team, 2026-12-05.)"""
+    k = launcher.keepalived("--linger", "600")
+    k.start()
+    first = launcher.wait_standby()
+    temp = launcher.state / f"progress.{first}.new"
+    tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(first), "-P", str(temp),
+                               "-e", "trace=fsync", "-e", "inject=fsync:delay_enter=8000000:when=1"])
+    try:
+        launcher.wait_for("strace to attach", lambda: _traced(first))
+        sent = 0
+        while not temp.exists():  # bursts until a compaction starts (its temporary file), stalled in its fsync
+            for i in range(sent, sent + 100):
+                assert k.write(f'INSTANCE "VI_{i % 10}" {"MASTER" if i % 2 else "BACKUP"} 100')
+            sent += 100
+            launcher.settle(sent)
+        (launcher.state / "worker.lock").unlink()
+        (launcher.state / "doorbell.sock").unlink()
+        k.reload().join()
+        launcher.wait_for("the new reader", lambda: launcher.log_text().count("reader started") == 2)
+        for state in ("BACKUP", "MASTER", "FAULT", "BACKUP", "MASTER"):
+            assert k.write(VI.format(state))
+        newest = sent + 5 + 1  # + the first reader's RELOAD
+        launcher.settle(newest)
+        launcher.wait_for("the stalled compaction to end", lambda: not temp.exists())
+    finally:
+        tracer.kill()
+        tracer.wait()
+    out = subprocess.run([LAUNCHER, "status", "--json", "--state-dir", str(launcher.state)],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["done_seq"] >= newest, out
+    k.stop([])
 
 
 @needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
