@@ -17,7 +17,7 @@ from notify_launcher.history import History
 from notify_launcher.ledger import KEEP_HISTORY
 from notify_launcher.progress import EndRecord, ProgressLog
 from notify_launcher.statedir import StatePaths, sweep_temps
-from support import LAUNCHER
+from support import LAUNCHER, processes
 from support.launcher import Launcher
 
 NAMES = 10
@@ -53,7 +53,8 @@ def test_history_read_across_a_compaction_shows_every_result(launcher: Launcher,
            "-e", "inject=openat:delay_enter=8000000",
            LAUNCHER, "history", "--state-dir", str(launcher.state), "-n", "100000", "--json"]
     hist = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # history sits in its open of the stalled file
+    launcher.wait_for(f"history to sit in its open of {stalled}",
+                      lambda: any(processes.opening(p.pid, path) for p in psutil.Process(hist.pid).children()))
     while _compactions(launcher) == before:
         _burst(k, sent, 200)
         sent += 200
@@ -163,7 +164,7 @@ def test_a_worker_killed_in_a_compaction_leaves_no_temporary_file_behind(launche
     tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(pid), "-P", str(temp),
                                "-e", "trace=rename,renameat,renameat2",
                                "-e", "inject=rename,renameat,renameat2:signal=KILL:when=1"])
-    time.sleep(1)  # attached
+    launcher.wait_for("strace to attach", lambda: processes.traced(pid))
     sent = 0
     for _ in range(8):  # the kill, then a new worker's compactions and trims
         _burst(k, sent, 150)

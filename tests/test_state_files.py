@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from notify_launcher import containment
-from support import LAUNCHER, VI
+from support import LAUNCHER, VI, processes
 from support.launcher import Launcher
 from support.marks import needs
 from support import recorder
@@ -273,12 +273,6 @@ def test_a_new_worker_waits_for_the_old_one_through_its_timeouts_kill_grace(laun
     assert [r for r in launcher.records() if r.kind == "overlap"] == [], log
 
 
-def _traced(pid: int) -> bool:
-    """A tracer (strace) is attached to `pid`."""
-    with open(f"/proc/{pid}/status") as fh:
-        return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in fh)
-
-
 @needs("strace", shutil.which("strace") is not None)
 def test_a_worker_whose_lock_was_removed_mid_compaction_leaves_the_new_workers_files_alone(launcher: Launcher) -> None:
     """worker.lock and doorbell.sock are removed while the first worker compacts the progress file
@@ -295,7 +289,7 @@ def test_a_worker_whose_lock_was_removed_mid_compaction_leaves_the_new_workers_f
     tracer = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(first), "-P", str(temp),
                                "-e", "trace=fsync", "-e", "inject=fsync:delay_enter=8000000:when=1"])
     try:
-        launcher.wait_for("strace to attach", lambda: _traced(first))
+        launcher.wait_for("strace to attach", lambda: processes.traced(first))
         sent = 0
         while not temp.exists():  # bursts until a compaction starts (its temporary file), stalled in its fsync
             for i in range(sent, sent + 100):

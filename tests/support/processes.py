@@ -133,3 +133,31 @@ def catches_sigterm(pid: int) -> bool:
     except (OSError, StopIteration):
         return False
     return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def traced(pid: int) -> bool:
+    """A tracer (strace) is attached to `pid`."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in fh)
+    except OSError:
+        return False
+
+
+_OPENAT = {"x86_64": 257, "aarch64": 56}  # the openat syscall's number, per machine
+
+
+def opening(pid: int, path: str) -> bool:
+    """`pid` is stopped or blocked in openat(2) of `path` (/proc/PID/syscall: its number and
+    arguments; the path read from its memory): e.g. held there by strace's delay injection."""
+    try:
+        with open(f"/proc/{pid}/syscall") as fh:
+            fields = fh.read().split()
+        if not fields or fields[0] != str(_OPENAT.get(os.uname().machine)):
+            return False
+        want = os.fsencode(path) + b"\0"
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            mem.seek(int(fields[2], 16))
+            return mem.read(len(want)) == want
+    except (OSError, ValueError, IndexError):
+        return False
