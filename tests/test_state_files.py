@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -227,6 +228,17 @@ def test_a_state_directory_removed_mid_action_never_runs_two_actions(launcher: L
     before it runs #2: never two actions at once (the fixture's checker: no overlap)."""
     gate = launcher.dir / "gate"
     (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
+
+    def then() -> None:
+        assert [r.state for r in launcher.starts()] == ["BACKUP"]
+        gate.touch()
+
+    _state_dir_removed_mid_action(launcher, then)
+
+
+def _state_dir_removed_mid_action(launcher: Launcher, then: Callable[[], None]) -> None:
+    """#1 (BACKUP) runs; the state directory is removed and #2 (MASTER) written; once the new worker
+    waits for the first one, `then()`; #2 runs, keepalived stops: never two actions at once."""
     k = launcher.keepalived()
     k.start()
     k.write(VI.format("BACKUP"))
@@ -234,14 +246,13 @@ def test_a_state_directory_removed_mid_action_never_runs_two_actions(launcher: L
     shutil.rmtree(launcher.state)
     k.write(VI.format("MASTER"))
     launcher.wait_for("the second worker to wait", lambda: "waiting for it to leave" in launcher.log_text())
-    assert [r.state for r in launcher.starts()] == ["BACKUP"]
-    gate.touch()
+    then()
     launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()))
     k.stop([])
     launcher.wait_idle()
     launcher.unchecked = ("the state directory was removed: the new one numbers from #1 again; "
                           "the overlap the checker would see is asserted on here")
-    assert [r.kind for r in launcher.records()].count("overlap") == 0
+    assert [r for r in launcher.records() if r.kind == "overlap"] == [], launcher.log_text()
 
 
 @needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
@@ -256,21 +267,8 @@ def test_a_new_worker_waits_for_the_old_one_through_its_timeouts_kill_grace(laun
     ini = launcher.dir / "nl.ini"
     ini.write_text("[launcher]\nkill_grace = 5\n")
     launcher.extra_args += ["--config", str(ini), "--timeout", "2"]
-    k = launcher.keepalived()
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.wait_for("#1's action", lambda: launcher.starts())
-    shutil.rmtree(launcher.state)
-    k.write(VI.format("MASTER"))
-    launcher.wait_for("the second worker to wait", lambda: "waiting for it to leave" in launcher.log_text())
-    launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()), 60)
-    k.stop([])
-    launcher.wait_idle()
-    launcher.unchecked = ("the state directory was removed: the new one numbers from #1 again; "
-                          "the overlap the checker would see is asserted on here")
-    log = launcher.log_text()
-    assert "timeout of 2s reached" in log
-    assert [r for r in launcher.records() if r.kind == "overlap"] == [], log
+    _state_dir_removed_mid_action(launcher, lambda: None)
+    assert "timeout of 2s reached" in launcher.log_text()
 
 
 @needs("strace", shutil.which("strace") is not None)
