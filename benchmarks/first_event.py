@@ -72,7 +72,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=15, help="cold starts, alternating with the interpreters (default 15)")
     p.add_argument("--launcher", default=run.LAUNCHER, help="notify-launcher executable (default: this checkout's)")
     args = p.parse_args()
-    run.LAUNCHER_CMD[0] = os.path.abspath(args.launcher)
+    run.use(args.launcher)
     os.chdir("/")
     res = measure(args.reps)
     med = {k: statistics.median(v) if v else float("nan") for k, v in res.items()}

@@ -96,7 +96,7 @@ def main() -> int:
     p.add_argument("--keep", action="store_true")
     p.add_argument("--launcher", default=run.LAUNCHER, help="notify-launcher executable (default: this checkout's)")
     args = p.parse_args()
-    run.LAUNCHER_CMD[0] = os.path.abspath(args.launcher)
+    run.use(args.launcher)
     # keepalived's cwd is /; ours must not leak in either: `python -m notify_launcher` puts the cwd
     # first on sys.path, so starting from a checkout would run that checkout's code, not --launcher's
     os.chdir("/")

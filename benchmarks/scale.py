@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launcher", default=run.LAUNCHER, help="notify-launcher executable (default: this checkout's)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     args = p.parse_args(argv)
-    run.LAUNCHER_CMD[0] = os.path.abspath(args.launcher)
+    run.use(args.launcher)
     res = measure(args.reps, args.events)
     print(f"scale ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; launcher {run.LAUNCHER_CMD[0]})")
     for label, value, beside, target, met in rows(res):
