@@ -38,9 +38,7 @@ class Site:
 
     def __init__(self, launcher: Launcher, owner: str) -> None:
         self.launcher = launcher
-        ini = launcher.dir / "nl.ini"
-        ini.write_text(f"[launcher]\nstop_action = {launcher.handler}\n")
-        launcher.extra_args = ["--config", str(ini)]
+        launcher.stop_action()
         self.ka = TwoChildren(launcher.argv(), str(launcher.fifo), owner)
         self.written: dict[str, list[str]] = {"vrrp": [], "checker": []}
         self.n = 0

@@ -10,7 +10,6 @@ import threading
 from support import VI, recorder
 from support.launcher import Launcher
 from support.marks import needs
-from support.recorder import sleep_line
 from support.standin import Keepalived, _await_or_kill
 
 from notify_launcher.predecessor import entry_path
@@ -56,12 +55,8 @@ def test_another_readers_start_during_a_reload_gap_never_forgets_the_previous_st
     another keepalived on the host starts in that gap.  Our reload changed --state-dir to B while
     A's action runs: B's reader still finds A in the registry and queues behind it, so no two
     actions run at once."""
-    gate = launcher.dir / "gate"
-    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
-    k = launcher.keepalived()
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.wait_for("#1's action", lambda: launcher.starts())
+    gate = launcher.gate_backup()
+    k = launcher.first_action_running()
     # keepalived's reload, by hand: SIGTERM + EOF, the FIFO unlinked ...
     proc, t0 = k._term_then_kill()
     os.close(k.fd)
@@ -97,12 +92,8 @@ def test_a_second_reload_keeps_queueing_behind_the_previous_state_dir(launcher: 
     """A's action runs; keepalived is reloaded with --state-dir B (B's reader queues behind A,
     journaling into A), then reloaded again with the same command line: the third reader queues
     behind A too, so its event runs after A's work, in order, never beside A's action."""
-    gate = launcher.dir / "gate"
-    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
-    k = launcher.keepalived()
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.wait_for("#1's action", lambda: launcher.starts())
+    gate = launcher.gate_backup()
+    k = launcher.first_action_running()
     state_b = launcher.dir / "state-b"
     argv = launcher.argv()
     argv[argv.index(str(launcher.state))] = str(state_b)

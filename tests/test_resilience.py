@@ -203,9 +203,8 @@ def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reloa
     stop_action = launcher.dir / "stop.sh"
     stop_action.write_text(f"#!/bin/sh\ntouch {marker}\n")
     stop_action.chmod(0o755)
-    ini = launcher.dir / "stop.ini"
-    ini.write_text(f"[launcher]\nstop_action = {stop_action}\n")
-    k = launcher.keepalived("--config", str(ini))
+    launcher.stop_action(stop_action)
+    k = launcher.keepalived()
     k.start()
     k.write(VI.format("MASTER"))
     launcher.settle(1)

@@ -21,16 +21,8 @@ from support import LAUNCHER, VI, processes
 from support.launcher import Launcher
 from support.marks import needs
 from support import recorder
-from support.recorder import sleep_line
 
 QUIET = 'INSTANCE "VI_1" MASTER_RX_LOWER_PRI 100'  # journaled and run through, no action: fast
-
-
-def _with_stop_action(launcher: Launcher) -> None:
-    """The recorder as stop_action too, so the STOP's action shows in its records."""
-    ini = launcher.dir / "nl.ini"
-    ini.write_text(f"[launcher]\nstop_action = {launcher.handler}\n")
-    launcher.extra_args += ["--config", str(ini)]
 
 
 def _stop_ran(launcher: Launcher) -> bool:
@@ -73,7 +65,7 @@ def test_the_stop_is_journaled_while_a_stopped_process_holds_the_journal_lock(la
     same).  The reader does not wait for the lock until keepalived's SIGKILL at +1 s: its events go
     into its spill file after 50 ms, and the worker journals and runs them (the STOP, its
     stop_action) once the lock is free."""
-    _with_stop_action(launcher)
+    launcher.stop_action()
     k = launcher.keepalived("--linger", "600")
     k.start()
     k.write(VI.format("BACKUP"))
@@ -103,7 +95,7 @@ def test_the_stop_is_journaled_while_a_compaction_waits_on_a_stalling_disk(launc
     """The worker compacts the journal while the disk stalls its fsync for 5 s (strace's delay
     injection).  The compaction's lock covers only the rename, not that fsync: the reader's STOP is
     journaled well before keepalived's SIGKILL at +1 s."""
-    _with_stop_action(launcher)
+    launcher.stop_action()
     k = launcher.keepalived("--linger", "600")
     k.start()
     worker = launcher.wait_standby()
@@ -159,12 +151,8 @@ def test_events_journaled_before_a_reload_run_with_the_handler_they_were_journal
     second = launcher.dir / "second.sh"
     second.write_text(f"#!/bin/sh\nexec {first} second \"$@\"\n")
     second.chmod(0o755)
-    gate = launcher.dir / "gate"
-    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
-    k = launcher.keepalived("--linger", "600")
-    k.start()
-    k.write(VI.format("BACKUP"))  # runs until the gate opens: the next event waits behind it
-    launcher.wait_for("the BACKUP action", lambda: launcher.starts())
+    gate = launcher.gate_backup()  # the BACKUP action runs until the gate opens: the next event waits behind it
+    k = launcher.first_action_running("--linger", "600")
     k.write(VI.format("MASTER"))
     launcher.wait_for("the MASTER event journaled", lambda: launcher.last_seq() >= 2)
     k.script = launcher.argv("--linger", "600", "--handler", str(second))  # keepalived.conf changed
@@ -226,8 +214,7 @@ def test_a_state_directory_removed_mid_action_never_runs_two_actions(launcher: L
     #2 and spawns a worker for the new worker.lock.  That worker finds the first one alive in its
     action cgroup (named by the state directory's path) and waits for it to finish #1 and leave
     before it runs #2: never two actions at once (the fixture's checker: no overlap)."""
-    gate = launcher.dir / "gate"
-    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
+    gate = launcher.gate_backup()
 
     def then() -> None:
         assert [r.state for r in launcher.starts()] == ["BACKUP"]
@@ -239,10 +226,7 @@ def test_a_state_directory_removed_mid_action_never_runs_two_actions(launcher: L
 def _state_dir_removed_mid_action(launcher: Launcher, then: Callable[[], None]) -> None:
     """#1 (BACKUP) runs; the state directory is removed and #2 (MASTER) written; once the new worker
     waits for the first one, `then()`; #2 runs, keepalived stops: never two actions at once."""
-    k = launcher.keepalived()
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.wait_for("#1's action", lambda: launcher.starts())
+    k = launcher.first_action_running()
     shutil.rmtree(launcher.state)
     k.write(VI.format("MASTER"))
     launcher.wait_for("the second worker to wait", lambda: "waiting for it to leave" in launcher.log_text())
@@ -317,12 +301,8 @@ def test_a_removed_worker_lock_never_makes_a_live_worker_look_dead(launcher: Lau
     """worker.lock and doorbell.sock are removed while #1's action runs; keepalived reloads.  The
     new reader spawns a worker for a new worker.lock; it finds the first worker alive in its action
     cgroup, waits for it to finish #1 and leave, and never calls it dead: #1 runs once."""
-    gate = launcher.dir / "gate"
-    (launcher.dir / "sleeps").write_text(sleep_line("*", "BACKUP", 0, until=gate))
-    k = launcher.keepalived()
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.wait_for("#1's action", lambda: launcher.starts())
+    gate = launcher.gate_backup()
+    k = launcher.first_action_running()
     first = int((launcher.state / "worker.pid").read_text().split()[0])
     (launcher.state / "worker.lock").unlink()
     (launcher.state / "doorbell.sock").unlink()

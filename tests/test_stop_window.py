@@ -89,9 +89,8 @@ def test_a_worker_killed_during_stop_action_after_the_reader_left_ends_the_stop(
     stop = launcher.dir / "stop.sh"
     stop.write_text(f'#!/bin/sh\ntouch "{started}"\nsleep 2\n')
     stop.chmod(0o755)
-    ini = launcher.dir / "s.ini"
-    ini.write_text(f"[launcher]\nstop_action = {stop}\n")
-    k = launcher.keepalived("--config", str(ini))
+    launcher.stop_action(stop)
+    k = launcher.keepalived()
     k.start()
     k.write(VI.format("MASTER"))
     launcher.settle(1)
@@ -114,9 +113,7 @@ def test_a_failed_write_of_the_stop_is_tried_again_within_the_window(launcher: L
     """The STOP's journal write fails once (ENOSPC, injected by strace); the reader tries again
     within keepalived's window, the STOP is journaled and stop_action runs (the checker's stop
     window invariant)."""
-    ini = launcher.dir / "nl.ini"
-    ini.write_text(f"[launcher]\nstop_action = {launcher.handler}\n")
-    launcher.extra_args += ["--config", str(ini)]
+    launcher.stop_action()
     k = launcher.keepalived()
     k.start()
     assert k.write(VI.format(1, "BACKUP"))

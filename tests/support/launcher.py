@@ -16,7 +16,7 @@ import psutil
 
 from notify_launcher import containment, journal, predecessor, progress
 from notify_launcher.predecessor import entry_path
-from support import LAUNCHER, invariants, processes, recorder, waiting
+from support import LAUNCHER, VI, invariants, processes, recorder, waiting
 from support.standin import Keepalived
 
 
@@ -89,6 +89,28 @@ class Launcher:
             self.logs.append(self.log)
         self.standins.append(standin)
         return standin
+
+    def stop_action(self, command: Path | None = None) -> None:
+        """The launcher runs with `stop_action = command` (default: the recorder, so the STOP's action
+        shows in its records), through an INI file among its options."""
+        ini = self.dir / "nl.ini"
+        ini.write_text(f"[launcher]\nstop_action = {command or self.handler}\n")
+        self.extra_args += ["--config", str(ini)]
+
+    def gate_backup(self) -> Path:
+        """BACKUP actions run until the returned file exists (the recorder's sleeps file)."""
+        gate = self.dir / "gate"
+        (self.dir / recorder.SLEEPS).write_text(recorder.sleep_line("*", "BACKUP", 0, until=gate))
+        return gate
+
+    def first_action_running(self, *more: str) -> Keepalived:
+        """keepalived started (`more`: launcher options) and #1 (INSTANCE BACKUP) written; returns once
+        its action runs."""
+        k = self.keepalived(*more)
+        k.start()
+        k.write(VI.format("BACKUP"))
+        self.wait_for("#1's action", lambda: self.starts())
+        return k
 
     def check(self, timeout: float = 60, expect_lines: list[str] | None = None, stops: int | None = None,
               alive_ok: Iterable[int] = ()) -> invariants.Report:
