@@ -15,7 +15,6 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from notify_launcher import security
 from notify_launcher.containment import Box
@@ -29,16 +28,16 @@ STALL = 1.0  # s: a wait that returns this much later than asked means the worke
 LISTED = 20  # processes named in one log line
 
 
-@dataclass(frozen=True)
 class Result:
     """How an action ended.  `error` is set when it could not be started at all."""
 
-    exit_code: int | None
-    signal: int | None
-    duration: float
-    timed_out: bool = False
-    error: str | None = None
-    stalled: float = 0.0  # s the worker was not scheduled while it ran (the duration includes them)
+    __slots__ = ("exit_code", "signal", "duration", "timed_out", "error", "stalled")
+
+    def __init__(self, exit_code: int | None, signal: int | None, duration: float, timed_out: bool = False,
+                 error: str | None = None, stalled: float = 0.0) -> None:
+        self.exit_code, self.signal, self.duration, self.timed_out = exit_code, signal, duration, timed_out
+        self.error = error
+        self.stalled = stalled  # s the worker was not scheduled while it ran (the duration includes them)
 
     @property
     def ok(self) -> bool:

@@ -48,7 +48,6 @@ import stat
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from notify_launcher import settingsfile
 from notify_launcher.locks import lock_holder
@@ -65,15 +64,17 @@ _FIELDS, _LEGACY_FIELDS = 10, 8
 Report = Callable[[str, "int | None", object, str], None]
 
 
-@dataclass(frozen=True)
 class Entry:
     """One journaled event; `settings` is the version ID it was journaled under ("" for none)."""
 
-    seq: int
-    time: float
-    reader_pid: int
-    event: Event
-    settings: str = ""
+    __slots__ = ("seq", "time", "reader_pid", "event", "settings")
+
+    def __init__(self, seq: int, time: float, reader_pid: int, event: Event, settings: str = "") -> None:
+        self.seq, self.time, self.reader_pid, self.event, self.settings = seq, time, reader_pid, event, settings
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entry) and (self.seq, self.time, self.reader_pid, self.event, self.settings) == (
+            other.seq, other.time, other.reader_pid, other.event, other.settings)
 
 
 def format_entry(entry: Entry, seq: int | None = None) -> bytes:

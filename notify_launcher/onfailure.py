@@ -9,7 +9,6 @@ coalescing superseded the event: that is by design.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from notify_launcher import actions
 from notify_launcher.config import Settings
@@ -22,15 +21,15 @@ from notify_launcher.totals import outcome
 OUTPUT_TAIL, OUTPUT_TAIL_CHARS = 20, 16384  # the action's last output lines given to on_failure (NL_OUTPUT)
 
 
-@dataclass(frozen=True)
 class Ended:
     """An event that just ended, with the last lines its action printed (for NL_OUTPUT) and the
     settings it ran under (None: the newest)."""
 
-    entry: Entry
-    end: EndRecord
-    output: Iterable[str] = ()
-    settings: Settings | None = None
+    __slots__ = ("entry", "end", "output", "settings")
+
+    def __init__(self, entry: Entry, end: EndRecord, output: Iterable[str] = (),
+                 settings: Settings | None = None) -> None:
+        self.entry, self.end, self.output, self.settings = entry, end, output, settings
 
 
 class OnFailureRunner:

@@ -37,7 +37,6 @@ import os
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
 from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
@@ -244,24 +243,25 @@ class ProgressLog:
         self.baseline = self.size()
 
 
-@dataclass
 class Snapshot:
     """The state a replay of the progress file arrives at."""
 
-    done_seq: int = 0
-    running: StartRecord | None = None
-    #: The unfinished event workers took up (0: none), how many workers took it up, and the last one.
-    trying: int = 0
-    tries: int = 0
-    trying_worker: int = 0
-    last: dict[str, EndRecord] = field(default_factory=dict)
-    ends: list[EndRecord] = field(default_factory=list)
-    #: Lines that are no intact record (damaged, torn, or not a record this version writes).
-    damaged: list[bytes] = field(default_factory=list)
-    #: The file's size right after its last compaction, from its totals record (0: not known).
-    compacted: int = 0
-    #: The history file's size right after its last trim, from the totals record (0: not known).
-    history_kept: int = 0
+    __slots__ = ("done_seq", "running", "trying", "tries", "trying_worker", "last", "ends", "damaged", "compacted",
+                 "history_kept")
+
+    def __init__(self) -> None:
+        self.done_seq = 0
+        self.running: StartRecord | None = None
+        #: The unfinished event workers took up (0: none), how many workers took it up, and the last one.
+        self.trying = self.tries = self.trying_worker = 0
+        self.last: dict[str, EndRecord] = {}
+        self.ends: list[EndRecord] = []
+        #: Lines that are no intact record (damaged, torn, or not a record this version writes).
+        self.damaged: list[bytes] = []
+        #: The file's size right after its last compaction, from its totals record (0: not known).
+        self.compacted = 0
+        #: The history file's size right after its last trim, from the totals record (0: not known).
+        self.history_kept = 0
 
 
 _NUMBER = (int, float)

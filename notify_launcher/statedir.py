@@ -11,7 +11,6 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from notify_launcher import identity
 from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
@@ -20,11 +19,13 @@ from notify_launcher.security import refusal
 FILE_MODE = 0o600
 
 
-@dataclass(frozen=True)
 class StatePaths:
     """Names of everything in one state directory."""
 
-    root: str
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = root
 
     @property
     def journal(self) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from notify_launcher.events import VRRP_NOTICES
@@ -47,20 +46,23 @@ def outcome(end: Mapping[str, Any]) -> str | None:
     return "ok" if end.get("ok") else "failed"  # "failed: ..." inside the launcher
 
 
-@dataclass
 class Totals:
     """Counts over all progress records, carried across compactions (see the module docstring)."""
 
-    seq: int = 0  # records up to this seq are in the counts already (a compaction's summary)
-    actions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESULTS, 0))
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))  # per bucket, +Inf last
-    duration_sum: float = 0.0
-    transitions: dict[str, int] = field(default_factory=dict)  # "TYPE NAME\tSTATE" -> count
-    last: dict[str, list[Any]] = field(default_factory=dict)  # "TYPE NAME" -> [state, t] (notices left out)
-    crashes: int = 0
-    exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXIT_KINDS, 0))
-    last_event: float = 0.0
-    _trying: tuple[int, int] = (0, 0)  # (seq, worker) of the last try with no end yet
+    __slots__ = ("seq", "actions", "buckets", "duration_sum", "transitions", "last", "crashes", "exits", "last_event",
+                 "_trying")
+
+    def __init__(self) -> None:
+        self.seq = 0  # records up to this seq are in the counts already (a compaction's summary)
+        self.actions = dict.fromkeys(RESULTS, 0)
+        self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, +Inf last
+        self.duration_sum = 0.0
+        self.transitions: dict[str, int] = {}  # "TYPE NAME\tSTATE" -> count
+        self.last: dict[str, list[Any]] = {}  # "TYPE NAME" -> [state, t] (notices left out)
+        self.crashes = 0
+        self.exits = dict.fromkeys(EXIT_KINDS, 0)
+        self.last_event = 0.0
+        self._trying = (0, 0)  # (seq, worker) of the last try with no end yet
 
     def fold(self, rec: Mapping[str, Any]) -> None:
         """Count one well-formed progress record (progress.replay checked its fields)."""
@@ -111,20 +113,21 @@ class Totals:
         Prometheus reads as a counter reset, not as a wrong rate)."""
         c = rec["counts"]
         try:
-            loaded = Totals(
-                seq=rec["seq"],
-                actions={k: int(c["actions"][k]) for k in RESULTS},
-                buckets=[int(n) for n in c["buckets"]],
-                duration_sum=float(c["duration_sum"]),
-                transitions={str(k): int(v) for k, v in c["transitions"].items()},
-                last={str(k): [str(v[0]), float(v[1])] for k, v in c["last"].items()},
-                crashes=int(c["crashes"]),
-                exits={k: int(c["exits"][k]) for k in EXIT_KINDS},
-                last_event=float(c["last_event"]))
+            actions = {k: int(c["actions"][k]) for k in RESULTS}
+            buckets = [int(n) for n in c["buckets"]]
+            duration_sum = float(c["duration_sum"])
+            transitions = {str(k): int(v) for k, v in c["transitions"].items()}
+            last = {str(k): [str(v[0]), float(v[1])] for k, v in c["last"].items()}
+            crashes = int(c["crashes"])
+            exits = {k: int(c["exits"][k]) for k in EXIT_KINDS}
+            last_event = float(c["last_event"])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             return
-        if len(loaded.buckets) == len(BUCKETS) + 1:
-            self.__dict__.update(loaded.__dict__)
+        if len(buckets) == len(BUCKETS) + 1:
+            self.seq, self.actions, self.buckets, self.duration_sum, self.transitions = (
+                rec["seq"], actions, buckets, duration_sum, transitions)
+            self.last, self.crashes, self.exits, self.last_event = last, crashes, exits, last_event
+            self._trying = (0, 0)
 
 
 def bump_rejected(path: str, lines: int = 1) -> None:
