@@ -35,7 +35,8 @@ from support import recorder  # noqa: E402
 
 from notify_launcher.history import History  # noqa: E402
 from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_FLOOR  # noqa: E402
-from notify_launcher.progress import EndRecord, ProgressLog, StartRecord, TryRecord, replay  # noqa: E402
+from notify_launcher.progress import ProgressLog, replay  # noqa: E402
+from notify_launcher.records import EndRecord, StartRecord, TryRecord  # noqa: E402
 from notify_launcher.statedir import StatePaths  # noqa: E402
 from notify_launcher.status import StatusReader  # noqa: E402
 

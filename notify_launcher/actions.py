@@ -10,19 +10,25 @@ deadline is judged.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
 import select
 import signal
 import time
-from collections.abc import Callable
 
 from notify_launcher import security
 from notify_launcher.containment import Box
 from notify_launcher.journal import Entry
 
 MAX_OUTPUT_LINE = 4096
-Output = Callable[[str, str], None]  # (stream name, line)
-Note = Callable[[str], None]
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Output = Callable[[str, str], None]  # (stream name, line)
+    Note = Callable[[str], None]
+
 TICK = 1.0  # s: the longest wait while an action runs, so a stall of the worker is seen (and said)
 STALL = 1.0  # s: a wait that returns this much later than asked means the worker was not scheduled
 LISTED = 20  # processes named in one log line

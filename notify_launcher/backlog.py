@@ -5,14 +5,18 @@ as soon as it can be.  Nothing is dropped without an ERROR line naming it.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 BACKLOG_MAX = 100_000  # events held in memory while the journal cannot be written
 RETRY_INTERVAL = 1.0  # how often the reader tries again while events wait

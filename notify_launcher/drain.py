@@ -8,9 +8,10 @@ that dies on it outright is counted by the `try` record written first, which the
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
 import time
-from collections.abc import Callable
 
 from notify_launcher.events import READER_TYPE
 from notify_launcher.eventrun import EventRunner
@@ -18,9 +19,13 @@ from notify_launcher.following import Following
 from notify_launcher.journal import Entry, JournalFollower, damaged_seq, describe
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import Ended, OnFailureRunner
-from notify_launcher.progress import EndRecord, TryRecord
 from notify_launcher.publisher import MetricsPublisher
 from notify_launcher.statedir import Superseded
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from notify_launcher.records import EndRecord
 
 JOURNAL_MAX = 64 * 1024  # compact when idle and larger than this (the state dir is usually tmpfs: RAM)
 
@@ -114,7 +119,7 @@ class Drain:
         """One event, whatever happens: `try` first (so a death here is counted), then its action,
         with the settings it was journaled under (a reload changes what comes after it, never what
         came before); an exception is this event's failure, never the queue's."""
-        self.ledger.insist(TryRecord(op="try", seq=entry.seq, worker=self.worker), entry.event)
+        self.ledger.insist({"op": "try", "seq": entry.seq, "worker": self.worker}, entry.event)
         settings = self.following.settings
         try:
             settings = self.following.for_entry(entry)

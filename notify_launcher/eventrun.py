@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import time
 from collections import deque
 
@@ -14,7 +16,9 @@ from notify_launcher.identity import ticks
 from notify_launcher.journal import Entry
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import OUTPUT_TAIL, Ended, OnFailureRunner
-from notify_launcher.progress import StartRecord
+
+if TYPE_CHECKING:
+    from notify_launcher.records import StartRecord
 
 
 class EventRunner:
@@ -76,9 +80,10 @@ class EventRunner:
                 """Recorded and logged after the spawn, so nothing of ours delays the action.  Its start
                 time is bracketed by two clock reads (identity.ticks: reading /proc while the child is
                 in exec() would wait); it tells the action from a later process with the same pid."""
-                start = StartRecord(op="start", seq=seq, t=time.time(), key=event.key, event=str(event),
-                                    state=event.state, pid=pid, pid_start_min=spawning, pid_start_max=ticks(),
-                                    worker=self.worker, worker_start=self.worker_start)
+                start: StartRecord = {"op": "start", "seq": seq, "t": time.time(), "key": event.key,
+                                      "event": str(event), "state": event.state, "pid": pid,
+                                      "pid_start_min": spawning, "pid_start_max": ticks(), "worker": self.worker,
+                                      "worker_start": self.worker_start}
                 if box.cgroup is not None:
                     start["cgroup"] = box.cgroup  # for a recovering worker, whichever cgroup it is in
                 self.ledger.record(start, event)

@@ -33,11 +33,11 @@ so at most one worker runs and one waits.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
 import select
 import signal
-from collections.abc import Callable
-from typing import Literal
 
 from _socket import AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, socket  # (not `socket`: _datagram_socket)
 
@@ -48,10 +48,14 @@ from notify_launcher.statedir import StatePaths
 TAKEOVER_WAIT = 10.0  # s a systemd unit's worker and its helper wait for each other on standby.lock
 
 
-#: What a ring came to: a worker heard it; our spawned worker has not said hello yet; another
-#: reader's spawned worker holds standby.lock and does not listen yet (it will read the journal
-#: but has not heard us); or we spawned one.
-Rang = Literal["heard", "spawning", "queued", "spawned"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal
+
+    #: What a ring came to: a worker heard it; our spawned worker has not said hello yet; another
+    #: reader's spawned worker holds standby.lock and does not listen yet (it will read the journal
+    #: but has not heard us); or we spawned one.
+    Rang = Literal["heard", "spawning", "queued", "spawned"]
 
 
 def _datagram_socket() -> socket:
@@ -259,7 +263,8 @@ def say_hello(fd: int) -> None:
     os.close(fd)
 
 
-Woke = Literal["ring", "signal", "timeout", "reader gone"]
+if TYPE_CHECKING:
+    Woke = Literal["ring", "signal", "timeout", "reader gone"]
 
 
 class DoorbellListener:

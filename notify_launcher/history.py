@@ -16,12 +16,18 @@ their CRC; a damaged one is skipped.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import errno
 import os
-from collections.abc import Callable
 
-from notify_launcher.progress import EndRecord, encode, open_appending, parse_end, replay
+from notify_launcher.progress import encode, open_appending, parse_end, replay
 from notify_launcher.statedir import write_atomic
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from notify_launcher.records import EndRecord
 
 TRIM_FLOOR = 64 * 1024  # bytes: below this the file is never trimmed (before a trim says its size)
 

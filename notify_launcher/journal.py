@@ -41,13 +41,14 @@ before, and the worker follows it.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import errno
 import fcntl
 import os
 import stat
 import time
 import zlib
-from collections.abc import Callable, Iterable
 
 from notify_launcher import settingsfile
 from notify_launcher.locks import lock_holder
@@ -59,9 +60,12 @@ _TAIL = 8192
 LOCK_WAIT = 0.05  # s a writer waits for the journal's lock before it spills (keepalived kills at 1 s)
 _FIELDS, _LEGACY_FIELDS = 10, 8
 
-#: (level, seq, event, message), as Log.line: what the log must hear from a writer (a torn line cut,
-#: an event spilled, spilled events journaled).
-Report = Callable[[str, "int | None", object, str], None]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    #: (level, seq, event, message), as Log.line: what the log must hear from a writer (a torn line cut,
+    #: an event spilled, spilled events journaled).
+    Report = Callable[[str, int | None, object, str], None]
 
 
 class Entry:

@@ -8,14 +8,20 @@ written (totals.py).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import time
-from collections.abc import Callable
 
 from notify_launcher.following import Following
 from notify_launcher.history import History
 from notify_launcher.journal import Entry
-from notify_launcher.progress import EndRecord, ProgressLog, Record, Snapshot, damaged_seq, replay
+from notify_launcher.progress import ProgressLog, Snapshot, damaged_seq, replay
 from notify_launcher.totals import Totals
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from notify_launcher.records import EndRecord, Record
 
 RECORD_RETRY_MIN, RECORD_RETRY_MAX = 0.05, 1.0  # s between attempts to record an event's end
 KEEP_HISTORY = 1000  # end records the history file keeps at least (history.py)
@@ -28,8 +34,8 @@ PROGRESS_FLOOR = 64 * 1024
 def end_of(entry: Entry, result: str, ok: bool, worker: int) -> EndRecord:
     """The end record of `entry`: `result` says how it ended (an action's exit, or why nothing ran)."""
     e = entry.event
-    return EndRecord(op="end", seq=entry.seq, t=time.time(), key=e.key, event=str(e), state=e.state,
-                     result=result, ok=ok, worker=worker)
+    return {"op": "end", "seq": entry.seq, "t": time.time(), "key": e.key, "event": str(e), "state": e.state,
+            "result": result, "ok": ok, "worker": worker}
 
 
 class Ledger:

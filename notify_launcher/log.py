@@ -20,14 +20,18 @@ reaches the administrator reading the log.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 from notify_launcher.security import insecure_reason
 from notify_launcher.statedir import open_mode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 LOG_MODE = 0o640
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}

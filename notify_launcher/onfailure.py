@@ -8,15 +8,20 @@ coalescing superseded the event: that is by design.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False
+
 
 from notify_launcher import actions
 from notify_launcher.config import Settings
 from notify_launcher.containment import Containment
 from notify_launcher.following import Following
 from notify_launcher.journal import Entry
-from notify_launcher.progress import EndRecord
 from notify_launcher.totals import outcome
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from notify_launcher.records import EndRecord
 
 OUTPUT_TAIL, OUTPUT_TAIL_CHARS = 20, 16384  # the action's last output lines given to on_failure (NL_OUTPUT)
 

@@ -31,94 +31,24 @@ them at its start).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import errno
 import json
 import os
 import re
 import zlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
 from notify_launcher.statedir import FILE_MODE, open_mode, write_atomic
 from notify_launcher.totals import Totals
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from notify_launcher.history import History
+    from notify_launcher.records import EndRecord, Record, StartRecord, TotalsRecord
 
-
-class TryRecord(TypedDict):
-    """A worker took up event `seq` (written before anything that could fail)."""
-
-    op: Literal["try"]
-    seq: int
-    worker: int
-
-
-class _StartFields(TypedDict):
-    """What every start record holds."""
-
-    op: Literal["start"]
-    seq: int
-    t: float
-    key: str
-    event: str
-    state: str
-    pid: int
-    pid_start_min: int
-    pid_start_max: int
-    worker: int
-    worker_start: int
-
-
-class StartRecord(_StartFields, total=False):
-    """The event's action was spawned: `pid` (at `t`, with a start time from `pid_start_min` to
-    `pid_start_max`) by `worker`, whose start time is `worker_start` (start times: identity.py);
-    `cgroup` holds the action's processes where the worker contains them in cgroups (containment.py)."""
-
-    cgroup: str
-
-
-class _EndFields(TypedDict):
-    """What every end record holds (NotRequired is Python 3.11+: the optional keys are a subclass)."""
-
-    op: Literal["end"]
-    seq: int
-    t: float
-    key: str
-    event: str
-    state: str
-    result: str
-    ok: bool
-
-
-class EndRecord(_EndFields, total=False):
-    """The event is finished: `result` says how (an action's exit, or why nothing ran); the keys
-    below are there when they apply (an action that ran, the worker that ran it)."""
-
-    duration: float
-    exit: int | None
-    signal: int | None
-    timed_out: bool
-    stalled: float
-    worker: int
-
-
-class _TotalsFields(TypedDict):
-    op: Literal["totals"]
-    seq: int
-    counts: dict[str, object]
-
-
-class TotalsRecord(_TotalsFields, total=False):
-    """First in a compacted file: the counters over every record up to `seq` (totals.py), the
-    bytes of the records after it (`kept`: with this line's, the file's size after the compaction),
-    and the history file's size after its last trim (`history`: when to trim it next)."""
-
-    kept: int
-    history: int
-
-
-Record = Union[TryRecord, StartRecord, EndRecord]  # not `|`: Python 3.9 evaluates this line
 
 _CRC_KEY = b', "crc": "'
 _CRC_SUFFIX = len(_CRC_KEY) + 8 + 2  # , "crc": "12345678"}
@@ -235,8 +165,9 @@ class ProgressLog:
         history.move(snap.ends, still_ours)
         records = sorted(snap.last.values(), key=lambda r: r["seq"])
         kept = b"".join(encode(r) for r in records)
-        summary = TotalsRecord(op="totals", seq=max([totals.seq, snap.done_seq, *(r["seq"] for r in records)]),
-                               counts=totals.record(), kept=len(kept), history=history.kept)
+        seq = max([totals.seq, snap.done_seq, *(r["seq"] for r in records)])
+        summary: TotalsRecord = {"op": "totals", "seq": seq, "counts": totals.record(), "kept": len(kept),
+                                 "history": history.kept}
         write_atomic(self.path, encode(summary) + kept, still_ours=still_ours)
         os.close(self._fd)
         self._fd = self._open()

@@ -12,6 +12,8 @@ removed journal): an event that cannot run again must still end, or `wait` would
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import time
 
 from notify_launcher.containment import Containment
@@ -19,7 +21,10 @@ from notify_launcher.following import Following
 from notify_launcher.journal import Entry, read_all
 from notify_launcher.ledger import Ledger, end_of
 from notify_launcher.onfailure import Ended
-from notify_launcher.progress import EndRecord, Snapshot, StartRecord
+from notify_launcher.progress import Snapshot
+
+if TYPE_CHECKING:
+    from notify_launcher.records import StartRecord
 
 MAX_TRIES = 3  # workers that may die on one event before it is recorded as skipped
 
@@ -61,9 +66,9 @@ class Recovery:
         if entry is not None:
             end = end_of(entry, why, ok=False, worker=self.worker)
         else:  # the journal lost it (removed): name it as the start record did, if any
-            end = EndRecord(op="end", seq=seq, t=time.time(), key=running["key"] if running else "?",
-                            event=str(subject), state=running["state"] if running else "?", result=why, ok=False,
-                            worker=self.worker)
+            end = {"op": "end", "seq": seq, "t": time.time(), "key": running["key"] if running else "?",
+                   "event": str(subject), "state": running["state"] if running else "?", "result": why, "ok": False,
+                   "worker": self.worker}
         self.ledger.finish(end, subject)
         # (without the journal entry there are no event arguments to give on_failure)
         return seq, None if entry is None else Ended(entry, end, (), settings)

@@ -6,15 +6,19 @@ decides which commands root runs.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import errno
 import os
 import re
 import stat
-from collections.abc import Callable
 
 from notify_launcher import identity
 from notify_launcher.errors import EXIT_UNUSABLE, LauncherError
 from notify_launcher.security import refusal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 FILE_MODE = 0o600
 

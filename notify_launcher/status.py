@@ -17,7 +17,8 @@ from notify_launcher import history, identity
 from notify_launcher.events import READER_TYPE
 from notify_launcher.identity import ProcessId
 from notify_launcher.journal import Entry, read_all
-from notify_launcher.progress import EndRecord, Follower, Snapshot, StartRecord
+from notify_launcher.progress import Follower, Snapshot
+from notify_launcher.records import EndRecord, StartRecord
 from notify_launcher.statedir import StatePaths
 
 

@@ -15,13 +15,17 @@ reader's path for an accepted line.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import fcntl
 import os
-from collections.abc import Mapping
-from typing import Any, Final
 
 from notify_launcher.events import VRRP_NOTICES
 from notify_launcher.statedir import FILE_MODE, open_mode
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Final
 
 RESULTS: Final = ("ok", "failed", "timed_out", "skipped")
 EXIT_KINDS: Final = ("stop", "reload", "eof")

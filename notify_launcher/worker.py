@@ -11,11 +11,12 @@ file (publisher.py) and the on_failure command (onfailure.py).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import ctypes
 import os
 import signal
 import time
-from collections.abc import Callable
 
 from notify_launcher import actions, journal, pidfile, settingsfile
 from notify_launcher.config import Settings
@@ -33,6 +34,9 @@ from notify_launcher.process import drain
 from notify_launcher.publisher import MetricsPublisher
 from notify_launcher.recovery import Recovery
 from notify_launcher.statedir import StatePaths, sweep_temps
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PR_SET_CHILD_SUBREAPER = 36
 #: After a reader journaled its RELOAD: how long we stand by for the next reader, whatever `linger`

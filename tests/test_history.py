@@ -15,7 +15,8 @@ import pytest
 from notify_launcher import history, identity
 from notify_launcher.history import History
 from notify_launcher.ledger import KEEP_HISTORY
-from notify_launcher.progress import EndRecord, ProgressLog
+from notify_launcher.progress import ProgressLog
+from notify_launcher.records import EndRecord
 from notify_launcher.statedir import StatePaths, sweep_temps
 from support import LAUNCHER, processes
 from support.launcher import Launcher

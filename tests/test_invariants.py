@@ -16,7 +16,8 @@ from notify_launcher.config import Settings
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log
-from notify_launcher.progress import EndRecord, ProgressLog
+from notify_launcher.progress import ProgressLog
+from notify_launcher.records import EndRecord
 from notify_launcher.settingsfile import publish
 from notify_launcher.statedir import StatePaths
 from support import VI, invariants, processes, recorder

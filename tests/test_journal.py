@@ -19,7 +19,8 @@ from notify_launcher.config import Settings
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalFollower, JournalWriter, describe
-from notify_launcher.progress import EndRecord, ProgressLog, replay
+from notify_launcher.progress import ProgressLog, replay
+from notify_launcher.records import EndRecord
 from notify_launcher.statedir import StatePaths
 
 

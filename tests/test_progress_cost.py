@@ -17,8 +17,8 @@ from notify_launcher.history import TRIM_FLOOR, History
 from notify_launcher.ledger import KEEP_HISTORY, PROGRESS_FLOOR
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
-from notify_launcher.progress import (EndRecord, Follower, ProgressLog, StartRecord, TotalsRecord, TryRecord, encode,
-                                      replay)
+from notify_launcher.progress import Follower, ProgressLog, encode, replay
+from notify_launcher.records import EndRecord, StartRecord, TotalsRecord, TryRecord
 from notify_launcher.statedir import StatePaths
 from notify_launcher.status import StatusReader
 from support import LAUNCHER

@@ -390,9 +390,9 @@ def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path) -> None:
 def test_replay_checks_only_keys_the_record_types_have() -> None:
     """The replay's table of required keys (what makes a JSON line a usable record) names fields of
     the TypedDicts the worker writes: a renamed field cannot leave the check behind."""
-    from notify_launcher import progress
+    from notify_launcher import progress, records
 
-    for op, kind in (("try", progress.TryRecord), ("start", progress.StartRecord), ("end", progress.EndRecord)):
+    for op, kind in (("try", records.TryRecord), ("start", records.StartRecord), ("end", records.EndRecord)):
         assert set(progress.REQUIRED[op]) <= set(kind.__annotations__) - {"op"}, op
 
 
