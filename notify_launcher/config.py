@@ -19,31 +19,34 @@ Errors name the file, section and key, and say what is allowed: an administrator
 
 from __future__ import annotations
 
-import configparser
-import json
 import math
 import os
 import shlex
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Final, Literal, get_args
 
 from notify_launcher.errors import EXIT_USAGE, LauncherError
 from notify_launcher.events import READER_TYPE, VRRP_NOTICES, Event
 from notify_launcher.security import ROOT, refusal
 from notify_launcher.statedir import StatePaths
+from notify_launcher.value import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the reader's start ~3 ms to import: for mypy only
+    from typing import Any, Final, Literal
+
+    CrashPolicy = Literal["rerun", "skip"]
+    DetachMode = Literal["auto", "daemon", "systemd"]
+    LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
+    RepeatPolicy = Literal["run", "skip"]
+    ArgsMode = Literal["keepalived", "none"]
 
 DEFAULT_STATE_DIR = "/run/notify-launcher"
 DEFAULT_LOG_FILE = "/var/log/notify-launcher.log"
-CrashPolicy = Literal["rerun", "skip"]
-DetachMode = Literal["auto", "daemon", "systemd"]
-LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
-RepeatPolicy = Literal["run", "skip"]
-REPEAT_POLICIES: Final[tuple[RepeatPolicy, ...]] = get_args(RepeatPolicy)
-ArgsMode = Literal["keepalived", "none"]
-ARGS_MODES: Final[tuple[ArgsMode, ...]] = get_args(ArgsMode)
-CRASH_POLICIES: Final[tuple[CrashPolicy, ...]] = get_args(CrashPolicy)
-DETACH_MODES: Final[tuple[DetachMode, ...]] = get_args(DetachMode)
-LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
+#: Each Literal's values, in its order (mypy checks every one is the Literal's).
+REPEAT_POLICIES: Final[tuple[RepeatPolicy, ...]] = ("run", "skip")
+ARGS_MODES: Final[tuple[ArgsMode, ...]] = ("keepalived", "none")
+CRASH_POLICIES: Final[tuple[CrashPolicy, ...]] = ("rerun", "skip")
+DETACH_MODES: Final[tuple[DetachMode, ...]] = ("auto", "daemon", "systemd")
+LOG_LEVELS: Final[tuple[LogLevel, ...]] = ("DEBUG", "INFO", "WARN", "ERROR")
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
@@ -51,18 +54,18 @@ _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(Value):
     """One command an event runs.  `args`: `keepalived` appends the event's fields as keepalived's
     generic `notify` gets them (TYPE NAME STATE PRIORITY, and the VS for an RS), `none` appends
     nothing, as keepalived's `notify_master` & co.  `user` (and `group`, else the user's primary
     group): run as that user, as keepalived runs a directive's user (docs/keepalived.md "Notify
     directives"); None: as the launcher itself."""
 
-    argv: tuple[str, ...]
-    args: ArgsMode = "keepalived"
-    user: str | None = None
-    group: str | None = None
+    __slots__ = ("argv", "args", "user", "group")
+
+    def __init__(self, argv: tuple[str, ...], args: ArgsMode = "keepalived", user: str | None = None,
+                 group: str | None = None) -> None:
+        self.argv, self.args, self.user, self.group = argv, args, user, group
 
     def for_event(self, event: Event) -> list[str]:
         return [*self.argv, *(event.fields() if self.args == "keepalived" else [])]
@@ -108,19 +111,17 @@ class Command:
                 "SHELL": entry.pw_shell}
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Value):
     """`[match TYPE NAME STATE [VS]]`: which events it covers, and what to run for them.  VS (only
     for RS events): the real server's virtual server, as an RS line carries it."""
 
-    type: str
-    name: str
-    state: str
-    commands: tuple[Command, ...] | None = None
-    timeout: float | None = None
-    on_failure: tuple[str, ...] | None = None
-    vs: str = "*"
-    repeat: RepeatPolicy | None = None
+    __slots__ = ("type", "name", "state", "commands", "timeout", "on_failure", "vs", "repeat")
+
+    def __init__(self, type: str, name: str, state: str, commands: tuple[Command, ...] | None = None,
+                 timeout: float | None = None, on_failure: tuple[str, ...] | None = None, vs: str = "*",
+                 repeat: RepeatPolicy | None = None) -> None:
+        self.type, self.name, self.state, self.commands = type, name, state, commands
+        self.timeout, self.on_failure, self.vs, self.repeat = timeout, on_failure, vs, repeat
 
     def specificity(self, event: Event) -> int:
         """-1 if the rule does not cover `event`; else higher = more specific (vs > name > state > type)."""
@@ -134,31 +135,30 @@ class Rule:
         return score
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything a reader and its workers need; frozen so a worker sees what its reader saw."""
+class Settings(Value):
+    """Everything a reader and its workers need; never changed once made, so a worker sees what its
+    reader saw."""
 
-    handler: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()
-    stop_action: tuple[str, ...] = ()
-    state_dir: str = DEFAULT_STATE_DIR
-    log_file: str = DEFAULT_LOG_FILE
-    log_level: LogLevel = "INFO"
-    timeout: float = 120.0
-    kill_grace: float = 5.0
-    stop_grace: float = 0.5
-    linger: float = 600.0
-    on_crash: CrashPolicy = "rerun"
-    detach: DetachMode = "auto"
-    coalesce: bool = False
-    repeat: RepeatPolicy = "run"
-    quiet_states: tuple[str, ...] = VRRP_NOTICES  # run nothing unless a [match] rule names them
-    on_failure: tuple[str, ...] = ()
-    on_failure_timeout: float = 30.0
-    metrics_file: str | None = None
-    metrics_mode: int = 0o644
-    output_limit: int = 1 << 20  # bytes of one command's output logged; the rest is counted, not logged
-    config_file: str | None = None
+    __slots__ = ("handler", "rules", "stop_action", "state_dir", "log_file", "log_level", "timeout", "kill_grace",
+                 "stop_grace", "linger", "on_crash", "detach", "coalesce", "repeat", "quiet_states", "on_failure",
+                 "on_failure_timeout", "metrics_file", "metrics_mode", "output_limit", "config_file")
+
+    def __init__(self, handler: tuple[str, ...] = (), rules: tuple[Rule, ...] = (), stop_action: tuple[str, ...] = (),
+                 state_dir: str = DEFAULT_STATE_DIR, log_file: str = DEFAULT_LOG_FILE, log_level: LogLevel = "INFO",
+                 timeout: float = 120.0, kill_grace: float = 5.0, stop_grace: float = 0.5, linger: float = 600.0,
+                 on_crash: CrashPolicy = "rerun", detach: DetachMode = "auto", coalesce: bool = False,
+                 repeat: RepeatPolicy = "run", quiet_states: tuple[str, ...] = VRRP_NOTICES,
+                 on_failure: tuple[str, ...] = (), on_failure_timeout: float = 30.0, metrics_file: str | None = None,
+                 metrics_mode: int = 0o644, output_limit: int = 1 << 20, config_file: str | None = None) -> None:
+        self.handler, self.rules, self.stop_action = handler, rules, stop_action
+        self.state_dir, self.log_file, self.log_level = state_dir, log_file, log_level
+        self.timeout, self.kill_grace, self.stop_grace, self.linger = timeout, kill_grace, stop_grace, linger
+        self.on_crash, self.detach, self.coalesce, self.repeat = on_crash, detach, coalesce, repeat
+        self.quiet_states = quiet_states  # run nothing unless a [match] rule names them
+        self.on_failure, self.on_failure_timeout = on_failure, on_failure_timeout
+        self.metrics_file, self.metrics_mode = metrics_file, metrics_mode
+        self.output_limit = output_limit  # bytes of one command's output logged; the rest is counted, not logged
+        self.config_file = config_file
 
     def _matching(self, event: Event) -> list[Rule]:
         """The rules covering `event`, least specific first (ties: the earlier section first), so a
@@ -200,10 +200,14 @@ class Settings:
         return policy
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        import json  # only when settings are written or read (json costs ~2 ms to import)
+
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Settings:
+        import json
+
         data: dict[str, Any] = json.loads(text)
         data["rules"] = tuple(Rule(**{**r, "on_failure": None if r["on_failure"] is None else tuple(r["on_failure"]),
                                       "commands": None if r["commands"] is None else tuple(
@@ -422,6 +426,8 @@ def load(path: str | None, overrides: dict[str, str | None]) -> Settings:
         refused = refusal("config file", path)  # as root: before a word of it is believed
         if refused:
             raise LauncherError(refused, EXIT_USAGE)
+        import configparser  # only with a config file
+
         # "key = value   # why": a comment after whitespace ends the value, as administrators write
         # INI files (and as the README's example does); a "#" inside a word stays part of it.
         parser = configparser.ConfigParser(interpolation=None, default_section="\0none",
@@ -451,4 +457,4 @@ def load(path: str | None, overrides: dict[str, str | None]) -> Settings:
     for key, given in overrides.items():
         if given is not None:
             values[key] = _convert(key, given, f"command line: --{key.replace('_', '-')}")
-    return replace(Settings(), rules=tuple(rules), config_file=path, **values)
+    return Settings(rules=tuple(rules), config_file=path, **values)

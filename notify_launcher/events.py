@@ -22,10 +22,8 @@ The input policy (the README's "What the reader accepts"; this module is its onl
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from notify_launcher.log import escaped
+from notify_launcher.value import Value
 
 VRRP_TYPES = frozenset({"INSTANCE", "GROUP"})
 VRRP_STATES = frozenset({
@@ -45,29 +43,75 @@ READER_TYPE = "READER"
 #: priority's digits under int()'s 4300-digit limit, so parsing one never raises.
 MAX_LINE = 4096
 
-#: C0 controls, DEL and C1 controls: never in keepalived's C strings; tab, CR, NUL break the journal
-#: or argv/env.  (Other Unicode whitespace cannot reach a field: the field patterns exclude \s.)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# ASCII digits only ([0-9], not \d): "١٠٠" is not a number keepalived prints.
-_STATE = r"([A-Z_]+)"
-_VRRP = re.compile(rf'(INSTANCE|GROUP) "([^"\s]+)" {_STATE} (-?[0-9]+)')
-# A virtual server: "[addr]:proto:port", "[group]:port" or "FWM n" (the one with a space).
-# The protocol is tcp, udp, sctp, none, or `?` for anything else (docs/keepalived.md, "Line formats").
-_VS = r"(?:FWM [0-9]+|\[[^\]\s]+\](?::(?:[a-z]+|\?))?:[0-9]+)"
-_RS = r"\[[^\]\s]+\]:(?:[a-z]+|\?):[0-9]+"
-_VS_LINE = re.compile(rf"VS ({_VS}) {_STATE}")
-_RS_LINE = re.compile(rf"RS ({_RS}) ({_VS}) {_STATE}")
+# The grammar, read with str methods (the `re` module costs the reader's start ~2.5 ms to import),
+# every field matched whole (the reference regular expressions are in tests/test_events.py):
+#   VRRP line    (INSTANCE|GROUP) "NAME" STATE PRIORITY
+#   VS line      VS VS_ID STATE
+#   RS line      RS [ADDR]:PROTO:PORT VS_ID STATE
+#   NAME, ADDR   one or more characters, no whitespace (str.isspace), no '"' (NAME), no ']' (ADDR)
+#   STATE        [A-Z_]+            PRIORITY  -?[0-9]+        PORT  [0-9]+
+#   PROTO        [a-z]+ or ?: tcp, udp, sctp, none, or ? for anything else (docs/keepalived.md)
+#   VS_ID        FWM [0-9]+ | [ADDR]:PORT | [ADDR]:PROTO:PORT
+# ASCII digits only ([0-9], not str.isdigit): "١٠٠" is not a number keepalived prints.
+_DIGITS = "0123456789"
+_STATE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+_PROTO_CHARS = "abcdefghijklmnopqrstuvwxyz"
 
 
-@dataclass(frozen=True)
-class Event:
+def _made_of(text: str, chars: str) -> bool:
+    """`text` is one or more of `chars`."""
+    return bool(text) and not text.strip(chars)
+
+
+def _word(text: str) -> bool:
+    """One or more characters, none of them whitespace."""
+    return text.split() == [text]
+
+
+def _control(text: str) -> int:
+    """The index of the first C0 control, DEL or C1 control in `text` (-1: none): never in
+    keepalived's C strings; tab, CR, NUL break the journal or argv/env.  (Other Unicode whitespace
+    cannot reach a field: the fields exclude it.)"""
+    if text.isprintable():  # (none of them is printable: the common case in one C loop)
+        return -1
+    for at, char in enumerate(text):
+        if char < " " or "\x7f" <= char <= "\x9f":
+            return at
+    return -1
+
+
+def _bracketed(text: str, protocol: bool | None) -> bool:
+    """`text` is [ADDR]:PORT (`protocol` False), [ADDR]:PROTO:PORT (True) or either (None)."""
+    close = text.find("]")
+    if not text.startswith("[") or close < 0 or not _word(text[1:close]) or text[close + 1:close + 2] != ":":
+        return False
+    parts = text[close + 2:].split(":")
+    if len(parts) == 2 and protocol is not False:
+        return (parts[0] == "?" or _made_of(parts[0], _PROTO_CHARS)) and _made_of(parts[1], _DIGITS)
+    return len(parts) == 1 and protocol is not True and _made_of(parts[0], _DIGITS)
+
+
+def _virtual_server(text: str) -> bool:
+    """`text` is a VS_ID: "[addr]:proto:port", "[group]:port" or "FWM n" (the one with a space)."""
+    if text.startswith("FWM "):
+        return _made_of(text[4:], _DIGITS)
+    return _bracketed(text, None)
+
+
+def _server_and_state(text: str) -> tuple[str, str] | None:
+    """`VS_ID STATE` -> (VS_ID, STATE); None if `text` is not that.  A state holds no space, so the
+    last one separates them."""
+    server, space, state = text.rpartition(" ")
+    return (server, state) if space and _virtual_server(server) and _made_of(state, _STATE_CHARS) else None
+
+
+class Event(Value):
     """A state change as keepalived reported it.  `vs` is set only for RS lines."""
 
-    type: str
-    name: str
-    state: str
-    priority: int = 0
-    vs: str = ""
+    __slots__ = ("type", "name", "state", "priority", "vs")
+
+    def __init__(self, type: str, name: str, state: str, priority: int = 0, vs: str = "") -> None:
+        self.type, self.name, self.state, self.priority, self.vs = type, name, state, priority, vs
 
     @property
     def key(self) -> str:
@@ -89,12 +133,13 @@ class Event:
         return f"{self.type} {self.name} {self.state}"
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(Value):
     """A line that is not an event, kept so the log can say exactly what arrived and why it was skipped."""
 
-    raw: bytes
-    reason: str
+    __slots__ = ("raw", "reason")
+
+    def __init__(self, raw: bytes, reason: str) -> None:
+        self.raw, self.reason = raw, reason
 
     def shown(self, limit: int = 120) -> str:
         """The line as printable text, cut to `limit` characters, for a log line."""
@@ -115,9 +160,9 @@ def parse_line(raw: bytes) -> Event | Rejected:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejected(raw, f"not UTF-8 (byte {exc.start})")
-    control = _CONTROL.search(text)
-    if control is not None:
-        return Rejected(raw, f"control character 0x{ord(control.group()):02x} at character {control.start()}: "
+    control = _control(text)
+    if control >= 0:
+        return Rejected(raw, f"control character 0x{ord(text[control]):02x} at character {control}: "
                              f"not from keepalived, which writes C strings")
     kind = text.split(" ", 1)[0]
     if kind in VRRP_TYPES:
@@ -143,20 +188,24 @@ def unforeseen(event: Event) -> str | None:
 
 
 def _parse_vrrp(raw: bytes, text: str) -> Event | Rejected:
-    m = _VRRP.fullmatch(text)
-    if m is None:
+    kind, _, rest = text.partition(" ")
+    close = rest.find('"', 1)
+    name, words = rest[1:close], rest[close + 1:].split(" ")
+    if not (rest.startswith('"') and close > 0 and _word(name) and len(words) == 3 and not words[0]
+            and _made_of(words[1], _STATE_CHARS) and _made_of(words[2].removeprefix("-"), _DIGITS)):
         return Rejected(raw, 'malformed VRRP line (expected: TYPE "NAME" STATE PRIORITY)')
-    kind, name, state, prio = m.groups()
-    return Event(kind, name, state, int(prio))
+    return Event(kind, name, words[1], int(words[2]))
 
 
 def _parse_checker(raw: bytes, text: str, kind: str) -> Event | Rejected:
+    rest = text[len(kind) + 1:] if text.startswith(f"{kind} ") else ""
     if kind == "VS":
-        m = _VS_LINE.fullmatch(text)
-        if m is None:
+        found = _server_and_state(rest)
+        if found is None:
             return Rejected(raw, "malformed VS line (expected: VS <virtual server> STATE)")
-        return Event("VS", m.group(1), m.group(2))
-    m = _RS_LINE.fullmatch(text)
-    if m is None:
+        return Event("VS", *found)
+    real, _, rest = rest.partition(" ")
+    found = _server_and_state(rest) if _bracketed(real, True) else None
+    if found is None:
         return Rejected(raw, "malformed RS line (expected: RS <real server> <virtual server> STATE)")
-    return Event("RS", m.group(1), m.group(3), vs=m.group(2))
+    return Event("RS", real, found[1], vs=found[0])

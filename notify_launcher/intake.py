@@ -16,24 +16,27 @@ arrive glued to it: a rejected line that ends with a whole line keepalived write
 
 from __future__ import annotations
 
-import re
-
 from notify_launcher.events import MAX_LINE, Event, Rejected, parse_line, unforeseen
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.statedir import StatePaths
 from notify_launcher.totals import bump_rejected
 
-_LINE_START = re.compile(rb'INSTANCE "|GROUP "|VS |RS ')
+_LINE_STARTS = (b'INSTANCE "', b'GROUP "', b"VS ", b"RS ")
 
 
 def pieces(raw: bytes) -> list[bytes]:
     """A rejected line as the lines it holds: itself, or, when it ends with a line keepalived writes,
     the bytes before that line and the line (the longest such ending)."""
-    for start in _LINE_START.finditer(raw, 1):
-        if isinstance(parse_line(raw[start.start():]), Event):
-            return [raw[:start.start()], raw[start.start():]]
-    return [raw]
+    at = 1
+    while True:
+        starts = [found for found in (raw.find(start, at) for start in _LINE_STARTS) if found >= 0]
+        if not starts:
+            return [raw]
+        at = min(starts)
+        if isinstance(parse_line(raw[at:]), Event):
+            return [raw[:at], raw[at:]]
+        at += 1
 
 
 class Intake:

@@ -21,7 +21,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,8 +96,8 @@ class Scene:
         payload = f"touch {self.arena}/marks/ran-as-uid-$(id -u)"
         _write(self.arena / "payload.sh", f"#!/bin/sh\n{payload}\n", 0o755)
         _write(self.arena / "payload.ini", f"[launcher]\nhandler = /bin/sh -c '{payload}'\n", 0o644)
-        settings = replace(Settings(), handler=("/bin/sh", "-c", payload), state_dir=str(self.state),
-                           log_file=str(self.safe / "nl.log"))
+        settings = Settings(handler=("/bin/sh", "-c", payload), state_dir=str(self.state),
+                            log_file=str(self.safe / "nl.log"))
         _write(self.arena / "payload.json", settings.to_json(), 0o644)
 
     def control_it(self, at_start: bool = True) -> None:

@@ -3,6 +3,7 @@ input policy (docs/architecture.md "What the reader accepts") checked against ar
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, event as note, given, settings
 from hypothesis import strategies as st
 
 from notify_launcher.events import MAX_LINE, VRRP_STATES, Event, Rejected, parse_line, unforeseen
+from notify_launcher.intake import pieces
 from notify_launcher.journal import Entry, format_entry, parse_entry
 
 # Lines seen from a real keepalived 2.2.7, and the VS/RS shapes from its source (docs/keepalived.md).
@@ -176,3 +178,83 @@ def test_a_protocol_keepalived_prints_as_question_mark_is_accepted() -> None:
     assert isinstance(rs, Event) and rs.name == "[192.168.1.11]:?:80" and rs.vs == "[10.0.0.1]:?:80"
     vs = parse_line(b"VS [10.0.0.1]:?:80 UP")
     assert isinstance(vs, Event) and vs.name == "[10.0.0.1]:?:80"
+
+
+# The grammar as regular expressions (the parser reads it with str methods, events.py): every
+# field matched whole; \s is str.isspace's whitespace, [0-9] ASCII digits only.
+_RE_STATE = r"([A-Z_]+)"
+_RE_VS = r"(?:FWM [0-9]+|\[[^\]\s]+\](?::(?:[a-z]+|\?))?:[0-9]+)"
+_RE_RS = r"\[[^\]\s]+\]:(?:[a-z]+|\?):[0-9]+"
+_GRAMMAR = {"INSTANCE": re.compile(rf'INSTANCE "([^"\s]+)" {_RE_STATE} (-?[0-9]+)'),
+            "GROUP": re.compile(rf'GROUP "([^"\s]+)" {_RE_STATE} (-?[0-9]+)'),
+            "VS": re.compile(rf"VS ({_RE_VS}) {_RE_STATE}"),
+            "RS": re.compile(rf"RS ({_RE_RS}) ({_RE_VS}) {_RE_STATE}")}
+
+
+def _by_the_grammar(text: str) -> Event | None:
+    kind = text.split(" ", 1)[0]
+    m = _GRAMMAR[kind].fullmatch(text) if kind in _GRAMMAR else None
+    if m is None:
+        return None
+    if kind in ("INSTANCE", "GROUP"):
+        return Event(kind, m.group(1), m.group(2), int(m.group(3)))
+    return Event("VS", m.group(1), m.group(2)) if kind == "VS" else Event("RS", m.group(1), m.group(3), vs=m.group(2))
+
+
+# Lines of the grammar's shape, each piece often a near miss: other whitespace, doubled or missing
+# spaces, non-ASCII digits and letters, quotes and brackets inside a field.
+def _field(*pieces: str) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(pieces), min_size=1, max_size=3).map("".join)
+
+
+_SEP = st.sampled_from([" ", " ", " ", " ", "  ", "", "\u00a0", "\u3000"])
+_NAME = _field("VI_1", "a", "É", "\U0001f600", "\u200b", "\ufeff", "\u00a0", "\u2003", " ", '"', "]", "[", ":", "")
+_STATE_W = _field("MASTER", "UP", "_", "Z", "a", "É", "ß", " ", "")
+_DIGITS_W = _field("100", "0", "7", "-", "١٠", "²", " ", "")
+_PROTO = _field("tcp", "udp", "?", "??", "TCP", "", "é")
+_BRACKET = st.builds(lambda n, c1, p, c2, d: f"[{n}]{c1}{p}{c2}{d}", _NAME, st.sampled_from([":", "", "::"]), _PROTO,
+                     st.sampled_from([":", "", "::"]), _DIGITS_W)
+_VS_W = st.one_of(_BRACKET, st.builds(lambda s, d: f"FWM{s}{d}", _SEP, _DIGITS_W))
+_GRAMMAR_LINES = st.one_of(
+    st.builds(lambda k, a, n, b, s, c, p: f'{k}{a}"{n}"{b}{s}{c}{p}', st.sampled_from(["INSTANCE", "GROUP", "VS"]),
+              _SEP, _NAME, _SEP, _STATE_W, _SEP, _DIGITS_W),
+    st.builds(lambda a, v, b, s: f"VS{a}{v}{b}{s}", _SEP, _VS_W, _SEP, _STATE_W),
+    st.builds(lambda a, r, b, v, c, s: f"RS{a}{r}{b}{v}{c}{s}", _SEP, _BRACKET, _SEP, _VS_W, _SEP, _STATE_W))
+
+
+@settings(max_examples=3000)
+@given(_GRAMMAR_LINES)
+def test_the_parser_accepts_exactly_the_grammar(text: str) -> None:
+    """parse_line accepts a line the grammar's regular expressions match, and reads the same fields
+    from it; any other line is Rejected."""
+    expected = _by_the_grammar(text)
+    got = parse_line(text.encode())
+    note("accepted" if expected is not None else "rejected")
+    if expected is None:
+        assert isinstance(got, Rejected), (text, got)
+    else:
+        assert got == expected, (text, got)
+
+
+@pytest.mark.parametrize("line", ['INSTANCE "VI 1" MASTER 100', 'INSTANCE "VI_1"  MASTER 100', 'INSTANCE "" MASTER 1',
+                                  'INSTANCE "VI_1" MASTER 1 ', 'INSTANCE "VI\u00a01" MASTER 100', "VS [a]:tcp:8\u0660 UP",
+                                  'INSTANCE "VI_1" MASTER -', 'INSTANCE "VI_1" MASTER --1', "VS [a b]:80 UP",
+                                  "VS [a]]:80 UP", "VS []:80 UP", "VS [a]:TCP:80 UP", "VS [a]:tcp:udp:80 UP",
+                                  "VS FWM  7 UP", "VS FWM 7  UP", "VS [a]:80", "RS [a]:80 [b]:80 UP",
+                                  "RS [a]:tcp:80  [b]:80 UP", "RS [a]:tcp:80 FWM x UP", "GROUP \"G\" master 1"])
+def test_near_misses_of_the_grammar_are_rejected(line: str) -> None:
+    assert _by_the_grammar(line) is None and isinstance(parse_line(line.encode()), Rejected)
+
+
+_LINE_START = re.compile(rb'INSTANCE "|GROUP "|VS |RS ')
+
+
+@settings(max_examples=500)
+@given(st.lists(st.one_of(_GRAMMAR_LINES.map(str.encode), st.sampled_from([b"INSTANCE \"", b"GROUP \"", b"VS ", b"RS ",
+                                                                          b"x", b"S ", b"RRS ", b"\0"])),
+                max_size=4).map(b"".join))
+def test_a_rejected_line_is_cut_before_the_line_keepalived_wrote_at_its_end(raw: bytes) -> None:
+    """intake.pieces cuts at the first place (after the first byte) where a line of the grammar
+    starts and runs to the end, as searching for the lines' starts with a regular expression does."""
+    cut = next((m.start() for m in _LINE_START.finditer(raw, 1) if isinstance(parse_line(raw[m.start():]), Event)), None)
+    assert pieces(raw) == ([raw] if cut is None else [raw[:cut], raw[cut:]])
