@@ -60,9 +60,7 @@ if _run_as_notify_launcher() and starts_the_reader(sys.argv):
 import errno  # noqa: E402  (after the handler, on purpose)
 import stat  # noqa: E402
 import syslog  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
-from typing import TYPE_CHECKING, Any, TypeVar  # noqa: E402
 
 from notify_launcher import __version__  # noqa: E402
 from notify_launcher.config import DEFAULT_STATE_DIR, load  # noqa: E402
@@ -70,10 +68,14 @@ from notify_launcher.errors import (EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_PARTIAL
                                     EXIT_TERMINATED, EXIT_TIMEOUT, EXIT_UNUSABLE, EXIT_USAGE, LauncherError)
 from notify_launcher.statedir import StatePaths, ensure_state_dir  # noqa: E402
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the reader's start ~3 ms to import: for mypy only
     import argparse
+    from collections.abc import Callable
+    from typing import Any, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
 COMMANDS = ("serve", *NOT_THE_READER)
 
 READER_EPILOG = """\

@@ -11,11 +11,14 @@ import os
 import select
 import stat
 import time
-from collections.abc import Callable
 
 from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
 from notify_launcher.log import Log, Troubles
 from notify_launcher.security import fifo_refusal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import select
-from typing import NamedTuple
 
 from notify_launcher import identity
 from notify_launcher.identity import ProcessId
+from notify_launcher.value import Value
 
 
 def starter_of(pid: int) -> int | None:
@@ -54,12 +54,14 @@ def _exited(pidfd: int) -> bool:
     return pidfd < 0 or bool(select.select([pidfd], [], [], 0)[0])
 
 
-class Seen(NamedTuple):
+class Seen(Value):
     """What `early()` found: our starter and keepalived's main process above it, each with its start
     time, so the decision holds even if both are gone (and their pids reused) by the time we look."""
 
-    starter: ProcessId
-    keepalived: ProcessId
+    __slots__ = ("starter", "keepalived")
+
+    def __init__(self, starter: ProcessId, keepalived: ProcessId) -> None:
+        self.starter, self.keepalived = starter, keepalived
 
 
 def early() -> Seen | None:
@@ -114,7 +116,7 @@ class Starter:
         except OSError:
             self.close()
             return  # nothing watched: every end is taken as keepalived's, as for a reader nobody started
-        self.starter, self.keepalived = seen
+        self.starter, self.keepalived = seen.starter, seen.keepalived
 
     @property
     def gone(self) -> bool:

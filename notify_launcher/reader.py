@@ -121,7 +121,7 @@ class Reader:
             try:
                 if self.backlog or self._verdict is None:
                     self.backlog.lost(f"keepalived's SIGKILL is due and the reader still waits, at {closed}; "
-                                      f"{self.intake.lines} lines read", self._verdict and self._verdict.state)
+                                      f"{self.intake.lines} lines read", None if self._verdict is None else self._verdict.state)
             except WindowClosed:
                 pass
         finally:

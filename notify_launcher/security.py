@@ -34,10 +34,13 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
 
+from notify_launcher.value import Value
+
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from notify_launcher.config import Settings
 
 MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP)
@@ -58,13 +61,14 @@ _ACL_TAGS = (_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _A
 _ACL_ENTRY = struct.Struct("<HHI")
 
 
-class Offense(NamedTuple):
+class Offense(Value):
     """What makes one component unsafe: `path` `what` ("is writable by others (mode 0777)"), and
     what to do about it."""
 
-    path: str
-    what: str
-    remedy: str
+    __slots__ = ("path", "what", "remedy")
+
+    def __init__(self, path: str, what: str, remedy: str) -> None:
+        self.path, self.what, self.remedy = path, what, remedy
 
     def __str__(self) -> str:
         return f"{self.path} {self.what}; {self.remedy}"
@@ -132,16 +136,15 @@ def parse_acl(raw: bytes) -> list[tuple[int, int, int]]:
     return entries
 
 
-class _Access(NamedTuple):
+class _Access(Value):
     """One kind of access others must not have: its mode bits (others, group), its ACL perm bit, the
     word for it, and what to do about a mode or an owning group's ACL entry that grants it."""
 
-    other: int
-    group: int
-    acl: int
-    word: str
-    remedy_mode: str
-    remedy_group_obj: str
+    __slots__ = ("other", "group", "acl", "word", "remedy_mode", "remedy_group_obj")
+
+    def __init__(self, other: int, group: int, acl: int, word: str, remedy_mode: str, remedy_group_obj: str) -> None:
+        self.other, self.group, self.acl, self.word = other, group, acl, word
+        self.remedy_mode, self.remedy_group_obj = remedy_mode, remedy_group_obj
 
 
 _WRITE = _Access(stat.S_IWOTH, stat.S_IWGRP, 0x02, "writable", _REMEDY_MODE,

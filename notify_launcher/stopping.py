@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import NamedTuple
 
 from notify_launcher import identity
 from notify_launcher.events import Event
-from notify_launcher.identity import ProcessId
 from notify_launcher.owner import starter_of
+from notify_launcher.value import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from notify_launcher.identity import ProcessId
 
 FINAL_STATES = frozenset({"STOP", "DELETED"})
 #: After a SIGTERM that came while we started: how long keepalived may take to start the next reader
@@ -97,12 +101,15 @@ def _started_by(pid: int, starter: int, keepalived: ProcessId | None, since: int
         and st.ppid == keepalived.pid and st.start >= since
 
 
-class Verdict(NamedTuple):
+class Verdict(Value):
     """What the reader's end means: `state` is journaled as `READER reader STATE`; only "STOP" is
     keepalived stopping (and runs `stop_action`).  `why` is for the log."""
 
-    state: str  # "STOP", "RELOAD" or "EOF"
-    why: str
+    __slots__ = ("state", "why")
+
+    def __init__(self, state: str, why: str) -> None:
+        self.state = state  # "STOP", "RELOAD" or "EOF"
+        self.why = why
 
     @property
     def keepalived_stops(self) -> bool:

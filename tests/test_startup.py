@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from hypothesis import given
@@ -21,8 +22,10 @@ from notify_launcher import cli
 #: Modules the reader's start-up does without, and what they would cost every start (figures:
 #: benchmarks/README.md, "The first event"): argparse's import and parser (~5 ms; keepalived's
 #: command line is read by cli._keepalived_args), the socket module (~2 ms; the doorbell is
-#: _socket's, handoff._datagram_socket).
-NOT_IMPORTED = {"argparse", "socket"}
+#: _socket's, handoff._datagram_socket), dataclasses (~5 ms with inspect, ast, dis and tokenize, and
+#: ~0.5-1 ms per class: value.Value instead), hashlib (~2.5 ms, OpenSSL's _hashlib: settingsfile
+#: hashes with CPython's builtin SHA-256).
+NOT_IMPORTED = {"argparse", "socket", "dataclasses", "inspect", "hashlib", "_hashlib"}
 
 
 def _imported(importtime: str) -> set[str]:
@@ -31,7 +34,7 @@ def _imported(importtime: str) -> set[str]:
             if line.startswith("import time:") and line.count("|") == 2}
 
 
-def test_a_reader_started_as_keepalived_starts_it_imports_neither_argparse_nor_socket(launcher: Launcher) -> None:
+def test_a_reader_started_as_keepalived_starts_it_imports_none_of_the_costly_modules(launcher: Launcher) -> None:
     """The new reader of a reload, under -X importtime, through its first event and its stop.  The
     worker stands by for it (linger 600 s), so the new reader forks none, and every line of
     its stderr is its own (a worker's child imports python-daemon, which imports socket)."""
@@ -98,3 +101,17 @@ def test_the_checkout_wrapper_never_imports_from_the_working_directory(tmp_path:
     (tmp_path / "runpy.py").write_text("print('PLANTED CODE RAN')\n")
     res = subprocess.run([LAUNCHER, "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0 and "PLANTED" not in res.stdout + res.stderr, (res.stdout, res.stderr)
+
+
+def test_settings_versions_are_named_by_hashlibs_sha256_also_without_the_builtin_one() -> None:
+    """settingsfile hashes with CPython's builtin SHA-256 (_sha256; _sha2 from 3.12 on), and with
+    hashlib's where a build leaves the builtins out (FIPS): the same names either way."""
+    check = ("import hashlib, sys\n"
+             "if sys.argv[1] == 'without': sys.modules['_sha256'] = sys.modules['_sha2'] = None\n"
+             "from notify_launcher import settingsfile\n"
+             "print(settingsfile.sha256.__module__, settingsfile._hash(b'x' * 999) == "
+             "hashlib.sha256(b'x' * 999).hexdigest()[:16])")
+    for builtin in ("with", "without"):
+        res = subprocess.run([sys.executable, "-c", check, builtin], capture_output=True, text=True, check=True)
+        assert res.stdout.split()[1] == "True", (builtin, res.stdout, res.stderr)
+        assert (res.stdout.split()[0] in ("_sha256", "_sha2")) == (builtin == "with"), res.stdout
