@@ -32,8 +32,11 @@ def _early_term(signum: int, frame: object) -> None:
 
 
 def _run_as_notify_launcher() -> bool:
-    """This process is notify-launcher: `python -m notify_launcher`, or an installed script (whatever
-    its name or link) that imports us -- not a program that imports the package (a test runner)."""
+    """This process is notify-launcher: `python -m notify_launcher`, the checkout's bin/notify-launcher
+    (it imports notify_launcher.__main__, which runs the command), or an installed script (whatever its
+    name or link) that imports us -- not a program that imports the package (a test runner)."""
+    if "notify_launcher.__main__" in sys.modules:
+        return True
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None:

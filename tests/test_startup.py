@@ -24,8 +24,9 @@ from notify_launcher import cli
 #: command line is read by cli._keepalived_args), the socket module (~2 ms; the doorbell is
 #: _socket's, handoff._datagram_socket), dataclasses (~5 ms with inspect, ast, dis and tokenize, and
 #: ~0.5-1 ms per class: value.Value instead), hashlib (~2.5 ms, OpenSSL's _hashlib: settingsfile
-#: hashes with CPython's builtin SHA-256).
-NOT_IMPORTED = {"argparse", "socket", "dataclasses", "inspect", "hashlib", "_hashlib"}
+#: hashes with CPython's builtin SHA-256), runpy (~3 ms with importlib.util: bin/notify-launcher
+#: imports notify_launcher.__main__).
+NOT_IMPORTED = {"argparse", "socket", "dataclasses", "inspect", "hashlib", "_hashlib", "runpy", "importlib.util"}
 
 
 def _imported(importtime: str) -> set[str]:
@@ -115,3 +116,21 @@ def test_settings_versions_are_named_by_hashlibs_sha256_also_without_the_builtin
         res = subprocess.run([sys.executable, "-c", check, builtin], capture_output=True, text=True, check=True)
         assert res.stdout.split()[1] == "True", (builtin, res.stdout, res.stderr)
         assert (res.stdout.split()[0] in ("_sha256", "_sha2")) == (builtin == "with"), res.stdout
+
+
+def test_the_checkout_wrapper_runs_as_the_launcher_and_a_program_importing_the_package_does_not(tmp_path: Path) -> None:
+    """cli catches SIGTERM from its first moment only in the launcher (keepalived may stop the reader
+    while it imports): started through bin/notify-launcher (which imports notify_launcher.__main__),
+    not in a program that imports the package, where SIGTERM keeps its default."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, signal\n"
+        "atexit.register(lambda: print('SIGTERM:', getattr(signal.getsignal(signal.SIGTERM), '__name__', 'default')))\n")
+    top = os.path.dirname(os.path.dirname(os.path.realpath(LAUNCHER)))
+    env = {**os.environ, "PYTHONPATH": str(hook)}
+    launcher = subprocess.run([LAUNCHER, "--version"], capture_output=True, text=True, env=env, cwd="/")
+    assert launcher.stdout.split("\n")[1:] == ["SIGTERM: _early_term", ""], (launcher.stdout, launcher.stderr)
+    program = subprocess.run([sys.executable, "-c", "import notify_launcher.cli"], capture_output=True, text=True,
+                             env={**env, "PYTHONPATH": f"{hook}:{top}"}, cwd="/")
+    assert program.stdout == "SIGTERM: default\n", (program.stdout, program.stderr)
