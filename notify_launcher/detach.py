@@ -5,16 +5,19 @@ would kill keepalived's whole cgroup on stop, a transient systemd unit (systemd_
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
-from typing import Literal
 
 from notify_launcher import identity
 from notify_launcher.config import Settings
 from notify_launcher.log import Log
 from notify_launcher.process import spawn_detached
 
+if TYPE_CHECKING:
+    from typing import Literal
 
-Way = Literal["daemon", "systemd"]
+    Way = Literal["daemon", "systemd"]
 
 
 def choose(settings: Settings) -> tuple[Way, str]:

@@ -28,15 +28,17 @@ ours, so nobody else can swap it in between).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import fcntl
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from notify_launcher import identity
 from notify_launcher.statedir import FILE_MODE, StatePaths, open_mode
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from filelock import FileLock
 
 

@@ -9,12 +9,16 @@ first fork.  (The systemd path, systemd_unit.py, uses the first two steps for it
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
 import signal
-from collections.abc import Callable
 from types import ModuleType
 
 from notify_launcher.errors import EXIT_SOFTWARE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def spawn_detached(target: Callable[[], int], keep_fds: list[int], report: Callable[[Exception], None]) -> int:

@@ -15,6 +15,8 @@ worker; the reader only forks.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import errno
 import os
 import select
@@ -25,7 +27,6 @@ from collections.abc import Sequence
 from notify_launcher import settingsfile
 from notify_launcher.backlog import RETRY_INTERVAL, Backlog
 from notify_launcher.config import Settings
-from notify_launcher.detach import Way
 from notify_launcher.events import READER_TYPE, Event
 from notify_launcher.fifo import Fifo
 from notify_launcher.intake import Intake
@@ -38,6 +39,9 @@ from notify_launcher.statedir import StatePaths
 from notify_launcher.stopping import StopClassifier, Verdict, later_sibling
 from notify_launcher.window import StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
+
+if TYPE_CHECKING:
+    from notify_launcher.detach import Way
 
 
 #: The pause between tries to journal what waits once keepalived's stop window is open (s).

@@ -10,7 +10,6 @@ TYPE_CHECKING = False
 
 import errno
 import os
-import re
 import stat
 
 from notify_launcher import identity
@@ -170,9 +169,6 @@ def write_temp(path: str, data: bytes, mode: int = FILE_MODE, sync: bool = True)
     return tmp
 
 
-_TEMP = re.compile(r".\.(\d{1,9})\.new\Z")
-
-
 def sweep_temps(root: str) -> dict[str, int]:
     """Remove the temporary files (write_temp's NAME.PID.new) that processes killed between write and
     rename left in `root`, a state directory in /run (RAM) where nothing else would: those of a PID
@@ -180,10 +176,10 @@ def sweep_temps(root: str) -> dict[str, int]:
     writing settings.json -- may be writing its own).  Returns the names removed, with their sizes."""
     removed = {}
     for name in os.listdir(root):
-        match = _TEMP.search(name)
-        if match is None:
+        pid = _temp_pid(name)
+        if pid is None:
             continue
-        proc = identity.stat(int(match.group(1)))
+        proc = identity.stat(pid)
         if proc is not None and proc.state != "Z":
             continue
         path = os.path.join(root, name)
@@ -195,6 +191,12 @@ def sweep_temps(root: str) -> dict[str, int]:
         except OSError:  # gone meanwhile, or not ours to remove: the next worker tries again
             continue
     return removed
+
+
+def _temp_pid(name: str) -> int | None:
+    """The PID in a name write_temp gives (NAME.PID.new, PID 1-9 digits), else None."""
+    head, dot, pid = name[:-4].rpartition(".") if name.endswith(".new") else ("", "", "")
+    return int(pid) if dot and head and head[-1] != "\n" and 0 < len(pid) <= 9 and pid.isdecimal() else None
 
 
 def discard(path: str) -> None:

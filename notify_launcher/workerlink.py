@@ -5,18 +5,23 @@ is handoff.py's; this is the reader's use of it.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+
 import os
 import select
 import time
 
 from notify_launcher.config import Settings
-from notify_launcher.detach import Way, spawn_worker
+from notify_launcher.detach import spawn_worker
 from notify_launcher.events import Event
 from notify_launcher.handoff import Doorbell, WorkerWatch
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.statedir import StatePaths
 from notify_launcher.upkeep import BackOff, StateRepair
+
+if TYPE_CHECKING:
+    from notify_launcher.detach import Way
 
 
 class WorkerLink:

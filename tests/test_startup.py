@@ -7,6 +7,8 @@ a test leaves."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -54,6 +56,79 @@ def test_a_reader_started_as_keepalived_starts_it_imports_none_of_the_costly_mod
     assert "notify_launcher.reader" in modules, "no -X importtime output from the new reader"
     assert "daemon" not in modules, "the new reader spawned a worker: its stderr holds the worker's imports too"
     assert not modules & NOT_IMPORTED, f"the reader imported {sorted(modules & NOT_IMPORTED)}"
+
+
+#: Modules none of ours imports at run time on a worker's way to its first action, and what each
+#: cost every start: `typing` ~2-4 ms with re (annotations need it only under `if TYPE_CHECKING:`);
+#: hashlib ~2 ms of OpenSSL (CPython's builtin hashes do: settingsfile._sha256).
+NOT_AT_RUN_TIME = {"typing", "hashlib"}
+#: Modules still importing one of them; each leaves this set when its diet lands.
+STILL_IMPORTING = {"notify_launcher.containment"}
+#: Not loaded at all when a worker starts its first action: dataclasses (~5 ms with inspect, ast,
+#: dis, tokenize, and ~0.5-0.9 ms per class it makes), the progress records' TypedDicts (annotations
+#: only), psutil (~15 ms: imported once an action ends, actions.py).
+NOT_BEFORE_THE_FIRST_SPAWN = {"dataclasses", "notify_launcher.records", "psutil"}
+
+#: On the launcher's PYTHONPATH: writes the modules a worker has loaded when it starts its first
+#: action (the parent's posix_spawn, or a forked child's exec) into $NL_TEST_SPAWN_MODULES.
+_AT_SPAWN = """import os, sys
+
+def _at_spawn(event, args):
+    if event in ("os.posix_spawn", "os.exec") and "notify_launcher.worker" in sys.modules:
+        try:
+            fd = os.open(os.environ["NL_TEST_SPAWN_MODULES"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except (KeyError, FileExistsError):
+            return
+        os.write(fd, "\\n".join(sorted(sys.modules)).encode())
+        os.close(fd)
+
+sys.addaudithook(_at_spawn)
+"""
+
+
+def _runtime_imports(module: str) -> set[str]:
+    """What importing `module` imports: its top-level import statements, but those under `if
+    TYPE_CHECKING:` and in `except` clauses (a fallback, as settingsfile's hashlib); a function's
+    imports run when it is called."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, module
+    found: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                visit(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body + node.orelse + node.finalbody)
+
+    visit(ast.parse(Path(spec.origin).read_text()).body)
+    return found
+
+
+def test_a_worker_starts_its_first_action_without_typing_hashlib_dataclasses_or_psutil(launcher: Launcher) -> None:
+    """A real reader spawns a real worker; at the worker's first spawn (an audit hook, through
+    sitecustomize on the launcher's PYTHONPATH) no module of ours it has loaded imports typing or
+    hashlib at run time (but STILL_IMPORTING), and nothing of NOT_BEFORE_THE_FIRST_SPAWN is loaded."""
+    hook = launcher.dir / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_AT_SPAWN)
+    loaded = launcher.dir / "loaded"
+    k = launcher.keepalived()
+    k.script = ["env", f"PYTHONPATH={hook}", f"NL_TEST_SPAWN_MODULES={loaded}", *k.script]
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.stop([VI.format("STOP")])
+    modules = set(loaded.read_text().split())
+    assert "notify_launcher.drain" in modules, sorted(modules)
+    assert not modules & NOT_BEFORE_THE_FIRST_SPAWN, sorted(modules & NOT_BEFORE_THE_FIRST_SPAWN)
+    offenders = {m: _runtime_imports(m) & NOT_AT_RUN_TIME for m in sorted(modules - STILL_IMPORTING)
+                 if m.startswith("notify_launcher.")}
+    assert not {m: found for m, found in offenders.items() if found}
 
 
 _WORDS = st.sampled_from(["--config", "--handler", "--timeout", "--linger", "--log-file", "--hand", "--timeout=5",
