@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from notify_launcher import metrics
 from notify_launcher.following import Following
 from notify_launcher.journal import Entry
 from notify_launcher.totals import Totals, read_rejected
@@ -33,6 +32,7 @@ class MetricsPublisher:
         path = settings.metrics_file
         if path is None:
             return
+        from notify_launcher import metrics  # only with a metrics file (a module less at every start)
         now = time.monotonic()
         self._unpublished += 1
         if waiting and self.published and self._unpublished < METRICS_EVERY and now < self._at + METRICS_INTERVAL:

@@ -32,7 +32,6 @@ from notify_launcher.log import Log, python_problems_to
 from notify_launcher.onfailure import OnFailureRunner
 from notify_launcher.process import drain
 from notify_launcher.publisher import MetricsPublisher
-from notify_launcher.recovery import Recovery
 from notify_launcher.statedir import StatePaths, sweep_temps
 
 if TYPE_CHECKING:
@@ -112,7 +111,6 @@ class Worker:
         self.ledger = Ledger(self.following)
         self.on_failure = OnFailureRunner(self.following, self.containment, environ)
         self.publisher = MetricsPublisher(self.following, self.ledger.totals)
-        self.recovery = Recovery(self.following, self.ledger, self.containment, self.pid)
         self.runner = EventRunner(self.following, self.ledger, self.on_failure, self.containment, self.pid, environ)
         self.drain = Drain(self.following, self.ledger, self.publisher, self.on_failure, self.runner, self.pid)
         self._stopping = False
@@ -170,7 +168,8 @@ class Worker:
             self._progress_missing()
         self.containment.end_orphaned(lambda text: self.log.warn(None, None, text))  # before anything runs
         if snap.trying or snap.running is not None:
-            done_seq, skipped = self.recovery.recover(snap)
+            from notify_launcher.recovery import Recovery  # only after a worker died with work in hand
+            done_seq, skipped = Recovery(self.following, self.ledger, self.containment, self.pid).recover(snap)
             if skipped is not None:
                 self.on_failure.due(skipped)
         self.drain.start(done_seq, snap.last)

@@ -66,8 +66,10 @@ NOT_AT_RUN_TIME = {"typing", "hashlib"}
 STILL_IMPORTING = {"notify_launcher.containment"}
 #: Not loaded at all when a worker starts its first action: dataclasses (~5 ms with inspect, ast,
 #: dis, tokenize, and ~0.5-0.9 ms per class it makes), the progress records' TypedDicts (annotations
-#: only), psutil (~15 ms: imported once an action ends, actions.py).
-NOT_BEFORE_THE_FIRST_SPAWN = {"dataclasses", "notify_launcher.records", "psutil"}
+#: only), psutil (~15 ms: imported once an action ends, actions.py); and what only some starts need
+#: (~0.1-0.2 ms a module): recovery (a worker died with work in hand), metrics (a metrics file).
+NOT_BEFORE_THE_FIRST_SPAWN = {"dataclasses", "notify_launcher.records", "psutil", "notify_launcher.recovery",
+                              "notify_launcher.metrics"}
 
 #: On the launcher's PYTHONPATH: writes the modules a worker has loaded when it starts its first
 #: action (the parent's posix_spawn, or a forked child's exec) into $NL_TEST_SPAWN_MODULES.
