@@ -232,21 +232,23 @@ def reap_zombies() -> None:
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP)
 
 
-def spawn(argv: list[str], env: dict[str, str], ids: tuple[int, int] | None = None) -> tuple[Child, int, int]:
+def spawn(argv: list[str], env: dict[str, str], ids: tuple[int, int] | None = None,
+          into: int | None = None) -> tuple[Child, int, int]:
     """Start `argv` in a session of its own, stdin /dev/null, stdout and stderr into two pipes, as
-    (uid, gid) `ids` if given; (the child, the pipes' read ends).  Raises OSError if it cannot be
-    executed."""
+    (uid, gid) `ids` if given, in the cgroup whose directory `into` (an fd) is if given (else in
+    ours); (the child, the pipes' read ends).  Raises OSError if it cannot be executed, and
+    clone.CloneFailed if it could not be started in `into` (nothing was started)."""
     env = nul_free(env)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     fds = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
     try:
-        if ids is None:
+        if ids is None and into is None:
             pid = os.posix_spawn(argv[0], argv, env, file_actions=fds, setsid=True, setsigmask=(),
                                  setsigdef=_DEFAULT_SIGNALS)
         else:
-            pid = _fork_as(argv, env, [(fd, target) for _, fd, target in fds], ids)
+            pid = _fork_exec(argv, env, [(fd, target) for _, fd, target in fds], ids, into)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -266,14 +268,26 @@ def nul_free(env: dict[str, str]) -> dict[str, str]:
     return {name: value.replace("\0", "\\x00") for name, value in env.items()}
 
 
-def _fork_as(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]], ids: tuple[int, int]) -> int:
-    """posix_spawn cannot change the user: fork, then in the child what keepalived does for a
-    directive's user (set_script_env: setgid, setgroups to that one group, setuid), cwd /, and exec.
-    The worker has no threads, so the child may run Python until the exec.  An exec failure comes
-    back as its errno through a close-on-exec pipe, as subprocess does it."""
-    uid, gid = ids
+def _fork_exec(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]], ids: tuple[int, int] | None,
+               into: int | None) -> int:
+    """What posix_spawn cannot: a child as another user, or born in another cgroup.  Fork (os.fork(),
+    or clone.fork_into the cgroup `into`), then in the child what `spawn`'s posix_spawn does -- its
+    own session, the three fds, the signals the worker ignores at default, an empty signal mask --
+    and for `ids` what keepalived does for a directive's user (set_script_env: setgid, setgroups
+    to that one group, setuid) and cwd /; then exec.  The child runs Python until the exec: the
+    worker's one other thread holds no lock across a fork (clone.py).  An exec failure comes back
+    as its errno through a close-on-exec pipe, as subprocess does it."""
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        if into is None:
+            pid = os.fork()
+        else:
+            from notify_launcher import clone  # imported already: the worker's probe (containment.py)
+            pid = clone.fork_into(into)
+    except BaseException:
+        os.close(report_r)
+        os.close(report_w)
+        raise
     if pid == 0:  # the child: it never returns
         code = 0
         try:
@@ -283,10 +297,12 @@ def _fork_as(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]], i
             for signum in _DEFAULT_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            os.setgid(gid)
-            os.setgroups([gid])
-            os.setuid(uid)
-            os.chdir("/")
+            if ids is not None:
+                uid, gid = ids
+                os.setgid(gid)
+                os.setgroups([gid])
+                os.setuid(uid)
+                os.chdir("/")
             os.execve(argv[0], argv, env)
         except OSError as exc:
             code = exc.errno or 0
@@ -323,7 +339,7 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
     reap_zombies()
     t0 = time.monotonic()
     try:
-        proc, out, err = box.spawn(lambda: spawn(argv, box.environment(env), ids))
+        proc, out, err = box.spawn(lambda into: spawn(argv, box.environment(env), ids, into))
     except OSError as exc:
         return Result(None, None, time.monotonic() - t0, error=f"{argv[0]}: {exc.strerror}")
     box.started(proc.pid)

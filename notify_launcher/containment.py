@@ -6,9 +6,10 @@ before anything else runs; so ending is a loop (find, kill, look again) that sto
 nothing is left, never one pass over a list read once.  Four mechanisms find those processes:
 
 - **A cgroup per action** (cgroup v2, where its hierarchy is writable: /sys/fs/cgroup on a current
-  Debian, /sys/fs/cgroup/unified beside v1 controllers).  The worker moves itself into the action's
-  cgroup around posix_spawn and back (so the child *starts* inside: no window in which it could fork
-  before being moved), ends it with `cgroup.kill` and waits for `populated 0` in cgroup.events.
+  Debian, /sys/fs/cgroup/unified beside v1 controllers).  The action *starts* inside (no window in
+  which it could fork before being moved): posix_spawned by a worker that lives in the cgroup, or
+  cloned straight into it (clone3 CLONE_INTO_CGROUP, clone.py) while the worker is not in it yet
+  (Cgroups).  The worker ends it with `cgroup.kill` and waits for `populated 0` in cgroup.events.
   Catches everything -- setsid, double fork, re-exec, a cleared environment, forks racing the
   kill -- except a process that root moves out of the cgroup on purpose (the three below are
   looked at too, on a timeout as in recovery, so it is still found while it keeps the mark, the
@@ -274,39 +275,49 @@ def end_all(find: Callable[[], set[int]], cgroup: str | None, note: Note, wait: 
         wait_pids(left, 0.1)  # they leave as soon as they are scheduled
 
 
-class BackgroundWrite:
-    """One write(2) to `path` in a thread of its own, for a write that waits in the kernel; `wait()`
-    raises what the open or the write raised.  The thread makes no other system call: after each
-    one a thread waits for the GIL, up to 5 ms while the main thread runs (sys.getswitchinterval)."""
+class Mover:
+    """The worker's moves of itself into a cgroup, each one write of "0" to its cgroup.procs, made by
+    a thread of its own: a move waits in the kernel for an RCU grace period (Cgroups), the worker
+    meanwhile does not.  `begin(cgroup)` starts one, `wait()` returns when it is done and raises
+    what its open or write raised.
 
-    def __init__(self, path: str, data: bytes) -> None:
-        self.path, self.data = path, data
-        self.error: OSError | None = None
-        self._fd = -1
-        self._thread: threading.Thread | None = None
+    The thread lives as long as the worker (made at the first move) and runs C library code only
+    with the GIL, or blocked in a system call (the read of its pipe, the move's open, write and
+    close): so while the main thread holds the GIL, this thread holds no lock of the C library's,
+    and the raw clone3 of clone.py is safe beside it (a thread that exits would not be: glibc's
+    thread teardown frees its malloc cache under an arena lock, without the GIL).  After each
+    system call it waits for the GIL, up to 5 ms while the main thread runs (sys.getswitchinterval)."""
 
-    def start(self) -> None:
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            self.error = exc
-            return
-        self._thread = threading.Thread(target=self._write, name="cgroup move", daemon=True)
-        self._thread.start()
+    def __init__(self) -> None:
+        self.busy = False
+        self._target = ""
+        self._error: OSError | None = None
+        self._jobs = -1  # the write end of the thread's pipe: one byte per move
+        self._done = threading.Event()
 
-    def _write(self) -> None:
-        try:
-            os.write(self._fd, self.data)
-        except OSError as exc:
-            self.error = exc
+    def begin(self, cgroup: str) -> None:
+        assert not self.busy
+        if self._jobs < 0:
+            jobs, self._jobs = os.pipe2(os.O_CLOEXEC)
+            threading.Thread(target=self._serve, args=(jobs,), name="cgroup mover", daemon=True).start()
+        self._target, self._error, self.busy = cgroup, None, True
+        self._done.clear()
+        os.write(self._jobs, b"m")
+
+    def _serve(self, jobs: int) -> None:
+        while os.read(jobs, 1):
+            try:
+                _write(self._target + "/cgroup.procs", b"0")
+            except OSError as exc:
+                self._error = exc
+            self._done.set()
 
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            os.close(self._fd)
-        if self.error is not None:
-            raise self.error
+        if self.busy:
+            self._done.wait()
+            self.busy = False
+            if self._error is not None:
+                raise self._error
 
 
 class Cgroups:
@@ -314,25 +325,30 @@ class Cgroups:
 
     Moving a process between cgroups takes the kernel's threadgroup lock for writing, which waits
     for an RCU grace period unless the hierarchy is mounted with `favordynmods`: 11-28 ms after a
-    quiet spell (measured on 6.18), and ~10-20 us of CPU each.  So the worker *lives* in the slot
-    and spawns from there (the child starts inside: no window to fork before a move), and moves
-    only when it must: out, before it kills the slot (a timeout), and into a new slot when an
-    action left processes behind (the old slot is left to them, removed once empty).  An event
-    whose action leaves nothing costs no move at all, and the first move is made in the background
-    (`start`) while the worker starts."""
+    quiet spell (measured on 6.18), and ~10-20 us of CPU each; it holds cgroup_mutex meanwhile, so
+    a clone3 into a cgroup waits for it too (forks elsewhere do not).  So no event waits for a move:
+    the worker *lives* in the slot and posix_spawns from there (the child starts inside: no window
+    to fork before a move); where it is not in the slot yet -- its first action, the first after
+    one left processes behind -- it clones the action straight into the slot (clone.py), and moves
+    in once it has nothing to run (`idle`), off any event's path.  It moves out only before it
+    kills the slot (a timeout) and when an action left processes behind (the old slot is left to
+    them, removed once empty).  Where clone3 cannot start a child in a cgroup (`refused`), a spawn
+    outside the slot waits for the move instead: the first one, begun at `start`, overlaps the
+    worker's start."""
 
     def __init__(self, state_dir: str) -> None:
         self.token = cgroup_prefix(state_dir)
         self.home: str | None = None
         self.slot: str | None = None
-        self.inside = False
+        self.inside = False  # the worker is in `slot`
+        self.refused: str | None = None  # why clone3 cannot start a child in a cgroup here, if it cannot
         self._made = 0
-        self._moving: BackgroundWrite | None = None
+        self._mover = Mover()
 
     def start(self, home: str | None) -> str | None:
-        """Make a slot under `home` (our own cgroup, own_cgroup()) and begin moving into it; None if
-        cgroups can be used, else why not.  The move is one write in a thread of its own, waited for
-        by the next `enter()`."""
+        """Make a slot under `home` (our own cgroup, own_cgroup()) and find out whether clone3 can
+        start a child in it (where it cannot, begin the move into it); None if cgroups can be used,
+        else why not."""
         if home is None:
             return "no cgroup v2 hierarchy mounted"
         self.home = home
@@ -341,18 +357,19 @@ class Cgroups:
         except OSError as exc:
             self.home = self.slot = None
             return f"cannot make a cgroup in {home} ({exc.strerror})"
-        self._moving = BackgroundWrite(slot + "/cgroup.procs", b"0")
-        self._moving.start()
+        from notify_launcher import clone  # ctypes: only a worker with cgroups
+        self.refused = clone.refused()
+        if self.refused is not None:
+            self._mover.begin(slot)
         return None
 
     def _settle(self) -> None:
-        """Wait for the move `start()` began; raises what it raised, but for a slot removed before
-        we got in (a leaving worker's sweep saw it empty): then the caller makes another."""
-        moving, self._moving = self._moving, None
-        if moving is None:
+        """Wait for a move in flight; raises what it raised, but for a slot removed before we got
+        in (a leaving worker's sweep saw it empty): then the caller makes another."""
+        if not self._mover.busy:
             return
         try:
-            moving.wait()
+            self._mover.wait()
             self.inside = True
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENODEV):
@@ -368,19 +385,55 @@ class Cgroups:
         self.slot = slot
         return slot
 
-    def enter(self) -> str:
-        """Be in the slot (a new one if the last was left to an action's processes); raises OSError."""
+    def enter(self) -> tuple[str, int | None]:
+        """Ready to spawn into the slot (a new one if the last was left to an action's processes):
+        (the slot, None) once the worker is in it, so that what it spawns starts there; else, unless
+        clone3 is `refused`, (the slot, an fd of it, close-on-exec) for the spawn to clone the child
+        into, the worker's own move left to `idle`.  A move in flight is waited for first (a clone3
+        into a cgroup would wait for it anyway).  Raises OSError."""
+        assert self.home is not None
+        self._settle()
+        if self.inside or self.refused is not None:
+            return self.move_in(), None
+        slot = self.slot or self._new_slot()
+        try:
+            return slot, os.open(slot, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed under us (a leaving worker's sweep saw it empty)
+            slot = self._new_slot()
+            return slot, os.open(slot, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def move_in(self) -> str:
+        """Be in the slot (a new one if there is none, or if it was removed under us), waiting for
+        the move; the slot.  Raises OSError."""
         assert self.home is not None
         self._settle()
         slot = self.slot or self._new_slot()
         if not self.inside:
-            _write(slot + "/cgroup.procs", b"0")
+            try:
+                _write(slot + "/cgroup.procs", b"0")
+            except FileNotFoundError:
+                slot = self._new_slot()
+                _write(slot + "/cgroup.procs", b"0")
             self.inside = True
         return slot
 
+    def idle(self) -> None:
+        """The worker has nothing to run: begin its move into the slot (made now if there is none)
+        unless it is there, so that the next spawn is a posix_spawn from inside.  What the move
+        meets is raised by the next spawn's `enter`."""
+        if self.home is None or self.inside or self._mover.busy:
+            return
+        try:
+            slot = self.slot or self._new_slot()
+        except OSError:
+            return  # the next spawn tries again
+        self._mover.begin(slot)
+
     def leave(self) -> None:
-        """Out of the slot, into our own cgroup again; raises OSError."""
+        """Out of the slot, into our own cgroup again (a move into it still in flight is waited for
+        first: the worker must not arrive in a slot that is being killed); raises OSError."""
         assert self.home is not None
+        self._settle()
         if self.inside:
             _write(self.home + "/cgroup.procs", b"0")
             self.inside = False
@@ -403,7 +456,7 @@ class Cgroups:
         raise OSError(errno.EBUSY, f"processes still forking in {slot}")
 
     def retire(self) -> None:
-        """Leave the slot to the processes an action left in it; the next spawn is from a new one."""
+        """Leave the slot to the processes an action left in it; the next spawn is into a new one."""
         self.leave()
         self.slot = None
 
@@ -427,7 +480,6 @@ class Cgroups:
         if self.home is None:
             return
         try:
-            self._settle()
             self.retire()
             self.sweep()
         except OSError:
@@ -489,15 +541,34 @@ class Box:
     def environment(self, env: dict[str, str]) -> dict[str, str]:
         return dict(env, **{MARK: self.mark_value})
 
-    def spawn(self, start: Callable[[], T]) -> T:
-        """Call `start` (which spawns the action) inside the action's cgroup, if there is one."""
+    def spawn(self, start: Callable[[int | None], T]) -> T:
+        """Call `start(into)`, which spawns the action, inside the action's cgroup if there is one:
+        `into` None, the worker is in it (or there is none) and the child starts where the worker
+        is; else `into` is an fd of the cgroup to clone the child into (Cgroups.enter, closed
+        after).  Should that clone fail (nothing started), the worker moves into the cgroup and
+        spawns from there."""
+        into = None
         if self.cgroups is not None and self.cgroups.home is not None:
             try:
-                self.cgroup = self.cgroups.enter()
+                self.cgroup, into = self.cgroups.enter()
             except OSError:
                 self.cgroups.home = None  # found by scanning from now on (the log said how at start)
         self._before = children()  # background processes earlier actions left: not this action's
-        return start()
+        if into is None:
+            return start(None)
+        from notify_launcher.clone import CloneFailed  # imported already: Cgroups.start's probe
+        try:
+            return start(into)
+        except CloneFailed:
+            pass  # (a cgroup removed meanwhile, or a fork the kernel refuses: the posix_spawn says so)
+        finally:
+            os.close(into)
+        assert self.cgroups is not None
+        try:
+            self.cgroup = self.cgroups.move_in()
+        except OSError:
+            self.cgroups.home, self.cgroup = None, None
+        return start(None)
 
     def started(self, pid: int) -> None:
         self.pid = pid
@@ -506,8 +577,9 @@ class Box:
         return Scan(self.mark_value, self.pid, [self.pid, *(children() - self._before - {self.pid})])
 
     def isolate(self) -> None:
-        """The worker out of the action's cgroup, so that killing the cgroup cannot kill it.  Should
-        that fail, this action is found by scanning instead, and cgroups are used no more."""
+        """The worker out of the action's cgroup (if it is in it, or on its way in: Cgroups.leave),
+        so that killing the cgroup cannot kill it.  Should that fail, this action is found by
+        scanning instead, and cgroups are used no more."""
         if self.cgroup is not None and self.cgroups is not None:
             try:
                 self.cgroups.leave()
@@ -540,7 +612,7 @@ class Box:
         `release` (a normal exit): they are no longer the action's -- moved out of its cgroup into
         the worker's own, so that no timeout nor recovering worker ends them (an action may start
         a daemon: `haproxy -D`).  A cgroup still holding any (not released, or a move failed) is
-        left to them; the worker spawns the next action from another."""
+        left to them; the next action is spawned into another."""
         left = children() - self._before - {self.pid}
         if self.cgroup is not None and self.cgroups is not None:
             try:
@@ -551,7 +623,6 @@ class Box:
                         release = False  # what could not be moved keeps the cgroup
                 if (left and not release) or (not self.cgroups.inside and populated(self.cgroup)):
                     self.cgroups.retire()
-                self.cgroups.enter()
             except OSError:
                 pass  # the next spawn tries again, and scans if it cannot
         return sorted(left)
@@ -569,10 +640,10 @@ class Containment:
         self._way = ""
 
     def start(self) -> None:
-        """Pick the way: cgroups if a slot can be made and entered.  Entering one waits for an RCU
-        grace period (Cgroups: 11-28 ms), so the move runs in the background while the worker goes
-        on with its imports, its lock and its state files, none of which needs it: called first
-        thing in a worker's life.  `way()`, and any spawn, waits for it."""
+        """Pick the way: cgroups if a slot can be made, and whether the first action is cloned into
+        it (Cgroups).  Called first thing in a worker's life: where clone3 is refused, the move the
+        first spawn then waits for (an RCU grace period, 11-28 ms) overlaps the worker's imports, its
+        lock and its state files, none of which needs it."""
         if os.environ.get(NO_CGROUPS) == "yes":
             self._why_not = f"{NO_CGROUPS}=yes"
             return
@@ -580,20 +651,31 @@ class Containment:
         self._why_not = self.cgroups.start(self.home)
 
     def way(self) -> str:
-        """Once the move is done: one line for the log saying how actions are contained."""
+        """One line for the log saying how actions are contained (where the first spawn waits for the
+        worker's move, once the move is done: whether it could be made)."""
         if self._way:
             return self._way
         why_not = self._why_not
+        if why_not is None and self.cgroups.refused is None:
+            self._way = f"actions contained in cgroups under {self.cgroups.home}"
+            return self._way
         if why_not is None:
             try:
-                self.cgroups.enter()
-                self._way = f"actions contained in cgroups under {self.cgroups.home}"
+                self.cgroups.move_in()
+                self._way = (f"actions contained in cgroups under {self.cgroups.home}; clone3 into a cgroup "
+                             f"refused ({self.cgroups.refused}): the worker moves into an action's cgroup before "
+                             f"it spawns the action, and where it is not in it yet that waits for the kernel")
                 return self._way
             except OSError as exc:
                 why_not = f"cannot enter {self.cgroups.slot} ({exc.strerror})"
                 self.cgroups.home = None
         self._way = f"actions contained by their {MARK} mark, the subreaper and their session (no cgroup: {why_not})"
         return self._way
+
+    def idle(self) -> None:
+        """The worker has nothing to run: its own move into the action cgroup, off the events' path."""
+        if self.cgroups.home is not None:
+            self.cgroups.idle()
 
     def box(self, seq: int, role: str = "action") -> Box:
         """Event `seq`'s action's (or on_failure's) box, with a new mark; an action's is recorded in

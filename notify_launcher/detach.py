@@ -59,9 +59,10 @@ def spawn_worker(mode: Way, settings: Settings, standby_fd: int, hello_fd: int) 
     def work() -> int:
         from notify_launcher.containment import Containment
         containment = Containment(settings.state_dir)
-        # First: moving into a cgroup waits for the kernel, meanwhile the imports.  Not before daemonize:
-        # python-daemon's setuid() waits until every thread took the new ids, and the moving one cannot
-        # before its write returns (tried: daemonize then waited for the whole move).
+        # First: where clone3 cannot start the first action in its cgroup, the worker's move into it
+        # waits for the kernel, meanwhile the imports.  Not before daemonize: python-daemon's setuid()
+        # waits until every thread took the new ids, and the moving one cannot before its write returns
+        # (tried: daemonize then waited for the whole move).
         containment.start()
         from notify_launcher.worker import run_forked_worker  # the worker's imports only
         return run_forked_worker(settings, standby_fd, hello_fd, reader, containment)

@@ -220,6 +220,7 @@ class Worker:
         self.log.info(None, None, self.containment.way())  # after the handover: it may still wait for the kernel
         self.on_failure.run()  # of an event recovery skipped: after start(), not to hold up the handover
         while self.drain.drain(self._owner):
+            self.containment.idle()  # nothing to run: the worker's move into its action cgroup, off the path
             self.drain.compact(self._owner)
             if self._linger():
                 continue
