@@ -102,8 +102,9 @@ def _runtime_imports(module: str) -> set[str]:
                 found.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 found.add(node.module.split(".")[0])
-            elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
-                visit(node.body + node.orelse)
+            elif isinstance(node, ast.If):
+                for_mypy = isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                visit(node.orelse if for_mypy else node.body + node.orelse)
             elif isinstance(node, ast.Try):
                 visit(node.body + node.orelse + node.finalbody)
 
