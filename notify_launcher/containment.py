@@ -47,16 +47,27 @@ code of its own).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import select
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import TypeVar
 
 from notify_launcher import identity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable, Iterable
+    from hashlib import blake2s
+    from typing import TypeVar
+
+    Note = Callable[[str], None]
+    T = TypeVar("T")
+else:
+    try:  # CPython's own BLAKE2s: hashlib's, without loading OpenSSL (~2 ms of a worker's start)
+        from _blake2 import blake2s
+    except ImportError:  # a build without the builtin hashes has only hashlib's
+        from hashlib import blake2s
 
 MARK = "NOTIFY_LAUNCHER_ACTION"
 KILL_WAIT = 5.0  # s: how long the kill loop waits for SIGKILLed processes to be gone
@@ -66,8 +77,6 @@ RELEASE_PASSES = 20  # moves of a finished action's leftovers out of its cgroup,
 #: In the worker's environment, "yes" keeps it out of cgroups (a host where it must not move between
 #: cgroups; the tests of the other mechanisms).
 NO_CGROUPS = "NOTIFY_LAUNCHER_NO_CGROUPS"
-Note = Callable[[str], None]
-T = TypeVar("T")
 
 
 #: In the state directory (root's alone): `SEQ MARK` of the action the worker spawns last, written
@@ -111,7 +120,7 @@ def _read(path: str) -> bytes:
 
 def cgroup_prefix(state_dir: str) -> str:
     """How the names of a state directory's action cgroups start (then the worker's pid and a count)."""
-    return f"{CGROUP_PREFIX}{hashlib.blake2s(state_dir.encode(), digest_size=4).hexdigest()}-"
+    return f"{CGROUP_PREFIX}{blake2s(state_dir.encode(), digest_size=4).hexdigest()}-"
 
 
 def own_cgroup() -> str | None:
@@ -293,18 +302,22 @@ class Mover:
         self._target = ""
         self._error: OSError | None = None
         self._jobs = -1  # the write end of the thread's pipe: one byte per move
-        self._done = threading.Event()
+        self._done: threading.Event | None = None
 
     def begin(self, cgroup: str) -> None:
         assert not self.busy
-        if self._jobs < 0:
+        if self._done is None:
+            import threading  # (~1 ms: where clone3 works, the first move is made when the worker is idle)
+            self._done = threading.Event()
             jobs, self._jobs = os.pipe2(os.O_CLOEXEC)
+            # start() returns once the thread runs Python: its C start-up is over.
             threading.Thread(target=self._serve, args=(jobs,), name="cgroup mover", daemon=True).start()
         self._target, self._error, self.busy = cgroup, None, True
         self._done.clear()
         os.write(self._jobs, b"m")
 
     def _serve(self, jobs: int) -> None:
+        assert self._done is not None
         while os.read(jobs, 1):
             try:
                 _write(self._target + "/cgroup.procs", b"0")
@@ -314,6 +327,7 @@ class Mover:
 
     def wait(self) -> None:
         if self.busy:
+            assert self._done is not None
             self._done.wait()
             self.busy = False
             if self._error is not None:

@@ -62,8 +62,6 @@ def test_a_reader_started_as_keepalived_starts_it_imports_none_of_the_costly_mod
 #: cost every start: `typing` ~2-4 ms with re (annotations need it only under `if TYPE_CHECKING:`);
 #: hashlib ~2 ms of OpenSSL (CPython's builtin hashes do: settingsfile._sha256).
 NOT_AT_RUN_TIME = {"typing", "hashlib"}
-#: Modules still importing one of them; each leaves this set when its diet lands.
-STILL_IMPORTING = {"notify_launcher.containment"}
 #: Not loaded at all when a worker starts its first action: dataclasses (~5 ms with inspect, ast,
 #: dis, tokenize, and ~0.5-0.9 ms per class it makes), the progress records' TypedDicts (annotations
 #: only), psutil (~15 ms: imported once an action ends, actions.py); and what only some starts need
@@ -115,7 +113,7 @@ def _runtime_imports(module: str) -> set[str]:
 def test_a_worker_starts_its_first_action_without_typing_hashlib_dataclasses_or_psutil(launcher: Launcher) -> None:
     """A real reader spawns a real worker; at the worker's first spawn (an audit hook, through
     sitecustomize on the launcher's PYTHONPATH) no module of ours it has loaded imports typing or
-    hashlib at run time (but STILL_IMPORTING), and nothing of NOT_BEFORE_THE_FIRST_SPAWN is loaded."""
+    hashlib at run time, and nothing of NOT_BEFORE_THE_FIRST_SPAWN is loaded."""
     hook = launcher.dir / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_AT_SPAWN)
@@ -129,7 +127,7 @@ def test_a_worker_starts_its_first_action_without_typing_hashlib_dataclasses_or_
     modules = set(loaded.read_text().split())
     assert "notify_launcher.drain" in modules, sorted(modules)
     assert not modules & NOT_BEFORE_THE_FIRST_SPAWN, sorted(modules & NOT_BEFORE_THE_FIRST_SPAWN)
-    offenders = {m: _runtime_imports(m) & NOT_AT_RUN_TIME for m in sorted(modules - STILL_IMPORTING)
+    offenders = {m: _runtime_imports(m) & NOT_AT_RUN_TIME for m in sorted(modules)
                  if m.startswith("notify_launcher.")}
     assert not {m: found for m, found in offenders.items() if found}
 
