@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from support import VI, processes, recorder
@@ -214,3 +216,63 @@ fi""")
     k.stop([])
     assert _worker_pid(launcher) == worker
     assert [(r.kind, r.seq) for r in launcher.records()] == [("start", 1), ("start", 2), ("end", 2)]
+
+
+#: A stand-in worker (this checkout's Containment in a process of its own, single-threaded as a
+#: worker is): sys.argv[1] is its state directory, sys.argv[2] what to do; it prints JSON.
+_WORKER = """
+import json, os, signal, sys
+from notify_launcher import actions
+from notify_launcher.containment import Containment, own_cgroup
+
+contained = Containment(sys.argv[1])
+contained.start()
+contained.way()
+box = contained.box(1)
+if sys.argv[2] == "removed":  # the slot goes before the first spawn (a leaving worker's sweep saw it empty)
+    removed = contained.cgroups.slot
+    os.rmdir(removed)
+else:
+    removed = None
+proc, out, err = box.spawn(lambda into: actions.spawn(["/bin/sleep", "300"], dict(os.environ), None, into))
+box.started(proc.pid)
+with open(f"/proc/{proc.pid}/cgroup") as fh:
+    child = [line[3:] for line in fh.read().splitlines() if line.startswith("0::")][0]
+if sys.argv[2] == "killed":  # the worker's move into the slot is begun (idle), then a timeout kills the slot
+    contained.idle()
+box.end(lambda text: None)
+proc.wait()
+print(json.dumps({"removed": removed, "cgroup": box.cgroup, "child": child, "way": contained.way(),
+                  "worker": own_cgroup(), "moving": contained.cgroups._mover.busy, "returncode": proc.returncode}))
+contained.close()
+"""
+
+
+def _stand_in_worker(tmp_path: Path, what: str) -> dict[str, object]:
+    from support import ROOT
+    res = subprocess.run([sys.executable, "-c", _WORKER, str(tmp_path / "state"), what], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    out: dict[str, object] = json.loads(res.stdout)
+    return out
+
+
+def test_a_slot_removed_under_the_worker_before_its_first_spawn_is_made_again(tmp_path: Path) -> None:
+    """The worker's slot is removed before the first spawn (a leaving worker of the same state
+    directory sweeps the empty cgroups): the spawn makes another and the action is born in it."""
+    (tmp_path / "state").mkdir()
+    got = _stand_in_worker(tmp_path, "removed")
+    assert got["way"] == f"actions contained in cgroups under {containment.own_cgroup()}"
+    assert got["cgroup"] != got["removed"] and _relative(str(got["cgroup"])) == got["child"], got
+    assert got["returncode"] == -signal.SIGKILL, got
+
+
+def test_a_timeout_while_the_workers_move_is_in_flight_kills_the_action_not_the_worker(tmp_path: Path) -> None:
+    """The first action is cloned into its slot; the worker begins its move into the slot, and the
+    action's end (a timeout's Box.end) comes at once: the worker waits for its move, leaves the slot
+    again before it kills it, and lives on in its own cgroup; the action is killed."""
+    (tmp_path / "state").mkdir()
+    got = _stand_in_worker(tmp_path, "killed")
+    assert _relative(str(got["cgroup"])) == got["child"], got
+    assert got["returncode"] == -signal.SIGKILL and not got["moving"], got
+    assert got["worker"] == containment.own_cgroup(), got
