@@ -27,8 +27,10 @@ from notify_launcher import cli
 #: _socket's, handoff._datagram_socket), dataclasses (~5 ms with inspect, ast, dis and tokenize, and
 #: ~0.5-1 ms per class: value.Value instead), hashlib (~2.5 ms, OpenSSL's _hashlib: settingsfile
 #: hashes with CPython's builtin SHA-256), runpy (~3 ms with importlib.util: bin/notify-launcher
-#: imports notify_launcher.__main__).
-NOT_IMPORTED = {"argparse", "socket", "dataclasses", "inspect", "hashlib", "_hashlib", "runpy", "importlib.util"}
+#: imports notify_launcher.__main__), typing (~2-4 ms: names only annotations use are imported
+#: under `if TYPE_CHECKING:`, TYPE_CHECKING = False).
+NOT_IMPORTED = {"argparse", "socket", "dataclasses", "inspect", "hashlib", "_hashlib", "runpy", "importlib.util",
+                "typing"}
 
 
 def _imported(importtime: str) -> set[str]:
