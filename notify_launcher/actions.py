@@ -73,8 +73,9 @@ def signal_name(signum: int) -> str:
 class Child:
     """A spawned action: its pid, a pidfd to wait on, and its exit status once reaped.
 
-    Spawned with posix_spawn, not subprocess.Popen: half the worker's CPU per spawn and ~80 us
-    less before the action runs (benchmarks/README.md); the worker is the only one who reaps it."""
+    Spawned with posix_spawn where it can be (`spawn`), not subprocess.Popen: half the worker's CPU
+    per spawn and ~80 us less before the action runs (benchmarks/README.md); the worker is the only
+    one who reaps it."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
