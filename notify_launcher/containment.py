@@ -18,9 +18,10 @@ nothing is left, never one pass over a list read once.  Four mechanisms find tho
   action leaves running after a normal exit is released (moved into the worker's cgroup, no
   longer contained); one a killed action left processes in is left to them and removed later.
   Its path is in the `start` record, so a recovering worker in another cgroup finds it;
-  and its name (the state directory's hash, the worker's pid) lets every starting worker end what
-  a dead worker of its state directory left in one, with no record at all (`end_orphaned`:
-  on_failure after the end record, an action spawned before its `start` record).
+  and its name (the state directory's hash, the worker's pid and start time: identity.py, so a
+  later process given that pid is never taken for it) lets every starting worker end what a dead
+  worker of its state directory left in one, with no record at all (`end_orphaned`: on_failure
+  after the end record, an action spawned before its `start` record).
 - **The mark**: NOTIFY_LAUNCHER_ACTION (the event's number and a random token, recorded in the
   state directory's MARK_FILE before the spawn) in every action's environment, inherited by
   whatever it starts and read back from /proc/PID/environ as one whole entry: no other user can
@@ -111,16 +112,37 @@ def _write(path: str, data: bytes) -> None:
 
 
 def _read(path: str) -> bytes:
+    """The whole file, read to its end: cgroup.procs of a fork bomb's cgroup is more than one read's
+    worth, and a read ends before a pid that does not fit whole."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return os.read(fd, 1 << 16)
+        data = b""
+        while chunk := os.read(fd, 1 << 16):
+            data += chunk
+        return data
     finally:
         os.close(fd)
 
 
 def cgroup_prefix(state_dir: str) -> str:
-    """How the names of a state directory's action cgroups start (then the worker's pid and a count)."""
+    """How the names of a state directory's action cgroups start (then `slot_name`'s)."""
     return f"{CGROUP_PREFIX}{blake2s(state_dir.encode(), digest_size=4).hexdigest()}-"
+
+
+def slot_name(token: str, worker: identity.ProcessId, count: int) -> str:
+    """An action cgroup's name: `token` (cgroup_prefix), the worker's pid and start time, a count."""
+    return f"{token}{worker.pid}-{worker.start}-{count}"
+
+
+def slot_worker(token: str, name: str) -> tuple[int, int | None] | None:
+    """The (pid, start time) of the worker whose action cgroup `name` is (slot_name), if it starts
+    with `token`; the start is None in a name an older version gave (PID-COUNT: its pid alone)."""
+    if not name.startswith(token):
+        return None
+    parts = name[len(token):].split("-")
+    if not all(part.isdigit() for part in parts) or len(parts) not in (2, 3):
+        return None
+    return int(parts[0]), int(parts[1]) if len(parts) == 3 else None
 
 
 def own_cgroup() -> str | None:
@@ -213,7 +235,7 @@ class Scan:
                 continue
             pid = int(name)
             fields = _stat_fields(pid)
-            if fields is None or fields[0] in (b"Z", b"X"):
+            if fields is None or not identity.running(pid, fields[0].decode()):
                 continue  # gone, or dead and waiting to be reaped
             parent[pid] = int(fields[1])
             if self.session is not None and self.session in (int(fields[2]), int(fields[3])):
@@ -246,12 +268,6 @@ def _stat_fields(pid: int) -> list[bytes] | None:
             return fh.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-
-
-def _lives(pid: int) -> bool:
-    """`pid` is a process that runs (not a zombie)."""
-    st = identity.stat(pid)
-    return st is not None and st.state not in ("Z", "X")
 
 
 def end_all(find: Callable[[], set[int]], cgroup: str | None, note: Note, wait: float = KILL_WAIT) -> list[int]:
@@ -352,6 +368,7 @@ class Cgroups:
 
     def __init__(self, state_dir: str) -> None:
         self.token = cgroup_prefix(state_dir)
+        self.me = identity.ProcessId(0, 0)  # this worker, in the slots' names (set by `start`)
         self.home: str | None = None
         self.slot: str | None = None
         self.inside = False  # the worker is in `slot`
@@ -365,7 +382,7 @@ class Cgroups:
         else why not."""
         if home is None:
             return "no cgroup v2 hierarchy mounted"
-        self.home = home
+        self.home, self.me = home, identity.me()
         try:
             slot = self._new_slot()
         except OSError as exc:
@@ -394,7 +411,7 @@ class Cgroups:
         assert self.home is not None
         self.sweep()
         self._made += 1
-        slot = f"{self.home}/{self.token}{os.getpid()}-{self._made}"
+        slot = f"{self.home}/{slot_name(self.token, self.me, self._made)}"
         os.mkdir(slot)
         self.slot = slot
         return slot
@@ -482,8 +499,9 @@ class Cgroups:
             path = f"{self.home}/{name}"
             if not name.startswith(CGROUP_PREFIX) or path == self.slot or populated(path):
                 continue
-            worker = name.rsplit("-", 2)[-2]
-            if name.startswith(self.token) or not worker.isdigit() or identity.stat(int(worker)) is None:
+            token = name[:len(self.token)]  # any state directory's (the same length: cgroup_prefix)
+            worker = slot_worker(token, name)
+            if name.startswith(self.token) or worker is None or not identity.lives(*worker):
                 try:
                     os.rmdir(path)
                 except OSError:
@@ -714,8 +732,8 @@ class Containment:
         a rule, on_failure or stop_action a SIGKILLed worker left, with or without any record of
         it.  (What actions released is not in them.)  Returns what could not be ended."""
         left: list[int] = []
-        for path, worker in self._named():
-            if _lives(worker):
+        for path, worker, start in self._named():
+            if identity.lives(worker, start):
                 continue
             if populated(path):
                 note(f"worker pid {worker} is gone; ending what it left running in its action cgroup {path}")
@@ -732,12 +750,13 @@ class Containment:
         when someone removed worker.lock (or the whole directory) under a live worker: it leaves
         once its action ends (Worker._owner), and two workers must never run actions at once.  A
         worker ending a timed-out action has left its slot (Box.isolate) while the action's tree
-        lives on through kill_grace: it counts while it lives, in the slot or back in our cgroup
-        (so a pid reused by another process is not taken for it)."""
+        lives on through kill_grace: it counts while it lives (its pid and start time, in the slot's
+        name; a name of an older version's has no start: then while its pid is in the slot or back in
+        our cgroup)."""
         found = set()
         home: list[int] | None = None
-        for path, worker in self._named():
-            if worker == os.getpid():
+        for path, worker, start in self._named():
+            if worker == os.getpid() or (start is not None and not identity.lives(worker, start)):
                 continue
             members = cgroup_members(path)
             if not set(members) - {worker}:  # empty, or the worker idle in it (it starts nothing: its lock is gone)
@@ -748,8 +767,9 @@ class Containment:
                 found.add(worker)
         return found
 
-    def _named(self) -> list[tuple[str, int]]:
-        """(path, worker pid) of this state directory's action cgroups in our own cgroup."""
+    def _named(self) -> list[tuple[str, int, int | None]]:
+        """(path, worker pid, its start time if the name has it: slot_worker) of this state
+        directory's action cgroups in our own cgroup."""
         home = self.home  # (own_cgroup() names our slot once we moved into it)
         if home is None:
             return []
@@ -758,8 +778,8 @@ class Containment:
             names = os.listdir(home)
         except OSError:
             return []
-        workers = ((name, name[len(token):].split("-")[0]) for name in names if name.startswith(token))
-        return [(f"{home}/{name}", int(worker)) for name, worker in workers if worker.isdigit()]
+        workers = ((name, slot_worker(token, name)) for name in names)
+        return [(f"{home}/{name}", *worker) for name, worker in workers if worker is not None]
 
     def end_recorded(self, seq: int, pid: int | None, started: tuple[int, int] | None, cgroup: str | None,
                      note: Note) -> list[int]:

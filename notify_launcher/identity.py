@@ -67,6 +67,30 @@ def stat(pid: int) -> ProcStat | None:
         return None
 
 
+def running(pid: int, state: str) -> bool:
+    """Whether `pid`, whose /proc/PID/stat shows `state`, has a thread that runs.  That state is the
+    main thread's: "Z" as soon as *it* exits, while the process runs on in its other threads (a
+    daemon whose main() called pthread_exit) -- then /proc/PID/status counts more threads than that
+    zombie one.  Every "does this process still live" in the launcher asks this."""
+    if state not in ("Z", "X"):
+        return True
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1]) > 1
+    except (OSError, IndexError, ValueError):
+        pass
+    return False
+
+
+def lives(pid: int, start: int | None = None) -> bool:
+    """`pid` is a live process (running) -- the one that started at `start` if that is given, not a
+    later one that was given its pid."""
+    st = stat(pid)
+    return st is not None and (start is None or st.start == start) and running(pid, st.state)
+
+
 def of(pid: int) -> ProcessId | None:
     """`pid` as it is now; None if there is no such process."""
     st = stat(pid)

@@ -179,8 +179,7 @@ def sweep_temps(root: str) -> dict[str, int]:
         pid = _temp_pid(name)
         if pid is None:
             continue
-        proc = identity.stat(pid)
-        if proc is not None and proc.state != "Z":
+        if identity.lives(pid):
             continue
         path = os.path.join(root, name)
         try:

@@ -105,6 +105,45 @@ fi""")
     assert len(spawned) > 10
 
 
+#: Started by the action: a process whose main thread exits (a raw exit(2), as a daemon's main()
+#: calling pthread_exit) while another thread runs on; its pid's stat says "Z" (the main thread's
+#: state), yet it lives, in the action's session, with its mark and the recorder's tree lock.
+_MAIN_THREAD_EXITS = ("import ctypes, os, threading, time; print(os.getpid(), flush=True); "
+                      "threading.Thread(target=time.sleep, args=(300,)).start(); ctypes.CDLL(None).syscall(60, 0)")
+
+
+def test_a_timeout_ends_a_process_whose_main_thread_exited(launcher: Launcher, way: str) -> None:
+    """The timed-out action's child whose main thread exited (its pid a zombie thread-group leader)
+    is ended with the action, not taken for dead: the next action does not start beside it."""
+    pids = launcher.dir / "pids"
+    launcher.handler = recorder.install(launcher.dir / "tree.sh", records=launcher.rec, then=f"""
+if [ "$3" = MASTER ]; then
+    {sys.executable} -c '{_MAIN_THREAD_EXITS}' >> {pids} &
+    sleep 300
+fi""")
+    k = launcher.keepalived("--config", str(_ini(launcher, "timeout = 1", "kill_grace = 0.2")))
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("#1's end", lambda: 1 in _results(launcher), timeout=60)
+    child = int(pids.read_text().split()[0])
+    try:
+        survived = processes.running(child)  # at once: ended before the end was recorded
+        k.write(VI.format("BACKUP"))
+        launcher.settle(2)
+        k.stop([])
+        assert not survived, f"#1 timed out, its child {child} (main thread exited) still runs"
+        assert _results(launcher)[1].startswith("timed out")
+    finally:
+        _kill(child)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _ini(launcher: Launcher, *lines: str) -> Path:
     ini = launcher.dir / "launcher.ini"
     ini.write_text("[launcher]\n" + "\n".join(lines) + "\n")
@@ -114,6 +153,84 @@ def _ini(launcher: Launcher, *lines: str) -> Path:
 def _status(launcher: Launcher) -> str:
     return subprocess.run([LAUNCHER, "status", "--state-dir", str(launcher.state)], capture_output=True,
                           text=True, check=True).stdout
+
+
+def _killed_in(launcher: Launcher, ready: Path) -> int:
+    """keepalived stops; once `ready` exists (written by the STOP's stop_action or on_failure, which
+    then hangs) the worker is SIGKILLed (the OOM killer) and gone: no reader lives to start another.
+    The dead worker's pid."""
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.stop([])
+    launcher.wait_for(f"{ready.name} written", ready.exists)
+    worker = _worker_pid(launcher)
+    os.kill(worker, signal.SIGKILL)
+    launcher.wait_for("the worker gone and reaped", lambda: not os.path.exists(f"/proc/{worker}"))
+    return worker
+
+
+def _hangs(path: Path, pid_file: Path, *lines: str) -> Path:
+    """A command that runs `lines`, writes its pid to `pid_file` and sleeps; once that exists, it
+    exits at once (the next worker runs it again)."""
+    path.write_text(f'#!/bin/sh\n[ -e "{pid_file}" ] && exit 0\n' + "".join(f"{line}\n" for line in lines) +
+                    f'echo $$ > "{pid_file}.tmp"; mv "{pid_file}.tmp" "{pid_file}"\nexec sleep 300\n')
+    path.chmod(0o755)
+    return path
+
+
+def _lives_on(launcher: Launcher, impostor: subprocess.Popen[bytes], pid_file: Path) -> bool:
+    """keepalived starts again (its BACKUP is #3) while `impostor` has the dead worker's pid: whether
+    the process `pid_file` names (what the dead worker ran) still runs once #3 is done."""
+    try:
+        k = launcher.keepalived()
+        k.start()
+        k.write(VI.format("BACKUP"))
+        launcher.wait_for("#3 done", lambda: 3 in _results(launcher))
+        left = processes.running(int(pid_file.read_text()))
+        k.stop([])
+        return left
+    finally:
+        impostor.kill()
+        impostor.wait()
+
+
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_dead_workers_pid_taken_in_its_cgroup_does_not_stall_the_next_worker(launcher: Launcher) -> None:
+    """The worker dies in the STOP's stop_action; until keepalived starts again its pid is free, and
+    a long-lived process of the worker's cgroup gets it (pids wrap).  The next worker tells that
+    process from the dead worker (the start time in the action cgroup's name): it ends the
+    stop_action, re-runs the STOP and runs keepalived's new events, and does not wait for it."""
+    stop_pid = launcher.dir / "stop.pid"
+    launcher.stop_action(_hangs(launcher.dir / "stop.sh", stop_pid))
+    worker = _killed_in(launcher, stop_pid)
+    assert not _lives_on(launcher, processes.with_pid(worker, launcher.dir), stop_pid)
+    assert "still runs" not in launcher.log_text()
+
+
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_dead_workers_pid_taken_elsewhere_does_not_spare_its_on_failure(launcher: Launcher) -> None:
+    """The worker dies while on_failure runs (the STOP's stop_action failed; keepalived stopped), and
+    a process in another cgroup gets its pid before keepalived starts again.  The next worker still
+    ends what the dead one left in its action cgroup (on_failure, holding the recorder's tree lock)
+    before it runs anything: no overlap."""
+    hold = launcher.dir / "on_failure.pid"
+    on_failure = _hangs(launcher.dir / "on_failure.sh", hold, f'exec 9>>"{launcher.rec}.tree"', "flock -n 9",
+                        f'printf %s "$NL_SEQ" > "{launcher.rec}.owner"')
+    failing = launcher.dir / "stop.sh"
+    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.chmod(0o755)
+    launcher.extra_args += ["--config", str(_ini(launcher, f"stop_action = {failing}", f"on_failure = {on_failure}"))]
+    worker = _killed_in(launcher, hold)
+    elsewhere = f"{containment.own_cgroup()}/nl-test-elsewhere-{os.getpid()}"
+    os.mkdir(elsewhere)
+    try:
+        assert not _lives_on(launcher, processes.with_pid(worker, launcher.dir, elsewhere), hold), \
+            "the dead worker's on_failure survived it"
+    finally:
+        containment.wait_unpopulated(elsewhere, 10)
+        os.rmdir(elsewhere)
 
 
 @needs("a writable cgroup v2 hierarchy, as root", CGROUPS)

@@ -87,7 +87,7 @@ def _moved_in(launcher: Launcher) -> None:
     def inside() -> bool:
         with open(f"/proc/{worker}/cgroup") as fh:
             own = next(line for line in fh.read().splitlines() if line.startswith("0::"))
-        return re.search(rf"/notify-launcher-[0-9a-f]{{8}}-{worker}-\d+$", own) is not None
+        return re.search(rf"/notify-launcher-[0-9a-f]{{8}}-{worker}-\d+-\d+$", own) is not None
 
     launcher.wait_for("the worker's move into its action cgroup", inside)
 
@@ -116,7 +116,7 @@ def test_the_first_action_and_what_it_forks_at_once_are_in_its_cgroup_from_the_s
     launcher.settle(1)
     k.stop([])
     recorded = _relative(_start_cgroups(launcher)[1])
-    assert re.search(r"/notify-launcher-[0-9a-f]{8}-\d+-\d+$", recorded), recorded
+    assert re.search(r"/notify-launcher-[0-9a-f]{8}-\d+-\d+-\d+$", recorded), recorded
     assert (launcher.dir / "action.1").read_text().strip() == recorded
     assert (launcher.dir / "child.1").read_text().strip() == recorded
 

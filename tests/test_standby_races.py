@@ -203,7 +203,7 @@ def _killed_and_pid_reused(k: Keepalived, mark: Path) -> subprocess.Popen[bytes]
     os.kill(pid, signal.SIGKILL)
     assert k.proc is not None
     k.proc.wait()
-    return _new_process_with_pid(pid, mark)
+    return processes.with_pid(pid, mark)
 
 
 def _leaves_despite(worker: int, impostor: subprocess.Popen[bytes]) -> None:
@@ -214,21 +214,6 @@ def _leaves_despite(worker: int, impostor: subprocess.Popen[bytes]) -> None:
         raise AssertionError(f"worker {worker} stands by for pid {impostor.pid}, now {impostor.args}: "
                              f"it watches {_watched_by(worker)}") from None
     assert processes.running(impostor.pid)
-
-
-def _new_process_with_pid(pid: int, mark: Path) -> subprocess.Popen[bytes]:
-    """A new process that gets `pid` (free now), as pid reuse would give it: ns_last_pid is set just
-    below it before the fork, again when another fork on this machine took it first.  Its command
-    line names `mark` (the setup's dir), so the launcher fixture ends it."""
-    for _ in range(500):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
-            fh.write(str(pid - 1))
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(mark)])
-        if proc.pid == pid:
-            return proc
-        proc.kill()
-        proc.wait()
-    raise AssertionError(f"could not start a process with pid {pid}: other forks took it 500 times")
 
 
 def test_a_worker_whose_state_directory_was_replaced_leaves_the_new_doorbell_alone(launcher: Launcher) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,12 +67,31 @@ def ppid(pid: int) -> int:
 
 
 def running(p: psutil.Process | int) -> bool:
-    """The process exists and is not a zombie."""
+    """The process exists and has a live thread (identity.lives: a zombie main thread with others
+    running on counts as running)."""
     try:
         proc = p if isinstance(p, psutil.Process) else psutil.Process(p)
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+        return bool(proc.is_running() and identity.lives(proc.pid))
     except psutil.Error:
         return False
+
+
+def with_pid(pid: int, mark: Path, cgroup: str | None = None) -> subprocess.Popen[bytes]:
+    """A new process that gets `pid` (free now), as pid reuse would give it: ns_last_pid is set just
+    below it before the fork, again when another fork on this machine took it first (root only).
+    It sleeps, in the cgroup v2 directory `cgroup` if given (moved there before it execs); its
+    command line names `mark` (the setup's dir), so the launcher fixture ends it."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)", str(mark)]
+    argv = sleep if cgroup is None else ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, *sleep]
+    for _ in range(500):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+            fh.write(str(pid - 1))
+        proc = subprocess.Popen(argv)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"could not start a process with pid {pid}: other forks took it 500 times")
 
 
 def holds_lock(pid: int, path: Path) -> bool:
