@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Why actions are spawned with os.posix_spawn, not subprocess.Popen (notify_launcher/actions.py).
+"""Why actions are posix_spawned, not started with subprocess.Popen (notify_launcher/actions.py), and
+what the spawn with every signal at default (notify_launcher/posixspawn.py, through ctypes) costs
+beside os.posix_spawn.
 
     .venv/bin/python benchmarks/spawn.py [--runs 500]
 
@@ -19,6 +21,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from notify_launcher import actions, posixspawn
+
 ARGV = ["/bin/true", "INSTANCE", "VI_1", "MASTER", "100"]
 ENV = dict(os.environ, NL_TYPE="INSTANCE", NL_NAME="VI_1", NL_STATE="MASTER", NL_PRIORITY="100", NL_SEQ="1",
            NL_VS="")
@@ -35,12 +39,12 @@ def with_popen() -> float:
     return returned
 
 
-def with_posix_spawn() -> float:
+def _spawned(start: Callable[[list[tuple[int, int]]], int]) -> float:
+    """`start(fds)` spawns /bin/true with each (fd, target) of fds dup2'd; when it returned."""
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    pid = os.posix_spawn(ARGV[0], ARGV, ENV, setsid=True, file_actions=[
-        (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)])
+    pid = start([(devnull, 0), (out_w, 1), (err_w, 2)])
     returned = time.perf_counter()
     for fd in (devnull, out_w, err_w):
         os.close(fd)
@@ -48,6 +52,15 @@ def with_posix_spawn() -> float:
     os.close(out_r)
     os.close(err_r)
     return returned
+
+
+def with_posix_spawn() -> float:
+    return _spawned(lambda fds: os.posix_spawn(ARGV[0], ARGV, ENV, setsid=True, file_actions=[
+        (os.POSIX_SPAWN_DUP2, fd, target) for fd, target in fds]))
+
+
+def with_posixspawn() -> float:
+    return _spawned(lambda fds: posixspawn.spawn(ARGV, ENV, fds, actions._DEFAULT_SIGNALS))
 
 
 def measure(way: Callable[[], float], runs: int) -> tuple[float, float]:
@@ -66,10 +79,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=500)
     runs = p.parse_args().runs
-    results: dict[str, list[tuple[float, float]]] = {"subprocess.Popen": [], "os.posix_spawn": []}
+    ways = {"subprocess.Popen": with_popen, "os.posix_spawn": with_posix_spawn, "posixspawn.spawn": with_posixspawn}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     for _ in range(4):
-        results["subprocess.Popen"].append(measure(with_popen, runs))
-        results["os.posix_spawn"].append(measure(with_posix_spawn, runs))
+        for name, way in ways.items():
+            results[name].append(measure(way, runs))
     print(f"{'way':<18}{'spawn returned (median)':>26}{'parent CPU per spawn':>24}")
     for name, rounds in results.items():
         print(f"{name:<18}{statistics.median(r[0] for r in rounds):>23.0f} us"

@@ -73,9 +73,9 @@ def signal_name(signum: int) -> str:
 class Child:
     """A spawned action: its pid, a pidfd to wait on, and its exit status once reaped.
 
-    Spawned with posix_spawn where it can be (`spawn`), not subprocess.Popen: half the worker's CPU
-    per spawn and ~80 us less before the action runs (benchmarks/README.md); the worker is the only
-    one who reaps it."""
+    Spawned with posix_spawn where it can be (`spawn`, posixspawn.py), not subprocess.Popen: two
+    thirds of the worker's CPU per spawn and ~60 us less before the action runs (benchmarks/README.md);
+    the worker is the only one who reaps it."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -229,8 +229,11 @@ def reap_zombies() -> None:
             return
 
 
-#: Signals the worker ignores, which an exec would pass on ignored: an action gets them at default.
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP)
+#: Every signal an action starts with at its default disposition: all but SIGKILL and SIGSTOP (they
+#: have no other), the C library's internal 32 and 33 too.  An ignored signal stays ignored across
+#: fork and exec: what the worker ignores (SIGPIPE, SIGHUP), what was ignored where keepalived or a
+#: shell started the launcher (SIGQUIT, SIGUSR1...), and what glibc's posix_spawn ignores in its child.
+_DEFAULT_SIGNALS = tuple(signum for signum in range(1, signal.NSIG) if signum not in (signal.SIGKILL, signal.SIGSTOP))
 
 
 def spawn(argv: list[str], env: dict[str, str], ids: tuple[int, int] | None = None,
@@ -243,13 +246,13 @@ def spawn(argv: list[str], env: dict[str, str], ids: tuple[int, int] | None = No
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    fds = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+    fds = [(devnull, 0), (out_w, 1), (err_w, 2)]
     try:
         if ids is None and into is None:
-            pid = os.posix_spawn(argv[0], argv, env, file_actions=fds, setsid=True, setsigmask=(),
-                                 setsigdef=_DEFAULT_SIGNALS)
+            from notify_launcher import posixspawn  # (ctypes: loaded already where cgroups are used)
+            pid = posixspawn.spawn(argv, env, fds, _DEFAULT_SIGNALS)
         else:
-            pid = _fork_exec(argv, env, [(fd, target) for _, fd, target in fds], ids, into)
+            pid = _fork_exec(argv, env, fds, ids, into)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -273,7 +276,9 @@ def _fork_exec(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]],
                into: int | None) -> int:
     """What posix_spawn cannot: a child as another user, or born in another cgroup.  Fork (os.fork(),
     or clone.fork_into the cgroup `into`), then in the child what `spawn`'s posix_spawn does -- its
-    own session, the three fds, the signals the worker ignores at default, an empty signal mask --
+    own session, the three fds, every signal ignored back at default (a handler is reset by the
+    exec; the C library refuses its internal signals, which keep the worker's disposition: ignored
+    only if whoever started the launcher had them ignored), an empty signal mask --
     and for `ids` what keepalived does for a directive's user (set_script_env: setgid, setgroups
     to that one group, setuid) and cwd /; then exec.  The child runs Python until the exec: the
     worker's one other thread holds no lock across a fork (clone.py).  An exec failure comes back
@@ -296,7 +301,11 @@ def _fork_exec(argv: list[str], env: dict[str, str], fds: list[tuple[int, int]],
             for fd, target in fds:
                 os.dup2(fd, target)  # the copy is not close-on-exec
             for signum in _DEFAULT_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
+                if signal.getsignal(signum) == signal.SIG_IGN:
+                    try:
+                        signal.signal(signum, signal.SIG_DFL)
+                    except OSError:  # EINVAL: one the C library keeps for itself
+                        pass
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             if ids is not None:
                 uid, gid = ids

@@ -121,6 +121,48 @@ def test_the_first_action_and_what_it_forks_at_once_are_in_its_cgroup_from_the_s
     assert (launcher.dir / "child.1").read_text().strip() == recorded
 
 
+#: The handler's first lines, bash builtins (no fork): its signal dispositions and mask as the kernel
+#: has them right after the exec.
+_SIGNALS = """#!/bin/bash
+while read -r key value; do
+    [[ $key == SigIgn: || $key == SigBlk: ]] && printf '%s %s\\n' "$key" "$value" >> "{dir}/signals.$NL_SEQ"
+done < /proc/$$/status
+"""
+
+
+def test_every_action_starts_with_every_signal_at_default_cloned_or_posix_spawned(launcher: Launcher) -> None:
+    """keepalived (its reader, its worker) starts with SIGUSR1 and SIGUSR2 ignored (a container's
+    entry point, a shell's background job); the worker ignores SIGPIPE and SIGHUP itself.  The first
+    action (cloned into its cgroup) and the next (posix_spawned from inside it, once the worker
+    moved in) start with the dispositions bash has when the test itself starts it -- nothing
+    ignored but what bash ignores by itself: not glibc's internal 32 and 33 either, which its
+    posix_spawn ignores in the child unless told otherwise -- and nothing blocked."""
+    probe = launcher.dir / "probe.sh"
+    probe.write_text(_SIGNALS.format(dir=launcher.dir))
+    probe.chmod(0o755)
+    subprocess.run([str(probe)], env=dict(os.environ, NL_SEQ="0"))  # (its status: the last test's)
+    handler = launcher.dir / "signals.sh"
+    handler.write_text(probe.read_text() + recorder.script(records=launcher.rec).split("\n", 1)[1])
+    handler.chmod(0o755)
+    launcher.handler = handler
+    k = launcher.keepalived()
+    inherited = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        k.start()
+    finally:
+        for signum, previous in inherited.items():
+            signal.signal(signum, previous)
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    _moved_in(launcher)
+    k.write(VI.format("MASTER"))
+    launcher.settle(2)
+    k.stop([])
+    found = {seq: (launcher.dir / f"signals.{seq}").read_text() for seq in (0, 1, 2)}
+    assert found[1] == found[2] == found[0], found
+    assert "SigBlk: 0000000000000000" in found[0]
+
+
 @needs_strace
 def test_the_first_spawn_clones_into_the_cgroup_before_the_worker_moves(launcher: Launcher) -> None:
     """The first action is cloned into its cgroup (clone3 with CLONE_INTO_CGROUP, an fd of the
