@@ -33,6 +33,9 @@ class ProcessId(tuple[int, int]):
     def __new__(cls, pid: int, start: int) -> ProcessId:
         return tuple.__new__(cls, (pid, start))
 
+    def __getnewargs__(self) -> tuple[int, int]:  # copy and pickle call __new__ with these
+        return (self[0], self[1])
+
     @property
     def pid(self) -> int:
         return self[0]

@@ -6,9 +6,11 @@ DoorbellListener plays the running worker, so a ring is answered and nothing is 
 
 from __future__ import annotations
 
+import copy
 import errno
 import fcntl
 import os
+import pickle
 import select
 import shutil
 import signal
@@ -24,7 +26,7 @@ from notify_launcher.backlog import Backlog
 from notify_launcher.config import Settings
 from notify_launcher.events import Event, parse_line
 from notify_launcher.handoff import Doorbell, DoorbellListener, WorkerWatch
-from notify_launcher.identity import is_running
+from notify_launcher.identity import ProcessId, is_running
 from notify_launcher.intake import Intake, pieces
 from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.locks import lock_holder
@@ -371,6 +373,13 @@ def _parsed(line: str) -> Event:
 
 
 # -- worker.pid ---------------------------------------------------------------------------------
+
+def test_a_process_id_copies_and_pickles_as_itself() -> None:
+    """A ProcessId goes where values go (copy, pickle: a Value holding one, a multiprocessing queue)."""
+    ident = ProcessId(1234, 5678)
+    for twin in (copy.copy(ident), copy.deepcopy(ident), pickle.loads(pickle.dumps(ident))):
+        assert type(twin) is ProcessId and twin == ident and (twin.pid, twin.start) == (1234, 5678)
+
 
 def test_a_reused_pid_is_not_taken_for_the_worker(tmp_path: Path) -> None:
     paths = ensure_state_dir(str(tmp_path / "state"))
