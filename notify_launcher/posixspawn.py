@@ -54,11 +54,15 @@ def spawn(argv: list[str], env: dict[str, str], dups: list[tuple[int, int]], def
     """Start `argv` (argv[0] a path) with environment `env`, each (fd, target) of `dups` dup2'd in
     the child, in a session of its own, no signal blocked and the signals `default` (any number the
     kernel has, the C library's own too) at their default; its pid.  Raises OSError as
-    os.posix_spawn does (what the exec met: ENOENT, EACCES, ENOEXEC...)."""
+    os.posix_spawn does (what the exec met: ENOENT, EACCES, ENOEXEC...), and ValueError for a NUL in
+    `argv` or `env`."""
     sys.audit("os.posix_spawn", argv[0], argv, env)
-    args = (ctypes.c_char_p * (len(argv) + 1))(*[arg.encode(_ENCODING, "surrogateescape") for arg in argv])
-    environ = (ctypes.c_char_p * (len(env) + 1))(
-        *[f"{name}={value}".encode(_ENCODING, "surrogateescape") for name, value in env.items()])
+    words = [arg.encode(_ENCODING, "surrogateescape") for arg in argv]
+    entries = [f"{name}={value}".encode(_ENCODING, "surrogateescape") for name, value in env.items()]
+    if b"\0" in b"".join(words + entries):  # a C string would end there: refused, as os.posix_spawn does
+        raise ValueError("embedded null byte")
+    args = (ctypes.c_char_p * (len(words) + 1))(*words)
+    environ = (ctypes.c_char_p * (len(entries) + 1))(*entries)
     actions = ctypes.create_string_buffer(_ACTIONS_SIZE)
     pid = ctypes.c_int()
     code = _libc.posix_spawn_file_actions_init(actions)
