@@ -48,8 +48,8 @@ SIBLING_CHECK = 0.02
 
 def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | None = None) -> int | None:
     """A process started after `pid` by the same keepalived process (`starter`, as seen when `pid`
-    started; default: `pid`'s now), in the same session, with the same command line, if any: the
-    script keepalived starts again when it reloads (docs/keepalived.md, "Reload").  With
+    started; default: `pid`'s now), in the same session, that is the same reader (`same_reader`), if
+    any: the script keepalived starts again when it reloads (docs/keepalived.md, "Reload").  With
     `keepalived` (its main process, given once our starter is gone): also one started by a child of
     keepalived started after us, the child keepalived started in place of the one that died.
 
@@ -83,11 +83,57 @@ def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | 
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as fh:
-                if fh.read() == cmdline:
+                if same_reader(fh.read(), cmdline):
                     return int(name)
         except OSError:
             continue
     return None
+
+
+def same_reader(a: bytes, b: bytes) -> bool:
+    """Two command lines (/proc/PID/cmdline) start the same reader: the same command, or both
+    notify-launcher readers given the same arguments by keepalived (its options and its FIFO),
+    however each was started -- an upgrade or a rollback changes the checkout wrapper's code, a
+    deploy switched behind a symlink the checkout path and its .venv's interpreter, and a
+    reinstall the console script for the wrapper: none of that is keepalived's, and a reload onto
+    it is still a reload.  Another program, a reader of another FIFO or one given other options is
+    not the same reader."""
+    if a == b:
+        return True
+    args = reader_args(a)
+    return args is not None and args == reader_args(b)
+
+
+def reader_args(cmdline: bytes) -> list[bytes] | None:
+    """The arguments keepalived gave a notify-launcher reader, from its /proc/PID/cmdline; None if it
+    is none.  A reader is a Python interpreter (with any options of its own) running one of: the
+    checkout wrapper's `-c CODE [CHECKOUT] notify_launcher ARGS` (bin/notify-launcher: ARGS follow
+    its word notify_launcher), `-m notify_launcher ARGS`, or a script named notify-launcher (the
+    console script pip or Debian's dh_python3 installs: `/usr/bin/python3 /usr/bin/notify-launcher ARGS`)."""
+    argv = cmdline.split(b"\0")[:-1]
+    if not argv or not os.path.basename(argv[0]).startswith(b"python"):
+        return None
+    at = 1
+    while at < len(argv) and argv[at].startswith(b"-") and argv[at] not in (b"-", b"--"):
+        word, at = argv[at], at + 1
+        if word.startswith(b"--"):  # a long option: only --check-hash-based-pycs takes a value
+            at += word == b"--check-hash-based-pycs"
+            continue
+        for i in range(1, len(word)):
+            flag = word[i:i + 1]
+            if flag not in (b"c", b"m", b"W", b"X"):  # the options that take a value, here or next
+                continue
+            value = word[i + 1:]
+            if not value and at < len(argv):
+                value, at = argv[at], at + 1
+            if flag == b"c":
+                rest = argv[at:]
+                return rest[rest.index(b"notify_launcher") + 1:] if b"notify_launcher" in rest else None
+            if flag == b"m":
+                return argv[at:] if value in (b"notify_launcher", b"notify_launcher.__main__") else None
+            break
+    at += at < len(argv) and argv[at] == b"--"
+    return argv[at + 1:] if at < len(argv) and os.path.basename(argv[at]) == b"notify-launcher" else None
 
 
 def _started_by(pid: int, starter: int, keepalived: ProcessId | None, since: int) -> bool:

@@ -11,10 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from support import LAUNCHER, VI, recorder, tmpfs
+import pytest
+
+from support import LAUNCHER, ROOT, VI, recorder, tmpfs
 from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
@@ -191,6 +194,94 @@ def test_later_sibling_finds_the_next_reader_keepalived_started() -> None:
         for p in (first, second, other):
             p.kill()
             p.wait()
+
+
+def test_later_sibling_is_the_same_reader_however_it_was_started(tmp_path: Path) -> None:
+    """The next reader is the one keepalived gives the same arguments (its options and its FIFO),
+    whatever runs them: another wrapper's code, another checkout, the console script.  A later
+    process of another program, or a reader of another FIFO or with other options, is none."""
+    fifo, state = str(tmp_path / "k.fifo"), str(tmp_path / "state")
+    idle = "import time\ntime.sleep(30)"  # plays the reader: only its command line counts here
+    args = ["--state-dir", state, fifo]
+    procs = [subprocess.Popen(argv, preexec_fn=os.setpgrp) for argv in (
+        [sys.executable, "-c", idle, "notify_launcher", *args],  # the checkout wrapper's shape
+        [sys.executable, "-c", idle, "a_tool", *args],  # another program given the same arguments
+        [sys.executable, "-c", idle, "notify_launcher", "--state-dir", state, fifo + "2"],  # another FIFO
+        [sys.executable, "-c", idle, "notify_launcher", "--state-dir", state + "2", fifo],  # other options
+        ["sleep", "30", *args])]
+    try:
+        assert later_sibling(procs[0].pid) is None
+        upgraded = subprocess.Popen([sys.executable, "-c", idle + "\n", str(tmp_path), "notify_launcher", *args],
+                                    preexec_fn=os.setpgrp)  # other code, the checkout as an argument
+        procs.append(upgraded)
+        assert later_sibling(procs[0].pid) == upgraded.pid
+        script = tmp_path / "bin" / "notify-launcher"  # the console script, run as its shebang runs it
+        script.parent.mkdir()
+        script.write_text(idle)
+        installed = subprocess.Popen([sys.executable, str(script), *args], preexec_fn=os.setpgrp)
+        procs.append(installed)
+        assert later_sibling(upgraded.pid) == installed.pid
+        assert later_sibling(installed.pid) is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+#: bin/notify-launcher as it was before its code changed (runpy): a reader started by an older (or newer) checkout.
+OTHER_WRAPPER = """#!/bin/sh
+self=$(readlink -f "$0")
+top=${self%/bin/*}
+python=python3
+[ -x "$top/.venv/bin/python" ] && python="$top/.venv/bin/python"
+PYTHONPATH="$top${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -c 'import sys
+if sys.path[0] == "":
+    del sys.path[0]
+import runpy
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)' notify_launcher "$@"
+"""
+
+
+def _deploy(where: Path, wrapper: str) -> None:
+    """A deploy of this checkout at `where`: its own bin/notify-launcher (`wrapper`), its package and
+    .venv (links to this checkout's package and the tests' venv)."""
+    (where / "bin").mkdir(parents=True)
+    (where / "bin" / "notify-launcher").write_text(wrapper)
+    (where / "bin" / "notify-launcher").chmod(0o755)
+    (where / "notify_launcher").symlink_to(ROOT / "notify_launcher")
+    (where / ".venv").symlink_to(sys.prefix)
+
+
+@pytest.mark.parametrize("then", ["another deploy", "an upgraded checkout", "the console script"])
+def test_a_reload_onto_a_reader_started_another_way_is_not_a_stop(launcher: Launcher, tmp_path: Path,
+                                                                     then: str) -> None:
+    """keepalived.conf names `current/bin/notify-launcher`; before the reload (on the same FIFO,
+    docs/keepalived.md "Reload") `current` is switched to another deploy (the wrapper puts the
+    deploy's path and its .venv's python into the command line), to an upgraded one (the wrapper's
+    code changed too), or keepalived.conf now names the console script.  The old reader must see
+    the next reader and leave it the FIFO (READER RELOAD), not take the SIGTERM for a stop."""
+    current = tmp_path / "current"
+    _deploy(tmp_path / "v1", (ROOT / "bin" / "notify-launcher").read_text())
+    _deploy(tmp_path / "v2", OTHER_WRAPPER if then == "an upgraded checkout" else (ROOT / "bin" / "notify-launcher").read_text())
+    current.symlink_to(tmp_path / "v1")
+    launcher.stop_action()
+    k = launcher.keepalived()
+    k.script = [str(current / "bin" / "notify-launcher"), *k.script[1:]]
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    (tmp_path / "next").symlink_to(tmp_path / "v2")
+    os.replace(tmp_path / "next", current)
+    if then == "the console script":
+        k.script = [str(Path(sys.executable).parent / "notify-launcher"), *k.script[1:]]  # pip's
+    k.reload(same_fifo=True).join()
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()))
+    launcher.wait_idle()
+    log = launcher.log_text()
+    assert "READER reader RELOAD" in log and "READER reader STOP" not in log, \
+        [line for line in log.splitlines() if "READER" in line or "SIGTERM" in line]
+    assert not [r for r in launcher.starts() if r.type == "READER"], "stop_action ran while keepalived reloads"
 
 
 def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reload(launcher: Launcher) -> None:
