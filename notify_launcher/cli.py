@@ -31,10 +31,16 @@ def _early_term(signum: int, frame: object) -> None:
     EARLY_TERM.append(time.monotonic())
 
 
+#: The lines of setup.cfg's console script (entry point notify_launcher.cli:main) as pip writes it
+#: (.venv/bin/notify-launcher) and Debian's dh_python3 (python3-installer: /usr/bin/notify-launcher).
+CONSOLE_SCRIPT = frozenset({b"from notify_launcher.cli import main", b"sys.exit(main())"})
+
+
 def _run_as_notify_launcher() -> bool:
     """This process is notify-launcher: `python -m notify_launcher`, the checkout's bin/notify-launcher
-    (it imports notify_launcher.__main__, which runs the command), or an installed script (whatever its
-    name or link) that imports us -- not a program that imports the package (a test runner)."""
+    (it imports notify_launcher.__main__, which runs the command), or an installed console script
+    (whatever its name or link: its main file imports cli's main and exits with what it returns) --
+    not a program that imports the package (a test runner, an operator's tool)."""
     if "notify_launcher.__main__" in sys.modules:
         return True
     main = sys.modules.get("__main__")
@@ -43,7 +49,7 @@ def _run_as_notify_launcher() -> bool:
         return bool(spec.name == "notify_launcher.__main__")
     try:
         with open(getattr(main, "__file__", None) or "", "rb") as fh:
-            return b"notify_launcher" in fh.read(4096)
+            return CONSOLE_SCRIPT <= {line.strip() for line in fh.read(4096).splitlines()}
     except OSError:
         return False
 

@@ -318,8 +318,10 @@ def test_only_the_reader_takes_sigterm_while_it_starts(tmp_path: Path) -> None:
     starts the reader, not for an operator command; a program importing the package keeps the default."""
     report = ("import signal\n"
               "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)\n")
-    script = tmp_path / "nl-renamed"  # as pip's console script, renamed by a symlink or a copy
-    script.write_text(f"#!{sys.executable}\nfrom notify_launcher.cli import main\n{report}")
+    script = tmp_path / "nl-renamed"  # pip's console script, renamed by a symlink or a copy; ends before main()
+    pip = (Path(sys.executable).parent / "notify-launcher").read_text()
+    import_main = "from notify_launcher.cli import main\n"
+    script.write_text(pip.replace(import_main, f"{import_main}{report}raise SystemExit\n"))
     script.chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     caught = [subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60, env=env).stdout.strip()

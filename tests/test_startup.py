@@ -10,13 +10,15 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import LAUNCHER, VI
+from support import LAUNCHER, ROOT, VI
 from support.launcher import Launcher
 
 from notify_launcher import cli
@@ -180,6 +182,53 @@ def test_the_checkout_wrapper_never_imports_from_the_working_directory(tmp_path:
     (tmp_path / "runpy.py").write_text("print('PLANTED CODE RAN')\n")
     res = subprocess.run([LAUNCHER, "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0 and "PLANTED" not in res.stdout + res.stderr, (res.stdout, res.stderr)
+
+
+#: setup.cfg's console script as Debian's dh_python3 writes it (python3-installer): the .deb's
+#: /usr/bin/notify-launcher (tests/test_deb.py builds it); pip's is the venv's bin/notify-launcher.
+DEB_CONSOLE_SCRIPT = """#!/usr/bin/python3
+# -*- coding: utf-8 -*-
+import re
+import sys
+from notify_launcher.cli import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("generator", ["pip", "dh_python3"])
+def test_the_console_script_under_any_name_runs_as_the_launcher(tmp_path: Path, generator: str) -> None:
+    """The installed console script catches SIGTERM from its first moment, as pip and Debian write
+    it and whatever its name (a symlink or a copy)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, signal\n"
+        "atexit.register(lambda: print('SIGTERM:', getattr(signal.getsignal(signal.SIGTERM), '__name__', 'default')))\n")
+    script = tmp_path / "nl-renamed"
+    script.write_text((Path(sys.executable).parent / "notify-launcher").read_text() if generator == "pip"
+                      else DEB_CONSOLE_SCRIPT)
+    res = subprocess.run([sys.executable, str(script), "--version"], capture_output=True, text=True, cwd="/",
+                         env={**os.environ, "PYTHONPATH": f"{hook}:{ROOT}"})
+    assert res.stdout.split("\n")[1:] == ["SIGTERM: _early_term", ""], (res.stdout, res.stderr)
+
+
+def test_a_script_that_imports_the_package_is_ended_by_sigterm(tmp_path: Path) -> None:
+    """A program that only imports the package (an operator's or a monitoring tool's script) keeps
+    SIGTERM's default: `timeout`, `systemctl stop` and kill end it.  Its text naming notify_launcher
+    does not make it the launcher (it got the reader's early handler, and SIGTERM was only noted)."""
+    tool = tmp_path / "tool.py"
+    tool.write_text("import sys\nimport notify_launcher.cli\nprint('ready', flush=True)\nsys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, str(tool)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd="/")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_settings_versions_are_named_by_hashlibs_sha256_also_without_the_builtin_one() -> None:
