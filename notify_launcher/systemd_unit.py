@@ -26,6 +26,22 @@ from notify_launcher.process import leave_process_group, reset_signals
 from notify_launcher.statedir import StatePaths
 
 
+#: Python code that puts its first argument first on sys.path, then runs notify_launcher with the rest:
+#: the unit's worker imports this very package from the directory that holds it, given as an argument
+#: (as bin/notify-launcher does) -- not through PYTHONPATH, split at ':' (a checkout at /srv/nl:x
+#: would add the relative entry x, looked up from the working directory), nor `-m`, which looks
+#: in the working directory first.  An installed package's directory is on sys.path already, and
+#: stays where it is (first, it could hide a module of the standard library).
+RUN_FROM = ('import sys\ntop = sys.argv.pop(1)\nif sys.path[0] == "":\n    del sys.path[0]\nif top not in sys.path:\n'
+            '    sys.path.insert(0, top)\ndel sys.argv[1]\nimport notify_launcher.__main__')
+
+
+def worker_command(*args: str) -> list[str]:
+    """The command line that runs `notify-launcher ARGS` with this interpreter and this package."""
+    return [sys.executable, "-c", RUN_FROM, os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "notify_launcher", *args]
+
+
 def unit_name() -> str:
     """Unique, and telling in `systemctl list-units`."""
     return f"notify-launcher-worker-{os.getpid()}-{time.time_ns()}"
@@ -52,8 +68,8 @@ def _helper(settings: Settings, standby_fd: int, hello_fd: int, reader: identity
     name = unit_name()
     env = [f"--setenv=PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ else []
     argv = ["systemd-run", f"--unit={name}", "--collect", "--quiet", "--property=UMask=0077", *env,
-            sys.executable, "-m", "notify_launcher", "_worker", "--state-dir", settings.state_dir, "--unit", name,
-            "--reader", str(reader.pid), "--reader-start", str(reader.start)]
+            *worker_command("_worker", "--state-dir", settings.state_dir, "--unit", name,
+                            "--reader", str(reader.pid), "--reader-start", str(reader.start))]
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=TAKEOVER_WAIT)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,37 @@ def test_a_script_that_imports_the_package_is_ended_by_sigterm(tmp_path: Path) -
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_checkout_whose_path_holds_a_colon_never_imports_from_the_working_directory(tmp_path: Path) -> None:
+    """The same, for a checkout at /srv/nl:x (a release directory named by its time, 10:00): handed
+    to Python through PYTHONPATH, split at ':', it gave sys.path the *relative* entry x, looked up
+    from the working directory.  The wrapper and the worker's transient unit (systemd_unit) hand
+    the checkout over as an argument."""
+    checkout = tmp_path / "nl:x"
+    (checkout / "bin").mkdir(parents=True)
+    shutil.copy(LAUNCHER, checkout / "bin")
+    (checkout / "notify_launcher").symlink_to(ROOT / "notify_launcher")
+    (checkout / ".venv").symlink_to(sys.prefix)
+    cwd = tmp_path / "writable-by-others"
+    for planted in (cwd / "x" / "notify_launcher", cwd / "notify_launcher"):
+        planted.mkdir(parents=True)
+        (planted / "__init__.py").write_text("print('PLANTED CODE RAN')\n")
+        (planted / "__main__.py").write_text("print('PLANTED CODE RAN')\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
+    wrapper = subprocess.run([str(checkout / "bin" / "notify-launcher"), "--version"], capture_output=True, text=True,
+                             cwd=cwd, env=env)
+    assert wrapper.returncode == 0 and "PLANTED" not in wrapper.stdout + wrapper.stderr, (wrapper.stdout, wrapper.stderr)
+    unit = ("import subprocess, sys\n"  # a worker's command line as the reader of this checkout gives it to systemd-run
+            "from notify_launcher.systemd_unit import worker_command\n"
+            "command = worker_command('--version')\n"
+            "print(sys.argv[1] in command, subprocess.run(command, cwd=sys.argv[2], capture_output=True, text=True))\n")
+    worker = subprocess.run([str(checkout / ".venv" / "bin" / "python"),
+                             "-c", f"import sys\nsys.path.insert(0, sys.argv[1])\n{unit}", str(checkout), str(cwd)],
+                            capture_output=True, text=True, cwd="/", env=env)
+    assert worker.stdout.startswith("True ") and "PLANTED" not in worker.stdout + worker.stderr, (worker.stdout,
+                                                                                                  worker.stderr)
+    assert "stdout='notify-launcher " in worker.stdout, worker.stdout
 
 
 def test_settings_versions_are_named_by_hashlibs_sha256_also_without_the_builtin_one() -> None:
