@@ -31,9 +31,10 @@ from notify_launcher.statedir import StatePaths
 #: (as bin/notify-launcher does) -- not through PYTHONPATH, split at ':' (a checkout at /srv/nl:x
 #: would add the relative entry x, looked up from the working directory), nor `-m`, which looks
 #: in the working directory first.  An installed package's directory is on sys.path already, and
-#: stays where it is (first, it could hide a module of the standard library).
-RUN_FROM = ('import sys\ntop = sys.argv.pop(1)\nif sys.path[0] == "":\n    del sys.path[0]\nif top not in sys.path:\n'
-            '    sys.path.insert(0, top)\ndel sys.argv[1]\nimport notify_launcher.__main__')
+#: stays where it is (first, it could hide a module of the standard library).  One line: systemd
+#: makes the command line the unit's description (`systemctl list-units` prints it).
+RUN_FROM = ('import sys; top = sys.argv.pop(1); sys.path[:sys.path[0] == ""] = [] if top in sys.path else [top]; '
+            'del sys.argv[1]; import notify_launcher.__main__')
 
 
 def worker_command(*args: str) -> list[str]:

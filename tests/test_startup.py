@@ -253,8 +253,9 @@ def test_a_checkout_whose_path_holds_a_colon_never_imports_from_the_working_dire
     assert wrapper.returncode == 0 and "PLANTED" not in wrapper.stdout + wrapper.stderr, (wrapper.stdout, wrapper.stderr)
     unit = ("import subprocess, sys\n"  # a worker's command line as the reader of this checkout gives it to systemd-run
             "from notify_launcher.systemd_unit import worker_command\n"
-            "command = worker_command('--version')\n"
-            "print(sys.argv[1] in command, subprocess.run(command, cwd=sys.argv[2], capture_output=True, text=True))\n")
+            "command = worker_command('--version')\n"  # one line each: systemd makes it the unit's description
+            "print(sys.argv[1] in command and not any('\\n' in word for word in command),\n"
+            "      subprocess.run(command, cwd=sys.argv[2], capture_output=True, text=True))\n")
     worker = subprocess.run([str(checkout / ".venv" / "bin" / "python"),
                              "-c", f"import sys\nsys.path.insert(0, sys.argv[1])\n{unit}", str(checkout), str(cwd)],
                             capture_output=True, text=True, cwd="/", env=env)
