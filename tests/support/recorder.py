@@ -205,8 +205,9 @@ class Action(_EventArgs):
     @property
     def unit(self) -> str:
         """The cgroup of the unit it ran in: `cgroup` without the action cgroup the worker made for
-        it (notify_launcher/containment.py) where cgroup v2 is writable."""
-        return re.sub(r"/notify-launcher-[0-9a-f]{8}-\d+-\d+$", "", self.cgroup)
+        it (notify_launcher/containment.py `slot_name`: PID-START-COUNT; an older version's PID-COUNT)
+        where cgroup v2 is writable."""
+        return re.sub(r"/notify-launcher-[0-9a-f]{8}(-\d+){2,3}$", "", self.cgroup)
 
     def __str__(self) -> str:
         return f"#{'-' if self.seq is None else self.seq} {' '.join(self.args)}"
