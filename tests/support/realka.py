@@ -348,8 +348,12 @@ class Node:
         return max(readers, key=lambda p: p.create_time())
 
     def child_pid(self, which: str) -> int:
-        """keepalived's "vrrp" or "checker" child, from its pid file."""
-        return int((self.dir / ("vrrp.pid" if which == "vrrp" else "checkers.pid")).read_text().split()[0])
+        """keepalived's "vrrp" or "checker" child, from its pid file.  Raises ValueError while the file
+        is empty: keepalived truncates, then writes it, when it starts the child again."""
+        words = (self.dir / ("vrrp.pid" if which == "vrrp" else "checkers.pid")).read_text().split()
+        if not words:
+            raise ValueError(f"{self.name}: {which} pid file is empty (keepalived is writing it)")
+        return int(words[0])
 
     def stop_keepalived(self, grace: float = 4.0) -> None:
         """Teardown: SIGTERM (unless `begin_stop` sent it), then SIGKILL to keepalived and its
