@@ -37,6 +37,7 @@ from notify_launcher.predecessor import Predecessor
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
 from notify_launcher.stopping import StopClassifier, Verdict, later_sibling
+from notify_launcher.turn import ReadTurn, lock_path
 from notify_launcher.window import StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
 
@@ -75,6 +76,7 @@ class Reader:
                                    next_reader=lambda: later_sibling(os.getpid(), self.starter.pid,
                                                                      self.starter.restarted()))
         self.behind = Predecessor(settings, paths, fifo_path, log)
+        self.turn = ReadTurn(fifo_path, lock_path(fifo_path, paths.root), log)  # no reading beside the one before us
         self.troubles = Troubles(log)
         self._term_logged = False
         self.window = StopWindow()
@@ -131,7 +133,20 @@ class Reader:
         finally:
             self.window.close()
             self.workers.close()
+            self.turn.release()  # all we read is journaled (or said lost): the next reader may read
         return 0
+
+    def _take_turn(self) -> None:
+        """Before the first read: wait until the reader before us has journaled what it read, so the
+        lines of one FIFO are journaled in the order keepalived wrote them (turn.py).  Once stopping,
+        no longer than our grace."""
+        def until() -> float:
+            term_at = self.stop.term_at
+            return float("inf") if term_at is None or self.serve else term_at + self.settings.stop_grace
+        try:
+            self.turn.take(self._wake_r, until)
+        except Exception as exc:  # never die of our own bug: read as before
+            self._unforeseen("waiting for the reader before us", exc)
 
     def _loop(self) -> None:
         self.fifo.watch()
@@ -141,6 +156,7 @@ class Reader:
         elif self.starter.gone:  # it died while we started (keepalived reaped it): no pidfd will say so
             self.stop.starter_exited()
         self.workers.start()
+        self._take_turn()
         eof = False
         while not eof:
             if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
@@ -169,6 +185,7 @@ class Reader:
         next reader is its to read); True at EOF."""
         if self.stop.respawned is None and not self.fifo.replaced():
             return False
+        self._take_turn()
         eof = not self.fifo.read(self._feed)
         self._feed(None)
         return eof

@@ -6,12 +6,15 @@ action that kills its worker, a removed state directory, a pid limit on fork).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -23,7 +26,9 @@ from support.marks import needs
 from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
+from notify_launcher.locks import lock_holder
 from notify_launcher.stopping import later_sibling
+from notify_launcher.turn import lock_path
 
 
 def _history(launcher: Launcher) -> dict[int, dict[str, object]]:
@@ -321,6 +326,71 @@ def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reloa
             first.wait()
         os.close(k.fd)
         os.unlink(k.fifo)
+
+
+def _unread(fd: int) -> int:
+    """Bytes in the pipe that no reader has taken yet."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+@needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+def test_a_reload_while_the_old_reader_holds_lines_it_has_not_journaled_keeps_their_order(launcher: Launcher) -> None:
+    """The busy-CI defect: during a reload on a shared FIFO the old reader had read lines and lost the
+    CPU before journaling them; the next reader read later lines and journaled them first.  Here
+    the old reader's read of X1..X3 is held in the kernel for 0.5 s (strace delays its return), the
+    reload comes, and Y1..Y3 follow at once: the next reader must wait for the old one to journal
+    what it holds (turn.py), and says so in the log."""
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    old = k.proc.pid
+    err = launcher.dir / "strace.err"
+    with err.open("w") as errf:
+        tracer = subprocess.Popen(["strace", "-p", str(old), "-o", "/dev/null", "-e", "trace=read",
+                                   "-e", "inject=read:delay_exit=500000:when=1"], stderr=errf)
+    try:
+        launcher.wait_for("strace attached", lambda: "attached" in err.read_text())
+        xs, ys = [f'INSTANCE "X{i}" MASTER 100' for i in range(3)], [f'INSTANCE "Y{i}" MASTER 100' for i in range(3)]
+        for line in xs:
+            assert k.write(line)
+        launcher.wait_for("the old reader's read of X", lambda: _unread(k.fd) == 0)
+        k.reload(same_fifo=True)
+        for line in ys:
+            assert k.write(line)
+        launcher.wait_for("every line journaled", lambda: launcher.last_seq() >= 8, timeout=30)
+        launcher.wait_idle()
+    finally:
+        tracer.wait(timeout=60)
+    log = launcher.log_text()
+    ran = [r.args[1] for r in sorted(launcher.starts(), key=lambda r: r.seq or 0) if r.args[0] == "INSTANCE"]
+    assert ran == ["VI_1"] + [line.split('"')[1] for line in xs + ys], log[-3000:]
+    assert f"for the reader before us (pid {old})" in log, log[-3000:]
+    assert "READER reader RELOAD" in log and "READER reader STOP" not in log
+
+
+def test_a_holder_of_the_fifo_that_never_leaves_is_waited_for_a_bounded_time_then_read_beside(
+        launcher: Launcher) -> None:
+    """Whoever holds the FIFO's read turn and does not leave (keepalived started two readers on one
+    FIFO, or one is stopped) holds the next reader back HANDOVER_WAIT at most: then it says who and
+    why in the log, and reads (nothing lost, nothing stuck)."""
+    lock = lock_path(str(launcher.fifo), str(launcher.state))
+    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
+    holder = subprocess.Popen(["flock", lock, "sleep", "infinity"])
+    try:
+        launcher.wait_for("the lock held", lambda: lock_holder(lock) is not None)
+        k = launcher.keepalived()
+        k.start()
+        k.write(VI.format("BACKUP"))
+        launcher.settle(1)
+        log = launcher.log_text()
+        assert f"the reader pid {holder.pid} still reads {launcher.fifo} after" in log, log[-3000:]
+        assert "reading beside it" in log
+        k.stop([VI.format("STOP")])
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_lingering_worker_follows_a_changed_log_file(launcher: Launcher) -> None:
