@@ -116,6 +116,9 @@ def _name(pid: int) -> str:
 
 #: What a finished action left running is released: no longer its tree (README, docs/invariants.md).
 RELEASED = "left running in the background (released: not killed, no longer contained)"
+#: The same, when they could not be moved out of the action's cgroup: it is left to them (no later
+#: timeout reaches it) and the next action runs in a new one, so for docs/invariants.md §2 it is alike.
+KEPT = "left running in the background (not killed; not moved out of the action's cgroup"
 
 
 def _describe(pid: int) -> str:
@@ -371,7 +374,8 @@ def run_action(argv: list[str], env: dict[str, str], timeout: float, kill_grace:
         note(f"output truncated: {budget.dropped} more bytes not logged (output_limit {output_limit})")
     leftovers = box.leftovers(release=not timed_out)
     if leftovers and not timed_out:
-        note(f"{RELEASED}: " + ", ".join(map(_describe, leftovers)))
+        kept = "" if box.unreleased is None else f"{KEPT}: {box.unreleased})"
+        note(f"{kept or RELEASED}: " + ", ".join(map(_describe, leftovers)))
     rc = proc.returncode
     assert rc is not None
     return Result(rc if rc >= 0 else None, -rc if rc < 0 else None, duration, timed_out, stalled=stalled)

@@ -176,6 +176,21 @@ def cgroup_members(cgroup: str) -> list[int]:
         return []
 
 
+def _subtree(cgroup: str) -> list[str]:
+    """`cgroup` and every cgroup below it."""
+    return [path for path, _, _ in os.walk(cgroup)]
+
+
+def _remove_below(cgroup: str) -> None:
+    """Remove the (empty) cgroups below `cgroup`, deepest first; one still in use stays."""
+    for path, _, _ in os.walk(cgroup, topdown=False):
+        if path != cgroup:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+
+
 def wait_unpopulated(cgroup: str, timeout: float) -> bool:
     """Wait (on cgroup.events' change notification, not a sleep loop) until `cgroup` is empty."""
     deadline = time.monotonic() + timeout
@@ -470,13 +485,16 @@ class Cgroups:
             self.inside = False
 
     def release(self, slot: str) -> set[int]:
-        """Move every process in `slot` but us into our own cgroup (their forks racing the move are
-        moved by the next pass); the pids moved.  Raises OSError if some cannot be moved."""
+        """Move every process in `slot` and below it (a root action may make sub-cgroups of its own:
+        what it put there is the action's too) but us into our own cgroup (their forks racing the move
+        are moved by the next pass), then remove the emptied sub-cgroups; the pids moved.  Raises
+        OSError if some cannot be moved."""
         assert self.home is not None
         moved: set[int] = set()
         for _ in range(RELEASE_PASSES):
-            pids = [pid for pid in cgroup_members(slot) if pid != os.getpid()]
+            pids = [pid for group in _subtree(slot) for pid in cgroup_members(group) if pid != os.getpid()]
             if not pids:
+                _remove_below(slot)
                 return moved
             for pid in pids:
                 try:
@@ -569,6 +587,7 @@ class Box:
         self.cgroup: str | None = None
         self.pid = 0
         self._before: set[int] = set()
+        self.unreleased: str | None = None  # why what the action left could not be released, if so
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
         return dict(env, **{MARK: self.mark_value})
@@ -651,8 +670,9 @@ class Box:
                 if release and left:  # (something left has an orphan, re-parented to us: none, no read)
                     try:
                         left |= self.cgroups.release(self.cgroup)
-                    except OSError:
+                    except OSError as exc:
                         release = False  # what could not be moved keeps the cgroup
+                        self.unreleased = f"{exc.strerror or exc}; they stay in {self.cgroup}"
                 if (left and not release) or (not self.cgroups.inside and populated(self.cgroup)):
                     self.cgroups.retire()
             except OSError:

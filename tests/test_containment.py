@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from notify_launcher import containment
+from notify_launcher.actions import RELEASED
 from notify_launcher.containment import NO_CGROUPS, Containment
 from notify_launcher.progress import replay
 from support import LAUNCHER, VI, processes, recorder
@@ -251,6 +252,41 @@ def test_a_timeout_ends_a_child_that_moved_itself_out_of_the_actions_cgroup(laun
     assert not processes.running(int(moved.read_text()))
     k.stop([])
     launcher.settle(3)
+
+
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_what_a_finished_action_put_in_a_sub_cgroup_of_its_own_is_released_too(launcher: Launcher) -> None:
+    """A root action makes a sub-cgroup of its cgroup and leaves a child there, then exits 0.  The
+    child is released like any (moved into the worker's cgroup, the sub-cgroup removed, the log line
+    names it), so the next action's timeout, in that same cgroup, cannot end it."""
+    left = launcher.dir / "left.pid"
+    then = ('if [ "$3" = MASTER ]; then\n'
+            '  cg=$(grep "^0::" /proc/self/cgroup | cut -d: -f3-)\n'
+            '  for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do [ -e "$root$cg/cgroup.procs" ] && break; done\n'
+            '  mkdir "$root$cg/sub"\n'
+            '  sleep 60 </dev/null >/dev/null 2>&1 &\n'
+            '  echo $! > "$root$cg/sub/cgroup.procs"\n'
+            f'  echo $! > "{left}.tmp"; mv "{left}.tmp" "{left}"\n'
+            'fi\n')
+    launcher.handler = recorder.install(launcher.dir / "handler2.sh", records=launcher.rec, then=then)
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    child = int(left.read_text())
+    try:
+        log = launcher.log_text()
+        assert f"{RELEASED}: {child} (sleep 60)" in log, log[-2000:]
+        with open(f"/proc/{child}/cgroup") as fh:
+            now = next(line for line in fh.read().splitlines() if line.startswith("0::"))
+        assert "/notify-launcher-" not in now, f"still in the action's cgroup: {now}"
+        k.write(VI.format("BACKUP"))
+        launcher.settle(2)
+        k.stop([])
+        launcher.settle(3)
+        assert processes.running(child), "released, yet ended"
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_a_worker_stopped_past_the_deadline_records_the_actions_own_exit(launcher: Launcher) -> None:

@@ -27,7 +27,7 @@ from notify_launcher import history, settingsfile
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import READER_TYPE, Rejected, parse_line
 from notify_launcher.journal import read_all
-from notify_launcher.actions import RELEASED
+from notify_launcher.actions import KEPT, RELEASED
 from notify_launcher.logview import log_files
 from notify_launcher.progress import replay
 from notify_launcher.statedir import StatePaths
@@ -307,12 +307,20 @@ def _check_trees(report: Report, rec_path: Path, records: list[recorder.Record],
 
 
 def _released(log: list[LogLine]) -> dict[int, set[int]]:
-    """SEQ -> the pids the worker released after that event's action exited normally (actions.RELEASED)."""
+    """SEQ -> the pids the worker released after that event's action exited normally (actions.RELEASED,
+    or KEPT when they could not be moved out of its cgroup: left to them all the same)."""
     out: dict[int, set[int]] = defaultdict(set)
     for line in log:
+        if line.role != "worker" or line.seq is None:
+            continue
         at = line.msg.find(RELEASED + ": ")  # (on_failure's: "on_failure: " first)
-        if line.role == "worker" and line.seq is not None and at >= 0:
-            out[line.seq].update(int(pid) for pid in _RELEASED_PID.findall(line.msg[at + len(RELEASED):]))
+        if at >= 0:
+            at += len(RELEASED)
+        elif line.msg.find(KEPT) >= 0:
+            at = line.msg.index("): ", line.msg.index(KEPT)) + 1
+        else:
+            continue
+        out[line.seq].update(int(pid) for pid in _RELEASED_PID.findall(line.msg[at:]))
     return out
 
 
