@@ -284,6 +284,12 @@ def parse_command(text: str, where: str) -> tuple[str, ...]:
         raise LauncherError(f"{where}: cannot split {text!r} into words: {exc}", EXIT_USAGE) from None
 
 
+def _digits(text: str, most: int) -> bool:
+    """A decimal number of at most `most` digits, which int() takes: str.isdigit() alone also passes
+    '²' and other digits int() refuses, and int() refuses more than 4,300 digits."""
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
 _SECONDS = {"timeout": (0.0, math.inf, True), "on_failure_timeout": (0.0, math.inf, True),
             "kill_grace": (0.0, math.inf, False),
             "linger": (0.0, math.inf, False), "stop_grace": (0.0, 0.9, False)}
@@ -303,7 +309,7 @@ def _convert(key: str, text: str, where: str) -> object:
             raise bad  # root writes it: nobody else may; and it must stay readable for the collector
         return mode
     if key == "output_limit":
-        if not text.isdigit():
+        if not _digits(text, 18):
             raise bad
         return int(text)
     if key in _SECONDS:
@@ -362,7 +368,7 @@ def _rule(path: str, section: str, items: dict[str, str]) -> Rule:
     for key, text in items.items():
         where = _where(path, section, key)
         base, dot, number = key.partition(".")
-        if base in _COMMAND_KEYS and (not dot or (number.isdigit() and int(number) >= 2)):
+        if base in _COMMAND_KEYS and (not dot or (_digits(number, 4) and int(number) >= 2)):
             numbered.setdefault(int(number) if dot else 1, {})[base] = text
         elif key in _RULE_KEYS:
             values[key] = _convert(key, text, where)

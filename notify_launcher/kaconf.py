@@ -578,7 +578,7 @@ def _vs_name(node: Node, found: Found) -> tuple[str | None, str]:
         found.problems.append(Problem(node.where, "virtual_server group: the name its FIFO lines carry is not "
                                                   "verified here; convert its directives by hand"))
         return None, ""
-    if args[:1] == ["fwmark"] and len(args) > 1 and args[1].isdigit():
+    if args[:1] == ["fwmark"] and len(args) > 1 and args[1].isascii() and args[1].isdigit() and len(args[1]) <= 10:
         return f"FWM {int(args[1])}", protocol or "none"
     if len(args) >= 1:
         proto = protocol or "udp"  # check_data.c: an address VS without protocol is UDP

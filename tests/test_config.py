@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from notify_launcher.config import Command, Settings, load
 from notify_launcher.errors import LauncherError
@@ -220,3 +222,24 @@ def test_repeat_from_the_most_specific_rule_else_the_launchers(tmp_path: Path) -
     assert s.repeat_for(Event("INSTANCE", "VI_1", "BACKUP", 100)) == "run"
     assert s.repeat_for(Event("INSTANCE", "VI_2", "BACKUP", 100)) == "skip"
     assert _load(tmp_path, "").repeat_for(Event("GROUP", "G", "BACKUP", 0)) == "run"
+
+
+_ANY_KEY = st.sampled_from(["timeout", "kill_grace", "stop_grace", "linger", "output_limit", "metrics_mode",
+                            "on_failure_timeout", "log_level", "on_crash", "detach", "coalesce", "repeat",
+                            "quiet_states", "user", "group", "args", "handler.2", "handler.²", "handler.99999"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=_ANY_KEY, text=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\n\r"),
+                                  max_size=40) | st.from_regex(r"\A[0-9]{4290,4310}\Z"),
+       where=st.sampled_from(["launcher", "match * * MASTER"]))
+def test_any_value_of_any_key_loads_or_is_a_launcher_error(tmp_path: Path, key: str, text: str, where: str) -> None:
+    """Whatever an administrator writes as a value (unicode digits such as '²', a number past int()'s
+    4,300-digit limit, NUL, stray words), loading gives Settings or a LauncherError naming the key:
+    never another exception, which the command line can only call a bug."""
+    ini = f"[{where}]\nhandler = /bin/true\n{key} = {text}\n" if not key.startswith("handler") else \
+        f"[{where}]\nhandler = /bin/true\n{key} = {text or '/bin/true'}\n"
+    try:
+        _load(tmp_path, ini)
+    except LauncherError:
+        pass

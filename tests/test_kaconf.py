@@ -219,3 +219,14 @@ def test_an_unquoted_command_with_arguments_takes_them_as_user_and_group(tmp_pat
     main = _tree(tmp_path, {"keepalived.conf": "vrrp_instance V {\n notify_master /bin/x arg1 arg2 arg3\n}\n"})
     (d,) = kaconf.find(kaconf.read(main, config_id="n")).directives
     assert (d.argv, d.user, d.group) == (("/bin/x",), "arg1", "arg2")
+
+
+@pytest.mark.parametrize("mark", ["²", "9" * 30, "4294967296999"])
+def test_a_fwmark_that_is_no_number_is_a_problem_not_a_crash(tmp_path: Path, mark: str) -> None:
+    """str.isdigit() passes '²', which int() refuses, and a number past 32 bits is no fwmark: the
+    virtual server is named as a problem, the import goes on."""
+    main = _tree(tmp_path, {"keepalived.conf": f"virtual_server fwmark {mark} {{\n  quorum_up /bin/up\n}}\n"})
+    found = kaconf.find(kaconf.read(main))
+    assert not found.directives
+    assert [p.reason for p in found.problems] == [
+        f"virtual_server fwmark {mark}: not an address and port, fwmark or group this reader knows"]
