@@ -42,6 +42,7 @@ def spawn_detached(target: Callable[[], int], keep_fds: list[int], report: Calla
         if os.fork():
             os._exit(0)  # the worker is not a session leader: it can never gain a controlling terminal
         reset_signals()
+        close_inherited(keep_fds)
         ensure_standard_fds()
         daemonize(keep_fds)
         status = target()
@@ -78,6 +79,17 @@ def reset_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # Python's default: a reader gone must be EPIPE, not death
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def close_inherited(keep_fds: list[int]) -> None:
+    """Close the reader's fds (all but stdio and `keep_fds`) at once, not only in python-daemon's open()
+    after its import (~5 ms), nor never, in a systemd unit's helper that lives up to TAKEOVER_WAIT:
+    a fork holding the FIFO is a reader end that never reads, and one holding the reader's flock on
+    its read turn (turn.py) holds back the next reader if the reader is killed meanwhile."""
+    keep = sorted({0, 1, 2, *keep_fds})
+    above = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1  # (none above the highest open now)
+    for low, high in zip(keep, [*keep[1:], above]):
+        os.closerange(low + 1, high)
 
 
 def ensure_standard_fds() -> None:

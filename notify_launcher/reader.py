@@ -133,7 +133,7 @@ class Reader:
         finally:
             self.window.close()
             self.workers.close()
-            self.turn.release()  # all we read is journaled (or said lost): the next reader may read
+            self.turn.release()  # (finish_with did, unless the window closed first)
         return 0
 
     def _take_turn(self) -> None:
@@ -267,6 +267,7 @@ class Reader:
         if self.backlog:
             self.backlog.lost(f"the journal cannot be written, and the reader exits; {self.intake.lines} lines read",
                               verdict.state)
+        self.turn.release()  # all we read is journaled, or said lost: the next reader may read now
         term_at = self.stop.term_at
         since = "" if term_at is None else f", {(time.monotonic() - term_at) * 1000:.0f} ms after SIGTERM"
         self.log.info(None, None, f"reader exiting ({verdict.why}; {self.intake.lines} lines read{since})")

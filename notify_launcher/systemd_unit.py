@@ -22,7 +22,7 @@ from notify_launcher.errors import EXIT_SOFTWARE
 from notify_launcher.handoff import TAKEOVER_WAIT, Doorbell
 from notify_launcher.locks import release_standby, standby_held
 from notify_launcher.log import Log
-from notify_launcher.process import leave_process_group, reset_signals
+from notify_launcher.process import close_inherited, leave_process_group, reset_signals
 from notify_launcher.statedir import StatePaths
 
 
@@ -57,6 +57,7 @@ def spawn_unit(settings: Settings, standby_fd: int, hello_fd: int) -> None:
     try:
         leave_process_group()
         reset_signals()
+        close_inherited([standby_fd, hello_fd])
         status = _helper(settings, standby_fd, hello_fd, reader)
     finally:
         os._exit(status)

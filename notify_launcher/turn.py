@@ -11,21 +11,19 @@ lines it has not journaled.
 
 So every reader holds a `flock` on a file named for its FIFO path (in the registry of
 predecessor.py for root, else in the state directory) while it reads, and releases it once the
-last thing it read is journaled.  The next reader waits for that lock before its first read, on
-the pidfd of its holder (found in /proc/locks, locks.lock_holder), for at most HANDOVER_WAIT.  A holder still there then is no
+last thing it read is journaled.  The next reader tries that lock before its first read, every
+RETRY for at most HANDOVER_WAIT; the log names the holder (/proc/locks, locks.lock_holder).  A holder still there then is no
 reader being replaced (keepalived started two readers on one FIFO, which check-config flags, or
 it is stopped): the reader says so in the log and reads beside it, as keepalived asked.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import select
 import time
 
-from notify_launcher import identity
 from notify_launcher.locks import lock_holder
 from notify_launcher.log import Log
 from notify_launcher.predecessor import REGISTRY, entry_path
@@ -40,9 +38,10 @@ if TYPE_CHECKING:
 #: 1 s after its SIGTERM (2.2.7 and later), ours leaves at its stop_grace (at most 0.9 s) or as soon
 #: as it sees the next reader, and the next reader starts 17 ms or more after that SIGTERM.
 HANDOVER_WAIT = 1.5
-#: How soon to try again when the lock is held but its holder is gone: a fork of the holder (a
-#: worker being detached) holds it until it has closed the fds it inherited, a moment later.
-INHERITED_RETRY = 0.005
+#: How often the next reader tries the lock meanwhile (s).  Nothing wakes a process when a flock is
+#: released (a pidfd says when the holder has exited, which is later: Python's own exit, 5-10 ms), and
+#: lines wait in the pipe meanwhile; a try is one system call, and this lasts a hand-over at most.
+RETRY = 0.002
 #: Appended to the FIFO's registry name; an escaped path never holds '%' but as "%25" or "%2F".
 SUFFIX = "%reading"
 
@@ -72,9 +71,9 @@ class ReadTurn:
         if not self._open():
             return
         started = time.monotonic()
-        holder = exited = None
+        holder = None
         while not self._try_lock():
-            holder = lock_holder(self.path) or holder
+            holder = holder or lock_holder(self.path)
             left = min(started + HANDOVER_WAIT, until()) - time.monotonic()
             if left <= 0:
                 self.log.warn(None, None, f"the reader pid {holder.pid if holder else '?'} still reads {self.fifo} after "
@@ -83,14 +82,14 @@ class ReadTurn:
                                           f"one); reading beside it, so the order of lines between the two is "
                                           f"not kept")
                 return
-            if _wait_for(None if holder == exited else holder, wake_fd, left):
-                exited = holder  # yet the lock is held: by a fork of it, until it closes what it inherited
+            if select.select([wake_fd], [], [], min(left, RETRY))[0]:
+                drain(wake_fd)
         if holder is not None:
             self.log.info(None, None, f"waited {(time.monotonic() - started) * 1000:.0f} ms for the reader before "
                                       f"us (pid {holder.pid}) to journal what it read from {self.fifo}")
 
     def release(self) -> None:
-        """Unlock (for the forks that share the lock's open file too) and close."""
+        """Unlock (for the forks that share the lock's open file too) and close; again: nothing."""
         if self.fd >= 0:
             if self.held:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -115,29 +114,3 @@ class ReadTurn:
             return False
         self.held = True
         return True
-
-
-def _wait_for(holder: identity.ProcessId | None, wake_fd: int, left: float) -> bool:
-    """Sleep until `holder` exits (its pidfd; a holder gone already or unknown: INHERITED_RETRY), a
-    signal wakes `wake_fd`, or `left` seconds have passed; True if `holder` has exited."""
-    fds = [wake_fd]
-    pidfd = -1
-    if holder is not None:
-        try:
-            pidfd = os.pidfd_open(holder.pid)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
-        if pidfd >= 0 and not identity.is_running(holder):  # the pid was taken by another process
-            os.close(pidfd)
-            pidfd = -1
-        if pidfd >= 0:
-            fds.append(pidfd)
-    try:
-        ready, _, _ = select.select(fds, [], [], min(left, INHERITED_RETRY) if pidfd < 0 else left)
-        if wake_fd in ready:
-            drain(wake_fd)
-        return pidfd in ready
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
