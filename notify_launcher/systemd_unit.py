@@ -69,7 +69,8 @@ def _helper(settings: Settings, standby_fd: int, hello_fd: int, reader: identity
     paths = StatePaths(settings.state_dir)
     name = unit_name()
     env = [f"--setenv=PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ else []
-    argv = ["systemd-run", f"--unit={name}", "--collect", "--quiet", "--property=UMask=0077", *env,
+    argv = ["systemd-run", f"--unit={name}", "--collect", "--quiet", "--property=UMask=0077",
+            "--property=Delegate=yes", *env,
             *worker_command("_worker", "--state-dir", settings.state_dir, "--unit", name,
                             "--reader", str(reader.pid), "--reader-start", str(reader.start))]
     try:

@@ -101,6 +101,8 @@ def test_stop_auto_actions_outlive_systemctl_stop(systemd_base: None, capsys: py
     for a in res.actions:
         assert re.fullmatch(r"/system\.slice/notify-launcher-worker-[\w.-]+\.service", a.unit), \
             f"{a} ran in {a.cgroup!r}, not in a transient worker unit\n{res.diagnostics()}"
+    assert res.facts.get("worker_units_delegate", "").split() == ["yes"], \
+        f"the worker's unit makes sub-cgroups without Delegate=yes\n{res.diagnostics()}"
     log = res.text("launcher.log")
     assert re.search(r"worker started \(detached: systemd unit notify-launcher-worker-\S+\.service", log), \
         f"the worker log does not show the systemd path\n{res.diagnostics()}"

@@ -77,6 +77,9 @@ collect() {
     fact keepalived_package_modified "$(dpkg -V keepalived | grep -c /lib/systemd/)"
     fact keepalived_killmode "$(systemctl show -P KillMode keepalived.service)"
     fact keepalived_active "$(systemctl is-active keepalived.service)"
+    # the workers' transient units make their actions' cgroups below their own: delegated to them
+    fact worker_units_delegate "$(systemctl list-units --plain --no-legend 'notify-launcher-worker-*' |
+        while read -r unit _; do systemctl show -P Delegate "$unit"; done | sort -u | tr '\n' ' ')"
     systemctl list-units --all --no-pager 'notify-launcher*' > "$R/units.txt" 2>&1
     systemctl status --all --no-pager --lines=20 'notify-launcher*' >> "$R/units.txt" 2>&1
     snapshot end
