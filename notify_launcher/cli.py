@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -59,15 +60,31 @@ def starts_the_reader(argv: list[str]) -> bool:
     return not (len(argv) > 1 and argv[1] in NOT_THE_READER)
 
 
+def _pin(path: str) -> int:
+    """keepalived's FIFO, opened first thing at start (judged by fifo.open_fifo later): a reload
+    meanwhile unlinks it and makes a new FIFO at the path, and what keepalived wrote into ours
+    before that is ours to read.  -1 if `path` is no FIFO (the command line is not keepalived's)."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return -1
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+from notify_launcher import turn  # noqa: E402
 from notify_launcher.owner import Seen, early  # noqa: E402
 
 STARTER: Seen | None = None  # the keepalived process that started the reader, and keepalived, looked up at once
+TURN: turn.ReadTurn | None = None  # its ticket to read the FIFO after the readers started before it
+PINNED = -1  # keepalived's FIFO (the last argument), opened at once: a reload may replace it at the path
 if _run_as_notify_launcher() and starts_the_reader(sys.argv):
     STARTER = early()  # first: once SIGTERM is caught, the reader counts on it being known
+    PINNED = _pin(sys.argv[-1]) if len(sys.argv) > 1 else -1  # (µs: before SIGTERM is caught, so caught means pinned)
     signal.signal(signal.SIGTERM, _early_term)
+    TURN = turn.early(sys.argv)  # before the imports: a reader started after us must find it
 
 import errno  # noqa: E402  (after the handler, on purpose)
-import stat  # noqa: E402
 import syslog  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
@@ -201,7 +218,7 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
     try:
         settings = load(args.config, overrides)
         log_file = settings.log_file
-        from notify_launcher.fifo import open_fifo
+        from notify_launcher.fifo import open_fifo  # (imported already: pin)
         from notify_launcher.security import check
 
         problems = check(settings)
@@ -209,7 +226,8 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
             raise LauncherError("; ".join(problems), EXIT_USAGE)
         paths = StatePaths(settings.state_dir)
         _refuse_foreign_state_dir(paths)
-        fifo_fd = -1 if serve else open_fifo(args.fifo)  # service mode opens (and reopens) it as it comes
+        pinned = _pinned(args.fifo, serve)
+        fifo_fd = -1 if serve else open_fifo(args.fifo, pinned)  # (service mode opens, and reopens, it as it comes)
     except LauncherError as exc:
         _fatal(str(exc), log_file)
         return exc.code
@@ -222,8 +240,17 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
     handler = " ".join(settings.handler) or "(none: events are only logged)"
     log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}; "
                          f"workers: {detach} ({why})")
-    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM, serve, STARTER)
+    ticket = TURN if TURN is not None and TURN.fifo == args.fifo else None  # (taken for the FIFO we read?)
+    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM, serve, STARTER, ticket)
     return reader.run()
+
+
+def _pinned(fifo: str, serve: bool) -> int:
+    """The FIFO opened at start (PINNED), if it is the one the reader reads; else closed: -1."""
+    if PINNED >= 0 and (serve or sys.argv[-1] != fifo):
+        os.close(PINNED)
+        return -1
+    return PINNED
 
 
 def _refuse_foreign_state_dir(paths: StatePaths) -> None:

@@ -7,6 +7,7 @@ Opened non-blocking, so opening never waits for a writer and a SIGTERM is never 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import stat
@@ -21,11 +22,34 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 RECHECK = 1.0  # service mode, while keepalived is silent: how often to look for a new FIFO
+#: ... and for SOON s after keepalived closed it (or we started): keepalived makes the new FIFO
+#: within milliseconds of a reload and writes into it at once; 64 KiB unread, and it drops lines.
+RECHECK_SOON, SOON = 0.01, 5.0
+#: What `Fifo.read` returns once the pipe is empty, and at its end (else the last chunk's size).
+EMPTY, EOF = -1, 0
+CHUNK = 1 << 16  # bytes a read takes at most: a pipe's default capacity
+#: fcntl's name for it from Python 3.10 on; the number is Linux's.
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
-def open_fifo(path: str) -> int:
+def open_fifo(path: str, pinned: int = -1) -> int:
     """Open keepalived's FIFO for reading without waiting for a writer (so SIGTERM is never missed),
-    once the trust rule passed it (security.fifo_refusal): its lines decide what root runs."""
+    once the trust rule passed it (security.fifo_refusal): its lines decide what root runs.
+    `pinned`: the FIFO opened at start (cli.py), used if the path still names it; if keepalived
+    replaced it since (a reload), it is ours all the same when the trust rule passes its
+    directory and it is root's (or the script user's) alone."""
+    if pinned >= 0:
+        ours = os.fstat(pinned)
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino):
+            refused = _replaced_refusal(path, ours)
+            if refused:
+                os.close(pinned)
+                raise LauncherError(refused, EXIT_USAGE)
+            return pinned
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -37,6 +61,8 @@ def open_fifo(path: str) -> int:
     refused = fifo_refusal(path, os.geteuid())
     if refused:
         raise LauncherError(refused, EXIT_USAGE)
+    if pinned >= 0:
+        return pinned  # (the path names it: judged just now)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -49,6 +75,18 @@ def open_fifo(path: str) -> int:
     return fd
 
 
+def _replaced_refusal(path: str, ours: os.stat_result) -> str | None:
+    """For root, a FIFO keepalived replaced after we opened it: its directory judged as any path root
+    trusts, and the FIFO (fstat: the path names another file now) root's alone."""
+    if os.geteuid() != 0:
+        return None
+    why = fifo_refusal(os.path.join(os.path.dirname(os.path.abspath(path)), ""), 0)
+    if why is None and (ours.st_uid != 0 or ours.st_mode & 0o066):
+        why = (f"notify_fifo {path} (replaced since the reader started) is not root's alone: owner uid "
+               f"{ours.st_uid}, mode {stat.S_IMODE(ours.st_mode):04o}")
+    return why
+
+
 class Fifo:
     """The FIFO the reader polls.  `fd` is -1 while there is none (service mode, between two
     keepalived runs); `recheck_at` is when to look at the path again (None: not following)."""
@@ -57,29 +95,41 @@ class Fifo:
         self.path, self.fd, self.follow, self.poller, self.log = path, fd, follow, poller, log
         self.troubles = Troubles(log)  # a wrong file at the path is looked at every RECHECK: say it once
         self.recheck_at: float | None = time.monotonic() if follow else None
+        self.gone_at = time.monotonic()  # when keepalived closed the FIFO we followed (service mode)
 
     def watch(self) -> None:
         """Have the reader's poll() wake when the FIFO has data."""
         if self.fd >= 0:
             self.poller.register(self.fd, select.POLLIN)
 
-    def read(self, feed: Callable[[bytes], None]) -> bool:
-        """Hand `feed` what the FIFO holds, as it comes; False at EOF (keepalived closed it)."""
+    def read(self, feed: Callable[[bytes], None]) -> int:
+        """Hand `feed` what the FIFO holds now, to its end: EMPTY (all read) or EOF (keepalived closed
+        it); or, when a writer goes on meanwhile, as much as the pipe can hold (F_GETPIPE_SZ) and the
+        size of the last chunk: the reader looks at its stop before it reads on (poll() says at once
+        that more is there), so a writer that never pauses cannot keep it from leaving."""
+        budget = fcntl.fcntl(self.fd, F_GETPIPE_SZ)
         while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return True
-            if not data:
-                return False
-            self.recheck_at = None  # keepalived writes to this FIFO: it is the right one
-            feed(data)
+            got = self._chunk(feed)
+            budget -= max(got, 0)
+            if got <= 0 or budget <= 0:
+                return got
+
+    def _chunk(self, feed: Callable[[bytes], None]) -> int:
+        try:
+            data = os.read(self.fd, CHUNK)
+        except BlockingIOError:
+            return EMPTY
+        if not data:
+            return EOF
+        self.recheck_at = None  # keepalived writes to this FIFO: it is the right one
+        feed(data)
+        return len(data)
 
     def writer_gone(self) -> None:
         """Service mode: keepalived closed the FIFO (restart, reload, exit); follow it to the new one."""
         self.log.info(None, None, f"keepalived closed {self.path}; following it (restart or reload)")
         self.close()
-        self.recheck_at = time.monotonic()
+        self.recheck_at = self.gone_at = time.monotonic()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -90,7 +140,8 @@ class Fifo:
     def recheck(self) -> None:
         """Service mode, until keepalived writes again: (re)open the FIFO at its path when it is missing
         or was replaced (keepalived makes a new one, a new inode, on reload and restart)."""
-        self.recheck_at = time.monotonic() + RECHECK
+        now = time.monotonic()
+        self.recheck_at = now + (RECHECK_SOON if now < self.gone_at + SOON else RECHECK)
         try:
             current = os.stat(self.path).st_ino
         except OSError:

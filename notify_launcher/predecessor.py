@@ -26,17 +26,8 @@ from notify_launcher.events import Event
 from notify_launcher.handoff import Doorbell
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log
+from notify_launcher.registry import REGISTRY, entry_path
 from notify_launcher.statedir import FILE_MODE, StatePaths, ensure_dir, write_atomic
-
-#: Not inside the default state directory (/run/notify-launcher): a directory of its own, 0700.
-REGISTRY = "/run/notify-launcher-fifos"
-
-
-def entry_path(fifo: str, registry: str = REGISTRY) -> str:
-    """The registry's file for `fifo`: its absolute path as one file name ('%' and '/' escaped as
-    urllib would; not urllib itself, whose import the reader's start-up would pay)."""
-    return os.path.join(registry, os.path.abspath(fifo).replace("%", "%25").replace("/", "%2F"))
-
 
 class Predecessor:
     """`start()` reads and replaces the registry's entry; `journal()` is the writer our events go to

@@ -28,7 +28,7 @@ from notify_launcher import settingsfile
 from notify_launcher.backlog import RETRY_INTERVAL, Backlog
 from notify_launcher.config import Settings
 from notify_launcher.events import READER_TYPE, Event
-from notify_launcher.fifo import Fifo
+from notify_launcher.fifo import EOF, Fifo
 from notify_launcher.intake import Intake
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
@@ -38,6 +38,7 @@ from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
 from notify_launcher.stopping import StopClassifier, Verdict, later_sibling
 from notify_launcher.turn import ReadTurn, lock_path
+from notify_launcher.window import DEADLINE
 from notify_launcher.window import StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
 
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 
 #: The pause between tries to journal what waits once keepalived's stop window is open (s).
 STOP_RETRY = 0.02
+#: What is kept of the stop window after waiting for the readers before us: to read what the pipe
+#: holds and journal it with our READER event (s).
+TURN_RESERVE = 0.1
 
 
 class Reader:
@@ -60,7 +64,7 @@ class Reader:
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
                  detach: Way, early_term: Sequence[float] = (), serve: bool = False,
-                 starter: Seen | None = None) -> None:
+                 starter: Seen | None = None, turn: ReadTurn | None = None) -> None:
         self.settings, self.paths, self.log = settings, paths, log
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
         self.poller = select.poll()
@@ -76,13 +80,15 @@ class Reader:
                                    next_reader=lambda: later_sibling(os.getpid(), self.starter.pid,
                                                                      self.starter.restarted()))
         self.behind = Predecessor(settings, paths, fifo_path, log)
-        self.turn = ReadTurn(fifo_path, lock_path(fifo_path, paths.root), log)  # no reading beside the one before us
+        # its ticket (turn.py), from cli's start if it could take it there: no reading beside the readers before us
+        self.turn = turn or ReadTurn(fifo_path, lock_path(fifo_path, paths.root))
         self.troubles = Troubles(log)
         self._term_logged = False
         self.window = StopWindow()
         self._verdict: Verdict | None = None  # the end, once known
         self._wake_r = -1
         self._pause = 0.0  # after an unforeseen exception: a growing pause, so it cannot spin
+        self._unseen = 0  # lines read when keepalived's window closed, not even parsed
 
     def init_signals(self) -> None:
         """SIGTERM notes the time (the loop acts on it) and opens the stop window (which ends any wait
@@ -103,6 +109,7 @@ class Reader:
 
     def run(self) -> int:
         try:
+            self.turn.register()  # (first: cli took it already, unless we run as another user than root)
             self.init_signals()
             if self.early_term:  # after our handler is in place: no SIGTERM can fall between the two
                 self._on_term(signal.SIGTERM, None, self.early_term[0])
@@ -125,9 +132,11 @@ class Reader:
         except WindowClosed as closed:
             self.window.last_words()  # bounds the lines that say what is lost
             try:
-                if self.backlog or self._verdict is None:
+                unseen = f", and {self._unseen} more read from the FIFO, not looked at" if self._unseen else ""
+                if self.backlog or self._verdict is None or unseen:
                     self.backlog.lost(f"keepalived's SIGKILL is due and the reader still waits, at {closed}; "
-                                      f"{self.intake.lines} lines read", None if self._verdict is None else self._verdict.state)
+                                      f"{self.intake.lines} lines read{unseen}",
+                                      None if self._verdict is None else self._verdict.state)
             except WindowClosed:
                 pass
         finally:
@@ -137,14 +146,15 @@ class Reader:
         return 0
 
     def _take_turn(self) -> None:
-        """Before the first read: wait until the reader before us has journaled what it read, so the
-        lines of one FIFO are journaled in the order keepalived wrote them (turn.py).  Once stopping,
-        no longer than our grace."""
+        """Before the first read: wait until the readers started before us have journaled what they
+        read, so the lines of one FIFO are journaled in the order keepalived wrote them (turn.py).
+        Once stopping, until TURN_RESERVE before the window closes: our READER event, journaled
+        after, must come after their lines (keepalived's STOP lines among them)."""
         def until() -> float:
             term_at = self.stop.term_at
-            return float("inf") if term_at is None or self.serve else term_at + self.settings.stop_grace
+            return float("inf") if term_at is None or self.serve else term_at + DEADLINE - TURN_RESERVE
         try:
-            self.turn.take(self._wake_r, until)
+            self.turn.take(self.log, self._wake_r, until)
         except Exception as exc:  # never die of our own bug: read as before
             self._unforeseen("waiting for the reader before us", exc)
 
@@ -158,11 +168,7 @@ class Reader:
         self.workers.start()
         self._take_turn()
         eof = False
-        while not eof:
-            if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
-                break
-            if self.stop.respawned is not None:
-                break
+        while not eof:  # a step first: what waits in the pipe once it is our turn is read, even when stopping
             try:
                 eof = self._step()
                 self._pause = 0.0
@@ -170,7 +176,14 @@ class Reader:
                 self._unforeseen("reader loop", exc)
                 self._pause = min(1.0, max(0.05, self._pause * 2))
                 time.sleep(self._pause)
+            if self.stop.respawned is not None:
+                break
+            if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
+                break
         if self.serve:
+            if self.backlog:
+                self.backlog.lost(f"the journal cannot be written, and the service exits on SIGTERM; "
+                                  f"{self.intake.lines} lines read", None)
             self.log.info(None, None, f"service mode: SIGTERM, exiting ({self.intake.lines} lines read)")
             return
         if not eof:
@@ -186,9 +199,10 @@ class Reader:
         if self.stop.respawned is None and not self.fifo.replaced():
             return False
         self._take_turn()
-        eof = not self.fifo.read(self._feed)
-        self._feed(None)
-        return eof
+        got = self.fifo.read(self._feed)
+        if got <= 0:
+            self._feed(None)  # (else a writer goes on: a line cut short is the next reader's)
+        return got == EOF
 
     def _step(self) -> bool:
         """One poll and what it brought; True at the FIFO's EOF (not in service mode)."""
@@ -197,9 +211,10 @@ class Reader:
             if fd == self._wake_r:
                 drain(self._wake_r)
             elif fd == self.fifo.fd:
-                open_ = self.fifo.read(self._feed)
-                self._feed(None)  # the pipe is empty (or at EOF): what is pending is a line of its own
-                if not open_:
+                got = self.fifo.read(self._feed)
+                if got <= 0:  # the pipe is empty (or at EOF): what is pending is a line of its own
+                    self._feed(None)
+                if got == EOF:
                     eof = not self.serve
                     if self.serve:
                         self.fifo.writer_gone()
@@ -233,12 +248,16 @@ class Reader:
 
     def _feed(self, data: bytes | None) -> None:
         """The lines `data` completes; None: the pipe is empty, so bytes pending without a newline are a line."""
-        for raw in self.intake.split(data):
+        lines = self.intake.split(data)
+        for at, raw in enumerate(lines):
             try:
                 events = self.intake.line(raw, unterminated=data is None)
                 self.stop.saw(events, time.monotonic())
                 for event in events:
                     self.submit(event)
+            except WindowClosed:
+                self._unseen = len(lines) - at - 1  # read from the FIFO, never looked at: said by run()
+                raise
             except Exception as exc:
                 self._unforeseen("line handling", exc)
 

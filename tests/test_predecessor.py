@@ -12,7 +12,7 @@ from support.launcher import Launcher
 from support.marks import needs
 from support.standin import Keepalived, _await_or_kill
 
-from notify_launcher.predecessor import entry_path
+from notify_launcher.registry import entry_path
 
 
 @needs("root (the readers record which state directory serves a FIFO under /run)", os.geteuid() == 0)

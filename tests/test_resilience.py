@@ -6,27 +6,23 @@ action that kills its worker, a removed state directory, a pid limit on fork).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
-from support import LAUNCHER, ROOT, VI, recorder, tmpfs
+from support import LAUNCHER, ROOT, VI, processes, recorder, tmpfs
 from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
-from notify_launcher.locks import lock_holder
 from notify_launcher.stopping import later_sibling
 from notify_launcher.turn import lock_path
 
@@ -328,11 +324,6 @@ def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reloa
         os.unlink(k.fifo)
 
 
-def _unread(fd: int) -> int:
-    """Bytes in the pipe that no reader has taken yet."""
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
 @needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
 def test_a_reload_while_the_old_reader_holds_lines_it_has_not_journaled_keeps_their_order(launcher: Launcher) -> None:
     """The busy-CI defect: during a reload on a shared FIFO the old reader had read lines and lost the
@@ -346,16 +337,12 @@ def test_a_reload_while_the_old_reader_holds_lines_it_has_not_journaled_keeps_th
     launcher.settle(1)
     assert k.proc is not None
     old = k.proc.pid
-    err = launcher.dir / "strace.err"
-    with err.open("w") as errf:
-        tracer = subprocess.Popen(["strace", "-p", str(old), "-o", "/dev/null", "-e", "trace=read",
-                                   "-e", "inject=read:delay_exit=500000:when=1"], stderr=errf)
+    tracer = processes.hold_first_read(old, 500_000)
     try:
-        launcher.wait_for("strace attached", lambda: "attached" in err.read_text())
         xs, ys = [f'INSTANCE "X{i}" MASTER 100' for i in range(3)], [f'INSTANCE "Y{i}" MASTER 100' for i in range(3)]
         for line in xs:
             assert k.write(line)
-        launcher.wait_for("the old reader's read of X", lambda: _unread(k.fd) == 0)
+        launcher.wait_for("the old reader's read of X", lambda: k.unread() == 0)
         k.reload(same_fifo=True)
         for line in ys:
             assert k.write(line)
@@ -366,26 +353,31 @@ def test_a_reload_while_the_old_reader_holds_lines_it_has_not_journaled_keeps_th
     log = launcher.log_text()
     ran = [r.args[1] for r in sorted(launcher.starts(), key=lambda r: r.seq or 0) if r.args[0] == "INSTANCE"]
     assert ran == ["VI_1"] + [line.split('"')[1] for line in xs + ys], log[-3000:]
-    assert f"for the reader before us (pid {old})" in log, log[-3000:]
+    assert f"for the reader started before us (pid {old})" in log, log[-3000:]
     assert "READER reader RELOAD" in log and "READER reader STOP" not in log
 
 
-def test_a_holder_of_the_fifo_that_never_leaves_is_waited_for_a_bounded_time_then_read_beside(
+def test_a_reader_before_us_that_never_leaves_is_waited_for_a_bounded_time_then_read_beside(
         launcher: Launcher) -> None:
-    """Whoever holds the FIFO's read turn and does not leave (keepalived started two readers on one
-    FIFO, or one is stopped) holds the next reader back HANDOVER_WAIT at most: then it says who and
-    why in the log, and reads (nothing lost, nothing stuck)."""
+    """A reader started before ours that holds its ticket and does not leave (keepalived started two
+    readers on one FIFO, or one is stopped; here a process holding the oldest ticket there can be)
+    holds ours back HANDOVER_WAIT at most: then it says who and why in the log, and reads (nothing
+    lost, nothing stuck)."""
     lock = lock_path(str(launcher.fifo), str(launcher.state))
     os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
-    holder = subprocess.Popen(["flock", lock, "sleep", "infinity"])
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+                               "fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)\n"
+                               "print('held', flush=True)\n"
+                               "time.sleep(3600)", lock], stdout=subprocess.PIPE)
     try:
-        launcher.wait_for("the lock held", lambda: lock_holder(lock) is not None)
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
         k = launcher.keepalived()
         k.start()
         k.write(VI.format("BACKUP"))
         launcher.settle(1)
         log = launcher.log_text()
-        assert f"the reader pid {holder.pid} still reads {launcher.fifo} after" in log, log[-3000:]
+        assert f"the reader pid {holder.pid} started before us still reads {launcher.fifo} after" in log, log[-3000:]
         assert "reading beside it" in log
         k.stop([VI.format("STOP")])
     finally:

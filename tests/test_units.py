@@ -32,7 +32,8 @@ from notify_launcher.journal import JournalWriter, read_all
 from notify_launcher.locks import lock_holder
 from notify_launcher.lines import LineSplitter
 from notify_launcher.log import Log, Troubles
-from notify_launcher.predecessor import Predecessor, entry_path
+from notify_launcher.predecessor import Predecessor
+from notify_launcher.registry import entry_path
 from notify_launcher.reader import Reader
 from notify_launcher.statedir import StatePaths, ensure_state_dir
 from notify_launcher.stopping import SIBLING_CHECK, SIBLING_WAIT, STOP_QUIET, StopClassifier, Verdict

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import psutil
 
-from notify_launcher import containment, journal, predecessor, progress
-from notify_launcher.predecessor import entry_path
+from notify_launcher import containment, journal, progress
+from notify_launcher.registry import REGISTRY, entry_path
 from support import LAUNCHER, VI, invariants, processes, recorder, waiting
 from support.standin import Keepalived
 
 
-def forget_fifos(directory: Path, registry: str = predecessor.REGISTRY) -> None:
+def forget_fifos(directory: Path, registry: str = REGISTRY) -> None:
     """Remove the registry's entries of the FIFOs in `directory` (a test's temp dir)."""
     prefix = entry_path(str(directory), registry) + "%2F"
     try:

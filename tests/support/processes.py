@@ -165,6 +165,21 @@ def traced(pid: int) -> bool:
         return False
 
 
+def hold_first_read(pid: int, usec: int) -> subprocess.Popen[bytes]:
+    """Attach strace to `pid` so that its next read(2) returns only `usec` microseconds after the kernel
+    took the bytes (a reader that read lines, then lost the CPU before it journaled them); returns
+    once attached.  The tracer ends with the process: wait() for it."""
+    tracer = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", "/dev/null", "-e", "trace=read",
+                               "-e", f"inject=read:delay_exit={usec}:when=1"])
+    deadline = time.monotonic() + 30
+    while not traced(pid):
+        if tracer.poll() is not None or time.monotonic() > deadline:
+            tracer.kill()
+            raise RuntimeError(f"strace could not attach to {pid}")
+        time.sleep(0.001)
+    return tracer
+
+
 _OPENAT = {"x86_64": 257, "aarch64": 56}  # the openat syscall's number, per machine
 
 

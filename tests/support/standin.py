@@ -31,12 +31,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -101,6 +104,10 @@ class Keepalived:
         self.written += 1
         self.lines.append(line)
         return True
+
+    def unread(self) -> int:
+        """Bytes in the pipe no reader has taken yet (FIONREAD on our end)."""
+        return int(struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
     def write_raw(self, data: bytes, timeout: float = 30) -> None:
         """Write bytes as they are (garbage tests), waiting while the pipe is full: unlike keepalived."""

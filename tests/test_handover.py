@@ -1,0 +1,270 @@
+"""Reader hand-overs keep keepalived's order and lose nothing: reloads one after the other, a stop
+right after a reload, a reload during a burst that never lets the pipe be empty, and service mode
+following keepalived's FIFO.  Real readers and FIFOs through the keepalived stand-in; strace holds
+an old reader's read, SIGSTOP a starting reader (found by the red team, turn.py's tickets).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+from support import VI, processes, tmpfs
+from support.launcher import Launcher
+from support.marks import needs
+from notify_launcher.turn import lock_path
+
+needs_strace = needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+
+
+def _journaled(launcher: Launcher, initials: str) -> list[str]:
+    """Names of the INSTANCE events whose name starts with one of `initials`, in journal order."""
+    out = []
+    for line in launcher.log_text().splitlines():
+        if "| received" in line and "INSTANCE" in line:
+            seq, name = int(line.split(" #", 1)[1].split()[0]), line.split('"')[1]
+            if name[0] in initials:
+                out.append((seq, name))
+    return [name for _, name in sorted(out)]
+
+
+def _seqs(launcher: Launcher) -> dict[str, int]:
+    """Each journaled event (as the log shows it) -> its number."""
+    out = {}
+    for line in launcher.log_text().splitlines():
+        if "| received" in line and " #" in line:
+            seq, event = line.split(" #", 1)[1].split(" | ")[0].split(" ", 1)
+            if seq != "-":
+                out[event] = int(seq)
+    return out
+
+
+def _holds_ticket(lock: str, pid: int) -> bool:
+    """`pid` holds a POSIX record lock (its ticket) on `lock` (/proc/locks)."""
+    st = os.stat(lock)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as fh:
+        return any(f[1] == "POSIX" and f[4] == str(pid) and f[5] == where
+                   for f in (row.split() for row in fh) if len(f) >= 6)
+
+
+def test_two_reloads_in_a_row_journal_the_middle_fifo_before_the_newest(launcher: Launcher) -> None:
+    """keepalived reloads twice in a row, making a new FIFO each time (its usual reload).  The middle
+    reader B got its SIGTERM while it started, so it waits 0.1 s for the next reader before it
+    reads the rest of its own FIFO; the newest, C, is up meanwhile.  C must not journal its lines
+    (written after the second reload) before B has journaled B's (written before it)."""
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    k.reload()
+    assert k.proc is not None
+    b = k.proc.pid
+    launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+    for i in range(3):
+        assert k.write(f'INSTANCE "Y{i}" MASTER 100')  # into FIFO #2, B's
+    k.reload()
+    for i in range(3):
+        assert k.write(f'INSTANCE "Z{i}" MASTER 100')  # into FIFO #3, C's
+    launcher.wait_for("every line journaled", lambda: launcher.last_seq() >= 8, timeout=30)
+    launcher.wait_idle()
+    assert _journaled(launcher, "YZ") == ["Y0", "Y1", "Y2", "Z0", "Z1", "Z2"], launcher.log_text()[-3000:]
+
+
+def test_a_reader_that_loses_the_cpu_while_it_starts_is_not_overtaken_by_the_next(launcher: Launcher) -> None:
+    """The same two reloads, with B stopped (SIGSTOP: a reader that lost the CPU as it started) from
+    the moment it catches SIGTERM until the newest reader C holds its ticket: C waits for B all
+    the same, because B's ticket, taken at its start, is older."""
+    k = launcher.keepalived("--stop-grace", "0.3")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    k.reload()
+    assert k.proc is not None
+    b = k.proc.pid
+    launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+    os.kill(b, signal.SIGSTOP)
+    try:
+        for i in range(3):
+            assert k.write(f'INSTANCE "Y{i}" MASTER 100')
+        k.reload()
+        assert k.proc is not None
+        c = k.proc.pid
+        for i in range(3):
+            assert k.write(f'INSTANCE "Z{i}" MASTER 100')
+        lock = lock_path(str(launcher.fifo), str(launcher.state))
+        launcher.wait_for("C holds its ticket", lambda: _holds_ticket(lock, c), timeout=30)
+    finally:
+        os.kill(b, signal.SIGCONT)
+    launcher.wait_for("every line journaled", lambda: launcher.last_seq() >= 8, timeout=30)
+    launcher.wait_idle()
+    assert _journaled(launcher, "YZ") == ["Y0", "Y1", "Y2", "Z0", "Z1", "Z2"], launcher.log_text()[-3000:]
+
+
+@needs_strace
+def test_a_stop_right_after_a_reload_journals_the_readers_stop_after_the_old_readers_lines(
+        launcher: Launcher) -> None:
+    """keepalived stops right after a reload (shared FIFO) while the old reader A still holds lines it
+    read before the reload (its read held 0.85 s in the kernel, within keepalived's 1 s).  The new
+    reader B, stopped, waits for A beyond its own grace, to the end of its window: its READER
+    reader STOP (which runs stop_action) must come after every line keepalived wrote before it."""
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    tracer = processes.hold_first_read(k.proc.pid, 850_000)
+    try:
+        for i in range(3):
+            assert k.write(f'INSTANCE "X{i}" MASTER 100')
+        launcher.wait_for("the old reader's read of X", lambda: k.unread() == 0)
+        killer = k.reload(same_fifo=True)
+        assert k.proc is not None
+        new = k.proc.pid
+        launcher.wait_for("the new reader catches SIGTERM", lambda: processes.catches_sigterm(new), timeout=30)
+        k.stop([VI.format("STOP")])
+        killer.join()
+    finally:
+        tracer.wait(timeout=60)
+    launcher.wait_idle()
+    seqs = _seqs(launcher)
+    stop = seqs.get("READER reader STOP")
+    assert stop is not None, launcher.log_text()[-3000:]
+    after = {event: seq for event, seq in seqs.items() if seq > stop and not event.startswith("READER")}
+    assert not after, (f"READER reader STOP (#{stop}) journaled before {after}", launcher.log_text()[-3000:])
+
+
+def test_a_reload_during_a_burst_that_never_pauses_loses_no_line_unsaid(launcher: Launcher) -> None:
+    """A reload (shared FIFO) while a writer keeps the pipe from ever being empty for 1.3 s (a burst:
+    what does not fit is dropped by the writer, as keepalived does).  The old reader must still see
+    the next reader and its grace between chunks, and every line it read is journaled or counted
+    in a LOST line (the fixture's check: written lines journaled, or drops logged)."""
+    k = launcher.keepalived("--handler", "")  # events only logged: tens of thousands end fast
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    started = threading.Event()
+
+    def burst() -> None:
+        end = time.monotonic() + 1.3
+        started.set()
+        i = 0
+        while time.monotonic() < end:
+            k.write(f'INSTANCE "B{i}" MASTER 100')
+            i += 1
+
+    writer = threading.Thread(target=burst)
+    writer.start()
+    started.wait()
+    launcher.wait_for("the burst under way", lambda: launcher.last_seq() >= 200)
+    killer = k.reload(same_fifo=True)
+    writer.join()
+    killer.join()
+    launcher.unchecked = "checked here, with a longer timeout"
+    k.stop([])
+    launcher.check(timeout=300)
+
+
+@needs("root (mounts a small tmpfs)", os.geteuid() == 0)
+def test_service_mode_says_what_it_could_not_journal_when_it_is_stopped(launcher: Launcher) -> None:
+    """`notify-launcher serve` holds events in memory while the state file system is full; stopped
+    then (SIGTERM), it says in a LOST line what it could not journal (invariant 4)."""
+    with tmpfs.mounted(launcher.state, "256k", before_unmount=launcher.end_processes):
+        argv = launcher.argv()
+        proc = subprocess.Popen([argv[0], "serve", *argv[1:], "--fifo", str(launcher.fifo)])
+        try:
+            launcher.wait_started()
+            os.mkfifo(launcher.fifo, 0o600)
+            fd = os.open(launcher.fifo, os.O_RDWR | os.O_NONBLOCK)
+            first = VI.format("BACKUP")
+            os.write(fd, (first + "\n").encode())
+            launcher.settle(1)
+            tmpfs.fill_file_system(launcher.state / "filler")
+            written = 1
+            while "cannot write the journal" not in launcher.log_text():  # the journal's last page fills too
+                assert written < 2000, launcher.log_text()[-2000:]
+                written += 1
+                os.write(fd, f'INSTANCE "VI_1" MASTER {written}\n'.encode())
+                launcher.wait_for(f"line {written} journaled, or the journal full",
+                                  lambda n=written: (log := launcher.log_text()).count("| received") >= n
+                                  or "cannot write the journal" in log)
+            proc.terminate()
+            assert proc.wait(timeout=30) == 0
+            (launcher.state / "filler").unlink()
+            os.close(fd)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        launcher.unchecked = "checked here, while the tmpfs is mounted"
+        assert "LOST: " in launcher.log_text(), launcher.log_text()[-2000:]
+        launcher.check(expect_lines=[first] + [f'INSTANCE "VI_1" MASTER {n}' for n in range(2, written + 1)])
+
+
+def test_service_mode_reads_the_fifo_keepalived_makes_at_a_reload_before_the_pipe_fills(launcher: Launcher) -> None:
+    """`notify-launcher serve` follows keepalived's FIFO: at a reload keepalived unlinks it, makes a new
+    one and writes into it at once.  2,000 RS lines (more than a pipe holds) written then, a few
+    ms apart: none is dropped, so the service found the new FIFO in time."""
+    argv = launcher.argv("--handler", "")
+    proc = subprocess.Popen([argv[0], "serve", *argv[1:], "--fifo", str(launcher.fifo)])
+    try:
+        launcher.wait_started()
+        os.mkfifo(launcher.fifo, 0o600)
+        fd = os.open(launcher.fifo, os.O_RDWR | os.O_NONBLOCK)
+        os.write(fd, (VI.format("BACKUP") + "\n").encode())
+        launcher.settle(1)
+        os.close(fd)  # keepalived reloads: fifo_close (EOF, unlink) ...
+        os.unlink(launcher.fifo)
+        time.sleep(0.005)  # ... parses its configuration (the scenario's pace) ...
+        os.mkfifo(launcher.fifo, 0o600)  # ... fifo_open: a new FIFO, written into at once
+        fd = os.open(launcher.fifo, os.O_RDWR | os.O_NONBLOCK)
+        written = dropped = 0
+        for i in range(2000):
+            try:
+                os.write(fd, f"RS [192.168.{i // 250}.{i % 250 + 1}]:tcp:80 [10.0.0.10]:tcp:80 UP\n".encode())
+                written += 1
+            except OSError as exc:
+                assert exc.errno == errno.EAGAIN
+                dropped += 1
+            time.sleep(0.0002)  # the writer's pace: part of the scenario
+        launcher.settle(1 + written)
+        os.close(fd)
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    launcher.unchecked = "the stand-in wrote no line: checked here"
+    assert dropped == 0, (dropped, [line[11:23] for line in launcher.log_text().splitlines()
+                                    if "following it" in line or "reading" in line])
+
+
+def test_a_reload_while_the_reader_starts_leaves_it_the_lines_of_its_own_fifo(launcher: Launcher) -> None:
+    """keepalived writes its first lines into FIFO #1 and reloads while the reader is still starting
+    (stopped from the moment it catches SIGTERM to the reload's end: its config, checks and state
+    directory, 20-40 ms, still ahead): the reload unlinks FIFO #1 and makes FIFO #2 at the path.
+    The reader reads FIFO #1, the one keepalived started it on (opened before it catches SIGTERM),
+    not the next reader's: keepalived's first lines are journaled, then the next reader's."""
+    k = launcher.keepalived()
+    k.start()
+    assert k.proc is not None
+    first = k.proc.pid
+    launcher.wait_for("the reader catches SIGTERM", lambda: processes.catches_sigterm(first), timeout=30)
+    os.kill(first, signal.SIGSTOP)
+    try:
+        for i in range(3):
+            assert k.write(f'INSTANCE "W{i}" MASTER 100')  # keepalived's first lines, into FIFO #1
+        k.reload()  # FIFO #1 unlinked; FIFO #2 and the next reader
+        for i in range(3):
+            assert k.write(f'INSTANCE "Z{i}" MASTER 100')  # into FIFO #2
+    finally:
+        os.kill(first, signal.SIGCONT)
+    launcher.wait_for("every line journaled", lambda: launcher.last_seq() >= 7, timeout=30)
+    launcher.wait_idle()
+    assert _journaled(launcher, "WZ") == ["W0", "W1", "W2", "Z0", "Z1", "Z2"], launcher.log_text()[-3000:]
