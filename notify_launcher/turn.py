@@ -119,12 +119,15 @@ class ReadTurn:
             if before is None:
                 break
             first = first or before
-            left = min(started + HANDOVER_WAIT, until()) - time.monotonic()
+            bound = until()
+            left = min(started + HANDOVER_WAIT, bound) - time.monotonic()
             if left <= 0:
+                why = "keepalived's stop window closes" if bound < started + HANDOVER_WAIT else \
+                    "not a reader keepalived is replacing (two readers configured on one FIFO -- see " \
+                    "check-config -- or a stopped one)"
                 log.warn(None, None, f"the reader pid {before} started before us still reads {self.fifo} after "
-                                     f"{time.monotonic() - started:.1f}s: not a reader keepalived is replacing "
-                                     f"(two readers configured on one FIFO -- see check-config -- or a stopped "
-                                     f"one); reading beside it, so the order of lines between the two is not kept")
+                                     f"{time.monotonic() - started:.1f}s: {why}; reading beside it, so the order "
+                                     f"of lines between the two is not kept")
                 return
             if select.select([wake_fd], [], [], min(left, RETRY))[0]:
                 drain(wake_fd)
