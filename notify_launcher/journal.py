@@ -30,7 +30,11 @@ or on a disk that stalls), the event goes into the writer's own spill file (`spi
 line format, SEQ 0), durably and at once, and is numbered into the journal, in order, by the
 writer's next append that gets the lock -- or by the worker, which adopts every spill file it can
 lock each time it reads the journal (it is rung after every append, spilled or not), also those of
-writers that died since.  A writer's later events wait behind its spilled ones, so its order holds.
+writers that died since.  A writer's later events wait behind its spilled ones, so its order holds;
+and a writer that numbers its own spilled events numbers first those of the other spill files it
+can lock: a reader that left during a reload with events spilled read them before the next one
+read its own (turn.py).  A leaving reader also numbers its own spilled events itself if the lock
+comes free within keepalived's window (`unspill`).
 
 The worker compacts the journal when everything in it is done: it replaces the file (atomically)
 with one holding only the last entry (so numbering goes on), and removes the settings versions
@@ -230,16 +234,39 @@ class JournalWriter:
         if not self._lock(0.0 if self._spill_fd >= 0 else LOCK_WAIT):  # spilling: no wait per event
             self._spill(entry)
             return None
+        seq = self._after_own_spill(entry)
+        if seq is None:  # (cannot happen: only an adopter holding the journal lock locks it)
+            self._spill(entry)
+        return seq
+
+    @property
+    def spilling(self) -> bool:
+        """Events of ours wait in our spill file, not numbered yet."""
+        return self._spill_fd >= 0
+
+    def unspill(self) -> bool:
+        """Number the events waiting in our spill file, if the journal's lock is free now (a reader
+        leaving: the next one must not number its own before ours); True once none waits."""
+        if self._spill_fd < 0:
+            return True
+        return self._lock(0.0) and self._after_own_spill(None) is not None
+
+    def _after_own_spill(self, entry: Entry | None) -> int | None:
+        """Under the journal's lock (let go here): the events in our spill file, then `entry`, numbered
+        in one write; the last number (0: nothing written), None if our spill file was busy."""
         try:
-            size = self._synced()
             spilled = self._own_spill()
-            if spilled is None:  # (cannot happen: only an adopter holding the journal lock locks it)
-                self._spill(entry)
+            if spilled is None:
                 return None
-            seq = self._write([*spilled, entry], size)
+            if spilled:
+                for line in self.adopt(held=True):
+                    self.report("ERROR", None, None, f"{self.paths.spill}: damaged line dropped: {describe(line)}")
+            size = self._synced()
+            entries = spilled if entry is None else [*spilled, entry]
+            seq = self._write(entries, size) if entries else 0
             if self._spill_fd >= 0:
                 self._drop_spill()
-            for n, late in enumerate(spilled, seq - len(spilled)):
+            for n, late in enumerate(spilled, seq - len(entries) + 1):
                 self.report("INFO", n, late.event, "received (journaled late: spilled while the journal's lock was busy)")
             return seq
         finally:
@@ -355,12 +382,14 @@ class JournalWriter:
         os.close(self._spill_fd)
         self._spill_fd = -1
 
-    def adopt(self) -> list[bytes]:
-        """Journal, numbered and in order, the events in every spill file we can lock (the worker
-        calls this before reading the journal); returns the damaged lines found in them.  A spill
-        file being written is left for the next call (its writer rings once it is written).  The
-        worker waits for the journal's lock here as long as it takes: spilled events mean a holder
-        stalled, nothing can be journaled before it lets go, and nobody would ring again after."""
+    def adopt(self, held: bool = False) -> list[bytes]:
+        """Journal, numbered and in order, the events in every spill file we can lock but our own (the
+        worker calls this before reading the journal; a reader, `held` the journal's lock, before it
+        numbers its own spilled events: a reader before it that left with events spilled read them
+        first, turn.py); returns the damaged lines found in them.  A spill file being written is left
+        for the next call (its writer rings once it is written).  The worker waits for the journal's
+        lock here as long as it takes: spilled events mean a holder stalled, nothing can be journaled
+        before it lets go, and nobody would ring again after."""
         try:
             names = sorted(os.listdir(self.paths.spill))
         except FileNotFoundError:
@@ -370,6 +399,8 @@ class JournalWriter:
             return []
         damaged: list[bytes] = []
         for name in names:
+            if name == str(os.getpid()):
+                continue  # (ours: the caller's, numbered by it)
             path = os.path.join(self.paths.spill, name)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -384,13 +415,15 @@ class JournalWriter:
                 if not stat.S_ISREG(mode):
                     self._stray(name, f"is {_kind(mode)}, not a spill file")
                     continue
-                self._lock(None)
+                if not held:
+                    self._lock(None)
                 try:
                     damaged += self._adopt_one(fd, path)
                 except OSError as exc:  # (EIO, a file system gone read-only): the queue goes on without it
                     self._stray(name, f"cannot be read or removed ({exc.strerror})")
                 finally:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    if not held:
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)  # and its lock
         return damaged

@@ -271,6 +271,13 @@ class Reader:
         if failed is not None and failed.errno in (errno.ENOENT, errno.ENOTDIR):
             self.workers.repair.repair()
 
+    def _unspilled(self) -> bool:
+        """Nothing of ours waits in our spill file (numbered now, if the journal's lock is free)."""
+        try:
+            return self.journal.unspill()
+        except OSError:
+            return True  # (it cannot be numbered now: the worker adopts it, said when it does)
+
     def _unforeseen(self, area: str, exc: Exception) -> None:
         """An exception nobody planned for: its traceback once, then carry on."""
         self.troubles.report(area, None, None, f"{area}: unexpected error (the reader carries on)", exc)
@@ -280,9 +287,12 @@ class Reader:
         the journal takes it) and log the exit."""
         self._verdict = verdict
         self.submit(Event(READER_TYPE, "reader", verdict.state))
-        while self.backlog and self.window.deadline is not None:  # keepalived's window: try again until it
-            time.sleep(STOP_RETRY)                                 # closes (WindowClosed), a full disk may
-            self.submit(None)                                      # take writes again meanwhile
+        # keepalived's window: try again until it closes (WindowClosed); a full disk may take writes
+        # again meanwhile, and a journal's lock come free for what we spilled (spilled is durable, but
+        # numbered only later, maybe after what the next reader appends: turn.py's order needs it now)
+        while (self.backlog or not self._unspilled()) and self.window.deadline is not None:
+            time.sleep(STOP_RETRY)
+            self.submit(None)
         if self.backlog:
             self.backlog.lost(f"the journal cannot be written, and the reader exits; {self.intake.lines} lines read",
                               verdict.state)

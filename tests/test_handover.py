@@ -7,6 +7,7 @@ an old reader's read, SIGSTOP a starting reader (found by the red team, turn.py'
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ def _journaled(launcher: Launcher, initials: str) -> list[str]:
     """Names of the INSTANCE events whose name starts with one of `initials`, in journal order."""
     out = []
     for line in launcher.log_text().splitlines():
-        if "| received" in line and "INSTANCE" in line:
+        if "| received" in line and "INSTANCE" in line and " #- " not in line:  # (spilled: numbered later)
             seq, name = int(line.split(" #", 1)[1].split()[0]), line.split('"')[1]
             if name[0] in initials:
                 out.append((seq, name))
@@ -254,3 +255,35 @@ def test_a_reload_while_the_reader_starts_leaves_it_the_lines_of_its_own_fifo(la
     launcher.wait_for("every line journaled", lambda: launcher.last_seq() >= 7, timeout=30)
     launcher.wait_idle()
     assert _journaled(launcher, "WZ") == ["W0", "W1", "W2", "Z0", "Z1", "Z2"], launcher.log_text()[-3000:]
+
+
+def test_a_reload_while_the_journal_lock_is_busy_keeps_the_order_of_the_two_readers(launcher: Launcher) -> None:
+    """The journal's lock stays busy over 50 ms across a reload (journal.py's spill case: a holder
+    stopped, a stalling disk) while the worker runs a long action.  The old reader A spills X0-X2
+    and its READER RELOAD; the new reader B spills Z0-Z2.  The lock comes free and Z3 comes: A,
+    still in its window, numbers its spilled events before it lets its ticket go, so B's come after
+    them (before, B numbered its own first, and A's waited for the worker: red team)."""
+    gate = launcher.gate_backup()
+    k = launcher.first_action_running()
+    journal = os.open(launcher.state / "journal", os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(journal, fcntl.LOCK_EX)
+            for i in range(3):
+                assert k.write(f'INSTANCE "X{i}" MASTER 100')
+            launcher.wait_for("A spilled X", lambda: launcher.log_text().count("kept in the spill file") >= 3)
+            k.reload()
+            launcher.wait_for("A spilled its READER", lambda: launcher.log_text().count("kept in the spill file") >= 4)
+            for i in range(3):
+                assert k.write(f'INSTANCE "Z{i}" MASTER 100')
+            launcher.wait_for("B spilled Z", lambda: launcher.log_text().count("kept in the spill file") >= 7)
+        finally:
+            fcntl.flock(journal, fcntl.LOCK_UN)
+            os.close(journal)
+        assert k.write('INSTANCE "Z3" MASTER 100')
+        launcher.wait_for("B journaled Z3", lambda: '"Z3" MASTER 100 | received' in launcher.log_text())
+    finally:
+        gate.touch()
+    launcher.wait_for("all numbered", lambda: len(_journaled(launcher, "XZ")) >= 7, timeout=30)
+    launcher.wait_idle()
+    assert _journaled(launcher, "XZ") == ["X0", "X1", "X2", "Z0", "Z1", "Z2", "Z3"], launcher.log_text()[-4000:]
