@@ -10,8 +10,9 @@ TYPE_CHECKING = False
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 
-from notify_launcher.events import Event
+from notify_launcher.events import Event, Rejected
 from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
 
@@ -75,13 +76,17 @@ class Backlog:
                 self.log.info(seq, event, f"received ({where[2:]})" if where else "received")
         return None
 
-    def lost(self, why: str, end: str | None) -> None:
+    def lost(self, why: str, end: str | None, unseen: Sequence[bytes] = ()) -> None:
         """The reader exits with events not journaled: say how many, why, whether `stop_action` will
         run (`end`: the state of the reader's own READER event among them; None: not known yet,
-        not among them), and each event (the first LOST_SHOWN)."""
+        not among them), and each event (the first LOST_SHOWN).  `unseen`: lines read from the
+        FIFO after those, not even parsed (each counted as an event, and shown as it came)."""
         lost = self.events()
         after = {"STOP": "; stop_action will not run", None: "; nor is the reader's own end (READER reader STOP "
                  "or RELOAD): if keepalived is stopping, stop_action will not run"}.get(end, "")
-        self.log.error(None, None, f"LOST: {len(lost)} events not journaled ({why}){after}")
+        unparsed = f"; {len(unseen)} of them lines read from the FIFO, not yet parsed" if unseen else ""
+        self.log.error(None, None, f"LOST: {len(lost) + len(unseen)} events not journaled ({why}{unparsed}){after}")
         for event in lost[:LOST_SHOWN]:
             self.log.error(None, event, "LOST: not journaled")
+        for raw in unseen[:max(0, LOST_SHOWN - len(lost))]:
+            self.log.error(None, None, f"LOST: not journaled (read, not parsed): {Rejected(raw, '').shown()}")

@@ -80,9 +80,10 @@ TURN: turn.ReadTurn | None = None  # its ticket to read the FIFO after the reade
 PINNED = -1  # keepalived's FIFO (the last argument), opened at once: a reload may replace it at the path
 if _run_as_notify_launcher() and starts_the_reader(sys.argv):
     STARTER = early()  # first: once SIGTERM is caught, the reader counts on it being known
-    PINNED = _pin(sys.argv[-1]) if len(sys.argv) > 1 else -1  # (µs: before SIGTERM is caught, so caught means pinned)
-    signal.signal(signal.SIGTERM, _early_term)
+    # (µs each, before SIGTERM is caught, so that a reader that catches it holds both)
+    PINNED = _pin(sys.argv[-1]) if len(sys.argv) > 1 else -1
     TURN = turn.early(sys.argv)  # before the imports: a reader started after us must find it
+    signal.signal(signal.SIGTERM, _early_term)
 
 import errno  # noqa: E402  (after the handler, on purpose)
 import syslog  # noqa: E402

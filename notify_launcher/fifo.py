@@ -102,21 +102,22 @@ class Fifo:
         if self.fd >= 0:
             self.poller.register(self.fd, select.POLLIN)
 
-    def read(self, feed: Callable[[bytes], None]) -> int:
+    def read(self, feed: Callable[[bytes], None], budget: int | None = None) -> int:
         """Hand `feed` what the FIFO holds now, to its end: EMPTY (all read) or EOF (keepalived closed
-        it); or, when a writer goes on meanwhile, as much as the pipe can hold (F_GETPIPE_SZ) and the
-        size of the last chunk: the reader looks at its stop before it reads on (poll() says at once
-        that more is there), so a writer that never pauses cannot keep it from leaving."""
-        budget = fcntl.fcntl(self.fd, F_GETPIPE_SZ)
+        it); or, when a writer goes on meanwhile, `budget` bytes (default: as much as the pipe can
+        hold, F_GETPIPE_SZ) and the size of the last chunk: the reader looks at its stop before it
+        reads on (poll() says at once that more is there), so a writer that never pauses cannot keep
+        it from leaving."""
+        left = fcntl.fcntl(self.fd, F_GETPIPE_SZ) if budget is None else budget
         while True:
-            got = self._chunk(feed)
-            budget -= max(got, 0)
-            if got <= 0 or budget <= 0:
+            got = self._chunk(feed, min(CHUNK, left))
+            left -= max(got, 0)
+            if got <= 0 or left <= 0:
                 return got
 
-    def _chunk(self, feed: Callable[[bytes], None]) -> int:
+    def _chunk(self, feed: Callable[[bytes], None], size: int) -> int:
         try:
-            data = os.read(self.fd, CHUNK)
+            data = os.read(self.fd, size)
         except BlockingIOError:
             return EMPTY
         if not data:

@@ -120,6 +120,13 @@ def ticks() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _TICK_NS
 
 
+def age(pid: int) -> float | None:
+    """How long ago, at least, `pid` started (s; its start time is whole clock ticks, rounded down):
+    None if there is no such process."""
+    st = stat(pid)
+    return None if st is None else max(0.0, (ticks() - st.start - 1) / TICKS_PER_SECOND)
+
+
 def started_between(pid: int, first: int, last: int) -> bool:
     """`pid` is the process spawned between `ticks()` calls that returned `first` and `last`, not a
     later one that was given its pid."""

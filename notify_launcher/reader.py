@@ -51,6 +51,8 @@ STOP_RETRY = 0.02
 #: What is kept of the stop window after waiting for the readers before us: to read what the pipe
 #: holds and journal it with our READER event (s).
 TURN_RESERVE = 0.1
+#: Bytes read from the FIFO between two looks at the stop, once stopping (~100 lines).
+STOPPING_READ = 4096
 
 
 class Reader:
@@ -88,7 +90,7 @@ class Reader:
         self._verdict: Verdict | None = None  # the end, once known
         self._wake_r = -1
         self._pause = 0.0  # after an unforeseen exception: a growing pause, so it cannot spin
-        self._unseen = 0  # lines read when keepalived's window closed, not even parsed
+        self._unseen: list[bytes] = []  # lines read when keepalived's window closed, not even parsed
 
     def init_signals(self) -> None:
         """SIGTERM notes the time (the loop acts on it) and opens the stop window (which ends any wait
@@ -132,11 +134,10 @@ class Reader:
         except WindowClosed as closed:
             self.window.last_words()  # bounds the lines that say what is lost
             try:
-                unseen = f", and {self._unseen} more read from the FIFO, not looked at" if self._unseen else ""
-                if self.backlog or self._verdict is None or unseen:
+                if self.backlog or self._verdict is None or self._unseen:
                     self.backlog.lost(f"keepalived's SIGKILL is due and the reader still waits, at {closed}; "
-                                      f"{self.intake.lines} lines read{unseen}",
-                                      None if self._verdict is None else self._verdict.state)
+                                      f"{self.intake.lines} lines read",
+                                      None if self._verdict is None else self._verdict.state, self._unseen)
             except WindowClosed:
                 pass
         finally:
@@ -168,7 +169,9 @@ class Reader:
         self.workers.start()
         self._take_turn()
         eof = False
-        while not eof:  # a step first: what waits in the pipe once it is our turn is read, even when stopping
+        # (a step before the stop is looked at: what waits in the pipe once it is our turn is read, even
+        # when stopping; a reader whose keepalived child is gone reads nothing more: _read_what_is_ours)
+        while not eof and self.stop.respawned is None:
             try:
                 eof = self._step()
                 self._pause = 0.0
@@ -176,10 +179,10 @@ class Reader:
                 self._unforeseen("reader loop", exc)
                 self._pause = min(1.0, max(0.05, self._pause * 2))
                 time.sleep(self._pause)
-            if self.stop.respawned is not None:
-                break
             if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
                 break
+            if self.stop.term_at is not None:
+                self.window.open(self.stop.term_at)  # (earlier, when the next reader showed our SIGTERM came earlier)
         if self.serve:
             if self.backlog:
                 self.backlog.lost(f"the journal cannot be written, and the service exits on SIGTERM; "
@@ -210,8 +213,8 @@ class Reader:
         for fd, _ in self.poller.poll(self._poll_timeout()):
             if fd == self._wake_r:
                 drain(self._wake_r)
-            elif fd == self.fifo.fd:
-                got = self.fifo.read(self._feed)
+            elif fd == self.fifo.fd:  # (once stopping, a little at a time: what we read must be journaled in time)
+                got = self.fifo.read(self._feed, None if self.stop.term_at is None else STOPPING_READ)
                 if got <= 0:  # the pipe is empty (or at EOF): what is pending is a line of its own
                     self._feed(None)
                 if got == EOF:
@@ -256,7 +259,7 @@ class Reader:
                 for event in events:
                     self.submit(event)
             except WindowClosed:
-                self._unseen = len(lines) - at - 1  # read from the FIFO, never looked at: said by run()
+                self._unseen = lines[at + 1:]  # read from the FIFO, never looked at: said by run()
                 raise
             except Exception as exc:
                 self._unforeseen("line handling", exc)

@@ -184,9 +184,23 @@ class StopClassifier:
 
     def sigterm(self, now: float) -> None:
         """keepalived's SIGTERM (only the earliest counts: the grace runs from it; cli's early handler's
-        may be noted after a later one caught here)."""
+        may be noted after a later one caught here).  The first time, look for the next reader at once:
+        found already, our handler ran late (see `_found`)."""
+        first = self.term_at is None
         if self.term_at is None or now < self.term_at:
             self.term_at = now
+        if first:
+            self.sibling = self._found(self.next_reader())
+
+    def _found(self, sibling: int | None) -> int | None:
+        """The next reader, once found: keepalived sent our SIGTERM before it started it, so the window
+        runs from then at the latest -- when we did not get the CPU (or were stuck in a system call)
+        as it came, our handler ran late, and its clock would let keepalived's SIGKILL come first."""
+        if sibling is not None and self.term_at is not None:
+            age = identity.age(sibling)
+            if age is not None:
+                self.sigterm(time.monotonic() - age)
+        return sibling
 
     def saw(self, events: list[Event], now: float) -> None:
         """A line came with these events (none: it was rejected): the FIFO is not quiet yet."""
@@ -201,7 +215,7 @@ class StopClassifier:
         it at all), None for a stop (read its STOP lines)."""
         assert self.term_at is not None
         time.sleep(max(0.0, self.term_at + SIBLING_WAIT - time.monotonic()))
-        self.sibling = self.next_reader()
+        self.sibling = self._found(self.next_reader())
         if self.sibling is None:
             return None
         return Verdict("RELOAD", f"SIGTERM while starting, and keepalived started the next reader "
@@ -226,7 +240,7 @@ class StopClassifier:
             return True
         if self.sibling is None and now >= self._sibling_check:  # also while lines come: a busy shared
             self._sibling_check = now + SIBLING_CHECK              # FIFO must not keep us beside the next reader
-            self.sibling = self.next_reader()
+            self.sibling = self._found(self.next_reader())
         if self.sibling is not None:
             return True
         # keepalived writes its STOP lines in one burst; a line of an instance or group we have not
