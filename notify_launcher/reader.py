@@ -38,8 +38,7 @@ from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
 from notify_launcher.stopping import StopClassifier, Verdict, later_sibling
 from notify_launcher.turn import ReadTurn, lock_path
-from notify_launcher.window import DEADLINE
-from notify_launcher.window import StopWindow, WindowClosed
+from notify_launcher.window import DEADLINE, StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
 
 if TYPE_CHECKING:
@@ -60,7 +59,7 @@ class Reader:
     the FIFO, the intake, the backlog, the worker link and the stop classifier.
 
     Building one only stores state; `run()` installs the signal handlers and serves until
-    keepalived stops it.  Its ~190 lines are the composition alone (11 methods: the poll loop, the
+    keepalived stops it.  Its ~250 lines are the composition alone (14 methods: the poll loop, the
     signal handlers, and the hand-offs between the parts it holds); each job it composes is a class
     of its own in the modules above."""
 

@@ -20,6 +20,7 @@ import pytest
 from support import VI, processes, tmpfs
 from support.launcher import Launcher
 from support.marks import needs
+from support.standin import Keepalived
 from notify_launcher.turn import lock_path
 
 needs_strace = needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
@@ -54,6 +55,21 @@ def _holds_ticket(lock: str, pid: int) -> bool:
     with open("/proc/locks") as fh:
         return any(f[1] == "POSIX" and f[4] == str(pid) and f[5] == where
                    for f in (row.split() for row in fh) if len(f) >= 6)
+
+
+def _old_reader_holding_x(launcher: Launcher, k: Keepalived) -> subprocess.Popen[bytes]:
+    """keepalived started and #1 settled; then the reader reads X0..X2 and its read returns only 0.85 s
+    later (strace: a reader that lost the CPU between its read and its journal append, within
+    keepalived's 1 s); returns the tracer, to wait() for once the reader is gone."""
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    tracer = processes.hold_first_read(k.proc.pid, 850_000)
+    for i in range(3):
+        assert k.write(f'INSTANCE "X{i}" MASTER 100')
+    launcher.wait_for("the old reader's read of X", lambda: k.unread() == 0)
+    return tracer
 
 
 @pytest.mark.parametrize("held", [False, True], ids=["as-is", "middle-reader-stopped"])
@@ -101,15 +117,8 @@ def test_a_stop_right_after_a_reload_journals_the_readers_stop_after_the_old_rea
     reader B, stopped, waits for A beyond its own grace, to the end of its window: its READER
     reader STOP (which runs stop_action) must come after every line keepalived wrote before it."""
     k = launcher.keepalived()
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.settle(1)
-    assert k.proc is not None
-    tracer = processes.hold_first_read(k.proc.pid, 850_000)
+    tracer = _old_reader_holding_x(launcher, k)
     try:
-        for i in range(3):
-            assert k.write(f'INSTANCE "X{i}" MASTER 100')
-        launcher.wait_for("the old reader's read of X", lambda: k.unread() == 0)
         killer = k.reload(same_fifo=True)
         assert k.proc is not None
         new = k.proc.pid
@@ -307,15 +316,8 @@ def test_an_old_reader_that_gets_the_cpu_back_late_says_what_it_could_not_journa
     if stop:
         launcher.stop_action()
     k = launcher.keepalived("--handler", "")
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.settle(1)
-    assert k.proc is not None
-    tracer = processes.hold_first_read(k.proc.pid, 850_000)
+    tracer = _old_reader_holding_x(launcher, k)
     try:
-        for i in range(3):
-            assert k.write(f'INSTANCE "X{i}" MASTER 100')
-        launcher.wait_for("the old reader's read of X", lambda: k.unread() == 0)
         if stop:
             killer = k.reload(same_fifo=True)
             assert k.proc is not None
