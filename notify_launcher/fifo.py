@@ -115,6 +115,18 @@ class Fifo:
             if got <= 0 or left <= 0:
                 return got
 
+    def finish_line(self, feed: Callable[[bytes], None], cut: Callable[[], bool]) -> int:
+        """Before a reader leaves a FIFO it shares: the rest of the line its last read stopped inside
+        (`cut()` says so), a byte at a time, so the next reader starts at a line.  keepalived writes a
+        line with one write of less than PIPE_BUF bytes, so the rest is in the pipe already (another
+        writer's unterminated bytes end at EMPTY).  Returns as `read` does."""
+        got = EMPTY
+        while cut():
+            got = self._chunk(feed, 1)
+            if got <= 0:
+                break
+        return got
+
     def _chunk(self, feed: Callable[[bytes], None], size: int) -> int:
         try:
             data = os.read(self.fd, size)

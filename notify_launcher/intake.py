@@ -60,6 +60,10 @@ class Intake:
             return [] if pending is None else [pending]
         return self.splitter.feed(data)
 
+    def cut(self) -> bool:
+        """The bytes split so far end inside a line (Fifo.finish_line reads its rest)."""
+        return self.splitter.cut
+
     def line(self, raw: bytes, unterminated: bool = False) -> list[Event]:
         """One line (without its newline): its events (none when it is rejected: said in the log; two
         when it was glued to a line keepalived writes)."""

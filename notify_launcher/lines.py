@@ -37,6 +37,11 @@ class LineSplitter:
         self._buf = rest
         return out
 
+    @property
+    def cut(self) -> bool:
+        """Bytes of a line wait for its end (a read stopped inside it)."""
+        return bool(self._buf) or self._discarding
+
     def flush(self) -> bytes | None:
         """What is pending, as a line of its own (None: nothing, or only NULs: newer keepalived writes
         one after each newline, the end of the line before, not a line); an over-long line's rest

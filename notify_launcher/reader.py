@@ -190,6 +190,10 @@ class Reader:
             return
         if not eof:
             eof = self._read_what_is_ours()
+        if not eof:  # the next reader starts at a line: the rest of one our last read stopped inside is ours
+            eof = self.fifo.finish_line(self._feed, self.intake.cut) == EOF
+            if self.intake.cut():
+                self._feed(None)  # (the pipe is empty, or at its end: another writer's bytes, a line of their own)
         self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced))
 
     def _read_what_is_ours(self) -> bool:
@@ -203,7 +207,7 @@ class Reader:
         self._take_turn()
         got = self.fifo.read(self._feed)
         if got <= 0:
-            self._feed(None)  # (else a writer goes on: a line cut short is the next reader's)
+            self._feed(None)  # (else a writer goes on: the line cut short is finished before we leave)
         return got == EOF
 
     def _step(self) -> bool:
