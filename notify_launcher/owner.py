@@ -148,7 +148,11 @@ class Starter:
         shape); without one, only the starter's exit (its pidfd became readable)."""
         if self.starter is None or self.keepalived is None or (term and not self.direct):
             return None
-        if not _exited(self.pidfd) or _exited(self._main_fd) or not identity.is_running(self.keepalived):
+        # (directly started, our parent is the starter: the kernel re-parents us before it sends the
+        # parent-death SIGTERM, but makes the starter's pidfd readable only after -- a moment a
+        # SIGTERM that comes as we start our loop can fall in)
+        gone = _exited(self.pidfd) or (self.direct and os.getppid() != self.starter.pid)
+        if not gone or _exited(self._main_fd) or not identity.is_running(self.keepalived):
             return None
         return (f"keepalived's process {self.starter.pid}, which started this reader, is gone while keepalived "
                 f"(pid {self.keepalived.pid}) runs on: it starts that process again, and it the next reader")

@@ -125,15 +125,15 @@ class ReadTurn:
                 why = "keepalived's stop window closes" if bound < started + HANDOVER_WAIT else \
                     "not a reader keepalived is replacing (two readers configured on one FIFO -- see " \
                     "check-config -- or a stopped one)"
-                log.warn(None, None, f"the reader pid {before} started before us still reads {self.fifo} after "
+                log.warn(None, None, f"the earlier reader pid {before} still reads {self.fifo} after "
                                      f"{time.monotonic() - started:.1f}s: {why}; reading beside it, so the order "
                                      f"of lines between the two is not kept")
                 return
             if select.select([wake_fd], [], [], min(left, RETRY))[0]:
                 drain(wake_fd)
         if first is not None:
-            log.info(None, None, f"waited {(time.monotonic() - started) * 1000:.0f} ms for the reader started before "
-                                 f"us (pid {first}) to journal what it read from {self.fifo}")
+            log.info(None, None, f"waited {(time.monotonic() - started) * 1000:.0f} ms for the earlier reader "
+                                 f"(pid {first}) to journal what it read from {self.fifo}")
 
     def release(self) -> None:
         """Let our ticket go (closing the file does, for a record lock); again: nothing."""

@@ -76,6 +76,8 @@ def test_bytes_without_a_newline_before_a_reload_are_not_dropped(launcher: Launc
     k.reload().join()
     launcher.settle(2)  # FAULT, READER RELOAD
     assert _actions(launcher) == [["INSTANCE", "VI_1", "FAULT"]]
+    # (the stop waits for the next reader's start: a SIGTERM in its Python start-up is a stated limit)
+    launcher.wait_for("the next reader started", lambda: launcher.log_text().count("| reader started") == 2)
     k.stop([])
 def test_bytes_written_before_a_reload_while_the_reader_starts_are_not_dropped(launcher: Launcher) -> None:
     """keepalived reloads (SIGTERM, EOF, a new FIFO for the next reader) while the reader is still
@@ -94,4 +96,6 @@ def test_bytes_written_before_a_reload_while_the_reader_starts_are_not_dropped(l
     k.reload().join()
     launcher.settle(2)  # FAULT, READER RELOAD
     assert _actions(launcher) == [["INSTANCE", "VI_1", "FAULT"]]
+    # (the stop waits for the next reader's start: a SIGTERM in its Python start-up is a stated limit)
+    launcher.wait_for("the next reader started", lambda: launcher.log_text().count("| reader started") == 2)
     k.stop([])

@@ -353,7 +353,7 @@ def test_a_reload_while_the_old_reader_holds_lines_it_has_not_journaled_keeps_th
     log = launcher.log_text()
     ran = [r.args[1] for r in sorted(launcher.starts(), key=lambda r: r.seq or 0) if r.args[0] == "INSTANCE"]
     assert ran == ["VI_1"] + [line.split('"')[1] for line in xs + ys], log[-3000:]
-    assert f"for the reader started before us (pid {old})" in log, log[-3000:]
+    assert f"for the earlier reader (pid {old})" in log, log[-3000:]
     assert "READER reader RELOAD" in log and "READER reader STOP" not in log
 
 
@@ -377,7 +377,7 @@ def test_a_reader_before_us_that_never_leaves_is_waited_for_a_bounded_time_then_
         k.write(VI.format("BACKUP"))
         launcher.settle(1)
         log = launcher.log_text()
-        assert f"the reader pid {holder.pid} started before us still reads {launcher.fifo} after" in log, log[-3000:]
+        assert f"the earlier reader pid {holder.pid} still reads {launcher.fifo} after" in log, log[-3000:]
         assert "reading beside it" in log
         k.stop([VI.format("STOP")])
     finally:
