@@ -105,8 +105,13 @@ class Reader:
     def _on_term(self, signum: int, frame: object, at: float | None = None) -> None:
         self.stop.sigterm(time.monotonic() if at is None else at)
         if not self.serve:  # service mode leaves at once: no window to keep
-            assert self.stop.term_at is not None
-            self.window.open(self.stop.term_at)
+            self._arm_window()
+
+    def _arm_window(self) -> None:
+        """Keep to keepalived's window; with a next reader, end TURN_RESERVE early, so what it
+        journals at the end of its own wait for us (its READER event) comes after all we journal."""
+        assert self.stop.term_at is not None
+        self.window.open(self.stop.term_at - (TURN_RESERVE if self.stop.sibling is not None else 0.0))
 
     def run(self) -> int:
         try:
@@ -178,10 +183,12 @@ class Reader:
                 self._unforeseen("reader loop", exc)
                 self._pause = min(1.0, max(0.05, self._pause * 2))
                 time.sleep(self._pause)
-            if self.stop.term_at is not None and (self.serve or self.stop.done(time.monotonic())):
-                break
             if self.stop.term_at is not None:
-                self.window.open(self.stop.term_at)  # (earlier, when the next reader showed our SIGTERM came earlier)
+                leaving = self.serve or self.stop.done(time.monotonic())
+                if not self.serve:
+                    self._arm_window()  # (earlier once the next reader shows up, or shows our SIGTERM came earlier)
+                if leaving:
+                    break
         if self.serve:
             if self.backlog:
                 self.backlog.lost(f"the journal cannot be written, and the service exits on SIGTERM; "
@@ -256,13 +263,16 @@ class Reader:
         """The lines `data` completes; None: the pipe is empty, so bytes pending without a newline are a line."""
         lines = self.intake.split(data)
         for at, raw in enumerate(lines):
+            held = False  # this line's events are in the backlog (said with it if the window closes)
             try:
                 events = self.intake.line(raw, unterminated=data is None)
                 self.stop.saw(events, time.monotonic())
                 for event in events:
-                    self.submit(event)
+                    self.backlog.add(event)
+                held = True
+                self.submit(None)
             except WindowClosed:
-                self._unseen = lines[at + 1:]  # read from the FIFO, never looked at: said by run()
+                self._unseen = lines[at + held:]  # read from the FIFO, not in the backlog: said by run()
                 raise
             except Exception as exc:
                 self._unforeseen("line handling", exc)
