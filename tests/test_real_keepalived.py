@@ -41,7 +41,10 @@ def timing(capsys: pytest.CaptureFixture[str], scenario: str, **seconds: float |
 
 
 def ran_in_journal_order(node: Node) -> None:
-    """Every journaled keepalived event ran exactly once, in sequence order, one at a time, exit 0."""
+    """Every journaled keepalived event ran exactly once, in sequence order, one at a time, exit 0:
+    checked once the launcher is idle, since keepalived may still write (a BACKUP node that saw no
+    advert in time goes MASTER and back to BACKUP after its actions for BACKUP ran)."""
+    node.wait_idle()
     problems = node.order_problems()
     assert not problems, f"{node.name}: " + "; ".join(problems) + "\n" + node.diagnostics()
 

@@ -300,10 +300,13 @@ class Cgroups:
             self.destroy()
             raise
 
-    def join(self) -> None:
-        """In the child before exec (preexec_fn): move ourselves in."""
-        for p in self.paths:
-            (p / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    def joined(self, argv: list[str]) -> list[str]:
+        """`argv` run by a shell that first moves itself in (exit 125, sh's error on stderr, if it
+        cannot).  Not a preexec_fn: Python code between fork and exec in a process with threads can
+        raise (an import lock another thread held at the fork), and subprocess then reports only
+        "Exception occurred in preexec_fn"."""
+        join = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+        return ["sh", "-c", join, "join-cgroups", *(str(p / "cgroup.procs") for p in self.paths), "--", *argv]
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -404,8 +407,8 @@ def _boot(base: Path, run_dir: Path, machine: str, cell: Cell, log: Log, timeout
     try:
         log(f"booting {machine} ({cell}; {' '.join((run_dir / 'env').read_text().split())}; cgroup {cgroup_mode()})")
         with open(run_dir / "console.log", "wb") as console:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                    env=env, preexec_fn=cgroups.join, start_new_session=True)
+            proc = subprocess.Popen(cgroups.joined(argv), stdin=subprocess.DEVNULL, stdout=console,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             exit_code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
