@@ -195,14 +195,20 @@ def _gone(pid: int) -> bool:
 
 
 def _no_stop_until_the_real_one(site: Site, first: int) -> None:
-    """After the owner's crash: both children's lines are journaled by the next reader, the `first`
-    reader leaves without a READER STOP, and keepalived's real stop journals exactly one."""
+    """After the owner's crash: both children's lines are journaled (by either reader), the `first`
+    reader leaves without a READER STOP, and keepalived's real stop journals exactly one.  The stop
+    comes once the next reader catches SIGTERM: one in its Python start-up kills it unlogged, a
+    stated limit (docs/invariants.md) that test_stop_while_the_owner_restarts_journals_the_stop
+    covers (a busy machine: the first reader journaled all six lines and left, the stop came 0.2 s
+    later, in the next one's start-up)."""
     site.write("vrrp")
     site.write("checker")
     site.launcher.wait_started()
     site.wait_journaled(6)
     site.launcher.wait_for("the first reader gone", lambda: _gone(first))
     assert "STOP" not in site.reader_events(), site.launcher.log_text()[-3000:]
+    site.launcher.wait_for("the next reader to catch SIGTERM",
+                           lambda: (pid := site.ka.scripts()[-1]) != first and processes.catches_sigterm(pid))
     _stop(site)
     site.check(stops=1)
 
