@@ -52,9 +52,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Literal
 
-    #: What a ring came to: a worker heard it; our spawned worker has not said hello yet; another
-    #: reader's spawned worker holds standby.lock and does not listen yet (it will read the journal
-    #: but has not heard us); or we spawned one.
+    #: What a ring came to: a worker heard it; our spawned worker has not said hello yet; a worker
+    #: will read the journal but has not heard us (another reader's spawned worker holds
+    #: standby.lock and does not listen yet, or we woke one whose socket was removed); or we
+    #: spawned one.
     Rang = Literal["heard", "spawning", "queued", "spawned"]
 
 
@@ -119,7 +120,7 @@ class Doorbell:
         if spawning:
             return "spawning"
         if self._poked():
-            return "heard"
+            return "queued"  # it binds a new socket and reads the journal, but has not heard us
         if self._standby < 0:
             self._standby = locks.open_standby(self.paths)
         if not locks.try_standby(self._standby):

@@ -398,3 +398,23 @@ def test_a_standby_killed_under_two_readers_is_reported_once_by_each(launcher: L
     for reader in (_pid(k1), _pid(k2)):
         reports = log.count(f"reader[{reader}] WARN  #- - | worker pid {dead} died without finishing")
         assert reports == 1, f"reader {reader} reported the death of {dead} {reports} times:\n{log[-3000:]}"
+
+
+def test_a_reader_that_woke_a_worker_whose_socket_was_removed_is_stood_by_for(launcher: Launcher) -> None:
+    """doorbell.sock is removed under the standby; a second reader starts: its ring finds no socket,
+    so it wakes the worker holding worker.lock (which binds a new one), but that wake names nobody.
+    The reader must ring again until the worker has heard it, or the standby never watches it (and
+    leaves once the first reader is gone, however long the second lives)."""
+    k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "second")
+    k1.start()
+    worker = launcher.wait_standby()
+    launcher.wait_for("the standby watching the first reader", partial(_stood_by_for, launcher, _pid(k1)))
+    (launcher.state / "doorbell.sock").unlink()
+    k2.start()
+    launcher.wait_for("the second reader's start", lambda: f"reader[{_pid(k2)}] INFO  #- - | reader started"
+                      in launcher.log_text())
+    launcher.wait_for("a standby watching both readers", partial(_stood_by_for, launcher, _pid(k1), _pid(k2)),
+                      timeout=30)
+    assert _worker(launcher) == worker
+    k2.stop([])
+    k1.stop([])
