@@ -24,6 +24,7 @@ import os
 import time
 
 from notify_launcher import identity
+from notify_launcher.cli import COMMANDS
 from notify_launcher.events import Event
 from notify_launcher.owner import starter_of
 from notify_launcher.value import Value
@@ -92,16 +93,27 @@ def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | 
 
 def same_reader(a: bytes, b: bytes) -> bool:
     """Two command lines (/proc/PID/cmdline) start the same reader: the same command, or both
-    notify-launcher readers given the same arguments by keepalived (its options and its FIFO),
-    however each was started -- an upgrade or a rollback changes the checkout wrapper's code, a
-    deploy switched behind a symlink the checkout path and its .venv's interpreter, and a
-    reinstall the console script for the wrapper: none of that is keepalived's, and a reload onto
-    it is still a reload.  Another program, a reader of another FIFO or one given other options is
-    not the same reader."""
+    notify-launcher readers of the same FIFO (keepalived's last argument), however each was started
+    and whatever its options -- an upgrade or a rollback changes the checkout wrapper's code, a
+    deploy switched behind a symlink the checkout path and its .venv's interpreter, a reinstall the
+    console script for the wrapper, and an operator who edits notify_fifo_script's options (a
+    --state-dir, --config or --log-level) and reloads the options: a reload onto any of them is
+    still a reload, and taking it for a stop would run stop_action while keepalived runs on.
+    keepalived starts one script per FIFO, so the FIFO names the reader.  Another program, or a
+    reader of another FIFO, is not the same reader."""
     if a == b:
         return True
-    args = reader_args(a)
-    return args is not None and args == reader_args(b)
+    fifo = reader_fifo(a)
+    return fifo is not None and fifo == reader_fifo(b)
+
+
+def reader_fifo(cmdline: bytes) -> bytes | None:
+    """The FIFO of the notify-launcher reader /proc/PID/cmdline `cmdline` runs (its last argument);
+    None if it runs no reader (another program, or one of the operator commands)."""
+    args = reader_args(cmdline)
+    if not args or args[0].decode(errors="replace") in COMMANDS:
+        return None
+    return args[-1]
 
 
 def reader_args(cmdline: bytes) -> list[bytes] | None:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import psutil
 import pytest
 
 from notify_launcher.journal import Entry
@@ -353,3 +354,54 @@ def test_lvs_checker_restart_reload_stop(real_cluster: Callable[..., Cluster], f
     assert n1.instance_states()[-1] == "STOP", n1.diagnostics()
     ran_in_journal_order(n1)
     check_run(n1.state, n1.dir, n1.log, stops=1)
+
+
+def _edit_script_line_and_reload(node: Node) -> int:
+    """The operator adds `--log-level debug` to notify_fifo_script's line in keepalived.conf and
+    reloads: returns the old reader's pid once the next reader runs and the old one is gone."""
+    before = node.current_reader().pid
+    script = " ".join(node.script_argv())
+    text = node.conf.read_text()
+    assert script in text
+    node.conf.write_text(text.replace(script, script + " --log-level debug"))
+    node.hup()
+    node.wait_for("the reader of the reload", lambda: _reader_other_than(node, before))
+    node.wait_for("the old reader gone", lambda: not psutil.pid_exists(before) or
+                  psutil.Process(before).status() == psutil.STATUS_ZOMBIE)
+    node.wait_idle()
+    return before
+
+
+def test_a_reload_with_an_edited_script_line_is_not_a_stop_on_a_surviving_fifo(
+        real_cluster: Callable[..., Cluster]) -> None:
+    """The README's LVS form (vrrp_notify_fifo + lvs_notify_fifo on one path, made before keepalived:
+    the same inode across reloads): after an edit of the script line and a reload, the old reader
+    gets SIGTERM and no EOF, and must take the new one (other options) for its next reader: READER
+    reader RELOAD, not STOP (red team: STOP, so stop_action would run while keepalived runs on)."""
+    c = real_cluster(checker=True, fifo_form="vrrp+lvs")
+    n1, _ = c.nodes
+    c.start()
+    c.wait_settled()
+    before = _edit_script_line_and_reload(n1)
+    events = _reader_events(n1)
+    assert events == ["RELOAD"], (events, [line for line in n1.log_text().splitlines() if f"reader[{before}]" in line][-3:])
+
+
+def test_a_reload_with_an_edited_script_line_after_a_restart_is_not_a_stop(real_cluster: Callable[..., Cluster]) -> None:
+    """The same on a plain VRRP-only site (global notify_fifo): keepalived 2.2.7 leaves its FIFO
+    behind at exit (docs/keepalived.md "Shutdown"), so after a restart the FIFO exists when it loads
+    and every reload keeps it: one STOP for the restart, then RELOAD for the edited reload."""
+    c = real_cluster()
+    n1, _ = c.nodes
+    c.start()
+    c.wait_settled()
+    n1.term()
+    n1.wait_idle()
+    assert n1.fifo.exists(), "keepalived unlinked its FIFO at exit"
+    n1.start()
+    c.wait_settled()
+    assert _reader_events(n1) == ["STOP"], _reader_events(n1)
+    before = _edit_script_line_and_reload(n1)
+    events = _reader_events(n1)
+    assert events == ["STOP", "RELOAD"], (events, [line for line in n1.log_text().splitlines()
+                                                   if f"reader[{before}]" in line][-2:])

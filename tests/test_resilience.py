@@ -198,9 +198,10 @@ def test_later_sibling_finds_the_next_reader_keepalived_started() -> None:
 
 
 def test_later_sibling_is_the_same_reader_however_it_was_started(tmp_path: Path) -> None:
-    """The next reader is the one keepalived gives the same arguments (its options and its FIFO),
-    whatever runs them: another wrapper's code, another checkout, the console script.  A later
-    process of another program, or a reader of another FIFO or with other options, is none."""
+    """The next reader is the one keepalived gives the same FIFO (its last argument), whatever runs
+    it and whatever its options: another wrapper's code, another checkout, the console script, an
+    edited script line.  A later process of another program, a reader of another FIFO, or an
+    operator command, is none."""
     fifo, state = str(tmp_path / "k.fifo"), str(tmp_path / "state")
     idle = "import time\ntime.sleep(30)"  # plays the reader: only its command line counts here
     args = ["--state-dir", state, fifo]
@@ -208,7 +209,7 @@ def test_later_sibling_is_the_same_reader_however_it_was_started(tmp_path: Path)
         [sys.executable, "-c", idle, "notify_launcher", *args],  # the checkout wrapper's shape
         [sys.executable, "-c", idle, "a_tool", *args],  # another program given the same arguments
         [sys.executable, "-c", idle, "notify_launcher", "--state-dir", state, fifo + "2"],  # another FIFO
-        [sys.executable, "-c", idle, "notify_launcher", "--state-dir", state + "2", fifo],  # other options
+        [sys.executable, "-c", idle, "notify_launcher", "status", "--state-dir", state, fifo],  # a command
         ["sleep", "30", *args])]
     try:
         assert later_sibling(procs[0].pid) is None
@@ -222,11 +223,44 @@ def test_later_sibling_is_the_same_reader_however_it_was_started(tmp_path: Path)
         installed = subprocess.Popen([sys.executable, str(script), *args], preexec_fn=os.setpgrp)
         procs.append(installed)
         assert later_sibling(upgraded.pid) == installed.pid
-        assert later_sibling(installed.pid) is None
+        edited = subprocess.Popen([sys.executable, "-c", idle, "notify_launcher", "--state-dir", state + "2",
+                                   "--log-level", "debug", fifo], preexec_fn=os.setpgrp)  # other options
+        procs.append(edited)
+        assert later_sibling(installed.pid) == edited.pid
+        assert later_sibling(edited.pid) is None
     finally:
         for p in procs:
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("fifo", ["new-fifo", "shared-fifo"])
+def test_a_reload_that_changes_the_readers_options_is_not_a_stop(launcher: Launcher, fifo: str) -> None:
+    """An operator edits notify_fifo_script's options in keepalived.conf (here --linger 1 -> 2; the
+    same goes for --state-dir, --config, --log-level) and reloads; keepalived starts the new command
+    from the same parent.  On a FIFO that survives the reload (an LVS site as the README recommends,
+    or any FIFO made before keepalived, which 2.2.7 leaves behind at exit) the old reader gets
+    SIGTERM and no EOF: it must still know the next reader as its own (red team: it looked for one
+    with its own options, found none, took the SIGTERM for a stop, journaled READER reader STOP and
+    stop_action ran while keepalived ran on).  With a new FIFO, EOF says reload."""
+    launcher.stop_action()
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    k.script = [("2" if word == "1" and k.script[n - 1] == "--linger" else word) for n, word in enumerate(k.script)]
+    k.reload(same_fifo=fifo == "shared-fifo").join()
+    launcher.wait_for("the next reader", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
+    k.write(VI.format("MASTER"))
+    launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()))
+    launcher.wait_idle()
+    log = launcher.log_text()
+    assert "READER reader STOP" not in log, [line for line in log.splitlines() if "READER" in line or "exiting" in line]
+    assert not [r for r in launcher.starts() if r.type == "READER"], "stop_action ran while keepalived reloads"
+    assert k.proc is not None
+    b = k.proc.pid
+    launcher.wait_for("the next reader to catch SIGTERM", lambda: processes.catches_sigterm(b))
+    k.stop([VI.format("STOP")])
 
 
 #: bin/notify-launcher as it was before its code changed (runpy): a reader started by an older (or newer) checkout.
