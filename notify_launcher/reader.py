@@ -266,7 +266,11 @@ class Reader:
             held = False  # this line's events are in the backlog (said with it if the window closes)
             try:
                 events = self.intake.line(raw, unterminated=data is None)
-                self.stop.saw(events, time.monotonic())
+                now = time.monotonic()
+                self.stop.saw(events, now)
+                if self.stop.term_at is not None and not self.serve:  # stopping: one read may hold ~100 lines
+                    self.stop.look_for_next_reader(now)
+                    self._arm_window()  # (earlier, once it shows up: its READER event must come after ours)
                 for event in events:
                     self.backlog.add(event)
                 held = True

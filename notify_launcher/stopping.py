@@ -61,7 +61,9 @@ def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | 
     into a session of their own, they become children of keepalived's main process (a child
     subreaper); a worker's first fork, before its setsid(), is still in ours, but it is our child,
     which no next reader is.  Only /proc/PID/stat is read for every process; a command line only
-    for the starter's later children."""
+    for the starter's later children.  Of several (two reloads before we looked), the first started:
+    keepalived sent our SIGTERM before it, which is what `StopClassifier._found` counts on -- /proc's
+    order is the pids', and pids wrap."""
     me = identity.stat(pid)
     if starter is None:
         starter = starter_of(pid)
@@ -72,6 +74,7 @@ def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | 
         return None
     if me is None or starter is None:
         return None
+    found: list[tuple[int, int]] = []  # (start, pid) of each: the first started is the next reader
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == pid:
             continue
@@ -85,10 +88,10 @@ def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | 
         try:
             with open(f"/proc/{name}/cmdline", "rb") as fh:
                 if same_reader(fh.read(), cmdline):
-                    return int(name)
+                    found.append((other.start, int(name)))
         except OSError:
             continue
-    return None
+    return min(found)[1] if found else None
 
 
 def same_reader(a: bytes, b: bytes) -> bool:
@@ -250,9 +253,7 @@ class StopClassifier:
             self.respawned = self.respawn(True)
         if self.respawned is not None or now >= self.term_at + self.grace:
             return True
-        if self.sibling is None and now >= self._sibling_check:  # also while lines come: a busy shared
-            self._sibling_check = now + SIBLING_CHECK              # FIFO must not keep us beside the next reader
-            self.sibling = self._found(self.next_reader())
+        self.look_for_next_reader(now)  # also while lines come: a busy shared FIFO must not keep us beside it
         if self.sibling is not None:
             return True
         # keepalived writes its STOP lines in one burst; a line of an instance or group we have not
@@ -260,6 +261,13 @@ class StopClassifier:
         if now < self.last_line_at + STOP_QUIET:
             return False
         return bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
+
+    def look_for_next_reader(self, now: float) -> None:
+        """After SIGTERM, every SIBLING_CHECK: the next reader, if keepalived started one.  Also between
+        the lines of one long read: the reader's window ends early once it knows it (reader.py)."""
+        if self.term_at is not None and self.sibling is None and now >= self._sibling_check:
+            self._sibling_check = now + SIBLING_CHECK
+            self.sibling = self._found(self.next_reader())
 
     def wake_in(self, now: float) -> float | None:
         """Seconds until `done` may change without a new line (None: not stopping)."""

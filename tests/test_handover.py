@@ -37,14 +37,16 @@ def _journaled(launcher: Launcher, initials: str) -> list[str]:
     return [name for _, name in sorted(out)]
 
 
-def _seqs(launcher: Launcher) -> dict[str, int]:
-    """Each journaled event (as the log shows it) -> its number."""
-    out = {}
+def _seqs(launcher: Launcher, workers_too: bool = False) -> dict[str, int]:
+    """Each journaled event (as the log shows it) -> its number: from the readers' `received` lines,
+    and with `workers_too` from any line naming it under a number (a reader whose window closed
+    right after its append logs no `received`)."""
+    out: dict[str, int] = {}
     for line in launcher.log_text().splitlines():
-        if "| received" in line and " #" in line:
+        if (workers_too or "| received" in line) and " #" in line and " | " in line and " #- " not in line:
             seq, event = line.split(" #", 1)[1].split(" | ")[0].split(" ", 1)
-            if seq != "-":
-                out[event] = int(seq)
+            if seq.isdigit():
+                out.setdefault(event, int(seq))
     return out
 
 
@@ -339,3 +341,111 @@ def test_an_old_reader_that_gets_the_cpu_back_late_says_what_it_could_not_journa
     seqs = _seqs(launcher)
     assert "READER reader STOP" in seqs, launcher.log_text()[-3000:]
     assert seqs.get(VI.format("STOP"), 0) < seqs["READER reader STOP"], launcher.log_text()[-3000:]
+
+
+def _slow_writes(pid: int, path: str, usec: int) -> subprocess.Popen[bytes]:
+    """strace on `pid`: each of its writes to `path` returns `usec` late (a slow disk, or no CPU)."""
+    tracer = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", "/dev/null", "-P", path,
+                               "-e", "trace=write", "-e", f"inject=write:delay_exit={usec}"])
+    launcher_wait = time.monotonic() + 30
+    while not processes.traced(pid):
+        assert tracer.poll() is None and time.monotonic() < launcher_wait, "strace could not attach"
+        time.sleep(0.001)
+    return tracer
+
+
+def _next_pid(pid: int) -> None:
+    """The next process forked on this machine gets a pid above `pid` (root: ns_last_pid)."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+        fh.write(str(pid))
+
+
+@needs_strace
+def test_a_stop_right_after_a_reload_while_the_old_reader_is_inside_a_long_read(launcher: Launcher) -> None:
+    """A reload on a shared FIFO, and keepalived stops as soon as the next reader B catches SIGTERM.
+    The old reader A caught its SIGTERM before B started and is inside one long read of 300 lines,
+    its log writes taking 15 ms each (a slow disk, or no CPU): it must find B between those lines
+    and end its window 0.1 s early, or B, waiting for A only up to its own SIGTERM + 0.85 s, reads
+    beside it and journals keepalived's STOP line and READER reader STOP before lines A read before
+    the reload (red team: 4 RS lines after them)."""
+    k = launcher.keepalived("--handler", "")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    a = k.proc.pid
+    tracer = _slow_writes(a, str(launcher.log), 15000)  # its log writes: no lock held meanwhile
+    try:
+        for i in range(300):
+            assert k.write(RS.format(i // 250, i % 250 + 1))
+        launcher.wait_for("A is reading", lambda: k.unread() == 0)
+        killer = k.reload(same_fifo=True)
+        b = k.proc.pid
+        launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+        k.stop([VI.format("STOP")])
+        killer.join()
+    finally:
+        tracer.wait(timeout=60)
+    launcher.unchecked = "lines A said LOST are allowed; the order is checked here"
+    launcher.wait_idle()
+    seqs = _seqs(launcher, workers_too=True)
+    stop_line, reader_stop = seqs.get(VI.format("STOP")), seqs.get("READER reader STOP")
+    assert stop_line is not None and reader_stop is not None, launcher.log_text()[-2000:]
+    later = sorted(seq for event, seq in seqs.items() if seq > min(stop_line, reader_stop) and event.startswith("RS "))
+    assert not later, (f"keepalived's STOP line #{stop_line} and READER reader STOP #{reader_stop} journaled "
+                       f"before {len(later)} RS lines written before them", launcher.log_text()[-2000:])
+
+
+@needs_strace
+@needs("root (ns_last_pid)", os.geteuid() == 0)
+@pytest.mark.parametrize("wrap", [False, True], ids=["pids-in-order", "pids-wrapped"])
+def test_a_late_handler_counts_its_window_from_the_first_next_reader_not_the_newest(launcher: Launcher,
+                                                                                     wrap: bool) -> None:
+    """Two reloads in a row (a new FIFO each), 0.45 s apart, while the first reader A is stopped (no
+    CPU), its FIFO holding 1,000 RS lines and its journal writes slow (5 ms).  A gets the CPU back
+    0.8 s after its SIGTERM and dates that SIGTERM from its next reader's start: from B's (started
+    20 ms after it), the first next reader, not C's -- which /proc lists first when the pids wrapped
+    between B and C (red team: A counted from C, journaled past keepalived's SIGKILL and died with no
+    LOST line)."""
+    with open("/proc/sys/kernel/pid_max") as fh:
+        pid_max = int(fh.read())
+    k = launcher.keepalived("--handler", "")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    a = k.proc.pid
+    tracer = _slow_writes(a, str(launcher.state / "journal"), 5000)
+    try:
+        os.kill(a, signal.SIGSTOP)
+        try:
+            for i in range(1000):
+                assert k.write(RS.format(i // 250, i % 250 + 1))  # into A's FIFO
+            if wrap:
+                _next_pid(pid_max - 400)
+            t0 = time.monotonic()
+            killer = k.reload()  # A's SIGTERM; B
+            b = k.proc.pid
+            launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+            time.sleep(max(0.0, t0 + 0.45 - time.monotonic()))  # the scenario's moments, not a wait for state
+            if wrap:
+                _next_pid(a + 50)
+            k.reload()  # B's SIGTERM; C
+            c = k.proc.pid
+            if (c < b) != wrap:
+                pytest.skip(f"the pids did not come as planned (B {b}, C {c}): another process took them")
+            launcher.wait_for("C catches SIGTERM", lambda: processes.catches_sigterm(c), timeout=30)
+            left = t0 + 0.8 - time.monotonic()
+            if left <= 0:
+                pytest.skip("the machine was too slow for this scenario's moments (A must get the CPU back before keepalived's SIGKILL)")
+            time.sleep(left)
+        finally:
+            os.kill(a, signal.SIGCONT)
+        killer.join()
+    finally:
+        tracer.wait(timeout=60)
+    launcher.unchecked = "what A could not read of its FIFO is not asked here: only A's LOST line"
+    launcher.wait_for("C started", lambda: launcher.log_text().count("| reader started") >= 3, timeout=30)
+    k.stop([VI.format("STOP")])
+    a_lines = [line for line in launcher.log_text().splitlines() if f"reader[{a}]" in line]
+    assert any("LOST: " in line for line in a_lines), ("A died without its LOST line", a_lines[-3:])
