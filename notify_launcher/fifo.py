@@ -16,6 +16,7 @@ import time
 from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
 from notify_launcher.log import Log, Troubles
 from notify_launcher.security import fifo_refusal
+from notify_launcher.window import WINDOW
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -172,6 +173,21 @@ class Fifo:
         reading = f"reading {self.path} (inode {current})"
         if not self.troubles.recovered("FIFO", reading):
             self.log.info(None, None, reading)
+
+    def unlinked_at(self) -> float | None:
+        """When our FIFO was unlinked (monotonic seconds, from its ctime: a tick's precision), if it
+        was, less than keepalived's window ago: on a reload keepalived unlinks the FIFO it made right
+        after its SIGTERM to us (docs/keepalived.md "Reload"), so this dates a SIGTERM whose handler
+        ran late, before the next reader exists.  None otherwise (or on a clock step that puts it out
+        of that range)."""
+        try:
+            st = os.fstat(self.fd)
+        except OSError:
+            return None
+        if st.st_nlink:
+            return None
+        ago = time.time() - st.st_ctime_ns / 1e9
+        return time.monotonic() - ago if 0.0 <= ago <= WINDOW else None
 
     def replaced(self) -> bool:
         """The path names another inode than ours: keepalived made a new FIFO (a reload)."""

@@ -185,13 +185,15 @@ class StopClassifier:
 
     def __init__(self, grace: float, term_at: float | None = None,
                  next_reader: Callable[[], int | None] = lambda: later_sibling(os.getpid()),
-                 respawn: Callable[[bool], str | None] = lambda term: None) -> None:
+                 respawn: Callable[[bool], str | None] = lambda term: None,
+                 unlinked_at: Callable[[], float | None] = lambda: None) -> None:
         self.grace = grace
         self.respawn = respawn  # owner.Starter.respawn: why our end is a keepalived child's restart
         self.respawned: str | None = None  # that reason, once found: we leave at once, as a RELOAD
         self._respawn_checked = False
         self.term_at = term_at
         self.next_reader = next_reader
+        self.unlinked_at = unlinked_at  # when keepalived unlinked our FIFO (fifo.Fifo.unlinked_at)
         self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
         self.last_line_at = 0.0
         self.sibling: int | None = None  # the next reader, once seen after SIGTERM (a reload)
@@ -199,12 +201,18 @@ class StopClassifier:
 
     def sigterm(self, now: float) -> None:
         """keepalived's SIGTERM (only the earliest counts: the grace runs from it; cli's early handler's
-        may be noted after a later one caught here).  The first time, look for the next reader at once:
-        found already, our handler ran late (see `_found`)."""
+        may be noted after a later one caught here).  The first time, see whether our handler ran late
+        (we had no CPU, or were stuck in a system call, as it came) and keepalived's window opened
+        earlier: keepalived unlinked our FIFO right after it (a reload of a FIFO it made), or started
+        the next reader after it (see `_found`) -- a reload that parses a large configuration starts
+        it up to seconds later, so the unlink, when there is one, is the closer bound."""
         first = self.term_at is None
         if self.term_at is None or now < self.term_at:
             self.term_at = now
         if first:
+            unlinked = self.unlinked_at()
+            if unlinked is not None and unlinked < now:
+                self.term_at = unlinked
             self.sibling = self._found(self.next_reader())
 
     def _found(self, sibling: int | None) -> int | None:

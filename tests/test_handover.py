@@ -449,3 +449,44 @@ def test_a_late_handler_counts_its_window_from_the_first_next_reader_not_the_new
     k.stop([VI.format("STOP")])
     a_lines = [line for line in launcher.log_text().splitlines() if f"reader[{a}]" in line]
     assert any("LOST: " in line for line in a_lines), ("A died without its LOST line", a_lines[-3:])
+
+
+@needs_strace
+@pytest.mark.parametrize("parse", [0.02, 0.4], ids=["small-config", "large-config"])
+def test_a_late_handler_after_a_slow_reload_still_says_what_it_loses(launcher: Launcher, parse: float) -> None:
+    """keepalived reloads a configuration that takes `parse` s to parse again (0.4 s: thousands of
+    virtual servers) while the old reader A is stopped (no CPU), its FIFO holding 1,000 RS lines and
+    its journal writes slow (5 ms).  A runs its SIGTERM handler 0.8 s late: it must date keepalived's
+    window from the unlink of its FIFO (right after the SIGTERM), not from the next reader's start
+    (0.4 s after it), and say LOST before keepalived's SIGKILL (red team: it journaled on past the
+    SIGKILL and died with no LOST line)."""
+    k = launcher.keepalived("--handler", "")
+    k.start()
+    k.write(VI.format("BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    a = k.proc.pid
+    tracer = _slow_writes(a, str(launcher.state / "journal"), 5000)
+    try:
+        os.kill(a, signal.SIGSTOP)
+        try:
+            for i in range(1000):
+                assert k.write(RS.format(i // 250, i % 250 + 1))
+            t0 = time.monotonic()
+            killer = k.reload(parse=parse)
+            b = k.proc.pid
+            launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+            left = t0 + 0.8 - time.monotonic()
+            if left <= 0:
+                pytest.skip("the machine was too slow for this scenario's moments (A must get the CPU back before "
+                            "keepalived's SIGKILL)")
+            time.sleep(left)  # the scenario's moment, not a wait for state
+        finally:
+            os.kill(a, signal.SIGCONT)
+        killer.join()
+    finally:
+        tracer.wait(timeout=60)
+    launcher.unchecked = "what A could not read of its FIFO is not asked here: only A's LOST line"
+    k.stop([VI.format("STOP")])
+    a_lines = [line for line in launcher.log_text().splitlines() if f"reader[{a}]" in line]
+    assert any("LOST: " in line for line in a_lines), ("A died without its LOST line", a_lines[-2:])

@@ -139,10 +139,11 @@ class Keepalived:
         os.unlink(self.fifo)
         return report
 
-    def reload(self, same_fifo: bool = False) -> threading.Thread:
-        """keepalived's reload: TERM + EOF to the old script, a new FIFO and script ~20 ms later.
-        `same_fifo`: the new script gets the very same FIFO, still held open (keepalived reuses a FIFO
-        that survived, docs/keepalived.md "Reload"): the old script sees no EOF.
+    def reload(self, same_fifo: bool = False, parse: float = 0.02) -> threading.Thread:
+        """keepalived's reload: TERM + EOF to the old script, a new FIFO and script `parse` s later
+        (keepalived parses its configuration meanwhile: ~20 ms for a small one, seconds for thousands
+        of virtual servers).  `same_fifo`: the new script gets the very same FIFO, still held open
+        (keepalived reuses a FIFO that survived, docs/keepalived.md "Reload"): no EOF.
 
         Returns the thread that SIGKILLs the old group at +1 s (join it to know the old one's fate)."""
         proc, t0 = self._term_then_kill()
@@ -151,7 +152,7 @@ class Keepalived:
             os.unlink(self.fifo)
         killer = threading.Thread(target=_await_or_kill, args=(proc, t0), daemon=True)
         killer.start()
-        time.sleep(0.02)
+        time.sleep(parse)
         if same_fifo:
             self._spawn()
         else:
