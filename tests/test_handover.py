@@ -14,6 +14,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -396,20 +398,11 @@ def test_a_stop_right_after_a_reload_while_the_old_reader_is_inside_a_long_read(
                        f"before {len(later)} RS lines written before them", launcher.log_text()[-2000:])
 
 
-@needs_strace
-@needs("root (ns_last_pid)", os.geteuid() == 0)
-@pytest.mark.parametrize("wrap", [False, True], ids=["pids-in-order", "pids-wrapped"])
-def test_a_late_handler_counts_its_window_from_the_first_next_reader_not_the_newest(launcher: Launcher,
-                                                                                     wrap: bool) -> None:
-    """Two reloads in a row (a new FIFO each), 0.45 s apart, while the first reader A is stopped (no
-    CPU), its FIFO holding 1,000 RS lines and its journal writes slow (5 ms).  A gets the CPU back
-    0.8 s after its SIGTERM and dates that SIGTERM from its next reader's start: from B's (started
-    20 ms after it), the first next reader, not C's -- which /proc lists first when the pids wrapped
-    between B and C (red team: A counted from C, journaled past keepalived's SIGKILL and died with no
-    LOST line)."""
-    with open("/proc/sys/kernel/pid_max") as fh:
-        pid_max = int(fh.read())
-    k = launcher.keepalived("--handler", "")
+@contextmanager
+def _late_old_reader(launcher: Launcher, k: Keepalived) -> Iterator[int]:
+    """keepalived started and #1 settled; then its reader A (yielded) is stopped (no CPU) with 1,000
+    RS lines in its FIFO and its journal writes slow (5 ms each: a slow disk); A gets the CPU back
+    as the block ends (its SIGTERM handler runs then), and is gone when this returns."""
     k.start()
     k.write(VI.format("BACKUP"))
     launcher.settle(1)
@@ -421,72 +414,83 @@ def test_a_late_handler_counts_its_window_from_the_first_next_reader_not_the_new
         try:
             for i in range(1000):
                 assert k.write(RS.format(i // 250, i % 250 + 1))  # into A's FIFO
-            if wrap:
-                _next_pid(pid_max - 400)
-            t0 = time.monotonic()
-            killer = k.reload()  # A's SIGTERM; B
-            b = k.proc.pid
-            launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
-            time.sleep(max(0.0, t0 + 0.45 - time.monotonic()))  # the scenario's moments, not a wait for state
-            if wrap:
-                _next_pid(a + 50)
-            k.reload()  # B's SIGTERM; C
-            c = k.proc.pid
-            if (c < b) != wrap:
-                pytest.skip(f"the pids did not come as planned (B {b}, C {c}): another process took them")
-            launcher.wait_for("C catches SIGTERM", lambda: processes.catches_sigterm(c), timeout=30)
-            left = t0 + 0.8 - time.monotonic()
-            if left <= 0:
-                pytest.skip("the machine was too slow for this scenario's moments (A must get the CPU back before keepalived's SIGKILL)")
-            time.sleep(left)
+            yield a
         finally:
             os.kill(a, signal.SIGCONT)
-        killer.join()
     finally:
-        tracer.wait(timeout=60)
+        tracer.wait(timeout=60)  # (strace leaves with A)
+
+
+def _wait_until(t: float) -> None:
+    """The scenario's next moment (monotonic `t`), not a wait for state: A must get the CPU back
+    before keepalived's SIGKILL, so a machine too slow to keep to it cannot run the scenario."""
+    left = t - time.monotonic()
+    if left <= 0:
+        pytest.skip("the machine was too slow for this scenario's moments (A must get the CPU back before "
+                    "keepalived's SIGKILL)")
+    time.sleep(left)
+
+
+def _said_lost(launcher: Launcher, a: int) -> None:
+    """Reader `a` wrote its LOST line (before keepalived's SIGKILL)."""
+    a_lines = [line for line in launcher.log_text().splitlines() if f"reader[{a}]" in line]
+    assert any("LOST: " in line for line in a_lines), ("A died without its LOST line", a_lines[-3:])
+
+
+@needs_strace
+@needs("root (ns_last_pid)", os.geteuid() == 0)
+@pytest.mark.parametrize("wrap", [False, True], ids=["pids-in-order", "pids-wrapped"])
+def test_a_late_handler_counts_its_window_from_the_first_next_reader_not_the_newest(launcher: Launcher,
+                                                                                     wrap: bool) -> None:
+    """Two reloads in a row, 0.45 s apart, on a FIFO keepalived keeps (so only the next reader can
+    date the SIGTERM), while the first reader A is stopped with 1,000 lines in it (_late_old_reader).
+    A gets the CPU back 0.8 s after its SIGTERM and must date that SIGTERM from B's start (20 ms
+    after it), the first next reader, not C's -- which /proc lists first when the pids wrapped
+    between B and C (red team: A counted from C, journaled past keepalived's SIGKILL and died with no
+    LOST line)."""
+    with open("/proc/sys/kernel/pid_max") as fh:
+        pid_max = int(fh.read())
+    k = launcher.keepalived("--handler", "")
+    with _late_old_reader(launcher, k) as a:
+        if wrap:
+            _next_pid(pid_max - 400)
+        t0 = time.monotonic()
+        killer = k.reload(same_fifo=True)  # A's SIGTERM; B
+        b = k.proc.pid
+        launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+        _wait_until(t0 + 0.45)
+        if wrap:
+            _next_pid(a + 50)
+        k.reload(same_fifo=True)  # B's SIGTERM; C
+        c = k.proc.pid
+        if (c < b) != wrap:
+            pytest.skip(f"the pids did not come as planned (B {b}, C {c}): another process took them")
+        launcher.wait_for("C catches SIGTERM", lambda: processes.catches_sigterm(c), timeout=30)
+        _wait_until(t0 + 0.8)
+    killer.join()
     launcher.unchecked = "what A could not read of its FIFO is not asked here: only A's LOST line"
     launcher.wait_for("C started", lambda: launcher.log_text().count("| reader started") >= 3, timeout=30)
     k.stop([VI.format("STOP")])
-    a_lines = [line for line in launcher.log_text().splitlines() if f"reader[{a}]" in line]
-    assert any("LOST: " in line for line in a_lines), ("A died without its LOST line", a_lines[-3:])
+    _said_lost(launcher, a)
 
 
 @needs_strace
 @pytest.mark.parametrize("parse", [0.02, 0.4], ids=["small-config", "large-config"])
 def test_a_late_handler_after_a_slow_reload_still_says_what_it_loses(launcher: Launcher, parse: float) -> None:
     """keepalived reloads a configuration that takes `parse` s to parse again (0.4 s: thousands of
-    virtual servers) while the old reader A is stopped (no CPU), its FIFO holding 1,000 RS lines and
-    its journal writes slow (5 ms).  A runs its SIGTERM handler 0.8 s late: it must date keepalived's
-    window from the unlink of its FIFO (right after the SIGTERM), not from the next reader's start
-    (0.4 s after it), and say LOST before keepalived's SIGKILL (red team: it journaled on past the
-    SIGKILL and died with no LOST line)."""
+    virtual servers) while the old reader A is stopped with 1,000 lines in its FIFO
+    (_late_old_reader).  A runs its SIGTERM handler 0.8 s late: it must date keepalived's window
+    from the unlink of its FIFO (right after the SIGTERM), not from the next reader's start (0.4 s
+    after it), and say LOST before keepalived's SIGKILL (red team: it journaled on past the SIGKILL
+    and died with no LOST line)."""
     k = launcher.keepalived("--handler", "")
-    k.start()
-    k.write(VI.format("BACKUP"))
-    launcher.settle(1)
-    assert k.proc is not None
-    a = k.proc.pid
-    tracer = _slow_writes(a, str(launcher.state / "journal"), 5000)
-    try:
-        os.kill(a, signal.SIGSTOP)
-        try:
-            for i in range(1000):
-                assert k.write(RS.format(i // 250, i % 250 + 1))
-            t0 = time.monotonic()
-            killer = k.reload(parse=parse)
-            b = k.proc.pid
-            launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
-            left = t0 + 0.8 - time.monotonic()
-            if left <= 0:
-                pytest.skip("the machine was too slow for this scenario's moments (A must get the CPU back before "
-                            "keepalived's SIGKILL)")
-            time.sleep(left)  # the scenario's moment, not a wait for state
-        finally:
-            os.kill(a, signal.SIGCONT)
-        killer.join()
-    finally:
-        tracer.wait(timeout=60)
+    with _late_old_reader(launcher, k) as a:
+        t0 = time.monotonic()
+        killer = k.reload(parse=parse)
+        b = k.proc.pid
+        launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+        _wait_until(t0 + 0.8)
+    killer.join()
     launcher.unchecked = "what A could not read of its FIFO is not asked here: only A's LOST line"
     k.stop([VI.format("STOP")])
-    a_lines = [line for line in launcher.log_text().splitlines() if f"reader[{a}]" in line]
-    assert any("LOST: " in line for line in a_lines), ("A died without its LOST line", a_lines[-2:])
+    _said_lost(launcher, a)
