@@ -76,6 +76,17 @@ def _old_reader_holding_x(launcher: Launcher, k: Keepalived, usec: int = 850_000
     return tracer
 
 
+def _reload_then_stop(launcher: Launcher, k: Keepalived) -> None:
+    """A reload onto the same FIFO, then keepalived's stop as soon as the new reader catches SIGTERM
+    (a stop in its Python start-up is a stated limit); returns once the old reader is gone."""
+    killer = k.reload(same_fifo=True)
+    assert k.proc is not None
+    new = k.proc.pid
+    launcher.wait_for("the new reader catches SIGTERM", lambda: processes.catches_sigterm(new), timeout=30)
+    k.stop([VI.format("STOP")])
+    killer.join()
+
+
 @pytest.mark.parametrize("held", [False, True], ids=["as-is", "middle-reader-stopped"])
 def test_two_reloads_in_a_row_journal_the_middle_fifo_before_the_newest(launcher: Launcher, held: bool) -> None:
     """keepalived reloads twice in a row, making a new FIFO each time (its usual reload).  The middle
@@ -123,12 +134,7 @@ def test_a_stop_right_after_a_reload_journals_the_readers_stop_after_the_old_rea
     k = launcher.keepalived()
     tracer = _old_reader_holding_x(launcher, k)
     try:
-        killer = k.reload(same_fifo=True)
-        assert k.proc is not None
-        new = k.proc.pid
-        launcher.wait_for("the new reader catches SIGTERM", lambda: processes.catches_sigterm(new), timeout=30)
-        k.stop([VI.format("STOP")])
-        killer.join()
+        _reload_then_stop(launcher, k)
     finally:
         tracer.wait(timeout=60)
     launcher.wait_idle()
@@ -381,11 +387,7 @@ def test_a_stop_right_after_a_reload_while_the_old_reader_is_inside_a_long_read(
         for i in range(300):
             assert k.write(RS.format(i // 250, i % 250 + 1))
         launcher.wait_for("A is reading", lambda: k.unread() == 0)
-        killer = k.reload(same_fifo=True)
-        b = k.proc.pid
-        launcher.wait_for("B catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
-        k.stop([VI.format("STOP")])
-        killer.join()
+        _reload_then_stop(launcher, k)
     finally:
         tracer.wait(timeout=60)
     launcher.unchecked = "lines A said LOST are allowed; the order is checked here"
