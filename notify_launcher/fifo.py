@@ -76,6 +76,13 @@ def open_fifo(path: str, pinned: int = -1) -> int:
     return fd
 
 
+def _writers_gone(fd: int) -> bool:
+    """The FIFO `fd` reads from has had a writer and has none now (POLLHUP, pending bytes or not)."""
+    probe = select.poll()
+    probe.register(fd, select.POLLIN)
+    return any(events & select.POLLHUP for _, events in probe.poll(0))
+
+
 def _replaced_refusal(path: str, ours: os.stat_result) -> str | None:
     """For root, a FIFO keepalived replaced after we opened it: its directory judged as any path root
     trusts, and the FIFO (fstat: the path names another file now) root's alone."""
@@ -175,16 +182,18 @@ class Fifo:
             self.log.info(None, None, reading)
 
     def unlinked_at(self) -> float | None:
-        """When our FIFO was unlinked (monotonic seconds, from its ctime: a tick's precision), if it
-        was, less than keepalived's window ago: on a reload keepalived unlinks the FIFO it made right
-        after its SIGTERM to us (docs/keepalived.md "Reload"), so this dates a SIGTERM whose handler
-        ran late, before the next reader exists.  None otherwise (or on a clock step that puts it out
-        of that range)."""
+        """When keepalived unlinked our FIFO and closed it (monotonic seconds, from its ctime: a tick's
+        precision), if it did, less than keepalived's window ago: on a reload it does both right after
+        its SIGTERM to us (docs/keepalived.md "Reload"), so this dates a SIGTERM whose handler ran
+        late, before the next reader exists.  Only once no writer is left (POLLHUP): every write moves
+        the ctime too, so while one holds it (a path someone removed long ago, an LVS child that
+        reopened it) the ctime is only the last line's time.  None otherwise (or on a clock step
+        that puts it out of that range)."""
         try:
             st = os.fstat(self.fd)
         except OSError:
             return None
-        if st.st_nlink:
+        if st.st_nlink or not _writers_gone(self.fd):
             return None
         ago = time.time() - st.st_ctime_ns / 1e9
         return time.monotonic() - ago if 0.0 <= ago <= WINDOW else None

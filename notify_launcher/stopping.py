@@ -102,12 +102,24 @@ def same_reader(a: bytes, b: bytes) -> bool:
     console script for the wrapper, and an operator who edits notify_fifo_script's options (a
     --state-dir, --config or --log-level) and reloads the options: a reload onto any of them is
     still a reload, and taking it for a stop would run stop_action while keepalived runs on.
-    keepalived starts one script per FIFO, so the FIFO names the reader.  Another program, or a
-    reader of another FIFO, is not the same reader."""
+    keepalived starts one script per FIFO, so the FIFO names the reader, however its path is spelled.
+    Another program, or a reader of another FIFO, is not the same reader."""
     if a == b:
         return True
-    fifo = reader_fifo(a)
-    return fifo is not None and fifo == reader_fifo(b)
+    fifo, other = reader_fifo(a), reader_fifo(b)
+    return fifo is not None and other is not None and _same_fifo(fifo, other)
+
+
+def _same_fifo(a: bytes, b: bytes) -> bool:
+    """Two spellings of one FIFO: the same path, the same file (an edited keepalived.conf that now
+    says /run for /var/run, a link to it), or the same path once links are resolved (it is gone)."""
+    if a == b:
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+        return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def reader_fifo(cmdline: bytes) -> bytes | None:

@@ -20,6 +20,7 @@ import pytest
 from support import LAUNCHER, ROOT, VI, processes, recorder, tmpfs
 from support.launcher import Launcher
 from support.marks import needs
+from support.standin import Keepalived
 from support.recorder import check_order
 from notify_launcher.events import Event
 from notify_launcher.journal import JournalWriter
@@ -496,3 +497,38 @@ def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Laun
         launcher.settle(2)
         k.stop([])
         assert [r.state for r in launcher.starts()] == ["BACKUP", "MASTER"]
+
+
+@needs("/var/run a link to /run", os.path.realpath("/var/run") == "/run")
+def test_a_reload_that_respells_the_fifo_path_is_not_a_stop(launcher: Launcher, tmp_path: Path) -> None:
+    """keepalived.conf said `notify_fifo /var/run/NAME.fifo` (/var/run links to /run); an operator
+    edits it to `/run/NAME.fifo` and reloads.  The FIFO survives the reload (made before keepalived,
+    as the README tells LVS sites, or left by an earlier run): the same inode, no EOF to the old
+    reader.  The next reader is the same reader under another spelling (red team: the paths compared
+    as bytes, READER reader STOP, stop_action while keepalived ran on)."""
+    name = f"nl-respelled-{tmp_path.name}.fifo"
+    old, new = f"/var/run/{name}", f"/run/{name}"
+    launcher.stop_action()
+    k = Keepalived(launcher.argv(), old)
+    launcher.standins.append(k)
+    try:
+        k.start()
+        k.write(VI.format("BACKUP"))
+        launcher.settle(1)
+        k.fifo = new  # the edited keepalived.conf: the same FIFO, spelled as the operator now writes it
+        k.reload(same_fifo=True).join()
+        launcher.wait_for("the next reader", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
+        k.write(VI.format("MASTER"))
+        launcher.wait_for("MASTER's action", lambda: any(r.state == "MASTER" for r in launcher.starts()))
+        launcher.wait_idle()
+        log = launcher.log_text()
+        assert "READER reader STOP" not in log and not [r for r in launcher.starts() if r.type == "READER"], \
+            [line for line in log.splitlines() if "READER" in line or "exiting" in line]
+        assert k.proc is not None
+        b = k.proc.pid
+        launcher.wait_for("the next reader to catch SIGTERM", lambda: processes.catches_sigterm(b))
+        k.stop([VI.format("STOP")])
+    finally:
+        launcher.end_processes()
+        if os.path.exists(new):
+            os.unlink(new)

@@ -9,12 +9,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from support import processes
 from support.launcher import Launcher
 from notify_launcher.backlog import LOST_SHOWN
 from support.marks import needs
@@ -133,3 +135,32 @@ def test_a_failed_write_of_the_stop_is_tried_again_within_the_window(launcher: L
         tracer.wait()
     assert not report.killed, report
     launcher.settle(2)
+
+
+@pytest.mark.parametrize("before", [0.6, 0.97])
+def test_a_stop_on_a_fifo_removed_earlier_journals_stop_whatever_its_last_write(launcher: Launcher,
+                                                                                before: float) -> None:
+    """Someone removed keepalived's FIFO path while keepalived and the reader hold it open (an
+    administrator's `rm`, a cleanup script: the lines still flow, both hold the inode).  keepalived
+    writes a line, then stops `before` s later.  A FIFO's ctime moves on every write, so while a
+    writer holds it the unlinked FIFO's ctime is the last line's time, not an unlink by keepalived
+    at a reload: dating the SIGTERM from it (red team) closed the window at once, and no READER
+    reader STOP was journaled -- stop_action never ran for a real stop."""
+    launcher.stop_action()
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format(1, "BACKUP"))
+    launcher.settle(1)
+    os.unlink(launcher.fifo)
+    assert k.proc is not None
+    reader = k.proc.pid
+    launcher.wait_for("the reader catches SIGTERM", lambda: processes.catches_sigterm(reader))
+    k.write(VI.format(1, "MASTER"))
+    wrote = time.monotonic()
+    launcher.settle(2)
+    time.sleep(max(0.0, wrote + before - time.monotonic()))  # the scenario's moment: the stop comes `before` s later
+    k.stop([VI.format(1, "STOP")])
+    launcher.wait_idle()
+    log = launcher.log_text()
+    assert "READER reader STOP | received" in log and "STOP 100 | received" in log, \
+        [line for line in log.splitlines() if "READER" in line or "LOST" in line or "exiting" in line]

@@ -136,7 +136,8 @@ class Keepalived:
         report = _await_or_kill(proc, t0)
         os.close(self.fd)
         self.fd = -1
-        os.unlink(self.fifo)
+        if os.path.exists(self.fifo):  # (someone may have removed it before: keepalived unlinks what is there)
+            os.unlink(self.fifo)
         return report
 
     def reload(self, same_fifo: bool = False, parse: float = 0.02) -> threading.Thread:
