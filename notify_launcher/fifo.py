@@ -18,6 +18,9 @@ from notify_launcher.log import Log, Troubles
 from notify_launcher.security import fifo_refusal
 from notify_launcher.window import WINDOW
 
+#: A file time's precision (s): the kernel stamps it from a clock that moves once a tick.
+TICK = 0.01
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -197,6 +200,19 @@ class Fifo:
             return None
         ago = time.time() - st.st_ctime_ns / 1e9
         return time.monotonic() - ago if 0.0 <= ago <= WINDOW else None
+
+    def replaced_since(self, since: float) -> bool:
+        """`replaced()`, by a FIFO made at `since` (monotonic) or later -- as keepalived makes it at a
+        reload, after its SIGTERM -- not one someone made anew while keepalived ran (rm + mkfifo, a
+        tmpfiles line) and keepalived then stopped.  Its ctime dates it (a tick's precision: 10 ms
+        are allowed; writes and chown only move it later)."""
+        if not self.replaced():
+            return False
+        try:
+            made_ago = time.time() - os.stat(self.path).st_ctime_ns / 1e9
+        except OSError:
+            return False
+        return time.monotonic() - made_ago >= since - TICK
 
     def replaced(self) -> bool:
         """The path names another inode than ours: keepalived made a new FIFO (a reload)."""

@@ -202,7 +202,7 @@ class Reader:
             eof = self.fifo.finish_line(self._feed, self.intake.cut) == EOF
             if self.intake.cut():
                 self._feed(None)  # (the pipe is empty, or at its end: another writer's bytes, a line of their own)
-        self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced))
+        self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced_since))
 
     def _read_what_is_ours(self) -> bool:
         """Leaving before EOF: what the pipe holds now is ours when keepalived's child that started us

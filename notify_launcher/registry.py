@@ -14,6 +14,8 @@ REGISTRY = "/run/notify-launcher-fifos"
 
 
 def entry_path(fifo: str, registry: str = REGISTRY) -> str:
-    """The registry's file for `fifo`: its absolute path as one file name ('%' and '/' escaped as
-    urllib would; not urllib itself, whose import the reader's start-up would pay)."""
-    return os.path.join(registry, os.path.abspath(fifo).replace("%", "%25").replace("/", "%2F"))
+    """The registry's file for `fifo`: its path with every link resolved (two spellings of one FIFO,
+    /var/run/x and /run/x, are one entry: a reload onto an edited keepalived.conf may change it) as
+    one file name ('%' and '/' escaped as urllib would; not urllib itself, whose import the reader's
+    start-up would pay)."""
+    return os.path.join(registry, os.path.realpath(fifo).replace("%", "%25").replace("/", "%2F"))

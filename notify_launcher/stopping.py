@@ -296,9 +296,10 @@ class StopClassifier:
         quiet_at = self.last_line_at + STOP_QUIET
         return min(self.term_at + self.grace - now, quiet_at - now if quiet_at > now else self._sibling_check - now)
 
-    def verdict(self, eof: bool, fifo_path: str, fifo_replaced: Callable[[], bool]) -> Verdict:
+    def verdict(self, eof: bool, fifo_path: str, fifo_replaced: Callable[[float], bool]) -> Verdict:
         """Why the reader leaves: keepalived closed the FIFO with no SIGTERM (EOF), a reload (SIGTERM and
-        EOF, a next reader, or a new FIFO at our path), or keepalived stopping (none of these)."""
+        EOF, a next reader, or a new FIFO made at our path since the SIGTERM: `fifo_replaced(term_at)`),
+        or keepalived stopping (none of these)."""
         if self.respawned is not None:
             return Verdict("RELOAD", f"{'SIGTERM, and ' if self.term_at is not None else ''}{self.respawned}")
         if self.term_at is None:
@@ -309,6 +310,6 @@ class StopClassifier:
         if sibling is not None:
             return Verdict("RELOAD", f"SIGTERM, and keepalived started the next reader (pid {sibling}): "
                                      f"a reload; leaving the FIFO to it")
-        if fifo_replaced():
+        if fifo_replaced(self.term_at):  # (made before our SIGTERM: someone's mkfifo, not keepalived's reload)
             return Verdict("RELOAD", f"SIGTERM, and {fifo_path} is a new FIFO: keepalived is reloading")
         return Verdict("STOP", "SIGTERM: keepalived is stopping")

@@ -13,12 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from support import LAUNCHER, ROOT, VI, processes, recorder, tmpfs
-from support.launcher import Launcher
+from support.launcher import Launcher, forget_fifo
 from support.marks import needs
 from support.standin import Keepalived
 from support.recorder import check_order
@@ -499,6 +501,27 @@ def test_reader_started_on_a_full_state_file_system_keeps_reading(launcher: Laun
         assert [r.state for r in launcher.starts()] == ["BACKUP", "MASTER"]
 
 
+@contextmanager
+def _respelled_fifo(launcher: Launcher, tmp_path: Path, *options: str) -> Iterator[Keepalived]:
+    """A stand-in on /var/run/NAME.fifo, started and #1 settled; the block reloads it as /run/NAME.fifo
+    (an edited keepalived.conf: the same FIFO, another spelling).  Cleans up what is outside the
+    test's directory."""
+    name = f"nl-respelled-{tmp_path.name}.fifo"
+    k = Keepalived(launcher.argv(*options), f"/var/run/{name}")
+    launcher.standins.append(k)
+    try:
+        k.start()
+        k.write(VI.format("BACKUP"))
+        launcher.settle(1)
+        k.fifo = f"/run/{name}"
+        yield k
+    finally:
+        launcher.end_processes()
+        if os.path.exists(k.fifo):
+            os.unlink(k.fifo)
+        forget_fifo(k.fifo)
+
+
 @needs("/var/run a link to /run", os.path.realpath("/var/run") == "/run")
 def test_a_reload_that_respells_the_fifo_path_is_not_a_stop(launcher: Launcher, tmp_path: Path) -> None:
     """keepalived.conf said `notify_fifo /var/run/NAME.fifo` (/var/run links to /run); an operator
@@ -506,16 +529,8 @@ def test_a_reload_that_respells_the_fifo_path_is_not_a_stop(launcher: Launcher, 
     as the README tells LVS sites, or left by an earlier run): the same inode, no EOF to the old
     reader.  The next reader is the same reader under another spelling (red team: the paths compared
     as bytes, READER reader STOP, stop_action while keepalived ran on)."""
-    name = f"nl-respelled-{tmp_path.name}.fifo"
-    old, new = f"/var/run/{name}", f"/run/{name}"
     launcher.stop_action()
-    k = Keepalived(launcher.argv(), old)
-    launcher.standins.append(k)
-    try:
-        k.start()
-        k.write(VI.format("BACKUP"))
-        launcher.settle(1)
-        k.fifo = new  # the edited keepalived.conf: the same FIFO, spelled as the operator now writes it
+    with _respelled_fifo(launcher, tmp_path) as k:
         k.reload(same_fifo=True).join()
         launcher.wait_for("the next reader", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
         k.write(VI.format("MASTER"))
@@ -528,7 +543,29 @@ def test_a_reload_that_respells_the_fifo_path_is_not_a_stop(launcher: Launcher, 
         b = k.proc.pid
         launcher.wait_for("the next reader to catch SIGTERM", lambda: processes.catches_sigterm(b))
         k.stop([VI.format("STOP")])
-    finally:
-        launcher.end_processes()
-        if os.path.exists(new):
-            os.unlink(new)
+
+
+@needs("strace", shutil.which("strace") is not None)
+@needs("/var/run a link to /run", os.path.realpath("/var/run") == "/run")
+def test_a_reload_that_respells_the_fifo_path_keeps_keepalived_order(launcher: Launcher, tmp_path: Path) -> None:
+    """The same reload while the old reader holds lines it read and has not journaled (strace: its read
+    returns 0.85 s late, a reader that lost the CPU), and keepalived goes on writing: the two readers'
+    tickets (turn.py) must be one FIFO's, so the new reader waits for the old one (red team: keyed by
+    the path's spelling, the new reader read beside the old one and journaled later lines first)."""
+    with _respelled_fifo(launcher, tmp_path, "--handler", "") as k:
+        assert k.proc is not None
+        tracer = processes.hold_first_read(k.proc.pid, 850_000)
+        try:
+            for i in range(3):
+                assert k.write(f'INSTANCE "X{i}" MASTER 100')
+            launcher.wait_for("the old reader's read of X", lambda: k.unread() == 0)
+            killer = k.reload(same_fifo=True)
+            b = k.proc.pid
+            launcher.wait_for("the next reader catches SIGTERM", lambda: processes.catches_sigterm(b), timeout=30)
+            for i in range(3):
+                assert k.write(f'INSTANCE "Y{i}" MASTER 100')
+            killer.join()
+        finally:
+            tracer.wait(timeout=60)
+        launcher.wait_idle()
+        launcher.check(stops=0)

@@ -164,3 +164,25 @@ def test_a_stop_on_a_fifo_removed_earlier_journals_stop_whatever_its_last_write(
     log = launcher.log_text()
     assert "READER reader STOP | received" in log and "STOP 100 | received" in log, \
         [line for line in log.splitlines() if "READER" in line or "LOST" in line or "exiting" in line]
+
+
+def test_a_stop_after_the_fifo_path_was_made_anew_journals_stop(launcher: Launcher) -> None:
+    """While keepalived runs, someone makes the FIFO anew at its path (rm + mkfifo: an administrator
+    following the README's `mkfifo -m 0600 ...`, a tmpfiles `p+` line applied by a package); keepalived
+    and the reader still hold the old one.  Then keepalived stops: a new FIFO at the path, made
+    before the SIGTERM, is no reload (red team: READER reader RELOAD, and stop_action never ran)."""
+    launcher.stop_action()
+    k = launcher.keepalived()
+    k.start()
+    k.write(VI.format(1, "BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    reader = k.proc.pid
+    launcher.wait_for("the reader catches SIGTERM", lambda: processes.catches_sigterm(reader))
+    os.unlink(launcher.fifo)
+    os.mkfifo(launcher.fifo, 0o600)
+    time.sleep(0.05)  # the scenario: the FIFO was made some time (more than a clock tick) before the stop
+    k.stop([VI.format(1, "STOP")])
+    launcher.wait_idle()
+    log = launcher.log_text()
+    assert "READER reader STOP | received" in log, [line for line in log.splitlines() if "READER" in line or "exiting" in line]

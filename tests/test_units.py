@@ -144,7 +144,7 @@ def test_stop_grace_ends_early_once_every_instance_reported_stop() -> None:
     assert not stop.done(100.1), "a STOP line of one we never saw may follow in the same burst"
     assert stop.wake_in(100.1) == pytest.approx(STOP_QUIET)
     assert stop.done(100.1 + STOP_QUIET)
-    assert stop.verdict(False, "fifo", lambda: False) == Verdict("STOP", "SIGTERM: keepalived is stopping")
+    assert stop.verdict(False, "fifo", lambda since: False) == Verdict("STOP", "SIGTERM: keepalived is stopping")
 
 
 def test_a_next_reader_on_a_busy_fifo_ends_the_grace_at_once() -> None:
@@ -163,7 +163,7 @@ def test_a_next_reader_on_a_busy_fifo_ends_the_grace_at_once() -> None:
         if stop.done(now):
             break
     assert stop.done(now) and now < 100.0 + STOP_QUIET + SIBLING_CHECK, now
-    assert stop.verdict(False, "fifo", lambda: False).state == "RELOAD"
+    assert stop.verdict(False, "fifo", lambda since: False).state == "RELOAD"
 
 
 def test_stop_grace_ends_when_it_is_over_whatever_came() -> None:
@@ -182,18 +182,18 @@ def test_a_reader_started_after_us_makes_the_sigterm_a_reload() -> None:
     sibling.append(4242)
     assert not stop.done(100.0 + SIBLING_CHECK / 2), "looked for it a moment ago"
     assert stop.done(100.0 + SIBLING_CHECK)
-    verdict = stop.verdict(False, "fifo", lambda: False)
+    verdict = stop.verdict(False, "fifo", lambda since: False)
     assert verdict.state == "RELOAD" and "pid 4242" in verdict.why and not verdict.keepalived_stops
 
 
 def test_the_verdict_without_a_next_reader() -> None:
     stop = StopClassifier(grace=0.5, next_reader=lambda: None)
-    assert stop.verdict(True, "f", lambda: False).state == "EOF", "EOF without SIGTERM"
+    assert stop.verdict(True, "f", lambda since: False).state == "EOF", "EOF without SIGTERM"
     stop.sigterm(1.0)
-    assert stop.verdict(True, "f", lambda: False).state == "RELOAD", "SIGTERM then EOF"
-    assert stop.verdict(False, "f", lambda: True) == Verdict("RELOAD", "SIGTERM, and f is a new FIFO: "
+    assert stop.verdict(True, "f", lambda since: False).state == "RELOAD", "SIGTERM then EOF"
+    assert stop.verdict(False, "f", lambda since: True) == Verdict("RELOAD", "SIGTERM, and f is a new FIFO: "
                                                                         "keepalived is reloading")
-    assert stop.verdict(False, "f", lambda: False).keepalived_stops
+    assert stop.verdict(False, "f", lambda since: False).keepalived_stops
 
 
 def test_a_sigterm_while_starting_is_a_reload_only_when_the_next_reader_runs() -> None:

@@ -20,6 +20,16 @@ from support import LAUNCHER, VI, invariants, processes, recorder, waiting
 from support.standin import Keepalived
 
 
+def forget_fifo(fifo: str, registry: str = REGISTRY) -> None:
+    """Remove the registry's entries of the FIFO `fifo` (one outside a test's temp dir, under /run)."""
+    entry = entry_path(fifo, registry)
+    for name in (entry, entry + "%reading"):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+
+
 def forget_fifos(directory: Path, registry: str = REGISTRY) -> None:
     """Remove the registry's entries of the FIFOs in `directory` (a test's temp dir)."""
     prefix = entry_path(str(directory), registry) + "%2F"
