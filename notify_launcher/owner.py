@@ -128,10 +128,11 @@ class Starter:
         """The starter's pid, as seen at start (None: no keepalived process started us)."""
         return None if self.starter is None else self.starter.pid
 
-    def restarted(self) -> ProcessId | None:
-        """keepalived's main process, once our starter is gone while it runs on: the next reader may
-        then be a child of the starter keepalived started in its place (None: not that case)."""
-        if self.keepalived is None or not _exited(self.pidfd) or not identity.is_running(self.keepalived):
+    def main(self) -> ProcessId | None:
+        """keepalived's main process while it runs (None: not known, or gone): the next reader may be
+        started by another of its children -- the one it started in place of ours that died, or its
+        other child when a reload moves the script between the VRRP and checker children."""
+        if self.keepalived is None or not identity.is_running(self.keepalived):
             return None
         return self.keepalived
 

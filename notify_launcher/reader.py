@@ -79,7 +79,7 @@ class Reader:
         self.early_term = early_term  # cli's early handler's SIGTERMs: read once ours is installed
         self.stop = StopClassifier(settings.stop_grace, respawn=self.starter.respawn,
                                    next_reader=lambda: later_sibling(os.getpid(), self.starter.pid,
-                                                                     self.starter.restarted()),
+                                                                     self.starter.main()),
                                    unlinked_at=self.fifo.unlinked_at)
         self.behind = Predecessor(settings, paths, fifo_path, log)
         # its ticket (turn.py), from cli's start if it could take it there: no reading beside the readers before us

@@ -51,8 +51,10 @@ def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | 
     """A process started after `pid` by the same keepalived process (`starter`, as seen when `pid`
     started; default: `pid`'s now), in the same session, that is the same reader (`same_reader`), if
     any: the script keepalived starts again when it reloads (docs/keepalived.md, "Reload").  With
-    `keepalived` (its main process, given once our starter is gone): also one started by a child of
-    keepalived started after us, the child keepalived started in place of the one that died.
+    `keepalived` (its main process, while it runs): also one started by another child of keepalived
+    -- the child it started in place of ours that died, or its other child when a reload moves the
+    script between the VRRP and checker children (an edited keepalived.conf: global notify_fifo to
+    vrrp_ and lvs_notify_fifo on the same path, or back).
 
     This, not the FIFO, tells a reload from a stop after a SIGTERM without EOF: keepalived may
     reuse the very same FIFO on reload, and a FIFO's timestamps move with every write.  The starter
@@ -83,7 +85,7 @@ def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | 
             continue  # another session, or started before us (a clock tick is 10 ms: pids break ties)
         if other.ppid == pid:
             continue  # our own fork: a worker being detached, before its setsid()
-        if other.ppid != starter and not _started_by(int(name), starter, keepalived, me.start):
+        if other.ppid != starter and not _started_by(int(name), starter, keepalived):
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as fh:
@@ -163,15 +165,17 @@ def reader_args(cmdline: bytes) -> list[bytes] | None:
     return argv[at + 1:] if at < len(argv) and os.path.basename(argv[at]) == b"notify-launcher" else None
 
 
-def _started_by(pid: int, starter: int, keepalived: ProcessId | None, since: int) -> bool:
-    """`pid`'s starter is `starter`, or (with `keepalived`) a child of keepalived's main process
-    started at `since` or later."""
+def _started_by(pid: int, starter: int, keepalived: ProcessId | None) -> bool:
+    """`pid`'s starter is `starter`, or (with `keepalived`, running) another child of keepalived's
+    main process, or that process itself: a reader under `sh -c` whose shell keepalived's SIGTERM
+    killed is re-parented to it (a child subreaper), the way to its starter lost."""
     other = starter_of(pid)
     if other == starter:
         return True
-    st = None if keepalived is None or other is None else identity.stat(other)
-    return st is not None and keepalived is not None and identity.is_running(keepalived) \
-        and st.ppid == keepalived.pid and st.start >= since
+    if keepalived is None or other is None:
+        return False
+    st = identity.stat(other)
+    return other == keepalived.pid or (st is not None and st.ppid == keepalived.pid)
 
 
 class Verdict(Value):

@@ -28,7 +28,7 @@ from notify_launcher.journal import Entry
 from support import LAUNCHER, ROOT
 from support.invariants import check_run
 from support.marks import unavailable
-from support.realka import (IFACE, KILL_AFTER, Cluster, Node, StopTiming, exit_time, ip_binary,
+from support.realka import (FIFO_LINES, IFACE, KILL_AFTER, Cluster, Node, StopTiming, exit_time, ip_binary,
                             keepalived_binary, missing_prerequisite)
 
 READER_EXIT = (r"reader\[{pid}\] INFO  #- - \| reader exiting \({why}; (\d+) lines read, (\d+) ms after SIGTERM\)")
@@ -405,3 +405,48 @@ def test_a_reload_with_an_edited_script_line_after_a_restart_is_not_a_stop(real_
     events = _reader_events(n1)
     assert events == ["STOP", "RELOAD"], (events, [line for line in n1.log_text().splitlines()
                                                    if f"reader[{before}]" in line][-2:])
+
+
+def test_a_reload_that_moves_the_script_to_the_vrrp_child_is_not_a_stop(real_cluster: Callable[..., Cluster]) -> None:
+    """An LVS site (keepalived --all) on the global notify_fifo, made before keepalived (the reader is
+    the checker's), follows docs/keepalived.md "Recommended for LVS sites": it rewrites the lines to
+    vrrp_notify_fifo + vrrp_notify_fifo_script + lvs_notify_fifo on the same path, and reloads.  The
+    checker SIGTERMs its reader (no EOF: the FIFO survives), the VRRP child starts the next one: a
+    reload, not a stop (red team: the next reader's starter was not ours, READER reader STOP)."""
+    c = real_cluster(checker=True, fifo_form="global")
+    n1, _ = c.nodes
+    c.start()
+    c.wait_settled()
+    script = " ".join(n1.script_argv())
+    text = n1.conf.read_text()
+    old = FIFO_LINES["global"].format(fifo=n1.fifo, script=script)
+    assert old in text
+    n1.conf.write_text(text.replace(old, FIFO_LINES["vrrp+lvs"].format(fifo=n1.fifo, script=script)))
+    n1.hup()
+    n1.wait_for("the old reader's end", lambda: n1.log_text().count("| reader exiting") >= 1, timeout=30)
+    n1.wait_for("a second reader", lambda: n1.log_text().count("| reader started") >= 2, timeout=30)
+    n1.wait_idle()
+    assert _reader_events(n1) == ["RELOAD"], [line for line in n1.log_text().splitlines()
+                                              if "exiting" in line or "READER" in line or "started" in line]
+
+
+def test_the_first_reload_of_two_readers_on_one_fifo_is_not_a_stop(real_cluster: Callable[..., Cluster]) -> None:
+    """vrrp_notify_fifo P + script and lvs_notify_fifo P + lvs_notify_fifo_script (docs/keepalived.md
+    "LVS sites": both children start a reader at start; from the first reload on only the VRRP child
+    does, the checker logs "ignoring LVS FIFO script").  At that first reload the checker's reader
+    gets SIGTERM and no EOF, and the next reader is the VRRP child's: a reload, not a stop (red team:
+    READER reader STOP while keepalived ran on).  check-config flags the line; keepalived runs it."""
+    c = real_cluster(checker=True, fifo_form="vrrp+lvs")
+    n1, _ = c.nodes
+    script = " ".join(n1.script_argv())
+    text = n1.conf.read_text()
+    old = f"lvs_notify_fifo {n1.fifo} root\n"
+    assert old in text
+    n1.conf.write_text(text.replace(old, old + f'    lvs_notify_fifo_script "{script}" root\n'))
+    c.start()
+    c.wait_settled()
+    n1.wait_for("two readers", lambda: n1.log_text().count("| reader started") >= 2, timeout=30)
+    n1.hup()
+    n1.wait_for("both old readers' ends", lambda: n1.log_text().count("| reader exiting") >= 2, timeout=30)
+    n1.wait_idle()
+    assert "STOP" not in _reader_events(n1), _reader_events(n1)
