@@ -333,6 +333,24 @@ def replay(path: str, keep_ends: int = 0, totals: Totals | None = None) -> Snaps
     return snap
 
 
+#: The largest progress file `last_states` replays (~800 names): a reader reads it in keepalived's
+#: stop window, where a replay of a large site's file (tens of thousands of names) would take the
+#: time the lines in the pipe need.
+LAST_STATES_MAX = 256 * 1024
+
+
+def last_states(path: str) -> dict[str, str]:
+    """Each name's last state whose event a worker finished (`Event.key` -> state): the names
+    keepalived spoke of before (stopping.py waits for their STOP lines).  Empty without a file, or
+    with one larger than LAST_STATES_MAX."""
+    try:
+        if os.stat(path).st_size > LAST_STATES_MAX:
+            return {}
+    except OSError:
+        return {}
+    return {key: rec["state"] for key, rec in replay(path).last.items()}
+
+
 def last_seq(path: str) -> int:
     """The highest sequence number the file's first and last records name, damaged ones included
     (0: none): the floor below which numbering must never restart (journal.py).  The first record

@@ -34,6 +34,7 @@ from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.owner import Seen, Starter
 from notify_launcher.predecessor import Predecessor
+from notify_launcher.progress import last_states
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
 from notify_launcher.stopping import StopClassifier, Verdict, later_sibling
@@ -80,7 +81,8 @@ class Reader:
         self.stop = StopClassifier(settings.stop_grace, respawn=self.starter.respawn,
                                    next_reader=lambda: later_sibling(os.getpid(), self.starter.pid,
                                                                      self.starter.main()),
-                                   unlinked_at=self.fifo.unlinked_at)
+                                   unlinked_at=self.fifo.unlinked_at,
+                                   known=lambda: last_states(paths.progress))
         self.behind = Predecessor(settings, paths, fifo_path, log)
         # its ticket (turn.py), from cli's start if it could take it there: no reading beside the readers before us
         self.turn = turn or ReadTurn(fifo_path, lock_path(fifo_path, paths.root))

@@ -202,7 +202,8 @@ class StopClassifier:
     def __init__(self, grace: float, term_at: float | None = None,
                  next_reader: Callable[[], int | None] = lambda: later_sibling(os.getpid()),
                  respawn: Callable[[bool], str | None] = lambda term: None,
-                 unlinked_at: Callable[[], float | None] = lambda: None) -> None:
+                 unlinked_at: Callable[[], float | None] = lambda: None,
+                 known: Callable[[], dict[str, str]] = dict) -> None:
         self.grace = grace
         self.respawn = respawn  # owner.Starter.respawn: why our end is a keepalived child's restart
         self.respawned: str | None = None  # that reason, once found: we leave at once, as a RELOAD
@@ -210,6 +211,8 @@ class StopClassifier:
         self.term_at = term_at
         self.next_reader = next_reader
         self.unlinked_at = unlinked_at  # when keepalived unlinked our FIFO (fifo.Fifo.unlinked_at)
+        self.known = known  # each name's last state the workers finished, read once stopping
+        self._known_read = False
         self.states: dict[str, str] = {}  # INSTANCE/GROUP key -> last state, to know when all have STOPped
         self.last_line_at = 0.0
         self.sibling: int | None = None  # the next reader, once seen after SIGTERM (a reload)
@@ -275,6 +278,9 @@ class StopClassifier:
         if not self._respawn_checked:
             self._respawn_checked = True  # at once: a stopping starter may exit while we read its STOP lines
             self.respawned = self.respawn(True)
+        if not self._known_read:
+            self._known_read = True
+            self._know_earlier_names()
         if self.respawned is not None or now >= self.term_at + self.grace:
             return True
         self.look_for_next_reader(now)  # also while lines come: a busy shared FIFO must not keep us beside it
@@ -285,6 +291,22 @@ class StopClassifier:
         if now < self.last_line_at + STOP_QUIET:
             return False
         return bool(self.states) and all(s in FINAL_STATES for s in self.states.values())
+
+    def _know_earlier_names(self) -> None:
+        """The instances and groups keepalived spoke of before us: it writes a STOP line for each, but
+        after a reload (without fifo_write_vrrp_states_on_reload, its default) a reader hears only the
+        transitions, so the names it saw alone would let it leave before their STOP lines when
+        keepalived pauses between two of them for longer than STOP_QUIET (red team: a 60 ms pause, two
+        STOP lines never read).  One that never reports STOP (removed from keepalived.conf) holds us
+        to the grace, as one unknown did before.  (Not at a site whose progress file is large:
+        progress.LAST_STATES_MAX.)"""
+        try:
+            earlier = self.known()
+        except Exception:  # (a state directory we cannot read: the names we saw are what we have)
+            return
+        for key, state in earlier.items():
+            if key.startswith(("INSTANCE ", "GROUP ")):
+                self.states.setdefault(key, state)
 
     def look_for_next_reader(self, now: float) -> None:
         """After SIGTERM, every SIBLING_CHECK: the next reader, if keepalived started one.  Also between

@@ -186,3 +186,29 @@ def test_a_stop_after_the_fifo_path_was_made_anew_journals_stop(launcher: Launch
     launcher.wait_idle()
     log = launcher.log_text()
     assert "READER reader STOP | received" in log, [line for line in log.splitlines() if "READER" in line or "exiting" in line]
+
+
+def test_a_stop_whose_stop_lines_pause_journals_every_instance_keepalived_spoke_of_before(launcher: Launcher) -> None:
+    """keepalived spoke of VI_1, VI_2 and G1 to the first reader; after a reload (without
+    fifo_write_vrrp_states_on_reload, its default) the next reader hears only VI_1.  keepalived then
+    stops and loses the CPU for 60 ms between VI_1's STOP line and the others (a busy 2-core
+    machine).  The reader must wait for the STOP lines of every name it knows from the state
+    directory, not leave once the names it saw itself are STOP and the FIFO was quiet for 30 ms (red
+    team: VI_2's and G1's STOP lines never read, never said, stop_action before them)."""
+    launcher.stop_action()
+    k = launcher.keepalived()
+    k.start()
+    for line in (VI.format(1, "BACKUP"), VI.format(2, "BACKUP"), 'GROUP "G1" BACKUP 0'):
+        assert k.write(line)
+    launcher.settle(3)
+    k.reload().join()
+    assert k.proc is not None
+    reader = k.proc.pid
+    launcher.wait_for("the next reader catches SIGTERM", lambda: processes.catches_sigterm(reader))
+    assert k.write(VI.format(1, "MASTER"))
+    launcher.settle(5)  # (#4: the first reader's READER reloaded)
+    k.stop([VI.format(1, "STOP"), VI.format(2, "STOP"), 'GROUP "G1" STOP 0'], pause_after=1, pause=0.06)
+    launcher.wait_idle()
+    log = launcher.log_text()
+    assert '"G1" STOP 0 | received' in log and 'VI_2" STOP 100 | received' in log, \
+        [line for line in log.splitlines() if "reader[" in line][-4:]

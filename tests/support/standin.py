@@ -126,12 +126,15 @@ class Keepalived:
         os.killpg(proc.pid, signal.SIGTERM)
         return proc, t0
 
-    def stop(self, stop_lines: list[str], delay: float = 0.005) -> StopReport:
-        """keepalived's shutdown: TERM to the group, STOP lines after it, KILL to the group at +1 s."""
+    def stop(self, stop_lines: list[str], delay: float = 0.005, pause_after: int = 0, pause: float = 0.0) -> StopReport:
+        """keepalived's shutdown: TERM to the group, STOP lines after it, KILL to the group at +1 s.
+        `pause` s after the first `pause_after` STOP lines: keepalived without the CPU for a while."""
         proc, t0 = self._term_then_kill()
         self.stops += 1
         time.sleep(delay)
-        for line in stop_lines:
+        for n, line in enumerate(stop_lines):
+            if n == pause_after and pause:
+                time.sleep(pause)
             self.write(line)
         report = _await_or_kill(proc, t0)
         os.close(self.fd)
