@@ -26,15 +26,24 @@ which is read once per opened journal file and again when damage is found, not p
 Nobody waits long for the lock: the worker's compaction writes the new file (and fsyncs it)
 without the lock and holds the lock only to check that nothing was appended meanwhile and to
 rename; and a writer waits at most LOCK_WAIT for it.  When it stays busy (a holder stopped, frozen
-or on a disk that stalls), the event goes into the writer's own spill file (`spill/PID`, same
-line format, SEQ 0), durably and at once, and is numbered into the journal, in order, by the
-writer's next append that gets the lock -- or by the worker, which adopts every spill file it can
-lock each time it reads the journal (it is rung after every append, spilled or not), also those of
-writers that died since.  A writer's later events wait behind its spilled ones, so its order holds;
-and a writer that numbers its own spilled events numbers first those of the other spill files it
-can lock: a reader that left during a reload with events spilled read them before the next one
-read its own (turn.py).  A leaving reader also numbers its own spilled events itself if the lock
-comes free within keepalived's window (`unspill`).
+or on a disk that stalls), the event goes into the writer's own spill file (`spill/START-PID`, its
+ticket: turn.py; same line format, SEQ 0), durably and at once, and is numbered into the journal,
+in order, by the writer's next append that gets the lock -- or by the worker, which adopts every
+spill file it can lock each time it reads the journal (it is rung after every append, spilled or
+not), also those of writers that died since, in the order their writers started.  A writer's later
+events wait behind its spilled ones, so its order holds; and every append first numbers the spill
+files of writers started before it that it can lock: a reader that left during a reload with
+events spilled read them before the next one read its own (turn.py).  The spill directory is
+removed once empty, so that look costs an append one failed listdir while nothing waits.  A
+leaving reader also numbers its own spilled events itself if the lock comes free within
+keepalived's window (`unspill`).
+
+A spill file is numbered at most once whatever dies when: under both locks, its numberer first
+appends (and syncs) a claim line to it -- the journal file and offset its events go to -- then
+appends them to the journal, syncs it and removes the file.  Whoever finds the file again reads the
+journal at the claim's offset and numbers only the events not there (the numberer died before its
+write, or its write failed); and the worker does not compact the journal while a spill file holds a
+claim, so the claimed bytes are still there to look at.
 
 The worker compacts the journal when everything in it is done: it replaces the file (atomically)
 with one holding only the last entry (so numbering goes on), and removes the settings versions
@@ -54,7 +63,7 @@ import stat
 import time
 import zlib
 
-from notify_launcher import settingsfile
+from notify_launcher import identity, settingsfile
 from notify_launcher.locks import lock_holder
 from notify_launcher.events import Event
 from notify_launcher.progress import last_seq as recorded_seq
@@ -65,7 +74,7 @@ LOCK_WAIT = 0.05  # s a writer waits for the journal's lock before it spills (ke
 _FIELDS, _LEGACY_FIELDS = 10, 8
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
     #: (level, seq, event, message), as Log.line: what the log must hear from a writer (a torn line cut,
     #: an event spilled, spilled events journaled).
@@ -175,10 +184,10 @@ class JournalWriter:
     again on the next append; `created` then says so, so the reader knows the worker it rang before
     may be following a file that no longer exists.
 
-    Why it is larger than the package's other classes (~250 lines): numbering, appending and
+    Why it is larger than the package's other classes (~350 lines): numbering, appending and
     spilling share one lock, one open file and one floor, and each append must decide between them
-    in one bounded step (keepalived's window); the spill file and the settings versions are the
-    parts to move into classes of their own when this grows again.
+    in one bounded step (keepalived's window); the spill files (their names, claims and adoption)
+    and the settings versions are the parts to move into classes of their own next.
     """
 
     def __init__(self, path: str, floor: Callable[[], int] | None = None,
@@ -192,6 +201,7 @@ class JournalWriter:
         self._last = 0
         self._floor_seen = 0
         self._spill_fd = -1  # our spill file, while it holds events not journaled yet
+        self._spill_key: tuple[int, int] | None = None  # our ticket (start, pid): names our spill file, read once
         self._strays: set[str] = set()  # entries of spill/ that are no spill file, said once
         self.created = False
 
@@ -252,27 +262,82 @@ class JournalWriter:
         return self._lock(0.0) and self._after_own_spill(None) is not None
 
     def _after_own_spill(self, entry: Entry | None) -> int | None:
-        """Under the journal's lock (let go here): the events in our spill file, then `entry`, numbered
-        in one write; the last number (0: nothing written), None if our spill file was busy."""
+        """Under the journal's lock (let go here): the events in spill files of writers started before
+        us, then those in ours, then `entry`; the last number (0: nothing written), None if our spill
+        file was busy.  Without a spill directory (none waits) this costs one failed listdir."""
         try:
             spilled = self._own_spill()
             if spilled is None:
                 return None
-            if spilled:
-                for line in self.adopt(held=True):
-                    self.report("ERROR", None, None, f"{self.paths.spill}: damaged line dropped: {describe(line)}")
+            for line in self.adopt(held=True, before=self._key()):
+                self.report("ERROR", None, None, f"{self.paths.spill}: damaged line dropped: {describe(line)}")
             size = self._synced()
-            entries = spilled if entry is None else [*spilled, entry]
-            seq = self._write(entries, size) if entries else 0
-            if self._spill_fd >= 0:
-                self._drop_spill()
-            for n, late in enumerate(spilled, seq - len(entries) + 1):
+            if self._spill_fd < 0:
+                return self._write([entry], size) if entry is not None else 0
+            seq = self._journal_spill(self._spill_fd, self._spill_path(), spilled, size, entry)
+            self._drop_spill()
+            for n, late in enumerate(spilled, seq - len(spilled) + (entry is None)):
                 self.report("INFO", n, late.event, "received (journaled late: spilled while the journal's lock was busy)")
             return seq
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             if self._spill_fd >= 0:
                 fcntl.flock(self._spill_fd, fcntl.LOCK_UN)
+
+    def _journal_spill(self, fd: int, path: str, spilled: list[Entry], size: int, entry: Entry | None = None) -> int:
+        """Under both locks: number `spilled` (the spill file `fd`'s events not journaled yet) and
+        `entry` after them into the journal, at most once whatever dies when: a claim line saying where
+        they go is written (and synced) to the spill file first, the journal synced before the file is
+        removed; whoever finds the file again looks there (`_unnumbered`).  The last number given."""
+        if spilled:
+            _write_all(fd, _claim(os.fstat(self._fd).st_ino, size, len(spilled)))
+            os.fdatasync(fd)
+        entries = spilled if entry is None else [*spilled, entry]
+        seq = self._write(entries, size) if entries else 0
+        if spilled:
+            os.fdatasync(self._fd)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+                os.rmdir(self.paths.spill)  # when empty: so an append finds no spill directory at one syscall
+        except OSError:  # (gone already; or others wait in the directory)
+            pass
+        return seq
+
+    def _unnumbered(self, data: bytes) -> tuple[list[Entry], list[bytes]]:
+        """Under the journal's lock: (the events of spill file content `data` not journaled yet, in
+        order; its damaged lines).  A claim line covers the events before it not journaled by an
+        earlier claim: those of them found where it says in the journal were numbered then (the
+        writer died, or was killed, before it removed the file); the rest were not (it died before its
+        write, or the write failed)."""
+        end = data.rfind(b"\n") + 1
+        pending: list[Entry] = []
+        damaged = [data[end:]] if data[end:] else []
+        for line in data[:end].split(b"\n")[:-1]:
+            entry = parse_entry(line)
+            claim = None if entry is not None else _parse_claim(line)
+            if entry is not None:
+                pending.append(entry)
+            elif claim is None:
+                damaged.append(line)
+            else:
+                pending = pending[self._found(pending[:claim[2]], claim[0], claim[1]):]
+        return pending, damaged
+
+    def _found(self, claimed: list[Entry], ino: int, offset: int) -> int:
+        """How many of `claimed`, in order, the journal holds from byte `offset` on (0 when the journal
+        is no longer the file `ino`: removed, as a compaction waits while a claim is left)."""
+        if not claimed or os.fstat(self._fd).st_ino != ino:
+            return 0
+        data = os.pread(self._fd, sum(len(format_entry(e)) + 20 for e in claimed), offset)
+        found = 0
+        for line, want in zip(data.split(b"\n"), claimed):
+            got = parse_entry(line)
+            if got is None or (got.time, got.reader_pid, got.event, got.settings) != \
+                    (want.time, want.reader_pid, want.event, want.settings):
+                break
+            found += 1
+        return found
 
     def _synced(self) -> int:
         """Under the lock: the clean size of the file, our numbering up to date with it."""
@@ -330,9 +395,11 @@ class JournalWriter:
         first = self._spill_fd < 0
         while True:
             if self._spill_fd < 0:
-                ensure_dir(self.paths.spill)
-                self._spill_fd = open_mode(os.path.join(self.paths.spill, str(os.getpid())),
-                                           os.O_RDWR | os.O_APPEND, FILE_MODE)
+                try:
+                    ensure_dir(self.paths.spill)
+                    self._spill_fd = open_mode(self._spill_path(), os.O_RDWR | os.O_APPEND, FILE_MODE)
+                except FileNotFoundError:  # (an adopter removed the empty directory meanwhile)
+                    continue
             if not _flock_within(self._spill_fd, LOCK_WAIT):
                 raise OSError(errno.EAGAIN, "the journal's lock and the spill file's both stayed busy")
             if os.fstat(self._spill_fd).st_nlink:
@@ -352,7 +419,7 @@ class JournalWriter:
             holder = lock_holder(self.path)
             self.report("WARN", None, entry.event, f"the journal's lock stayed busy for {LOCK_WAIT:g}s (held by "
                                 f"{f'pid {holder.pid}' if holder else 'another process'}): events go into "
-                                f"{self.paths.spill}/{os.getpid()} meanwhile, in order; they are numbered and run "
+                                f"{self._spill_path()} meanwhile, in order; they are numbered and run "
                                 f"once the lock is free")
 
     def _own_spill(self) -> list[Entry] | None:
@@ -366,48 +433,56 @@ class JournalWriter:
         if not st.st_nlink:
             self._drop_spill()
             return []
-        entries, damaged = _lines(os.pread(self._spill_fd, st.st_size, 0))
+        entries, damaged = self._unnumbered(os.pread(self._spill_fd, st.st_size, 0))
         for line in damaged:
-            self.report("ERROR", None, None, f"{self.paths.spill}/{os.getpid()}: damaged line dropped: {describe(line)}")
+            self.report("ERROR", None, None, f"{self._spill_path()}: damaged line dropped: {describe(line)}")
         return entries
 
+    def _key(self) -> tuple[int, int]:
+        """Our ticket: the kernel's start time of this process, then its pid (turn.py's order)."""
+        if self._spill_key is None:
+            me = identity.me()
+            self._spill_key = (me.start, me.pid)
+        return self._spill_key
+
+    def _spill_path(self) -> str:
+        return os.path.join(self.paths.spill, spill_name(*self._key()))
+
     def _drop_spill(self) -> None:
-        """Our spilled events are journaled: remove the file (if it is still ours) and unlock it."""
-        path = os.path.join(self.paths.spill, str(os.getpid()))
-        try:
-            if os.stat(path).st_ino == os.fstat(self._spill_fd).st_ino:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+        """Our spilled events are journaled (or the worker took them): close our spill file."""
         os.close(self._spill_fd)
         self._spill_fd = -1
 
-    def adopt(self, held: bool = False) -> list[bytes]:
-        """Journal, numbered and in order, the events in every spill file we can lock but our own (the
-        worker calls this before reading the journal; a reader, `held` the journal's lock, before it
-        numbers its own spilled events: a reader before it that left with events spilled read them
-        first, turn.py); returns the damaged lines found in them.  A spill file being written is left
-        for the next call (its writer rings once it is written).  The worker waits for the journal's
-        lock here as long as it takes: spilled events mean a holder stalled, nothing can be journaled
-        before it lets go, and nobody would ring again after."""
+    def adopt(self, held: bool = False, before: tuple[int, int] | None = None) -> list[bytes]:
+        """Journal, numbered and in order, the events in every spill file we can lock but our own, in
+        the order their writers started (the worker calls this before reading the journal; a writer,
+        `held` the journal's lock, before each append, for those started `before` it: a reader before
+        it that left with events spilled read them first, turn.py); returns the damaged lines found
+        in them.  A spill file being written is left for the next call (its writer rings once it is
+        written).  The worker waits for the journal's lock here as long as it takes: spilled events
+        mean a holder stalled, nothing can be journaled before it lets go, and nobody would ring
+        again after."""
         try:
-            names = sorted(os.listdir(self.paths.spill))
+            names = sorted(os.listdir(self.paths.spill), key=_spill_key)
         except FileNotFoundError:
             return []
         except OSError as exc:
             self._stray("", f"cannot be listed ({exc.strerror})")
             return []
+        if before is not None:
+            names = [name for name in names if _spill_key(name) < before]
         damaged: list[bytes] = []
         for name in names:
-            if name == str(os.getpid()):
+            if _spill_key(name) == self._key():
                 continue  # (ours: the caller's, numbered by it)
             path = os.path.join(self.paths.spill, name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:  # (read-write: a claim goes into it before its events are numbered)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                self._stray(name, "is a symbolic link" if exc.errno == errno.ELOOP
+                self._stray(name, "is a symbolic link" if exc.errno == errno.ELOOP else
+                            "is a directory, not a spill file" if exc.errno == errno.EISDIR
                             else f"cannot be opened ({exc.strerror})")
                 continue
             try:
@@ -439,16 +514,51 @@ class JournalWriter:
     def _adopt_one(self, fd: int, path: str) -> list[bytes]:
         if not _flock_within(fd, 0) or not os.fstat(fd).st_nlink:
             return []
-        entries, damaged = _lines(os.pread(fd, os.fstat(fd).st_size, 0))
-        size = self._synced()
-        fresh = _not_in(entries, _lines(os.pread(self._fd, min(size, _TAIL), max(0, size - _TAIL)))[0])
-        if fresh:
-            last = self._write(fresh, size)
-            for n, entry in enumerate(fresh, last - len(fresh) + 1):
-                self.report("INFO", n, entry.event, f"received (journaled late: spilled by pid {entry.reader_pid} "
-                                                    f"while the journal's lock was busy)")
-        os.unlink(path)
+        fresh, damaged = self._unnumbered(os.pread(fd, os.fstat(fd).st_size, 0))
+        last = self._journal_spill(fd, path, fresh, self._synced())
+        for n, entry in enumerate(fresh, last - len(fresh) + 1):
+            self.report("INFO", n, entry.event, f"received (journaled late: spilled by pid {entry.reader_pid} "
+                                                f"while the journal's lock was busy)")
         return damaged
+
+
+def spill_name(start: int, pid: int) -> str:
+    """The spill file of the writer `pid` started at `start` (clock ticks since boot): its ticket."""
+    return f"{start}-{pid}"
+
+
+def _spill_key(name: str) -> tuple[int, int]:
+    """The ticket a spill file's name gives (start, pid): writers are adopted in the order they started
+    (a name of another form, a bare pid as older versions wrote, first)."""
+    start, _, pid = name.rpartition("-")
+    try:
+        return int(start or 0), int(pid)
+    except ValueError:
+        return 0, 0
+
+
+def _claim(ino: int, offset: int, count: int) -> bytes:
+    """The line saying that the `count` events before it are being numbered into journal file `ino`
+    at byte `offset`."""
+    body = b"numbering\t%d\t%d\t%d" % (ino, offset, count)
+    return b"%s\t%08x\n" % (body, zlib.crc32(body))
+
+
+def _parse_claim(line: bytes) -> tuple[int, int, int] | None:
+    """(ino, offset, count) of a claim line; None if it is none (or damaged)."""
+    parts = line.split(b"\t")
+    if len(parts) != 5 or parts[0] != b"numbering" or parts[4] != b"%08x" % zlib.crc32(line[:line.rfind(b"\t")]):
+        return None
+    try:
+        return int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One write of `data`, or OSError (a short write is a full disk)."""
+    if os.write(fd, data) != len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _lines(data: bytes) -> tuple[list[Entry], list[bytes]]:
@@ -466,13 +576,6 @@ def _lines(data: bytes) -> tuple[list[Entry], list[bytes]]:
     if data[end:]:
         damaged.append(data[end:])
     return entries, damaged
-
-
-def _not_in(spilled: list[Entry], journaled: Iterable[Entry]) -> list[Entry]:
-    """The spilled entries not journaled yet: a writer that died between journaling its spilled
-    events and removing its spill file must not have them run twice."""
-    seen = {(e.reader_pid, e.time, e.event) for e in journaled}
-    return [e for e in spilled if (e.reader_pid, e.time, e.event) not in seen]
 
 
 class JournalFollower:
@@ -516,8 +619,9 @@ class JournalFollower:
 
     def compact(self, still_ours: Callable[[], bool] | None = None) -> bool:
         """If everything was read, replace the journal by its last entry (a new file) and remove the
-        settings versions nothing names any more; False if a writer appended meanwhile or held the
-        lock longer than LOCK_WAIT.  The new file is written and fsync'ed before the lock is taken:
+        settings versions nothing names any more; False if a writer appended meanwhile, held the
+        lock longer than LOCK_WAIT, or died numbering a spill file (its claim points into this file:
+        the next read adopts it, then a compaction may go on).  The new file is written and fsync'ed before the lock is taken:
         the lock covers only the check that nothing was appended and the rename, so an append never
         waits for a disk.  Only the worker holding worker.lock calls this; `still_ours` (asked under
         the lock, after the fsync): False once another worker owns the state files, then nothing is
@@ -537,8 +641,11 @@ class JournalFollower:
                 if not _flock_within(fd, LOCK_WAIT) or os.fstat(fd).st_ino != ino \
                         or os.fstat(fd).st_size != self.offset or (still_ours is not None and not still_ours()):
                     return False
+                versions, claimed = _spill_state(self.paths)
+                if claimed:  # (a writer died numbering a spill file: whoever adopts it looks in this file)
+                    return False
                 kept = parse_entry(last[:-1])
-                settingsfile.collect(self.paths, ({kept.settings} if kept else set()) | _spilled_versions(self.paths))
+                settingsfile.collect(self.paths, ({kept.settings} if kept else set()) | versions)
                 os.replace(tmp, self.path)
                 tmp = ""
             finally:
@@ -628,16 +735,19 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _spilled_versions(paths: StatePaths) -> set[str]:
-    """The settings versions the spill files' events name (kept by a compaction)."""
-    out = set()
+def _spill_state(paths: StatePaths) -> tuple[set[str], bool]:
+    """(the settings versions the spill files' events name, kept by a compaction; whether one holds
+    a claim: a writer died while it numbered it, and the journal is where its adopter looks)."""
+    versions, claimed = set(), False
     for name in spill_files(paths):
         try:
             with open(os.path.join(paths.spill, name), "rb") as fh:
-                out |= {e.settings for e in _lines(fh.read())[0]}
+                entries, damaged = _lines(fh.read())
         except OSError:
             continue
-    return out
+        versions |= {e.settings for e in entries}
+        claimed = claimed or any(_parse_claim(line) for line in damaged)
+    return versions, claimed
 
 
 def last_seq(path: str) -> int:

@@ -23,6 +23,8 @@ from support import VI, processes, tmpfs
 from support.launcher import Launcher
 from support.marks import needs
 from support.standin import Keepalived
+from notify_launcher import identity
+from notify_launcher.journal import spill_name
 from notify_launcher.turn import lock_path
 
 needs_strace = needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
@@ -275,6 +277,21 @@ def test_a_reload_while_the_reader_starts_leaves_it_the_lines_of_its_own_fifo(la
     launcher.wait_idle()
     assert _journaled(launcher, "WZ") == ["W0", "W1", "W2", "Z0", "Z1", "Z2"], launcher.log_text()[-3000:]
 
+@contextmanager
+def _lock_busy_after_x(launcher: Launcher, k: Keepalived) -> Iterator[None]:
+    """The journal's lock held (a stalled holder) while keepalived writes X0-X2, until the reader
+    has spilled them; let go at the block's end."""
+    journal = os.open(launcher.state / "journal", os.O_RDONLY)
+    try:
+        fcntl.flock(journal, fcntl.LOCK_EX)
+        for i in range(3):
+            assert k.write(f'INSTANCE "X{i}" MASTER 100')
+        launcher.wait_for("A spilled X", lambda: launcher.log_text().count("kept in the spill file") >= 3)
+        yield
+    finally:
+        fcntl.flock(journal, fcntl.LOCK_UN)
+        os.close(journal)
+
 
 def test_a_reload_while_the_journal_lock_is_busy_keeps_the_order_of_the_two_readers(launcher: Launcher) -> None:
     """The journal's lock stays busy over 50 ms across a reload (journal.py's spill case: a holder
@@ -284,21 +301,13 @@ def test_a_reload_while_the_journal_lock_is_busy_keeps_the_order_of_the_two_read
     them (before, B numbered its own first, and A's waited for the worker: red team)."""
     gate = launcher.gate_backup()
     k = launcher.first_action_running()
-    journal = os.open(launcher.state / "journal", os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(journal, fcntl.LOCK_EX)
-            for i in range(3):
-                assert k.write(f'INSTANCE "X{i}" MASTER 100')
-            launcher.wait_for("A spilled X", lambda: launcher.log_text().count("kept in the spill file") >= 3)
+        with _lock_busy_after_x(launcher, k):
             k.reload()
             launcher.wait_for("A spilled its READER", lambda: launcher.log_text().count("kept in the spill file") >= 4)
             for i in range(3):
                 assert k.write(f'INSTANCE "Z{i}" MASTER 100')
             launcher.wait_for("B spilled Z", lambda: launcher.log_text().count("kept in the spill file") >= 7)
-        finally:
-            fcntl.flock(journal, fcntl.LOCK_UN)
-            os.close(journal)
         assert k.write('INSTANCE "Z3" MASTER 100')
         launcher.wait_for("B journaled Z3", lambda: '"Z3" MASTER 100 | received' in launcher.log_text())
     finally:
@@ -496,3 +505,101 @@ def test_a_late_handler_after_a_slow_reload_still_says_what_it_loses(launcher: L
     launcher.unchecked = "what A could not read of its FIFO is not asked here: only A's LOST line"
     k.stop([VI.format("STOP")])
     _said_lost(launcher, a)
+
+
+
+def test_an_old_readers_spill_left_past_its_window_is_numbered_before_the_next_readers_lines(
+        launcher: Launcher) -> None:
+    """The journal's lock stays busy (a stalled holder) through the old reader A's whole stop window
+    at a reload, while the worker runs a long action: A spills X0-X2 and its READER RELOAD and
+    leaves with them not numbered (its window closed first), letting its ticket go.  The lock then
+    comes free and keepalived writes Z0-Z2 to the next reader B, which has no spill file of its
+    own: its append numbers A's spilled events first, as A read them first (red team: B numbered
+    Z0-Z2 at once, and the worker X0-X2 after them)."""
+    gate = launcher.gate_backup()
+    k = launcher.first_action_running()
+    assert k.proc is not None
+    a = k.proc.pid
+    try:
+        with _lock_busy_after_x(launcher, k):
+            k.reload().join()  # A gone: it left within its window, its spill not numbered
+            assert not processes.running(a)
+        launcher.wait_for("B started", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
+        for i in range(3):
+            assert k.write(f'INSTANCE "Z{i}" MASTER 100')
+        launcher.wait_for("B journaled Z2", lambda: '"Z2" MASTER 100 | received' in launcher.log_text())
+    finally:
+        gate.touch()
+    launcher.wait_for("all numbered", lambda: len(_journaled(launcher, "XZ")) >= 6, timeout=30)
+    launcher.wait_idle()
+    assert _journaled(launcher, "XZ") == ["X0", "X1", "X2", "Z0", "Z1", "Z2"], launcher.log_text()[-3000:]
+
+
+@needs("root (ns_last_pid)", os.geteuid() == 0)
+def test_spill_files_of_two_readers_are_numbered_in_the_readers_order_not_by_pid_text(launcher: Launcher) -> None:
+    """The journal's lock stays busy across a reload while the worker runs a long action: the old
+    reader A (pid 899x) spills X0-X2 and its READER RELOAD and leaves at its window's end; the next
+    reader B (pid 1099x: the pids crossed a power of ten, or wrapped) spills Z0-Z2.  The lock comes
+    free, the action ends, and the worker adopts A's spill file before B's, in the order the
+    readers started (red team: in the order of their names as text, '1099x' before '899x')."""
+    gate = launcher.gate_backup()
+    _next_pid(8990)
+    k = launcher.first_action_running()
+    assert k.proc is not None
+    a = k.proc.pid
+    try:
+        with _lock_busy_after_x(launcher, k):
+            _next_pid(10990)
+            killer = k.reload()
+            b = k.proc.pid
+            assert str(b) < str(a), ("pids not as planned", a, b)
+            killer.join()  # A left at its window's end, its spill not numbered
+            launcher.wait_for("B started", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
+            for i in range(3):
+                assert k.write(f'INSTANCE "Z{i}" MASTER 100')
+            launcher.wait_for("B spilled Z", lambda: launcher.log_text().count("kept in the spill file") >= 7)
+    finally:
+        gate.touch()
+    launcher.wait_for("all numbered", lambda: len(_journaled(launcher, "XZ")) >= 6, timeout=30)
+    launcher.wait_idle()
+    assert _journaled(launcher, "XZ") == ["X0", "X1", "X2", "Z0", "Z1", "Z2"], \
+        [line for line in launcher.log_text().splitlines() if "journaled late" in line]
+
+
+@needs_strace
+def test_an_old_reader_killed_between_numbering_its_spill_and_removing_it_runs_nothing_twice(
+        launcher: Launcher) -> None:
+    """The journal's lock is busy at a reload (a stalled holder) while the worker runs a long action:
+    the old reader A spills X0-X2 and its READER RELOAD.  The lock comes free within A's window and
+    A numbers its spill into the journal (#2-#5) -- but its write returns late (a slow disk: strace
+    holds it), and keepalived's SIGKILL at +1 s comes before A removes its spill file.  The next
+    reader B journals 150 RS lines (more than the journal's last 8 KiB).  A's spill file is adopted
+    (by B before its first line, or by the worker) and its events are not numbered again: each
+    action runs once (red team: the worker looked for them only in the journal's last 8 KiB and
+    journaled them again as #156-#159)."""
+    gate = launcher.gate_backup()
+    k = launcher.first_action_running()
+    assert k.proc is not None
+    a = k.proc.pid
+    a_stat = identity.stat(a)
+    assert a_stat is not None
+    tracer = None
+    try:
+        with _lock_busy_after_x(launcher, k):
+            tracer = _slow_writes(a, str(launcher.state / "journal"), 3_000_000)  # its next journal write: the unspill
+            killer = k.reload()
+            launcher.wait_for("A spilled its READER", lambda: launcher.log_text().count("kept in the spill file") >= 4)
+        killer.join()  # A SIGKILLed at +1 s inside its unspill's write
+        tracer.wait(timeout=60)
+        assert os.listdir(launcher.state / "spill") == [spill_name(a_stat.start, a)], "A's spill file is left"
+        launcher.wait_for("B started", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
+        for i in range(150):
+            assert k.write(RS.format(i // 250, i % 250 + 1))
+        launcher.wait_for("B journaled them", lambda: launcher.log_text().count("RS [") >= 150, timeout=30)
+    finally:
+        gate.touch()
+    launcher.wait_idle()
+    runs = [" ".join(r.args[:2]) for r in launcher.starts()]
+    twice = sorted({run for run in runs if runs.count(run) > 1})
+    assert not twice, (f"actions run twice: {twice}",
+                       [line for line in launcher.log_text().splitlines() if "journaled late" in line][:6])

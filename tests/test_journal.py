@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from notify_launcher import progress, settingsfile
+from notify_launcher import identity, progress, settingsfile
 from notify_launcher.config import Settings
 from notify_launcher.errors import LauncherError
 from notify_launcher.events import Event
-from notify_launcher.journal import JournalFollower, JournalWriter, describe
+from notify_launcher.journal import JournalFollower, JournalWriter, describe, spill_name
 from notify_launcher.progress import ProgressLog, replay
 from notify_launcher.records import EndRecord
 from notify_launcher.statedir import StatePaths
@@ -194,7 +194,7 @@ def test_a_busy_lock_spills_and_the_writers_next_append_journals_in_order(tmp_pa
         writer = JournalWriter(path)
         assert writer.append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, 7) is None
         assert writer.append(Event("INSTANCE", "VI_1", "FAULT", 100), 2.0, 7) is None
-        spill = tmp_path / "spill" / str(os.getpid())
+        spill = tmp_path / "spill" / spill_name(identity.me().start, os.getpid())
         assert len(spill.read_bytes().splitlines()) == 2
     assert writer.append(Event("INSTANCE", "VI_1", "BACKUP", 100), 3.0, 7) == 4
     assert not spill.exists()
@@ -214,7 +214,7 @@ def test_the_worker_adopts_the_spill_of_a_writer_that_died(tmp_path: Path) -> No
         assert writer.exitcode == 0
     entries, damaged = follower.read_new()
     assert damaged == [] and [(e.seq, e.event.state) for e in entries] == [(2, "MASTER"), (3, "FAULT")]
-    assert os.listdir(tmp_path / "spill") == []
+    assert not (tmp_path / "spill").exists()
 
 
 def test_anything_in_spill_that_is_no_regular_file_is_said_once_and_left_alone(tmp_path: Path) -> None:
@@ -292,3 +292,91 @@ def test_a_settings_version_damaged_or_missing_is_an_error_naming_the_file_and_t
     os.unlink(path)
     with pytest.raises(LauncherError, match=f"^{path}, the settings event #1 was journaled under, cannot be read"):
         settingsfile.for_entry(paths, entry)
+
+
+def _spill_then_number(path: str, kept: str) -> None:
+    """A writer that spills MASTER and FAULT (the lock held by another open file), keeps a second link
+    to its spill file, then numbers it: the link is the file as a writer killed after its journal
+    write, before it removed the file, leaves it."""
+    writer = JournalWriter(path)
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    for n, state in enumerate(["MASTER", "FAULT"], 1):
+        assert writer.append(Event("INSTANCE", "VI_1", state, 100), float(n), os.getpid()) is None
+    os.close(fd)
+    spill = os.path.join(os.path.dirname(path), "spill")
+    (name,) = os.listdir(spill)
+    os.link(os.path.join(spill, name), f"{kept}-{name}")
+    assert writer.unspill()
+
+
+@pytest.mark.parametrize("step", ["before-its-append", "after-its-append"])
+def test_a_spill_file_left_by_a_writer_killed_while_numbering_it_is_numbered_exactly_once(
+        tmp_path: Path, step: str) -> None:
+    """A writer killed while it numbers its spill file, before its journal write or after it (and
+    its fsync) but before it removed the file, leaves the file as it was then.  Its events are then
+    in the journal exactly once: numbered by the adopter when the write had not happened, not
+    numbered again when it had -- however much was appended since (far beyond the journal's last
+    8 KiB) -- and the worker does not compact the journal while such a file waits (the adopter
+    looks in the journal for what was written)."""
+    path = _journal(tmp_path, ["BACKUP"])
+    before = os.path.getsize(path)
+    child = multiprocessing.get_context("fork").Process(target=_spill_then_number, args=(path, str(tmp_path / "kept")))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    (kept,) = tmp_path.glob("kept-*")
+    spill = tmp_path / "spill"
+    assert not spill.exists(), "numbered: the file and its empty directory are removed"
+    if step == "before-its-append":
+        os.truncate(path, before)
+    spill.mkdir(mode=0o700)
+    os.rename(kept, spill / kept.name.split("-", 1)[1])
+    _append_many(path, "VI_2", 200)
+    follower = JournalFollower(path)
+    held = os.open(spill / kept.name.split("-", 1)[1], os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # (its adoption waits: the worker reads and tries to compact first)
+        first, damaged = follower.read_new()
+        assert damaged == [] and not follower.compact(), "no compaction while a spill file's claim waits"
+    finally:
+        os.close(held)
+    more, damaged = follower.read_new()
+    assert damaged == [] and not spill.exists()
+    states = [e.event.state for e in first + more if e.event.name == "VI_1"]
+    assert states == ["BACKUP", "MASTER", "FAULT"], states
+    assert [e.seq for e in first + more] == list(range(1, len(first + more) + 1))
+    assert follower.compact()
+
+
+def _spill_and_leave(path: str) -> None:
+    writer = JournalWriter(path)
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    assert writer.append(Event("INSTANCE", "VI_1", "MASTER", 100), 1.0, os.getpid()) is None
+
+
+def test_a_writers_append_numbers_first_the_spill_of_a_writer_started_before_it(tmp_path: Path) -> None:
+    """A writer that left with an event spilled (a reader whose window closed) read it before the
+    writer started after it reads anything: that one's append, with no spill file of its own,
+    numbers the left one's spilled event before its own event; a writer started before the one that
+    left does not (its events came first)."""
+    path = _journal(tmp_path, ["BACKUP"])
+    older = JournalWriter(path)
+    ctx = multiprocessing.get_context("fork")
+    left = ctx.Process(target=_spill_and_leave, args=(path,))
+    left.start()
+    left.join()
+    assert left.exitcode == 0
+    assert older.append(Event("INSTANCE", "VI_2", "MASTER", 100), 2.0, os.getpid()) == 2
+    later = ctx.Process(target=_append_one, args=(path,))
+    later.start()
+    later.join()
+    assert later.exitcode == 0
+    entries, damaged = JournalFollower(path).read_new()
+    assert damaged == [] and [(e.seq, e.event.name, e.event.state) for e in entries] == \
+        [(1, "VI_1", "BACKUP"), (2, "VI_2", "MASTER"), (3, "VI_1", "MASTER"), (4, "VI_3", "FAULT")]
+
+
+def _append_one(path: str) -> None:
+    assert JournalWriter(path).append(Event("INSTANCE", "VI_3", "FAULT", 100), 3.0, os.getpid()) == 4

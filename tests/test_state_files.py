@@ -87,7 +87,7 @@ def test_the_stop_is_journaled_while_a_stopped_process_holds_the_journal_lock(la
     launcher.settle(3)
     log = launcher.log_text()
     assert "#3 READER reader STOP | received (journaled late: spilled by pid" in log, log[-3000:]
-    assert not os.listdir(launcher.state / "spill")
+    assert not (launcher.state / "spill").exists()
 
 
 @needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)

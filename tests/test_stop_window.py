@@ -18,7 +18,9 @@ import pytest
 
 from support import processes
 from support.launcher import Launcher
+from notify_launcher import identity
 from notify_launcher.backlog import LOST_SHOWN
+from notify_launcher.journal import spill_name
 from support.marks import needs
 
 VI = 'INSTANCE "VI_{}" {} 100'
@@ -48,7 +50,9 @@ def test_a_stop_whose_lines_cannot_be_journaled_ends_inside_the_window_and_names
     assert k.proc is not None
     spill = launcher.state / "spill"
     spill.mkdir(mode=0o700, exist_ok=True)
-    with _held(launcher.state / "journal"), _held(spill / str(k.proc.pid)):
+    reader = identity.stat(k.proc.pid)
+    assert reader is not None
+    with _held(launcher.state / "journal"), _held(spill / spill_name(reader.start, k.proc.pid)):
         report = k.stop(stops)
     assert not report.killed, f"keepalived had to SIGKILL the reader:\n{launcher.log_text()[-3000:]}"
     log = launcher.log_text()
