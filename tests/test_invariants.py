@@ -178,6 +178,23 @@ def test_lines_dropped_without_a_log_line_are_named(tmp_path: Path) -> None:
     assert run.report(expect_lines=written), "a drop the log admits is no silent drop"
 
 
+def test_a_line_journaled_twice_where_it_was_written_once_is_named(tmp_path: Path) -> None:
+    """A spill file numbered twice (its writer killed after numbering it, before removing it): the
+    line keepalived wrote once has two numbers, the second journaled late by the adopter.  A line
+    written twice and journaled twice is no duplicate."""
+    run = Run(tmp_path)
+    for state in ("BACKUP", "MASTER", "BACKUP"):
+        run.act(run.receive(_vi(state)), _vi(state))
+    seq = run.journal.append(_vi("MASTER"), time.time(), 1)
+    assert seq == 4
+    run.worker.info(seq, _vi("MASTER"), "received (journaled late: spilled by pid 1 while the journal's lock was busy)")
+    run.act(seq, _vi("MASTER"))
+    report = run.report(expect_lines=[VI.format(state) for state in ("BACKUP", "MASTER", "BACKUP")])
+    assert report.duplicated == ['INSTANCE "VI_1" MASTER 100: written 1x, journaled as #2, #4 (late: #4)'], report
+    assert run.report(expect_lines=[VI.format(state) for state in ("BACKUP", "MASTER", "BACKUP", "MASTER")]), \
+        "a line written twice may be journaled twice"
+
+
 def test_a_stop_without_its_stop_action_is_named(tmp_path: Path) -> None:
     run = Run(tmp_path)
     assert run.report(stops=1).stop_window == ["keepalived stopped the reader 1x, 0 STOP journaled"]

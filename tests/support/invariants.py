@@ -151,6 +151,7 @@ def inspect_run(state_dir: Path | str, records_dir: Path | str | None = None, lo
     _check_trees(report, rec_path, records, set(alive_ok), log)
     if expect_lines is not None:
         _check_drops(report, log, received, list(expect_lines))
+        _check_journaled_once(report, log, list(expect_lines))
     _check_stops(report, paths, log, received, stops)
     return report
 
@@ -395,6 +396,31 @@ def _check_drops(report: Report, log: list[LogLine], received: dict[int, list[Lo
         diff = "\n".join(difflib.unified_diff(wanted, got, "written", "journaled", lineterm="", n=1))
         report.unlogged_drops.append(f"{len(missing)} written lines never journaled, {admitted} drops logged: "
                                      f"{_more(missing)}\n{diff}")
+
+
+def _check_journaled_once(report: Report, log: list[LogLine], expect: list[str]) -> None:
+    """A line the test wrote n times is journaled under at most n numbers.  An event journaled again
+    is a spill file's numbered twice (its writer died after numbering it, before removing the file):
+    at least one of its numbers was journaled late.  So a line written once and journaled under two
+    numbers, one of them late, is one event journaled twice; lines the test wrote twice, and `send`'s
+    own events that look like a written line (never spilled in these tests), are not."""
+    written = Counter(str(parsed) for parsed in (parse_line(text.encode()) for text in expect)
+                      if not isinstance(parsed, Rejected))
+    named: dict[int, str] = {}
+    late: set[int] = set()
+    for line in log:
+        if line.seq is not None and line.event != "-":
+            named.setdefault(line.seq, line.event)
+            if line.msg.startswith("received (journaled late"):
+                late.add(line.seq)
+    numbers: dict[str, list[int]] = defaultdict(list)
+    for seq, event in sorted(named.items()):
+        numbers[event].append(seq)
+    for event, seqs in numbers.items():
+        if len(seqs) > written[event] > 0 and late.intersection(seqs):
+            report.duplicated.append(f"{event}: written {written[event]}x, journaled as "
+                                     f"{', '.join(f'#{seq}' for seq in seqs)} (late: "
+                                     f"{', '.join(f'#{seq}' for seq in seqs if seq in late)})")
 
 
 def _check_stops(report: Report, paths: StatePaths, log: list[LogLine], received: dict[int, list[LogLine]],
