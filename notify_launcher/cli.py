@@ -23,8 +23,9 @@ import stat
 import sys
 import time
 
+from notify_launcher.commands import COMMANDS, NOT_THE_READER
+
 EARLY_TERM: list[float] = []
-NOT_THE_READER = ("check-config", "send", "status", "history", "wait", "log", "import", "_worker")
 
 
 def _early_term(signum: int, frame: object) -> None:
@@ -103,7 +104,6 @@ if TYPE_CHECKING:  # typing costs the reader's start ~3 ms to import: for mypy o
 
     T = TypeVar("T")
 
-COMMANDS = ("serve", *NOT_THE_READER)
 
 READER_EPILOG = """\
 keepalived.conf:

@@ -24,7 +24,7 @@ import os
 import time
 
 from notify_launcher import identity
-from notify_launcher.cli import COMMANDS
+from notify_launcher.commands import COMMANDS
 from notify_launcher.events import Event
 from notify_launcher.owner import starter_of
 from notify_launcher.value import Value
