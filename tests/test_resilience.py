@@ -365,7 +365,8 @@ def test_sigterm_without_eof_while_keepalived_started_the_next_reader_is_a_reloa
 def test_a_reload_while_the_old_reader_holds_lines_it_has_not_journaled_keeps_their_order(launcher: Launcher) -> None:
     """The busy-CI defect: during a reload on a shared FIFO the old reader had read lines and lost the
     CPU before journaling them; the next reader read later lines and journaled them first.  Here
-    the old reader's read of X1..X3 is held in the kernel for 0.5 s (strace delays its return), the
+    the old reader's read of X1..X3 is held in the kernel for 0.85 s (strace delays its return; long
+    enough for the next reader's Python start-up on a busy machine, within keepalived's 1 s), the
     reload comes, and Y1..Y3 follow at once: the next reader must wait for the old one to journal
     what it holds (turn.py), and says so in the log."""
     k = launcher.keepalived()
@@ -374,7 +375,7 @@ def test_a_reload_while_the_old_reader_holds_lines_it_has_not_journaled_keeps_th
     launcher.settle(1)
     assert k.proc is not None
     old = k.proc.pid
-    tracer = processes.hold_first_read(old, 500_000)
+    tracer = processes.hold_first_read(old, 850_000)
     try:
         xs, ys = [f'INSTANCE "X{i}" MASTER 100' for i in range(3)], [f'INSTANCE "Y{i}" MASTER 100' for i in range(3)]
         for line in xs:
