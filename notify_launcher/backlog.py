@@ -11,6 +11,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from notify_launcher.events import Event, Rejected
 from notify_launcher.journal import JournalWriter
@@ -25,10 +26,12 @@ LOST_SHOWN = 20  # events named one by one when the reader exits with events not
 
 
 class Backlog:
-    """A FIFO queue of (event, time received) in front of the journal."""
+    """A FIFO queue of (event, time received) in front of the journal.  `held()`: the reader's
+    StopWindow.held, so an event journaled is never also an event said lost."""
 
-    def __init__(self, journal: JournalWriter, log: Log, limit: int = BACKLOG_MAX) -> None:
-        self.journal, self.log, self.limit = journal, log, limit
+    def __init__(self, journal: JournalWriter, log: Log, limit: int = BACKLOG_MAX,
+                 held: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+        self.journal, self.log, self.limit, self.held = journal, log, limit, held
         self.troubles = Troubles(log)
         self._held: deque[tuple[Event, float]] = deque()
 
@@ -56,15 +59,20 @@ class Backlog:
         where = "" if into is None else f"; journaled into {os.path.dirname(into.path)}, behind its work"
         while self._held:
             event, received = self._held[0]
-            try:
-                seq = journal.append(event, received, os.getpid())
-            except OSError as exc:
+            with self.held():  # (its waits for the lock come before the write: journal.pause)
+                try:
+                    seq = journal.append(event, received, os.getpid())
+                except OSError as exc:
+                    failed: OSError | None = exc
+                else:
+                    failed = None
+                    self._held.popleft()
+                    journaled(seq, event)
+            if failed is not None:
                 self.troubles.report("journal", None, None, f"cannot write the journal {journal.path} "
-                                     f"({exc.strerror}); events wait in memory, in order; retrying every "
+                                     f"({failed.strerror}); events wait in memory, in order; retrying every "
                                      f"{RETRY_INTERVAL:g}s")
-                return exc
-            self._held.popleft()
-            journaled(seq, event)
+                return failed
             self.troubles.recovered("journal")
             late = time.time() - received
             if seq is None:

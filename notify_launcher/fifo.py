@@ -12,6 +12,7 @@ import os
 import select
 import stat
 import time
+from contextlib import AbstractContextManager, nullcontext
 
 from notify_launcher.errors import EXIT_UNUSABLE, EXIT_USAGE, LauncherError
 from notify_launcher.log import Log, Troubles
@@ -100,10 +101,14 @@ def _replaced_refusal(path: str, ours: os.stat_result) -> str | None:
 
 class Fifo:
     """The FIFO the reader polls.  `fd` is -1 while there is none (service mode, between two
-    keepalived runs); `recheck_at` is when to look at the path again (None: not following)."""
+    keepalived runs); `recheck_at` is when to look at the path again (None: not following).
+    `held()` is the reader's StopWindow.held: a read and the hand-off of its bytes are one step
+    (what left the pipe is always the reader's to journal or to say lost)."""
 
-    def __init__(self, path: str, fd: int, follow: bool, poller: select.poll, log: Log) -> None:
+    def __init__(self, path: str, fd: int, follow: bool, poller: select.poll, log: Log,
+                 held: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.path, self.fd, self.follow, self.poller, self.log = path, fd, follow, poller, log
+        self.held = held
         self.troubles = Troubles(log)  # a wrong file at the path is looked at every RECHECK: say it once
         self.recheck_at: float | None = time.monotonic() if follow else None
         self.gone_at = time.monotonic()  # when keepalived closed the FIFO we followed (service mode)
@@ -139,14 +144,15 @@ class Fifo:
         return got
 
     def _chunk(self, feed: Callable[[bytes], None], size: int) -> int:
-        try:
-            data = os.read(self.fd, size)
-        except BlockingIOError:
-            return EMPTY
-        if not data:
-            return EOF
-        self.recheck_at = None  # keepalived writes to this FIFO: it is the right one
-        feed(data)
+        with self.held():
+            try:
+                data = os.read(self.fd, size)
+            except BlockingIOError:
+                return EMPTY
+            if not data:
+                return EOF
+            self.recheck_at = None  # keepalived writes to this FIFO: it is the right one
+            feed(data)
         return len(data)
 
     def writer_gone(self) -> None:

@@ -150,13 +150,13 @@ def describe(line: bytes) -> str:
     return f"{what} ({len(line)} bytes: {line[:200]!r})"
 
 
-def _flock_within(fd: int, seconds: float | None) -> bool:
-    """flock(LOCK_EX), waiting at most `seconds` (0: not at all; None: as long as it takes); False
-    if it stayed busy."""
+def _flock_within(fd: int, seconds: float | None, pause: Callable[[float], None] = time.sleep) -> bool:
+    """flock(LOCK_EX), waiting at most `seconds` (0: not at all; None: as long as it takes) in
+    `pause`s; False if it stayed busy."""
     if seconds is None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return True
-    deadline, pause = 0.0, 0.0005
+    deadline, step = 0.0, 0.0005
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -166,8 +166,8 @@ def _flock_within(fd: int, seconds: float | None) -> bool:
             deadline = deadline or now + seconds
             if now >= deadline:
                 return False
-            time.sleep(min(pause, deadline - now))
-            pause = min(pause * 2, 0.005)
+            pause(min(step, deadline - now))
+            step = min(step * 2, 0.005)
 
 
 def _ignore(level: str, seq: int | None, event: object, text: str) -> None:
@@ -182,7 +182,8 @@ class JournalWriter:
     `version` the settings version the events are journaled under (written into settings.d when a
     journal file is opened); `report` says what the log must hear.  A removed journal is created
     again on the next append; `created` then says so, so the reader knows the worker it rang before
-    may be following a file that no longer exists.
+    may be following a file that no longer exists.  `pause(s)` is how it waits for a lock (the
+    reader's StopWindow.pause: the window may close there, before anything is written).
 
     Why it is larger than the package's other classes (~350 lines): numbering, appending and
     spilling share one lock, one open file and one floor, and each append must decide between them
@@ -191,8 +192,9 @@ class JournalWriter:
     """
 
     def __init__(self, path: str, floor: Callable[[], int] | None = None,
-                 version: settingsfile.Version | None = None, report: Report = _ignore) -> None:
-        self.path = path
+                 version: settingsfile.Version | None = None, report: Report = _ignore,
+                 pause: Callable[[float], None] = time.sleep) -> None:
+        self.path, self.pause = path, pause
         self.paths = StatePaths(os.path.dirname(path) or ".")
         self.floor = floor or (lambda: max(recorded_seq(self.paths.progress), recorded_seq(self.paths.history)))
         self.version, self.report = version, report
@@ -226,7 +228,7 @@ class JournalWriter:
         if self._fd < 0:
             self._open()
         while True:
-            if not _flock_within(self._fd, wait):
+            if not _flock_within(self._fd, wait, self.pause):
                 return False
             try:
                 if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
@@ -401,7 +403,7 @@ class JournalWriter:
                     self._spill_fd = open_mode(self._spill_path(), os.O_RDWR | os.O_APPEND, FILE_MODE)
                 except FileNotFoundError:  # (an adopter removed the empty directory meanwhile)
                     continue
-            if not _flock_within(self._spill_fd, LOCK_WAIT):
+            if not _flock_within(self._spill_fd, LOCK_WAIT, self.pause):
                 raise OSError(errno.EAGAIN, "the journal's lock and the spill file's both stayed busy")
             if os.fstat(self._spill_fd).st_nlink:
                 break

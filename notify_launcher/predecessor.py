@@ -19,6 +19,8 @@ not exist now may be one keepalived is re-creating in a reload.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 from notify_launcher import identity, pidfile, settingsfile
 from notify_launcher.config import Settings
@@ -33,8 +35,10 @@ class Predecessor:
     """`start()` reads and replaces the registry's entry; `journal()` is the writer our events go to
     while we queue behind the other directory (None: our own), `journaled()` rings its worker."""
 
-    def __init__(self, settings: Settings, paths: StatePaths, fifo: str, log: Log, registry: str = REGISTRY) -> None:
+    def __init__(self, settings: Settings, paths: StatePaths, fifo: str, log: Log, registry: str = REGISTRY,
+                 pause: Callable[[float], None] = time.sleep) -> None:
         self.settings, self.paths, self.fifo, self.log, self.registry = settings, paths, fifo, log, registry
+        self.pause = pause  # how the other journal's writer waits for its lock (JournalWriter)
         self.other: StatePaths | None = None  # the directory we queue behind, while we do
         self._writer: JournalWriter | None = None
         self._doorbell: Doorbell | None = None
@@ -77,7 +81,7 @@ class Predecessor:
             return
         self.other = other
         self._writer = JournalWriter(other.journal, version=settingsfile.version(self.settings),
-                                     report=self.log.line)
+                                     report=self.log.line, pause=self.pause)
         self._doorbell = Doorbell(other)
         self.log.warn(None, None, f"{self.fifo} was served by the state directory {previous} before us (keepalived "
                                   f"reloaded with another --state-dir), and its worker still works ({what}): our "

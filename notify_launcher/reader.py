@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from notify_launcher import settingsfile
@@ -60,7 +61,7 @@ class Reader:
     the FIFO, the intake, the backlog, the worker link and the stop classifier.
 
     Building one only stores state; `run()` installs the signal handlers and serves until
-    keepalived stops it.  Its ~250 lines are the composition alone (14 methods: the poll loop, the
+    keepalived stops it.  Its ~300 lines are the composition alone (18 methods: the poll loop, the
     signal handlers, and the hand-offs between the parts it holds); each job it composes is a class
     of its own in the modules above."""
 
@@ -70,11 +71,12 @@ class Reader:
         self.settings, self.paths, self.log = settings, paths, log
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
         self.poller = select.poll()
-        self.fifo = Fifo(fifo_path, fifo_fd, serve, self.poller, log)
+        self.window = StopWindow()
+        self.fifo = Fifo(fifo_path, fifo_fd, serve, self.poller, log, self.window.held)
         self.intake = Intake(paths, log)
         self.journal = JournalWriter(paths.journal, version=settingsfile.version(settings),
-                                     report=log.line)
-        self.backlog = Backlog(self.journal, log)
+                                     report=log.line, pause=self.window.pause)
+        self.backlog = Backlog(self.journal, log, held=self.window.held)
         self.workers = WorkerLink(settings, paths, self.journal, self.poller, log, detach)
         self.starter = Starter(starter)  # the keepalived process that started us: did it stop us, or die?
         self.early_term = early_term  # cli's early handler's SIGTERMs: read once ours is installed
@@ -83,16 +85,17 @@ class Reader:
                                                                      self.starter.main()),
                                    unlinked_at=self.fifo.unlinked_at,
                                    known=lambda: last_states(paths.progress))
-        self.behind = Predecessor(settings, paths, fifo_path, log)
+        self.behind = Predecessor(settings, paths, fifo_path, log, pause=self.window.pause)
         # its ticket (turn.py), from cli's start if it could take it there: no reading beside the readers before us
         self.turn = turn or ReadTurn(fifo_path, lock_path(fifo_path, paths.root))
         self.troubles = Troubles(log)
         self._term_logged = False
-        self.window = StopWindow()
         self._verdict: Verdict | None = None  # the end, once known
         self._wake_r = -1
         self._pause = 0.0  # after an unforeseen exception: a growing pause, so it cannot spin
-        self._unseen: list[bytes] = []  # lines read when keepalived's window closed, not even parsed
+        # lines read from the FIFO and not yet among the backlog's events (and whether each came
+        # without its newline): what the LOST line names when keepalived's window closes first
+        self._unseen: deque[tuple[bytes, bool]] = deque()
 
     def init_signals(self) -> None:
         """SIGTERM notes the time (the loop acts on it) and opens the stop window (which ends any wait
@@ -141,10 +144,12 @@ class Reader:
         except WindowClosed as closed:
             self.window.last_words()  # bounds the lines that say what is lost
             try:
+                left = self._take_the_rest()
                 if self.backlog or self._verdict is None or self._unseen:
                     self.backlog.lost(f"keepalived's SIGKILL is due and the reader still waits, at {closed}; "
-                                      f"{self.intake.lines} lines read",
-                                      None if self._verdict is None else self._verdict.state, self._unseen)
+                                      f"{self.intake.lines} lines read{left}",
+                                      None if self._verdict is None else self._verdict.state,
+                                      [raw for raw, _ in self._unseen])
             except WindowClosed:
                 pass
         finally:
@@ -152,6 +157,25 @@ class Reader:
             self.workers.close()
             self.turn.release()  # (finish_with did, unless the window closed first)
         return 0
+
+    def _take_the_rest(self) -> str:
+        """keepalived's window closed: take what is ours to say lost.  In a FIFO keepalived replaced,
+        all it holds (nobody else will ever read it); in one we share with the next reader, the rest
+        of the line our last read stopped inside (so that reader starts at a line); and bytes still
+        waiting for their newline, as a line.  Says what the FIFO held, for the LOST line."""
+        if self.fifo.fd < 0 or self.serve:
+            return ""
+        before, replaced = len(self._unseen), self.fifo.replaced()
+        if replaced:
+            self.fifo.read(self._take)
+        else:
+            self.fifo.finish_line(self._take, self.intake.cut)
+        self._flush()
+        taken = len(self._unseen) - before
+        if not taken:
+            return ""
+        return (f"; {taken} more lines read now from our FIFO, which keepalived replaced (nobody else reads it)"
+                if replaced else "; the line our last read stopped inside read to its end (the next reader starts at a line)")
 
     def _take_turn(self) -> None:
         """Before the first read: wait until the readers started before us have journaled what they
@@ -201,9 +225,10 @@ class Reader:
         if not eof:
             eof = self._read_what_is_ours()
         if not eof:  # the next reader starts at a line: the rest of one our last read stopped inside is ours
-            eof = self.fifo.finish_line(self._feed, self.intake.cut) == EOF
+            eof = self.fifo.finish_line(self._take, self.intake.cut) == EOF
             if self.intake.cut():
-                self._feed(None)  # (the pipe is empty, or at its end: another writer's bytes, a line of their own)
+                self._flush()  # (the pipe is empty, or at its end: another writer's bytes, a line of their own)
+            self._handle()
         self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced_since))
 
     def _read_what_is_ours(self) -> bool:
@@ -215,9 +240,10 @@ class Reader:
         if self.stop.respawned is None and not self.fifo.replaced():
             return False
         self._take_turn()
-        got = self.fifo.read(self._feed)
+        got = self.fifo.read(self._take)
         if got <= 0:
-            self._feed(None)  # (else a writer goes on: the line cut short is finished before we leave)
+            self._flush()  # (else a writer goes on: the line cut short is finished before we leave)
+        self._handle()
         return got == EOF
 
     def _step(self) -> bool:
@@ -227,9 +253,10 @@ class Reader:
             if fd == self._wake_r:
                 drain(self._wake_r)
             elif fd == self.fifo.fd:  # (once stopping, a little at a time: what we read must be journaled in time)
-                got = self.fifo.read(self._feed, None if self.stop.term_at is None else STOPPING_READ)
+                got = self.fifo.read(self._take, None if self.stop.term_at is None else STOPPING_READ)
                 if got <= 0:  # the pipe is empty (or at EOF): what is pending is a line of its own
-                    self._feed(None)
+                    self._flush()
+                self._handle()
                 if got == EOF:
                     eof = not self.serve
                     if self.serve:
@@ -262,25 +289,35 @@ class Reader:
             return None
         return max(0, int(min(waits) * 1000) + 1)
 
-    def _feed(self, data: bytes | None) -> None:
-        """The lines `data` completes; None: the pipe is empty, so bytes pending without a newline are a line."""
-        lines = self.intake.split(data)
-        for at, raw in enumerate(lines):
-            held = False  # this line's events are in the backlog (said with it if the window closes)
+    def _take(self, data: bytes | None) -> None:
+        """Inside a held step (Fifo._chunk's): the lines `data` completes wait in `_unseen`, to be
+        handled; None: the pipe is empty, so bytes pending without a newline are a line."""
+        self._unseen.extend((raw, data is None) for raw in self.intake.split(data))
+
+    def _flush(self) -> None:
+        """The pipe is empty (or at its end): bytes pending without a newline are a line."""
+        with self.window.held():
+            self._take(None)
+
+    def _handle(self) -> None:
+        """Each line read and not handled yet: its events into the backlog (in one held step with
+        leaving `_unseen`: a line is in one of the two, never both nor neither), then journaled."""
+        while self._unseen:
+            with self.window.held():
+                raw, unterminated = self._unseen[0]
+                try:
+                    events = self.intake.line(raw, unterminated)
+                    self.stop.saw(events, time.monotonic())
+                    for event in events:
+                        self.backlog.add(event)
+                except Exception as exc:
+                    self._unforeseen("line handling", exc)
+                self._unseen.popleft()
             try:
-                events = self.intake.line(raw, unterminated=data is None)
-                now = time.monotonic()
-                self.stop.saw(events, now)
                 if self.stop.term_at is not None and not self.serve:  # stopping: one read may hold ~100 lines
-                    self.stop.look_for_next_reader(now)
+                    self.stop.look_for_next_reader(time.monotonic())
                     self._arm_window()  # (earlier, once it shows up: its READER event must come after ours)
-                for event in events:
-                    self.backlog.add(event)
-                held = True
                 self.submit(None)
-            except WindowClosed:
-                self._unseen = lines[at + held:]  # read from the FIFO, not in the backlog: said by run()
-                raise
             except Exception as exc:
                 self._unforeseen("line handling", exc)
 
@@ -297,7 +334,8 @@ class Reader:
     def _unspilled(self) -> bool:
         """Nothing of ours waits in our spill file (numbered now, if the journal's lock is free)."""
         try:
-            return self.journal.unspill()
+            with self.window.held():  # (numbered and the spill file removed, or neither)
+                return self.journal.unspill()
         except OSError:
             return True  # (it cannot be numbered now: the worker adopts it, said when it does)
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import pytest
 
 from support import VI, processes, tmpfs
+from support.invariants import inspect_run
 from support.launcher import Launcher
 from support.marks import needs
 from support.standin import Keepalived
@@ -360,17 +361,6 @@ def test_an_old_reader_that_gets_the_cpu_back_late_says_what_it_could_not_journa
     assert seqs.get(VI.format("STOP"), 0) < seqs["READER reader STOP"], launcher.log_text()[-3000:]
 
 
-def _slow_writes(pid: int, path: str, usec: int) -> subprocess.Popen[bytes]:
-    """strace on `pid`: each of its writes to `path` returns `usec` late (a slow disk, or no CPU)."""
-    tracer = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", "/dev/null", "-P", path,
-                               "-e", "trace=write", "-e", f"inject=write:delay_exit={usec}"])
-    launcher_wait = time.monotonic() + 30
-    while not processes.traced(pid):
-        assert tracer.poll() is None and time.monotonic() < launcher_wait, "strace could not attach"
-        time.sleep(0.001)
-    return tracer
-
-
 def _next_pid(pid: int) -> None:
     """The next process forked on this machine gets a pid above `pid` (root: ns_last_pid)."""
     with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
@@ -391,7 +381,7 @@ def test_a_stop_right_after_a_reload_while_the_old_reader_is_inside_a_long_read(
     launcher.settle(1)
     assert k.proc is not None
     a = k.proc.pid
-    tracer = _slow_writes(a, str(launcher.log), 15000)  # its log writes: no lock held meanwhile
+    tracer = processes.delay_exits(a, "write", str(launcher.log), 15000)  # its log writes: no lock held meanwhile
     try:
         for i in range(300):
             assert k.write(RS.format(i // 250, i % 250 + 1))
@@ -410,20 +400,20 @@ def test_a_stop_right_after_a_reload_while_the_old_reader_is_inside_a_long_read(
 
 
 @contextmanager
-def _late_old_reader(launcher: Launcher, k: Keepalived) -> Iterator[int]:
-    """keepalived started and #1 settled; then its reader A (yielded) is stopped (no CPU) with 1,000
-    RS lines in its FIFO and its journal writes slow (5 ms each: a slow disk); A gets the CPU back
+def _late_old_reader(launcher: Launcher, k: Keepalived, lines: int = 1000, usec: int = 5000) -> Iterator[int]:
+    """keepalived started and #1 settled; then its reader A (yielded) is stopped (no CPU) with `lines`
+    RS lines in its FIFO and its journal writes slow (`usec` each: a slow disk); A gets the CPU back
     as the block ends (its SIGTERM handler runs then), and is gone when this returns."""
     k.start()
     k.write(VI.format("BACKUP"))
     launcher.settle(1)
     assert k.proc is not None
     a = k.proc.pid
-    tracer = _slow_writes(a, str(launcher.state / "journal"), 5000)
+    tracer = processes.delay_exits(a, "write", str(launcher.state / "journal"), usec)
     try:
         os.kill(a, signal.SIGSTOP)
         try:
-            for i in range(1000):
+            for i in range(lines):
                 assert k.write(RS.format(i // 250, i % 250 + 1))  # into A's FIFO
             yield a
         finally:
@@ -507,7 +497,6 @@ def test_a_late_handler_after_a_slow_reload_still_says_what_it_loses(launcher: L
     _said_lost(launcher, a)
 
 
-
 def test_an_old_readers_spill_left_past_its_window_is_numbered_before_the_next_readers_lines(
         launcher: Launcher) -> None:
     """The journal's lock stays busy (a stalled holder) through the old reader A's whole stop window
@@ -586,7 +575,7 @@ def test_an_old_reader_killed_between_numbering_its_spill_and_removing_it_runs_n
     tracer = None
     try:
         with _lock_busy_after_x(launcher, k):
-            tracer = _slow_writes(a, str(launcher.state / "journal"), 3_000_000)  # its next journal write: the unspill
+            tracer = processes.delay_exits(a, "write", str(launcher.state / "journal"), 3_000_000)  # its next journal write: the unspill
             killer = k.reload()
             launcher.wait_for("A spilled its READER", lambda: launcher.log_text().count("kept in the spill file") >= 4)
         killer.join()  # A SIGKILLed at +1 s inside its unspill's write
@@ -603,3 +592,46 @@ def test_an_old_reader_killed_between_numbering_its_spill_and_removing_it_runs_n
     twice = sorted({run for run in runs if runs.count(run) > 1})
     assert not twice, (f"actions run twice: {twice}",
                        [line for line in launcher.log_text().splitlines() if "journaled late" in line][:6])
+@needs_strace
+def test_lines_left_in_a_replaced_fifo_when_the_window_closes_are_said_lost(launcher: Launcher) -> None:
+    """keepalived reloads (a new FIFO at the path) while the old reader A is stopped with 1,000 lines in
+    its FIFO (_late_old_reader), which no other reader will ever open.  A gets the CPU back 0.7 s
+    after its SIGTERM and reads 4 KiB at a time (stopping); its window closes with most lines still
+    in that FIFO: they are keepalived's, left for nobody, and the LOST line counts them with those
+    it read (red team: 968 written lines never journaled, 56 drops logged)."""
+    k = launcher.keepalived("--handler", "")
+    with _late_old_reader(launcher, k):
+        t0 = time.monotonic()
+        killer = k.reload()  # A's SIGTERM, EOF; a new FIFO and B
+        _wait_until(t0 + 0.7)
+    killer.join()
+    launcher.unchecked = "checked here"
+    launcher.wait_for("B started", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
+    k.stop([VI.format("STOP")])
+    run = inspect_run(launcher.state, launcher.dir, launcher.log, expect_lines=k.lines, stops=1)
+    assert not run.unlogged_drops, (str(run)[:1500], [line for line in launcher.log_text().splitlines()
+                                                      if "LOST: " in line][:1])
+
+
+@needs_strace
+def test_an_old_reader_whose_window_closes_mid_line_leaves_the_next_reader_whole_lines(launcher: Launcher) -> None:
+    """A reload on a shared FIFO (an LVS site) while the old reader A is stopped with 500 lines in the
+    pipe and journal writes of 20 ms (_late_old_reader).  A gets the CPU back once the next reader B
+    waits for it, reads 4 KiB at a time (stopping), which end inside a line, and its window closes
+    while it journals them.  The line its last read stopped inside is A's to read to its end (so B
+    starts at a line) and to say LOST with the others (red team: B logged "line 1 rejected (unknown
+    type ']:tcp:80' ...)", the first half gone with A unsaid)."""
+    k = launcher.keepalived("--handler", "")
+    with _late_old_reader(launcher, k, lines=500, usec=20000) as a:
+        killer = k.reload(same_fifo=True)
+        launcher.wait_for("B waits for A", lambda: launcher.log_text().count("| reader started") >= 2, timeout=30)
+    killer.join()
+    launcher.wait_for("A gone, B journaled", lambda: not processes.running(a) and launcher.last_seq() >= 2, timeout=30)
+    launcher.wait_for("B read the rest", lambda: k.unread() == 0, timeout=30)
+    launcher.unchecked = "checked here"
+    k.stop([VI.format("STOP")])
+    log = launcher.log_text()
+    run = inspect_run(launcher.state, launcher.dir, launcher.log, expect_lines=k.lines, stops=1)
+    rejected = [line for line in log.splitlines() if "rejected" in line]
+    assert not rejected, ("a line torn in two", rejected, [line for line in log.splitlines() if "LOST: " in line][:1])
+    assert run, str(run)

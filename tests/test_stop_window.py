@@ -8,8 +8,10 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from support import processes
+from support.invariants import inspect_run
 from support.launcher import Launcher
 from notify_launcher import identity
 from notify_launcher.backlog import LOST_SHOWN
@@ -216,3 +219,63 @@ def test_a_stop_whose_stop_lines_pause_journals_every_instance_keepalived_spoke_
     log = launcher.log_text()
     assert '"G1" STOP 0 | received' in log and 'VI_2" STOP 100 | received' in log, \
         [line for line in log.splitlines() if "reader[" in line][-4:]
+
+
+needs_strace = needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+
+
+def _stop_with_a_late(launcher: Launcher, syscall: str, path: Path) -> str:
+    """keepalived started, #1 settled, then stopped (its STOP line after its SIGTERM): the reader's
+    first `syscall` on `path` from then on takes effect, then the reader does not run (strace stops
+    it) until its window's deadline has passed (its SIGALRM pending), before keepalived's SIGKILL.
+    It must still say what it lost and leave before that SIGKILL.  Returns the log once idle."""
+    k = launcher.keepalived()
+    k.start()
+    assert k.write(VI.format(1, "BACKUP"))
+    launcher.settle(1)
+    assert k.proc is not None
+    pid = k.proc.pid
+    tracer = processes.stop_after(pid, syscall, str(path))
+    resumer = threading.Thread(target=processes.resume_once_pending, args=(pid, tracer, signal.SIGALRM), daemon=True)
+    resumer.start()
+    try:
+        report = k.stop([VI.format(1, "STOP")])
+    finally:
+        resumer.join(timeout=60)
+        tracer.wait(timeout=60)
+    launcher.unchecked = "checked here: the reader's own STOP is lost on purpose"
+    launcher.wait_idle()
+    log = launcher.log_text()
+    assert not report.killed, (report, log[-3000:])
+    run = inspect_run(launcher.state, launcher.dir, launcher.log, expect_lines=k.lines, stops=1)
+    assert not run.unlogged_drops, (str(run), log[-3000:])
+    return log
+
+
+@needs_strace
+def test_a_stop_line_read_as_the_window_closes_is_said_lost_by_name(launcher: Launcher) -> None:
+    """keepalived stops; the reader's read of the STOP line returns, and the reader gets the CPU back
+    only past its window's deadline.  The line left the FIFO: the LOST line counts it and names it
+    (red team: 'LOST: 0 events not journaled')."""
+    launcher.stop_action()
+    log = _stop_with_a_late(launcher, "read", launcher.fifo)
+    assert f"LOST: not journaled (read, not parsed): {VI.format(1, 'STOP')}" in log, log[-3000:]
+
+
+def _said_lost_and_journaled(log: str) -> list[str]:
+    """Events a LOST line names that a worker ran or skipped under a number (so were journaled)."""
+    ran = {line.split(" | ")[0].split(" #", 1)[1].split(" ", 1)[1] for line in log.splitlines()
+           if "worker[" in line and " #" in line and " #- " not in line}
+    lost = [line.split(" | ")[0].split("#- ", 1)[1] for line in log.splitlines() if "| LOST: not journaled" in line]
+    return [event for event in lost if event in ran]
+
+
+@needs_strace
+def test_an_event_journaled_as_the_window_closes_is_not_said_lost(launcher: Launcher) -> None:
+    """keepalived stops; the reader's journal append of the STOP line returns, and the reader gets
+    the CPU back only past its window's deadline (the bytes are in the journal).  The worker runs it as #2:
+    the log must not say it LOST (an administrator would replay it by hand: twice; and a false LOST
+    excuses a real drop elsewhere)."""
+    log = _stop_with_a_late(launcher, "write", launcher.state / "journal")
+    assert f"#2 {VI.format(1, 'STOP')} | action ended" in log, log[-3000:]
+    assert not _said_lost_and_journaled(log), [line for line in log.splitlines() if "#2 " in line or "LOST" in line]

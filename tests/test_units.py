@@ -311,6 +311,30 @@ def test_a_rejected_line_is_counted_later_while_the_count_is_locked(tmp_path: Pa
     assert "cannot count" not in Path(s.log_file).read_text()
 
 
+def test_the_stop_window_never_closes_between_an_effect_and_its_record() -> None:
+    """SIGALRM inside a held step (an effect and its record) raises WindowClosed at the step's end,
+    not in between; inside a step's pause (a wait before its effects) it is raised there."""
+    window = StopWindow()
+    done: list[str] = []
+    try:
+        window.open(time.monotonic())
+        with pytest.raises(WindowClosed, match=r"^test_units\.py:\d+ test_the_stop_window_never.*, raised at the end"):
+            with window.held():
+                done.append("effect")
+                os.kill(os.getpid(), signal.SIGALRM)  # the window closes here
+                done.append("record")
+        assert done == ["effect", "record"]
+        window.last_words()  # (its timer: the wait below ends in the reserve's SIGALRM)
+        with pytest.raises(WindowClosed, match=r"^window\.py:\d+ pause$"):
+            with window.held():
+                window.pause(60)
+                done.append("an effect after the wait")
+        assert done == ["effect", "record"]
+    finally:
+        window.close()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def test_the_stop_window_ends_a_wait_on_a_lock_another_process_holds(tmp_path: Path) -> None:
     holder = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     waiter = os.open(tmp_path / "lock", os.O_RDWR)

@@ -169,8 +169,59 @@ def hold_first_read(pid: int, usec: int) -> subprocess.Popen[bytes]:
     """Attach strace to `pid` so that its next read(2) returns only `usec` microseconds after the kernel
     took the bytes (a reader that read lines, then lost the CPU before it journaled them); returns
     once attached.  The tracer ends with the process: wait() for it."""
-    tracer = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", "/dev/null", "-e", "trace=read",
-                               "-e", f"inject=read:delay_exit={usec}:when=1"])
+    return _attached(pid, ["-e", "trace=read", "-e", f"inject=read:delay_exit={usec}:when=1"])
+
+
+def delay_exits(pid: int, syscall: str, path: str, usec: int, when: str = "") -> subprocess.Popen[bytes]:
+    """Attach strace to `pid` so that its `syscall`s on `path` (no other file's) return `usec`
+    microseconds after they took effect (the process then did not run: no CPU, or a slow disk);
+    `when`: which of them (strace's `when=`, e.g. "1": the first; default: all).  Returns once
+    attached; wait() for the tracer once the process is gone."""
+    step = f":when={when}" if when else ""
+    return _attached(pid, ["-P", path, "-e", f"trace={syscall}", "-e", f"inject={syscall}:delay_exit={usec}{step}"])
+
+
+def stop_after(pid: int, syscall: str, path: str, when: str = "1") -> subprocess.Popen[bytes]:
+    """Attach strace to `pid` so that it stops (SIGSTOP, injected as the call enters; a stop takes
+    effect once it returns) at its `syscall` number `when` on `path`: the call took effect, then
+    the process did not run.  Returns once attached; see resume_once_pending."""
+    return _attached(pid, ["-P", path, "-e", f"trace={syscall}", "-e", f"inject={syscall}:signal=SIGSTOP:when={when}"])
+
+
+def resume_once_pending(pid: int, tracer: subprocess.Popen[bytes], signum: int) -> None:
+    """Once `pid` is stopped with `signum` pending (it came while the process did not run: for a
+    reader, SIGALRM, its stop window's deadline), detach `tracer` and let `pid` run on, at full
+    speed (SIGCONT).  Gives up after 30 s (the caller's assertions say what happened)."""
+    deadline = time.monotonic() + 30
+    while not (_stopped(pid) and _pending(pid, signum)):
+        if time.monotonic() > deadline or not running(pid):
+            return
+        time.sleep(0.0005)
+    tracer.terminate()
+    tracer.wait(timeout=30)
+    os.kill(pid, signal.SIGCONT)
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def _stopped(pid: int) -> bool:
+    return _status(pid).get("State", "")[:1] in ("T", "t")
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """`signum` is pending for `pid` (its own, or its thread group's)."""
+    status = _status(pid)
+    return any(int(status.get(key, "0"), 16) & (1 << (signum - 1)) for key in ("SigPnd", "ShdPnd"))
+
+
+def _attached(pid: int, options: list[str]) -> subprocess.Popen[bytes]:
+    tracer = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", "/dev/null", *options])
     deadline = time.monotonic() + 30
     while not traced(pid):
         if tracer.poll() is not None or time.monotonic() > deadline:
