@@ -195,6 +195,31 @@ def test_a_line_journaled_twice_where_it_was_written_once_is_named(tmp_path: Pat
         "a line written twice may be journaled twice"
 
 
+def test_a_drop_the_log_names_excuses_that_line_only(tmp_path: Path) -> None:
+    """A written line missing from where it belongs (here journaled out of order) is not excused by a
+    LOST line that names another event; it is by one naming it (as an event, or as a line read and
+    not parsed), or by a LOST count beyond the lines it names."""
+    run = Run(tmp_path)
+    for seq, state in enumerate(("BACKUP", "FAULT", "MASTER"), 1):
+        run.receive(_vi(state))
+        run.act(seq, _vi(state))
+    written = [VI.format("BACKUP"), VI.format("MASTER"), VI.format("FAULT")]
+    run.reader.error(None, None, "LOST: 1 events not journaled (the window closed)")
+    run.reader.error(None, _vi("STOP"), "LOST: not journaled")
+    report = run.report(expect_lines=written)
+    assert len(report.unlogged_drops) == 1 and 'INSTANCE "VI_1" FAULT 100' in report.unlogged_drops[0], report
+    run.reader.error(None, None, "LOST: 1 events not journaled (the window closed; 1 of them lines read from "
+                                 "the FIFO, not yet parsed)")
+    run.reader.error(None, None, f"LOST: not journaled (read, not parsed): {VI.format('FAULT')}")
+    assert run.report(expect_lines=written), "the drop of that line, said by name"
+    run.reader.error(None, None, "LOST: 2 events not journaled (the window closed)")
+    run.reader.error(None, _vi("STOP"), "LOST: not journaled")
+    written.append(VI.format("BACKUP"))
+    assert run.report(expect_lines=written), "one more counted than named"
+    written.append(VI.format("MASTER"))
+    assert run.report(expect_lines=written).unlogged_drops, "two more missing than said"
+
+
 def test_a_stop_without_its_stop_action_is_named(tmp_path: Path) -> None:
     run = Run(tmp_path)
     assert run.report(stops=1).stop_window == ["keepalived stopped the reader 1x, 0 STOP journaled"]
