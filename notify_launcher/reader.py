@@ -346,8 +346,10 @@ class Reader:
     def finish_with(self, verdict: Verdict) -> None:
         """Journal `READER reader STATE` (so `stop_action` runs after the STOP lines; held in memory until
         the journal takes it) and log the exit."""
-        self._verdict = verdict
-        self.submit(Event(READER_TYPE, "reader", verdict.state))
+        with self.window.held():  # (known as the end, and in the backlog: said LOST with it if need be)
+            self._verdict = verdict
+            self.backlog.add(Event(READER_TYPE, "reader", verdict.state))
+        self.submit(None)
         # keepalived's window: try again until it closes (WindowClosed); a full disk may take writes
         # again meanwhile, and a journal's lock come free for what we spilled (spilled is durable, but
         # numbered only later, maybe after what the next reader appends: turn.py's order needs it now)
