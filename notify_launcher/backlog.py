@@ -84,12 +84,14 @@ class Backlog:
                 self.log.info(seq, event, f"received ({where[2:]})" if where else "received")
         return None
 
-    def lost(self, why: str, end: str | None, unseen: Sequence[bytes] = ()) -> None:
+    def lost(self, why: str, end: str | None, unseen: Sequence[bytes] = (), held: bool = True) -> None:
         """The reader exits with events not journaled: say how many, why, whether `stop_action` will
         run (`end`: the state of the reader's own READER event among them; None: not known yet,
-        not among them), and each event (the first LOST_SHOWN).  `unseen`: lines read from the
-        FIFO after those, not even parsed (each counted as an event, and shown as it came)."""
-        lost = self.events()
+        not among them; "": not in question), and each event (the first LOST_SHOWN).  `unseen`:
+        lines read from the FIFO after those, not even parsed (each counted as an event, and shown
+        as it came).  `held`: the events held in memory count (else only `unseen`: the held ones
+        are still to be journaled)."""
+        lost = self.events() if held else []
         after = {"STOP": "; stop_action will not run", None: "; nor is the reader's own end (READER reader STOP "
                  "or RELOAD): if keepalived is stopping, stop_action will not run"}.get(end, "")
         unparsed = f"; {len(unseen)} of them lines read from the FIFO, not yet parsed" if unseen else ""

@@ -11,6 +11,7 @@ import fcntl
 import os
 import select
 import stat
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 
@@ -19,6 +20,8 @@ from notify_launcher.log import Log, Troubles
 from notify_launcher.security import fifo_refusal
 from notify_launcher.window import WINDOW
 
+#: ioctl(2) FIONREAD (asm-generic; termios has it, at an import the reader's start would pay for).
+FIONREAD = 0x541B
 #: A file time's precision (s): the kernel stamps it from a clock that moves once a tick.
 TICK = 0.01
 
@@ -189,6 +192,13 @@ class Fifo:
         reading = f"reading {self.path} (inode {current})"
         if not self.troubles.recovered("FIFO", reading):
             self.log.info(None, None, reading)
+
+    def unread(self) -> int:
+        """Bytes in the pipe no reader has taken yet (FIONREAD); 0 if it cannot be asked."""
+        try:
+            return int.from_bytes(fcntl.ioctl(self.fd, FIONREAD, b"\0\0\0\0"), sys.byteorder)
+        except OSError:
+            return 0
 
     def unlinked_at(self) -> float | None:
         """When keepalived unlinked our FIFO and closed it (monotonic seconds, from its ctime: a tick's

@@ -38,7 +38,7 @@ from notify_launcher.predecessor import Predecessor
 from notify_launcher.progress import last_states
 from notify_launcher.process import drain
 from notify_launcher.statedir import StatePaths
-from notify_launcher.stopping import StopClassifier, Verdict, later_sibling
+from notify_launcher.stopping import SIBLING_CHECK_IN_READ, StopClassifier, Verdict, later_sibling
 from notify_launcher.turn import ReadTurn, lock_path
 from notify_launcher.window import DEADLINE, StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
@@ -54,6 +54,9 @@ STOP_RETRY = 0.02
 TURN_RESERVE = 0.1
 #: Bytes read from the FIFO between two looks at the stop, once stopping (~100 lines).
 STOPPING_READ = 4096
+#: Kept of keepalived's window for our READER event once the grace is over while keepalived's
+#: lines still wait in the pipe (s): read on until then, and say what is left LOST.
+FINISH_RESERVE = 0.2
 
 
 class Reader:
@@ -166,7 +169,8 @@ class Reader:
         if self.fifo.fd < 0 or self.serve:
             return ""
         before, replaced = len(self._unseen), self.fifo.replaced()
-        if replaced:
+        alone = replaced or (self.stop.term_at is not None and self._ours_alone())
+        if alone:
             self.fifo.read(self._take)
         else:
             self.fifo.finish_line(self._take, self.intake.cut)
@@ -174,8 +178,10 @@ class Reader:
         taken = len(self._unseen) - before
         if not taken:
             return ""
-        return (f"; {taken} more lines read now from our FIFO, which keepalived replaced (nobody else reads it)"
-                if replaced else "; the line our last read stopped inside read to its end (the next reader starts at a line)")
+        if alone:
+            whose = "which keepalived replaced" if replaced else "which keepalived, stopping, leaves to no other reader"
+            return f"; {taken} more lines read now from our FIFO, {whose} (nobody else reads them)"
+        return "; the line our last read stopped inside read to its end (the next reader starts at a line)"
 
     def _take_turn(self) -> None:
         """Before the first read: wait until the readers started before us have journaled what they
@@ -214,7 +220,7 @@ class Reader:
                 leaving = self.serve or self.stop.done(time.monotonic())
                 if not self.serve:
                     self._arm_window()  # (earlier once the next reader shows up, or shows our SIGTERM came earlier)
-                if leaving:
+                if (leaving and not self._keepalived_still_writes()) or self._must_finish():
                     break
         if self.serve:
             if self.backlog:
@@ -224,12 +230,50 @@ class Reader:
             return
         if not eof:
             eof = self._read_what_is_ours()
+        if not eof and self._ours_alone():
+            self._say_unread()
         if not eof:  # the next reader starts at a line: the rest of one our last read stopped inside is ours
             eof = self.fifo.finish_line(self._take, self.intake.cut) == EOF
             if self.intake.cut():
                 self._flush()  # (the pipe is empty, or at its end: another writer's bytes, a line of their own)
             self._handle()
         self.finish_with(self.stop.verdict(eof, self.fifo.path, self.fifo.replaced_since))
+
+    def _ours_alone(self) -> bool:
+        """Stopping, and what the pipe holds is ours alone: keepalived stops (no next reader, nor
+        keepalived's child restarted) and kept our FIFO (a replaced one is `_read_what_is_ours`')."""
+        return (not self.serve and self.stop.sibling is None and self.stop.respawned is None
+                and not self.fifo.replaced())
+
+    def _keepalived_still_writes(self) -> bool:
+        """Our grace is over, keepalived is stopping and its lines still wait in the pipe: read on
+        while FINISH_RESERVE of its window is left for our READER event (a slow disk, a busy
+        machine: a busy CI run lost 810 lines so)."""
+        assert self.stop.term_at is not None
+        return (self._ours_alone() and self.fifo.unread() > 0
+                and time.monotonic() < self.stop.term_at + DEADLINE - FINISH_RESERVE)
+
+    def _must_finish(self) -> bool:
+        """Keepalived is stopping, our grace is over and only FINISH_RESERVE of its window is left:
+        journal nothing more but our READER event (looked at between lines too: one read may hold
+        ~100 lines, and a slow disk takes milliseconds for each)."""
+        term_at = self.stop.term_at
+        return (term_at is not None and self._ours_alone()
+                and time.monotonic() >= term_at + max(self.settings.stop_grace, DEADLINE - FINISH_RESERVE))
+
+    def _say_unread(self) -> None:
+        """keepalived's lines read and not handled, or still in the pipe, as we leave it: said LOST by
+        name, not journaled (what is left of its window is our READER event's, which runs
+        stop_action)."""
+        if self.fifo.unread() > 0:
+            self.fifo.read(self._take)
+            self._flush()
+        left = [raw for raw, _ in self._unseen]
+        self._unseen.clear()
+        if left:
+            self.backlog.lost(f"keepalived is stopping, the reader's stop_grace is over and the rest of its window "
+                              f"is kept for the reader's own end; {len(left)} lines were still in the FIFO",
+                              "", left, held=False)
 
     def _read_what_is_ours(self) -> bool:
         """Leaving before EOF: what the pipe holds now is ours when keepalived's child that started us
@@ -313,9 +357,11 @@ class Reader:
                 except Exception as exc:
                     self._unforeseen("line handling", exc)
                 self._unseen.popleft()
+            if self._must_finish():
+                return  # (what is left of `_unseen` is said LOST: _say_unread)
             try:
                 if self.stop.term_at is not None and not self.serve:  # stopping: one read may hold ~100 lines
-                    self.stop.look_for_next_reader(time.monotonic())
+                    self.stop.look_for_next_reader(time.monotonic(), SIBLING_CHECK_IN_READ)
                     self._arm_window()  # (earlier, once it shows up: its READER event must come after ours)
                 self.submit(None)
             except Exception as exc:

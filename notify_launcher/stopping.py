@@ -45,6 +45,9 @@ STOP_QUIET = 0.03
 #: After SIGTERM: how often to look for the next reader keepalived starts when it reloads (a scan of
 #: /proc), so that we leave it the FIFO at once instead of reading beside it until the grace is over.
 SIBLING_CHECK = 0.02
+#: The same between the lines of one long read (a /proc scan costs 2-10 ms: a read of ~100 lines
+#: must not spend its time there).
+SIBLING_CHECK_IN_READ = 0.1
 
 
 def later_sibling(pid: int, starter: int | None = None, keepalived: ProcessId | None = None) -> int | None:
@@ -308,11 +311,11 @@ class StopClassifier:
             if key.startswith(("INSTANCE ", "GROUP ")):
                 self.states.setdefault(key, state)
 
-    def look_for_next_reader(self, now: float) -> None:
-        """After SIGTERM, every SIBLING_CHECK: the next reader, if keepalived started one.  Also between
+    def look_for_next_reader(self, now: float, every: float = SIBLING_CHECK) -> None:
+        """After SIGTERM, every `every` s: the next reader, if keepalived started one.  Also between
         the lines of one long read: the reader's window ends early once it knows it (reader.py)."""
         if self.term_at is not None and self.sibling is None and now >= self._sibling_check:
-            self._sibling_check = now + SIBLING_CHECK
+            self._sibling_check = now + every
             self.sibling = self._found(self.next_reader())
 
     def wake_in(self, now: float) -> float | None:
