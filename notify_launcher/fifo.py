@@ -83,6 +83,12 @@ def open_fifo(path: str, pinned: int = -1) -> int:
     return fd
 
 
+def _changed_ago(st: os.stat_result) -> float:
+    """Seconds since the file's status last changed (its ctime, on the wall clock: a clock step
+    moves it)."""
+    return time.time() - st.st_ctime_ns / 1e9
+
+
 def _writers_gone(fd: int) -> bool:
     """The FIFO `fd` reads from has had a writer and has none now (POLLHUP, pending bytes or not)."""
     probe = select.poll()
@@ -214,7 +220,7 @@ class Fifo:
             return None
         if st.st_nlink or not _writers_gone(self.fd):
             return None
-        ago = time.time() - st.st_ctime_ns / 1e9
+        ago = _changed_ago(st)
         return time.monotonic() - ago if 0.0 <= ago <= WINDOW else None
 
     def replaced_since(self, since: float) -> bool:
@@ -225,7 +231,7 @@ class Fifo:
         if not self.replaced():
             return False
         try:
-            made_ago = time.time() - os.stat(self.path).st_ctime_ns / 1e9
+            made_ago = _changed_ago(os.stat(self.path))
         except OSError:
             return False
         return time.monotonic() - made_ago >= since - TICK

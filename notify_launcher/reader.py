@@ -171,10 +171,10 @@ class Reader:
         before, replaced = len(self._unseen), self.fifo.replaced()
         alone = replaced or (self.stop.term_at is not None and self._ours_alone())
         if alone:
-            self.fifo.read(self._take)
+            self._take_what_waits()
         else:
             self.fifo.finish_line(self._take, self.intake.cut)
-        self._flush()
+            self._flush()
         taken = len(self._unseen) - before
         if not taken:
             return ""
@@ -257,17 +257,17 @@ class Reader:
         """Keepalived is stopping, our grace is over and only FINISH_RESERVE of its window is left:
         journal nothing more but our READER event (looked at between lines too: one read may hold
         ~100 lines, and a slow disk takes milliseconds for each)."""
-        term_at = self.stop.term_at
-        return (term_at is not None and self._ours_alone()
-                and time.monotonic() >= term_at + max(self.settings.stop_grace, DEADLINE - FINISH_RESERVE))
+        term_at = self.stop.term_at  # (the clock first: this is asked after every line, the FIFO's stat last)
+        return (term_at is not None
+                and time.monotonic() >= term_at + max(self.settings.stop_grace, DEADLINE - FINISH_RESERVE)
+                and self._ours_alone())
 
     def _say_unread(self) -> None:
         """keepalived's lines read and not handled, or still in the pipe, as we leave it: said LOST by
         name, not journaled (what is left of its window is our READER event's, which runs
         stop_action)."""
         if self.fifo.unread() > 0:
-            self.fifo.read(self._take)
-            self._flush()
+            self._take_what_waits()
         left = [raw for raw, _ in self._unseen]
         self._unseen.clear()
         if left:
@@ -337,6 +337,11 @@ class Reader:
         """Inside a held step (Fifo._chunk's): the lines `data` completes wait in `_unseen`, to be
         handled; None: the pipe is empty, so bytes pending without a newline are a line."""
         self._unseen.extend((raw, data is None) for raw in self.intake.split(data))
+
+    def _take_what_waits(self) -> None:
+        """All the pipe holds now, as lines in `_unseen` (a last one without its newline too)."""
+        self.fifo.read(self._take)
+        self._flush()
 
     def _flush(self) -> None:
         """The pipe is empty (or at its end): bytes pending without a newline are a line."""
