@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import LAUNCHER, ROOT, VI
 from support.launcher import Launcher
+from support.marks import needs
 
 from notify_launcher import cli
 
@@ -170,6 +171,25 @@ def test_the_checkout_wrapper_runs_through_a_symlinked_bin_directory(tmp_path: P
     res = subprocess.run([str(link / "notify-launcher"), "--version"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "HOME": "/root"}, cwd="/")
     assert res.returncode == 0 and res.stdout.startswith("notify-launcher "), (res.returncode, res.stdout, res.stderr)
+
+
+@needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+def test_the_checkout_wrapper_forks_nothing_of_its_own_unless_reached_through_a_link(tmp_path: Path) -> None:
+    """keepalived starts the wrapper on every start and reload, and a line already in the FIFO waits
+    for it (benchmarks: first event): by its own path it execs Python at once, the .venv's with -S
+    (site.py's work skipped, its site-packages and a sitecustomize still there: the reader runs);
+    through a symlink to it, one readlink finds the checkout."""
+    link = tmp_path / "nl"
+    link.symlink_to(os.path.realpath(LAUNCHER))
+    for path, programs in ((os.path.realpath(LAUNCHER), ["notify-launcher", "python"]),
+                           (str(link), ["nl", "readlink", "python"])):
+        trace = tmp_path / "execs"
+        res = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(trace),
+                              path, "--version"], capture_output=True, text=True, cwd="/")
+        assert res.returncode == 0 and res.stdout.startswith("notify-launcher "), (res.stdout, res.stderr)
+        execs = [line for line in trace.read_text().splitlines() if "execve(" in line and line.endswith("= 0")]
+        assert [os.path.basename(line.split('"')[1]) for line in execs] == programs, execs
+        assert '["' + os.path.realpath(ROOT) + '/.venv/bin/python", "-S", "-c", ' in execs[-1], execs[-1]
 
 
 def test_the_checkout_wrapper_never_imports_from_the_working_directory(tmp_path: Path) -> None:
