@@ -181,10 +181,12 @@ def _subtree(cgroup: str) -> list[str]:
     return [path for path, _, _ in os.walk(cgroup)]
 
 
-def _remove_below(cgroup: str) -> None:
-    """Remove the (empty) cgroups below `cgroup`, deepest first; one still in use stays."""
+def _remove_below(cgroup: str, itself: bool = False) -> None:
+    """Remove the (empty) cgroups below `cgroup`, deepest first, and `itself` last if asked; one
+    still in use stays.  (rmdir refuses a cgroup with a child cgroup even when no process is left
+    anywhere in it: an action's own empty sub-cgroup kept its slot for good.)"""
     for path, _, _ in os.walk(cgroup, topdown=False):
-        if path != cgroup:
+        if itself or path != cgroup:
             try:
                 os.rmdir(path)
             except OSError:
@@ -520,10 +522,7 @@ class Cgroups:
             token = name[:len(self.token)]  # any state directory's (the same length: cgroup_prefix)
             worker = slot_worker(token, name)
             if name.startswith(self.token) or worker is None or not identity.lives(*worker):
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
+                _remove_below(path, itself=True)
 
     def close(self) -> None:
         """When the worker leaves: out of the slot, and the empty cgroups gone."""
@@ -758,10 +757,7 @@ class Containment:
             if populated(path):
                 note(f"worker pid {worker} is gone; ending what it left running in its action cgroup {path}")
                 left += end_all(set, path, note)
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
+            _remove_below(path, itself=True)
         return left
 
     def live_workers(self) -> set[int]:

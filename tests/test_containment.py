@@ -22,6 +22,7 @@ import pytest
 from notify_launcher import containment
 from notify_launcher.actions import RELEASED
 from notify_launcher.containment import NO_CGROUPS, Containment
+from notify_launcher.identity import ProcessId
 from notify_launcher.progress import replay
 from support import LAUNCHER, VI, processes, recorder
 from support.launcher import Launcher
@@ -287,6 +288,33 @@ def test_what_a_finished_action_put_in_a_sub_cgroup_of_its_own_is_released_too(l
         assert processes.running(child), "released, yet ended"
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_dead_workers_empty_action_cgroup_goes_with_the_empty_cgroups_below_it(launcher: Launcher,
+                                                                                 tmp_path: Path) -> None:
+    """A worker died (here: of another state directory) and left an action cgroup with nobody in it
+    but an empty sub-cgroup an action made (rmdir refuses a cgroup with a child cgroup): the next
+    worker's sweep removes both, deepest first.  Before, such a slot stayed for good, and every
+    worker start tried it again."""
+    home = containment.own_cgroup()
+    assert home is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    token = containment.cgroup_prefix(str(tmp_path / "another-state-dir"))
+    slot = Path(home) / containment.slot_name(token, ProcessId(dead.pid, 1), 1)
+    (slot / "sub" / "deeper").mkdir(parents=True)
+    try:
+        k = launcher.keepalived()
+        k.start()
+        k.write(VI.format("MASTER"))
+        launcher.wait_for("the action", lambda: len(launcher.starts()) == 1)
+        launcher.wait_for("the dead worker's empty cgroups removed", lambda: not slot.exists())
+        k.stop([])
+    finally:
+        for path in (slot / "sub" / "deeper", slot / "sub", slot):
+            if path.exists():
+                path.rmdir()
 
 
 def test_a_worker_stopped_past_the_deadline_records_the_actions_own_exit(launcher: Launcher) -> None:
