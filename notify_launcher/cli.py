@@ -18,10 +18,11 @@ of the reader's.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import sys
 import time
+
+import _signal  # signal.py's C core: `signal` itself imports enum and functools, ~4.5 ms before SIGTERM is caught
 
 from notify_launcher.commands import COMMANDS, NOT_THE_READER
 
@@ -84,9 +85,10 @@ if _run_as_notify_launcher() and starts_the_reader(sys.argv):
     # (µs each, before SIGTERM is caught, so that a reader that catches it holds both)
     PINNED = _pin(sys.argv[-1]) if len(sys.argv) > 1 else -1
     TURN = turn.early(sys.argv)  # before the imports: a reader started after us must find it
-    signal.signal(signal.SIGTERM, _early_term)
+    _signal.signal(_signal.SIGTERM, _early_term)
 
 import errno  # noqa: E402  (after the handler, on purpose)
+import signal  # noqa: E402
 import syslog  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
