@@ -521,7 +521,9 @@ class Cgroups:
                 continue
             token = name[:len(self.token)]  # any state directory's (the same length: cgroup_prefix)
             worker = slot_worker(token, name)
-            if name.startswith(self.token) or worker is None or not identity.lives(*worker):
+            if worker is None:
+                continue  # not an action cgroup's name (slot_name): someone else's, whatever its prefix
+            if name.startswith(self.token) or not identity.lives(*worker):
                 _remove_below(path, itself=True)
 
     def close(self) -> None:

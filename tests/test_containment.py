@@ -317,6 +317,29 @@ def test_a_dead_workers_empty_action_cgroup_goes_with_the_empty_cgroups_below_it
                 path.rmdir()
 
 
+@needs("a writable cgroup v2 hierarchy, as root", CGROUPS)
+def test_a_cgroup_that_only_shares_the_prefix_is_left_alone(launcher: Launcher) -> None:
+    """The sweep removes action cgroups (slot_name's names) only: an empty cgroup whose name merely
+    starts with notify-launcher- (another tool's, or this suite's container harness, which makes
+    notify-launcher-test-... and joins it a moment later) stays, with what is below it.  (Seen: the
+    sweep, removing empty sub-cgroups too, took the harness's cgroup from under it.)"""
+    home = containment.own_cgroup()
+    assert home is not None
+    foreign = Path(home) / f"{containment.CGROUP_PREFIX}test-someone-else-{os.getpid()}"
+    (foreign / "sub").mkdir(parents=True)
+    try:
+        k = launcher.keepalived()
+        k.start()
+        k.write(VI.format("MASTER"))
+        launcher.wait_for("the action (after the worker's sweep)", lambda: len(launcher.starts()) == 1)
+        assert (foreign / "sub").is_dir()
+        k.stop([])
+    finally:
+        for path in (foreign / "sub", foreign):
+            if path.exists():
+                path.rmdir()
+
+
 def test_a_worker_stopped_past_the_deadline_records_the_actions_own_exit(launcher: Launcher) -> None:
     """The worker is not scheduled (SIGSTOP) from its action's start until well past the action's
     timeout; the action itself exited 0 meanwhile.  Recorded: exit 0, not a timeout; on_failure does
