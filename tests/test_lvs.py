@@ -196,14 +196,6 @@ def test_vrrp_restart_is_no_stop_for_the_reader_it_owns(launcher: Launcher) -> N
         site.ka.close()
 
 
-def _gone(pid: int) -> bool:
-    """`pid` has exited (a zombie counts)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def _no_stop_until_the_real_one(site: Site, first: int) -> None:
     """After the owner's crash: both children's lines are journaled (by either reader), the `first`
     reader leaves without a READER STOP, and keepalived's real stop journals exactly one."""
@@ -211,7 +203,7 @@ def _no_stop_until_the_real_one(site: Site, first: int) -> None:
     site.write("checker")
     site.launcher.wait_started()
     site.wait_journaled(6)
-    site.launcher.wait_for("the first reader gone", lambda: _gone(first))
+    site.launcher.wait_for("the first reader gone", lambda: not processes.running(first))
     assert "STOP" not in site.reader_events(), site.launcher.log_text()[-3000:]
     _stop(site)
     site.check(stops=1)
@@ -264,7 +256,7 @@ def test_repeated_fast_crashes_of_the_owner_are_no_stop(site: Site) -> None:
     last = site.ka.scripts()[-1]
     site.wait_journaled(20 + 5)  # every line, and a RELOAD per crash
     site.launcher.wait_for("every earlier reader gone, the last one started",
-                           lambda: all(_gone(pid) for pid in site.ka.scripts() if pid != last)
+                           lambda: all(not processes.running(pid) for pid in site.ka.scripts() if pid != last)
                            and f"reader[{last}] INFO  #- - | reader started" in site.launcher.log_text())
     assert "STOP" not in site.reader_events(), site.reader_events()
     _stop(site)
@@ -453,7 +445,7 @@ def test_owner_crash_while_its_reader_imports_is_a_restart(real_cluster: Callabl
     _respawned(n1, which, child)
     n1.wait_for("the dead child reaped", lambda: not os.path.exists(f"/proc/{child}"))
     os.kill(reader, signal.SIGCONT)
-    n1.wait_for("the held reader gone", lambda: _gone(reader))
+    n1.wait_for("the held reader gone", lambda: not processes.running(reader))
     _one_new_reader(n1, {reader})
     assert "STOP" not in _reader_events(n1), n1.diagnostics()
     n1.term()

@@ -21,11 +21,10 @@ import sys
 import time
 from collections.abc import Callable
 
-import psutil
 import pytest
 
 from notify_launcher.journal import Entry
-from support import LAUNCHER, ROOT
+from support import LAUNCHER, ROOT, processes
 from support.invariants import check_run
 from support.marks import unavailable
 from support.realka import (FIFO_LINES, IFACE, KILL_AFTER, Cluster, Node, StopTiming, exit_time, ip_binary,
@@ -366,8 +365,7 @@ def _edit_script_line_and_reload(node: Node) -> int:
     node.conf.write_text(text.replace(script, script + " --log-level debug"))
     node.hup()
     node.wait_for("the reader of the reload", lambda: _reader_other_than(node, before))
-    node.wait_for("the old reader gone", lambda: not psutil.pid_exists(before) or
-                  psutil.Process(before).status() == psutil.STATUS_ZOMBIE)
+    node.wait_for("the old reader gone", lambda: not processes.running(before))
     node.wait_idle()
     return before
 
