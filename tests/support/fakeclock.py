@@ -13,6 +13,10 @@ from pathlib import Path
 
 #: The preloadable library, wherever the architecture's multiarch directory puts it (None: not installed).
 LIBFAKETIME: str | None = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+#: Every Python process under the fake clock gets faketime/sitecustomize.py: in this mode Debian's
+#: libfaketime makes time.sleep fail with EINVAL (that file says why), and a process that sleeps only
+#: on a busy machine -- `notify-launcher wait` polling a worker still running -- then dies with exit 70.
+SLEEP_FIX = str(Path(__file__).parent / "faketime")
 
 
 class FakeClock:
@@ -26,7 +30,7 @@ class FakeClock:
         assert LIBFAKETIME is not None, "libfaketime is not installed (Debian's faketime)"
         self.offset_file.write_text("+0\n")
         return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
-                "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+                "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": SLEEP_FIX}
 
     def step(self, offset: str) -> None:
         """An offset from the real time, as libfaketime reads it: "+10s", "-2h"."""
