@@ -183,8 +183,8 @@ def test_the_checkout_wrapper_runs_the_venvs_python_without_site(tmp_path: Path)
     link.symlink_to(os.path.realpath(LAUNCHER))
     for path in (os.path.realpath(LAUNCHER), str(link)):
         trace = tmp_path / "execs"
-        res = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(trace),
-                              path, "--version"], capture_output=True, text=True, cwd="/")
+        res = subprocess.run(["strace", "-f", "-qq", "-s", "4096", "-e", "trace=execve", "-e", "signal=none",
+                              "-o", str(trace), path, "--version"], capture_output=True, text=True, cwd="/")
         assert res.returncode == 0 and res.stdout.startswith("notify-launcher "), (res.stdout, res.stderr)
         execs = [line for line in trace.read_text().splitlines() if "execve(" in line and line.endswith("= 0")]
         assert [os.path.basename(line.split('"')[1]) for line in execs] == [os.path.basename(path), "readlink",
