@@ -104,6 +104,8 @@ if TYPE_CHECKING:  # typing costs the reader's start ~3 ms to import: for mypy o
     from collections.abc import Callable
     from typing import Any, TypeVar
 
+    from notify_launcher.workerlink import WorkerLink
+
     T = TypeVar("T")
 
 
@@ -234,22 +236,38 @@ def run_reader(argv: list[str], serve: bool = False) -> int:
     except LauncherError as exc:
         _fatal(str(exc), log_file)
         return exc.code
+    import select
+
+    from notify_launcher.detach import choose
     from notify_launcher.log import Log
-    from notify_launcher.reader import Reader
+    from notify_launcher.workerlink import WorkerLink
 
     log = Log(settings.log_file, "reader", settings.log_level)
-    from notify_launcher.detach import choose
     detach, why = choose(settings)
     handler = " ".join(settings.handler) or "(none: events are only logged)"
     log.info(None, None, f"reader started: FIFO {args.fifo}, state {paths.root}, handler {handler}; "
                          f"workers: {detach} ({why})")
+    workers = WorkerLink(settings, paths, select.poll(), log, detach)
+    _start_worker_first(workers)
+    from notify_launcher.reader import Reader
+
     ticket = TURN if TURN is not None and TURN.fifo == args.fifo else None  # (taken for the FIFO we read?)
-    reader = Reader(settings, paths, fifo_fd, args.fifo, log, detach, EARLY_TERM, serve, STARTER, ticket)
+    reader = Reader(settings, paths, fifo_fd, args.fifo, log, workers, EARLY_TERM, serve, STARTER, ticket)
     # Leave at once: keepalived's SIGKILL comes 1 s after its SIGTERM, and Python's own finalization
     # (module teardown, garbage collection) takes 5-10 ms of a loaded 2-core machine, the time the
     # stop window keeps for the lines that say what was lost.  Nothing of the reader's is buffered:
     # the log and the journal are written with os.write.
     os._exit(reader.run())
+
+
+def _start_worker_first(workers: WorkerLink) -> None:
+    """Announce us to the worker, or spawn the standby, before the reader imports and builds the rest of
+    itself (~5 ms: the journal's modules, the stop classifier, the predecessor check): the worker's own
+    start-up (python-daemon, its modules, the action cgroup: ~11 ms) runs on another CPU meanwhile,
+    and a line keepalived wrote before it started us waits for both (benchmarks: first event at start).
+    The kernel reaps the double fork's child (SIGCHLD ignored, as the reader keeps it): no zombie."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
+    workers.start()
 
 
 def _pinned(fifo: str, serve: bool) -> int:

@@ -15,8 +15,6 @@ worker; the reader only forks.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
-
 import errno
 import os
 import select
@@ -43,9 +41,6 @@ from notify_launcher.turn import ReadTurn, lock_path
 from notify_launcher.window import DEADLINE, StopWindow, WindowClosed
 from notify_launcher.workerlink import WorkerLink
 
-if TYPE_CHECKING:
-    from notify_launcher.detach import Way
-
 
 #: The pause between tries to journal what waits once keepalived's stop window is open (s).
 STOP_RETRY = 0.02
@@ -69,18 +64,19 @@ class Reader:
     of its own in the modules above."""
 
     def __init__(self, settings: Settings, paths: StatePaths, fifo_fd: int, fifo_path: str, log: Log,
-                 detach: Way, early_term: Sequence[float] = (), serve: bool = False,
+                 workers: WorkerLink, early_term: Sequence[float] = (), serve: bool = False,
                  starter: Seen | None = None, turn: ReadTurn | None = None) -> None:
         self.settings, self.paths, self.log = settings, paths, log
         self.serve = serve  # service mode: our own unit; follow the FIFO across keepalived restarts
-        self.poller = select.poll()
+        self.workers = workers  # started already (cli): the standby worker's start overlaps ours
+        self.poller = workers.poller
         self.window = StopWindow()
         self.fifo = Fifo(fifo_path, fifo_fd, serve, self.poller, log, self.window.held)
         self.intake = Intake(paths, log)
         self.journal = JournalWriter(paths.journal, version=settingsfile.version(settings),
                                      report=log.line, pause=self.window.pause)
         self.backlog = Backlog(self.journal, log, held=self.window.held)
-        self.workers = WorkerLink(settings, paths, self.journal, self.poller, log, detach)
+        workers.attach(self.journal)
         self.starter = Starter(starter)  # the keepalived process that started us: did it stop us, or die?
         self.early_term = early_term  # cli's early handler's SIGTERMs: read once ours is installed
         self.stop = StopClassifier(settings.stop_grace, respawn=self.starter.respawn,
@@ -203,7 +199,6 @@ class Reader:
             self.poller.register(self.starter.pidfd, select.POLLIN)
         elif self.starter.gone:  # it died while we started (keepalived reaped it): no pidfd will say so
             self.stop.starter_exited()
-        self.workers.start()
         self._take_turn()
         eof = False
         # (a step before the stop is looked at: what waits in the pipe once it is our turn is read, even

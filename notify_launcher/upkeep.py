@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from notify_launcher import settingsfile
-from notify_launcher.backlog import RETRY_INTERVAL
 from notify_launcher.config import Settings
 from notify_launcher.errors import LauncherError
 from notify_launcher.handoff import Doorbell
@@ -68,6 +67,7 @@ class StateRepair:
                 settingsfile.publish(self.paths, self.settings)
                 self.published = True
         except (OSError, LauncherError) as exc:
+            from notify_launcher.backlog import RETRY_INTERVAL  # (the journal's modules: not before the first spawn)
             self.troubles.report("state directory", None, None, f"cannot prepare the state directory {self.paths.root}: "
                                  f"{getattr(exc, 'strerror', None) or exc}; events wait in memory, "
                                  f"retrying every {RETRY_INTERVAL:g}s")

@@ -15,22 +15,23 @@ from notify_launcher.config import Settings
 from notify_launcher.detach import spawn_worker
 from notify_launcher.events import Event
 from notify_launcher.handoff import Doorbell, WorkerWatch
-from notify_launcher.journal import JournalWriter
 from notify_launcher.log import Log, Troubles
 from notify_launcher.statedir import StatePaths
 from notify_launcher.upkeep import BackOff, StateRepair
 
 if TYPE_CHECKING:
     from notify_launcher.detach import Way
+    from notify_launcher.journal import JournalWriter
 
 
 class WorkerLink:
-    """Doorbell, worker watch and back-off.  `ring()` after each journaled event; hand `owns`' fds
-    to `watched`; call `tick()` when `wake_at` has come."""
+    """Doorbell, worker watch and back-off.  `start()` first (cli does, before it imports the rest of
+    the reader), `attach` the reader's journal; `journaled()` after each journaled event; hand
+    `owns`' fds to `watched`; call `tick()` when `wake_at` has come.  `poller` is the reader's."""
 
-    def __init__(self, settings: Settings, paths: StatePaths, journal: JournalWriter, poller: select.poll, log: Log,
-                 detach: Way) -> None:
-        self.settings, self.journal, self.log, self.detach = settings, journal, log, detach
+    def __init__(self, settings: Settings, paths: StatePaths, poller: select.poll, log: Log, detach: Way) -> None:
+        self.settings, self.poller, self.log, self.detach = settings, poller, log, detach
+        self.journal: JournalWriter | None = None  # the reader's, once it has one
         self.troubles = Troubles(log)
         self.doorbell = Doorbell(paths)
         self.watch = WorkerWatch(paths, poller)
@@ -57,10 +58,14 @@ class WorkerLink:
             except Exception as exc:  # never die of our own bug: keepalived would not restart us
                 self.troubles.report(area, None, None, f"{area}: unexpected error (the reader carries on)", exc)
 
+    def attach(self, journal: JournalWriter) -> None:
+        """The journal the reader appends to: one made anew at its path means another worker's doorbell."""
+        self.journal = journal
+
     def journaled(self, seq: int | None, event: Event) -> None:
         """An event was journaled: ring (before its log line: the worker can start meanwhile); a
         worker that crashed before may be retried promptly."""
-        if self.journal.created:  # the journal was made anew: find the worker again by path
+        if self.journal is not None and self.journal.created:  # the journal was made anew: find the worker again by path
             self.journal.created = False
             self.doorbell.reset()
         self.backoff.reset()

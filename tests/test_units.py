@@ -110,7 +110,8 @@ def test_a_full_backlog_drops_its_oldest_event_and_says_so(tmp_path: Path) -> No
 def test_a_removed_state_directory_is_made_again(tmp_path: Path) -> None:
     s, paths = _settings(tmp_path)
     _listening(paths)
-    reader = Reader(s, paths, -1, str(tmp_path / "fifo"), Log(s.log_file, "reader"), "daemon")
+    log = Log(s.log_file, "reader")
+    reader = Reader(s, paths, -1, str(tmp_path / "fifo"), log, WorkerLink(s, paths, select.poll(), log, "daemon"))
     reader.submit(VI_MASTER)
     shutil.rmtree(paths.root)
     reader.submit(VI_MASTER)  # fails (no directory), repairs, holds
@@ -223,7 +224,7 @@ def test_a_worker_crash_is_rung_for_with_back_off_and_a_worker_taking_over_reset
     s, paths = _settings(tmp_path)
     _listening(paths)
     poller = select.poll()
-    link = WorkerLink(s, paths, JournalWriter(paths.journal), poller, Log(s.log_file, "reader"), "daemon")
+    link = WorkerLink(s, paths, poller, Log(s.log_file, "reader"), "daemon")
     for _ in range(3):
         link.backoff.later(time.monotonic())
         link.backoff.due_at = None
