@@ -83,12 +83,18 @@ class WorkerLink:
             self.backoff.later(time.monotonic())
             return
         self.troubles.recovered("worker start")
+        if rang == "heard":
+            self.follow_named()
+            return
         if rang == "spawned":
             self.log.debug(None, None, "no worker listening or queued: spawned one")
-            return
-        self.follow_named()
-        if rang == "queued":  # it stands by only for readers it heard: ring again until it listens
-            self.backoff.later(time.monotonic())
+        else:
+            self.follow_named()
+        # Ring again until a worker has heard us: the one holding worker.lock stands by only for
+        # readers it heard, and the worker we spawned (now or before) may be queued behind it for
+        # the lock -- two readers rang while a replacement was still starting (a CI flake: a
+        # standby that never watched the second reader).
+        self.backoff.later(time.monotonic())
 
     def follow_named(self) -> None:
         """Watch the worker worker.pid names (one that crashed while no reader ran is rung for)."""

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -415,6 +416,34 @@ def test_a_reader_that_woke_a_worker_whose_socket_was_removed_is_stood_by_for(la
                       in launcher.log_text())
     launcher.wait_for("a standby watching both readers", partial(_stood_by_for, launcher, _pid(k1), _pid(k2)),
                       timeout=30)
+    assert _worker(launcher) == worker
+    k2.stop([])
+    k1.stop([])
+
+
+def test_a_reader_whose_worker_queued_behind_one_that_binds_its_doorbell_late_is_stood_by_for(
+        launcher: Launcher) -> None:
+    """A second reader finds doorbell.sock refusing (a worker's socket not yet bound anew: the CI run
+    where two readers rang while a killed standby's replacement was starting), spawns its own worker
+    -- queued behind worker.lock, which the standby holds -- and has rung nobody.  Once the standby
+    listens again it must still hear that reader (ring again until a worker heard us), or it never
+    watches it and, at linger 0, leaves with the first reader while the second lives on."""
+    k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "second")
+    k1.start()
+    worker = launcher.wait_standby()
+    launcher.wait_for("the standby watching the first reader", partial(_stood_by_for, launcher, _pid(k1)))
+    doorbell = str(launcher.state / "doorbell.sock")
+    os.unlink(doorbell)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(doorbell)  # a socket file nobody reads: connect() is refused
+    stale.close()
+    k2.start()
+    readers = {_pid(k1), _pid(k2)}
+    launcher.wait_for("the second reader's own worker, queued behind worker.lock", lambda: [
+        p for p in processes.find(str(launcher.state)) if p.pid not in readers | {worker}])
+    os.unlink(doorbell)
+    os.kill(worker, signal.SIGCHLD)  # the standby binds its socket anew (what a starting worker does)
+    launcher.wait_for("the standby watching both readers", partial(_stood_by_for, launcher, *readers), timeout=30)
     assert _worker(launcher) == worker
     k2.stop([])
     k1.stop([])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from support import LAUNCHER, ROOT, VI
 from support.launcher import Launcher
 from support.marks import needs
+from support.standin import Keepalived
 
 from notify_launcher import cli
 
@@ -343,3 +345,28 @@ def test_the_checkout_wrapper_runs_as_the_launcher_and_a_program_importing_the_p
     program = subprocess.run([sys.executable, "-c", "import notify_launcher.cli"], capture_output=True, text=True,
                              env={**env, "PYTHONPATH": f"{hook}:{top}"}, cwd="/")
     assert program.stdout == "SIGTERM: default\n", (program.stdout, program.stderr)
+
+
+@needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+def test_the_reader_forks_the_standby_before_it_imports_the_rest_of_itself(launcher: Launcher,
+                                                                           tmp_path: Path) -> None:
+    """A line keepalived wrote before it started the script waits for the reader's start-up and then the
+    worker's: the worker is forked once the settings are checked, before the reader imports and builds
+    its loop (reader.py, the journal's modules), so that both start-ups share the machine's CPUs
+    (benchmarks: first event at start).  The line's action still runs."""
+    trace = tmp_path / "trace"
+    k = Keepalived(["strace", "-f", "-qq", "-s", "4096", "-e", "trace=execve,clone,clone3,openat", "-e", "signal=none",
+                    "-o", str(trace), *launcher.argv()], str(launcher.fifo))
+    launcher.standins.append(k)
+    k.start()
+    assert k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    k.stop([])
+    lines = trace.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if '/.venv/bin/python", ' in line and line.endswith("= 0"))
+    reader = lines[start].split()[0]  # (the wrapper's shell, which forked readlink before its exec)
+    mine = [line for line in lines[start:] if line.startswith(reader + " ")]
+    fork = next(i for i, line in enumerate(mine) if re.search(r"\bclone3?\(", line))
+    checked = max(i for i, line in enumerate(mine) if re.search(r"notify_launcher/(__pycache__/)?security\.", line))
+    built = next(i for i, line in enumerate(mine) if re.search(r"notify_launcher/(__pycache__/)?reader\.", line))
+    assert checked < fork < built, "\n".join(mine[checked:built + 1])
