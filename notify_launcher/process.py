@@ -34,6 +34,7 @@ def spawn_detached(target: Callable[[], int], keep_fds: list[int], report: Calla
     """
     pid = os.fork()
     if pid:
+        step_aside(pid)
         return pid
     status = EXIT_SOFTWARE  # if anything below raises
     try:
@@ -50,6 +51,28 @@ def spawn_detached(target: Callable[[], int], keep_fds: list[int], report: Calla
     finally:
         # Never return into the reader's code, never run its atexit handlers or flush its buffers.
         os._exit(status)
+
+
+def step_aside(child: int) -> None:
+    """Leave the CPU the kernel queued our new `child` on.  A forked child starts on its parent's CPU
+    and waits there behind the parent (cache-hot) even while another CPU idles, so the worker's
+    start-up would follow the rest of the reader's instead of running beside it (a perf sched trace
+    of the first event at start: reader, its child and the worker all on CPU 0; CPU 1 idle).  The
+    parent moves, not the child: pinned to the other CPUs, the kernel migrates us before the call
+    returns, and our own mask, given back at once, leaves us there -- the child's is never touched,
+    so no action ever inherits a narrowed one.  Nothing to do where only one CPU is allowed."""
+    try:
+        allowed = os.sched_getaffinity(0)
+        with open(f"/proc/{child}/stat", "rb") as fh:
+            queued_on = int(fh.read().rsplit(b")", 1)[1].split()[36])  # field 39, `processor`
+        others = allowed - {queued_on}
+        if others and others != allowed:
+            try:
+                os.sched_setaffinity(0, others)
+            finally:
+                os.sched_setaffinity(0, allowed)
+    except (OSError, ValueError, IndexError):
+        pass  # (the child gone already, no /proc, a CPU set changed under us: only a start-up overlap lost)
 
 
 def drain(fd: int) -> None:

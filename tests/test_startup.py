@@ -347,6 +347,22 @@ def test_the_checkout_wrapper_runs_as_the_launcher_and_a_program_importing_the_p
     assert program.stdout == "SIGTERM: default\n", (program.stdout, program.stderr)
 
 
+def _first_event_traced(launcher: Launcher, trace: Path, syscalls: str) -> tuple[int, list[str]]:
+    """keepalived's script run under `strace -f` (`syscalls` traced), a line written as it starts, its
+    action run: the reader's pid and its trace lines after its exec of the .venv's python (the
+    wrapper's shell, the same pid, forked readlink before)."""
+    k = Keepalived(["strace", "-f", "-qq", "-s", "4096", "-e", f"trace=execve,{syscalls}", "-e", "signal=none",
+                    "-o", str(trace), *launcher.argv()], str(launcher.fifo))
+    launcher.standins.append(k)
+    k.start()
+    assert k.write(VI.format("MASTER"))
+    launcher.settle(1)
+    lines = trace.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if '/.venv/bin/python", ' in line and line.endswith("= 0"))
+    reader = lines[start].split()[0]
+    return int(reader), [line for line in lines[start:] if line.startswith(reader + " ")]
+
+
 @needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
 def test_the_reader_forks_the_standby_before_it_imports_the_rest_of_itself(launcher: Launcher,
                                                                            tmp_path: Path) -> None:
@@ -354,19 +370,68 @@ def test_the_reader_forks_the_standby_before_it_imports_the_rest_of_itself(launc
     worker's: the worker is forked once the settings are checked, before the reader imports and builds
     its loop (reader.py, the journal's modules), so that both start-ups share the machine's CPUs
     (benchmarks: first event at start).  The line's action still runs."""
-    trace = tmp_path / "trace"
-    k = Keepalived(["strace", "-f", "-qq", "-s", "4096", "-e", "trace=execve,clone,clone3,openat", "-e", "signal=none",
-                    "-o", str(trace), *launcher.argv()], str(launcher.fifo))
-    launcher.standins.append(k)
-    k.start()
-    assert k.write(VI.format("MASTER"))
-    launcher.settle(1)
-    k.stop([])
-    lines = trace.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if '/.venv/bin/python", ' in line and line.endswith("= 0"))
-    reader = lines[start].split()[0]  # (the wrapper's shell, which forked readlink before its exec)
-    mine = [line for line in lines[start:] if line.startswith(reader + " ")]
+    _, mine = _first_event_traced(launcher, tmp_path / "trace", "clone,clone3,openat")
     fork = next(i for i, line in enumerate(mine) if re.search(r"\bclone3?\(", line))
     checked = max(i for i, line in enumerate(mine) if re.search(r"notify_launcher/(__pycache__/)?security\.", line))
     built = next(i for i, line in enumerate(mine) if re.search(r"notify_launcher/(__pycache__/)?reader\.", line))
     assert checked < fork < built, "\n".join(mine[checked:built + 1])
+
+
+def _cpus(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+
+
+def _processor(pid: int | str) -> int:
+    """The CPU `pid` runs or last ran on (/proc's stat field 39)."""
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[36])
+
+
+def _migrations() -> int:
+    """How often the kernel moved this thread to another CPU (a busy machine adds some: never fewer)."""
+    sched = Path("/proc/thread-self/sched").read_text()
+    return int(next(line.split(":")[1] for line in sched.splitlines() if line.startswith("se.nr_migrations")))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not os.path.exists("/proc/self/sched"),
+                    reason="one CPU allowed (nowhere to step aside to), or no /proc/PID/sched to count migrations")
+def test_a_parent_steps_off_its_new_childs_cpu_with_its_own_cpu_set_given_back() -> None:
+    """process.step_aside, with a real fork: the kernel queues a new child on its parent's CPU; the
+    parent leaves that CPU (the two start-ups then run side by side) and keeps its CPU set.  (Needs
+    /proc/PID/sched, CONFIG_SCHED_DEBUG: Debian's kernels have it.)"""
+    from notify_launcher.process import step_aside
+
+    before = os.sched_getaffinity(0)
+    here = min(before)
+    os.sched_setaffinity(0, {here})  # the child is queued here, as the kernel queues one on its parent's CPU
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(w)
+        os.read(r, 1)  # (blocked until the parent is done)
+        os._exit(0)
+    os.sched_setaffinity(0, before)  # (moves nobody: we run on `here`)
+    os.close(r)
+    try:
+        assert _processor(child) == here
+        moved = _migrations()
+        step_aside(child)
+        assert _migrations() > moved, "the parent stayed on its child's CPU"
+        assert os.sched_getaffinity(0) == before
+    finally:
+        os.close(w)
+        os.waitpid(child, 0)
+
+
+@needs("strace (Debian's strace: scripts/setup installs it)", shutil.which("strace") is not None)
+def test_nobody_keeps_a_narrowed_cpu_set_after_the_reader_stepped_aside(launcher: Launcher, tmp_path: Path) -> None:
+    """The reader steps off its new worker's CPU only for a moment (unless the worker's parent ran, and
+    left, elsewhere first): the reader, the worker and so every action keep the CPU set keepalived gave
+    (here: the test's)."""
+    reader, mine = _first_event_traced(launcher, tmp_path / "trace", "sched_setaffinity")
+    calls = [line for line in mine if "sched_setaffinity(0," in line]
+    assert len(calls) in (0, 2) and all(call.endswith("= 0") for call in calls), mine
+    mask = _cpus(os.getpid())
+    assert not calls or calls[-1].split("[", 1)[1].split("]")[0] == " ".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert _cpus(reader) == mask
+    assert _cpus(launcher.wait_standby()) == mask
