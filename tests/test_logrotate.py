@@ -49,6 +49,7 @@ def test_a_rotation_is_followed_at_once_whatever_the_wall_clock_does(
     and created anew, as logrotate does: the next event's lines, the worker's included, are in the
     new file.  (Lines written into a moved file are lost once logrotate compresses it.)"""
     clock = fakeclock.FakeClock(launcher.dir / "faketime")
+    clock.start()
     for name, value in clock.env().items():
         monkeypatch.setenv(name, value)
     k = launcher.keepalived("--linger", "30")

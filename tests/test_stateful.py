@@ -43,16 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import pytest
 
 from support import LAUNCHER, invariants, processes, recorder, tmpfs
 from support.launcher import Launcher
+from support.fakeclock import LIBFAKETIME, FakeClock
 from support.marks import needs
 from support.standin import Keepalived
 
 RUNS = 6  # runs in CI (NL_STATEFUL_EXAMPLES overrides)
 OPERATIONS = 14  # per run
-LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 INSTANCES = ("VI_1", "VI_2", "GROUP G1")
 STATES = ("MASTER", "BACKUP", "FAULT")
 TMPFS = "256k"
@@ -106,7 +105,7 @@ class Run:
     rng: random.Random
     bugs: set[str]
     figures: Figures
-    clock: Path = field(init=False)
+    clock: FakeClock = field(init=False)
     handlers: list[Path] = field(default_factory=list)
     k: Keepalived | None = None
     killers: list[threading.Thread] = field(default_factory=list)
@@ -120,8 +119,8 @@ class Run:
     settings_problems: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.clock = self.setup.dir / "faketime"
-        self.clock.write_text("+0s\n")
+        self.clock = FakeClock(self.setup.dir / "faketime")
+        self.clock.start()
         d = self.setup.dir
         # In half the runs the actions' work runs in a setsid'd child they wait for (a worker killed
         # meanwhile leaves it outside the action's process group).
@@ -135,7 +134,7 @@ class Run:
 
     def argv(self, handler: int = 0, timeout: float = 30) -> list[str]:
         s = self.setup
-        return ["env", *faketime_env(self.clock), LAUNCHER, "--handler", str(self.handlers[handler]), "--state-dir", str(s.state), "--log-file",
+        return ["env", *self.clock.words(), LAUNCHER, "--handler", str(self.handlers[handler]), "--state-dir", str(s.state), "--log-file",
                 str(s.log), "--linger", "1", "--timeout", f"{timeout:g}"]
 
     def start(self) -> None:
@@ -224,9 +223,7 @@ class Run:
 
     def clock_step(self) -> None:
         self.offset += self.rng.choice((-1, 1)) * self.rng.randint(2, 30)
-        tmp = self.clock.with_suffix(".new")
-        tmp.write_text(f"+{self.offset}s\n")
-        tmp.rename(self.clock)  # whole: every process reads the file at every clock call
+        self.clock.step(f"{self.offset:+d}s")
         self.figures.clock_steps += 1
         if self.rng.random() < 0.5:  # the worker dies with the step behind it (it may be mid-action)
             self.kill_worker()
@@ -336,12 +333,6 @@ def _settings_problems(log: list[invariants.LogLine], settings_of: dict[int, tup
     return found
 
 
-def faketime_env(clock: Path) -> list[str]:
-    """NAME=VALUE words that put a process on the wall clock `clock`'s offset says (module docstring)."""
-    return [f"LD_PRELOAD={LIBFAKETIME}", f"FAKETIME_TIMESTAMP_FILE={clock}", "FAKETIME_NO_CACHE=1",
-            "FAKETIME_DONT_FAKE_MONOTONIC=1", f"PYTHONPATH={Path(__file__).parent / 'support' / 'faketime'}"]
-
-
 def _wchan(pid: int) -> str:
     """Where in the kernel `pid` sleeps (e.g. do_sys_poll), "" if it runs or is gone."""
     try:
@@ -371,7 +362,7 @@ def _tear(path: Path, rng: random.Random) -> bool:
 
 
 @needs("root (a small tmpfs per run) and libfaketime (scripts/setup installs faketime)",
-       os.geteuid() == 0 and os.path.exists(LIBFAKETIME))
+       os.geteuid() == 0 and LIBFAKETIME is not None)
 def test_random_interleavings_keep_every_invariant(tmp_path: Path) -> None:
     replay = os.environ.get("NL_STATEFUL_SEED")
     runs = 1 if replay else int(os.environ.get("NL_STATEFUL_EXAMPLES", str(RUNS)))
@@ -406,15 +397,14 @@ def test_random_interleavings_keep_every_invariant(tmp_path: Path) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+@needs("libfaketime (scripts/setup installs faketime)", LIBFAKETIME is not None)
 def test_a_clock_step_moves_the_wall_clock_only(tmp_path: Path) -> None:
-    """What the driver's clock steps are: a Python process under `faketime_env` whose offset file is
+    """What the driver's clock steps are: a Python process under a FakeClock whose offset file is
     rewritten while it runs sees time.time() jump by the step, and neither time.monotonic(), the
     boot clock (what the launcher's process identities read) nor psutil's create_time; time.sleep
     works."""
-    if not os.path.exists(LIBFAKETIME):
-        pytest.skip("libfaketime missing (scripts/setup installs faketime)")
-    clock = tmp_path / "faketime"
-    clock.write_text("+0s\n")
+    clock = FakeClock(tmp_path / "faketime")
+    clock.start()
     go = tmp_path / "go"
     code = ("import os, time, psutil\n"
             "clocks = lambda: (time.time(), time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME),"
@@ -423,10 +413,10 @@ def test_a_clock_step_moves_the_wall_clock_only(tmp_path: Path) -> None:
             "print('ready', flush=True)\n"
             f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
             "print(*(round(b - a) for a, b in zip(before, clocks())))\n")
-    proc = subprocess.Popen(["env", *faketime_env(clock), sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["env", *clock.words(), sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        clock.write_text("-100s\n")
+        clock.step("-100s")
         go.touch()
         steps = proc.stdout.readline().split()
     finally:

@@ -20,18 +20,27 @@ SLEEP_FIX = str(Path(__file__).parent / "faketime")
 
 
 class FakeClock:
-    """`env()` goes into a process's environment (inherited by its children); `step("-2h")` moves
-    every such process's wall clock from its next reading on."""
+    """`start()` sets it to the real time; `env()` (or `words()`, for `env`'s command line) goes into a
+    process's environment (inherited by its children); `step("-2h")` moves every such process's wall
+    clock from its next reading on."""
 
     def __init__(self, offset_file: Path) -> None:
         self.offset_file = offset_file
 
+    def start(self) -> None:
+        self.step("+0s")
+
     def env(self) -> dict[str, str]:
         assert LIBFAKETIME is not None, "libfaketime is not installed (Debian's faketime)"
-        self.offset_file.write_text("+0\n")
         return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
                 "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": SLEEP_FIX}
 
+    def words(self) -> list[str]:
+        return [f"{name}={value}" for name, value in self.env().items()]
+
     def step(self, offset: str) -> None:
-        """An offset from the real time, as libfaketime reads it: "+10s", "-2h"."""
-        self.offset_file.write_text(f"{offset}\n")
+        """An offset from the real time, as libfaketime reads it: "+10s", "-2h".  Written whole (a
+        new file renamed over the old): every process reads the file at every clock call."""
+        new = self.offset_file.with_suffix(".new")
+        new.write_text(f"{offset}\n")
+        new.rename(self.offset_file)
