@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-
 from support import LAUNCHER, invariants, processes, recorder, tmpfs
 from support.launcher import Launcher
 from support.fakeclock import LIBFAKETIME, FakeClock
