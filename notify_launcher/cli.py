@@ -280,13 +280,17 @@ def _pinned(fifo: str, serve: bool) -> int:
 
 def _refuse_foreign_state_dir(paths: StatePaths) -> None:
     """A state directory we may not use (a symlink, another user's) is a configuration error; one we
-    cannot create now (a full or read-only disk) is not: the reader retries, events wait in memory."""
+    cannot create or make 0700 now (a full or read-only disk) is not: the reader says so in its log
+    and retries (upkeep.StateRepair), events wait in memory."""
     try:
         os.makedirs(paths.root, mode=0o700, exist_ok=True)
     except OSError:
         if not os.path.lexists(paths.root):
             return
-    ensure_state_dir(paths.root)
+    try:
+        ensure_state_dir(paths.root)
+    except OSError:
+        return
 
 
 def _state_parser(name: str, description: str, example: str) -> argparse.ArgumentParser:

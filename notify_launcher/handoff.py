@@ -180,6 +180,7 @@ class WorkerWatch:
         self.paths, self.poller = paths, poller
         self.pidfd = -1
         self.pid = 0
+        self.ident: identity.ProcessId | None = None  # the watched worker, pinned by the pidfd
         self.hellos: set[int] = set()
         self._reported = 0  # the worker whose crash we reported last, until we watch a live one
 
@@ -191,7 +192,7 @@ class WorkerWatch:
             self.poller.unregister(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = -1
-        self.pid = pid
+        self.pid, self.ident = pid, None
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -200,6 +201,7 @@ class WorkerWatch:
             os.close(pidfd)
             return self._crash_or_none()
         self.pidfd = pidfd
+        self.ident = identity.of(pid)
         self.poller.register(self.pidfd, select.POLLIN)
         if pid != self._reported:  # (the same pid: a dead worker not reaped yet, which we reported)
             self._reported = 0
@@ -207,12 +209,14 @@ class WorkerWatch:
 
     def _crash_or_none(self) -> str | None:
         """A worker that ends normally removes worker.pid and its doorbell first: either one left
-        behind (the pid file may be missing: a full disk) means it died with work in hand.  Found
+        behind (the pid file may be missing: a full disk), or its successor's word in worker.died
+        (the successor, queued behind it, rewrote both before we looked), means it died.  Found
         dead again (worker.pid names it until its replacement starts): reported already, and the
         ring that found it is what recovers it (a pidfd that fires is rung for again all the same)."""
         if self.pid == self._reported:
             return None
-        if pidfile.names(self.paths, self.pid) or _stale_doorbell(self.paths):
+        if (pidfile.names(self.paths, self.pid) or _stale_doorbell(self.paths)
+                or (self.ident is not None and pidfile.died(self.paths, self.ident))):
             self._reported = self.pid
             return f"worker pid {self.pid} died without finishing"
         return None
@@ -225,12 +229,18 @@ class WorkerWatch:
         named = pidfile.read(self.paths) or locks.lock_holder(self.paths.worker_lock)
         return self._follow(named.pid, named) if named else None
 
-    def new_child(self) -> int:
-        """A hello pipe for a worker about to be spawned: returns the write end to hand over."""
+    def new_child(self) -> tuple[int, int]:
+        """A hello pipe for a worker about to be spawned: (the end we watch, the end to hand over)."""
         r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.hellos.add(r)
         self.poller.register(r, select.POLLIN)
-        return w
+        return r, w
+
+    def abandon(self, hello: int) -> None:
+        """The spawn failed (fork refused): nobody will say hello, nor leave, on `hello`."""
+        self.hellos.discard(hello)
+        self.poller.unregister(hello)
+        os.close(hello)
 
     def owns(self, fd: int) -> bool:
         return fd == self.pidfd or fd in self.hellos

@@ -25,6 +25,11 @@ from notify_launcher.journal import JournalWriter
 from notify_launcher.security import fifo_refusal
 from notify_launcher.statedir import StatePaths
 
+#: Pauses between rings (s) while a worker holds worker.lock but nobody listens ("queued"): one
+#: starting reads the journal anyway, but one leaving may be past its last look at it (the SIGCHLD
+#: the ring woke it with came too late) -- the next ring then finds no worker and spawns one.
+RING_AGAIN = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
 
 def send_fifo(path: str, line: str) -> str:
     """Write `line` (the argument's bytes as given, see os.fsencode) and a newline into the FIFO,
@@ -87,7 +92,10 @@ def send_state(state_dir: str, line: str) -> str:
             os.close(w)
 
     try:
-        doorbell.ring(spawn, spawning=False)
+        for pause in (*RING_AGAIN, None):
+            if doorbell.ring(spawn, spawning=False) != "queued" or pause is None:
+                break
+            time.sleep(pause)
     except OSError as exc:  # e.g. fork failing at the pid limit: the event is safe in the journal
         raise LauncherError(f"{_where(seq)}, but no worker could be started ({exc.strerror}); the next "
                             f"event or `send` starts one, and it runs it first", EXIT_UNUSABLE) from None

@@ -85,13 +85,20 @@ class StatePaths:
         """`PID START` of the worker holding worker.lock (pidfile.py)."""
         return os.path.join(self.root, "worker.pid")
 
+    @property
+    def worker_died(self) -> str:
+        """`PID START` of the last worker its successor found dead with worker.pid naming it (pidfile.py)."""
+        return os.path.join(self.root, "worker.died")
+
 
 def ensure_state_dir(root: str) -> StatePaths:
     """Create `root` 0700 if missing; refuse a symlink or another owner's directory, and, as root, a
     directory someone else could swap (security.py's check of it and every directory above it).
     That check runs again here, after creating: a directory planted on the way since the reader's
     first check is caught too.  Before its first event (no journal yet) an empty progress file is
-    made: a worker that then finds none knows someone removed it, and that events may run again."""
+    made: a worker that then finds none knows someone removed it, and that events may run again.
+    Raises LauncherError for a directory we may not use, OSError for one we cannot prepare now (its
+    mode not settable on a read-only file system, a full disk)."""
     try:
         os.makedirs(root, mode=0o700, exist_ok=True)
         st = os.lstat(root)

@@ -85,15 +85,18 @@ class WorkerLink:
         self.troubles.recovered("worker start")
         if rang == "heard":
             self.follow_named()
+            if self.watch.pidfd < 0 and not self.watch.hellos:  # heard by a worker not named in worker.pid yet
+                self.backoff.later(time.monotonic())
             return
         if rang == "spawned":
             self.log.debug(None, None, "no worker listening or queued: spawned one")
         else:
             self.follow_named()
-        # Ring again until a worker has heard us: the one holding worker.lock stands by only for
-        # readers it heard, and the worker we spawned (now or before) may be queued behind it for
-        # the lock -- two readers rang while a replacement was still starting (a CI flake: a
-        # standby that never watched the second reader).
+        # Ring again until a worker has heard us and we watch it: the one holding worker.lock stands
+        # by only for readers it heard, and the worker we spawned (now or before) may be queued
+        # behind it for the lock -- two readers rang while a replacement was still starting (a CI
+        # flake: a standby that never watched the second reader); and a replacement hears us before
+        # it names itself in worker.pid, which then still names the dead one (red team).
         self.backoff.later(time.monotonic())
 
     def follow_named(self) -> None:
@@ -128,8 +131,11 @@ class WorkerLink:
         self.backoff.later(time.monotonic())
 
     def _spawn(self, standby_fd: int) -> None:
-        hello = self.watch.new_child()
+        hello, tell = self.watch.new_child()
         try:
-            spawn_worker(self.detach, self.settings, standby_fd, hello)
+            spawn_worker(self.detach, self.settings, standby_fd, tell)
+        except BaseException:
+            self.watch.abandon(hello)  # (not "a spawned worker exited": there was none)
+            raise
         finally:
-            os.close(hello)
+            os.close(tell)

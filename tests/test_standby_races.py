@@ -16,7 +16,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,29 +25,11 @@ from pathlib import Path
 
 import psutil
 
-from support import LAUNCHER, VI, processes, recorder
+from support import LAUNCHER, VI, processes, recorder, standby
 from support.launcher import Launcher
 from support.marks import needs
 from support.recorder import check_order
 from support.standin import Keepalived
-
-
-def _watched_by(pid: int) -> set[int]:
-    """The pids `pid` holds a pidfd on (a worker: the readers it stands by for); empty if it is gone."""
-    found = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return found
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[pidfd]":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
-                found |= {int(line.split()[1]) for line in fh if line.startswith("Pid:")}
-        except OSError:
-            continue
-    return found
 
 
 def _has_open(pid: int, path: Path) -> bool:
@@ -59,30 +40,9 @@ def _has_open(pid: int, path: Path) -> bool:
         return False
 
 
-def _worker(launcher: Launcher) -> int:
-    """The worker worker.pid names, if it is running; else 0."""
-    try:
-        pid = int((launcher.state / "worker.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return pid if processes.running(pid) else 0
-
-
-def _stood_by_for(launcher: Launcher, *readers: int) -> bool:
-    """A running worker listens on the doorbell and watches every one of `readers`: the promise that
-    each living reader has a standby (its next event waits for no fork)."""
-    worker = _worker(launcher)
-    return bool(worker) and (launcher.state / "doorbell.sock").exists() and set(readers) <= _watched_by(worker)
-
-
 def _reader(launcher: Launcher, name: str, linger: str = "0") -> Keepalived:
     """Another reader on the same state directory, with a FIFO of its own (a reload's next reader)."""
     return Keepalived(launcher.argv("--linger", linger), str(launcher.dir / f"{name}.fifo"))
-
-
-def _pid(k: Keepalived) -> int:
-    assert k.proc is not None
-    return k.proc.pid
 
 
 def _action_workers(launcher: Launcher) -> list[int]:
@@ -118,16 +78,17 @@ def test_a_reader_that_starts_while_the_standby_starts_is_stood_by_for(launcher:
         k2 = _reader(launcher, "r2")
         k2.start()
         launcher.wait_for("R2's ring finding standby.lock held",
-                          lambda: _has_open(_pid(k2), launcher.state / "standby.lock"))
+                          lambda: _has_open(standby.pid(k2), launcher.state / "standby.lock"))
     finally:
         os.close(lock)  # the standby takes worker.lock now and listens
-    launcher.wait_for("the standby watching R1", lambda: _stood_by_for(launcher, _pid(k1)))
-    standby = _worker(launcher)
+    launcher.wait_for("the standby watching R1", lambda: standby.stood_by_for(launcher, standby.pid(k1)))
+    first = standby.worker(launcher)
     k1.stop([])
-    launcher.wait_for("a standby watching R2 after R1 left", lambda: _stood_by_for(launcher, _pid(k2)), timeout=30)
+    launcher.wait_for("a standby watching R2 after R1 left", lambda: standby.stood_by_for(launcher, standby.pid(k2)),
+                      timeout=30)
     k2.write(VI.format("MASTER"))
     launcher.settle(2)  # R1's STOP record, then MASTER
-    assert _action_workers(launcher) == [standby]
+    assert _action_workers(launcher) == [first]
 
 
 def test_the_reader_killed_while_its_standby_starts_its_event_runs_and_the_standby_leaves(
@@ -142,14 +103,14 @@ def test_the_reader_killed_while_its_standby_starts_its_event_runs_and_the_stand
         launcher.wait_for("the standby queued on worker.lock", lambda: "waiting for the worker lock" in launcher.log_text())
         k1.write(VI.format("MASTER"))
         launcher.wait_for("#1 journaled", lambda: launcher.last_seq() >= 1)
-        os.kill(_pid(k1), signal.SIGKILL)
+        os.kill(standby.pid(k1), signal.SIGKILL)
         assert k1.proc is not None
         k1.proc.wait()
     finally:
         os.close(lock)
     launcher.settle(1)
-    [standby] = _action_workers(launcher)
-    launcher.wait_for("the standby gone", lambda: not processes.running(standby), timeout=30)
+    [ran] = _action_workers(launcher)
+    launcher.wait_for("the standby gone", lambda: not processes.running(ran), timeout=30)
     k2 = _reader(launcher, "r2")
     k2.start()
     k2.write(VI.format("BACKUP"))
@@ -172,7 +133,7 @@ def test_a_dead_readers_pid_taken_by_another_process_does_not_keep_the_worker(la
     launcher.wait_for("the action of #1", lambda: launcher.starts())
     k2 = _reader(launcher, "r2")
     k2.start()
-    launcher.wait_for("R2's ring, delivered (R2 then watches the worker)", lambda: worker in _watched_by(_pid(k2)))
+    launcher.wait_for("R2's ring, delivered (R2 then watches the worker)", lambda: worker in standby.watched_by(standby.pid(k2)))
     impostor = _killed_and_pid_reused(k2, launcher.dir)
     k1.stop([])  # the last reader leaves
     gate.touch()  # the worker reads R2's ring only now
@@ -191,16 +152,16 @@ def test_a_spawners_pid_taken_by_another_process_before_its_standby_starts_does_
         k1 = launcher.keepalived("--linger", "0")
         k1.start()
         launcher.wait_for("R1's standby queued on worker.lock", lambda: "waiting for the worker lock" in launcher.log_text())
-        standby = int(re.findall(r"worker\[(\d+)\] .*waiting for the worker lock", launcher.log_text())[0])
+        queued = int(re.findall(r"worker\[(\d+)\] .*waiting for the worker lock", launcher.log_text())[0])
         impostor = _killed_and_pid_reused(k1, launcher.dir)
     finally:
         os.close(lock)  # the standby takes worker.lock now
-    _leaves_despite(standby, impostor)
+    _leaves_despite(queued, impostor)
 
 
 def _killed_and_pid_reused(k: Keepalived, mark: Path) -> subprocess.Popen[bytes]:
     """SIGKILL reader `k` and give its pid to a new, unrelated process, as pid reuse would."""
-    pid = _pid(k)
+    pid = standby.pid(k)
     os.kill(pid, signal.SIGKILL)
     assert k.proc is not None
     k.proc.wait()
@@ -213,7 +174,7 @@ def _leaves_despite(worker: int, impostor: subprocess.Popen[bytes]) -> None:
         psutil.Process(worker).wait(timeout=30)
     except psutil.TimeoutExpired:
         raise AssertionError(f"worker {worker} stands by for pid {impostor.pid}, now {impostor.args}: "
-                             f"it watches {_watched_by(worker)}") from None
+                             f"it watches {standby.watched_by(worker)}") from None
     assert processes.running(impostor.pid)
 
 
@@ -227,14 +188,14 @@ def test_a_worker_whose_state_directory_was_replaced_leaves_the_new_doorbell_alo
     shutil.rmtree(launcher.state)
     k1.write(VI.format("BACKUP"))
     launcher.settle(1)
-    new = _worker(launcher)
+    new = standby.worker(launcher)
     assert new not in (0, old)
     k2 = _reader(launcher, "r2")
     k2.start()
-    launcher.wait_for("W2 watching R1 and R2", lambda: _stood_by_for(launcher, _pid(k1), _pid(k2)))
+    launcher.wait_for("W2 watching R1 and R2", lambda: standby.stood_by_for(launcher, standby.pid(k1), standby.pid(k2)))
     k1.stop([])
     psutil.Process(old).wait(timeout=30)  # it watched R1 only: it leaves
-    assert _stood_by_for(launcher, _pid(k2)), "W1 took W2's doorbell with it"
+    assert standby.stood_by_for(launcher, standby.pid(k2)), "W1 took W2's doorbell with it"
     k3 = _reader(launcher, "r3")
     k3.start()
     k3.write(VI.format("MASTER"))
@@ -252,23 +213,23 @@ def test_readers_sigkilled_without_a_record_the_worker_idles_at_zero_cpu_then_le
     k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "r2")
     k1.start()
     k2.start()
-    launcher.wait_for("a standby watching R1 and R2", lambda: _stood_by_for(launcher, _pid(k1), _pid(k2)))
-    worker = psutil.Process(_worker(launcher))
+    launcher.wait_for("a standby watching R1 and R2", lambda: standby.stood_by_for(launcher, standby.pid(k1), standby.pid(k2)))
+    worker = psutil.Process(standby.worker(launcher))
     k1.write(VI.format("MASTER"))
     launcher.wait_for("the action of #1", lambda: launcher.starts())
-    os.kill(_pid(k2), signal.SIGKILL)
+    os.kill(standby.pid(k2), signal.SIGKILL)
     k1.write(VI.format("BACKUP"))
     launcher.wait_for("#2 journaled", lambda: launcher.last_seq() >= 2)
     gate.touch()
     launcher.settle(2)
-    launcher.wait_for("the worker forgetting R2", lambda: _watched_by(worker.pid) == {_pid(k1)})
+    launcher.wait_for("the worker forgetting R2", lambda: standby.watched_by(worker.pid) == {standby.pid(k1)})
     # The measuring window is a wall-clock nap, but nothing depends on its length: an idle worker
     # uses no clock tick in any time, and one spinning on a pidfd uses many in 0.5 s, busy cores or not.
     before = worker.cpu_times()
     time.sleep(0.5)
     after = worker.cpu_times()
     assert (after.user + after.system) - (before.user + before.system) == 0.0, "the standby spins"
-    os.kill(_pid(k1), signal.SIGKILL)
+    os.kill(standby.pid(k1), signal.SIGKILL)
     worker.wait(timeout=30)  # no reader lives: it leaves after linger 0 (raises if it stays)
     k3 = _reader(launcher, "r3")
     k3.start()
@@ -297,13 +258,13 @@ def test_the_standby_killed_at_random_steps_of_its_start_loses_and_strands_nothi
     k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "r2")
     k1.start()
     k2.start()
-    readers = {_pid(k1), _pid(k2)}
+    readers = {standby.pid(k1), standby.pid(k2)}
     lock = launcher.state / "worker.lock"
     steps: dict[str, Callable[[], object]] = {
         "forked": lambda: True,
         "locked": lambda: any(processes.holds_lock(pid, lock) for pid in _others(launcher, readers)),
-        "named": lambda: _worker(launcher) in _others(launcher, readers),
-        "standing by": lambda: _stood_by_for(launcher, *readers),
+        "named": lambda: standby.worker(launcher) in _others(launcher, readers),
+        "standing by": lambda: standby.stood_by_for(launcher, *readers),
     }
     kills = 0
     for n in range(1, 13):
@@ -316,7 +277,7 @@ def test_the_standby_killed_at_random_steps_of_its_start_loses_and_strands_nothi
             os.kill(pid, signal.SIGKILL)
             kills += 1
     launcher.settle(12)
-    launcher.wait_for("a standby watching both readers", lambda: _stood_by_for(launcher, *readers))
+    launcher.wait_for("a standby watching both readers", lambda: standby.stood_by_for(launcher, *readers))
     seqs = [r.seq for r in launcher.starts()]
     once = [s for i, s in enumerate(seqs) if i == 0 or s != seqs[i - 1]]
     assert once == list(range(1, 13)), f"seed {seed}: actions ran as {seqs}"
@@ -352,10 +313,10 @@ def test_linger_inf_the_worker_stands_by_once_no_reader_lives(launcher: Launcher
     started later is served by the same worker."""
     k1 = launcher.keepalived("--linger", "inf")
     k1.start()
-    launcher.wait_for("a standby watching R1", lambda: _stood_by_for(launcher, _pid(k1)))
-    worker = _worker(launcher)
+    launcher.wait_for("a standby watching R1", lambda: standby.stood_by_for(launcher, standby.pid(k1)))
+    worker = standby.worker(launcher)
     k1.stop([])
-    launcher.wait_for("the worker forgetting R1", lambda: not _watched_by(worker))
+    launcher.wait_for("the worker forgetting R1", lambda: not standby.watched_by(worker))
     launcher.settle(1)  # R1's STOP record
     assert processes.running(worker), f"the worker left or died:\n{launcher.log_text()[-2000:]}"
     k2 = _reader(launcher, "r2", linger="inf")
@@ -375,10 +336,10 @@ def test_two_readers_starting_at_once_with_no_worker_both_get_the_standby(launch
         k1.start()
         k2.start()
         launcher.wait_for(f"round {n}: a standby watching both readers",
-                          partial(_stood_by_for, launcher, _pid(k1), _pid(k2)), timeout=30)
-        worker = psutil.Process(_worker(launcher))
+                          partial(standby.stood_by_for, launcher, standby.pid(k1), standby.pid(k2)), timeout=30)
+        worker = psutil.Process(standby.worker(launcher))
         for k in (k1, k2):
-            os.kill(_pid(k), signal.SIGKILL)
+            os.kill(standby.pid(k), signal.SIGKILL)
             assert k.proc is not None
             k.proc.wait()
         worker.wait(timeout=30)  # no reader lives: it leaves after linger 0
@@ -390,13 +351,13 @@ def test_a_standby_killed_under_two_readers_is_reported_once_by_each(launcher: L
     k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "r2")
     k1.start()
     k2.start()
-    launcher.wait_for("a standby watching both readers", lambda: _stood_by_for(launcher, _pid(k1), _pid(k2)))
-    dead = _worker(launcher)
+    launcher.wait_for("a standby watching both readers", lambda: standby.stood_by_for(launcher, standby.pid(k1), standby.pid(k2)))
+    dead = standby.worker(launcher)
     os.kill(dead, signal.SIGKILL)
     launcher.wait_for("a new standby watching both readers",
-                      lambda: _worker(launcher) != dead and _stood_by_for(launcher, _pid(k1), _pid(k2)))
+                      lambda: standby.worker(launcher) != dead and standby.stood_by_for(launcher, standby.pid(k1), standby.pid(k2)))
     log = launcher.log_text()
-    for reader in (_pid(k1), _pid(k2)):
+    for reader in (standby.pid(k1), standby.pid(k2)):
         reports = log.count(f"reader[{reader}] WARN  #- - | worker pid {dead} died without finishing")
         assert reports == 1, f"reader {reader} reported the death of {dead} {reports} times:\n{log[-3000:]}"
 
@@ -409,14 +370,14 @@ def test_a_reader_that_woke_a_worker_whose_socket_was_removed_is_stood_by_for(la
     k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "second")
     k1.start()
     worker = launcher.wait_standby()
-    launcher.wait_for("the standby watching the first reader", partial(_stood_by_for, launcher, _pid(k1)))
+    launcher.wait_for("the standby watching the first reader", partial(standby.stood_by_for, launcher, standby.pid(k1)))
     (launcher.state / "doorbell.sock").unlink()
     k2.start()
-    launcher.wait_for("the second reader's start", lambda: f"reader[{_pid(k2)}] INFO  #- - | reader started"
+    launcher.wait_for("the second reader's start", lambda: f"reader[{standby.pid(k2)}] INFO  #- - | reader started"
                       in launcher.log_text())
-    launcher.wait_for("a standby watching both readers", partial(_stood_by_for, launcher, _pid(k1), _pid(k2)),
+    launcher.wait_for("a standby watching both readers", partial(standby.stood_by_for, launcher, standby.pid(k1), standby.pid(k2)),
                       timeout=30)
-    assert _worker(launcher) == worker
+    assert standby.worker(launcher) == worker
     k2.stop([])
     k1.stop([])
 
@@ -428,22 +389,7 @@ def test_a_reader_whose_worker_queued_behind_one_that_binds_its_doorbell_late_is
     -- queued behind worker.lock, which the standby holds -- and has rung nobody.  Once the standby
     listens again it must still hear that reader (ring again until a worker heard us), or it never
     watches it and, at linger 0, leaves with the first reader while the second lives on."""
-    k1, k2 = launcher.keepalived("--linger", "0"), _reader(launcher, "second")
-    k1.start()
-    worker = launcher.wait_standby()
-    launcher.wait_for("the standby watching the first reader", partial(_stood_by_for, launcher, _pid(k1)))
-    doorbell = str(launcher.state / "doorbell.sock")
-    os.unlink(doorbell)
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    stale.bind(doorbell)  # a socket file nobody reads: connect() is refused
-    stale.close()
-    k2.start()
-    readers = {_pid(k1), _pid(k2)}
-    launcher.wait_for("the second reader's own worker, queued behind worker.lock", lambda: [
-        p for p in processes.find(str(launcher.state)) if p.pid not in readers | {worker}])
-    os.unlink(doorbell)
-    os.kill(worker, signal.SIGCHLD)  # the standby binds its socket anew (what a starting worker does)
-    launcher.wait_for("the standby watching both readers", partial(_stood_by_for, launcher, *readers), timeout=30)
-    assert _worker(launcher) == worker
+    k1, k2, worker = standby.second_reader_queued_behind(launcher)  # (it waits for both to be stood by for)
+    assert standby.worker(launcher) == worker
     k2.stop([])
     k1.stop([])

@@ -229,14 +229,14 @@ def test_a_worker_crash_is_rung_for_with_back_off_and_a_worker_taking_over_reset
         link.backoff.later(time.monotonic())
         link.backoff.due_at = None
     assert link.backoff.delay == 8 * KICK_MIN
-    hello_w = link.watch.new_child()
+    _, hello_w = link.watch.new_child()
     os.write(hello_w, f"{os.getpid()}\n".encode())
     os.close(hello_w)
     for fd, _ in poller.poll(1000):
         assert link.owns(fd)
         link.watched(fd, stopping=False)
     assert link.backoff.delay == KICK_MIN and link.watch.pid == os.getpid()
-    hello_w = link.watch.new_child()
+    _, hello_w = link.watch.new_child()
     os.close(hello_w)  # a spawned worker that died before taking over
     for fd, _ in poller.poll(1000):
         link.watched(fd, stopping=False)
