@@ -11,6 +11,7 @@ import os
 import select
 import time
 
+from notify_launcher import locks
 from notify_launcher.config import Settings
 from notify_launcher.detach import spawn_worker
 from notify_launcher.events import Event
@@ -32,6 +33,7 @@ class WorkerLink:
     def __init__(self, settings: Settings, paths: StatePaths, poller: select.poll, log: Log, detach: Way) -> None:
         self.settings, self.poller, self.log, self.detach = settings, poller, log, detach
         self.journal: JournalWriter | None = None  # the reader's, once it has one
+        self._behind = False  # the worker we spawned last found another holding worker.lock
         self.troubles = Troubles(log)
         self.doorbell = Doorbell(paths)
         self.watch = WorkerWatch(paths, poller)
@@ -85,19 +87,22 @@ class WorkerLink:
         self.troubles.recovered("worker start")
         if rang == "heard":
             self.follow_named()
+            self._behind = False
             if self.watch.pidfd < 0 and not self.watch.hellos:  # heard by a worker not named in worker.pid yet
                 self.backoff.later(time.monotonic())
             return
         if rang == "spawned":
             self.log.debug(None, None, "no worker listening or queued: spawned one")
+            self._behind = locks.lock_holder(self.watch.paths.worker_lock) is not None
         else:
             self.follow_named()
-        # Ring again until a worker has heard us and we watch it: the one holding worker.lock stands
-        # by only for readers it heard, and the worker we spawned (now or before) may be queued
-        # behind it for the lock -- two readers rang while a replacement was still starting (a CI
-        # flake: a standby that never watched the second reader); and a replacement hears us before
-        # it names itself in worker.pid, which then still names the dead one (red team).
-        self.backoff.later(time.monotonic())
+        if rang == "queued" or self._behind:
+            # Ring again until a worker has heard us: the one holding worker.lock stands by only for
+            # readers it heard, and the worker we spawned may be queued behind it for the lock (two
+            # readers rang while a replacement was still starting: a CI flake, a standby that never
+            # watched the second reader).  Our own worker, spawned with none before it, hears us
+            # when it says hello: no timer wakes the reader for it.
+            self.backoff.later(time.monotonic())
 
     def follow_named(self) -> None:
         """Watch the worker worker.pid names (one that crashed while no reader ran is rung for)."""
