@@ -112,14 +112,17 @@ class Doorbell:
                 self._connected = False
         return False
 
-    def ring(self, spawn: Callable[[int], object], spawning: bool) -> Rang:
+    def ring(self, spawn: Callable[[int], object], spawning: bool, behind: bool = False) -> Rang:
         """Make sure a worker will read the journal; call `spawn(locked_standby_fd)` if none will.
-        `spawning`: a spawned worker has not said hello yet (it will read the journal, and knows us)."""
+        `spawning`: a spawned worker has not said hello yet (it will read the journal, and knows us).
+        `behind`: where a worker holds worker.lock but no socket, spawn one to queue behind it (unless
+        one is queued already) instead of only waking it: it may be leaving, past its last look at
+        the journal."""
         if self.answered():
             return "heard"
         if spawning:
             return "spawning"
-        if self._poked():
+        if not behind and self._poked():
             return "queued"  # it binds a new socket and reads the journal, but has not heard us
         if self._standby < 0:
             self._standby = locks.open_standby(self.paths)
@@ -182,7 +185,7 @@ class WorkerWatch:
         self.pid = 0
         self.ident: identity.ProcessId | None = None  # the watched worker, pinned by the pidfd
         self.hellos: set[int] = set()
-        self._reported = 0  # the worker whose crash we reported last, until we watch a live one
+        self._reported: identity.ProcessId | None = None  # the worker whose crash we reported last
 
     def _follow(self, pid: int, named: identity.ProcessId | None = None) -> str | None:
         """Hold a pidfd on worker `pid`; when it came from worker.pid (`named`), check after opening
@@ -203,8 +206,8 @@ class WorkerWatch:
         self.pidfd = pidfd
         self.ident = identity.of(pid)
         self.poller.register(self.pidfd, select.POLLIN)
-        if pid != self._reported:  # (the same pid: a dead worker not reaped yet, which we reported)
-            self._reported = 0
+        if self.ident != self._reported:  # (the same: a dead worker not reaped yet, which we reported)
+            self._reported = None
         return None
 
     def _crash_or_none(self) -> str | None:
@@ -213,11 +216,13 @@ class WorkerWatch:
         (the successor, queued behind it, rewrote both before we looked), means it died.  Found
         dead again (worker.pid names it until its replacement starts): reported already, and the
         ring that found it is what recovers it (a pidfd that fires is rung for again all the same)."""
-        if self.pid == self._reported:
+        dead = self.ident or identity.ProcessId(self.pid, -1)  # (-1: a start no process has)
+        if dead == self._reported or (self.ident is None and self._reported and self._reported.pid == self.pid):
             return None
-        if (pidfile.names(self.paths, self.pid) or _stale_doorbell(self.paths)
-                or (self.ident is not None and pidfile.died(self.paths, self.ident))):
-            self._reported = self.pid
+        named = pidfile.read(self.paths)
+        if (named == dead or (self.ident is None and named is not None and named.pid == self.pid)
+                or _stale_doorbell(self.paths) or pidfile.died(self.paths, dead)):
+            self._reported = dead
             return f"worker pid {self.pid} died without finishing"
         return None
 

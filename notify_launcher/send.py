@@ -27,7 +27,8 @@ from notify_launcher.statedir import StatePaths
 
 #: Pauses between rings (s) while a worker holds worker.lock but nobody listens ("queued"): one
 #: starting reads the journal anyway, but one leaving may be past its last look at it (the SIGCHLD
-#: the ring woke it with came too late) -- the next ring then finds no worker and spawns one.
+#: the ring woke it with came too late) -- the next ring then finds no worker and spawns one; the
+#: last spawns one to queue behind the holder (a leaving worker stalled by a slow disk or SIGSTOP).
 RING_AGAIN = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
@@ -93,7 +94,7 @@ def send_state(state_dir: str, line: str) -> str:
 
     try:
         for pause in (*RING_AGAIN, None):
-            if doorbell.ring(spawn, spawning=False) != "queued" or pause is None:
+            if doorbell.ring(spawn, spawning=False, behind=pause is None) != "queued" or pause is None:
                 break
             time.sleep(pause)
     except OSError as exc:  # e.g. fork failing at the pid limit: the event is safe in the journal

@@ -10,6 +10,7 @@ log, worker.pid), never on a sleep.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -236,3 +237,133 @@ def test_a_reader_that_missed_its_replacements_name_is_left_with_no_standby(laun
         k2.stop([])
     reports = log.count(f"reader[{r2}] WARN  #- - | worker pid {replacement} died without finishing")
     assert reports == 1, f"R2 reported the death of {replacement} {reports} times"
+
+
+def _named(launcher: Launcher) -> int:
+    """The pid worker.pid names (0: none, or unreadable), running or not."""
+    try:
+        return int((launcher.state / "worker.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@needs("root (it hands out pids through /proc/sys/kernel/ns_last_pid)", os.geteuid() == 0)
+def test_a_replacement_given_the_dead_workers_pid_has_its_own_death_reported(launcher: Launcher) -> None:
+    """Every death of a worker is reported once by each reader that watched it, a replacement given
+    the dead worker's pid (pid reuse, forced through ns_last_pid) too: the reader tells the two by
+    (pid, start time), not by the pid it reported last.  (Red team: the second death was taken for a
+    normal exit.)"""
+    launcher.extra_args += ["--log-level", "DEBUG"]
+    k = launcher.keepalived("--linger", "0")
+    k.start()
+    r = standby.pid(k)
+    dead = launcher.wait_standby()
+    launcher.wait_for("the reader watching its standby", lambda dead=dead: dead in standby.watched_by(r))
+    reused = 0
+    for attempt in range(12):
+        os.kill(r, signal.SIGSTOP)
+        try:
+            os.kill(dead, signal.SIGKILL)
+            launcher.wait_for("the dead standby reaped", lambda dead=dead: not os.path.exists(f"/proc/{dead}"), timeout=30)
+            with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+                fh.write(str(dead - 1 - attempt % 4))  # the replacement is the reader's fork's fork
+        finally:
+            os.kill(r, signal.SIGCONT)
+        launcher.wait_for("the replacement named and watched", lambda dead=dead: _named(launcher) not in (0, dead)
+                          and _named(launcher) in standby.watched_by(r) or _named(launcher) == dead
+                          and processes.running(dead) and dead in standby.watched_by(r), timeout=30)
+        if _named(launcher) == dead:
+            reused = dead
+            break
+        dead = _named(launcher)
+    assert reused, "no replacement was given its predecessor's pid in 12 tries"
+    log = launcher.log_text()
+    before = log.count(f"reader[{r}] WARN  #- - | worker pid {reused} died without finishing")
+    os.kill(reused, signal.SIGKILL)
+    launcher.wait_for("the next replacement", lambda: _named(launcher) not in (0, reused), timeout=30)
+    log = launcher.log_text()
+    after = log.count(f"reader[{r}] WARN  #- - | worker pid {reused} died without finishing")
+    k.stop([])
+    assert after == before + 1, (f"the second worker with pid {reused} died unreported:\n"
+                                 + "\n".join(line for line in log.splitlines() if f"[{r}]" in line))
+
+
+@needs("root (it hands out pids through /proc/sys/kernel/ns_last_pid)", os.geteuid() == 0)
+def test_a_normal_exit_whose_pid_the_next_worker_gets_is_no_death(launcher: Launcher) -> None:
+    """A normal exit is never reported as a death: R watches W1; W1 leaves normally (SIGTERM: queue
+    drained, worker.pid removed); the next worker (`send`'s) is given W1's pid (forced through
+    ns_last_pid) and names itself in worker.pid before R gets the CPU (SIGSTOP).  R must compare
+    (pid, start time): a worker.pid naming the pid alone reported a death (red team)."""
+    launcher.extra_args += ["--log-level", "DEBUG"]
+    k = launcher.keepalived("--linger", "5")  # (send's worker then names itself for 5 s)
+    k.start()
+    r = standby.pid(k)
+    first = launcher.wait_standby()
+    launcher.wait_for("the reader watching its standby", lambda: first in standby.watched_by(r))
+    current, reused = first, False
+    os.kill(r, signal.SIGSTOP)
+    try:
+        for attempt in range(12):
+            os.kill(current, signal.SIGTERM)  # a normal exit: "SIGTERM: queue drained, exiting"
+            launcher.wait_for("the worker gone, reaped", lambda current=current: not os.path.exists(f"/proc/{current}")
+                              and not os.path.exists(f"/proc/{first}"), timeout=30)
+            with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+                fh.write(str(first - 4 - attempt % 3))  # send, its fork, its session leader, the worker
+            subprocess.run([LAUNCHER, "send", "--state-dir", str(launcher.state), f'INSTANCE "VI_{attempt}" MASTER 1'],
+                           check=True, capture_output=True, timeout=30)
+            launcher.wait_for("send's worker named", lambda current=current: _named(launcher) not in (0, current), timeout=30)
+            current = _named(launcher)
+            if current == first:
+                reused = True
+                break
+    finally:
+        os.kill(r, signal.SIGCONT)
+    assert reused, "no worker was given the first one's pid in 12 tries"
+    launcher.wait_for("R watching the new worker", lambda: first in standby.watched_by(r)
+                      and f"reader[{r}] DEBUG #- - | worker pid {first} left" in launcher.log_text()
+                      or f"worker pid {first} died" in launcher.log_text(), timeout=30)
+    log = launcher.log_text()
+    k.stop([])
+    assert "SIGTERM: queue drained, exiting" in log
+    assert f"reader[{r}] WARN  #- - | worker pid {first} died without finishing" not in log, "\n".join(
+        line for line in log.splitlines() if f"[{r}]" in line or "SIGTERM" in line)
+
+
+UNLINKS = ("87 ", "263 ")  # x86_64's unlink, unlinkat (/proc/PID/syscall)
+
+
+@needs("strace, on x86_64", shutil.which("strace") is not None and os.uname().machine == "x86_64")
+def test_a_send_while_a_leaving_worker_is_slow_past_its_last_look_is_run(launcher: Launcher) -> None:
+    """`send` never strands its event: a worker leaving past its last look at the journal holds
+    worker.lock without a doorbell for longer than send's rings (here its unlink of worker.pid, the
+    step after its final re-read, held 6 s with strace; a slow disk or SIGSTOP alike).  send's last
+    ring spawns a worker to queue behind it, which runs the event once the lock is free.  (Red team:
+    send said "journaled as #N" and nobody ran it.)"""
+    wrapper = launcher.dir / "traced.sh"
+    worker_pid = str(launcher.state / "worker.pid")
+    wrapper.write_text(f"#!/bin/sh\nexec strace -DDD -f -qq -o /dev/null -P '{worker_pid}' -e trace=unlink,unlinkat "
+                       f"-e inject=unlink,unlinkat:delay_enter=6000000 -- {LAUNCHER} \"$@\"\n")
+    wrapper.chmod(0o755)
+    argv = launcher.argv("--linger", "0")
+    argv[0] = str(wrapper)
+    k = Keepalived(argv, str(launcher.fifo))
+    launcher.standins.append(k)
+    launcher.logs.append(launcher.log)
+    k.start()
+    worker = launcher.wait_standby()
+    k.stop([])  # the reader's STOP runs; no reader lives: at linger 0 the worker leaves at once
+
+    def past_its_last_look() -> bool:
+        try:
+            with open(f"/proc/{worker}/syscall") as fh:
+                in_unlink = fh.read().startswith(UNLINKS)
+        except OSError:
+            return False
+        return in_unlink and not (launcher.state / "doorbell.sock").exists()
+
+    launcher.wait_for("the leaving worker held in its unlink of worker.pid", past_its_last_look, timeout=30)
+    sent = subprocess.run([LAUNCHER, "send", "--state-dir", str(launcher.state), 'INSTANCE "VI_9" MASTER 100'],
+                          capture_output=True, text=True, timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    assert processes.running(worker), "the worker left before send returned: no race shown"
+    launcher.wait_for("the sent event run", lambda: any(r.name == "VI_9" for r in launcher.records()), timeout=60)
