@@ -71,8 +71,8 @@ def second_reader_queued_behind(launcher: Launcher) -> tuple[Keepalived, Keepali
     stale.close()
     k2.start()
     readers = {pid(k1), pid(k2)}
-    launcher.wait_for("the second reader's own worker, queued behind worker.lock", lambda: [
-        p for p in processes.find(str(launcher.state)) if p.pid not in readers | {holder}])
+    launcher.wait_for("the second reader's own worker, queued behind worker.lock",
+                      lambda: f"waiting for the worker lock (held by pid {holder})" in launcher.log_text())
     os.unlink(doorbell)
     os.kill(holder, signal.SIGCHLD)  # the standby binds its socket anew (what a starting worker does)
     launcher.wait_for("the standby watching both readers", partial(stood_by_for, launcher, *readers), timeout=30)
